@@ -1,0 +1,137 @@
+"""The plugin's only side effects on the kernel: bridge, veth, addresses, routes.
+
+Everything here goes through cni.netlink; setns(2) is used for one thing only,
+creating a netlink socket inside the container's namespace (a socket stays bound
+to the namespace it was created in, so no further switching is needed).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from cni.errors import (BRIDGE_CONFLICT, CONTAINER_UNKNOWN, CniError, NETLINK_FAILURE,
+                        VETH_FAILURE)
+from cni.ipv4 import Subnet, format_ip
+from cni.netlink import Link, Netlink, NetlinkError
+
+CLONE_NEWNET = 0x40000000
+
+
+def host_veth_name(container_id: str) -> str:
+    return "fn-" + container_id[:8]
+
+
+def open_netns(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CniError(CONTAINER_UNKNOWN, f"network namespace {path} does not exist",
+                       "the container has stopped or its namespace was removed") from None
+    except OSError as exc:
+        raise CniError(CONTAINER_UNKNOWN, f"cannot open network namespace {path}: {exc.strerror}") from None
+
+
+def netlink_in(netns_fd: int) -> Netlink:
+    """A netlink socket bound inside the namespace behind netns_fd."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(netns_fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise CniError(CONTAINER_UNKNOWN, f"cannot enter network namespace: {os.strerror(err)}")
+        try:
+            return Netlink()
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:  # cannot go home: stop before doing harm
+                os._exit(70)
+    finally:
+        os.close(own)
+
+
+def _kernel(what: str, exc: NetlinkError, code: int = NETLINK_FAILURE) -> CniError:
+    return CniError(code, f"{what}: {exc.strerror}")
+
+
+def ensure_bridge(nl: Netlink, name: str, subnet: Subnet, gateway: int, mtu: int) -> Link:
+    link = nl.link_get(name)
+    if link is None:
+        try:
+            nl.link_add_bridge(name, mtu)
+        except NetlinkError as exc:
+            if exc.errno != errno.EEXIST:  # another ADD won the race: fine
+                raise _kernel(f"cannot create bridge {name}", exc, BRIDGE_CONFLICT) from None
+        link = nl.link_get(name)
+        assert link is not None
+    if link.kind != "bridge":
+        raise CniError(BRIDGE_CONFLICT,
+                       f"interface {name} exists but is a {link.kind or 'non-bridge'} device, not a bridge",
+                       f"remove it (ip link del {name}) or set \"bridge\" in the conflist to another name")
+    if not any(ip == gateway for _, ip, _ in nl.addresses(link.index)):
+        try:
+            nl.addr_add(link.index, gateway, subnet.prefix, subnet.broadcast)
+        except NetlinkError as exc:
+            if exc.errno != errno.EEXIST:
+                raise _kernel(f"cannot add {format_ip(gateway)} to bridge {name}", exc) from None
+    if not link.up:
+        nl.link_set(link.index, up=True)
+    return link
+
+
+def create_veth(nl: Netlink, host_name: str, ifname: str, netns_fd: int, mtu: int) -> Link:
+    try:
+        nl.link_add_veth(host_name, ifname, netns_fd, mtu)
+    except NetlinkError as exc:
+        hint = (f"the container already has an interface {ifname}" if exc.errno == errno.EEXIST
+                else "check that the host allows veth devices")
+        raise CniError(VETH_FAILURE, f"cannot create veth pair {host_name}/{ifname}: {exc.strerror}",
+                       hint) from None
+    link = nl.link_get(host_name)
+    if link is None:
+        raise CniError(VETH_FAILURE, f"veth {host_name} vanished right after creation")
+    return link
+
+
+def attach_to_bridge(nl: Netlink, host: Link, bridge: Link) -> None:
+    try:
+        nl.link_set(host.index, master=bridge.index)
+        nl.link_set(host.index, up=True)
+    except NetlinkError as exc:
+        raise _kernel(f"cannot attach {host.name} to {bridge.name}", exc) from None
+
+
+def configure_container(cnl: Netlink, ifname: str, ip: int, subnet: Subnet, gateway: int) -> Link:
+    link = cnl.link_get(ifname)
+    if link is None:
+        raise CniError(VETH_FAILURE, f"{ifname} did not appear in the container namespace")
+    try:
+        lo = cnl.link_get("lo")
+        if lo is not None and not lo.up:
+            cnl.link_set(lo.index, up=True)
+        cnl.addr_add(link.index, ip, subnet.prefix, subnet.broadcast)
+        cnl.link_set(link.index, up=True)
+        cnl.route_add(0, 0, gateway=gateway, oif=link.index)
+    except NetlinkError as exc:
+        raise _kernel(f"cannot configure {ifname} in the container", exc) from None
+    return link
+
+
+def delete_link(nl: Netlink, name: str) -> bool:
+    link = nl.link_get(name)
+    if link is None:
+        return False
+    try:
+        nl.link_del(link.index)
+    except NetlinkError as exc:
+        if exc.errno not in (errno.ENODEV, errno.ENOENT):
+            raise _kernel(f"cannot delete {name}", exc) from None
+        return False
+    return True
+
+
+def enable_ip_forwarding() -> None:
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path, "r+") as f:
+        if f.read().strip() != "1":
+            f.seek(0)
+            f.write("1")

@@ -1,0 +1,90 @@
+"""CNI entry point: read CNI_* variables, dispatch a verb, print a result or error JSON.
+
+Rules: parse and validate everything (environment, config) before any side effect;
+every failure leaves as a CniError and becomes the spec's error JSON on stdout with
+exit status 1. Anything else escaping a command is our bug: it is reported the same
+way (code 999 would hide it; we use 5, I/O failure, and put the traceback in details).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from cni.conf import SUPPORTED_VERSIONS, load_netconf, parse_version
+from cni.errors import CniError, INVALID_ENV, IO_FAILURE, NOT_ROOT
+from cni.result import version_result
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+# which variables each verb needs (CNI spec, "Parameters")
+REQUIRED = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "STATUS": (),
+    "GC": (),
+    "VERSION": (),
+}
+
+
+class CmdArgs:
+    def __init__(self, env: "Mapping[str, str]") -> None:
+        self.command = env.get("CNI_COMMAND", "")
+        self.container_id = env.get("CNI_CONTAINERID", "")
+        self.netns = env.get("CNI_NETNS", "")
+        self.ifname = env.get("CNI_IFNAME", "")
+        self.args = env.get("CNI_ARGS", "")
+        self.path = env.get("CNI_PATH", "")
+
+
+def valid_container_id(cid: str) -> bool:
+    return cid[:1].isalnum() and cid.isascii() and all(c in _ID_CHARS for c in cid)
+
+
+def validate_env(env: "Mapping[str, str]") -> CmdArgs:
+    args = CmdArgs(env)
+    if args.command not in REQUIRED:
+        raise CniError(INVALID_ENV, f"unknown CNI_COMMAND {args.command!r}; expected one of "
+                       + ", ".join(REQUIRED))
+    missing = [name for name in REQUIRED[args.command] if not env.get(name)]
+    if missing:
+        raise CniError(INVALID_ENV, f"{args.command} needs environment variable(s) {', '.join(missing)}")
+    if args.container_id and not valid_container_id(args.container_id):
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID {args.container_id!r} must start with a letter or "
+                       "digit and hold only letters, digits, '_', '.' and '-'")
+    if args.ifname and (len(args.ifname) > 15 or args.ifname in (".", "..")
+                        or any(c in args.ifname for c in "/: \t\n")):
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {args.ifname!r} is not a valid interface name")
+    return args
+
+
+def dispatch(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "TextIO", stderr: "TextIO",
+             commands: "Mapping[str, Callable] | None" = None) -> int:
+    data = stdin.read() if env.get("CNI_COMMAND") != "VERSION" or not stdin.isatty() else b""
+    version = parse_version(data)
+    try:
+        args = validate_env(env)
+        if args.command == "VERSION":
+            stdout.write(json.dumps(version_result(version, SUPPORTED_VERSIONS)) + "\n")
+            return 0
+        conf = load_netconf(data)
+        if os.geteuid() != 0:
+            raise CniError(NOT_ROOT, "the flatnet CNI plugin must run as root (it needs CAP_NET_ADMIN)",
+                           "run podman as root, or call the plugin with sudo")
+        if commands is None:
+            from cni import commands as real
+            commands = real.COMMANDS
+        result = commands[args.command](args, conf)
+        if result is not None:
+            stdout.write(json.dumps(result) + "\n")
+        return 0
+    except CniError as err:
+        stdout.write(json.dumps(err.to_json(version)) + "\n")
+        return 1
+    except Exception as exc:  # our bug: still answer in the spec's format
+        import traceback
+        err = CniError(IO_FAILURE, f"internal error in the flatnet plugin: {exc!r}",
+                       traceback.format_exc(limit=5))
+        stdout.write(json.dumps(err.to_json(version)) + "\n")
+        stderr.write(err.details)
+        return 1

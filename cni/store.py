@@ -1,0 +1,119 @@
+"""File-backed IPAM store: one file per reserved address, guarded by flock.
+
+Layout under <dataDir>/<network>/ (the same shape as CNI's host-local plugin, so an
+operator who knows that one can read this one):
+    lock                    flock(2) target; held for a whole ADD/DEL/GC
+    <ip>                    "<container id>\\n<ifname>\\n"
+    last_reserved_ip        where the next search starts (addresses rotate, so a
+                            freed address is not handed out again at once)
+    lease.json              the last lease this host used (survives reboots, so
+                            containers start while the engine is still down)
+Files live on disk, so reservations survive reboots.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from cni.errors import CniError, IO_FAILURE
+from cni.ipv4 import format_ip, parse_ip
+
+
+class FileStore:
+    """The IPAM store (cni.ports.Store) on disk; use as a context manager to hold the lock."""
+
+    def __init__(self, data_dir: str, network: str) -> None:
+        if "/" in network or network in (".", ".."):
+            raise CniError(IO_FAILURE, f"network name {network!r} cannot be a directory name")
+        self.dir = os.path.join(data_dir, network)
+        self._lock_fd = -1
+
+    def __enter__(self) -> "FileStore":
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CniError(IO_FAILURE, f"cannot open IPAM store {self.dir}: {exc.strerror}") from None
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._lock_fd)  # closing drops the flock
+        self._lock_fd = -1
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def reserve(self, ip: int, container_id: str, ifname: str) -> bool:
+        try:
+            fd = os.open(self._path(format_ip(ip)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{container_id}\n{ifname}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def entries(self) -> list[tuple[int, str, str]]:
+        out = []
+        for name in os.listdir(self.dir):
+            if name.count(".") != 3 or not name[0].isdigit():
+                continue
+            try:
+                with open(self._path(name)) as f:
+                    cid, _, ifname = f.read().partition("\n")
+            except FileNotFoundError:
+                continue
+            out.append((parse_ip(name, "store"), cid.strip(), ifname.strip()))
+        return out
+
+    def get_by_id(self, container_id: str, ifname: str) -> int | None:
+        for ip, cid, ifn in self.entries():
+            if cid == container_id and ifn == ifname:
+                return ip
+        return None
+
+    def release_by_id(self, container_id: str, ifname: str) -> list[int]:
+        freed = [ip for ip, cid, ifn in self.entries() if cid == container_id and ifn == ifname]
+        for ip in freed:
+            self.release(ip)
+        return freed
+
+    def release(self, ip: int) -> None:
+        try:
+            os.unlink(self._path(format_ip(ip)))
+        except FileNotFoundError:
+            pass
+
+    def last_reserved(self) -> int | None:
+        try:
+            with open(self._path("last_reserved_ip")) as f:
+                return parse_ip(f.read().strip(), "last_reserved_ip")
+        except (OSError, CniError):
+            return None
+
+    def set_last_reserved(self, ip: int) -> None:
+        self._write_atomic("last_reserved_ip", format_ip(ip))
+
+    def read_cached_lease(self) -> str | None:
+        try:
+            with open(self._path("lease.json")) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def cache_lease(self, text: str) -> None:
+        if self.read_cached_lease() != text:
+            self._write_atomic("lease.json", text)
+
+    def _write_atomic(self, name: str, text: str) -> None:
+        tmp = self._path(name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self._path(name))
+
+
+def is_enoent(exc: OSError) -> bool:
+    return exc.errno == errno.ENOENT

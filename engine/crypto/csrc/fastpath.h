@@ -1,0 +1,101 @@
+/* Flatnet data path: batched TUN<->UDP forwarding with ChaCha20-Poly1305.
+ *
+ * Only the part between CDEF-BEGIN and CDEF-END is read by cffi (engine/crypto/_build.py);
+ * keep it free of preprocessor logic other than integer #defines.
+ *
+ * Threads: fn_inside (TUN->UDP) and fn_outside (UDP->TUN) each run in their own
+ * thread with the GIL released; Python changes peers and keys from a third thread.
+ * tx state is guarded by tx_lock, rx state by rx_lock, so the two directions never
+ * wait for each other.
+ */
+#ifndef FLATNET_FASTPATH_H
+#define FLATNET_FASTPATH_H
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+#define FN_VERSION 1
+#define FN_HEADER 16
+#define FN_TAG 16
+#define FN_KEY 32
+#define FN_MAX_PEERS 4096
+#define FN_RX_SLOTS 4096
+#define FN_BATCH 64
+#define FN_REPLAY_WORDS 64
+#define FN_CTRL_MAX 1500
+#define FN_NDROPS 16
+
+#define FN_DROP_SHORT 0
+#define FN_DROP_TYPE 1
+#define FN_DROP_INDEX 2
+#define FN_DROP_AUTH 3
+#define FN_DROP_REPLAY 4
+#define FN_DROP_SOURCE 5
+#define FN_DROP_NOROUTE 6
+#define FN_DROP_NOSESSION 7
+#define FN_DROP_SEND 8
+#define FN_DROP_TUNWRITE 9
+#define FN_DROP_NOTIPV4 10
+#define FN_DROP_KEY_EXHAUSTED 11
+#define FN_DROP_CTRL_FULL 12
+#define FN_DROP_TOO_BIG 13
+
+#define FN_CTRL_RAW 0
+#define FN_CTRL_DECRYPTED 1
+#define FN_CTRL_ROAM 2
+
+typedef struct fn_ctx fn_ctx;
+
+typedef struct fn_replay {
+    uint64_t top;
+    uint64_t bitmap[64];
+} fn_replay;
+
+typedef struct fn_peer_stats {
+    uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
+    int64_t last_tx_ns, last_rx_ns;
+    uint64_t tx_counter;
+    int32_t tx_valid;
+    int32_t want_handshake;
+} fn_peer_stats;
+
+typedef struct fn_ctrl {
+    int32_t kind;
+    int32_t peer;
+    uint32_t len;
+    uint32_t addrlen;
+    uint8_t addr[28];
+    uint8_t data[1500];
+} fn_ctrl;
+
+int fn_init(void);
+int fn_version(void);
+int64_t fn_now_ns(void);
+
+fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu);
+void fn_free(fn_ctx *ctx);
+void fn_stop(fn_ctx *ctx);
+
+int fn_peer_set(fn_ctx *ctx, int slot, uint32_t subnet, uint32_t prefix);
+int fn_peer_remove(fn_ctx *ctx, int slot);
+int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sockaddr, uint32_t len);
+int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index);
+int fn_peer_tx_clear(fn_ctx *ctx, int slot);
+int fn_peer_clear_want(fn_ctx *ctx, int slot);
+int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out);
+int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key);
+int fn_rx_remove(fn_ctx *ctx, uint32_t local_index);
+void fn_drops(fn_ctx *ctx, uint64_t *out);
+
+int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen,
+                    uint8_t *out, uint32_t outlen);
+
+int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *events, int max_events);
+int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl);
+
+int fn_replay_accept(fn_replay *r, uint64_t counter);
+int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t stride,
+                  const uint32_t *lens, int n);
+int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *lens, int n);
+/* CDEF-END */
+
+#endif

@@ -1,0 +1,2 @@
+def main() -> int:
+    raise SystemExit("flatnet CLI: not built yet")
