@@ -1,0 +1,116 @@
+import multiprocessing
+
+import pytest
+
+from cni import ipam
+from cni.errors import CniError
+from cni.ipv4 import format_ip, parse_subnet
+from cni.store import FileStore
+
+
+class FakeStore:
+    def __init__(self):
+        self.by_ip: dict[int, tuple[str, str]] = {}
+        self.last = None
+
+    def reserve(self, ip, cid, ifname):
+        if ip in self.by_ip:
+            return False
+        self.by_ip[ip] = (cid, ifname)
+        return True
+
+    def get_by_id(self, cid, ifname):
+        return next((ip for ip, v in self.by_ip.items() if v == (cid, ifname)), None)
+
+    def release_by_id(self, cid, ifname):
+        freed = [ip for ip, v in self.by_ip.items() if v == (cid, ifname)]
+        for ip in freed:
+            del self.by_ip[ip]
+        return freed
+
+    def release(self, ip):
+        self.by_ip.pop(ip, None)
+
+    def entries(self):
+        return [(ip, c, i) for ip, (c, i) in self.by_ip.items()]
+
+    def last_reserved(self):
+        return self.last
+
+    def set_last_reserved(self, ip):
+        self.last = ip
+
+
+SUBNET = parse_subnet("10.87.5.0/24", "subnet")
+GW = SUBNET.first_host
+
+
+def test_addresses_are_distinct_and_skip_gateway():
+    store = FakeStore()
+    ips = [ipam.allocate(store, SUBNET, GW, f"c{i}", "eth0") for i in range(20)]
+    assert len(set(ips)) == 20
+    assert GW not in ips
+    assert format_ip(ips[0]) == "10.87.5.2"
+
+
+def test_repeated_add_returns_the_same_address():
+    store = FakeStore()
+    first = ipam.allocate(store, SUBNET, GW, "c1", "eth0")
+    assert ipam.allocate(store, SUBNET, GW, "c1", "eth0") == first
+    assert ipam.allocate(store, SUBNET, GW, "c1", "eth1") != first
+
+
+def test_freed_address_is_not_reused_at_once():
+    store = FakeStore()
+    a = ipam.allocate(store, SUBNET, GW, "c1", "eth0")
+    store.release_by_id("c1", "eth0")
+    assert ipam.allocate(store, SUBNET, GW, "c2", "eth0") != a
+
+
+def test_exhaustion_is_a_clear_error():
+    small = parse_subnet("10.87.5.0/29", "subnet")  # .1 gateway, .2-.6 containers
+    store = FakeStore()
+    for i in range(5):
+        ipam.allocate(store, small, small.first_host, f"c{i}", "eth0")
+    with pytest.raises(CniError) as info:
+        ipam.allocate(store, small, small.first_host, "c9", "eth0")
+    assert info.value.code == 101
+    assert "10.87.5.0/29 is exhausted" in info.value.msg
+
+
+def test_wraps_around_after_the_last_address():
+    small = parse_subnet("10.87.5.0/29", "subnet")
+    store = FakeStore()
+    store.set_last_reserved(small.broadcast - 1)
+    assert format_ip(ipam.allocate(store, small, small.first_host, "c", "eth0")) == "10.87.5.2"
+
+
+def test_gc_frees_what_is_not_attached():
+    store = FakeStore()
+    keep = ipam.allocate(store, SUBNET, GW, "alive", "eth0")
+    ipam.allocate(store, SUBNET, GW, "gone", "eth0")
+    freed = ipam.garbage_collect(store, {("alive", "eth0")})
+    assert len(freed) == 1 and store.entries() == [(keep, "alive", "eth0")]
+
+
+def _allocate_in_process(args):
+    data_dir, n = args
+    with FileStore(data_dir, "net") as store:
+        return ipam.allocate(store, SUBNET, GW, f"proc{n}", "eth0")
+
+
+def test_file_store_under_concurrency_never_hands_out_one_address_twice(tmp_path):
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        ips = pool.map(_allocate_in_process, [(str(tmp_path), n) for n in range(64)])
+    assert len(set(ips)) == 64
+    with FileStore(str(tmp_path), "net") as store:
+        assert len(store.entries()) == 64
+
+
+def test_file_store_persists_and_releases(tmp_path):
+    with FileStore(str(tmp_path), "net") as store:
+        ip = ipam.allocate(store, SUBNET, GW, "c1", "eth0")
+    with FileStore(str(tmp_path), "net") as store:  # a new process after a reboot sees it
+        assert store.get_by_id("c1", "eth0") == ip
+        assert store.release_by_id("c1", "eth0") == [ip]
+        assert store.entries() == []
