@@ -5,7 +5,7 @@ failure names the key, the bad value and what would be accepted.
 """
 from __future__ import annotations
 
-import json
+from cni import jsonlite as json
 
 from cni.errors import (CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
                         NO_LEASE)

@@ -7,7 +7,7 @@ way (code 999 would hide it; we use 5, I/O failure, and put the traceback in det
 """
 from __future__ import annotations
 
-import json
+from cni import jsonlite as json
 import os
 import sys
 

@@ -1,0 +1,1 @@
+"""Flatnet benchmarks: `python -m benchmarks <name>`; see docs/performance.md."""

@@ -1,0 +1,23 @@
+"""python -m benchmarks {cni,fastpath,tunnel} [options]"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUITES = {
+    "cni": "benchmarks.bench_cni",
+    "fastpath": "benchmarks.bench_fastpath",
+    "tunnel": "benchmarks.bench_tunnel",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("suite", choices=sorted(SUITES))
+    a, rest = p.parse_known_args(argv)
+    return importlib.import_module(SUITES[a.suite]).main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
