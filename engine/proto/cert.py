@@ -1,0 +1,100 @@
+"""Network CA and node certificates (pure: encode, sign, verify with `now` passed in).
+
+A certificate is msgpack {"d": details, "s": Ed25519 signature over details}, where
+details is the msgpack map {name, key, groups, not_before, not_after, issuer} and key
+is the node's X25519 static public key (the Noise static key). A CA certificate has
+the same shape with the CA's Ed25519 verify key, self-signed, and "ca": true.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from engine.proto.errors import RemoteProtocolError
+
+MAX_CERT_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Certificate:
+    name: str
+    key: bytes
+    groups: tuple[str, ...]
+    not_before: int
+    not_after: int
+    issuer: str
+    is_ca: bool
+    raw: bytes
+
+    def check_time(self, now: float) -> None:
+        if now < self.not_before:
+            raise RemoteProtocolError("bad_cert", f"certificate of {self.name!r} is not valid yet")
+        if now > self.not_after:
+            raise RemoteProtocolError("bad_cert", f"certificate of {self.name!r} expired")
+
+
+def _details(name: str, key: bytes, groups: list[str], not_before: int, not_after: int,
+             issuer: str, is_ca: bool) -> bytes:
+    return msgpack.packb({"name": name, "key": key, "groups": list(groups), "not_before": not_before,
+                          "not_after": not_after, "issuer": issuer, "ca": is_ca}, use_bin_type=True)
+
+
+def create_ca(signing_key: SigningKey, name: str, not_before: int, not_after: int) -> bytes:
+    details = _details(name, bytes(signing_key.verify_key), [], not_before, not_after, name, True)
+    return msgpack.packb({"d": details, "s": signing_key.sign(details).signature}, use_bin_type=True)
+
+
+def sign_node(ca_key: SigningKey, ca: Certificate, name: str, public_key: bytes, groups: list[str],
+              not_before: int, not_after: int) -> bytes:
+    if len(public_key) != 32:
+        raise ValueError("a node key is a 32-byte X25519 public key")
+    if not name or len(name) > 64:
+        raise ValueError("a node name has 1 to 64 characters")
+    not_after = min(not_after, ca.not_after)  # a node cannot outlive its CA
+    details = _details(name, public_key, groups, not_before, not_after, ca.name, False)
+    return msgpack.packb({"d": details, "s": ca_key.sign(details).signature}, use_bin_type=True)
+
+
+def decode(raw: bytes) -> tuple[Certificate, bytes, bytes]:
+    """(certificate, signed details, signature) without checking the signature."""
+    if len(raw) > MAX_CERT_BYTES:
+        raise RemoteProtocolError("bad_cert", "certificate too large")
+    try:
+        outer = msgpack.unpackb(raw, raw=False)
+        details, signature = outer["d"], outer["s"]
+        d = msgpack.unpackb(details, raw=False)
+        cert = Certificate(name=str(d["name"]), key=bytes(d["key"]), groups=tuple(str(g) for g in d["groups"]),
+                           not_before=int(d["not_before"]), not_after=int(d["not_after"]),
+                           issuer=str(d["issuer"]), is_ca=bool(d.get("ca", False)), raw=bytes(raw))
+    except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise RemoteProtocolError("bad_cert", "malformed certificate") from None
+    if len(cert.key) != 32 or not isinstance(signature, bytes) or len(signature) != 64:
+        raise RemoteProtocolError("bad_cert", "malformed certificate")
+    return cert, details, signature
+
+
+def load_ca(raw: bytes) -> Certificate:
+    cert, details, signature = decode(raw)
+    if not cert.is_ca:
+        raise RemoteProtocolError("bad_cert", f"{cert.name!r} is not a CA certificate")
+    try:
+        VerifyKey(cert.key).verify(details, signature)
+    except BadSignatureError:
+        raise RemoteProtocolError("bad_cert", "CA certificate signature is invalid") from None
+    return cert
+
+
+def verify_node(raw: bytes, ca: Certificate, now: float) -> Certificate:
+    """The node certificate in raw, if the CA signed it and it is valid at `now`."""
+    cert, details, signature = decode(raw)
+    if cert.is_ca:
+        raise RemoteProtocolError("bad_cert", "a CA certificate cannot identify a node")
+    try:
+        VerifyKey(ca.key).verify(details, signature)
+    except BadSignatureError:
+        raise RemoteProtocolError("bad_cert", f"certificate of {cert.name!r} is not signed by CA {ca.name!r}") from None
+    cert.check_time(now)
+    return cert

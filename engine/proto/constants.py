@@ -1,0 +1,18 @@
+"""Protocol constants (DESIGN.md "Trust and sessions"; the timer values follow WireGuard's)."""
+
+PROLOGUE = b"flatnet/1"
+TYPE_INITIATION = 1
+TYPE_RESPONSE = 2
+TYPE_DATA = 3
+TYPE_CONTROL = 4
+TYPE_RELAYED = 5
+
+REKEY_AFTER_TIME = 120.0        # the initiator of a session starts a new handshake
+REKEY_RESPONDER_SLACK = 10.0    # the responder waits this much longer, so both do not race
+REJECT_AFTER_TIME = 180.0       # keys older than this are never used again
+REKEY_AFTER_MESSAGES = 2 ** 60
+KEEPALIVE_TIMEOUT = 15.0        # send an empty packet after this long without sending
+DEAD_PEER_TIMEOUT = 20.0        # sent, but nothing heard for this long: handshake again
+HANDSHAKE_RETRY_FIRST = 1.0     # then doubles, up to HANDSHAKE_RETRY_MAX
+HANDSHAKE_RETRY_MAX = 8.0
+HANDSHAKE_GIVE_UP = 90.0        # stop retrying after this long with no answer

@@ -1,0 +1,100 @@
+"""Handshake messages (types 1 and 2): Noise IK plus certificates and TAI64N.
+
+    initiation: type 1 · reserved(3) · sender index u32 LE · IK message 1
+                payload = msgpack {"cert": initiator certificate, "ts": TAI64N}
+    response:   type 2 · reserved(3) · sender index u32 LE · receiver index u32 LE · IK message 2
+                payload = msgpack {"cert": responder certificate}
+
+Each side checks the other's certificate against the CA, its validity window, and
+that the certified key is the Noise static key. create_* / consume_* pairs, as in
+wireguard-go; nothing here keeps state between messages except the HandshakeIK.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import msgpack
+
+from engine.proto import cert as certs, tai64n
+from engine.proto.constants import PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE
+from engine.proto.errors import RemoteProtocolError
+from engine.proto.noise import HandshakeIK
+
+_INIT_HDR = struct.Struct("<B3xI")
+_RESP_HDR = struct.Struct("<B3xII")
+MAX_HANDSHAKE = 1400
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This node: its Noise static private key, its certificate, and the network CA."""
+    static_private: bytes
+    cert: certs.Certificate
+    ca: certs.Certificate
+
+
+@dataclass
+class Initiation:
+    peer: certs.Certificate
+    sender_index: int
+    timestamp: int
+    hs: HandshakeIK
+
+
+def create_initiation(me: Identity, peer_static: bytes, sender_index: int, unix_ns: int,
+                      ephemeral: tuple[bytes, bytes] | None = None) -> tuple[HandshakeIK, bytes]:
+    hs = HandshakeIK(True, me.static_private, PROLOGUE, remote_static=peer_static, ephemeral=ephemeral)
+    payload = msgpack.packb({"cert": me.cert.raw, "ts": tai64n.encode(unix_ns)}, use_bin_type=True)
+    return hs, _INIT_HDR.pack(TYPE_INITIATION, sender_index) + hs.write_message_1(payload)
+
+
+def _payload(raw: bytes, keys: tuple[str, ...]) -> dict:
+    try:
+        body = msgpack.unpackb(raw, raw=False)
+        if not isinstance(body, dict) or any(not isinstance(body.get(k), bytes) for k in keys):
+            raise ValueError
+        return body
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise RemoteProtocolError("bad_handshake", "malformed payload") from None
+
+
+def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
+    if len(packet) > MAX_HANDSHAKE or len(packet) < _INIT_HDR.size:
+        raise RemoteProtocolError("bad_handshake", "initiation of wrong size")
+    _, sender = _INIT_HDR.unpack_from(packet)
+    hs = HandshakeIK(False, me.static_private, PROLOGUE)
+    body = _payload(hs.read_message_1(packet[_INIT_HDR.size:]), ("cert", "ts"))
+    peer = certs.verify_node(body["cert"], me.ca, now)
+    if peer.key != hs.rs:
+        raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")
+    if len(body["ts"]) != 12:
+        raise RemoteProtocolError("bad_handshake", "bad timestamp")
+    return Initiation(peer, sender, tai64n.decode(body["ts"]), hs)
+
+
+def create_response(me: Identity, init: Initiation, sender_index: int,
+                    ephemeral: tuple[bytes, bytes] | None = None) -> bytes:
+    if ephemeral is not None:
+        init.hs.e = ephemeral
+    payload = msgpack.packb({"cert": me.cert.raw}, use_bin_type=True)
+    return _RESP_HDR.pack(TYPE_RESPONSE, sender_index, init.sender_index) + init.hs.write_message_2(payload)
+
+
+def response_indexes(packet: bytes) -> tuple[int, int]:
+    """(sender index, receiver index) of a response, to find the waiting handshake."""
+    if len(packet) < _RESP_HDR.size or len(packet) > MAX_HANDSHAKE:
+        raise RemoteProtocolError("bad_handshake", "response of wrong size")
+    _, sender, receiver = _RESP_HDR.unpack_from(packet)
+    return sender, receiver
+
+
+def consume_response(me: Identity, hs: HandshakeIK, packet: bytes, expected_name: str,
+                     now: float) -> certs.Certificate:
+    body = _payload(hs.read_message_2(packet[_RESP_HDR.size:]), ("cert",))
+    peer = certs.verify_node(body["cert"], me.ca, now)
+    if peer.key != hs.rs:
+        raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")
+    if peer.name != expected_name:
+        raise RemoteProtocolError("bad_cert", f"expected {expected_name!r}, got {peer.name!r}")
+    return peer

@@ -1,0 +1,259 @@
+"""One peer's session: handshakes, transport keys and timers (sans-IO).
+
+Rules:
+- States and inputs form a table (TRANSITIONS); an input missing from it is a bug.
+- Nothing here reads a clock or touches a socket: `now` (monotonic seconds) comes in
+  with every call, wall-clock nanoseconds (for TAI64N) from an injected function.
+- Outputs are drained by the driver: datagrams_to_send() for handshake packets
+  (address None = the peer's endpoints), next_event() for key changes, keepalives
+  and failures; get_timer() says when handle_timer() wants to run next.
+- Keys: `current` sends and receives; `previous` only receives, until the next
+  install, so packets in flight during a rekey are not lost.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.proto import handshake as hsm
+from engine.proto.constants import (DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
+                                    HANDSHAKE_RETRY_MAX, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME,
+                                    REKEY_AFTER_TIME, REKEY_RESPONDER_SLACK)
+from engine.proto.errors import LocalProtocolError, RemoteProtocolError
+from engine.proto.noise import HandshakeIK
+
+
+class State(enum.Enum):
+    IDLE = "idle"                # no keys
+    HANDSHAKING = "handshaking"  # no keys, an initiation is out
+    ESTABLISHED = "established"  # keys (a rekey may be out at the same time)
+
+
+class Input(enum.Enum):
+    START = "start"
+    KEYS = "keys"
+    EXPIRE = "expire"
+    GIVE_UP = "give_up"
+
+
+TRANSITIONS: dict[tuple[State, Input], State] = {
+    (State.IDLE, Input.START): State.HANDSHAKING,
+    (State.IDLE, Input.KEYS): State.ESTABLISHED,
+    (State.HANDSHAKING, Input.KEYS): State.ESTABLISHED,
+    (State.HANDSHAKING, Input.GIVE_UP): State.IDLE,
+    (State.ESTABLISHED, Input.START): State.ESTABLISHED,
+    (State.ESTABLISHED, Input.KEYS): State.ESTABLISHED,
+    (State.ESTABLISHED, Input.EXPIRE): State.IDLE,
+    (State.ESTABLISHED, Input.GIVE_UP): State.ESTABLISHED,
+}
+
+
+@dataclass(frozen=True)
+class Keys:
+    send: bytes
+    receive: bytes
+    local_index: int
+    remote_index: int
+    created: float
+    initiator: bool
+
+
+@dataclass(frozen=True)
+class KeysInstalled:
+    keys: Keys
+    retired_index: int | None  # a receive index the data path must forget
+
+
+@dataclass(frozen=True)
+class KeysExpired:
+    local_indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SendKeepalive:
+    pass
+
+
+@dataclass(frozen=True)
+class HandshakeFailed:
+    reason: str
+
+
+@dataclass
+class _Pending:
+    hs: HandshakeIK
+    local_index: int
+    started: float
+    next_retry: float
+    delay: float
+
+
+class PeerSession:
+    def __init__(self, me: hsm.Identity, peer_name: str, peer_static: bytes,
+                 allocate_index: Callable[[], int], release_index: Callable[[int], None],
+                 wall_ns: Callable[[], int]) -> None:
+        self.me = me
+        self.peer_name = peer_name
+        self.peer_static = peer_static
+        self._allocate = allocate_index
+        self._release = release_index
+        self._wall_ns = wall_ns
+        self.state = State.IDLE
+        self.current: Keys | None = None
+        self.previous: Keys | None = None
+        self.pending: _Pending | None = None
+        self.last_initiation_ts = -1
+        self.last_tx: float | None = None
+        self.last_rx: float | None = None
+        self.last_handshake: float | None = None
+        self.handshakes = 0
+        self.rekeys = 0
+        self._datagrams: list[tuple[bytes, tuple | None]] = []
+        self._events: list[object] = []
+
+    # ---- table
+    def _move(self, what: Input) -> None:
+        try:
+            self.state = TRANSITIONS[(self.state, what)]
+        except KeyError:
+            raise LocalProtocolError(f"{what.value} is not allowed in state {self.state.value}") from None
+
+    # ---- outputs
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple | None]]:
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def next_event(self) -> object | None:
+        return self._events.pop(0) if self._events else None
+
+    # ---- inputs
+    def want_keys(self, now: float) -> None:
+        """The data path has packets for this peer and no usable keys."""
+        if self.pending is None and (self.current is None or self._expired(self.current, now)):
+            self._start(now)
+
+    def note_traffic(self, last_tx: float | None, last_rx: float | None) -> None:
+        """Times of the last data sent and received, from the data path's counters."""
+        if last_tx is not None and (self.last_tx is None or last_tx > self.last_tx):
+            self.last_tx = last_tx
+        if last_rx is not None and (self.last_rx is None or last_rx > self.last_rx):
+            self.last_rx = last_rx
+
+    def receive_initiation(self, init: hsm.Initiation, addr: tuple, now: float) -> None:
+        if init.peer.name != self.peer_name:
+            raise LocalProtocolError("initiation routed to the wrong session")
+        if init.timestamp <= self.last_initiation_ts:
+            raise RemoteProtocolError("replayed_initiation", f"from {self.peer_name} at {addr}")
+        self.last_initiation_ts = init.timestamp
+        local = self._allocate()
+        packet = hsm.create_response(self.me, init, local)
+        send, receive = init.hs.split()
+        self._datagrams.append((packet, addr))
+        self._install(Keys(send, receive, local, init.sender_index, now, initiator=False), now)
+
+    def receive_response(self, packet: bytes, now: float) -> None:
+        pending = self.pending
+        if pending is None:
+            raise RemoteProtocolError("unexpected_response", f"from {self.peer_name}")
+        sender, receiver = hsm.response_indexes(packet)
+        if receiver != pending.local_index:
+            raise RemoteProtocolError("unexpected_response", "stale receiver index")
+        # certificate validity is wall-clock time, not the monotonic `now`
+        hsm.consume_response(self.me, pending.hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        send, receive = pending.hs.split()
+        self.pending = None
+        self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), now)
+
+    def handle_timer(self, now: float) -> None:
+        p = self.pending
+        if p is not None and now >= p.next_retry:
+            if now - p.started >= HANDSHAKE_GIVE_UP:
+                self._release(p.local_index)
+                self.pending = None
+                self._move(Input.GIVE_UP)
+                self._events.append(HandshakeFailed(f"no answer from {self.peer_name} in {HANDSHAKE_GIVE_UP:.0f} s"))
+            else:
+                self._send_initiation(now, started=p.started, delay=min(p.delay * 2, HANDSHAKE_RETRY_MAX))
+        for keys in (self.previous, self.current):
+            if keys is not None and self._expired(keys, now):
+                self._expire(keys)
+        cur = self.current
+        if cur is None:
+            return
+        if self.pending is None:
+            age = now - cur.created
+            if age >= REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK):
+                self.rekeys += 1
+                self._start(now)
+            elif (self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx
+                  and now - self.last_rx >= DEAD_PEER_TIMEOUT):
+                self._start(now)  # we keep sending and hear nothing: the peer may have restarted
+        if self.current is not None and now - (self.last_tx or cur.created) >= KEEPALIVE_TIMEOUT:
+            self.last_tx = now
+            self._events.append(SendKeepalive())
+
+    def get_timer(self) -> float | None:
+        deadlines = []
+        if self.pending is not None:
+            deadlines.append(self.pending.next_retry)
+        for keys in (self.previous, self.current):
+            if keys is not None:
+                deadlines.append(keys.created + REJECT_AFTER_TIME)
+        cur = self.current
+        if cur is not None:
+            if self.pending is None:
+                deadlines.append(cur.created + REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK))
+                if self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx:
+                    deadlines.append(self.last_rx + DEAD_PEER_TIMEOUT)
+            deadlines.append((self.last_tx or cur.created) + KEEPALIVE_TIMEOUT)
+        return min(deadlines) if deadlines else None
+
+    def close(self) -> None:
+        """Forget everything (peer removed): release indexes, tell the data path."""
+        indexes = tuple(k.local_index for k in (self.current, self.previous) if k is not None)
+        if self.pending is not None:
+            self._release(self.pending.local_index)
+            self.pending = None
+        for index in indexes:
+            self._release(index)
+        self.current = self.previous = None
+        if indexes:
+            self._events.append(KeysExpired(indexes))
+        self.state = State.IDLE
+
+    # ---- internals
+    def _start(self, now: float) -> None:
+        self._move(Input.START)
+        self._send_initiation(now, started=now, delay=HANDSHAKE_RETRY_FIRST)
+
+    def _send_initiation(self, now: float, started: float, delay: float) -> None:
+        if self.pending is not None:
+            self._release(self.pending.local_index)
+        local = self._allocate()
+        hs, packet = hsm.create_initiation(self.me, self.peer_static, local, self._wall_ns())
+        self.pending = _Pending(hs, local, started, now + delay, delay)
+        self._datagrams.append((packet, None))
+
+    def _install(self, keys: Keys, now: float) -> None:
+        retired = self.previous.local_index if self.previous is not None else None
+        if retired is not None:
+            self._release(retired)
+        self.previous, self.current = self.current, keys
+        self.last_handshake = now
+        self.handshakes += 1
+        self._move(Input.KEYS)
+        self._events.append(KeysInstalled(keys, retired))
+
+    @staticmethod
+    def _expired(keys: Keys, now: float) -> bool:
+        return now - keys.created >= REJECT_AFTER_TIME
+
+    def _expire(self, keys: Keys) -> None:
+        self._release(keys.local_index)
+        self._events.append(KeysExpired((keys.local_index,)))
+        if keys is self.previous:
+            self.previous = None
+        else:
+            self.current = None
+            self._move(Input.EXPIRE)
