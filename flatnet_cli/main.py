@@ -1,2 +1,145 @@
-def main() -> int:
-    raise SystemExit("flatnet CLI: not built yet")
+"""flatnet: the operator's command.
+
+    flatnet ca init   --dir DIR [--name N] [--days D]
+    flatnet cert sign --ca-dir DIR --name N [--groups a,b] [--out-dir DIR] [--days D]
+    flatnet status [--json] [--socket PATH]
+    flatnet peers  [--json] [--socket PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+DEFAULT_SOCKET = "/run/flatnet/engine.sock"
+DAY = 86400
+
+
+def cmd_ca_init(a: argparse.Namespace) -> int:
+    from nacl.signing import SigningKey
+    from engine import pki
+    from engine.proto import cert as certs
+    key_path, crt_path = os.path.join(a.dir, "ca.key"), os.path.join(a.dir, "ca.crt")
+    if os.path.exists(key_path) and not a.force:
+        print(f"flatnet: {key_path} exists; refusing to overwrite a CA (use --force to replace it)", file=sys.stderr)
+        return 1
+    if a.force:
+        for p in (key_path, crt_path):
+            if os.path.exists(p):
+                os.unlink(p)
+    key = SigningKey.generate()
+    now = int(time.time())
+    pki.write_secret(key_path, bytes(key))
+    pki.write_public(crt_path, certs.create_ca(key, a.name, now - 60, now + a.days * DAY))
+    print(f"CA {a.name!r}: certificate {crt_path}, key {key_path} (keep the key offline; mode 0600)")
+    return 0
+
+
+def cmd_cert_sign(a: argparse.Namespace) -> int:
+    from nacl.signing import SigningKey
+    from engine import pki
+    from engine.proto import cert as certs
+    from engine.proto.noise import generate_keypair
+    ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
+    ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
+    out = a.out_dir or a.ca_dir
+    key_path, crt_path = os.path.join(out, f"{a.name}.key"), os.path.join(out, f"{a.name}.crt")
+    if os.path.exists(key_path):
+        print(f"flatnet: {key_path} exists; remove it first to issue a new key", file=sys.stderr)
+        return 1
+    private, public = generate_keypair()
+    now = int(time.time())
+    groups = [g for g in (a.groups or "").split(",") if g]
+    raw = certs.sign_node(ca_key, ca, a.name, public, groups, now - 60, now + a.days * DAY)
+    pki.write_secret(key_path, private)
+    pki.write_public(crt_path, raw)
+    print(f"node {a.name!r}: certificate {crt_path}, key {key_path}, groups {groups or '-'}")
+    return 0
+
+
+def _api(sock: str, url: str) -> object:
+    from engine.io import control
+    try:
+        status, body = control.get(sock, url)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise SystemExit(f"flatnet: no engine answers on {sock} (is flatnet-engine running? "
+                         "systemctl status flatnet-engine)") from None
+    if status != 200:
+        raise SystemExit(f"flatnet: engine answered {status}: {body.decode(errors='replace')}")
+    return json.loads(body)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    st = _api(a.socket, "/status")
+    if a.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    drops = {k: v for k, v in st["drops"].items() if v}
+    print(f"node      {st['node']}\nsubnet    {st['subnet']} (network {st['network']})\n"
+          f"listen    udp/{st['listen_port']}  tun {st['tun']}  bridge {st['bridge']}\n"
+          f"uptime    {st['uptime']} s\npeers     {st['peers_up']} up / {st['peers']} known\n"
+          f"drops     {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+    return 0
+
+
+def cmd_peers(a: argparse.Namespace) -> int:
+    rows = _api(a.socket, "/peers")
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    header = ["PEER", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "ERROR"]
+    table = [[r["name"], r["subnet"], r["state"], r["path"], r["endpoint"] or "-",
+              f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
+              _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["last_error"] or ""] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)] if table else [len(h) for h in header]
+    for row in [header] + table:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flatnet", description="Flatnet: flat encrypted networking for Podman")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ca = sub.add_parser("ca", help="network certificate authority").add_subparsers(dest="sub", required=True)
+    init = ca.add_parser("init", help="create the network CA")
+    init.add_argument("--dir", default="/etc/flatnet/pki")
+    init.add_argument("--name", default="flatnet-ca")
+    init.add_argument("--days", type=int, default=3650)
+    init.add_argument("--force", action="store_true")
+    init.set_defaults(fn=cmd_ca_init)
+    cert = sub.add_parser("cert", help="node certificates").add_subparsers(dest="sub", required=True)
+    sign = cert.add_parser("sign", help="create a node key and certificate")
+    sign.add_argument("--ca-dir", default="/etc/flatnet/pki")
+    sign.add_argument("--name", required=True)
+    sign.add_argument("--groups", default="")
+    sign.add_argument("--out-dir")
+    sign.add_argument("--days", type=int, default=365)
+    sign.set_defaults(fn=cmd_cert_sign)
+    for name, fn in (("status", cmd_status), ("peers", cmd_peers)):
+        sp = sub.add_parser(name)
+        sp.add_argument("--json", action="store_true")
+        sp.add_argument("--socket", default=DEFAULT_SOCKET)
+        sp.set_defaults(fn=fn)
+    a = p.parse_args(argv)
+    try:
+        return a.fn(a)
+    except Exception as exc:  # noqa: BLE001 - an operator gets a sentence, not a traceback
+        from engine.pki import PkiError
+        if isinstance(exc, (PkiError, OSError, ValueError)):
+            print(f"flatnet: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Engine configuration: TOML, validated once at start into frozen dataclasses.
+
+Every error names the file and the key, says what is wrong and what is accepted.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    cert: str
+    endpoints: tuple[tuple[str, int], ...]
+    subnet: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    ca: str
+    cert: str
+    key: str
+    network: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 4787
+    tun_name: str = "flatnet0"
+    mtu: int = 1420
+    bridge: str = "flatnet-br0"
+    run_dir: str = "/run/flatnet"
+    state_dir: str = "/var/lib/flatnet"
+    socket_buffer: int = 8 * 1024 * 1024
+    log_level: str = "info"
+    peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
+
+    @property
+    def control_socket(self) -> str:
+        return os.path.join(self.run_dir, "engine.sock")
+
+    @property
+    def lease_file(self) -> str:
+        return os.path.join(self.run_dir, "lease.json")
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.subnet.network_address + 1
+
+
+_KNOWN = {
+    "pki": {"ca", "cert", "key"},
+    "network": {"cidr", "subnet"},
+    "listen": {"host", "port", "socket_buffer"},
+    "tun": {"name", "mtu"},
+    "bridge": {"name"},
+    "paths": {"run_dir", "state_dir"},
+    "log": {"level"},
+    "peers": None,
+}
+
+
+def _ifname(value: object, where: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 15 or "/" in value or " " in value:
+        raise ConfigError(f"{where}: {value!r} is not an interface name (1-15 characters)")
+    return value
+
+
+def _endpoint(value: object, where: str) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{where}: {value!r} is not HOST:PORT")
+    host, _, port = value.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(f"{where}: {host!r} is not an IPv4 address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: port {port!r} is not 1-65535")
+    return host, int(port)
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    def where(key: str) -> str:
+        return f"{path}: {key}"
+
+    for table, body in doc.items():
+        if table not in _KNOWN:
+            raise ConfigError(f"{where(table)}: unknown section; expected one of {', '.join(sorted(_KNOWN))}")
+        allowed = _KNOWN[table]
+        if allowed is not None:
+            if not isinstance(body, dict):
+                raise ConfigError(f"{where(table)}: must be a table")
+            for key in body:
+                if key not in allowed:
+                    raise ConfigError(f"{where(table + '.' + key)}: unknown key; expected one of "
+                                      f"{', '.join(sorted(allowed))}")
+
+    def get(table: str, key: str, kind: type, default: object = None, required: bool = False):
+        value = doc.get(table, {}).get(key, default)
+        if value is None:
+            if required:
+                raise ConfigError(f"{where(table + '.' + key)}: missing")
+            return None
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(f"{where(table + '.' + key)}: expected {kind.__name__}, got {value!r}")
+        return value
+
+    def net(table: str, key: str, value: object) -> ipaddress.IPv4Network:
+        try:
+            return ipaddress.IPv4Network(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where(table + '.' + key)}: {value!r} is not an IPv4 CIDR ({exc})") from None
+
+    network = net("network", "cidr", get("network", "cidr", str, "10.87.0.0/16"))
+    if not 8 <= network.prefixlen <= 24:
+        raise ConfigError(f"{where('network.cidr')}: prefix must be /8 to /24, got /{network.prefixlen}")
+    subnet = net("network", "subnet", get("network", "subnet", str, required=True))
+    if subnet.prefixlen != 24 or not subnet.subnet_of(network):
+        raise ConfigError(f"{where('network.subnet')}: {subnet} must be a /24 inside {network}")
+    mtu = get("tun", "mtu", int, 1420)
+    if not 576 <= mtu <= 9000:
+        raise ConfigError(f"{where('tun.mtu')}: {mtu} is outside 576..9000")
+    port = get("listen", "port", int, 4787)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where('listen.port')}: {port} is not 0-65535")
+    level = get("log", "level", str, "info")
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{where('log.level')}: {level!r}; expected debug, info, warning or error")
+
+    peers = []
+    raw_peers = doc.get("peers", [])
+    if not isinstance(raw_peers, list):
+        raise ConfigError(f"{where('peers')}: use [[peers]] tables")
+    names = set()
+    for i, p in enumerate(raw_peers):
+        w = f"peers[{i}]"
+        unknown = set(p) - {"name", "cert", "endpoints", "subnet"}
+        if unknown:
+            raise ConfigError(f"{where(w)}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("name", "cert", "endpoints", "subnet"):
+            if key not in p:
+                raise ConfigError(f"{where(w + '.' + key)}: missing")
+        if not isinstance(p["endpoints"], list) or not p["endpoints"]:
+            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
+        psub = net("peers", f"[{i}].subnet", p["subnet"])
+        if not psub.subnet_of(network) or psub.prefixlen > 24:
+            raise ConfigError(f"{where(w + '.subnet')}: {psub} must be a /24 (or larger) inside {network}")
+        if psub.overlaps(subnet):
+            raise ConfigError(f"{where(w + '.subnet')}: {psub} overlaps this host's subnet {subnet}")
+        if p["name"] in names:
+            raise ConfigError(f"{where(w + '.name')}: duplicate peer {p['name']!r}")
+        names.add(p["name"])
+        peers.append(PeerConfig(str(p["name"]), str(p["cert"]),
+                                tuple(_endpoint(e, where(f"{w}.endpoints")) for e in p["endpoints"]), psub))
+
+    return Config(
+        path=path,
+        ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
+        cert=get("pki", "cert", str, "/etc/flatnet/pki/host.crt"),
+        key=get("pki", "key", str, "/etc/flatnet/pki/host.key"),
+        network=network, subnet=subnet,
+        listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
+        socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),
+        tun_name=_ifname(get("tun", "name", str, "flatnet0"), where("tun.name")), mtu=mtu,
+        bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
+        run_dir=get("paths", "run_dir", str, "/run/flatnet"),
+        state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),
+        log_level=level, peers=tuple(peers),
+    )
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse(text, path)

@@ -1,0 +1,159 @@
+"""The C data path (engine/crypto/csrc/fastpath.c) behind a small typed interface.
+
+Two threads sit in C with the GIL released: `inside` (TUN -> UDP) and `outside`
+(UDP -> TUN). They come back to Python only when something needs the control plane:
+a peer without keys has packets waiting, or a handshake / control packet / roaming
+peer arrived. Per-packet work never runs in Python.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.crypto import ffi, lib
+
+DROP_REASONS = {
+    lib.FN_DROP_SHORT: "short", lib.FN_DROP_TYPE: "unknown_type", lib.FN_DROP_INDEX: "unknown_index",
+    lib.FN_DROP_AUTH: "auth_failed", lib.FN_DROP_REPLAY: "replay", lib.FN_DROP_SOURCE: "source_not_allowed",
+    lib.FN_DROP_NOROUTE: "no_route", lib.FN_DROP_NOSESSION: "no_session", lib.FN_DROP_SEND: "send_failed",
+    lib.FN_DROP_TUNWRITE: "tun_write_failed", lib.FN_DROP_NOTIPV4: "not_ipv4",
+    lib.FN_DROP_KEY_EXHAUSTED: "key_exhausted", lib.FN_DROP_CTRL_FULL: "control_queue_full",
+    lib.FN_DROP_TOO_BIG: "too_big",
+}
+CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM = lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM
+MAX_PEERS = lib.FN_MAX_PEERS
+RX_SLOTS = lib.FN_RX_SLOTS
+
+
+def sockaddr(addr: tuple[str, int]) -> bytes:
+    return struct.pack("<H", socket.AF_INET) + struct.pack("!H", addr[1]) + socket.inet_aton(addr[0]) + bytes(8)
+
+
+def parse_sockaddr(raw: bytes) -> tuple[str, int] | None:
+    if len(raw) < 8 or struct.unpack_from("<H", raw)[0] != socket.AF_INET:
+        return None
+    return socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    tx_packets: int
+    tx_bytes: int
+    rx_packets: int
+    rx_bytes: int
+    last_tx: float | None  # monotonic seconds, as time.monotonic()
+    last_rx: float | None
+    tx_counter: int
+    has_keys: bool
+
+
+@dataclass(frozen=True)
+class ControlItem:
+    kind: int
+    peer: int
+    data: bytes
+    addr: tuple[str, int] | None
+
+
+class DataPath:
+    def __init__(self, network: ipaddress.IPv4Network, mtu: int) -> None:
+        ctx = lib.fn_new(int(network.network_address), network.prefixlen, mtu)
+        if ctx == ffi.NULL:
+            raise ValueError(f"data path refuses network {network} / mtu {mtu}")
+        self.ctx = ffi.gc(ctx, lib.fn_free)
+        self.mtu = mtu
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    # ---- peers and keys (control plane; any thread)
+    def set_peer(self, slot: int, subnet: ipaddress.IPv4Network) -> None:
+        self._check(lib.fn_peer_set(self.ctx, slot, int(subnet.network_address), subnet.prefixlen), "set peer")
+
+    def remove_peer(self, slot: int) -> None:
+        self._check(lib.fn_peer_remove(self.ctx, slot), "remove peer")
+
+    def set_endpoint(self, slot: int, addr: tuple[str, int]) -> None:
+        raw = sockaddr(addr)
+        self._check(lib.fn_peer_endpoint(self.ctx, slot, raw, len(raw)), "set endpoint")
+
+    def set_tx_key(self, slot: int, key: bytes, remote_index: int) -> None:
+        self._check(lib.fn_peer_tx_key(self.ctx, slot, key, remote_index), "set tx key")
+
+    def clear_tx_key(self, slot: int) -> None:
+        self._check(lib.fn_peer_tx_clear(self.ctx, slot), "clear tx key")
+
+    def clear_want(self, slot: int) -> None:
+        lib.fn_peer_clear_want(self.ctx, slot)
+
+    def add_rx(self, local_index: int, slot: int, key: bytes) -> None:
+        self._check(lib.fn_rx_add(self.ctx, local_index, slot, key), "add rx key")
+
+    def remove_rx(self, local_index: int) -> None:
+        lib.fn_rx_remove(self.ctx, local_index)
+
+    def stats(self, slot: int) -> PeerStats:
+        s = ffi.new("fn_peer_stats *")
+        lib.fn_peer_stats_get(self.ctx, slot, s)
+        return PeerStats(s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes,
+                         s.last_tx_ns / 1e9 if s.last_tx_ns else None,
+                         s.last_rx_ns / 1e9 if s.last_rx_ns else None, s.tx_counter, bool(s.tx_valid))
+
+    def drops(self) -> dict[str, int]:
+        out = ffi.new("uint64_t[]", lib.FN_NDROPS)
+        lib.fn_drops(self.ctx, out)
+        return {name: out[i] for i, name in DROP_REASONS.items()}
+
+    def seal_control(self, slot: int, payload: bytes) -> bytes | None:
+        """A type-4 control packet (or, for an empty payload, a type-3 keepalive)."""
+        out = ffi.new("uint8_t[]", len(payload) + 32)
+        n = lib.fn_seal_control(self.ctx, slot, payload, len(payload), out, len(payload) + 32)
+        return ffi.buffer(out, n)[:] if n > 0 else None
+
+    @staticmethod
+    def _check(rc: int, what: str) -> None:
+        if rc < 0:
+            raise OSError(-rc, f"data path: {what} failed")
+
+    # ---- the two pipeline threads
+    def start(self, tun_fd: int, udp_fd: int, on_want: Callable[[list[int]], None],
+              on_control: Callable[[list[ControlItem]], None]) -> None:
+        self._threads = [
+            threading.Thread(target=self._inside, args=(tun_fd, udp_fd, on_want), name="inside", daemon=True),
+            threading.Thread(target=self._outside, args=(udp_fd, tun_fd, on_control), name="outside", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        lib.fn_stop(self.ctx)
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def _inside(self, tun_fd: int, udp_fd: int, on_want: Callable[[list[int]], None]) -> None:
+        events = ffi.new("int32_t[]", 64)
+        while True:
+            n = lib.fn_inside(self.ctx, tun_fd, udp_fd, 200, events, 64)
+            if n < 0:
+                return
+            if n > 0:
+                on_want([events[i] for i in range(n)])
+            elif self._stopping:
+                return
+
+    def _outside(self, udp_fd: int, tun_fd: int, on_control: Callable[[list[ControlItem]], None]) -> None:
+        ctrl = ffi.new("fn_ctrl[]", 64)
+        while True:
+            n = lib.fn_outside(self.ctx, udp_fd, tun_fd, 200, ctrl, 64)
+            if n < 0:
+                return
+            if n > 0:
+                on_control([ControlItem(c.kind, c.peer, ffi.buffer(c.data, c.len)[:],
+                                        parse_sockaddr(ffi.buffer(c.addr, c.addrlen)[:]))
+                            for c in (ctrl[i] for i in range(n))])
+            elif self._stopping:
+                return

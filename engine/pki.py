@@ -1,0 +1,86 @@
+"""Key and certificate files: creation with safe permissions, loading with checks."""
+from __future__ import annotations
+
+import os
+import stat
+
+from nacl.signing import SigningKey
+
+from engine.proto import cert as certs
+from engine.proto.errors import RemoteProtocolError
+from engine.proto.handshake import Identity
+
+
+class PkiError(Exception):
+    pass
+
+
+def write_secret(path: str, data: bytes) -> None:
+    """Create a private key file readable by root only (0600), never world-readable."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.hex().encode() + b"\n")
+
+
+def write_public(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read_secret(path: str) -> bytes:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read key: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PkiError(f"{path}: private key is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                       f"run: chmod 600 {path}")
+    with open(path, "rb") as f:
+        try:
+            key = bytes.fromhex(f.read().decode().strip())
+        except ValueError:
+            raise PkiError(f"{path}: not a key file (expected 64 hex characters)") from None
+    if len(key) != 32:
+        raise PkiError(f"{path}: not a key file (expected 64 hex characters)")
+    return key
+
+
+def read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def load_ca(path: str) -> certs.Certificate:
+    try:
+        return certs.load_ca(read_file(path, "CA certificate"))
+    except RemoteProtocolError as exc:
+        raise PkiError(f"{path}: {exc}") from None
+
+
+def load_identity(ca_path: str, cert_path: str, key_path: str, now: float) -> Identity:
+    from engine.proto.noise import public_key
+    ca = load_ca(ca_path)
+    private = read_secret(key_path)
+    try:
+        cert = certs.verify_node(read_file(cert_path, "certificate"), ca, now)
+    except RemoteProtocolError as exc:
+        raise PkiError(f"{cert_path}: {exc}") from None
+    if cert.key != public_key(private):
+        raise PkiError(f"{cert_path}: certificate is for another key than {key_path}")
+    return Identity(private, cert, ca)
+
+
+def load_peer_cert(path: str, ca: certs.Certificate, now: float) -> certs.Certificate:
+    try:
+        return certs.verify_node(read_file(path, "peer certificate"), ca, now)
+    except RemoteProtocolError as exc:
+        raise PkiError(f"{path}: {exc}") from None
+
+
+def new_signing_key() -> SigningKey:
+    return SigningKey.generate()
