@@ -1,0 +1,49 @@
+import pytest
+
+from engine.config import ConfigError, parse
+
+BASE = """
+[pki]
+ca = "/p/ca.crt"
+cert = "/p/a.crt"
+key = "/p/a.key"
+[network]
+subnet = "10.87.1.0/24"
+"""
+
+
+def test_defaults():
+    c = parse(BASE, "/etc/flatnet/config.toml")
+    assert str(c.network) == "10.87.0.0/16" and c.listen_port == 4787 and c.tun_name == "flatnet0"
+    assert str(c.gateway) == "10.87.1.1" and c.control_socket == "/run/flatnet/engine.sock"
+
+
+def test_peers():
+    c = parse(BASE + '[[peers]]\nname = "b"\ncert = "/p/b.crt"\nendpoints = ["192.0.2.2:4787"]\nsubnet = "10.87.2.0/24"\n')
+    assert c.peers[0].endpoints == (("192.0.2.2", 4787),)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("[tun]\nmtu = 100\n", "tun.mtu"),
+    ("[listen]\nport = 70000\n", "listen.port"),
+    ("[listne]\nport = 1\n", "unknown section"),
+    ("[tun]\nmtuu = 1\n", "tun.mtuu: unknown key"),
+    ("[log]\nlevel = \"loud\"\n", "log.level"),
+    ("[[peers]]\nname = \"b\"\ncert = \"x\"\nendpoints = [\"nohost\"]\nsubnet = \"10.87.2.0/24\"\n", "HOST:PORT"),
+    ("[[peers]]\nname = \"b\"\ncert = \"x\"\nendpoints = [\"192.0.2.2:1\"]\nsubnet = \"10.87.1.0/24\"\n", "overlaps"),
+    ("[[peers]]\nname = \"b\"\ncert = \"x\"\nendpoints = [\"192.0.2.2:1\"]\n", "peers[0].subnet: missing"),
+])
+def test_errors_name_file_and_key(extra, words):
+    with pytest.raises(ConfigError) as info:
+        parse(BASE + extra, "/etc/flatnet/config.toml")
+    assert "/etc/flatnet/config.toml" in str(info.value) and words in str(info.value)
+
+
+def test_subnet_must_be_inside_network():
+    with pytest.raises(ConfigError, match="network.subnet"):
+        parse(BASE.replace("10.87.1.0/24", "10.88.1.0/24"))
+
+
+def test_not_toml():
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse("[pki\n", "x.toml")

@@ -1,0 +1,175 @@
+"""The C data path, driven directly: replay window edges, routing and sealing (inside),
+opening, cryptokey routing and counting (outside), and 100k malformed inputs."""
+import ipaddress
+import os
+import random
+import socket
+
+import pytest
+
+from engine.crypto import ffi, lib
+from engine.datapath import CTRL_RAW, DataPath
+from tests.harness.wire import ipv4_udp, open_packet, seal
+
+NET = ipaddress.IPv4Network("10.87.0.0/16")
+KEY_RX, KEY_TX = os.urandom(32), os.urandom(32)
+RX_INDEX = 0xABC00001  # low 12 bits: slot 1
+
+
+# ---- replay window (RFC 6479), at least 2048 counters
+def window():
+    return ffi.new("fn_replay *")
+
+
+def test_replay_in_order_and_duplicates():
+    w = window()
+    assert all(lib.fn_replay_accept(w, c) for c in range(100))
+    assert not lib.fn_replay_accept(w, 50)
+    assert not lib.fn_replay_accept(w, 99)
+
+
+def test_replay_out_of_order_inside_the_window():
+    w = window()
+    assert lib.fn_replay_accept(w, 5000)
+    assert lib.fn_replay_accept(w, 5000 - 2048)   # 2048 back: still inside
+    assert lib.fn_replay_accept(w, 4999)
+    assert not lib.fn_replay_accept(w, 4999)
+
+
+def test_replay_too_old_is_rejected():
+    w = window()
+    assert lib.fn_replay_accept(w, 10_000)
+    assert not lib.fn_replay_accept(w, 10_000 - 4033)  # beyond the 4032-counter window
+
+
+def test_replay_big_jump_clears_the_ring():
+    w = window()
+    for c in range(64):
+        lib.fn_replay_accept(w, c)
+    assert lib.fn_replay_accept(w, 1_000_000)
+    assert lib.fn_replay_accept(w, 1_000_000 - 1)
+    assert not lib.fn_replay_accept(w, 10)
+
+
+def test_replay_limit_of_messages():
+    assert not lib.fn_replay_accept(window(), 1 << 60)
+
+
+# ---- pipelines
+@pytest.fixture
+def dp():
+    d = DataPath(NET, 1420)
+    d.set_peer(1, ipaddress.IPv4Network("10.87.2.0/24"))
+    d.add_rx(RX_INDEX, 1, KEY_RX)
+    return d
+
+
+def outside(dp, packets, max_ctrl=64):
+    udp_in, udp_fd = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tun_fd, tun_out = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for s in (udp_in, udp_fd, tun_fd, tun_out):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    tun_out.setblocking(False)
+    ctrl = ffi.new("fn_ctrl[]", max_ctrl)
+    delivered, controls = [], []
+    try:
+        for i in range(0, len(packets), 256):
+            for p in packets[i:i + 256]:
+                udp_in.send(p)
+            while True:
+                n = lib.fn_outside(dp.ctx, udp_fd.fileno(), tun_fd.fileno(), 0, ctrl, max_ctrl)
+                controls += [(ctrl[j].kind, ffi.buffer(ctrl[j].data, ctrl[j].len)[:]) for j in range(n)]
+                if n == 0:
+                    break
+            while True:
+                try:
+                    delivered.append(tun_out.recv(65536))
+                except BlockingIOError:
+                    break
+    finally:
+        for s in (udp_in, udp_fd, tun_fd, tun_out):
+            s.close()
+    return delivered, controls
+
+
+def test_outside_opens_checks_source_and_counts(dp):
+    good = ipv4_udp("10.87.2.5", "10.87.1.9", b"hello")
+    spoofed = ipv4_udp("10.87.3.5", "10.87.1.9", b"evil")
+    packets = [seal(KEY_RX, RX_INDEX, 0, good), seal(KEY_RX, RX_INDEX, 0, good),   # replay
+               seal(KEY_RX, RX_INDEX, 1, spoofed), seal(os.urandom(32), RX_INDEX, 2, good),
+               seal(KEY_RX, RX_INDEX, 3, b""),   # keepalive
+               seal(KEY_RX, RX_INDEX + 4096, 4, good)]   # right slot, wrong index
+    delivered, _ = outside(dp, packets)
+    assert delivered == [good]
+    drops = dp.drops()
+    assert drops["replay"] == 1 and drops["source_not_allowed"] == 1
+    assert drops["auth_failed"] == 1 and drops["unknown_index"] == 1
+    st = dp.stats(1)
+    assert st.rx_packets == 1 and st.rx_bytes == len(good) and st.last_rx is not None
+
+
+def test_handshake_and_control_packets_go_up_to_python(dp):
+    _, controls = outside(dp, [b"\x01" + b"\0" * 100, b"\x02" + b"\0" * 50, seal(KEY_RX, RX_INDEX, 0, b"ctl", kind=4)])
+    kinds = [k for k, _ in controls]
+    assert kinds.count(CTRL_RAW) == 2
+    assert (lib.FN_CTRL_DECRYPTED, b"ctl") in controls
+
+
+def test_inside_routes_seals_and_asks_for_keys(dp):
+    tun_fd, tun_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(2)
+    tun_fd.setblocking(False)
+    events = ffi.new("int32_t[]", 8)
+    try:
+        packet = ipv4_udp("10.87.1.9", "10.87.2.5", b"payload")
+        tun_in.send(packet)
+        # no keys yet: dropped, and Python is asked once for a handshake
+        assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 1 and events[0] == 1
+        dp.set_endpoint(1, peer.getsockname())
+        dp.set_tx_key(1, KEY_TX, 0x5555)
+        for _ in range(3):
+            tun_in.send(packet)
+        tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.1", b"nowhere"))   # no peer owns it
+        tun_in.send(ipv4_udp("10.87.1.9", "192.168.1.1", b"outside"))  # not in the overlay
+        assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 0
+        got = [open_packet(KEY_TX, peer.recv(2048)) for _ in range(3)]
+        assert [(k, i, c) for k, i, c, _ in got] == [(3, 0x5555, 0), (3, 0x5555, 1), (3, 0x5555, 2)]
+        assert all(pt == packet for *_, pt in got)
+        assert dp.drops()["no_route"] == 2 and dp.drops()["no_session"] == 1
+    finally:
+        for s in (tun_fd, tun_in, udp, peer):
+            s.close()
+
+
+def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp):
+    rng = random.Random(1234)
+    good = ipv4_udp("10.87.2.5", "10.87.1.9", b"still alive")
+    inputs, counter, valid = [], 10, []
+    for i in range(100_000):
+        shape = rng.randrange(6)
+        if shape == 0:
+            p = rng.randbytes(rng.randrange(0, 300))
+        elif shape == 1:   # data/control header, wrong index
+            p = bytes([rng.choice((3, 4))]) + rng.randbytes(rng.randrange(0, 80))
+        elif shape == 2:   # right index, garbage ciphertext
+            p = bytes([3, 0, 0, 0]) + RX_INDEX.to_bytes(4, "little") + rng.randbytes(rng.randrange(0, 120))
+        elif shape == 3:   # truncated real packet
+            p = seal(KEY_RX, RX_INDEX, 5_000_000 + i, good)[:rng.randrange(0, 40)]
+        elif shape == 4:   # unknown types
+            p = bytes([rng.randrange(6, 256)]) + rng.randbytes(rng.randrange(0, 64))
+        else:              # a valid packet now and then
+            p = seal(KEY_RX, RX_INDEX, counter, good)
+            counter += 1
+            valid.append(p)
+        inputs.append(p)
+    delivered, controls = outside(dp, inputs)
+    assert len(delivered) == len(valid)
+    handed_up = [k for k, _ in controls if k != lib.FN_CTRL_ROAM]  # roaming notes are extra events
+    assert sum(dp.drops().values()) + len(delivered) + len(handed_up) == len(inputs)
+    # and afterwards a fresh packet still goes through
+    assert outside(dp, [seal(KEY_RX, RX_INDEX, counter, good)])[0] == [good]

@@ -1,0 +1,35 @@
+"""Protocol code is sans-IO: engine.proto imports no socket, asyncio, time or I/O layer;
+the CNI plugin's start-up path imports no heavy module."""
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+FORBIDDEN = {"socket", "asyncio", "time", "select", "selectors", "subprocess", "threading", "uvloop",
+             "pyroute2", "engine.io", "engine.driver", "engine.datapath"}
+
+
+def imported(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_proto_imports_no_io():
+    for path in (ROOT / "engine" / "proto").glob("*.py"):
+        bad = {n for n in imported(path) if n in FORBIDDEN or any(n.startswith(f + ".") for f in FORBIDDEN)}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_cni_startup_stays_lean():
+    code = ("import sys; sys.path.insert(0, %r); import cni.__main__, cni.commands; "
+            "print(' '.join(sorted(sys.modules)))" % str(ROOT))
+    mods = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
+                              check=True).stdout.split())
+    heavy = mods & {"pyroute2", "json", "re", "typing", "dataclasses", "socket", "enum", "msgpack", "nacl"}
+    assert not heavy, f"the CNI plugin imports {heavy} on every container start"
