@@ -48,4 +48,5 @@ log "pip: installing flatnet from $here"
 mkdir -p /etc/containers
 "$PY" -m cni.install_podman --containers-conf /etc/containers/containers.conf \
    --plugin-dir /usr/lib/cni --python "$PY" --repo "$here"
+command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true  # console scripts on PATH
 log "done"

@@ -47,6 +47,12 @@ def setup(tun: str, mtu: int, network: ipaddress.IPv4Network, subnet: ipaddress.
         ipr.route("replace", dst=str(network), oif=tun_idx, prefsrc=str(gateway), scope=253)
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
         f.write("1")
+    # the overlay is IPv4: keep the kernel's IPv6 chatter (router solicitations) off the TUN
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{tun}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
 
 
 def teardown(tun: str, network: ipaddress.IPv4Network) -> None:
