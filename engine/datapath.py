@@ -45,6 +45,7 @@ class PeerStats:
     tx_bytes: int
     rx_packets: int
     rx_bytes: int
+    rx_dropped: int
     last_tx: float | None  # monotonic seconds, as time.monotonic()
     last_rx: float | None
     tx_counter: int
@@ -98,7 +99,7 @@ class DataPath:
     def stats(self, slot: int) -> PeerStats:
         s = ffi.new("fn_peer_stats *")
         lib.fn_peer_stats_get(self.ctx, slot, s)
-        return PeerStats(s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes,
+        return PeerStats(s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes, s.rx_dropped,
                          s.last_tx_ns / 1e9 if s.last_tx_ns else None,
                          s.last_rx_ns / 1e9 if s.last_rx_ns else None, s.tx_counter, bool(s.tx_valid))
 

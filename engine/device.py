@@ -225,7 +225,7 @@ class Device:
                 "handshake_age": round(now - s.last_handshake, 1) if s.last_handshake is not None else None,
                 "handshakes": s.handshakes, "rekeys": s.rekeys,
                 "tx_bytes": st.tx_bytes, "rx_bytes": st.rx_bytes,
-                "tx_packets": st.tx_packets, "rx_packets": st.rx_packets,
+                "tx_packets": st.tx_packets, "rx_packets": st.rx_packets, "rx_dropped": st.rx_dropped,
                 "last_error": peer.last_error or None,
                 "cert_expires": peer.cert.not_after, "groups": list(peer.cert.groups),
             })

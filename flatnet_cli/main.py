@@ -99,10 +99,10 @@ def cmd_peers(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    header = ["PEER", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "ERROR"]
+    header = ["PEER", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "ERROR"]
     table = [[r["name"], r["subnet"], r["state"], r["path"], r["endpoint"] or "-",
               f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
-              _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["last_error"] or ""] for r in rows]
+              _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"], r["last_error"] or ""] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)] if table else [len(h) for h in header]
     for row in [header] + table:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())

@@ -167,6 +167,9 @@ def test_tampered_replayed_and_spoofed_packets_are_dropped_and_counted(lab):
     time.sleep(0.5)
     after = status(lab, b)["drops"]
     assert after["replay"] >= before["replay"] + 1, (before, after)
+    from engine.io import control
+    peer_row = json.loads(control.get(b.socket, "/peers")[1])[0]
+    assert peer_row["rx_dropped"] >= 2  # the replayed and the tampered packet, counted against host-1
     assert after["auth_failed"] >= before["auth_failed"] + 1
     assert after["source_not_allowed"] >= before["source_not_allowed"] + 3
     assert ping(a.containers[0]["ns"], b.containers[0]["ip"])  # still forwarding

@@ -42,7 +42,7 @@ typedef struct {
     uint64_t tx_counter;
     int want_handshake;
     uint64_t tx_packets, tx_bytes;         /* written by the inside thread only */
-    uint64_t rx_packets, rx_bytes;         /* written by the outside thread only */
+    uint64_t rx_packets, rx_bytes, rx_dropped; /* written by the outside thread only */
     int64_t last_tx_ns, last_rx_ns;
 } peer_t;
 
@@ -233,7 +233,7 @@ int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out) {
     if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
     peer_t *p = &ctx->peers[slot];
     out->tx_packets = p->tx_packets; out->tx_bytes = p->tx_bytes;
-    out->rx_packets = p->rx_packets; out->rx_bytes = p->rx_bytes;
+    out->rx_packets = p->rx_packets; out->rx_bytes = p->rx_bytes; out->rx_dropped = p->rx_dropped;
     out->last_tx_ns = p->last_tx_ns; out->last_rx_ns = p->last_rx_ns;
     out->tx_counter = p->tx_counter; out->tx_valid = p->tx_valid;
     out->want_handshake = p->want_handshake;
@@ -439,12 +439,17 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
             rx_t *rx = &ctx->rx[index & (FN_RX_SLOTS - 1)];
             if (!index || rx->index != index) { ctx->drops_out[FN_DROP_INDEX]++; continue; }
             uint64_t counter = get_le64(pkt + 8);
-            if (!replay_check(&rx->replay, counter)) { ctx->drops_out[FN_DROP_REPLAY]++; continue; }
+            if (!replay_check(&rx->replay, counter)) {
+                ctx->drops_out[FN_DROP_REPLAY]++;
+                ctx->peers[rx->peer].rx_dropped++;
+                continue;
+            }
             make_nonce(nonce, counter);
             uint32_t ptlen = len - FN_HEADER - FN_TAG;
             if (crypto_aead_chacha20poly1305_ietf_decrypt(pkt + FN_HEADER, NULL, NULL, pkt + FN_HEADER,
                                                           len - FN_HEADER, NULL, 0, nonce, rx->key) != 0) {
                 ctx->drops_out[FN_DROP_AUTH]++;
+                ctx->peers[rx->peer].rx_dropped++;
                 continue;
             }
             replay_update(&rx->replay, counter);
@@ -459,7 +464,11 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
             }
             if (ptlen == 0) continue;  /* keepalive */
             if (ptlen < 20 || (ip[0] >> 4) != 4) { ctx->drops_out[FN_DROP_NOTIPV4]++; continue; }
-            if ((get_be32(ip + 12) & p->mask) != p->subnet) { ctx->drops_out[FN_DROP_SOURCE]++; continue; }
+            if ((get_be32(ip + 12) & p->mask) != p->subnet) {
+                ctx->drops_out[FN_DROP_SOURCE]++;
+                p->rx_dropped++;
+                continue;
+            }
             p->rx_packets++;
             p->rx_bytes += ptlen;
             if (write(tun_fd, ip, ptlen) < 0) ctx->drops_out[FN_DROP_TUNWRITE]++;

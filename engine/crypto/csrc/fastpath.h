@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 1
+#define FN_VERSION 2
 #define FN_HEADER 16
 #define FN_TAG 16
 #define FN_KEY 32
@@ -51,7 +51,7 @@ typedef struct fn_replay {
 } fn_replay;
 
 typedef struct fn_peer_stats {
-    uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
+    uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes, rx_dropped;
     int64_t last_tx_ns, last_rx_ns;
     uint64_t tx_counter;
     int32_t tx_valid;
