@@ -24,6 +24,11 @@ DROP_REASONS = {
     lib.FN_DROP_KEY_EXHAUSTED: "key_exhausted", lib.FN_DROP_CTRL_FULL: "control_queue_full",
     lib.FN_DROP_TOO_BIG: "too_big",
 }
+IO_COUNTERS = {
+    lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",
+    lib.FN_IO_UDP_DGRAMS_OUT: "udp_datagrams_out", lib.FN_IO_UDP_RECVS: "udp_receives",
+    lib.FN_IO_UDP_DGRAMS_IN: "udp_datagrams_in", lib.FN_IO_TUN_WRITES: "tun_writes", lib.FN_IO_WAKEUPS: "wakeups",
+}
 CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM = lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM
 MAX_PEERS = lib.FN_MAX_PEERS
 RX_SLOTS = lib.FN_RX_SLOTS
@@ -95,6 +100,14 @@ class DataPath:
 
     def remove_rx(self, local_index: int) -> None:
         lib.fn_rx_remove(self.ctx, local_index)
+
+    def set_offloads(self, vnet: bool, udp_gso: bool, udp_gro: bool) -> None:
+        lib.fn_set_offloads(self.ctx, int(vnet), int(udp_gso), int(udp_gro))
+
+    def io_stats(self) -> dict[str, int]:
+        out = ffi.new("uint64_t[]", lib.FN_NIO)
+        lib.fn_io_stats(self.ctx, out)
+        return {name: out[i] for i, name in IO_COUNTERS.items()}
 
     def stats(self, slot: int) -> PeerStats:
         s = ffi.new("fn_peer_stats *")

@@ -55,11 +55,15 @@ class Engine:
         c = self.config
         self.loop = asyncio.get_running_loop()
         self.me, peers = self._load_pki()
-        self.tun_fd = tun.open_tun(c.tun_name)
+        self.tun_fd, vnet = tun.open_tun(c.tun_name, offloads=c.offloads)
         # pyroute2's sync API runs its own event loop: call it from a worker thread
         await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, c.subnet, c.bridge)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
         self.dp = DataPath(c.network, c.mtu)
+        gso, gro = udp.enable_offloads(self.sock, c.offloads)
+        self.dp.set_offloads(vnet, gso, gro)
+        self.offloads = {"tun_tso": vnet, "udp_gso": gso, "udp_gro": gro}
+        self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log)
         for p, cert in peers:
             self.device.add_peer(cert, p.subnet, list(p.endpoints))
@@ -123,6 +127,7 @@ class Engine:
                 "uptime": round(time.monotonic() - self.started, 1), "peers": len(self.device.peers),
                 "peers_up": sum(1 for p in self.device.peers.values() if p.session.current is not None),
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors),
+                "offloads": self.offloads, "io": self.dp.io_stats(),
                 "cert_expires": self.me.cert.not_after}
 
     def handle_api(self, url: str) -> tuple[int, str, bytes]:

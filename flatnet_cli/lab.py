@@ -56,7 +56,8 @@ class Host:
 
 class Lab:
     def __init__(self, prefix: str, workdir: str, hosts: int = 2, network: str = "10.87.0.0/16",
-                 mtu: int = 1420) -> None:
+                 mtu: int = 1420, offloads: bool = True) -> None:
+        self.offloads = offloads
         self.prefix = prefix
         self.workdir = os.path.abspath(workdir)
         self.ul_ns = f"{prefix}-ul"
@@ -137,6 +138,7 @@ class Lab:
             "[pki]", f'ca = "{pki}/ca.crt"', f'cert = "{pki}/{h.name}.crt"', f'key = "{pki}/{h.name}.key"',
             "[network]", f'cidr = "{self.network}"', f'subnet = "{h.subnet}"',
             "[listen]", f"port = {PORT}", "[tun]", f"mtu = {self.mtu}",
+            f"offloads = {'true' if self.offloads else 'false'}",
             "[paths]", f'run_dir = "{h.dir}/run"', f'state_dir = "{h.dir}/state"',
         ]
         for o in self.hosts:

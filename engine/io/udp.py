@@ -23,3 +23,27 @@ def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
         raise OSError(exc.errno, f"cannot listen on UDP {host}:{port}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+UDP_SEGMENT = 103
+UDP_GRO = 104
+
+
+def enable_offloads(sock: socket.socket, want: bool = True) -> tuple[bool, bool]:
+    """(gso, gro): UDP segmentation offload for sends (UDP_SEGMENT, passed per message)
+    and receive coalescing (UDP_GRO), each probed on this kernel."""
+    if not want:
+        return False, False
+    gso = gro = False
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, 1400)
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, 0)
+        gso = True
+    except OSError:
+        pass
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 1)
+        gro = True
+    except OSError:
+        pass
+    return gso, gro

@@ -1,0 +1,187 @@
+/* inside: TUN -> UDP.
+ *
+ *   poll(TUN) -> read a packet (with TSO on: a virtio_net_hdr and up to 64 KiB)
+ *   -> IPv4 destination -> peer (route table by /24)
+ *   -> per segment (TSO super-packets are cut at gso_size, checksums completed):
+ *      written into the out arena at offset FN_HEADER, header added, sealed in place
+ *   -> datagrams of one peer and one size are grouped into UDP GSO messages
+ *   -> one sendmmsg for everything read in this round.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <netinet/udp.h>
+#include <poll.h>
+#include <unistd.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+typedef struct {
+    int peer;
+    uint8_t *base;
+    uint32_t len, seg, count;
+    int closed;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+} out_msg;
+
+typedef struct {
+    out_msg msg[MAX_MSGS];
+    int n;
+    uint32_t pos;
+} out_batch;
+
+static void flush(fn_ctx *ctx, int udp_fd, out_batch *b) {
+    struct mmsghdr mm[MAX_MSGS];
+    struct iovec iov[MAX_MSGS];
+    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } cbuf[MAX_MSGS];
+    for (int i = 0; i < b->n; i++) {
+        out_msg *m = &b->msg[i];
+        iov[i].iov_base = m->base;
+        iov[i].iov_len = m->len;
+        memset(&mm[i].msg_hdr, 0, sizeof(mm[i].msg_hdr));
+        mm[i].msg_hdr.msg_iov = &iov[i];
+        mm[i].msg_hdr.msg_iovlen = 1;
+        mm[i].msg_hdr.msg_name = &m->addr;
+        mm[i].msg_hdr.msg_namelen = m->addrlen;
+        if (m->count > 1) {
+            mm[i].msg_hdr.msg_control = cbuf[i].buf;
+            mm[i].msg_hdr.msg_controllen = sizeof(cbuf[i].buf);
+            struct cmsghdr *c = CMSG_FIRSTHDR(&mm[i].msg_hdr);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)m->seg;
+            memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+        }
+    }
+    int sent = 0;
+    while (sent < b->n) {
+        int r = sendmmsg(udp_fd, mm + sent, b->n - sent, 0);
+        ctx->io[FN_IO_UDP_SENDS]++;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == ENOBUFS) {
+                struct pollfd w = {.fd = udp_fd, .events = POLLOUT};
+                if (poll(&w, 1, 10) > 0) continue;
+            }
+            ctx->drops_in[FN_DROP_SEND] += b->msg[sent].count;  /* skip what the kernel refused */
+            sent++;
+            continue;
+        }
+        for (int i = sent; i < sent + r; i++) ctx->io[FN_IO_UDP_DGRAMS_OUT] += b->msg[i].count;
+        sent += r;
+    }
+    b->n = 0;
+    b->pos = 0;
+}
+
+/* append one sealed datagram (already at arena + b->pos) to the batch */
+static void append(fn_ctx *ctx, out_batch *b, int slot, const peer_t *p, uint32_t dlen) {
+    uint8_t *at = ctx->out_arena + b->pos;
+    out_msg *m = b->n ? &b->msg[b->n - 1] : NULL;
+    if (m && ctx->udp_gso && m->peer == slot && !m->closed && dlen <= m->seg && m->count < GSO_MAX_SEGS &&
+        m->len + dlen <= GSO_MAX_BYTES) {
+        m->len += dlen;
+        m->count++;
+        if (dlen < m->seg) m->closed = 1;  /* only the last datagram of a GSO message may be shorter */
+    } else {
+        m = &b->msg[b->n++];
+        m->peer = slot;
+        m->base = at;
+        m->len = m->seg = dlen;
+        m->count = 1;
+        m->closed = 0;
+        memcpy(&m->addr, &p->endpoint, p->endpoint_len);
+        m->addrlen = p->endpoint_len;
+    }
+    b->pos += dlen;
+}
+
+/* room for one more datagram of up to `need` bytes; sends what is pending if not */
+static void reserve(fn_ctx *ctx, int udp_fd, out_batch *b, uint32_t need) {
+    if (b->pos + need > OUT_ARENA || b->n == MAX_MSGS) flush(ctx, udp_fd, b);
+}
+
+/* one packet read from the TUN: route, segment, seal, queue */
+static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t len, const vnet_hdr_t *h,
+                   int64_t now, int32_t *events, int *nevents, int max_events) {
+    if (len < 20 || (pkt[0] >> 4) != 4) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
+    int idx = route_index(ctx, get_be32(pkt + 16));
+    int slot = idx < 0 ? -1 : ctx->route[idx];
+    if (slot < 0) { ctx->drops_in[FN_DROP_NOROUTE]++; return 0; }
+    peer_t *p = &ctx->peers[slot];
+    if (!p->tx_valid || p->tx_counter >= REJECT_AFTER_MESSAGES || !p->endpoint_len) {
+        ctx->drops_in[p->tx_valid ? FN_DROP_KEY_EXHAUSTED : FN_DROP_NOSESSION]++;
+        if (!p->want_handshake && *nevents < max_events) {
+            p->want_handshake = 1;
+            events[(*nevents)++] = slot;
+        }
+        return 0;
+    }
+    uint32_t count = 1;
+    if (h && h->gso_type != VNET_GSO_NONE) {
+        count = tso_count(pkt, len, h);
+        if (count == 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
+        ctx->io[FN_IO_TSO_SUPER]++;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        reserve(ctx, udp_fd, b, FN_HEADER + ctx->mtu + FN_TAG);
+        uint8_t *dgram = ctx->out_arena + b->pos;
+        uint32_t seglen;
+        if (count > 1 || (h && h->gso_type != VNET_GSO_NONE)) {
+            seglen = tso_segment(pkt, len, h, i, dgram + FN_HEADER);
+        } else {
+            if (len > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; return 0; }
+            memcpy(dgram + FN_HEADER, pkt, len);
+            seglen = len;
+            if (h && csum_complete(dgram + FN_HEADER, seglen, h) < 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
+        }
+        if (seglen == 0 || seglen > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; continue; }
+        seal_locked(p, TYPE_DATA, dgram, seglen);
+        append(ctx, b, slot, p, FN_HEADER + seglen + FN_TAG);
+        p->tx_packets++;
+        p->tx_bytes += seglen;
+    }
+    p->last_tx_ns = now;
+    return 0;
+}
+
+int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *events, int max_events) {
+    out_batch b = {.n = 0, .pos = 0};
+    int nevents = 0;
+    struct pollfd pfd = {.fd = tun_fd, .events = POLLIN};
+    uint32_t readlen = ctx->vnet ? VNET_HDR_LEN + MAX_SUPER : ctx->mtu;
+
+    while (!ctx->stop && nevents == 0) {
+        int reads = 0;
+        int64_t now = fn_now_ns();
+        pthread_mutex_lock(&ctx->tx_lock);
+        while (reads < FN_BATCH) {
+            ssize_t r = read(tun_fd, ctx->stage, readlen);
+            if (r <= 0) break;
+            reads++;
+            ctx->io[FN_IO_TUN_READS]++;
+            if (ctx->vnet) {
+                if (r < VNET_HDR_LEN) { ctx->drops_in[FN_DROP_SHORT]++; continue; }
+                vnet_hdr_t h;
+                vnet_parse(ctx->stage, &h);
+                forward(ctx, udp_fd, &b, ctx->stage + VNET_HDR_LEN, (uint32_t)r - VNET_HDR_LEN, &h, now, events,
+                        &nevents, max_events);
+            } else {
+                forward(ctx, udp_fd, &b, ctx->stage, (uint32_t)r, NULL, now, events, &nevents, max_events);
+            }
+        }
+        /* send under the lock: Python changes keys rarely, and the batch is short */
+        if (b.n) flush(ctx, udp_fd, &b);
+        pthread_mutex_unlock(&ctx->tx_lock);
+        if (reads == 0) {
+            ctx->io[FN_IO_WAKEUPS]++;
+            int pr = poll(&pfd, 1, timeout_ms);
+            if (pr <= 0) return pr < 0 && errno != EINTR ? -errno : nevents;
+        }
+    }
+    return nevents;
+}

@@ -1,0 +1,113 @@
+/* Shared by the data-path C files; never read by cffi. */
+#ifndef FLATNET_INTERNAL_H
+#define FLATNET_INTERNAL_H
+#define _GNU_SOURCE
+#include "fastpath.h"
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define REJECT_AFTER_MESSAGES ((uint64_t)1 << 60)
+#define REPLAY_BITS (FN_REPLAY_WORDS * 64)
+#define REPLAY_WINDOW (REPLAY_BITS - 64)
+#define ROUTE_ENTRIES (1 << 16)
+#define TYPE_DATA 3
+#define TYPE_CONTROL 4
+
+#define VNET_HDR_LEN 10          /* struct virtio_net_hdr, little endian */
+#define VNET_F_NEEDS_CSUM 1
+#define VNET_F_DATA_VALID 2
+#define VNET_GSO_NONE 0
+#define VNET_GSO_TCPV4 1
+#define VNET_GSO_ECN 0x80
+#define MAX_SUPER 65535          /* largest packet the TUN hands over with TSO on */
+#define OUT_ARENA (1 << 20)      /* sealed datagrams waiting for one sendmmsg */
+#define MAX_MSGS 64
+#define GSO_MAX_BYTES 65000      /* one UDP GSO send stays under 64 KiB */
+#define GSO_MAX_SEGS 64
+#define GRO_SLOT 65536           /* one receive buffer with UDP GRO on */
+#define GRO_SLOTS 16
+
+typedef struct {
+    int active;
+    uint32_t subnet, mask;                 /* allowed inner sources (cryptokey routing) */
+    struct sockaddr_storage endpoint;
+    socklen_t endpoint_len;
+    int tx_valid;
+    uint8_t tx_key[FN_KEY];
+    uint32_t tx_remote_index;
+    uint64_t tx_counter;
+    int want_handshake;
+    uint64_t tx_packets, tx_bytes;         /* written by the inside thread only */
+    uint64_t rx_packets, rx_bytes, rx_dropped; /* written by the outside thread only */
+    uint64_t roam_batch;                   /* outside: last batch a roam was reported in */
+    int64_t last_tx_ns, last_rx_ns;
+} peer_t;
+
+typedef struct {
+    uint32_t index;                        /* full local index; 0 = free slot */
+    int peer;
+    uint8_t key[FN_KEY];
+    fn_replay replay;
+} rx_t;
+
+struct fn_ctx {
+    pthread_mutex_t tx_lock, rx_lock;
+    volatile int stop;
+    uint32_t overlay_net, overlay_mask;
+    uint32_t mtu, stride;
+    int vnet, udp_gso, udp_gro;            /* offloads in use (fn_set_offloads) */
+    int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
+    peer_t peers[FN_MAX_PEERS];
+    rx_t rx[FN_RX_SLOTS];
+    uint64_t drops_in[FN_NDROPS], drops_out[FN_NDROPS];
+    uint64_t io[FN_NIO];                   /* syscall and unit counters (fn_io_stats) */
+    uint64_t batch_id;
+    uint8_t *stage;                        /* inside: one TUN read */
+    uint8_t *out_arena;                    /* inside: sealed datagrams */
+    uint8_t *in_arena;                     /* outside: receive buffers */
+};
+
+static inline uint32_t get_le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t get_le64(const uint8_t *p) {
+    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+static inline uint16_t get_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static inline void put_le32(uint8_t *p, uint32_t v) {
+    p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24;
+}
+static inline void put_le64(uint8_t *p, uint64_t v) {
+    put_le32(p, (uint32_t)v); put_le32(p + 4, (uint32_t)(v >> 32));
+}
+static inline uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
+static inline void put_be32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
+    memset(nonce, 0, 4);
+    put_le64(nonce + 4, counter);
+}
+
+/* fastpath.c */
+int route_index(fn_ctx *ctx, uint32_t ip);
+void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen);
+int replay_check(const fn_replay *r, uint64_t c);
+void replay_update(fn_replay *r, uint64_t c);
+
+/* offload.c */
+typedef struct {
+    uint8_t flags, gso_type;
+    uint16_t hdr_len, gso_size, csum_start, csum_offset;
+} vnet_hdr_t;
+void vnet_parse(const uint8_t *raw, vnet_hdr_t *h);
+uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
+uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out);
+int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
+#endif

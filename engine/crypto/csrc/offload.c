@@ -1,0 +1,106 @@
+/* TUN offloads: the virtio_net_hdr the TUN puts before each packet when opened with
+ * IFF_VNET_HDR, TCPv4 segmentation of the 64 KiB super-packets it hands over with TSO
+ * on, and Internet checksums (RFC 1071) for what the kernel left to us. */
+#include "internal.h"
+
+void vnet_parse(const uint8_t *raw, vnet_hdr_t *h) {
+    h->flags = raw[0];
+    h->gso_type = raw[1];
+    h->hdr_len = get_le16(raw + 2);
+    h->gso_size = get_le16(raw + 4);
+    h->csum_start = get_le16(raw + 6);
+    h->csum_offset = get_le16(raw + 8);
+}
+
+/* one's complement sum of native-order words; byte order cancels out (RFC 1071 2.B) */
+static uint64_t sum_words(const uint8_t *p, uint32_t len, uint64_t acc) {
+    while (len >= 4) { uint32_t w; memcpy(&w, p, 4); acc += w; p += 4; len -= 4; }
+    if (len >= 2) { uint16_t w; memcpy(&w, p, 2); acc += w; p += 2; len -= 2; }
+    if (len) { uint16_t w = 0; memcpy(&w, p, 1); acc += w; }
+    return acc;
+}
+static uint16_t fold(uint64_t acc) {
+    while (acc >> 16) acc = (acc & 0xffff) + (acc >> 16);
+    return (uint16_t)acc;
+}
+static void store_csum(uint8_t *at, uint64_t acc) {
+    uint16_t c = (uint16_t)~fold(acc);
+    memcpy(at, &c, 2);
+}
+
+/* the kernel filled in the pseudo-header sum and asks us to finish (CHECKSUM_PARTIAL) */
+int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h) {
+    if (!(h->flags & VNET_F_NEEDS_CSUM)) return 0;
+    if ((uint32_t)h->csum_start + h->csum_offset + 2 > len) return -1;
+    /* the field holds the pseudo-header sum and lies inside the summed range */
+    store_csum(pkt + h->csum_start + h->csum_offset, sum_words(pkt + h->csum_start, len - h->csum_start, 0));
+    return 0;
+}
+
+static int tcp4_layout(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t *ihl, uint32_t *hl) {
+    if ((h->gso_type & ~VNET_GSO_ECN) != VNET_GSO_TCPV4 || h->gso_size == 0) return -1;
+    if (len < 40 || (pkt[0] >> 4) != 4 || pkt[9] != IPPROTO_TCP) return -1;
+    *ihl = (pkt[0] & 15) * 4u;
+    if (*ihl < 20 || *ihl + 20 > len) return -1;
+    uint32_t thl = (pkt[*ihl + 12] >> 4) * 4u;
+    if (thl < 20 || *ihl + thl > len) return -1;
+    *hl = *ihl + thl;
+    return 0;
+}
+
+uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h) {
+    uint32_t ihl, hl;
+    if (tcp4_layout(pkt, len, h, &ihl, &hl) < 0) return 0;
+    uint32_t payload = len - hl;
+    return payload == 0 ? 1 : (payload + h->gso_size - 1) / h->gso_size;
+}
+
+/* segment i of a TSO super-packet, as a complete IPv4/TCP packet with checksums */
+uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out) {
+    uint32_t ihl, hl;
+    if (tcp4_layout(pkt, len, h, &ihl, &hl) < 0) return 0;
+    uint32_t payload = len - hl, mss = h->gso_size, off = i * mss;
+    uint32_t count = payload == 0 ? 1 : (payload + mss - 1) / mss;
+    if (i >= count) return 0;
+    uint32_t n = payload - off < mss ? payload - off : mss;
+    memcpy(out, pkt, hl);
+    memcpy(out + hl, pkt + hl + off, n);
+    /* IPv4: length, id, header checksum */
+    put_be16(out + 2, (uint16_t)(hl + n));
+    put_be16(out + 4, (uint16_t)(get_be16(pkt + 4) + i));
+    out[10] = out[11] = 0;
+    store_csum(out + 10, sum_words(out, ihl, 0));
+    /* TCP: sequence number, flags, full checksum */
+    uint8_t *tcp = out + ihl;
+    put_be32(tcp + 4, get_be32(pkt + ihl + 4) + off);
+    if (i + 1 < count) tcp[13] &= (uint8_t)~0x09;  /* FIN and PSH only on the last */
+    if (i > 0) tcp[13] &= (uint8_t)~0x80;           /* CWR only on the first */
+    tcp[16] = tcp[17] = 0;
+    uint32_t tcplen = hl - ihl + n;
+    uint64_t acc = sum_words(out + 12, 8, 0);        /* source and destination */
+    uint8_t pseudo[4] = {0, IPPROTO_TCP, (uint8_t)(tcplen >> 8), (uint8_t)tcplen};
+    acc = sum_words(pseudo, 4, acc);
+    store_csum(tcp + 16, sum_words(tcp, tcplen, acc));
+    return hl + n;
+}
+
+/* test and benchmark entry: segment one vnet-prefixed packet into `out` slots */
+int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t stride, uint32_t *lens,
+                   int max) {
+    if (len < VNET_HDR_LEN) return -1;
+    vnet_hdr_t h;
+    vnet_parse(vnet_pkt, &h);
+    const uint8_t *pkt = vnet_pkt + VNET_HDR_LEN;
+    len -= VNET_HDR_LEN;
+    if (h.gso_type == VNET_GSO_NONE) {
+        if (max < 1 || len > stride) return -1;
+        memcpy(out, pkt, len);
+        if (csum_complete(out, len, &h) < 0) return -1;
+        lens[0] = len;
+        return 1;
+    }
+    uint32_t count = tso_count(pkt, len, &h);
+    if (count == 0 || (int)count > max) return -1;
+    for (uint32_t i = 0; i < count; i++) lens[i] = tso_segment(pkt, len, &h, i, out + (size_t)i * stride);
+    return (int)count;
+}

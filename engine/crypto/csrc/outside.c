@@ -1,0 +1,169 @@
+/* outside: UDP -> TUN.
+ *
+ *   poll(UDP) -> recvmmsg (with UDP GRO on, each buffer may hold many datagrams of one
+ *   size, cut at the size the kernel reports) -> per datagram: type -> receiver index
+ *   -> replay pre-check -> open in place -> replay update -> the inner source must lie
+ *   in the peer's subnet (cryptokey routing) -> write(TUN), with a virtio_net_hdr
+ *   marking the checksum as verified when the TUN has one.
+ *   Handshakes, control and relayed packets are copied out to Python.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <netinet/udp.h>
+#include <poll.h>
+#include <sodium.h>
+#include <unistd.h>
+
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+static int copy_ctrl(fn_ctx *ctx, fn_ctrl *c, int kind, int peer, const uint8_t *data, uint32_t len,
+                     const struct sockaddr_storage *from, socklen_t fromlen) {
+    if (len > FN_CTRL_MAX) { ctx->drops_out[FN_DROP_TOO_BIG]++; return 0; }
+    c->kind = kind; c->peer = peer; c->len = len;
+    c->addrlen = fromlen > sizeof(c->addr) ? sizeof(c->addr) : fromlen;
+    memcpy(c->addr, from, c->addrlen);
+    if (len) memcpy(c->data, data, len);
+    return 1;
+}
+
+static int same_addr(const struct sockaddr_storage *a, socklen_t alen, const peer_t *p) {
+    if (alen != p->endpoint_len) return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)&p->endpoint;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    return memcmp(a, &p->endpoint, alen) == 0;
+}
+
+/* one datagram; returns how many control items it produced */
+static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const struct sockaddr_storage *from,
+                   socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room) {
+    uint8_t nonce[12];
+    int made = 0;
+    if (len < 1) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
+    uint8_t type = pkt[0];
+    if (type != TYPE_DATA && type != TYPE_CONTROL) {
+        if (type == 1 || type == 2 || type == 5) {
+            if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
+            return copy_ctrl(ctx, ctrl, FN_CTRL_RAW, -1, pkt, len, from, fromlen);
+        }
+        ctx->drops_out[FN_DROP_TYPE]++;
+        return 0;
+    }
+    if (len < FN_HEADER + FN_TAG) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
+    uint32_t index = get_le32(pkt + 4);
+    rx_t *rx = &ctx->rx[index & (FN_RX_SLOTS - 1)];
+    if (!index || rx->index != index) { ctx->drops_out[FN_DROP_INDEX]++; return 0; }
+    uint64_t counter = get_le64(pkt + 8);
+    peer_t *p = &ctx->peers[rx->peer];
+    if (!replay_check(&rx->replay, counter)) {
+        ctx->drops_out[FN_DROP_REPLAY]++;
+        p->rx_dropped++;
+        return 0;
+    }
+    make_nonce(nonce, counter);
+    uint32_t ptlen = len - FN_HEADER - FN_TAG;
+    if (crypto_aead_chacha20poly1305_ietf_decrypt(pkt + FN_HEADER, NULL, NULL, pkt + FN_HEADER, len - FN_HEADER,
+                                                  NULL, 0, nonce, rx->key) != 0) {
+        ctx->drops_out[FN_DROP_AUTH]++;
+        p->rx_dropped++;
+        return 0;
+    }
+    replay_update(&rx->replay, counter);
+    p->last_rx_ns = now;
+    if (!same_addr(from, fromlen, p) && p->roam_batch != ctx->batch_id && room > made) {
+        p->roam_batch = ctx->batch_id;  /* one roam note per peer per batch is enough */
+        made += copy_ctrl(ctx, ctrl + made, FN_CTRL_ROAM, rx->peer, NULL, 0, from, fromlen);
+    }
+    uint8_t *ip = pkt + FN_HEADER;
+    if (type == TYPE_CONTROL) {
+        if (room <= made) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return made; }
+        return made + copy_ctrl(ctx, ctrl + made, FN_CTRL_DECRYPTED, rx->peer, ip, ptlen, from, fromlen);
+    }
+    if (ptlen == 0) return made;  /* keepalive */
+    if (ptlen < 20 || (ip[0] >> 4) != 4) { ctx->drops_out[FN_DROP_NOTIPV4]++; return made; }
+    if ((get_be32(ip + 12) & p->mask) != p->subnet) {
+        ctx->drops_out[FN_DROP_SOURCE]++;
+        p->rx_dropped++;
+        return made;
+    }
+    p->rx_packets++;
+    p->rx_bytes += ptlen;
+    uint8_t *out = ip;
+    uint32_t outlen = ptlen;
+    if (ctx->vnet) {  /* the header area is free now: the vnet header goes right before the packet */
+        out -= VNET_HDR_LEN;
+        memset(out, 0, VNET_HDR_LEN);
+        out[0] = VNET_F_DATA_VALID;  /* authenticated: the kernel need not verify checksums */
+        outlen += VNET_HDR_LEN;
+    }
+    ctx->io[FN_IO_TUN_WRITES]++;
+    if (write(tun_fd, out, outlen) < 0) ctx->drops_out[FN_DROP_TUNWRITE]++;
+    return made;
+}
+
+int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl) {
+    struct mmsghdr msgs[FN_BATCH];
+    struct iovec iov[FN_BATCH];
+    struct sockaddr_storage from[FN_BATCH];
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } cbuf[FN_BATCH];
+    struct pollfd pfd = {.fd = udp_fd, .events = POLLIN};
+    int nctrl = 0;
+    uint32_t slot = ctx->udp_gro ? GRO_SLOT : ctx->stride;
+    int slots = ctx->udp_gro ? GRO_SLOTS : FN_BATCH;
+    if (slots > (int)((size_t)GRO_SLOT * GRO_SLOTS / slot)) slots = (int)((size_t)GRO_SLOT * GRO_SLOTS / slot);
+    if (slots > FN_BATCH) slots = FN_BATCH;
+
+    while (!ctx->stop && nctrl == 0) {
+        /* keep room for control items: at most two per datagram */
+        int want = (max_ctrl - nctrl) / 2;
+        if (want > slots) want = slots;
+        if (want <= 0) break;
+        for (int i = 0; i < want; i++) {
+            iov[i].iov_base = ctx->in_arena + (size_t)i * slot;
+            iov[i].iov_len = slot;
+            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &from[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
+            msgs[i].msg_hdr.msg_control = cbuf[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(cbuf[i].buf);
+        }
+        int n = recvmmsg(udp_fd, msgs, want, MSG_DONTWAIT, NULL);
+        if (n <= 0) {
+            if (n < 0 && errno != EAGAIN && errno != EINTR) return -errno;
+            ctx->io[FN_IO_WAKEUPS]++;
+            int pr = poll(&pfd, 1, timeout_ms);
+            if (pr <= 0) return pr < 0 && errno != EINTR ? -errno : nctrl;
+            continue;
+        }
+        ctx->io[FN_IO_UDP_RECVS]++;
+        int64_t now = fn_now_ns();
+        pthread_mutex_lock(&ctx->rx_lock);
+        ctx->batch_id++;
+        for (int i = 0; i < n; i++) {
+            uint8_t *base = iov[i].iov_base;
+            uint32_t total = msgs[i].msg_len, seg = total;
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+                if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                    int g;
+                    memcpy(&g, CMSG_DATA(c), sizeof(g));
+                    if (g > 0) seg = (uint32_t)g;
+                }
+            }
+            if (total == 0) { ctx->drops_out[FN_DROP_SHORT]++; continue; }
+            for (uint32_t off = 0; off < total; off += seg) {
+                uint32_t len = total - off < seg ? total - off : seg;
+                ctx->io[FN_IO_UDP_DGRAMS_IN]++;
+                nctrl += receive(ctx, tun_fd, base + off, len, &from[i], msgs[i].msg_hdr.msg_namelen, now,
+                                 ctrl + nctrl, max_ctrl - nctrl);
+            }
+        }
+        pthread_mutex_unlock(&ctx->rx_lock);
+    }
+    return nctrl;
+}
