@@ -59,9 +59,11 @@ def test_tcp_transfer_checksum(lab):
     n, got, sent = tcp_transfer(a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 20 << 20)
     assert n == 20 << 20 and got == sent
     # the engine moved it in TSO super-packets where the kernel offers them
-    st = status(lab, a)
+    st, sb = status(lab, a), status(lab, b)
     if st["offloads"]["tun_tso"]:
         assert st["io"]["tso_super_packets"] > 0
+        # and the receiver joined segments before writing them to its TUN (GRO)
+        assert sb["io"]["tun_writes"] < sb["io"]["udp_datagrams_in"] / 2
 
 
 def test_underlay_carries_only_encrypted_udp(lab):

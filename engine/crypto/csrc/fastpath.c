@@ -63,6 +63,10 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     ctx->out_arena = aligned_alloc(64, OUT_ARENA);
     ctx->in_arena = aligned_alloc(64, (size_t)GRO_SLOT * GRO_SLOTS);
     if (!ctx->stage || !ctx->out_arena || !ctx->in_arena) { fn_free(ctx); return NULL; }
+    for (int i = 0; i < GRO_ITEMS; i++) {
+        ctx->gro[i].buf = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
+        if (!ctx->gro[i].buf) { fn_free(ctx); return NULL; }
+    }
     return ctx;
 }
 
@@ -73,6 +77,7 @@ void fn_free(fn_ctx *ctx) {
     free(ctx->stage);
     free(ctx->out_arena);
     free(ctx->in_arena);
+    for (int i = 0; i < GRO_ITEMS; i++) free(ctx->gro[i].buf);
     free(ctx);
 }
 

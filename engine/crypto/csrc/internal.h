@@ -47,6 +47,14 @@ typedef struct {
     int64_t last_tx_ns, last_rx_ns;
 } peer_t;
 
+#define GRO_ITEMS 8
+
+typedef struct {
+    int used, closed, psh;
+    uint32_t ihl, thl, len, seg, count, next_seq;
+    uint8_t *buf;                          /* vnet header + coalesced packet */
+} gro_item;
+
 typedef struct {
     uint32_t index;                        /* full local index; 0 = free slot */
     int peer;
@@ -69,6 +77,7 @@ struct fn_ctx {
     uint8_t *stage;                        /* inside: one TUN read */
     uint8_t *out_arena;                    /* inside: sealed datagrams */
     uint8_t *in_arena;                     /* outside: receive buffers */
+    gro_item gro[GRO_ITEMS];               /* outside: TCP segments being coalesced */
 };
 
 static inline uint32_t get_le32(const uint8_t *p) {
@@ -110,4 +119,8 @@ void vnet_parse(const uint8_t *raw, vnet_hdr_t *h);
 uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
 uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out);
 int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
+
+/* gro.c */
+void gro_receive(fn_ctx *ctx, int tun_fd, uint8_t *ip, uint32_t len);
+void gro_flush(fn_ctx *ctx, int tun_fd);
 #endif

@@ -3,8 +3,8 @@
  *   poll(UDP) -> recvmmsg (with UDP GRO on, each buffer may hold many datagrams of one
  *   size, cut at the size the kernel reports) -> per datagram: type -> receiver index
  *   -> replay pre-check -> open in place -> replay update -> the inner source must lie
- *   in the peer's subnet (cryptokey routing) -> write(TUN), with a virtio_net_hdr
- *   marking the checksum as verified when the TUN has one.
+ *   in the peer's subnet (cryptokey routing) -> gro.c joins TCP segments of a flow
+ *   into super-packets -> write(TUN).
  *   Handshakes, control and relayed packets are copied out to Python.
  */
 #include "internal.h"
@@ -92,16 +92,7 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     }
     p->rx_packets++;
     p->rx_bytes += ptlen;
-    uint8_t *out = ip;
-    uint32_t outlen = ptlen;
-    if (ctx->vnet) {  /* the header area is free now: the vnet header goes right before the packet */
-        out -= VNET_HDR_LEN;
-        memset(out, 0, VNET_HDR_LEN);
-        out[0] = VNET_F_DATA_VALID;  /* authenticated: the kernel need not verify checksums */
-        outlen += VNET_HDR_LEN;
-    }
-    ctx->io[FN_IO_TUN_WRITES]++;
-    if (write(tun_fd, out, outlen) < 0) ctx->drops_out[FN_DROP_TUNWRITE]++;
+    gro_receive(ctx, tun_fd, ip, ptlen);
     return made;
 }
 
@@ -163,6 +154,7 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
                                  ctrl + nctrl, max_ctrl - nctrl);
             }
         }
+        gro_flush(ctx, tun_fd);  /* nothing waits past the end of a receive batch */
         pthread_mutex_unlock(&ctx->rx_lock);
     }
     return nctrl;
