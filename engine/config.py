@@ -39,6 +39,7 @@ class Config:
     state_dir: str = "/var/lib/flatnet"
     socket_buffer: int = 8 * 1024 * 1024
     offloads: bool = True
+    spin: bool = True
     log_level: str = "info"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
 
@@ -59,7 +60,7 @@ _KNOWN = {
     "pki": {"ca", "cert", "key"},
     "network": {"cidr", "subnet"},
     "listen": {"host", "port", "socket_buffer"},
-    "tun": {"name", "mtu", "offloads"},
+    "tun": {"name", "mtu", "offloads", "spin"},
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
     "log": {"level"},
@@ -174,7 +175,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
         socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),
         tun_name=_ifname(get("tun", "name", str, "flatnet0"), where("tun.name")), mtu=mtu,
-        offloads=get("tun", "offloads", bool, True),
+        offloads=get("tun", "offloads", bool, True), spin=get("tun", "spin", bool, True),
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),

@@ -27,7 +27,9 @@ DROP_REASONS = {
 IO_COUNTERS = {
     lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",
     lib.FN_IO_UDP_DGRAMS_OUT: "udp_datagrams_out", lib.FN_IO_UDP_RECVS: "udp_receives",
-    lib.FN_IO_UDP_DGRAMS_IN: "udp_datagrams_in", lib.FN_IO_TUN_WRITES: "tun_writes", lib.FN_IO_WAKEUPS: "wakeups",
+    lib.FN_IO_UDP_DGRAMS_IN: "udp_datagrams_in", lib.FN_IO_TUN_WRITES: "tun_writes",
+    lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
+    lib.FN_IO_SPIN_HITS: "spin_hits",
 }
 CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM = lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM
 MAX_PEERS = lib.FN_MAX_PEERS
@@ -103,6 +105,9 @@ class DataPath:
 
     def set_offloads(self, vnet: bool, udp_gso: bool, udp_gro: bool) -> None:
         lib.fn_set_offloads(self.ctx, int(vnet), int(udp_gso), int(udp_gro))
+
+    def set_spin(self, on: bool) -> None:
+        lib.fn_set_spin(self.ctx, int(on))
 
     def io_stats(self) -> dict[str, int]:
         out = ffi.new("uint64_t[]", lib.FN_NIO)

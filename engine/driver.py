@@ -62,7 +62,8 @@ class Engine:
         self.dp = DataPath(c.network, c.mtu)
         gso, gro = udp.enable_offloads(self.sock, c.offloads)
         self.dp.set_offloads(vnet, gso, gro)
-        self.offloads = {"tun_tso": vnet, "udp_gso": gso, "udp_gro": gro}
+        self.dp.set_spin(c.spin)
+        self.offloads = {"tun_tso": vnet, "udp_gso": gso, "udp_gro": gro, "spin": c.spin}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log)
         for p, cert in peers:

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 3
+#define FN_VERSION 4
 #define FN_HEADER 16
 #define FN_TAG 16
 #define FN_KEY 32
@@ -39,7 +39,7 @@
 #define FN_DROP_CTRL_FULL 12
 #define FN_DROP_TOO_BIG 13
 
-#define FN_NIO 8
+#define FN_NIO 11
 #define FN_IO_TUN_READS 0
 #define FN_IO_TSO_SUPER 1
 #define FN_IO_UDP_SENDS 2
@@ -47,7 +47,10 @@
 #define FN_IO_UDP_RECVS 4
 #define FN_IO_UDP_DGRAMS_IN 5
 #define FN_IO_TUN_WRITES 6
-#define FN_IO_WAKEUPS 7
+#define FN_IO_WAKEUPS_IN 7
+#define FN_IO_WAKEUPS_OUT 8
+#define FN_IO_SPINS 9
+#define FN_IO_SPIN_HITS 10
 
 #define FN_CTRL_RAW 0
 #define FN_CTRL_DECRYPTED 1
@@ -85,6 +88,7 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu);
 void fn_free(fn_ctx *ctx);
 void fn_stop(fn_ctx *ctx);
 void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro);
+void fn_set_spin(fn_ctx *ctx, int on);
 void fn_io_stats(fn_ctx *ctx, uint64_t *out);
 int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t stride,
                    uint32_t *lens, int max);

@@ -48,6 +48,10 @@ typedef struct {
 } peer_t;
 
 #define GRO_ITEMS 8
+#define FN_PENDING 64              /* control items the spinning inside thread holds for Python */
+#define SPIN_MAX_READS 4          /* batches this small are answered soon: spin for the answer */
+#define SPIN_NS 400000            /* how long the inside thread waits, awake, for an answer */
+#define SPIN_BACKOFF_NS 10000000  /* after a spin that caught nothing, no spinning for this long */
 
 typedef struct {
     int used, closed, psh;
@@ -68,6 +72,7 @@ struct fn_ctx {
     uint32_t overlay_net, overlay_mask;
     uint32_t mtu, stride;
     int vnet, udp_gso, udp_gro;            /* offloads in use (fn_set_offloads) */
+    int spin;                              /* fn_set_spin */
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
     peer_t peers[FN_MAX_PEERS];
     rx_t rx[FN_RX_SLOTS];
@@ -78,6 +83,9 @@ struct fn_ctx {
     uint8_t *out_arena;                    /* inside: sealed datagrams */
     uint8_t *in_arena;                     /* outside: receive buffers */
     gro_item gro[GRO_ITEMS];               /* outside: TCP segments being coalesced */
+    fn_ctrl pending[FN_PENDING];           /* control items received by a spin (rx_lock) */
+    int npending;
+    int64_t spin_backoff_until;            /* inside thread only */
 };
 
 static inline uint32_t get_le32(const uint8_t *p) {
@@ -119,6 +127,12 @@ void vnet_parse(const uint8_t *raw, vnet_hdr_t *h);
 uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
 uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out);
 int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
+
+/* inside.c */
+void inside_try(fn_ctx *ctx, int tun_fd, int udp_fd);
+
+/* outside.c */
+int outside_spin(fn_ctx *ctx, int udp_fd, int tun_fd, int64_t until_ns);
 
 /* gro.c */
 void gro_receive(fn_ctx *ctx, int tun_fd, uint8_t *ip, uint32_t len);

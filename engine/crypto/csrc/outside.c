@@ -96,66 +96,98 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     return made;
 }
 
-int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl) {
+/* one recvmmsg and the processing of what it brought; rx_lock held by the caller.
+ * Returns the number of messages received, 0 when there was nothing, or -errno. */
+static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int *nctrl, int max_ctrl) {
     struct mmsghdr msgs[FN_BATCH];
     struct iovec iov[FN_BATCH];
     struct sockaddr_storage from[FN_BATCH];
     union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } cbuf[FN_BATCH];
-    struct pollfd pfd = {.fd = udp_fd, .events = POLLIN};
-    int nctrl = 0;
     uint32_t slot = ctx->udp_gro ? GRO_SLOT : ctx->stride;
     int slots = ctx->udp_gro ? GRO_SLOTS : FN_BATCH;
-    if (slots > (int)((size_t)GRO_SLOT * GRO_SLOTS / slot)) slots = (int)((size_t)GRO_SLOT * GRO_SLOTS / slot);
-    if (slots > FN_BATCH) slots = FN_BATCH;
+    /* keep room for control items: at most two per datagram */
+    int want = (max_ctrl - *nctrl) / 2;
+    if (want > slots) want = slots;
+    if (want <= 0) return 0;
+    for (int i = 0; i < want; i++) {
+        iov[i].iov_base = ctx->in_arena + (size_t)i * slot;
+        iov[i].iov_len = slot;
+        memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &from[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
+        msgs[i].msg_hdr.msg_control = cbuf[i].buf;
+        msgs[i].msg_hdr.msg_controllen = sizeof(cbuf[i].buf);
+    }
+    int n = recvmmsg(udp_fd, msgs, want, MSG_DONTWAIT, NULL);
+    if (n <= 0) return n < 0 && errno != EAGAIN && errno != EINTR ? -errno : 0;
+    ctx->io[FN_IO_UDP_RECVS]++;
+    int64_t now = fn_now_ns();
+    ctx->batch_id++;
+    for (int i = 0; i < n; i++) {
+        uint8_t *base = iov[i].iov_base;
+        uint32_t total = msgs[i].msg_len, seg = total;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                int g;
+                memcpy(&g, CMSG_DATA(c), sizeof(g));
+                if (g > 0) seg = (uint32_t)g;
+            }
+        }
+        if (total == 0) { ctx->drops_out[FN_DROP_SHORT]++; continue; }
+        for (uint32_t off = 0; off < total; off += seg) {
+            uint32_t len = total - off < seg ? total - off : seg;
+            ctx->io[FN_IO_UDP_DGRAMS_IN]++;
+            *nctrl += receive(ctx, tun_fd, base + off, len, &from[i], msgs[i].msg_hdr.msg_namelen, now,
+                              ctrl + *nctrl, max_ctrl - *nctrl);
+        }
+    }
+    gro_flush(ctx, tun_fd);  /* nothing waits past the end of a receive batch */
+    return n;
+}
 
+int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl) {
+    struct pollfd pfd = {.fd = udp_fd, .events = POLLIN};
+    int nctrl = 0;
     while (!ctx->stop && nctrl == 0) {
-        /* keep room for control items: at most two per datagram */
-        int want = (max_ctrl - nctrl) / 2;
-        if (want > slots) want = slots;
-        if (want <= 0) break;
-        for (int i = 0; i < want; i++) {
-            iov[i].iov_base = ctx->in_arena + (size_t)i * slot;
-            iov[i].iov_len = slot;
-            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_name = &from[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
-            msgs[i].msg_hdr.msg_control = cbuf[i].buf;
-            msgs[i].msg_hdr.msg_controllen = sizeof(cbuf[i].buf);
-        }
-        int n = recvmmsg(udp_fd, msgs, want, MSG_DONTWAIT, NULL);
-        if (n <= 0) {
-            if (n < 0 && errno != EAGAIN && errno != EINTR) return -errno;
-            ctx->io[FN_IO_WAKEUPS]++;
-            int pr = poll(&pfd, 1, timeout_ms);
-            if (pr <= 0) return pr < 0 && errno != EINTR ? -errno : nctrl;
-            continue;
-        }
-        ctx->io[FN_IO_UDP_RECVS]++;
-        int64_t now = fn_now_ns();
         pthread_mutex_lock(&ctx->rx_lock);
-        ctx->batch_id++;
-        for (int i = 0; i < n; i++) {
-            uint8_t *base = iov[i].iov_base;
-            uint32_t total = msgs[i].msg_len, seg = total;
-            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
-                if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-                    int g;
-                    memcpy(&g, CMSG_DATA(c), sizeof(g));
-                    if (g > 0) seg = (uint32_t)g;
-                }
-            }
-            if (total == 0) { ctx->drops_out[FN_DROP_SHORT]++; continue; }
-            for (uint32_t off = 0; off < total; off += seg) {
-                uint32_t len = total - off < seg ? total - off : seg;
-                ctx->io[FN_IO_UDP_DGRAMS_IN]++;
-                nctrl += receive(ctx, tun_fd, base + off, len, &from[i], msgs[i].msg_hdr.msg_namelen, now,
-                                 ctrl + nctrl, max_ctrl - nctrl);
-            }
+        /* what the inside thread's spin received for Python goes up first */
+        int take = ctx->npending < max_ctrl ? ctx->npending : max_ctrl;
+        if (take) {
+            memcpy(ctrl, ctx->pending, sizeof(fn_ctrl) * take);
+            memmove(ctx->pending, ctx->pending + take, sizeof(fn_ctrl) * (ctx->npending - take));
+            ctx->npending -= take;
+            nctrl = take;
         }
-        gro_flush(ctx, tun_fd);  /* nothing waits past the end of a receive batch */
+        uint64_t writes_before = ctx->io[FN_IO_TUN_WRITES];
+        int n = outside_pass(ctx, udp_fd, tun_fd, ctrl, &nctrl, max_ctrl);
         pthread_mutex_unlock(&ctx->rx_lock);
+        if (n < 0) return n;
+        if (ctx->io[FN_IO_TUN_WRITES] != writes_before) inside_try(ctx, tun_fd, udp_fd);
+        if (n > 0 || nctrl > 0) continue;
+        ctx->io[FN_IO_WAKEUPS_OUT]++;
+        int pr = poll(&pfd, 1, timeout_ms);
+        if (pr <= 0) return pr < 0 && errno != EINTR ? -errno : nctrl;
     }
     return nctrl;
+}
+
+/* Called by the inside thread after it sent a small batch: the answer (a ping reply,
+ * an ACK) usually comes back within a round trip. Waiting for it here, awake, saves
+ * the outside thread's wake-up on the latency path. Returns 1 if something came. */
+int outside_spin(fn_ctx *ctx, int udp_fd, int tun_fd, int64_t until_ns) {
+    while (!ctx->stop && fn_now_ns() < until_ns) {
+        if (pthread_mutex_trylock(&ctx->rx_lock) != 0) return 0;  /* the outside thread has it */
+        uint64_t writes_before = ctx->io[FN_IO_TUN_WRITES];
+        int n = outside_pass(ctx, udp_fd, tun_fd, ctx->pending, &ctx->npending, FN_PENDING);
+        pthread_mutex_unlock(&ctx->rx_lock);
+        if (n > 0) {
+            if (ctx->io[FN_IO_TUN_WRITES] != writes_before) inside_try(ctx, tun_fd, udp_fd);
+            return 1;
+        }
+        if (n < 0) return 0;
+        __builtin_ia32_pause();
+    }
+    return 0;
 }
