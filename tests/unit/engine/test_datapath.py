@@ -71,6 +71,7 @@ def outside(dp, packets, max_ctrl=64):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     tun_out.setblocking(False)
+    tun_fd.setblocking(False)  # as the real TUN: the outside thread may read it (inside_try)
     ctrl = ffi.new("fn_ctrl[]", max_ctrl)
     delivered, controls = [], []
     try:
