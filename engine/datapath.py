@@ -106,6 +106,9 @@ class DataPath:
     def set_offloads(self, vnet: bool, udp_gso: bool, udp_gro: bool) -> None:
         lib.fn_set_offloads(self.ctx, int(vnet), int(udp_gso), int(udp_gro))
 
+    def set_tun_uso(self, on: bool) -> None:
+        lib.fn_set_tun_uso(self.ctx, int(on))
+
     def set_spin(self, on: bool) -> None:
         lib.fn_set_spin(self.ctx, int(on))
 

@@ -55,7 +55,7 @@ class Engine:
         c = self.config
         self.loop = asyncio.get_running_loop()
         self.me, peers = self._load_pki()
-        self.tun_fd, vnet = tun.open_tun(c.tun_name, offloads=c.offloads)
+        self.tun_fd, vnet, uso = tun.open_tun(c.tun_name, offloads=c.offloads)
         # pyroute2's sync API runs its own event loop: call it from a worker thread
         await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, c.subnet, c.bridge)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
@@ -63,7 +63,8 @@ class Engine:
         gso, gro = udp.enable_offloads(self.sock, c.offloads)
         self.dp.set_offloads(vnet, gso, gro)
         self.dp.set_spin(c.spin)
-        self.offloads = {"tun_tso": vnet, "udp_gso": gso, "udp_gro": gro, "spin": c.spin}
+        self.dp.set_tun_uso(uso)
+        self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log)
         for p, cert in peers:

@@ -17,11 +17,15 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40  # the kernel takes USO only for both families at once
 
 
-def open_tun(name: str, persist: bool = True, offloads: bool = True) -> tuple[int, bool]:
-    """(fd, vnet): with offloads the TUN hands over 64 KiB TCP super-packets (TSO) behind
-    a virtio_net_hdr; where the kernel refuses, plain packets (probed, never assumed)."""
+def open_tun(name: str, persist: bool = True, offloads: bool = True) -> tuple[int, bool, bool]:
+    """(fd, vnet, uso): with offloads the TUN hands over 64 KiB TCP (and, on kernels
+    with USO, UDP) super-packets behind a virtio_net_hdr and takes them back the same
+    way; where the kernel refuses, plain packets (probed, never assumed)."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offloads else 0)
@@ -34,20 +38,24 @@ def open_tun(name: str, persist: bool = True, offloads: bool = True) -> tuple[in
             return open_tun(name, persist, offloads=False)
         raise OSError(exc.errno, f"cannot open TUN {name}: {exc.strerror} "
                       "(is another engine running, or is the name used by a non-TUN device?)") from None
-    vnet = False
-    if offloads:
+    if not offloads:
+        return fd, False, False
+    # TSO6/USO6 ride along because the kernel pairs the families; the overlay is IPv4
+    # and IPv6 is off on the TUN, so no IPv6 super-packet comes (one would be dropped)
+    uso_flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6
+    for flags, uso in ((uso_flags, True), (TUN_F_CSUM | TUN_F_TSO4, False)):
         try:
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
-            vnet = True
+            fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+            return fd, True, uso
         except OSError:
-            os.close(fd)
-            return open_tun(name, persist, offloads=False)
-    return fd, vnet
+            continue
+    os.close(fd)
+    return open_tun(name, persist, offloads=False)
 
 
 def delete_tun(name: str) -> None:
     """Remove a persistent TUN (teardown)."""
-    fd, _ = open_tun(name, persist=False, offloads=False)
+    fd, _, _ = open_tun(name, persist=False, offloads=False)
     try:
         fcntl.ioctl(fd, TUNSETPERSIST, 0)
     finally:

@@ -90,6 +90,7 @@ void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro) {
 }
 
 void fn_set_spin(fn_ctx *ctx, int on) { ctx->spin = on; }
+void fn_set_tun_uso(fn_ctx *ctx, int on) { ctx->tun_uso = on; }
 
 void fn_io_stats(fn_ctx *ctx, uint64_t *out) {
     for (int i = 0; i < FN_NIO; i++) out[i] = ctx->io[i];

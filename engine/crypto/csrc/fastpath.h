@@ -89,6 +89,7 @@ void fn_free(fn_ctx *ctx);
 void fn_stop(fn_ctx *ctx);
 void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro);
 void fn_set_spin(fn_ctx *ctx, int on);
+void fn_set_tun_uso(fn_ctx *ctx, int on);
 void fn_io_stats(fn_ctx *ctx, uint64_t *out);
 int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t stride,
                    uint32_t *lens, int max);

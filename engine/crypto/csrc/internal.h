@@ -54,7 +54,7 @@ typedef struct {
 #define SPIN_BACKOFF_NS 10000000  /* after a spin that caught nothing, no spinning for this long */
 
 typedef struct {
-    int used, closed, psh;
+    int used, closed, psh, udp;
     uint32_t ihl, thl, len, seg, count, next_seq;
     uint8_t *buf;                          /* vnet header + coalesced packet */
 } gro_item;
@@ -73,6 +73,7 @@ struct fn_ctx {
     uint32_t mtu, stride;
     int vnet, udp_gso, udp_gro;            /* offloads in use (fn_set_offloads) */
     int spin;                              /* fn_set_spin */
+    int tun_uso;                           /* the TUN takes UDP GSO writes (USO) */
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
     peer_t peers[FN_MAX_PEERS];
     rx_t rx[FN_RX_SLOTS];

@@ -37,28 +37,38 @@ int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h) {
     return 0;
 }
 
-static int tcp4_layout(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t *ihl, uint32_t *hl) {
-    if ((h->gso_type & ~VNET_GSO_ECN) != VNET_GSO_TCPV4 || h->gso_size == 0) return -1;
-    if (len < 40 || (pkt[0] >> 4) != 4 || pkt[9] != IPPROTO_TCP) return -1;
+#define VNET_GSO_UDP_L4 5
+
+/* header layout of a GSO super-packet: TCPv4 (TSO) or UDPv4 (USO) */
+static int gso_layout(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t *ihl, uint32_t *hl) {
+    uint8_t type = h->gso_type & ~VNET_GSO_ECN;
+    if ((type != VNET_GSO_TCPV4 && type != VNET_GSO_UDP_L4) || h->gso_size == 0) return -1;
+    if (len < 28 || (pkt[0] >> 4) != 4 || pkt[9] != (type == VNET_GSO_TCPV4 ? IPPROTO_TCP : IPPROTO_UDP)) return -1;
     *ihl = (pkt[0] & 15) * 4u;
-    if (*ihl < 20 || *ihl + 20 > len) return -1;
+    if (*ihl < 20 || *ihl + 8 > len) return -1;
+    if (type == VNET_GSO_UDP_L4) {
+        *hl = *ihl + 8;
+        return IPPROTO_UDP;
+    }
+    if (*ihl + 20 > len) return -1;
     uint32_t thl = (pkt[*ihl + 12] >> 4) * 4u;
     if (thl < 20 || *ihl + thl > len) return -1;
     *hl = *ihl + thl;
-    return 0;
+    return IPPROTO_TCP;
 }
 
 uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h) {
     uint32_t ihl, hl;
-    if (tcp4_layout(pkt, len, h, &ihl, &hl) < 0) return 0;
+    if (gso_layout(pkt, len, h, &ihl, &hl) < 0) return 0;
     uint32_t payload = len - hl;
     return payload == 0 ? 1 : (payload + h->gso_size - 1) / h->gso_size;
 }
 
-/* segment i of a TSO super-packet, as a complete IPv4/TCP packet with checksums */
+/* segment i of a GSO super-packet, as a complete IPv4 packet with checksums */
 uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out) {
     uint32_t ihl, hl;
-    if (tcp4_layout(pkt, len, h, &ihl, &hl) < 0) return 0;
+    int proto = gso_layout(pkt, len, h, &ihl, &hl);
+    if (proto < 0) return 0;
     uint32_t payload = len - hl, mss = h->gso_size, off = i * mss;
     uint32_t count = payload == 0 ? 1 : (payload + mss - 1) / mss;
     if (i >= count) return 0;
@@ -70,17 +80,24 @@ uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint
     put_be16(out + 4, (uint16_t)(get_be16(pkt + 4) + i));
     out[10] = out[11] = 0;
     store_csum(out + 10, sum_words(out, ihl, 0));
-    /* TCP: sequence number, flags, full checksum */
-    uint8_t *tcp = out + ihl;
-    put_be32(tcp + 4, get_be32(pkt + ihl + 4) + off);
-    if (i + 1 < count) tcp[13] &= (uint8_t)~0x09;  /* FIN and PSH only on the last */
-    if (i > 0) tcp[13] &= (uint8_t)~0x80;           /* CWR only on the first */
-    tcp[16] = tcp[17] = 0;
-    uint32_t tcplen = hl - ihl + n;
-    uint64_t acc = sum_words(out + 12, 8, 0);        /* source and destination */
-    uint8_t pseudo[4] = {0, IPPROTO_TCP, (uint8_t)(tcplen >> 8), (uint8_t)tcplen};
+    uint8_t *l4 = out + ihl;
+    uint32_t l4len = hl - ihl + n;
+    uint8_t *field;
+    if (proto == IPPROTO_TCP) {
+        put_be32(l4 + 4, get_be32(pkt + ihl + 4) + off);
+        if (i + 1 < count) l4[13] &= (uint8_t)~0x09;  /* FIN and PSH only on the last */
+        if (i > 0) l4[13] &= (uint8_t)~0x80;           /* CWR only on the first */
+        field = l4 + 16;
+    } else {
+        put_be16(l4 + 4, (uint16_t)l4len);
+        field = l4 + 6;
+    }
+    field[0] = field[1] = 0;
+    uint64_t acc = sum_words(out + 12, 8, 0);          /* source and destination */
+    uint8_t pseudo[4] = {0, (uint8_t)proto, (uint8_t)(l4len >> 8), (uint8_t)l4len};
     acc = sum_words(pseudo, 4, acc);
-    store_csum(tcp + 16, sum_words(tcp, tcplen, acc));
+    store_csum(field, sum_words(l4, l4len, acc));
+    if (proto == IPPROTO_UDP && field[0] == 0 && field[1] == 0) field[0] = field[1] = 0xff;  /* 0 means none */
     return hl + n;
 }
 

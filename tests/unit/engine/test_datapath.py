@@ -226,3 +226,25 @@ def test_tso_rejects_garbage():
     vnet = st.pack("<BBHHHH", 0, 1, 40, 1380, 0, 0)
     assert lib.fn_tso_segment(vnet + b"\x45" + b"\0" * 10, 21, out, 1500, lens, 4) == -1
     assert lib.fn_tso_segment(b"\0" * 5, 5, out, 1500, lens, 4) == -1
+
+
+def test_uso_super_packet_is_cut_into_valid_datagrams():
+    import struct as st
+    payload = os.urandom(3000)
+    src, dst = socket.inet_aton("10.87.1.2"), socket.inet_aton("10.87.2.2")
+    udp = st.pack("!HHHH", 5000, 53, 8 + len(payload), 0)
+    ip = st.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 9, 0, 64, 17, 0, src, dst)
+    vnet = st.pack("<BBHHHH", 1, 5, 28, 1000, 20, 6)  # NEEDS_CSUM, UDP_L4, 1000-byte datagrams
+    out = ffi.new("uint8_t[]", 8 * 1500)
+    lens = ffi.new("uint32_t[]", 8)
+    n = lib.fn_tso_segment(vnet + ip + udp + payload, 10 + 28 + len(payload), out, 1500, lens, 8)
+    assert n == 3
+    got = b""
+    for i in range(n):
+        seg = ffi.buffer(out + i * 1500, lens[i])[:]
+        assert _checksum(seg[:20]) == 0xFFFF
+        assert st.unpack("!H", seg[24:26])[0] == len(seg) - 20
+        pseudo = seg[12:20] + st.pack("!BBH", 0, 17, len(seg) - 20)
+        assert _checksum(pseudo + seg[20:]) == 0xFFFF
+        got += seg[28:]
+    assert got == payload
