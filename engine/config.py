@@ -23,13 +23,20 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class LighthouseConfig:
+    name: str
+    cert: str
+    endpoints: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ca: str
     cert: str
     key: str
     network: ipaddress.IPv4Network
-    subnet: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network | None
     listen_host: str = "0.0.0.0"
     listen_port: int = 4787
     tun_name: str = "flatnet0"
@@ -42,6 +49,7 @@ class Config:
     spin: bool = True
     log_level: str = "info"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
+    lighthouses: tuple[LighthouseConfig, ...] = field(default_factory=tuple)
 
     @property
     def control_socket(self) -> str:
@@ -52,8 +60,8 @@ class Config:
         return os.path.join(self.run_dir, "lease.json")
 
     @property
-    def gateway(self) -> ipaddress.IPv4Address:
-        return self.subnet.network_address + 1
+    def lease_cache(self) -> str:
+        return os.path.join(self.state_dir, "lease.json")
 
 
 _KNOWN = {
@@ -65,6 +73,7 @@ _KNOWN = {
     "paths": {"run_dir", "state_dir"},
     "log": {"level"},
     "peers": None,
+    "lighthouses": None,
 }
 
 
@@ -127,9 +136,28 @@ def parse(text: str, path: str = "<config>") -> Config:
     network = net("network", "cidr", get("network", "cidr", str, "10.87.0.0/16"))
     if not 8 <= network.prefixlen <= 24:
         raise ConfigError(f"{where('network.cidr')}: prefix must be /8 to /24, got /{network.prefixlen}")
-    subnet = net("network", "subnet", get("network", "subnet", str, required=True))
-    if subnet.prefixlen != 24 or not subnet.subnet_of(network):
-        raise ConfigError(f"{where('network.subnet')}: {subnet} must be a /24 inside {network}")
+    lighthouses = []
+    raw_lh = doc.get("lighthouses", [])
+    if not isinstance(raw_lh, list):
+        raise ConfigError(f"{where('lighthouses')}: use [[lighthouses]] tables")
+    for i, lh in enumerate(raw_lh):
+        w = f"lighthouses[{i}]"
+        unknown = set(lh) - {"name", "cert", "endpoints"}
+        if unknown:
+            raise ConfigError(f"{where(w)}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("name", "cert", "endpoints"):
+            if key not in lh:
+                raise ConfigError(f"{where(w + '.' + key)}: missing")
+        if not isinstance(lh["endpoints"], list) or not lh["endpoints"]:
+            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
+        lighthouses.append(LighthouseConfig(str(lh["name"]), str(lh["cert"]),
+                                            tuple(_endpoint(e, where(f"{w}.endpoints")) for e in lh["endpoints"])))
+    raw_subnet = get("network", "subnet", str, required=not lighthouses)
+    subnet = None
+    if raw_subnet is not None:
+        subnet = net("network", "subnet", raw_subnet)
+        if subnet.prefixlen != 24 or not subnet.subnet_of(network):
+            raise ConfigError(f"{where('network.subnet')}: {subnet} must be a /24 inside {network}")
     mtu = get("tun", "mtu", int, 1420)
     if not 576 <= mtu <= 9000:
         raise ConfigError(f"{where('tun.mtu')}: {mtu} is outside 576..9000")
@@ -158,7 +186,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         psub = net("peers", f"[{i}].subnet", p["subnet"])
         if not psub.subnet_of(network) or psub.prefixlen > 24:
             raise ConfigError(f"{where(w + '.subnet')}: {psub} must be a /24 (or larger) inside {network}")
-        if psub.overlaps(subnet):
+        if subnet is not None and psub.overlaps(subnet):
             raise ConfigError(f"{where(w + '.subnet')}: {psub} overlaps this host's subnet {subnet}")
         if p["name"] in names:
             raise ConfigError(f"{where(w + '.name')}: duplicate peer {p['name']!r}")
@@ -179,7 +207,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),
-        log_level=level, peers=tuple(peers),
+        log_level=level, peers=tuple(peers), lighthouses=tuple(lighthouses),
     )
 
 

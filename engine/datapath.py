@@ -78,8 +78,16 @@ class DataPath:
         self._stopping = False
 
     # ---- peers and keys (control plane; any thread)
-    def set_peer(self, slot: int, subnet: ipaddress.IPv4Network) -> None:
-        self._check(lib.fn_peer_set(self.ctx, slot, int(subnet.network_address), subnet.prefixlen), "set peer")
+    def set_peer(self, slot: int, subnet: ipaddress.IPv4Network | None) -> None:
+        """subnet None: the peer owns no overlay addresses (a lighthouse)."""
+        if subnet is None:
+            self._check(lib.fn_peer_set(self.ctx, slot, 0, lib.FN_NO_SUBNET), "set peer")
+        else:
+            self._check(lib.fn_peer_set(self.ctx, slot, int(subnet.network_address), subnet.prefixlen), "set peer")
+
+    def route_unpend(self, route: int) -> None:
+        """Let packets to this overlay /24 be reported again (its owner was not found)."""
+        lib.fn_route_unpend(self.ctx, route)
 
     def remove_peer(self, slot: int) -> None:
         self._check(lib.fn_peer_remove(self.ctx, slot), "remove peer")
@@ -141,12 +149,14 @@ class DataPath:
             raise OSError(-rc, f"data path: {what} failed")
 
     # ---- the two pipeline threads
-    def start(self, tun_fd: int, udp_fd: int, on_want: Callable[[list[int]], None],
+    def start(self, tun_fd: int | None, udp_fd: int, on_want: Callable[[list[int]], None],
               on_control: Callable[[list[ControlItem]], None]) -> None:
-        self._threads = [
-            threading.Thread(target=self._inside, args=(tun_fd, udp_fd, on_want), name="inside", daemon=True),
-            threading.Thread(target=self._outside, args=(udp_fd, tun_fd, on_control), name="outside", daemon=True),
-        ]
+        """tun_fd None: receive side only (a lighthouse has no TUN)."""
+        self._threads = [threading.Thread(target=self._outside, args=(udp_fd, -1 if tun_fd is None else tun_fd,
+                                                                       on_control), name="outside", daemon=True)]
+        if tun_fd is not None:
+            self._threads.append(threading.Thread(target=self._inside, args=(tun_fd, udp_fd, on_want), name="inside",
+                                                  daemon=True))
         for t in self._threads:
             t.start()
 

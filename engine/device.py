@@ -26,7 +26,7 @@ from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, P
 class Peer:
     name: str
     slot: int
-    subnet: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network | None
     cert: certs.Certificate
     endpoints: list[tuple[str, int]]
     session: PeerSession
@@ -64,8 +64,18 @@ class IndexTable:
 
 class Device:
     def __init__(self, me: hsm.Identity, datapath, send: Callable[[bytes, tuple[str, int]], None],  # noqa: ANN001
-                 wall_ns: Callable[[], int], log: Logger, rng: random.Random | None = None) -> None:
+                 wall_ns: Callable[[], int], log: Logger, rng: random.Random | None = None,
+                 accept_any: bool = False) -> None:
+        """accept_any: take handshakes from any node the CA certified (peers found through
+        a lighthouse), not only the configured ones; such a peer starts with no subnet.
+        Hooks the owner may set: on_message(peer, data, addr, now) for decrypted control
+        messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
+        on_new_peer(peer, now) when an unknown node connected."""
         self.me = me
+        self.accept_any = accept_any
+        self.on_message: Callable[[Peer, bytes, tuple[str, int], float], None] | None = None
+        self.on_unknown_route: Callable[[int, float], None] | None = None
+        self.on_new_peer: Callable[[Peer, float], None] | None = None
         self.dp = datapath
         self.send = send
         self.wall_ns = wall_ns
@@ -76,7 +86,7 @@ class Device:
         self.errors: collections.Counter[str] = collections.Counter()
 
     # ---- membership
-    def add_peer(self, cert: certs.Certificate, subnet: ipaddress.IPv4Network,
+    def add_peer(self, cert: certs.Certificate, subnet: ipaddress.IPv4Network | None,
                  endpoints: list[tuple[str, int]]) -> Peer:
         if cert.name in self.peers:
             raise ValueError(f"peer {cert.name} already known")
@@ -90,6 +100,33 @@ class Device:
         if endpoints:
             self._set_endpoint(peer, endpoints[0])
         return peer
+
+    def set_subnet(self, peer: Peer, subnet: ipaddress.IPv4Network) -> None:
+        if peer.subnet != subnet:
+            peer.subnet = subnet
+            self.dp.set_peer(peer.slot, subnet)
+
+    def set_endpoints(self, peer: Peer, endpoints: list[tuple[str, int]]) -> None:
+        peer.endpoints = list(endpoints)
+        if peer.endpoint is None and endpoints:
+            self._set_endpoint(peer, endpoints[0])
+
+    def send_message(self, peer: Peer, data: bytes) -> bool:
+        """A control message (type 4) to a peer with keys; False if there are none yet."""
+        packet = self.dp.seal_control(peer.slot, data)
+        if packet is None or peer.endpoint is None:
+            return False
+        self.send(packet, peer.endpoint)
+        return True
+
+    def connect(self, peer: Peer, now: float) -> None:
+        """Start a handshake now (to every candidate endpoint) unless keys exist."""
+        peer.session.want_keys(now)
+        self._apply(peer)
+
+    def rehandshake(self, peer: Peer, now: float) -> None:
+        peer.session.rehandshake(now)
+        self._apply(peer)
 
     def remove_peer(self, name: str) -> None:
         peer = self.peers.pop(name)
@@ -109,6 +146,12 @@ class Device:
     # ---- inputs from the data path
     def on_want(self, slots: list[int], now: float) -> None:
         for slot in slots:
+            if slot < 0:  # an overlay /24 without an owner: -(route index + 1)
+                if self.on_unknown_route is not None:
+                    self.on_unknown_route(-slot - 1, now)
+                else:
+                    self.dp.route_unpend(-slot - 1)
+                continue
             peer = self.by_slot.get(slot)
             if peer is None:
                 continue
@@ -132,13 +175,21 @@ class Device:
                 self._set_endpoint(peer, item.addr)
             return
         if item.kind == CTRL_DECRYPTED:
-            self.errors["control_unhandled"] += 1  # lighthouse messages arrive with the lighthouse
+            peer = self.by_slot.get(item.peer)
+            if peer is None or self.on_message is None or item.addr is None:
+                self.errors["control_unhandled"] += 1
+                return
+            self.on_message(peer, item.data, item.addr, now)
             return
         assert item.kind == CTRL_RAW and item.addr is not None
         kind = item.data[0]
         if kind == TYPE_INITIATION:
             init = hsm.consume_initiation(self.me, item.data, self.wall_ns() / 1e9)
             peer = self.peers.get(init.peer.name)
+            if peer is None and self.accept_any and init.peer.name != self.me.cert.name:
+                peer = self.add_peer(init.peer, None, [item.addr])
+                if self.on_new_peer is not None:
+                    self.on_new_peer(peer, now)
             if peer is None:
                 raise RemoteProtocolError("unknown_peer", init.peer.name)
             if init.peer.key != peer.cert.key:
@@ -219,7 +270,7 @@ class Device:
             st = self.dp.stats(peer.slot)
             s = peer.session
             rows.append({
-                "name": peer.name, "subnet": str(peer.subnet),
+                "name": peer.name, "subnet": str(peer.subnet) if peer.subnet else None,
                 "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
                 "state": s.state.value, "path": "direct" if peer.endpoint else "none",
                 "handshake_age": round(now - s.last_handshake, 1) if s.last_handshake is not None else None,

@@ -8,6 +8,7 @@ the control API. Everything protocol-shaped lives in Device and PeerSession.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from engine.config import Config
 from engine.datapath import DataPath
 from engine.device import Device
 from engine.io import control, netlink, tun, udp
+from engine.lighthouse_client import LighthouseClient
 from engine.log import Logger
 
 STATS_REFRESH = 1.0  # the timer also wakes this often to read the data path's counters
@@ -31,33 +33,95 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
+        self.subnet: ipaddress.IPv4Network | None = None
+        self._lease_waiter: asyncio.Future | None = None
+        self.lighthouse: LighthouseClient | None = None
 
     # ---- set-up
     def _load_pki(self):  # noqa: ANN202
         c = self.config
         me = pki.load_identity(c.ca, c.cert, c.key, time.time())
         peers = [(p, pki.load_peer_cert(p.cert, me.ca, time.time())) for p in c.peers]
-        for p, cert in peers:
+        lighthouses = [(lh, pki.load_peer_cert(lh.cert, me.ca, time.time())) for lh in c.lighthouses]
+        for p, cert in peers + lighthouses:
             if cert.name != p.name:
-                raise pki.PkiError(f"{c.path}: peer {p.name!r} has certificate {p.cert} for {cert.name!r}")
-        return me, peers
+                raise pki.PkiError(f"{c.path}: {p.name!r} has certificate {p.cert} for {cert.name!r}")
+        return me, peers, lighthouses
 
-    def write_lease(self) -> None:
+    def _write_json(self, path: str, doc: dict) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(doc, f)
+        os.replace(path + ".tmp", path)
+
+    def _cached_lease(self) -> ipaddress.IPv4Network | None:
+        try:
+            with open(self.config.lease_cache) as f:
+                subnet = ipaddress.IPv4Network(json.load(f)["subnet"])
+            return subnet if subnet.subnet_of(self.config.network) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    async def _apply_subnet(self, subnet: ipaddress.IPv4Network) -> None:
+        """Kernel state and the lease file for the CNI plugin, for this host's /24."""
         c = self.config
-        os.makedirs(c.run_dir, exist_ok=True)
-        tmp = c.lease_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"subnet": str(c.subnet), "gateway": str(c.gateway), "network": str(c.network),
-                       "node": self.me.cert.name}, f)
-        os.replace(tmp, c.lease_file)
+        self.subnet = subnet
+        gateway = subnet.network_address + 1
+        # pyroute2's sync API runs its own event loop: call it from a worker thread
+        await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, subnet, c.bridge)
+        lease = {"subnet": str(subnet), "gateway": str(gateway), "network": str(c.network), "node": self.me.cert.name}
+        self._write_json(c.lease_file, lease)
+        self._write_json(c.lease_cache, lease)
+
+    def _on_lease(self, subnet: ipaddress.IPv4Network) -> None:
+        if self._lease_waiter is not None and not self._lease_waiter.done():
+            self._lease_waiter.set_result(subnet)
+        elif self.subnet is not None and subnet != self.subnet:
+            self.log.error("lease_mismatch", using=str(self.subnet), lighthouse_says=str(subnet),
+                           fix="restart the engine to take the new lease")
+
+    async def _obtain_subnet(self) -> ipaddress.IPv4Network:
+        c = self.config
+        if c.subnet is not None:
+            return c.subnet
+        cached = self._cached_lease()
+        try:  # a cached lease lets the host come up while no lighthouse answers
+            return await asyncio.wait_for(asyncio.shield(self._lease_waiter), 3.0 if cached else 15.0)
+        except asyncio.TimeoutError:
+            if cached is None:
+                raise OSError(110, "no lease: no lighthouse answered in 15 s and this host has no cached lease "
+                              f"({c.lease_cache}); check [[lighthouses]] endpoints and UDP reachability") from None
+            self.log.warning("lease_from_cache", subnet=str(cached), reason="no lighthouse answered yet")
+            return cached
+
+    def local_endpoints(self) -> list[tuple[str, int]]:
+        return self._endpoints
+
+    def _scan_endpoints(self) -> list[tuple[str, int]]:
+        """This host's own IPv4 addresses a peer might reach: no loopback, no container
+        bridges or veths, no overlay addresses."""
+        from pyroute2 import IPRoute
+        c = self.config
+        skip = ("lo", c.tun_name, c.bridge)
+        out = []
+        with IPRoute() as ipr:
+            names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+            for a in ipr.get_addr(family=2):
+                name = names.get(a["index"], "")
+                ip = ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS"))
+                if name in skip or name.startswith(("fn-", "veth", "cni", "podman", "docker", "virbr")):
+                    continue
+                if ip.is_loopback or ip in c.network:
+                    continue
+                out.append((str(ip), self.sock.getsockname()[1]))
+        return out[:8]
 
     async def run(self) -> None:
         c = self.config
         self.loop = asyncio.get_running_loop()
-        self.me, peers = self._load_pki()
+        self._lease_waiter = self.loop.create_future()
+        self.me, peers, lighthouses = self._load_pki()
         self.tun_fd, vnet, uso = tun.open_tun(c.tun_name, offloads=c.offloads)
-        # pyroute2's sync API runs its own event loop: call it from a worker thread
-        await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, c.subnet, c.bridge)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
         self.dp = DataPath(c.network, c.mtu)
         gso, gro = udp.enable_offloads(self.sock, c.offloads)
@@ -66,18 +130,25 @@ class Engine:
         self.dp.set_tun_uso(uso)
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
-        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log)
+        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
         for p, cert in peers:
             self.device.add_peer(cert, p.subnet, list(p.endpoints))
-        self.write_lease()
+        self._endpoints = await self.loop.run_in_executor(None, self._scan_endpoints)
+        self.lighthouse = None
+        if lighthouses:
+            lh_peers = [self.device.add_peer(cert, None, list(lh.endpoints)) for lh, cert in lighthouses]
+            self.lighthouse = LighthouseClient(self.device, lh_peers, c.network, self.local_endpoints, self.log,
+                                               self._on_lease)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
                       lambda slots: self.loop.call_soon_threadsafe(self._on_want, slots),
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
-        self.log.info("engine_started", node=self.me.cert.name, subnet=str(c.subnet),
-                      listen=f"{c.listen_host}:{self.sock.getsockname()[1]}", peers=len(peers), tun=c.tun_name)
         self.device.start_all(time.monotonic())
         self._arm()
+        await self._apply_subnet(await self._obtain_subnet())
+        self.log.info("engine_started", node=self.me.cert.name, subnet=str(self.subnet),
+                      listen=f"{c.listen_host}:{self.sock.getsockname()[1]}", peers=len(peers),
+                      lighthouses=len(lighthouses), tun=c.tun_name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         await self._stop.wait()
@@ -113,23 +184,32 @@ class Engine:
         if self._timer:
             self._timer.cancel()
         now = time.monotonic()
-        deadline = self.device.get_timer()
+        deadlines = [t for t in (self.device.get_timer(),
+                                 self.lighthouse.get_timer() if self.lighthouse else None) if t is not None]
+        deadline = min(deadlines) if deadlines else None
         at = min(deadline if deadline is not None else now + STATS_REFRESH, now + STATS_REFRESH)
         self._timer = self.loop.call_at(self.loop.time() + max(0.0, at - now), self._on_timer)
 
     def _on_timer(self) -> None:
-        self.device.handle_timer(time.monotonic())
+        now = time.monotonic()
+        self.device.handle_timer(now)
+        if self.lighthouse is not None:
+            self.lighthouse.handle_timer(now)
         self._arm()
 
     # ---- control API
     def status(self) -> dict:
         c = self.config
-        return {"node": self.me.cert.name, "subnet": str(c.subnet), "network": str(c.network),
+        return {"node": self.me.cert.name, "subnet": str(self.subnet), "network": str(c.network),
                 "listen_port": self.sock.getsockname()[1], "tun": c.tun_name, "bridge": c.bridge,
                 "uptime": round(time.monotonic() - self.started, 1), "peers": len(self.device.peers),
                 "peers_up": sum(1 for p in self.device.peers.values() if p.session.current is not None),
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors),
                 "offloads": self.offloads, "io": self.dp.io_stats(),
+                "lighthouses": {name: ("registered" if name in self.lighthouse.registered else "unregistered")
+                                for name in self.lighthouse.lighthouses} if self.lighthouse else {},
+                "observed_endpoint": list(self.lighthouse.observed) if self.lighthouse and self.lighthouse.observed
+                else None,
                 "cert_expires": self.me.cert.not_after}
 
     def handle_api(self, url: str) -> tuple[int, str, bytes]:

@@ -56,8 +56,16 @@ class Host:
 
 class Lab:
     def __init__(self, prefix: str, workdir: str, hosts: int = 2, network: str = "10.87.0.0/16",
-                 mtu: int = 1420, offloads: bool = True) -> None:
+                 mtu: int = 1420, offloads: bool = True, lighthouse: bool = False,
+                 nat: dict[int, str] | None = None) -> None:
+        """lighthouse: hosts find each other and take their /24 through a lighthouse
+        (no static peers); nat: {host index: "cone" | "random"} puts that host behind
+        a router namespace doing MASQUERADE (random: --random-fully)."""
         self.offloads = offloads
+        self.lighthouse = lighthouse
+        self.nat = nat or {}
+        self.lh_ns = f"{prefix}-lh"
+        self.lh_pid = 0
         self.prefix = prefix
         self.workdir = os.path.abspath(workdir)
         self.ul_ns = f"{prefix}-ul"
@@ -72,7 +80,7 @@ class Lab:
     # ---- persistence for `flatnet down`
     def save(self) -> None:
         state = {"prefix": self.prefix, "namespaces": self.namespaces, "network": self.network,
-                 "hosts": [h.__dict__ for h in self.hosts]}
+                 "hosts": [h.__dict__ for h in self.hosts], "lh_pid": self.lh_pid}
         with open(os.path.join(self.workdir, "lab.json"), "w") as f:
             json.dump(state, f, indent=1)
 
@@ -83,6 +91,7 @@ class Lab:
         lab = cls(state["prefix"], workdir, 0, state["network"])
         lab.hosts = [Host(**h) for h in state["hosts"]]
         lab.namespaces = state["namespaces"]
+        lab.lh_pid = state.get("lh_pid", 0)
         return lab
 
     # ---- build
@@ -100,13 +109,18 @@ class Lab:
         sh("ip", "-n", self.ul_ns, "link", "add", "ulbr", "type", "bridge")
         sh("ip", "-n", self.ul_ns, "link", "set", "ulbr", "up")
         self._pki()
+        if self.lighthouse:
+            self._start_lighthouse()
         for h in self.hosts:
             self._netns(h.ns)
-            sh("ip", "link", "add", "ul0", "netns", h.ns, "type", "veth", "peer", "name", f"ul-{h.index}",
+            uplink_ns = h.ns
+            if h.index in self.nat:
+                uplink_ns = self._router(h, self.nat[h.index])
+            sh("ip", "link", "add", "ul0", "netns", uplink_ns, "type", "veth", "peer", "name", f"ul-{h.index}",
                "netns", self.ul_ns)
             sh("ip", "-n", self.ul_ns, "link", "set", f"ul-{h.index}", "master", "ulbr", "up")
-            sh("ip", "-n", h.ns, "addr", "add", f"{h.underlay_ip}/24", "dev", "ul0")
-            sh("ip", "-n", h.ns, "link", "set", "ul0", "mtu", "1500", "up")
+            sh("ip", "-n", uplink_ns, "addr", "add", f"{h.underlay_ip}/24", "dev", "ul0")
+            sh("ip", "-n", uplink_ns, "link", "set", "ul0", "mtu", "1500", "up")
             self._write_config(h)
         for h in self.hosts:
             self.start_engine(h)
@@ -117,13 +131,80 @@ class Lab:
         self.wait_peers(wait)
         self.save()
 
+    def _router(self, h: Host, kind: str) -> str:
+        """A home router: the host sits on 172.16.<i>.0/24 behind it; the router has the
+        host's underlay address and masquerades. A cone NAT drops unsolicited inbound
+        packets to itself (DESIGN.md: otherwise an early punch takes the port); random
+        maps every flow to a random port."""
+        r = self._netns(f"{self.prefix}-r{h.index}")
+        sh("ip", "link", "add", "lan0", "netns", h.ns, "type", "veth", "peer", "name", "lan0", "netns", r)
+        sh("ip", "-n", r, "addr", "add", f"172.16.{h.index}.1/24", "dev", "lan0")
+        sh("ip", "-n", h.ns, "addr", "add", f"172.16.{h.index}.2/24", "dev", "lan0")
+        sh("ip", "-n", r, "link", "set", "lan0", "up")
+        sh("ip", "-n", h.ns, "link", "set", "lan0", "up")
+        sh("ip", "-n", h.ns, "route", "add", "default", "via", f"172.16.{h.index}.1")
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=r)
+        masq = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "ul0", "-j", "MASQUERADE"]
+        sh(*(masq + (["--random-fully"] if kind == "random" else [])), ns=r)
+        sh("iptables", "-A", "INPUT", "-i", "ul0", "-p", "udp", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP",
+           ns=r)
+        return r
+
+    def _start_lighthouse(self) -> None:
+        self._netns(self.lh_ns)
+        sh("ip", "link", "add", "ul0", "netns", self.lh_ns, "type", "veth", "peer", "name", "ul-lh", "netns",
+           self.ul_ns)
+        sh("ip", "-n", self.ul_ns, "link", "set", "ul-lh", "master", "ulbr", "up")
+        sh("ip", "-n", self.lh_ns, "addr", "add", f"{UNDERLAY}.254/24", "dev", "ul0")
+        sh("ip", "-n", self.lh_ns, "link", "set", "ul0", "up")
+        d = os.path.join(self.workdir, "lighthouse")
+        os.makedirs(d, exist_ok=True)
+        pki = os.path.join(self.workdir, "pki")
+        with open(os.path.join(d, "lighthouse.toml"), "w") as f:
+            f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
+                    f'[network]\ncidr = "{self.network}"\n[paths]\nstate_dir = "{d}/state"\nrun_dir = "{d}/run"\n')
+        self.start_lighthouse()
+
+    def start_lighthouse(self) -> None:
+        d = os.path.join(self.workdir, "lighthouse")
+        logf = open(os.path.join(d, "lighthouse.log"), "a")
+        proc = subprocess.Popen(["ip", "netns", "exec", self.lh_ns, sys.executable, "-m", "lighthouse", "--config",
+                                 os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        self.lh_pid = proc.pid
+        self.save()
+        end = time.monotonic() + 15
+        while not os.path.exists(os.path.join(d, "run", "lighthouse.sock")):
+            if time.monotonic() > end or not _alive(proc.pid):
+                raise RuntimeError("lighthouse did not start:\n" + _tail(os.path.join(d, "lighthouse.log")))
+            time.sleep(0.05)
+
+    def stop_lighthouse(self, sig: int = signal.SIGTERM) -> None:
+        if self.lh_pid and _alive(self.lh_pid):
+            os.killpg(self.lh_pid, sig)
+            end = time.monotonic() + 10
+            while _alive(self.lh_pid) and time.monotonic() < end:
+                time.sleep(0.05)
+        try:
+            os.unlink(os.path.join(self.workdir, "lighthouse", "run", "lighthouse.sock"))
+        except FileNotFoundError:
+            pass
+        self.lh_pid = 0
+        self.save()
+
+    def lighthouse_status(self) -> dict:
+        from engine.io import control
+        return json.loads(control.get(os.path.join(self.workdir, "lighthouse", "run", "lighthouse.sock"),
+                                      "/status")[1])
+
     def _pki(self) -> None:
         pki = os.path.join(self.workdir, "pki")
         if os.path.exists(os.path.join(pki, "ca.crt")):
             return
         self._cli("ca", "init", "--dir", pki, "--name", f"{self.prefix}-ca")
-        for h in self.hosts:
-            self._cli("cert", "sign", "--ca-dir", pki, "--name", h.name)
+        for name in [h.name for h in self.hosts] + (["lighthouse"] if self.lighthouse else []):
+            self._cli("cert", "sign", "--ca-dir", pki, "--name", name)
 
     def _cli(self, *args: str) -> None:
         proc = subprocess.run([sys.executable, "-m", "flatnet_cli", *args], cwd=REPO, capture_output=True,
@@ -136,15 +217,20 @@ class Lab:
         pki = os.path.join(self.workdir, "pki")
         lines = [
             "[pki]", f'ca = "{pki}/ca.crt"', f'cert = "{pki}/{h.name}.crt"', f'key = "{pki}/{h.name}.key"',
-            "[network]", f'cidr = "{self.network}"', f'subnet = "{h.subnet}"',
+            "[network]", f'cidr = "{self.network}"',
+        ] + ([] if self.lighthouse else [f'subnet = "{h.subnet}"']) + [
             "[listen]", f"port = {PORT}", "[tun]", f"mtu = {self.mtu}",
             f"offloads = {'true' if self.offloads else 'false'}",
             "[paths]", f'run_dir = "{h.dir}/run"', f'state_dir = "{h.dir}/state"',
         ]
-        for o in self.hosts:
-            if o is not h:
-                lines += ["[[peers]]", f'name = "{o.name}"', f'cert = "{pki}/{o.name}.crt"',
-                          f'endpoints = ["{o.underlay_ip}:{PORT}"]', f'subnet = "{o.subnet}"']
+        if self.lighthouse:
+            lines += ["[[lighthouses]]", 'name = "lighthouse"', f'cert = "{pki}/lighthouse.crt"',
+                      f'endpoints = ["{UNDERLAY}.254:{PORT}"]']
+        else:
+            for o in self.hosts:
+                if o is not h:
+                    lines += ["[[peers]]", f'name = "{o.name}"', f'cert = "{pki}/{o.name}.crt"',
+                              f'endpoints = ["{o.underlay_ip}:{PORT}"]', f'subnet = "{o.subnet}"']
         with open(h.config, "w") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -188,7 +274,16 @@ class Lab:
         status, body = control.get(h.socket, "/peers")
         return json.loads(body)
 
+    def status(self, h: Host) -> dict:
+        from engine.io import control
+        return json.loads(control.get(h.socket, "/status")[1])
+
     def wait_peers(self, timeout: float) -> None:
+        if self.lighthouse:  # peers are found on demand: wait for the leases instead
+            for h in self.hosts:
+                h.subnet = self.status(h)["subnet"]
+            self.save()
+            return
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
@@ -229,6 +324,7 @@ class Lab:
     def down(self) -> None:
         for h in self.hosts:
             self.stop_engine(h)
+        self.stop_lighthouse()
         for ns in reversed(self.namespaces):
             for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
                 try:

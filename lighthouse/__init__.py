@@ -1,0 +1,1 @@
+"""flatnet-lighthouse: node registry, subnet leases, hole-punch coordination."""

@@ -133,6 +133,12 @@ class PeerSession:
         if self.pending is None and (self.current is None or self._expired(self.current, now)):
             self._start(now)
 
+    def rehandshake(self, now: float) -> None:
+        """Start a new handshake even though keys exist: the peer stopped answering on
+        this session (e.g. it restarted and lost its keys)."""
+        if self.pending is None:
+            self._start(now)
+
     def note_traffic(self, last_tx: float | None, last_rx: float | None) -> None:
         """Times of the last data sent and received, from the data path's counters."""
         if last_tx is not None and (self.last_tx is None or last_tx > self.last_tx):

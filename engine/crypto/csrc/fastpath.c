@@ -90,6 +90,14 @@ void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro) {
 }
 
 void fn_set_spin(fn_ctx *ctx, int on) { ctx->spin = on; }
+
+int fn_route_unpend(fn_ctx *ctx, int route) {
+    if (route < 0 || route >= ROUTE_ENTRIES) return -EINVAL;
+    pthread_mutex_lock(&ctx->tx_lock);
+    if (ctx->route[route] == ROUTE_PENDING) ctx->route[route] = -1;
+    pthread_mutex_unlock(&ctx->tx_lock);
+    return 0;
+}
 void fn_set_tun_uso(fn_ctx *ctx, int on) { ctx->tun_uso = on; }
 
 void fn_io_stats(fn_ctx *ctx, uint64_t *out) {
@@ -111,16 +119,22 @@ static void route_fill(fn_ctx *ctx, uint32_t subnet, uint32_t mask, int32_t valu
 }
 
 int fn_peer_set(fn_ctx *ctx, int slot, uint32_t subnet, uint32_t prefix) {
-    if (slot < 0 || slot >= FN_MAX_PEERS || prefix > 24) return -EINVAL;
-    if (route_index(ctx, subnet) < 0) return -ERANGE;
+    /* prefix FN_NO_SUBNET: a peer that owns no overlay addresses (a lighthouse, a relay) */
+    if (slot < 0 || slot >= FN_MAX_PEERS || (prefix > 24 && prefix != FN_NO_SUBNET)) return -EINVAL;
+    if (prefix != FN_NO_SUBNET && route_index(ctx, subnet) < 0) return -ERANGE;
     pthread_mutex_lock(&ctx->tx_lock);
     pthread_mutex_lock(&ctx->rx_lock);
     peer_t *p = &ctx->peers[slot];
-    if (p->active) route_fill(ctx, p->subnet, p->mask, -1);
+    if (p->active && p->mask != 0xffffffffu) route_fill(ctx, p->subnet, p->mask, -1);
     p->active = 1;
-    p->mask = prefix_mask(prefix);
-    p->subnet = subnet & p->mask;
-    route_fill(ctx, p->subnet, p->mask, slot);
+    if (prefix == FN_NO_SUBNET) {
+        p->mask = 0xffffffffu;
+        p->subnet = 0;  /* no inner source address matches: data from it is dropped */
+    } else {
+        p->mask = prefix_mask(prefix);
+        p->subnet = subnet & p->mask;
+        route_fill(ctx, p->subnet, p->mask, slot);
+    }
     pthread_mutex_unlock(&ctx->rx_lock);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
@@ -131,7 +145,7 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
     pthread_mutex_lock(&ctx->tx_lock);
     pthread_mutex_lock(&ctx->rx_lock);
     peer_t *p = &ctx->peers[slot];
-    if (p->active) route_fill(ctx, p->subnet, p->mask, -1);
+    if (p->active && p->mask != 0xffffffffu) route_fill(ctx, p->subnet, p->mask, -1);
     for (int i = 0; i < FN_RX_SLOTS; i++)
         if (ctx->rx[i].index && ctx->rx[i].peer == slot) sodium_memzero(&ctx->rx[i], sizeof(rx_t));
     sodium_memzero(p, sizeof(*p));

@@ -13,7 +13,8 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 4
+#define FN_VERSION 5
+#define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
 #define FN_KEY 32
@@ -90,6 +91,7 @@ void fn_stop(fn_ctx *ctx);
 void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro);
 void fn_set_spin(fn_ctx *ctx, int on);
 void fn_set_tun_uso(fn_ctx *ctx, int on);
+int fn_route_unpend(fn_ctx *ctx, int route);
 void fn_io_stats(fn_ctx *ctx, uint64_t *out);
 int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t stride,
                    uint32_t *lens, int max);

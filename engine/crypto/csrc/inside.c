@@ -111,7 +111,15 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
     if (len < 20 || (pkt[0] >> 4) != 4) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
     int idx = route_index(ctx, get_be32(pkt + 16));
     int slot = idx < 0 ? -1 : ctx->route[idx];
-    if (slot < 0) { ctx->drops_in[FN_DROP_NOROUTE]++; return 0; }
+    if (slot < 0) {
+        ctx->drops_in[FN_DROP_NOROUTE]++;
+        /* an overlay /24 nobody owns yet: ask Python (once) to find its owner */
+        if (idx >= 0 && slot == -1 && *nevents < max_events) {
+            ctx->route[idx] = ROUTE_PENDING;
+            events[(*nevents)++] = -(idx + 1);
+        }
+        return 0;
+    }
     peer_t *p = &ctx->peers[slot];
     if (!p->tx_valid || p->tx_counter >= REJECT_AFTER_MESSAGES || !p->endpoint_len) {
         ctx->drops_in[p->tx_valid ? FN_DROP_KEY_EXHAUSTED : FN_DROP_NOSESSION]++;

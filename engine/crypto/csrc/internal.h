@@ -14,6 +14,7 @@
 #define REPLAY_BITS (FN_REPLAY_WORDS * 64)
 #define REPLAY_WINDOW (REPLAY_BITS - 64)
 #define ROUTE_ENTRIES (1 << 16)
+#define ROUTE_PENDING (-2)            /* reported to Python as unknown; not reported again */
 #define TYPE_DATA 3
 #define TYPE_CONTROL 4
 

@@ -15,7 +15,7 @@ subnet = "10.87.1.0/24"
 def test_defaults():
     c = parse(BASE, "/etc/flatnet/config.toml")
     assert str(c.network) == "10.87.0.0/16" and c.listen_port == 4787 and c.tun_name == "flatnet0"
-    assert str(c.gateway) == "10.87.1.1" and c.control_socket == "/run/flatnet/engine.sock"
+    assert str(c.subnet) == "10.87.1.0/24" and c.control_socket == "/run/flatnet/engine.sock"
 
 
 def test_peers():

@@ -135,13 +135,15 @@ def test_inside_routes_seals_and_asks_for_keys(dp):
         dp.set_tx_key(1, KEY_TX, 0x5555)
         for _ in range(3):
             tun_in.send(packet)
-        tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.1", b"nowhere"))   # no peer owns it
+        tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.1", b"nowhere"))   # no peer owns it: ask, once
+        tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.2", b"nowhere"))
         tun_in.send(ipv4_udp("10.87.1.9", "192.168.1.1", b"outside"))  # not in the overlay
-        assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 0
+        assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 1
+        assert events[0] == -(((0x0A574D01 >> 8) & 0xFFFF) + 1)
         got = [open_packet(KEY_TX, peer.recv(2048)) for _ in range(3)]
         assert [(k, i, c) for k, i, c, _ in got] == [(3, 0x5555, 0), (3, 0x5555, 1), (3, 0x5555, 2)]
         assert all(pt == packet for *_, pt in got)
-        assert dp.drops()["no_route"] == 2 and dp.drops()["no_session"] == 1
+        assert dp.drops()["no_route"] == 3 and dp.drops()["no_session"] == 1
     finally:
         for s in (tun_fd, tun_in, udp, peer):
             s.close()

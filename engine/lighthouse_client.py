@@ -1,0 +1,145 @@
+"""The engine's side of the lighthouse protocol (no sockets, no clock: `now` comes in).
+
+- registers with every lighthouse (and again every REGISTER_EVERY seconds, which also
+  keeps NAT mappings open) and takes its /24 from the first lease that comes back;
+- on packets to an overlay /24 nobody owns yet, asks the lighthouses who owns it;
+- on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
+  connect), adds or updates that peer and handshakes to all its candidate endpoints at
+  once, so both sides open their NATs at the same moment (simultaneous open).
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+
+from engine.device import Device, Peer
+from engine.log import Logger
+from engine.proto import cert as certs
+from engine.proto.errors import RemoteProtocolError
+from lighthouse import wire
+
+REGISTER_EVERY = 10.0
+REGISTER_RETRY = 1.0     # until the first lease
+ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
+QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
+
+
+class LighthouseClient:
+    def __init__(self, device: Device, lighthouses: list[Peer], network: ipaddress.IPv4Network,
+                 local_endpoints: Callable[[], list[tuple[str, int]]], log: Logger,
+                 on_lease: Callable[[ipaddress.IPv4Network], None]) -> None:
+        self.device = device
+        self.lighthouses = {p.name: p for p in lighthouses}
+        self.network = network
+        self.local_endpoints = local_endpoints
+        self.log = log
+        self.on_lease = on_lease
+        self.subnet: ipaddress.IPv4Network | None = None
+        self.observed: tuple[str, int] | None = None
+        self.registered: dict[str, float] = {}   # lighthouse -> when its lease answer came
+        self.awaiting: dict[str, float] = {}     # lighthouse -> when we sent a register still unanswered
+        self.next_register = 0.0
+        self.pending: dict[int, float] = {}      # route index -> when we asked
+        self.errors = 0
+        device.on_message = self.on_message
+        device.on_unknown_route = self.on_unknown_route
+        device.on_new_peer = self.on_new_peer
+
+    # ---- timers
+    def handle_timer(self, now: float) -> None:
+        for name, sent in list(self.awaiting.items()):
+            if now - sent >= ANSWER_WITHIN:  # e.g. the lighthouse restarted and lost our keys
+                del self.awaiting[name]
+                self.registered.pop(name, None)
+                self.device.rehandshake(self.lighthouses[name], now)
+                self.next_register = min(self.next_register, now + REGISTER_RETRY)
+        if now >= self.next_register:
+            self.register(now)
+        for route, asked in list(self.pending.items()):
+            if now - asked >= QUERY_TIMEOUT:
+                del self.pending[route]
+                self.device.dp.route_unpend(route)
+
+    def get_timer(self) -> float:
+        deadlines = ([self.next_register] + [t + QUERY_TIMEOUT for t in self.pending.values()]
+                     + [t + ANSWER_WITHIN for t in self.awaiting.values()])
+        return min(deadlines)
+
+    def register(self, now: float) -> None:
+        msg = wire.encode("register", endpoints=self.local_endpoints())
+        for lh in self.lighthouses.values():
+            if self.device.send_message(lh, msg):
+                self.awaiting.setdefault(lh.name, now)
+            else:
+                self.device.connect(lh, now)   # no keys yet: the handshake comes first
+        self.next_register = now + (REGISTER_EVERY if self.subnet is not None else REGISTER_RETRY)
+
+    # ---- hooks from the device
+    def on_unknown_route(self, route: int, now: float) -> None:
+        addr = ipaddress.IPv4Address((int(self.network.network_address) & 0xFF000000) | (route << 8) | 1)
+        if addr not in self.network or (self.subnet is not None and addr in self.subnet):
+            self.device.dp.route_unpend(route)
+            return
+        self.pending[route] = now
+        self._ask(wire.encode("query", addr=str(addr)))
+
+    def on_new_peer(self, peer: Peer, now: float) -> None:
+        if peer.name not in self.lighthouses:
+            self._ask(wire.encode("query", name=peer.name))
+
+    def _ask(self, msg: bytes) -> None:
+        for lh in self.lighthouses.values():
+            if self.device.send_message(lh, msg):
+                return  # any lighthouse that answers will do
+
+    def on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float) -> None:
+        if peer.name not in self.lighthouses:
+            self.errors += 1
+            self.log.warning("control_from_non_lighthouse", peer=peer.name)
+            return
+        try:
+            kind, msg = wire.decode(data)
+            if kind == "lease":
+                self._lease(peer, msg, now)
+            elif kind in ("peer", "punch"):
+                self._peer(msg, kind, now)
+            elif kind == "error":
+                self.log.warning("lighthouse_error", lighthouse=peer.name, code=msg["code"], msg=msg["msg"])
+            else:
+                raise RemoteProtocolError("unexpected_control", kind)
+        except RemoteProtocolError as exc:
+            self.errors += 1
+            self.device.errors[exc.reason] += 1
+            self.log.warning("bad_lighthouse_message", lighthouse=peer.name, reason=exc.reason)
+
+    def _lease(self, lh: Peer, msg: dict, now: float) -> None:
+        subnet = ipaddress.IPv4Network(msg["subnet"])
+        self.registered[lh.name] = now
+        self.awaiting.pop(lh.name, None)
+        self.observed = msg["observed"]
+        if subnet != self.subnet:
+            if self.subnet is not None:
+                self.log.warning("lease_changed", old=str(self.subnet), new=str(subnet), lighthouse=lh.name)
+            self.subnet = subnet
+            self.next_register = now + REGISTER_EVERY
+            self.on_lease(subnet)
+
+    def _peer(self, msg: dict, kind: str, now: float) -> None:
+        cert = certs.verify_node(msg["cert"], self.device.me.ca, self.device.wall_ns() / 1e9)
+        if cert.name != msg["name"] or cert.name == self.device.me.cert.name:
+            raise RemoteProtocolError("bad_control", "peer name does not match its certificate")
+        subnet = ipaddress.IPv4Network(msg["subnet"])
+        if not subnet.subnet_of(self.network):
+            raise RemoteProtocolError("bad_control", f"{subnet} is outside {self.network}")
+        peer = self.device.peers.get(cert.name)
+        if peer is None:
+            peer = self.device.add_peer(cert, subnet, msg["endpoints"])
+        elif peer.cert.key != cert.key:
+            raise RemoteProtocolError("bad_cert", f"{cert.name} changed its key")
+        self.device.set_subnet(peer, subnet)
+        self.device.set_endpoints(peer, msg["endpoints"])
+        route = (int(subnet.network_address) >> 8) & 0xFFFF
+        self.pending.pop(route, None)
+        self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),
+                      endpoints=",".join(f"{h}:{p}" for h, p in msg["endpoints"]))
+        self.device.connect(peer, now)

@@ -1,0 +1,85 @@
+"""Lighthouse configuration (TOML), validated at start; errors name the file and key."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass
+
+from engine.config import ConfigError
+
+_KNOWN = {"pki": {"ca", "cert", "key"}, "network": {"cidr"}, "listen": {"host", "port"},
+          "paths": {"state_dir", "run_dir"}, "log": {"level"}, "registry": {"ttl"}}
+
+
+@dataclass(frozen=True)
+class LighthouseConfig:
+    path: str
+    ca: str
+    cert: str
+    key: str
+    network: ipaddress.IPv4Network
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 4787
+    state_dir: str = "/var/lib/flatnet-lighthouse"
+    run_dir: str = "/run/flatnet-lighthouse"
+    log_level: str = "info"
+    ttl: float = 60.0
+
+    @property
+    def database(self) -> str:
+        return os.path.join(self.state_dir, "leases.db")
+
+    @property
+    def control_socket(self) -> str:
+        return os.path.join(self.run_dir, "lighthouse.sock")
+
+
+def parse(text: str, path: str = "<config>") -> LighthouseConfig:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for table, body in doc.items():
+        if table not in _KNOWN or not isinstance(body, dict):
+            raise ConfigError(f"{path}: {table}: unknown section; expected one of {', '.join(sorted(_KNOWN))}")
+        for key in body:
+            if key not in _KNOWN[table]:
+                raise ConfigError(f"{path}: {table}.{key}: unknown key")
+
+    def get(table: str, key: str, kind: type, default: object) -> object:
+        value = doc.get(table, {}).get(key, default)
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(f"{path}: {table}.{key}: expected {kind.__name__}, got {value!r}")
+        return value
+
+    try:
+        network = ipaddress.IPv4Network(get("network", "cidr", str, "10.87.0.0/16"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: network.cidr: {exc}") from None
+    if not 8 <= network.prefixlen <= 23:
+        raise ConfigError(f"{path}: network.cidr: prefix must be /8 to /23 (room for several /24 leases)")
+    port = get("listen", "port", int, 4787)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{path}: listen.port: {port} is not 1-65535")
+    level = get("log", "level", str, "info")
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{path}: log.level: {level!r}; expected debug, info, warning or error")
+    ttl = get("registry", "ttl", (int, float), 60)
+    if not 5 <= ttl <= 3600:
+        raise ConfigError(f"{path}: registry.ttl: {ttl} is outside 5..3600 seconds")
+    return LighthouseConfig(
+        path=path, ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
+        cert=get("pki", "cert", str, "/etc/flatnet/pki/lighthouse.crt"),
+        key=get("pki", "key", str, "/etc/flatnet/pki/lighthouse.key"), network=network,
+        listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
+        state_dir=get("paths", "state_dir", str, "/var/lib/flatnet-lighthouse"),
+        run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, ttl=float(ttl))
+
+
+def load(path: str) -> LighthouseConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse(f.read(), path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None

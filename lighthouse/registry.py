@@ -1,0 +1,86 @@
+"""The lighthouse's registry (sans-IO): who is online, where they can be reached, and
+which /24 each holds. Bytes in (a decrypted control message from an authenticated
+node), (node name, bytes) out.
+
+Rules: a node is known by its certificate name (the Noise session proved it); its
+candidate endpoints are what the lighthouse saw (the NAT mapping) first, then what
+the node reported; a query for a node also sends that node a punch with the asker's
+endpoints, so both open their NATs at the same moment.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from engine.proto.errors import RemoteProtocolError
+from lighthouse import wire
+from lighthouse.leases import LeaseExhausted, LeaseStore
+
+Endpoint = tuple[str, int]
+
+
+@dataclass
+class Node:
+    name: str
+    cert: bytes
+    subnet: ipaddress.IPv4Network
+    observed: Endpoint
+    local: list[Endpoint] = field(default_factory=list)
+    last_seen: float = 0.0
+
+    def endpoints(self) -> list[Endpoint]:
+        return [self.observed] + [e for e in self.local if e != self.observed]
+
+
+class Registry:
+    def __init__(self, leases: LeaseStore, ttl: float = 60.0) -> None:
+        self.leases = leases
+        self.ttl = ttl
+        self.nodes: dict[str, Node] = {}
+        self.queries = 0
+
+    def handle(self, name: str, cert: bytes, data: bytes, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
+        kind, msg = wire.decode(data)
+        if kind == "register":
+            return self._register(name, cert, msg, src, now)
+        if kind == "query":
+            return self._query(name, msg, now)
+        raise RemoteProtocolError("unexpected_control", f"{kind} is not for the lighthouse")
+
+    def _register(self, name: str, cert: bytes, msg: dict, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
+        try:
+            subnet = self.leases.lease_for(name, now)
+        except LeaseExhausted as exc:
+            return [(name, wire.encode("error", code="exhausted", msg=str(exc)))]
+        node = self.nodes.get(name)
+        if node is None or node.cert != cert:
+            node = self.nodes[name] = Node(name, cert, subnet, src)
+        node.observed, node.local, node.last_seen, node.subnet = src, msg["endpoints"], now, subnet
+        return [(name, wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
+                                   ttl=int(self.ttl)))]
+
+    def _query(self, asker: str, msg: dict, now: float) -> list[tuple[str, bytes]]:
+        self.queries += 1
+        me = self.nodes.get(asker)
+        if me is None:
+            return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
+        if "addr" in msg:
+            target_name = self.leases.by_address(ipaddress.IPv4Address(msg["addr"]))
+        else:
+            target_name = msg["name"]
+        target = self.nodes.get(target_name) if target_name else None
+        if target is None or now - target.last_seen > 3 * self.ttl or target_name == asker:
+            what = msg.get("addr") or msg.get("name")
+            return [(asker, wire.encode("error", code="unknown", msg=f"no node online for {what}"))]
+        return [
+            (asker, wire.encode("peer", name=target.name, cert=target.cert, subnet=str(target.subnet),
+                                endpoints=target.endpoints())),
+            (target.name, wire.encode("punch", name=me.name, cert=me.cert, subnet=str(me.subnet),
+                                      endpoints=me.endpoints())),
+        ]
+
+    def expire(self, now: float) -> list[str]:
+        gone = [n for n, node in self.nodes.items() if now - node.last_seen > 3 * self.ttl]
+        for n in gone:
+            del self.nodes[n]
+        return gone

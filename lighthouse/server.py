@@ -1,0 +1,102 @@
+"""The lighthouse's I/O driver: one UDP socket, the Noise sessions (engine.device with
+the C data path, receive side only: the lighthouse routes no overlay packets), the
+registry, a timer and the control API.
+
+    node --(type 4, decrypted in C)--> Device.on_message -> Registry.handle -> replies
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from engine import pki
+from engine.datapath import DataPath
+from engine.device import Device, Peer
+from engine.io import control, udp
+from engine.log import Logger
+from engine.proto.errors import RemoteProtocolError
+from lighthouse.config import LighthouseConfig
+from lighthouse.leases import LeaseStore
+from lighthouse.registry import Registry
+
+TICK = 1.0
+
+
+class Lighthouse:
+    def __init__(self, config: LighthouseConfig, log: Logger) -> None:
+        self.config = config
+        self.log = log
+        self.started = time.monotonic()
+        self._stop = asyncio.Event()
+        self.rejected: dict[str, int] = {}
+
+    async def run(self) -> None:
+        c = self.config
+        self.loop = asyncio.get_running_loop()
+        me = pki.load_identity(c.ca, c.cert, c.key, time.time())
+        os.makedirs(c.state_dir, exist_ok=True)
+        self.leases = LeaseStore(c.database, c.network)
+        self.registry = Registry(self.leases, c.ttl)
+        self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
+        self.dp = DataPath(c.network, 1420)
+        self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
+        self.device.on_message = self._on_message
+        self.servers = await control.start(c.control_socket, self.handle_api)
+        self.dp.start(None, self.sock.fileno(), lambda slots: None,
+                      lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
+        self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
+                      listen=f"{c.listen_host}:{c.listen_port}", leases=len(self.leases.all()))
+        self._tick()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stop.set)
+        await self._stop.wait()
+        self.dp.stop()
+        for s in self.servers:
+            s.close()
+        self.sock.close()
+        self.leases.close()
+
+    def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(packet, addr)
+        except OSError:
+            pass
+
+    def _on_control(self, items) -> None:  # noqa: ANN001
+        self.device.on_control(items, time.monotonic())
+
+    def _on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float) -> None:
+        try:
+            replies = self.registry.handle(peer.name, peer.cert.raw, data, addr, time.time())
+        except RemoteProtocolError as exc:
+            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            self.log.warning("control_rejected", peer=peer.name, reason=exc.reason, detail=str(exc))
+            return
+        for target, msg in replies:
+            dest = self.device.peers.get(target)
+            if dest is None or not self.device.send_message(dest, msg):
+                self.log.debug("reply_undeliverable", peer=target)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.device.handle_timer(now)
+        for name in self.registry.expire(time.time()):
+            self.log.info("node_offline", peer=name)
+        self.loop.call_later(TICK, self._tick)
+
+    def status(self) -> dict:
+        now = time.time()
+        return {"node": self.device.me.cert.name, "network": str(self.config.network),
+                "uptime": round(time.monotonic() - self.started, 1),
+                "nodes": {n.name: {"subnet": str(n.subnet), "endpoints": [f"{h}:{p}" for h, p in n.endpoints()],
+                                   "last_seen": round(now - n.last_seen, 1)} for n in self.registry.nodes.values()},
+                "leases": {name: str(s) for name, s in self.leases.all().items()},
+                "queries": self.registry.queries, "rejected": self.rejected,
+                "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
+
+    def handle_api(self, url: str) -> tuple[int, str, bytes]:
+        if url.split("?")[0] == "/status":
+            return control.json_response(self.status())
+        return control.json_response({"error": "try /status"}, 404)

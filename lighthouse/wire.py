@@ -1,0 +1,111 @@
+"""Lighthouse control messages: msgpack maps carried in type-4 packets (encrypted and
+authenticated by the Noise session between the node and the lighthouse).
+
+    register {endpoints: [[ip, port]...]}               node -> lighthouse
+    lease    {subnet, network, observed: [ip, port], ttl} lighthouse -> node
+    query    {addr: "10.87.3.5"} or {name: "host-3"}    node -> lighthouse
+    peer     {name, cert, subnet, endpoints}             lighthouse -> node
+    punch    {name, cert, subnet, endpoints}             lighthouse -> target node
+    error    {code, msg}                                 lighthouse -> node
+
+Every message is a map with "t" (its type) and "v" (1). decode() checks types and
+sizes and raises RemoteProtocolError for anything else: a malformed message is
+dropped and counted, never trusted.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import msgpack
+
+from engine.proto.errors import RemoteProtocolError
+
+VERSION = 1
+MAX_MESSAGE = 1400
+MAX_ENDPOINTS = 8
+
+Endpoint = tuple[str, int]
+
+
+def _endpoints(raw: object) -> list[Endpoint]:
+    if not isinstance(raw, list) or len(raw) > MAX_ENDPOINTS:
+        raise RemoteProtocolError("bad_control", "endpoints must be a short list")
+    out = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+                and 0 < item[1] < 65536):
+            raise RemoteProtocolError("bad_control", "bad endpoint")
+        try:
+            ipaddress.IPv4Address(item[0])
+        except ValueError:
+            raise RemoteProtocolError("bad_control", "bad endpoint address") from None
+        out.append((item[0], item[1]))
+    return out
+
+
+def _str(msg: dict, key: str, limit: int = 253) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise RemoteProtocolError("bad_control", f"{key} missing or too long")
+    return value
+
+
+def _net(msg: dict, key: str) -> str:
+    value = _str(msg, key, 18)
+    try:
+        ipaddress.IPv4Network(value)
+    except ValueError:
+        raise RemoteProtocolError("bad_control", f"{key} is not a CIDR") from None
+    return value
+
+
+SCHEMA = {
+    "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", []))},
+    "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
+                        "observed": _endpoints([m.get("observed")])[0], "ttl": int(m.get("ttl", 60))},
+    "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
+                        else {"name": _str(m, "name", 64)}),
+    "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
+                       "endpoints": _endpoints(m.get("endpoints", []))},
+    "punch": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
+                        "endpoints": _endpoints(m.get("endpoints", []))},
+    "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400)},
+}
+
+
+def _bytes(msg: dict, key: str) -> bytes:
+    value = msg.get(key)
+    if not isinstance(value, bytes) or not value or len(value) > 1024:
+        raise RemoteProtocolError("bad_control", f"{key} missing or too long")
+    return value
+
+
+def encode(kind: str, **fields: object) -> bytes:
+    if kind not in SCHEMA:
+        raise ValueError(f"unknown lighthouse message {kind}")
+    body = {"t": kind, "v": VERSION}
+    for k, v in fields.items():
+        body[k] = [list(e) for e in v] if k == "endpoints" else (list(v) if k == "observed" else v)
+    data = msgpack.packb(body, use_bin_type=True)
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"{kind} message of {len(data)} bytes is too large")
+    return data
+
+
+def decode(data: bytes) -> tuple[str, dict]:
+    if len(data) > MAX_MESSAGE:
+        raise RemoteProtocolError("oversized_control", f"{len(data)} bytes")
+    try:
+        msg = msgpack.unpackb(data, raw=False, max_bin_len=2048, max_str_len=1024, max_array_len=64,
+                              max_map_len=32)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError):
+        raise RemoteProtocolError("bad_control", "not msgpack") from None
+    if not isinstance(msg, dict) or msg.get("v") != VERSION or not isinstance(msg.get("t"), str) \
+            or msg["t"] not in SCHEMA:
+        raise RemoteProtocolError("bad_control", "unknown message")
+    try:
+        return msg["t"], SCHEMA[msg["t"]](msg)
+    except RemoteProtocolError:
+        raise
+    except (ValueError, TypeError, IndexError):
+        raise RemoteProtocolError("bad_control", f"malformed {msg['t']}") from None

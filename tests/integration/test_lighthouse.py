@@ -1,0 +1,69 @@
+"""A lighthouse and engines that find each other through it: leases, discovery on one
+LAN, hole punching through cone NATs, and a lighthouse restart."""
+import time
+
+import pytest
+
+from flatnet_cli.lab import Lab, sh
+from tests.harness.netns import RUN_PREFIX
+
+pytestmark = pytest.mark.integration
+
+
+def ping_until(src_ns: str, ip: str, seconds: float) -> float | None:
+    """Seconds until the first answer (the first packets start the discovery)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        if sh("ping", "-c", "1", "-W", "1", ip, ns=src_ns, check=False).returncode == 0:
+            return time.monotonic() - t0
+    return None
+
+
+def peer_row(lab, h, name):
+    return next(p for p in lab.peers(h) if p["name"] == name)
+
+
+@pytest.fixture
+def lan(tmp_path):
+    lab = Lab(f"{RUN_PREFIX}l", str(tmp_path / "lab"), hosts=2, lighthouse=True)
+    try:
+        lab.up(containers_per_host=1)
+        yield lab
+    finally:
+        lab.down()
+
+
+def test_leases_discovery_and_lighthouse_restart(lan):
+    a, b = lan.hosts
+    assert a.subnet != b.subnet and {a.subnet, b.subnet} <= {"10.87.1.0/24", "10.87.2.0/24"}
+    assert a.containers[0]["ip"].startswith(a.subnet[:-4])
+    took = ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 10)
+    assert took is not None
+    row = peer_row(lan, a, b.name)
+    assert row["state"] == "established" and row["endpoint"] == f"{b.underlay_ip}:4787"
+    leases = lan.lighthouse_status()["leases"]
+    assert leases == {a.name: a.subnet, b.name: b.subnet}
+
+    # lighthouse down: the existing session keeps forwarding
+    lan.stop_lighthouse()
+    assert ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 3) is not None
+    # back up: the same leases, and the engines register again by themselves
+    lan.start_lighthouse()
+    assert lan.lighthouse_status()["leases"] == leases
+    end = time.monotonic() + 30
+    while time.monotonic() < end and len(lan.lighthouse_status()["nodes"]) < 2:
+        time.sleep(0.5)
+    assert set(lan.lighthouse_status()["nodes"]) == {a.name, b.name}
+
+
+def test_hosts_behind_cone_nats_connect_directly(tmp_path):
+    lab = Lab(f"{RUN_PREFIX}n", str(tmp_path / "lab"), hosts=2, lighthouse=True, nat={1: "cone", 2: "cone"})
+    try:
+        lab.up(containers_per_host=1)
+        a, b = lab.hosts
+        assert ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 15) is not None
+        row = peer_row(lab, a, b.name)
+        # punched: the data goes to b's router's public address, not through anyone
+        assert row["state"] == "established" and row["endpoint"].startswith(f"{b.underlay_ip}:")
+    finally:
+        lab.down()
