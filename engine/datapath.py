@@ -102,6 +102,11 @@ class DataPath:
     def clear_tx_key(self, slot: int) -> None:
         self._check(lib.fn_peer_tx_clear(self.ctx, slot), "clear tx key")
 
+    def set_relay(self, slot: int, relay_id: int | None) -> None:
+        """relay_id: send this peer's data wrapped in type 5 to its endpoint (a relay)
+        under this id; None: send directly."""
+        self._check(lib.fn_peer_relay(self.ctx, slot, int(relay_id is not None), relay_id or 0), "set relay")
+
     def clear_want(self, slot: int) -> None:
         lib.fn_peer_clear_want(self.ctx, slot)
 
@@ -116,6 +121,10 @@ class DataPath:
 
     def set_tun_uso(self, on: bool) -> None:
         lib.fn_set_tun_uso(self.ctx, int(on))
+
+    def set_relay_mode(self, on: bool) -> None:
+        """A relay forwards type-5 packets (in Python) instead of opening them."""
+        lib.fn_set_relay_mode(self.ctx, int(on))
 
     def set_spin(self, on: bool) -> None:
         lib.fn_set_spin(self.ctx, int(on))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import random
+import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,6 +34,8 @@ class Peer:
     endpoint: tuple[str, int] | None = None  # where data goes now (last authenticated source)
     handshake_failures: int = 0
     last_error: str = ""
+    relay: tuple[tuple[str, int], int] | None = None  # (relay address, the peer's id there)
+    path_reason: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -68,7 +71,8 @@ class Device:
                  accept_any: bool = False) -> None:
         """accept_any: take handshakes from any node the CA certified (peers found through
         a lighthouse), not only the configured ones; such a peer starts with no subnet.
-        Hooks the owner may set: on_message(peer, data, addr, now) for decrypted control
+        Hooks the owner may set: on_relay(data, addr, now) for type-5 packets to forward
+        (a relay), on_message(peer, data, addr, now) for decrypted control
         messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
         on_new_peer(peer, now) when an unknown node connected."""
         self.me = me
@@ -76,6 +80,7 @@ class Device:
         self.on_message: Callable[[Peer, bytes, tuple[str, int], float], None] | None = None
         self.on_unknown_route: Callable[[int, float], None] | None = None
         self.on_new_peer: Callable[[Peer, float], None] | None = None
+        self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
         self.dp = datapath
         self.send = send
         self.wall_ns = wall_ns
@@ -116,8 +121,24 @@ class Device:
         packet = self.dp.seal_control(peer.slot, data)
         if packet is None or peer.endpoint is None:
             return False
-        self.send(packet, peer.endpoint)
+        self._send_to(peer, packet)
         return True
+
+    def _send_to(self, peer: Peer, packet: bytes, direct_only: bool = False) -> None:
+        """To the peer's current path: its relay, else its endpoint and the other candidates."""
+        if peer.relay is not None and not direct_only:
+            addr, relay_id = peer.relay
+            self.send(struct.pack("<B3xI", TYPE_RELAYED, relay_id) + packet, addr)
+            return
+        targets = ([peer.endpoint] if peer.endpoint and peer.relay is None else []) + [
+            e for e in peer.endpoints if e != peer.endpoint or peer.relay is not None]
+        for target in targets:
+            self.send(packet, target)
+
+    def probe_direct(self, peer: Peer, now: float) -> None:
+        """A relayed peer: try the direct candidates again with a fresh handshake."""
+        peer.session.rehandshake(now)
+        self._apply(peer, direct_only=True)
 
     def connect(self, peer: Peer, now: float) -> None:
         """Start a handshake now (to every candidate endpoint) unless keys exist."""
@@ -135,7 +156,24 @@ class Device:
         self._apply(peer)
         self.dp.remove_peer(peer.slot)
 
+    def use_relay(self, peer: Peer, relay_addr: tuple[str, int], relay_id: int, reason: str) -> None:
+        """Send to this peer through a relay (type 5 under relay_id); the session stays."""
+        if peer.relay == (relay_addr, relay_id):
+            return
+        peer.relay = (relay_addr, relay_id)
+        peer.endpoint = relay_addr
+        peer.path_reason = reason
+        self.dp.set_endpoint(peer.slot, relay_addr)
+        self.dp.set_relay(peer.slot, relay_id)
+        self.log.info("path_relayed", peer=peer.name, relay=f"{relay_addr[0]}:{relay_addr[1]}", reason=reason)
+
     def _set_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
+        if peer.relay is not None:  # a direct packet came: leave the relay
+            self.log.info("path_direct", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", was="relayed")
+            peer.relay = None
+            peer.path_reason = "direct path answered"
+            self.dp.set_relay(peer.slot, None)
+            peer.endpoint = None
         if peer.endpoint != addr:
             if peer.endpoint is not None:
                 self.log.info("peer_endpoint", peer=peer.name, old=f"{peer.endpoint[0]}:{peer.endpoint[1]}",
@@ -172,7 +210,10 @@ class Device:
         if item.kind == CTRL_ROAM:
             peer = self.by_slot.get(item.peer)
             if peer is not None and item.addr is not None:
-                self._set_endpoint(peer, item.addr)
+                if len(item.data) == 4:  # it came through a relay, under this id
+                    self.use_relay(peer, item.addr, struct.unpack("<I", item.data)[0], "peer reached us via the relay")
+                else:
+                    self._set_endpoint(peer, item.addr)
             return
         if item.kind == CTRL_DECRYPTED:
             peer = self.by_slot.get(item.peer)
@@ -182,32 +223,45 @@ class Device:
             self.on_message(peer, item.data, item.addr, now)
             return
         assert item.kind == CTRL_RAW and item.addr is not None
-        kind = item.data[0]
+        data, via = item.data, None
+        if data[0] == TYPE_RELAYED:
+            if self.on_relay is not None:  # we are the relay: forward it blind
+                self.on_relay(data, item.addr, now)
+                return
+            if len(data) <= 8:
+                raise RemoteProtocolError("short", "relayed packet")
+            via, data = (item.addr, struct.unpack_from("<I", data, 4)[0]), data[8:]
+        kind = data[0]
         if kind == TYPE_INITIATION:
-            init = hsm.consume_initiation(self.me, item.data, self.wall_ns() / 1e9)
+            init = hsm.consume_initiation(self.me, data, self.wall_ns() / 1e9)
             peer = self.peers.get(init.peer.name)
             if peer is None and self.accept_any and init.peer.name != self.me.cert.name:
-                peer = self.add_peer(init.peer, None, [item.addr])
+                peer = self.add_peer(init.peer, None, [] if via else [item.addr])
                 if self.on_new_peer is not None:
                     self.on_new_peer(peer, now)
             if peer is None:
                 raise RemoteProtocolError("unknown_peer", init.peer.name)
             if init.peer.key != peer.cert.key:
                 raise RemoteProtocolError("bad_cert", f"{init.peer.name} presented another key")
-            peer.session.receive_initiation(init, item.addr, now)
-            self._set_endpoint(peer, item.addr)
+            if via:
+                self.use_relay(peer, via[0], via[1], "peer reached us via the relay")
+                peer.session.receive_initiation(init, None, now)
+            else:
+                peer.session.receive_initiation(init, item.addr, now)
+                self._set_endpoint(peer, item.addr)
             self._apply(peer)
         elif kind == TYPE_RESPONSE:
-            _, receiver = hsm.response_indexes(item.data)
+            _, receiver = hsm.response_indexes(data)
             owner = self.indexes.owner.get(receiver)
             peer = self.peers.get(owner) if owner else None
             if peer is None:
                 raise RemoteProtocolError("unexpected_response", "unknown receiver index")
-            peer.session.receive_response(item.data, now)
-            self._set_endpoint(peer, item.addr)
+            peer.session.receive_response(data, now)
+            if via:
+                self.use_relay(peer, via[0], via[1], "handshake answered via the relay")
+            else:
+                self._set_endpoint(peer, item.addr)
             self._apply(peer)
-        elif kind == TYPE_RELAYED:
-            raise RemoteProtocolError("relay_unsupported", "relaying comes with the lighthouse")
         else:
             raise RemoteProtocolError("unknown_type", str(kind))
 
@@ -231,13 +285,13 @@ class Device:
                 self._apply(peer)
 
     # ---- outputs of a session, applied to the data path and the wire
-    def _apply(self, peer: Peer) -> None:
+    def _apply(self, peer: Peer, direct_only: bool = False) -> None:
         s = peer.session
         for packet, addr in s.datagrams_to_send():
-            targets = [addr] if addr is not None else ([peer.endpoint] if peer.endpoint else []) + [
-                e for e in peer.endpoints if e != peer.endpoint]
-            for target in targets:
-                self.send(packet, target)
+            if addr is not None:
+                self.send(packet, addr)
+            else:
+                self._send_to(peer, packet, direct_only)
         while (event := s.next_event()) is not None:
             if isinstance(event, KeysInstalled):
                 k = event.keys
@@ -257,13 +311,23 @@ class Device:
             elif isinstance(event, SendKeepalive):
                 packet = self.dp.seal_control(peer.slot, b"")
                 if packet and peer.endpoint:
-                    self.send(packet, peer.endpoint)
+                    self._send_to(peer, packet)
             elif isinstance(event, HandshakeFailed):
                 peer.handshake_failures += 1
                 peer.last_error = event.reason
                 self.log.warning("handshake_failed", peer=peer.name, reason=event.reason)
 
     # ---- reporting
+    def path_of(self, peer: Peer) -> str:
+        if peer.relay is not None:
+            return f"relayed via {peer.relay[0][0]}:{peer.relay[0][1]}"
+        if peer.endpoint is None or peer.session.current is None:
+            return "none"
+        if "local" not in peer.extra:  # a configured peer
+            return "direct"
+        # the lighthouse told us the peer's own addresses; anything else is its NAT's
+        return "direct-LAN" if peer.endpoint in peer.extra["local"] else "direct-punched"
+
     def peer_table(self, now: float) -> list[dict]:
         rows = []
         for peer in self.peers.values():
@@ -272,7 +336,8 @@ class Device:
             rows.append({
                 "name": peer.name, "subnet": str(peer.subnet) if peer.subnet else None,
                 "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
-                "state": s.state.value, "path": "direct" if peer.endpoint else "none",
+                "state": s.state.value, "path": self.path_of(peer),
+                "path_reason": peer.path_reason or None,
                 "handshake_age": round(now - s.last_handshake, 1) if s.last_handshake is not None else None,
                 "handshakes": s.handshakes, "rekeys": s.rekeys,
                 "tx_bytes": st.tx_bytes, "rx_bytes": st.rx_bytes,

@@ -5,7 +5,10 @@
 - on packets to an overlay /24 nobody owns yet, asks the lighthouses who owns it;
 - on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
   connect), adds or updates that peer and handshakes to all its candidate endpoints at
-  once, so both sides open their NATs at the same moment (simultaneous open).
+  once, so both sides open their NATs at the same moment (simultaneous open);
+- when no direct path answers within RELAY_AFTER seconds, sends through a lighthouse
+  as relay (type 5, which it cannot decrypt), and keeps trying the direct candidates
+  every DIRECT_RETRY seconds; a direct answer moves the peer back, keeping its session.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ REGISTER_EVERY = 10.0
 REGISTER_RETRY = 1.0     # until the first lease
 ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
+RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
+DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often
 
 
 class LighthouseClient:
@@ -40,6 +45,8 @@ class LighthouseClient:
         self.awaiting: dict[str, float] = {}     # lighthouse -> when we sent a register still unanswered
         self.next_register = 0.0
         self.pending: dict[int, float] = {}      # route index -> when we asked
+        self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
+        self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
         self.errors = 0
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
@@ -55,6 +62,20 @@ class LighthouseClient:
                 self.next_register = min(self.next_register, now + REGISTER_RETRY)
         if now >= self.next_register:
             self.register(now)
+        for name, since in list(self.connecting.items()):
+            peer = self.device.peers.get(name)
+            if peer is None or (peer.session.current is not None and peer.relay is None):
+                del self.connecting[name]
+            elif now - since >= RELAY_AFTER:
+                del self.connecting[name]
+                self._relay(peer, now)
+        for name, at in list(self.next_probe.items()):
+            peer = self.device.peers.get(name)
+            if peer is None or peer.relay is None:
+                del self.next_probe[name]
+            elif now >= at:
+                self.next_probe[name] = now + DIRECT_RETRY
+                self.device.probe_direct(peer, now)
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
@@ -62,7 +83,8 @@ class LighthouseClient:
 
     def get_timer(self) -> float:
         deadlines = ([self.next_register] + [t + QUERY_TIMEOUT for t in self.pending.values()]
-                     + [t + ANSWER_WITHIN for t in self.awaiting.values()])
+                     + [t + ANSWER_WITHIN for t in self.awaiting.values()]
+                     + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
 
     def register(self, now: float) -> None:
@@ -112,6 +134,20 @@ class LighthouseClient:
             self.device.errors[exc.reason] += 1
             self.log.warning("bad_lighthouse_message", lighthouse=peer.name, reason=exc.reason)
 
+    def _relay(self, peer: Peer, now: float) -> None:
+        relays = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint]
+        if not relays or peer.subnet is None:
+            self.log.warning("no_path", peer=peer.name, reason="no direct answer and no registered relay")
+            return
+        relay = relays[0]
+        block = (int(peer.subnet.network_address) - int(self.network.network_address)) >> 8
+        tried = len(peer.endpoints)
+        self.device.use_relay(peer, relay.endpoint, block,
+                              f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
+                              f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
+        self.device.rehandshake(peer, now)
+        self.next_probe[peer.name] = now + DIRECT_RETRY
+
     def _lease(self, lh: Peer, msg: dict, now: float) -> None:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         self.registered[lh.name] = now
@@ -138,6 +174,9 @@ class LighthouseClient:
             raise RemoteProtocolError("bad_cert", f"{cert.name} changed its key")
         self.device.set_subnet(peer, subnet)
         self.device.set_endpoints(peer, msg["endpoints"])
+        peer.extra["local"] = msg["local"]
+        if peer.session.current is None and peer.relay is None:
+            self.connecting.setdefault(peer.name, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),

@@ -61,6 +61,13 @@ class LeaseStore:
         row = self.db.execute("SELECT name FROM leases WHERE block=?", (block,)).fetchone()
         return row[0] if row else None
 
+    def block_of(self, subnet: ipaddress.IPv4Network) -> int:
+        return (int(subnet.network_address) - int(self.network.network_address)) >> 8
+
+    def name_of_block(self, block: int) -> str | None:
+        row = self.db.execute("SELECT name FROM leases WHERE block=?", (block,)).fetchone()
+        return row[0] if row else None
+
     def all(self) -> dict[str, ipaddress.IPv4Network]:
         return {name: self.subnet(block) for name, block in self.db.execute("SELECT name, block FROM leases")}
 

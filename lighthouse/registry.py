@@ -37,7 +37,9 @@ class Registry:
         self.leases = leases
         self.ttl = ttl
         self.nodes: dict[str, Node] = {}
+        self.by_endpoint: dict[Endpoint, Node] = {}
         self.queries = 0
+        self.relayed = 0
 
     def handle(self, name: str, cert: bytes, data: bytes, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
         kind, msg = wire.decode(data)
@@ -55,7 +57,10 @@ class Registry:
         node = self.nodes.get(name)
         if node is None or node.cert != cert:
             node = self.nodes[name] = Node(name, cert, subnet, src)
+        if self.by_endpoint.get(node.observed) is node:
+            del self.by_endpoint[node.observed]
         node.observed, node.local, node.last_seen, node.subnet = src, msg["endpoints"], now, subnet
+        self.by_endpoint[src] = node
         return [(name, wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                                    ttl=int(self.ttl)))]
 
@@ -74,13 +79,32 @@ class Registry:
             return [(asker, wire.encode("error", code="unknown", msg=f"no node online for {what}"))]
         return [
             (asker, wire.encode("peer", name=target.name, cert=target.cert, subnet=str(target.subnet),
-                                endpoints=target.endpoints())),
+                                endpoints=target.endpoints(), local=target.local)),
             (target.name, wire.encode("punch", name=me.name, cert=me.cert, subnet=str(me.subnet),
-                                      endpoints=me.endpoints())),
+                                      endpoints=me.endpoints(), local=me.local)),
         ]
+
+    def relay(self, packet: bytes, src: Endpoint, now: float) -> tuple[bytes, Endpoint]:
+        """A type-5 packet from a registered node: (the packet to send, where). The
+        header's id names the target (its lease block) and is rewritten to the
+        sender's, so the target knows whom to answer; the rest is forwarded blind."""
+        if len(packet) <= 8:
+            raise RemoteProtocolError("short", "relayed packet")
+        sender = self.by_endpoint.get(src)
+        if sender is None or now - sender.last_seen > 3 * self.ttl:
+            raise RemoteProtocolError("relay_refused", f"{src[0]}:{src[1]} is not a registered node")
+        target_block = int.from_bytes(packet[4:8], "little")
+        name = self.leases.name_of_block(target_block)
+        target = self.nodes.get(name) if name else None
+        if target is None or target is sender:
+            raise RemoteProtocolError("relay_unknown_target", str(target_block))
+        self.relayed += 1
+        return packet[:4] + self.leases.block_of(sender.subnet).to_bytes(4, "little") + packet[8:], target.observed
 
     def expire(self, now: float) -> list[str]:
         gone = [n for n, node in self.nodes.items() if now - node.last_seen > 3 * self.ttl]
         for n in gone:
-            del self.nodes[n]
+            node = self.nodes.pop(n)
+            if self.by_endpoint.get(node.observed) is node:
+                del self.by_endpoint[node.observed]
         return gone

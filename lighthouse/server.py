@@ -41,8 +41,10 @@ class Lighthouse:
         self.registry = Registry(self.leases, c.ttl)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420)
+        self.dp.set_relay_mode(True)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
+        self.device.on_relay = self._on_relay
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
@@ -79,6 +81,14 @@ class Lighthouse:
             if dest is None or not self.device.send_message(dest, msg):
                 self.log.debug("reply_undeliverable", peer=target)
 
+    def _on_relay(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        try:
+            packet, dest = self.registry.relay(data, addr, time.time())
+        except RemoteProtocolError as exc:
+            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            return
+        self._send(packet, dest)
+
     def _tick(self) -> None:
         now = time.monotonic()
         self.device.handle_timer(now)
@@ -93,7 +103,7 @@ class Lighthouse:
                 "nodes": {n.name: {"subnet": str(n.subnet), "endpoints": [f"{h}:{p}" for h, p in n.endpoints()],
                                    "last_seen": round(now - n.last_seen, 1)} for n in self.registry.nodes.values()},
                 "leases": {name: str(s) for name, s in self.leases.all().items()},
-                "queries": self.registry.queries, "rejected": self.rejected,
+                "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
 
     def handle_api(self, url: str) -> tuple[int, str, bytes]:

@@ -4,8 +4,10 @@ authenticated by the Noise session between the node and the lighthouse).
     register {endpoints: [[ip, port]...]}               node -> lighthouse
     lease    {subnet, network, observed: [ip, port], ttl} lighthouse -> node
     query    {addr: "10.87.3.5"} or {name: "host-3"}    node -> lighthouse
-    peer     {name, cert, subnet, endpoints}             lighthouse -> node
-    punch    {name, cert, subnet, endpoints}             lighthouse -> target node
+    peer     {name, cert, subnet, endpoints, local}      lighthouse -> node
+    punch    {name, cert, subnet, endpoints, local}      lighthouse -> target node
+             (endpoints: the address the lighthouse saw first, then the node's own;
+              local: the node's own addresses alone)
     error    {code, msg}                                 lighthouse -> node
 
 Every message is a map with "t" (its type) and "v" (1). decode() checks types and
@@ -66,9 +68,9 @@ SCHEMA = {
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
-                       "endpoints": _endpoints(m.get("endpoints", []))},
+                       "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "punch": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
-                        "endpoints": _endpoints(m.get("endpoints", []))},
+                        "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400)},
 }
 
@@ -85,7 +87,7 @@ def encode(kind: str, **fields: object) -> bytes:
         raise ValueError(f"unknown lighthouse message {kind}")
     body = {"t": kind, "v": VERSION}
     for k, v in fields.items():
-        body[k] = [list(e) for e in v] if k == "endpoints" else (list(v) if k == "observed" else v)
+        body[k] = [list(e) for e in v] if k in ("endpoints", "local") else (list(v) if k == "observed" else v)
     data = msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"{kind} message of {len(data)} bytes is too large")

@@ -15,7 +15,7 @@ SERVER = textwrap.dedent("""
     import hashlib, socket, sys
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1); s.settimeout(30)
-    c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256(); n = 0
+    c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
     while True:
         d = c.recv(1 << 16)
         if not d: break
@@ -23,15 +23,22 @@ SERVER = textwrap.dedent("""
     print(n, h.hexdigest())
 """)
 CLIENT = textwrap.dedent("""
-    import socket, sys
+    import socket, sys, time
     data = open(sys.argv[1], "rb").read()
+    chunk, gap = int(sys.argv[4]), float(sys.argv[5])
     s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=30)
-    s.sendall(data); s.close()
+    for i in range(0, len(data), chunk):
+        s.sendall(data[i:i + chunk])
+        if gap:
+            time.sleep(gap)
+    s.close()
 """)
 
 
-def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int, port: int = 9000) -> tuple[int, str, str]:
-    """(bytes received, sha256 received, sha256 sent) of `size` random bytes sent over TCP."""
+def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int, port: int = 9000, chunk: int = 1 << 20,
+                 gap: float = 0.0) -> tuple[int, str, str]:
+    """(bytes received, sha256 received, sha256 sent) of `size` random bytes sent over TCP,
+    `chunk` bytes at a time with `gap` seconds between chunks (a long-lived stream)."""
     data = os.urandom(size)
     with tempfile.NamedTemporaryFile(delete=False) as f:
         f.write(data)
@@ -39,9 +46,9 @@ def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int, port: int = 9
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         time.sleep(0.5)
-        subprocess.run(["ip", "netns", "exec", src_ns, sys.executable, "-c", CLIENT, f.name, dst_ip, str(port)],
-                       check=True, timeout=60, cwd=REPO)
-        out, _ = server.communicate(timeout=60)
+        subprocess.run(["ip", "netns", "exec", src_ns, sys.executable, "-c", CLIENT, f.name, dst_ip, str(port),
+                        str(chunk), str(gap)], check=True, timeout=120, cwd=REPO)
+        out, _ = server.communicate(timeout=120)
     finally:
         server.kill()
         os.unlink(f.name)

@@ -67,3 +67,55 @@ def test_hosts_behind_cone_nats_connect_directly(tmp_path):
         assert row["state"] == "established" and row["endpoint"].startswith(f"{b.underlay_ip}:")
     finally:
         lab.down()
+
+
+def test_port_randomizing_nat_is_relayed_and_a_tcp_stream_survives_the_move(tmp_path):
+    from tests.harness.traffic import tcp_transfer
+    lab = Lab(f"{RUN_PREFIX}r", str(tmp_path / "lab"), hosts=2, lighthouse=True, nat={1: "cone", 2: "random"})
+    try:
+        lab.up(containers_per_host=1)
+        a, b = lab.hosts
+        assert ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 20) is not None
+        row = peer_row(lab, a, b.name)
+        assert row["path"].startswith("relayed via 192.0.2.254") and "port-randomizing" in row["path_reason"]
+        assert lab.lighthouse_status()["relayed"] > 0
+        n, got, sent = tcp_transfer(a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 2 << 20)
+        assert n == 2 << 20 and got == sent
+    finally:
+        lab.down()
+
+
+def test_stream_survives_the_move_from_relay_to_direct(tmp_path):
+    """The direct path between two LAN hosts is blocked: they go through the relay.
+    A TCP stream starts; the block is lifted; the background direct probe moves the
+    peers to the direct path under the same session, and the stream arrives intact."""
+    import threading
+    from tests.harness.traffic import tcp_transfer
+    lab = Lab(f"{RUN_PREFIX}m", str(tmp_path / "lab"), hosts=2, lighthouse=True)
+    try:
+        lab.up(containers_per_host=1)
+        a, b = lab.hosts
+        block = [["OUTPUT", "-d", b.underlay_ip], ["INPUT", "-s", b.underlay_ip]]
+        for chain, flag, ip in block:
+            sh("iptables", "-A", chain, flag, ip, "-p", "udp", "-j", "DROP", ns=a.ns)
+        assert ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 15) is not None
+        assert peer_row(lab, a, b.name)["path"].startswith("relayed")
+        result = {}
+        stream = threading.Thread(target=lambda: result.update(r=tcp_transfer(
+            a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 6 << 20, chunk=16 << 10,
+            gap=0.05)))  # about 20 s: long enough to outlive the move
+        stream.start()
+        time.sleep(2)
+        for chain, flag, ip in block:
+            sh("iptables", "-D", chain, flag, ip, "-p", "udp", "-j", "DROP", ns=a.ns)
+        end = time.monotonic() + 15
+        while time.monotonic() < end and not peer_row(lab, a, b.name)["path"].startswith("direct"):
+            time.sleep(0.5)
+        row = peer_row(lab, a, b.name)
+        assert row["path"] == "direct-LAN" and row["endpoint"] == f"{b.underlay_ip}:4787"
+        assert stream.is_alive(), "the stream ended before the move: the test proves nothing"
+        stream.join(timeout=120)
+        n, got, sent = result["r"]
+        assert n == 6 << 20 and got == sent
+    finally:
+        lab.down()

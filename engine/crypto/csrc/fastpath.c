@@ -99,6 +99,7 @@ int fn_route_unpend(fn_ctx *ctx, int route) {
     return 0;
 }
 void fn_set_tun_uso(fn_ctx *ctx, int on) { ctx->tun_uso = on; }
+void fn_set_relay_mode(fn_ctx *ctx, int on) { ctx->relay_mode = on; }
 
 void fn_io_stats(fn_ctx *ctx, uint64_t *out) {
     for (int i = 0; i < FN_NIO; i++) out[i] = ctx->io[i];
@@ -181,6 +182,15 @@ int fn_peer_tx_clear(fn_ctx *ctx, int slot) {
     pthread_mutex_lock(&ctx->tx_lock);
     sodium_memzero(ctx->peers[slot].tx_key, FN_KEY);
     ctx->peers[slot].tx_valid = 0;
+    pthread_mutex_unlock(&ctx->tx_lock);
+    return 0;
+}
+
+int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id) {
+    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    pthread_mutex_lock(&ctx->tx_lock);
+    ctx->peers[slot].relay = on;
+    ctx->peers[slot].relay_id = relay_id;
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
 }

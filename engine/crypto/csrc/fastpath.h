@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 5
+#define FN_VERSION 6
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -91,6 +91,7 @@ void fn_stop(fn_ctx *ctx);
 void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro);
 void fn_set_spin(fn_ctx *ctx, int on);
 void fn_set_tun_uso(fn_ctx *ctx, int on);
+void fn_set_relay_mode(fn_ctx *ctx, int on);
 int fn_route_unpend(fn_ctx *ctx, int route);
 void fn_io_stats(fn_ctx *ctx, uint64_t *out);
 int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t stride,
@@ -102,6 +103,7 @@ int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sockaddr, uint32_t le
 int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index);
 int fn_peer_tx_clear(fn_ctx *ctx, int slot);
 int fn_peer_clear_want(fn_ctx *ctx, int slot);
+int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id);
 int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out);
 int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key);
 int fn_rx_remove(fn_ctx *ctx, uint32_t local_index);

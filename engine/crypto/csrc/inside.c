@@ -135,21 +135,26 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
         if (count == 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
         ctx->io[FN_IO_TSO_SUPER]++;
     }
+    uint32_t wrap = p->relay ? RELAY_HEADER : 0;  /* through a relay: type 5 header first */
     for (uint32_t i = 0; i < count; i++) {
-        reserve(ctx, udp_fd, b, FN_HEADER + ctx->mtu + FN_TAG);
-        uint8_t *dgram = ctx->out_arena + b->pos;
+        reserve(ctx, udp_fd, b, wrap + FN_HEADER + ctx->mtu + FN_TAG);
+        uint8_t *dgram = ctx->out_arena + b->pos, *inner = dgram + wrap;
         uint32_t seglen;
         if (count > 1 || (h && h->gso_type != VNET_GSO_NONE)) {
-            seglen = tso_segment(pkt, len, h, i, dgram + FN_HEADER);
+            seglen = tso_segment(pkt, len, h, i, inner + FN_HEADER);
         } else {
             if (len > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; return 0; }
-            memcpy(dgram + FN_HEADER, pkt, len);
+            memcpy(inner + FN_HEADER, pkt, len);
             seglen = len;
-            if (h && csum_complete(dgram + FN_HEADER, seglen, h) < 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
+            if (h && csum_complete(inner + FN_HEADER, seglen, h) < 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
         }
         if (seglen == 0 || seglen > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; continue; }
-        seal_locked(p, TYPE_DATA, dgram, seglen);
-        append(ctx, b, slot, p, FN_HEADER + seglen + FN_TAG);
+        if (wrap) {
+            dgram[0] = TYPE_RELAYED; dgram[1] = dgram[2] = dgram[3] = 0;
+            put_le32(dgram + 4, p->relay_id);
+        }
+        seal_locked(p, TYPE_DATA, inner, seglen);
+        append(ctx, b, slot, p, wrap + FN_HEADER + seglen + FN_TAG);
         p->tx_packets++;
         p->tx_bytes += seglen;
     }

@@ -17,6 +17,9 @@
 #define ROUTE_PENDING (-2)            /* reported to Python as unknown; not reported again */
 #define TYPE_DATA 3
 #define TYPE_CONTROL 4
+#define TYPE_RELAYED 5
+#define RELAY_HEADER 8
+#define NOT_RELAYED 0xffffffffu
 
 #define VNET_HDR_LEN 10          /* struct virtio_net_hdr, little endian */
 #define VNET_F_NEEDS_CSUM 1
@@ -42,6 +45,8 @@ typedef struct {
     uint32_t tx_remote_index;
     uint64_t tx_counter;
     int want_handshake;
+    int relay;                             /* 1: send through `endpoint` (a relay) as type 5 */
+    uint32_t relay_id;                     /* the peer's id at the relay (its lease block) */
     uint64_t tx_packets, tx_bytes;         /* written by the inside thread only */
     uint64_t rx_packets, rx_bytes, rx_dropped; /* written by the outside thread only */
     uint64_t roam_batch;                   /* outside: last batch a roam was reported in */
@@ -75,6 +80,7 @@ struct fn_ctx {
     int vnet, udp_gso, udp_gro;            /* offloads in use (fn_set_offloads) */
     int spin;                              /* fn_set_spin */
     int tun_uso;                           /* the TUN takes UDP GSO writes (USO) */
+    int relay_mode;                        /* a relay: every type-5 packet goes up to be forwarded */
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
     peer_t peers[FN_MAX_PEERS];
     rx_t rx[FN_RX_SLOTS];

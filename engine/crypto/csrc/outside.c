@@ -30,6 +30,7 @@ static int copy_ctrl(fn_ctx *ctx, fn_ctrl *c, int kind, int peer, const uint8_t 
 }
 
 static int same_addr(const struct sockaddr_storage *a, socklen_t alen, const peer_t *p) {
+    if (p->relay) return 0;
     if (alen != p->endpoint_len) return 0;
     if (a->ss_family == AF_INET) {
         const struct sockaddr_in *x = (const void *)a, *y = (const void *)&p->endpoint;
@@ -38,13 +39,20 @@ static int same_addr(const struct sockaddr_storage *a, socklen_t alen, const pee
     return memcmp(a, &p->endpoint, alen) == 0;
 }
 
-/* one datagram; returns how many control items it produced */
+/* one datagram; returns how many control items it produced. relayed_from: the sender's
+ * id at the relay when the datagram came wrapped in type 5, else NOT_RELAYED */
 static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const struct sockaddr_storage *from,
-                   socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room) {
+                   socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room, uint32_t relayed_from) {
     uint8_t nonce[12];
     int made = 0;
     if (len < 1) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
     uint8_t type = pkt[0];
+    if (type == TYPE_RELAYED && !ctx->relay_mode && relayed_from == NOT_RELAYED && len > RELAY_HEADER &&
+        (pkt[RELAY_HEADER] == TYPE_DATA || pkt[RELAY_HEADER] == TYPE_CONTROL)) {
+        /* data through a relay: open it here like any other; handshakes go up to Python */
+        return receive(ctx, tun_fd, pkt + RELAY_HEADER, len - RELAY_HEADER, from, fromlen, now, ctrl, room,
+                       get_le32(pkt + 4));
+    }
     if (type != TYPE_DATA && type != TYPE_CONTROL) {
         if (type == 1 || type == 2 || type == 5) {
             if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
@@ -74,9 +82,14 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     }
     replay_update(&rx->replay, counter);
     p->last_rx_ns = now;
-    if (!same_addr(from, fromlen, p) && p->roam_batch != ctx->batch_id && room > made) {
-        p->roam_batch = ctx->batch_id;  /* one roam note per peer per batch is enough */
-        made += copy_ctrl(ctx, ctrl + made, FN_CTRL_ROAM, rx->peer, NULL, 0, from, fromlen);
+    int moved = relayed_from == NOT_RELAYED ? !same_addr(from, fromlen, p) : (!p->relay || p->relay_id != relayed_from);
+    if (moved && p->roam_batch != ctx->batch_id && room > made) {
+        /* one note per peer per batch; a relayed one carries the sender's relay id */
+        uint8_t rid[4];
+        put_le32(rid, relayed_from);
+        p->roam_batch = ctx->batch_id;
+        made += copy_ctrl(ctx, ctrl + made, FN_CTRL_ROAM, rx->peer, rid, relayed_from == NOT_RELAYED ? 0 : 4, from,
+                          fromlen);
     }
     uint8_t *ip = pkt + FN_HEADER;
     if (type == TYPE_CONTROL) {
@@ -140,7 +153,7 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
             uint32_t len = total - off < seg ? total - off : seg;
             ctx->io[FN_IO_UDP_DGRAMS_IN]++;
             *nctrl += receive(ctx, tun_fd, base + off, len, &from[i], msgs[i].msg_hdr.msg_namelen, now,
-                              ctrl + *nctrl, max_ctrl - *nctrl);
+                              ctrl + *nctrl, max_ctrl - *nctrl, NOT_RELAYED);
         }
     }
     gro_flush(ctx, tun_fd);  /* nothing waits past the end of a receive batch */
