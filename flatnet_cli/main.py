@@ -99,10 +99,11 @@ def cmd_peers(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    header = ["PEER", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "ERROR"]
-    table = [[r["name"], r["subnet"], r["state"], r["path"], r["endpoint"] or "-",
+    header = ["PEER", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "WHY"]
+    table = [[r["name"], r["subnet"] or "-", r["state"], r["path"], r["endpoint"] or "-",
               f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
-              _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"], r["last_error"] or ""] for r in rows]
+              _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"],
+              r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)] if table else [len(h) for h in header]
     for row in [header] + table:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
@@ -119,30 +120,47 @@ def cmd_up(a: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(a.dir, "lab.json")):
         print(f"flatnet: a lab is already up (state in {a.dir}); run `flatnet down` first", file=sys.stderr)
         return 1
-    lab = Lab(LAB_PREFIX, a.dir, hosts=a.hosts)
+    # host 1 on the LAN, host 2 behind a home-router NAT, host 3 behind a port-randomizing NAT
+    nat = {2: "cone", 3: "random"}
+    lab = Lab(LAB_PREFIX, a.dir, hosts=a.hosts, lighthouse=True, nat={i: k for i, k in nat.items() if i <= a.hosts})
     try:
-        print(f"bringing up {a.hosts} hosts in network namespaces ({LAB_PREFIX}-*), "
+        print(f"bringing up a lighthouse and {a.hosts} hosts in network namespaces ({LAB_PREFIX}-*), "
               f"{a.containers} container namespace(s) each ...")
         lab.up(containers_per_host=a.containers)
     except Exception:
         lab.down()
         raise
-    print("\nhosts:")
+    print("\nhosts (subnets leased by the lighthouse):")
     for h in lab.hosts:
         ips = ", ".join(c["ip"] for c in h.containers)
-        print(f"  {h.name}  namespace {h.ns}  underlay {h.underlay_ip}  subnet {h.subnet}  containers {ips}")
-    first, last = lab.hosts[0], lab.hosts[-1]
-    src, dst = first.containers[0], last.containers[0]
-    print(f"\ntraffic across hosts: ping from a container on {first.name} ({src['ip']}) "
-          f"to a container on {last.name} ({dst['ip']})")
-    out = subprocess.run(["ip", "netns", "exec", src["ns"], "ping", "-c", "3", "-W", "2", dst["ip"]],
-                         capture_output=True, text=True)
-    print("  " + "\n  ".join(out.stdout.strip().splitlines()[-2:]))
-    print(f"\npeer status on {first.name} (flatnet peers --socket {first.socket}):")
-    cmd_peers(argparse.Namespace(socket=first.socket, json=False))
-    print(f"\ntry: ip netns exec {src['ns']} ping {dst['ip']}\n     flatnet status --socket {first.socket}"
-          f"\n     flatnet down   (removes everything)")
-    return 0 if out.returncode == 0 else 1
+        where = {"cone": "behind a NAT router", "random": "behind a port-randomizing NAT"}.get(lab.nat.get(h.index, ""),
+                                                                                                "on the LAN")
+        print(f"  {h.name}  {where:<32} namespace {h.ns}  subnet {h.subnet}  containers {ips}")
+    first = lab.hosts[0]
+    src = first.containers[0]
+    ok = True
+    # every host pings every other: on the LAN, punched through a NAT, and (between the
+    # two NATed hosts, when the port-randomizing one defeats punching) relayed
+    pairs = [(h, o) for i, h in enumerate(lab.hosts) for o in lab.hosts[i + 1:]]
+    for host, other in pairs:
+        src, dst = host.containers[0], other.containers[0]
+        print(f"\nping from a container on {host.name} ({src['ip']}) to a container on {other.name} ({dst['ip']}):")
+        for _ in range(15):  # the first packets find the peer through the lighthouse
+            out = subprocess.run(["ip", "netns", "exec", src["ns"], "ping", "-c", "1", "-W", "1", dst["ip"]],
+                                 capture_output=True, text=True)
+            if out.returncode == 0:
+                break
+        out = subprocess.run(["ip", "netns", "exec", src["ns"], "ping", "-c", "3", "-W", "2", dst["ip"]],
+                             capture_output=True, text=True)
+        ok = ok and out.returncode == 0
+        print("  " + "\n  ".join(out.stdout.strip().splitlines()[-2:]))
+    for h in lab.hosts:
+        print(f"\npeer status on {h.name} (flatnet peers --socket {h.socket}):")
+        cmd_peers(argparse.Namespace(socket=h.socket, json=False))
+    src = first.containers[0]
+    print(f"\ntry: ip netns exec {src['ns']} ping {lab.hosts[-1].containers[0]['ip']}"
+          f"\n     flatnet status --socket {first.socket}\n     flatnet down   (removes everything)")
+    return 0 if ok else 1
 
 
 def cmd_down(a: argparse.Namespace) -> int:
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--socket", default=DEFAULT_SOCKET)
         sp.set_defaults(fn=fn)
     up = sub.add_parser("up", help="bring up a local test network (hosts in network namespaces)")
-    up.add_argument("--hosts", type=int, default=2)
+    up.add_argument("--hosts", type=int, default=3, choices=range(2, 10), metavar="N (2-9)")
     up.add_argument("--containers", type=int, default=1)
     up.add_argument("--dir", default=LAB_DIR)
     up.set_defaults(fn=cmd_up)
