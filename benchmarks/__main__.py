@@ -9,6 +9,7 @@ SUITES = {
     "cni": "benchmarks.bench_cni",
     "fastpath": "benchmarks.bench_fastpath",
     "tunnel": "benchmarks.bench_tunnel",
+    "lighthouse": "benchmarks.bench_lighthouse",
 }
 
 

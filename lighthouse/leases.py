@@ -21,6 +21,9 @@ class LeaseStore:
         self.network = network
         self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: no fsync per lease; a power cut may lose the newest leases, never
+        # corrupt the file, and a node that lost its lease gets one again on register
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, block INTEGER UNIQUE NOT NULL, "
                         "created REAL NOT NULL, last_seen REAL NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -30,29 +33,43 @@ class LeaseStore:
         elif row[0] != str(network):
             raise ValueError(f"lease database {path} belongs to network {row[0]}, not {network}")
         self.blocks = 1 << (24 - network.prefixlen)
+        self._used = self._load_used()
+        self._hint = 1
+
+    def _load_used(self) -> set[int]:
+        return {b for (b,) in self.db.execute("SELECT block FROM leases")}
 
     def subnet(self, block: int) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network((int(self.network.network_address) + (block << 8), 24))
 
+    def _free_block(self) -> int | None:
+        for block in range(self._hint, self.blocks):
+            if block not in self._used:
+                return block
+        return next((b for b in range(1, self._hint) if b not in self._used), None)
+
     def lease_for(self, name: str, now: float) -> ipaddress.IPv4Network:
-        """The node's /24: the one it had, else the lowest free one (block 0 is kept
-        back: 10.87.0.0/24 stays free for the network's own use)."""
-        row = self.db.execute("SELECT block FROM leases WHERE name=?", (name,)).fetchone()
-        if row is not None:
-            self.db.execute("UPDATE leases SET last_seen=? WHERE name=?", (now, name))
-            return self.subnet(row[0])
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            used = {b for (b,) in self.db.execute("SELECT block FROM leases")}
-            block = next((b for b in range(1, self.blocks) if b not in used), None)
+        """The node's /24: the one it had, else the lowest free one after the last handed
+        out (block 0 is kept back: 10.87.0.0/24 stays free for the network's own use)."""
+        for _ in range(5):
+            row = self.db.execute("SELECT block FROM leases WHERE name=?", (name,)).fetchone()
+            if row is not None:  # a renewal: nothing to write (liveness is kept in memory)
+                return self.subnet(row[0])
+            block = self._free_block()
             if block is None:
-                raise LeaseExhausted(f"network {self.network} has no free /24 left ({self.blocks - 1} leased)")
-            self.db.execute("INSERT INTO leases VALUES (?, ?, ?, ?)", (name, block, now, now))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return self.subnet(block)
+                self._used = self._load_used()  # another process may have freed some
+                block = self._free_block()
+                if block is None:
+                    raise LeaseExhausted(f"network {self.network} has no free /24 left ({self.blocks - 1} leased)")
+            try:
+                self.db.execute("INSERT INTO leases VALUES (?, ?, ?, ?)", (name, block, now, now))
+            except sqlite3.IntegrityError:  # another process took this block or this name first
+                self._used = self._load_used()
+                continue
+            self._used.add(block)
+            self._hint = block + 1
+            return self.subnet(block)
+        raise sqlite3.OperationalError("lease table kept changing under us; try again")
 
     def by_address(self, addr: ipaddress.IPv4Address) -> str | None:
         if addr not in self.network:
