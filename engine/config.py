@@ -50,6 +50,8 @@ class Config:
     log_level: str = "info"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     lighthouses: tuple[LighthouseConfig, ...] = field(default_factory=tuple)
+    gateway_address: tuple[str, int] | None = None
+    domain: str = "flatnet.lan"
 
     @property
     def control_socket(self) -> str:
@@ -72,6 +74,7 @@ _KNOWN = {
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
     "log": {"level"},
+    "gateway": {"lan_address", "domain"},
     "peers": None,
     "lighthouses": None,
 }
@@ -208,6 +211,9 @@ def parse(text: str, path: str = "<config>") -> Config:
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),
         log_level=level, peers=tuple(peers), lighthouses=tuple(lighthouses),
+        gateway_address=_endpoint(doc["gateway"]["lan_address"], where("gateway.lan_address"))
+        if doc.get("gateway", {}).get("lan_address") else None,
+        domain=get("gateway", "domain", str, "flatnet.lan"),
     )
 
 

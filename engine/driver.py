@@ -20,6 +20,7 @@ from engine.datapath import DataPath
 from engine.device import Device
 from engine.io import control, netlink, tun, udp
 from engine.lighthouse_client import LighthouseClient
+from engine.services import ServiceRegistry
 from engine.log import Logger
 
 STATS_REFRESH = 1.0  # the timer also wakes this often to read the data path's counters
@@ -121,6 +122,7 @@ class Engine:
         self.loop = asyncio.get_running_loop()
         self._lease_waiter = self.loop.create_future()
         self.me, peers, lighthouses = self._load_pki()
+        self.services = ServiceRegistry(os.path.join(c.state_dir, "services.json"), self.me.cert.name, c.domain)
         self.tun_fd, vnet, uso = tun.open_tun(c.tun_name, offloads=c.offloads)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
         self.dp = DataPath(c.network, c.mtu)
@@ -138,7 +140,7 @@ class Engine:
         if lighthouses:
             lh_peers = [self.device.add_peer(cert, None, list(lh.endpoints)) for lh, cert in lighthouses]
             self.lighthouse = LighthouseClient(self.device, lh_peers, c.network, self.local_endpoints, self.log,
-                                               self._on_lease)
+                                               self._on_lease, self.services, c.gateway_address)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
                       lambda slots: self.loop.call_soon_threadsafe(self._on_want, slots),
@@ -212,10 +214,34 @@ class Engine:
                 else None,
                 "cert_expires": self.me.cert.not_after}
 
-    def handle_api(self, url: str) -> tuple[int, str, bytes]:
+    def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
         path = url.split("?")[0]
-        if path == "/status":
+        if method == "GET" and path == "/status":
             return control.json_response(self.status())
-        if path == "/peers":
+        if method == "GET" and path == "/peers":
             return control.json_response(self.device.peer_table(time.monotonic()))
-        return control.json_response({"error": f"no such endpoint {path}; try /status or /peers"}, 404)
+        if method == "GET" and path == "/services":
+            return control.json_response(self.services.catalog(self.config.gateway_address))
+        if method == "GET" and path == "/routes":
+            return control.json_response(self.services.routes(self.config.gateway_address))
+        if method == "POST" and path == "/services":
+            try:
+                req = json.loads(body or b"{}")
+                entry = self.services.publish(self.subnet, req.get("name", ""), req.get("addr", ""), req.get("port"),
+                                              req.get("host", ""), req.get("prefix", "/"))
+            except (ValueError, AttributeError) as exc:
+                return control.json_response({"error": str(exc)}, 400)
+            self.log.info("service_published", service=entry["name"], addr=f"{entry['addr']}:{entry['port']}")
+            if self.lighthouse is not None:
+                self.lighthouse.register(time.monotonic())  # tell the network now, not at the next renewal
+            return control.json_response(entry)
+        if method == "DELETE" and path.startswith("/services/"):
+            name = path.rsplit("/", 1)[1]
+            if not self.services.unpublish(name):
+                return control.json_response({"error": f"no service {name!r} is published on this host"}, 404)
+            self.log.info("service_unpublished", service=name)
+            if self.lighthouse is not None:
+                self.lighthouse.register(time.monotonic())
+            return control.json_response({"unpublished": name})
+        return control.json_response({"error": f"no such endpoint {method} {path}; try GET /status, /peers, "
+                                               "/services, /routes, POST /services, DELETE /services/NAME"}, 404)

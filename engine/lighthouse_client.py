@@ -25,6 +25,7 @@ REGISTER_EVERY = 10.0
 REGISTER_RETRY = 1.0     # until the first lease
 ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
+CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
 DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often
 
@@ -32,7 +33,8 @@ DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this 
 class LighthouseClient:
     def __init__(self, device: Device, lighthouses: list[Peer], network: ipaddress.IPv4Network,
                  local_endpoints: Callable[[], list[tuple[str, int]]], log: Logger,
-                 on_lease: Callable[[ipaddress.IPv4Network], None]) -> None:
+                 on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
+                 gateway: tuple[str, int] | None = None) -> None:
         self.device = device
         self.lighthouses = {p.name: p for p in lighthouses}
         self.network = network
@@ -48,6 +50,10 @@ class LighthouseClient:
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
         self.errors = 0
+        self.services = services            # engine.services.ServiceRegistry or None
+        self.gateway = gateway
+        self.next_catalog = 0.0
+        self._catalog_pages: list[dict] = []
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
@@ -76,19 +82,24 @@ class LighthouseClient:
             elif now >= at:
                 self.next_probe[name] = now + DIRECT_RETRY
                 self.device.probe_direct(peer, now)
+        if self.services is not None and now >= self.next_catalog and self.subnet is not None:
+            self.next_catalog = now + CATALOG_EVERY
+            self._catalog_pages = []
+            self._ask(wire.encode("catalog_query", offset=0))
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
                 self.device.dp.route_unpend(route)
 
     def get_timer(self) -> float:
-        deadlines = ([self.next_register] + [t + QUERY_TIMEOUT for t in self.pending.values()]
+        deadlines = ([self.next_register] + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
                      + [t + ANSWER_WITHIN for t in self.awaiting.values()]
                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
 
     def register(self, now: float) -> None:
-        msg = wire.encode("register", endpoints=self.local_endpoints())
+        published = list(self.services.local.values()) if self.services is not None else []
+        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway)
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
@@ -125,6 +136,8 @@ class LighthouseClient:
                 self._lease(peer, msg, now)
             elif kind in ("peer", "punch"):
                 self._peer(msg, kind, now)
+            elif kind == "catalog":
+                self._catalog(msg)
             elif kind == "error":
                 self.log.warning("lighthouse_error", lighthouse=peer.name, code=msg["code"], msg=msg["msg"])
             else:
@@ -133,6 +146,16 @@ class LighthouseClient:
             self.errors += 1
             self.device.errors[exc.reason] += 1
             self.log.warning("bad_lighthouse_message", lighthouse=peer.name, reason=exc.reason)
+
+    def _catalog(self, msg: dict) -> None:
+        if self.services is None:
+            return
+        self._catalog_pages += msg["services"]
+        if msg["next"]:
+            self._ask(wire.encode("catalog_query", offset=msg["next"]))
+        else:
+            self.services.remote = self._catalog_pages
+            self._catalog_pages = []
 
     def _relay(self, peer: Peer, now: float) -> None:
         relays = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint]

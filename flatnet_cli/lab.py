@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.0.2"
 PORT = 4787
+GATEWAY_PORT = 8080
+CLIENT_IP = f"{UNDERLAY}.200"  # the underlay bridge's own address: a "LAN client" in the lab
 
 
 def sh(*cmd: str, ns: str | None = None, check: bool = True, timeout: float = 30,
@@ -57,11 +59,12 @@ class Host:
 class Lab:
     def __init__(self, prefix: str, workdir: str, hosts: int = 2, network: str = "10.87.0.0/16",
                  mtu: int = 1420, offloads: bool = True, lighthouse: bool = False,
-                 nat: dict[int, str] | None = None) -> None:
+                 nat: dict[int, str] | None = None, gateways: bool = False) -> None:
         """lighthouse: hosts find each other and take their /24 through a lighthouse
         (no static peers); nat: {host index: "cone" | "random"} puts that host behind
         a router namespace doing MASQUERADE (random: --random-fully)."""
         self.offloads = offloads
+        self.gateways = gateways
         self.lighthouse = lighthouse
         self.nat = nat or {}
         self.lh_ns = f"{prefix}-lh"
@@ -104,10 +107,12 @@ class Lab:
 
     def up(self, containers_per_host: int = 1, wait: float = 20.0) -> None:
         os.makedirs(self.workdir, exist_ok=True)
+        os.chmod(self.workdir, 0o755)  # gateways' nginx workers (not root) reach the engines' sockets
         self.save()
         self._netns(self.ul_ns)
         sh("ip", "-n", self.ul_ns, "link", "add", "ulbr", "type", "bridge")
         sh("ip", "-n", self.ul_ns, "link", "set", "ulbr", "up")
+        sh("ip", "-n", self.ul_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "ulbr")
         self._pki()
         if self.lighthouse:
             self._start_lighthouse()
@@ -129,7 +134,25 @@ class Lab:
             for _ in range(containers_per_host):
                 self.add_container(h)
         self.wait_peers(wait)
+        if self.gateways:
+            for h in self.hosts:
+                self.start_gateway(h)
         self.save()
+
+    # ---- gateways (nginx + gateway-lua) on each host's underlay address
+    def gateway_prefix(self, h: Host) -> str:
+        return os.path.join(h.dir, "gateway")
+
+    def start_gateway(self, h: Host) -> None:
+        from flatnet_cli import gateway
+        gateway.render(self.gateway_prefix(h), f"{h.underlay_ip}:{GATEWAY_PORT}", h.socket)
+        gateway.start(self.gateway_prefix(h), netns=h.ns)
+
+    def stop_gateways(self) -> None:
+        from flatnet_cli import gateway
+        for h in self.hosts:
+            if os.path.exists(os.path.join(self.gateway_prefix(h), "nginx.pid")):
+                gateway.stop(self.gateway_prefix(h), netns=h.ns)
 
     def _router(self, h: Host, kind: str) -> str:
         """A home router: the host sits on 172.16.<i>.0/24 behind it; the router has the
@@ -223,6 +246,8 @@ class Lab:
             f"offloads = {'true' if self.offloads else 'false'}",
             "[paths]", f'run_dir = "{h.dir}/run"', f'state_dir = "{h.dir}/state"',
         ]
+        if self.gateways:
+            lines += ["[gateway]", f'lan_address = "{h.underlay_ip}:{GATEWAY_PORT}"']
         if self.lighthouse:
             lines += ["[[lighthouses]]", 'name = "lighthouse"', f'cert = "{pki}/lighthouse.crt"',
                       f'endpoints = ["{UNDERLAY}.254:{PORT}"]']
@@ -322,6 +347,7 @@ class Lab:
 
     # ---- teardown
     def down(self) -> None:
+        self.stop_gateways()
         for h in self.hosts:
             self.stop_engine(h)
         self.stop_lighthouse()

@@ -4,6 +4,9 @@
     flatnet cert sign --ca-dir DIR --name N [--groups a,b] [--out-dir DIR] [--days D]
     flatnet status [--json] [--socket PATH]
     flatnet peers  [--json] [--socket PATH]
+    flatnet service publish NAME (--container C | --addr IP) --port P [--host H] [--prefix /p]
+    flatnet service unpublish NAME
+    flatnet service list [--json]
     flatnet up [--hosts N] [--containers M]   a local test network in namespaces
     flatnet down
 """
@@ -110,6 +113,46 @@ def cmd_peers(a: argparse.Namespace) -> int:
     return 0
 
 
+def _container_ip(container: str) -> str:
+    import subprocess
+    proc = subprocess.run(["podman", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                           container], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise SystemExit(f"flatnet: podman cannot find container {container!r}: {proc.stderr.strip()}")
+    ips = [ip for ip in proc.stdout.split() if ip]
+    if not ips:
+        raise SystemExit(f"flatnet: container {container!r} has no IP address (is it running on --network flatnet?)")
+    return ips[0]
+
+
+def cmd_service(a: argparse.Namespace) -> int:
+    from engine.io import control
+    try:
+        if a.sub == "publish":
+            addr = a.addr or _container_ip(a.container)
+            body = json.dumps({"name": a.name, "addr": addr, "port": a.port, "host": a.host or "",
+                               "prefix": a.prefix}).encode()
+            status, data = control.request(a.socket, "POST", "/services", body)
+        elif a.sub == "unpublish":
+            status, data = control.request(a.socket, "DELETE", f"/services/{a.name}")
+        else:
+            status, data = control.request(a.socket, "GET", "/services")
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise SystemExit(f"flatnet: no engine answers on {a.socket} (is flatnet-engine running?)") from None
+    doc = json.loads(data)
+    if status != 200:
+        print(f"flatnet: {doc.get('error', data.decode())}", file=sys.stderr)
+        return 1
+    if a.sub == "list" and not a.json:
+        print("  ".join(["SERVICE".ljust(16), "NODE".ljust(12), "ADDRESS".ljust(21), "HOST/PREFIX"]))
+        for s in doc:
+            print("  ".join([s["name"].ljust(16), s["node"].ljust(12), f"{s['addr']}:{s['port']}".ljust(21),
+                             (s.get("host") or s["name"]) + (s.get("prefix") if s.get("prefix") not in ("", "/") else "")]))
+    else:
+        print(json.dumps(doc, indent=1))
+    return 0
+
+
 LAB_DIR = "/var/lib/flatnet-lab"
 LAB_PREFIX = "fnlab"
 
@@ -196,6 +239,23 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--json", action="store_true")
         sp.add_argument("--socket", default=DEFAULT_SOCKET)
         sp.set_defaults(fn=fn)
+    svc = sub.add_parser("service", help="publish container services to the gateways").add_subparsers(
+        dest="sub", required=True)
+    pub = svc.add_parser("publish")
+    pub.add_argument("name")
+    which = pub.add_mutually_exclusive_group(required=True)
+    which.add_argument("--container", help="a Podman container on the flatnet network")
+    which.add_argument("--addr", help="the container's Flatnet IP")
+    pub.add_argument("--port", type=int, required=True)
+    pub.add_argument("--host", help="the Host name to route (default: NAME and NAME.<domain>)")
+    pub.add_argument("--prefix", default="/")
+    unp = svc.add_parser("unpublish")
+    unp.add_argument("name")
+    lst = svc.add_parser("list")
+    lst.add_argument("--json", action="store_true")
+    for sp in (pub, unp, lst):
+        sp.add_argument("--socket", default=DEFAULT_SOCKET)
+        sp.set_defaults(fn=cmd_service, json=getattr(sp, "json", False))
     up = sub.add_parser("up", help="bring up a local test network (hosts in network namespaces)")
     up.add_argument("--hosts", type=int, default=3, choices=range(2, 10), metavar="N (2-9)")
     up.add_argument("--containers", type=int, default=1)

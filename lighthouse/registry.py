@@ -27,6 +27,8 @@ class Node:
     observed: Endpoint
     local: list[Endpoint] = field(default_factory=list)
     last_seen: float = 0.0
+    services: list[dict] = field(default_factory=list)
+    gateway: Endpoint | None = None
 
     def endpoints(self) -> list[Endpoint]:
         return [self.observed] + [e for e in self.local if e != self.observed]
@@ -47,6 +49,8 @@ class Registry:
             return self._register(name, cert, msg, src, now)
         if kind == "query":
             return self._query(name, msg, now)
+        if kind == "catalog_query":
+            return self._catalog(name, msg["offset"], now)
         raise RemoteProtocolError("unexpected_control", f"{kind} is not for the lighthouse")
 
     def _register(self, name: str, cert: bytes, msg: dict, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
@@ -60,6 +64,8 @@ class Registry:
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
         node.observed, node.local, node.last_seen, node.subnet = src, msg["endpoints"], now, subnet
+        node.services = [s for s in msg["services"] if ipaddress.IPv4Address(s["addr"]) in subnet]
+        node.gateway = msg["gateway"]
         self.by_endpoint[src] = node
         return [(name, wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                                    ttl=int(self.ttl)))]
@@ -83,6 +89,15 @@ class Registry:
             (target.name, wire.encode("punch", name=me.name, cert=me.cert, subnet=str(me.subnet),
                                       endpoints=me.endpoints(), local=me.local)),
         ]
+
+    def _catalog(self, asker: str, offset: int, now: float) -> list[tuple[str, bytes]]:
+        """A page of every online node's services (a node may publish only addresses of
+        its own subnet: that was checked at register)."""
+        entries = [dict(s, node=n.name, gateway=n.gateway) for n in sorted(self.nodes.values(), key=lambda n: n.name)
+                   if now - n.last_seen <= 3 * self.ttl for s in n.services]
+        page = entries[max(0, offset):max(0, offset) + wire.CATALOG_PAGE]
+        nxt = offset + len(page) if offset + len(page) < len(entries) else 0
+        return [(asker, wire.encode("catalog", services=page, next=nxt))]
 
     def relay(self, packet: bytes, src: Endpoint, now: float) -> tuple[bytes, Endpoint]:
         """A type-5 packet from a registered node: (the packet to send, where). The

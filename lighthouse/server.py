@@ -106,7 +106,7 @@ class Lighthouse:
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
 
-    def handle_api(self, url: str) -> tuple[int, str, bytes]:
+    def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
         if url.split("?")[0] == "/status":
             return control.json_response(self.status())
         return control.json_response({"error": "try /status"}, 404)

@@ -1,7 +1,11 @@
 """Lighthouse control messages: msgpack maps carried in type-4 packets (encrypted and
 authenticated by the Noise session between the node and the lighthouse).
 
-    register {endpoints: [[ip, port]...]}               node -> lighthouse
+    register {endpoints: [[ip, port]...], services?, gateway?}  node -> lighthouse
+             (services: what the node publishes; gateway: its HTTP gateway on the LAN)
+    catalog_query {offset}                              node -> lighthouse
+    catalog  {services: [...], next}                    lighthouse -> node (a page of
+             every online node's services; next = offset of the next page, or 0)
     lease    {subnet, network, observed: [ip, port], ttl} lighthouse -> node
     query    {addr: "10.87.3.5"} or {name: "host-3"}    node -> lighthouse
     peer     {name, cert, subnet, endpoints, local}      lighthouse -> node
@@ -61,8 +65,42 @@ def _net(msg: dict, key: str) -> str:
     return value
 
 
+MAX_SERVICES = 32
+CATALOG_PAGE = 8
+
+
+def _service(raw: object, with_node: bool) -> dict:
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError("bad_control", "service must be a map")
+    name = _str(raw, "name", 63)
+    if not all(c.isalnum() or c == "-" for c in name) or not name[0].isalnum():
+        raise RemoteProtocolError("bad_control", "service name: letters, digits and '-'")
+    port = raw.get("port")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise RemoteProtocolError("bad_control", "service port")
+    out = {"name": name.lower(), "addr": str(ipaddress.IPv4Address(_str(raw, "addr", 15))), "port": port,
+           "host": _str(raw, "host", 253) if raw.get("host") else "", "prefix": str(raw.get("prefix") or "/")[:200]}
+    if not out["prefix"].startswith("/"):
+        raise RemoteProtocolError("bad_control", "service prefix must start with /")
+    if with_node:
+        out["node"] = _str(raw, "node", 64)
+        gw = raw.get("gateway")
+        out["gateway"] = _endpoints([gw])[0] if gw else None
+    return out
+
+
+def _services(raw: object, with_node: bool = False) -> list[dict]:
+    if not isinstance(raw, list) or len(raw) > MAX_SERVICES:
+        raise RemoteProtocolError("bad_control", f"services: a list of at most {MAX_SERVICES}")
+    return [_service(item, with_node) for item in raw]
+
+
 SCHEMA = {
-    "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", []))},
+    "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", [])),
+                           "services": _services(m.get("services", [])),
+                           "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None},
+    "catalog_query": lambda m: {"offset": int(m.get("offset", 0))},
+    "catalog": lambda m: {"services": _services(m.get("services", []), True), "next": int(m.get("next", 0))},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
                         "observed": _endpoints([m.get("observed")])[0], "ttl": int(m.get("ttl", 60))},
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
@@ -87,7 +125,13 @@ def encode(kind: str, **fields: object) -> bytes:
         raise ValueError(f"unknown lighthouse message {kind}")
     body = {"t": kind, "v": VERSION}
     for k, v in fields.items():
-        body[k] = [list(e) for e in v] if k in ("endpoints", "local") else (list(v) if k == "observed" else v)
+        if k in ("endpoints", "local"):
+            v = [list(e) for e in v]
+        elif k in ("observed", "gateway") and v is not None:
+            v = list(v)
+        elif k == "services":
+            v = [dict(item, gateway=list(item["gateway"])) if item.get("gateway") else item for item in v]
+        body[k] = v
     data = msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"{kind} message of {len(data)} bytes is too large")

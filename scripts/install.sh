@@ -11,7 +11,7 @@ log() { printf '[install] %s\n' "$*" >&2; }
 
 APT_PKGS=(podman runc iproute2 iptables libsodium-dev busybox-static iperf3 ethtool tcpdump
           containernetworking-plugins nebula wireguard-go wireguard-tools iputils-ping
-          nginx libnginx-mod-http-lua lua-resty-core procps psmisc gcc libc6-dev)
+          nginx libnginx-mod-http-lua lua-resty-core lua-cjson luajit2 wrk openssl procps psmisc gcc libc6-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,6 +43,9 @@ log "pip: installing flatnet from $here"
 # The editable install builds the cffi extension in place; build again so a
 # changed C source is never stale.
 "$PY" "$here/engine/crypto/_build.py" >/dev/null
+
+# The gateway's nginx workers read the engine's control socket through this group.
+getent group flatnet >/dev/null || groupadd --system flatnet
 
 # Podman: CNI backend, runc, ulimits within this host's hard limits.
 mkdir -p /etc/containers

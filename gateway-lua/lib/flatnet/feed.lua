@@ -1,0 +1,105 @@
+-- Background work of one worker (worker 0): the route table from the engine's service
+-- registry (GET /routes on its control socket, every second: a change is live within
+-- 2 s), and health checks of every upstream (a TCP connect, every second).
+
+local cjson = require "cjson.safe"
+local config = require "flatnet.config"
+
+local ngx = ngx
+local format = string.format
+
+local _M = {}
+
+local function http_get(sock_path, path, timeout_ms)
+    local sock = ngx.socket.tcp()
+    sock:settimeout(timeout_ms or 1000)
+    local ok, err = sock:connect("unix:" .. sock_path)
+    if not ok then
+        return nil, "cannot reach the engine at " .. sock_path .. ": " .. err
+    end
+    sock:send(format("GET %s HTTP/1.0\r\nHost: flatnet\r\n\r\n", path))
+    local body, rerr = sock:receive("*a")
+    sock:close()
+    if not body then
+        return nil, rerr
+    end
+    local status = tonumber(body:match("^HTTP/%d%.%d (%d+)"))
+    local payload = body:match("\r\n\r\n(.*)$")
+    if status ~= 200 then
+        return nil, format("engine answered %s", tostring(status))
+    end
+    return payload
+end
+_M.http_get = http_get
+
+local function refresh_routes(opts)
+    local dict = ngx.shared[opts.dict]
+    local body, err = http_get(opts.engine_socket, "/routes")
+    if not body then
+        dict:set("feed_error", err)
+        return
+    end
+    local doc = cjson.decode(body)
+    local routes, verr = config.validate(doc or {})
+    if not routes then
+        dict:set("feed_error", "engine route table rejected: " .. verr)
+        return
+    end
+    dict:delete("feed_error")
+    if body ~= dict:get("routes") then
+        dict:set("routes", body)
+        dict:incr("routes_version", 1, 0)
+    end
+end
+
+local function check(dict, addr, timeout_ms)
+    local host, port = addr:match("^(.+):(%d+)$")
+    local sock = ngx.socket.tcp()
+    sock:settimeout(timeout_ms)
+    local ok = sock:connect(host, tonumber(port))
+    if ok then
+        sock:close()
+        dict:delete("down:" .. addr)
+    else
+        dict:set("down:" .. addr, true, 10)
+    end
+end
+
+local function health(opts)
+    local dict = ngx.shared[opts.dict]
+    local doc = cjson.decode(dict:get("routes") or "{}")
+    local seen, threads = {}, {}
+    for _, r in ipairs(doc and doc.routes or {}) do
+        for _, u in ipairs(r.upstreams or {}) do
+            if type(u.addr) == "string" and not seen[u.addr] then
+                seen[u.addr] = true
+                threads[#threads + 1] = ngx.thread.spawn(check, dict, u.addr, opts.check_timeout)
+            end
+        end
+    end
+    for _, t in ipairs(threads) do
+        ngx.thread.wait(t)
+    end
+end
+
+function _M.start(opts)
+    opts = opts or {}
+    opts.dict = opts.dict or "flatnet"
+    opts.engine_socket = opts.engine_socket or "/run/flatnet/engine.sock"
+    opts.interval = opts.interval or 1
+    opts.check_timeout = opts.check_timeout or 700
+    if ngx.worker.id() ~= 0 then
+        return
+    end
+    local function tick(premature)
+        if premature then
+            return
+        end
+        refresh_routes(opts)
+        health(opts)
+    end
+    ngx.timer.at(0, tick)
+    ngx.timer.every(opts.interval, tick)
+end
+
+return _M
