@@ -10,6 +10,7 @@ SUITES = {
     "fastpath": "benchmarks.bench_fastpath",
     "tunnel": "benchmarks.bench_tunnel",
     "lighthouse": "benchmarks.bench_lighthouse",
+    "gateway": "benchmarks.bench_gateway",
 }
 
 

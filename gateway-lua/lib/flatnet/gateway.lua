@@ -83,10 +83,23 @@ function _M.exec()
                            .. "second; try again shortly.", route.service))
     end
     ngx.var.flatnet_upstream = up.addr
+    ngx.ctx.flatnet_upstream = up.addr
     ngx.var.flatnet_service = route.service
     ngx.var.flatnet_path = up.kind
     if up.kind == "gateway" then
         ngx.req.set_header("X-Flatnet-Hop", "1")
+    end
+end
+
+-- balancer_by_lua: hand nginx the chosen upstream, so the upstream block's keepalive
+-- pool reuses connections (proxy_pass to a variable would open one per request)
+function _M.balance()
+    local balancer = require "ngx.balancer"
+    local host, port = ngx.ctx.flatnet_upstream:match("^(.+):(%d+)$")
+    local ok, err = balancer.set_current_peer(host, tonumber(port))
+    if not ok then
+        ngx.log(ngx.ERR, "flatnet: cannot use upstream ", ngx.ctx.flatnet_upstream, ": ", err)
+        return ngx.exit(502)
     end
 end
 
