@@ -189,3 +189,37 @@ def test_lua_specs():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " passed, 0 failed" in proc.stdout
+
+
+def chromium(lab, url: str, host_ip: str, shot: str) -> str:
+    """Headless Chromium as a LAN user (in the underlay namespace): the rendered DOM,
+    and a screenshot kept as a test artifact."""
+    os.makedirs(os.path.dirname(shot), exist_ok=True)
+    common = ["ip", "netns", "exec", lab.ul_ns, "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+              "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--disable-dev-shm-usage", f"--host-resolver-rules=MAP * {host_ip}",
+              "--virtual-time-budget=4000", "--window-size=1200,700"]
+    profile = f"/tmp/{RUN_PREFIX}-chromium"
+    try:
+        subprocess.run(common + [f"--user-data-dir={profile}-shot", f"--screenshot={shot}", url],
+                       capture_output=True, timeout=90)
+        dom = subprocess.run(common + [f"--user-data-dir={profile}-dom", "--dump-dom", url], capture_output=True,
+                             text=True, timeout=90).stdout
+    finally:
+        for suffix in ("-shot", "-dom"):
+            subprocess.run(["rm", "-rf", profile + suffix])
+    return dom
+
+
+def test_browser_loads_a_container_page_and_the_status_page(lab):
+    a, b = lab.hosts
+    publish(b, "wiki", b.containers[0]["ip"], 8000)
+    wait_for(lambda: get(lab, a.underlay_ip, "wiki")[0] == 200, 8, "served")
+    artifacts = os.path.join(REPO, "test-artifacts")
+    dom = chromium(lab, f"http://wiki:{GATEWAY_PORT}/", a.underlay_ip, os.path.join(artifacts, "gateway-wiki.png"))
+    assert "remote-wiki" in dom  # the container's answer, rendered by the browser
+    dom = chromium(lab, f"http://status:{GATEWAY_PORT}/_flatnet/", a.underlay_ip,
+                   os.path.join(artifacts, "gateway-status.png"))
+    assert f"Flatnet" in dom and a.name in dom  # the page filled itself from /_flatnet/api
+    assert "wiki" in dom and "healthy" in dom and b.name in dom
+    assert os.path.getsize(os.path.join(artifacts, "gateway-status.png")) > 5000
