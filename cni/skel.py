@@ -58,6 +58,12 @@ def validate_env(env: "Mapping[str, str]") -> CmdArgs:
     return args
 
 
+def _count(conf, command: str, result: str) -> None:  # noqa: ANN001
+    if command in ("ADD", "DEL", "CHECK") and os.path.isdir(os.path.join(conf.data_dir, conf.name)):
+        from cni.store import record
+        record(conf.data_dir, conf.name, command, result)
+
+
 def dispatch(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "TextIO", stderr: "TextIO",
              commands: "Mapping[str, Callable] | None" = None) -> int:
     data = stdin.read() if env.get("CNI_COMMAND") != "VERSION" or not stdin.isatty() else b""
@@ -74,7 +80,12 @@ def dispatch(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "TextIO", stde
         if commands is None:
             from cni import commands as real
             commands = real.COMMANDS
-        result = commands[args.command](args, conf)
+        try:
+            result = commands[args.command](args, conf)
+        except CniError as err:
+            _count(conf, args.command, f"error-{err.code}")
+            raise
+        _count(conf, args.command, "ok")
         if result is not None:
             stdout.write(json.dumps(result) + "\n")
         return 0

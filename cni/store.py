@@ -117,3 +117,35 @@ class FileStore:
 
 def is_enoent(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT
+
+
+def record(data_dir: str, network: str, command: str, result: str) -> None:
+    """Count one plugin command in <dataDir>/<network>/stats.json (the engine exports the
+    counts as metrics). Best effort: counting never fails a command."""
+    path = os.path.join(data_dir, network, "stats.json")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = b""
+        while chunk := os.read(fd, 65536):
+            raw += chunk
+        from cni import jsonlite
+        try:
+            counts = jsonlite.loads(raw) if raw else {}
+        except ValueError:
+            counts = {}
+        if not isinstance(counts, dict):
+            counts = {}
+        key = f"{command}:{result}"
+        counts[key] = int(counts.get(key, 0)) + 1
+        data = jsonlite.dumps(counts).encode()
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, data)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -52,6 +52,8 @@ class Config:
     lighthouses: tuple[LighthouseConfig, ...] = field(default_factory=tuple)
     gateway_address: tuple[str, int] | None = None
     domain: str = "flatnet.lan"
+    metrics_listen: tuple[str, int] | None = None
+    cni_data_dir: str = "/var/lib/flatnet/ipam"
 
     @property
     def control_socket(self) -> str:
@@ -75,6 +77,7 @@ _KNOWN = {
     "paths": {"run_dir", "state_dir"},
     "log": {"level"},
     "gateway": {"lan_address", "domain"},
+    "metrics": {"listen", "cni_data_dir"},
     "peers": None,
     "lighthouses": None,
 }
@@ -214,6 +217,9 @@ def parse(text: str, path: str = "<config>") -> Config:
         gateway_address=_endpoint(doc["gateway"]["lan_address"], where("gateway.lan_address"))
         if doc.get("gateway", {}).get("lan_address") else None,
         domain=get("gateway", "domain", str, "flatnet.lan"),
+        metrics_listen=_endpoint(doc["metrics"]["listen"], where("metrics.listen"))
+        if doc.get("metrics", {}).get("listen") else None,
+        cni_data_dir=get("metrics", "cni_data_dir", str, "/var/lib/flatnet/ipam"),
     )
 
 

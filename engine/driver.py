@@ -14,7 +14,7 @@ import os
 import signal
 import time
 
-from engine import pki
+from engine import metrics, pki
 from engine.config import Config
 from engine.datapath import DataPath
 from engine.device import Device
@@ -141,6 +141,7 @@ class Engine:
             lh_peers = [self.device.add_peer(cert, None, list(lh.endpoints)) for lh, cert in lighthouses]
             self.lighthouse = LighthouseClient(self.device, lh_peers, c.network, self.local_endpoints, self.log,
                                                self._on_lease, self.services, c.gateway_address)
+        self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
                       lambda slots: self.loop.call_soon_threadsafe(self._on_want, slots),
@@ -218,6 +219,8 @@ class Engine:
         path = url.split("?")[0]
         if method == "GET" and path == "/status":
             return control.json_response(self.status())
+        if method == "GET" and path == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition(self.metrics)()
         if method == "GET" and path == "/peers":
             return control.json_response(self.device.peer_table(time.monotonic()))
         if method == "GET" and path == "/services":

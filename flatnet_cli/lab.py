@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.0.2"
 PORT = 4787
 GATEWAY_PORT = 8080
+METRICS_PORT = 9587
 CLIENT_IP = f"{UNDERLAY}.200"  # the underlay bridge's own address: a "LAN client" in the lab
 
 
@@ -248,6 +249,8 @@ class Lab:
         ]
         if self.gateways:
             lines += ["[gateway]", f'lan_address = "{h.underlay_ip}:{GATEWAY_PORT}"']
+        # metrics on the host namespace's own loopback; CNI counters from this host's IPAM dir
+        lines += ["[metrics]", f'listen = "127.0.0.1:{METRICS_PORT}"', f'cni_data_dir = "{h.dir}/ipam"']
         if self.lighthouse:
             lines += ["[[lighthouses]]", 'name = "lighthouse"', f'cert = "{pki}/lighthouse.crt"',
                       f'endpoints = ["{UNDERLAY}.254:{PORT}"]']

@@ -6,10 +6,11 @@ import os
 import tomllib
 from dataclasses import dataclass
 
-from engine.config import ConfigError
+from engine.config import ConfigError, _endpoint
 
 _KNOWN = {"pki": {"ca", "cert", "key"}, "network": {"cidr"}, "listen": {"host", "port"},
-          "paths": {"state_dir", "run_dir"}, "log": {"level"}, "registry": {"ttl"}}
+          "paths": {"state_dir", "run_dir"}, "log": {"level"}, "registry": {"ttl"},
+          "metrics": {"listen"}}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class LighthouseConfig:
     run_dir: str = "/run/flatnet-lighthouse"
     log_level: str = "info"
     ttl: float = 60.0
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def database(self) -> str:
@@ -74,7 +76,9 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
         key=get("pki", "key", str, "/etc/flatnet/pki/lighthouse.key"), network=network,
         listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet-lighthouse"),
-        run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, ttl=float(ttl))
+        run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, ttl=float(ttl),
+        metrics_listen=_endpoint(doc["metrics"]["listen"], f"{path}: metrics.listen")
+        if doc.get("metrics", {}).get("listen") else None)
 
 
 def load(path: str) -> LighthouseConfig:

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from engine import pki
+from engine import metrics, pki
 from engine.datapath import DataPath
 from engine.device import Device, Peer
 from engine.io import control, udp
@@ -45,6 +45,7 @@ class Lighthouse:
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
         self.device.on_relay = self._on_relay
+        self.metrics = metrics.serve(metrics.LighthouseCollector(self), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
@@ -109,4 +110,6 @@ class Lighthouse:
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
         if url.split("?")[0] == "/status":
             return control.json_response(self.status())
+        if url.split("?")[0] == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition(self.metrics)()
         return control.json_response({"error": "try /status"}, 404)

@@ -11,7 +11,7 @@ log() { printf '[install] %s\n' "$*" >&2; }
 
 APT_PKGS=(podman runc iproute2 iptables libsodium-dev busybox-static iperf3 ethtool tcpdump
           containernetworking-plugins nebula wireguard-go wireguard-tools iputils-ping
-          nginx libnginx-mod-http-lua lua-resty-core lua-cjson luajit2 wrk openssl chromium procps psmisc gcc libc6-dev)
+          nginx libnginx-mod-http-lua lua-resty-core lua-cjson luajit2 wrk openssl chromium prometheus procps psmisc gcc libc6-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts nginx on install; Flatnet runs its own nginx instances.
-  systemctl disable --now nginx >/dev/null 2>&1 || true
+  systemctl disable --now nginx prometheus >/dev/null 2>&1 || true
 fi
 
 PY=${PYTHON:-$(command -v python3)}

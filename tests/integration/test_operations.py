@@ -1,0 +1,98 @@
+"""What an operator relies on: Prometheus metrics (checked by promtool, scraped by a
+real Prometheus), no secrets in logs."""
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from engine.io import control
+from flatnet_cli.lab import METRICS_PORT, Lab, sh
+from tests.harness.netns import RUN_PREFIX
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(f"{RUN_PREFIX}o", str(tmp_path_factory.mktemp("ops")), hosts=2, lighthouse=True)
+    try:
+        lab.up(containers_per_host=1)
+        a, b = lab.hosts
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            if sh("ping", "-c", "1", "-W", "1", b.containers[0]["ip"], ns=a.containers[0]["ns"],
+                  check=False).returncode == 0:
+                break
+        yield lab
+    finally:
+        lab.down()
+
+
+def promtool_ok(text: bytes) -> None:
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+def test_engine_metrics_pass_promtool_and_say_what_happened(lab):
+    a, b = lab.hosts
+    status, text = control.get(a.socket, "/metrics")
+    assert status == 200
+    promtool_ok(text)
+    body = text.decode()
+    tx = re.search(r'flatnet_peer_tx_packets_total\{peer="%s"\} (\S+)' % b.name, body)
+    assert tx and float(tx.group(1)) >= 1
+    assert re.search(r'flatnet_peer_up\{peer="%s"\} 1.0' % b.name, body)
+    assert re.search(r'flatnet_peer_path\{path="direct-LAN",peer="%s"\} 1.0' % b.name, body)
+    assert re.search(r'flatnet_cni_operations_total\{command="ADD",network="flatnet",result="ok"\} 1.0', body)
+    assert 'flatnet_drops_total{reason="replay"}' in body
+    assert "flatnet_cert_expiry_seconds" in body
+
+
+def test_lighthouse_metrics_pass_promtool(lab):
+    status, text = control.get(os.path.join(lab.workdir, "lighthouse", "run", "lighthouse.sock"), "/metrics")
+    assert status == 200
+    promtool_ok(text)
+    assert "flatnet_lighthouse_nodes 2.0" in text.decode()
+
+
+def test_a_real_prometheus_scrapes_the_engine(lab, tmp_path):
+    a = lab.hosts[0]
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flatnet\n"
+                    f"    static_configs:\n      - targets: ['127.0.0.1:{METRICS_PORT}']\n")
+    os.chmod(tmp_path, 0o755)
+    prom = subprocess.Popen(["ip", "netns", "exec", a.ns, "prometheus", f"--config.file={conf}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", "--web.listen-address=127.0.0.1:19090"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        query = ("import json, urllib.request; print(urllib.request.urlopen('http://127.0.0.1:19090/api/v1/query?"
+                 "query=flatnet_peer_up', timeout=3).read().decode())")
+        end, result = time.monotonic() + 30, []
+        while time.monotonic() < end and not result:
+            out = sh("python3", "-c", query, ns=a.ns, check=False).stdout.decode()
+            if out.strip():
+                result = json.loads(out)["data"]["result"]
+            time.sleep(0.5)
+        assert result, "Prometheus did not scrape flatnet_peer_up within 30 s"
+        assert {r["metric"]["peer"] for r in result} >= {lab.hosts[1].name}
+    finally:
+        prom.terminate()
+        prom.wait(timeout=10)
+
+
+def test_no_key_or_secret_in_any_log(lab):
+    secrets = []
+    pki = os.path.join(lab.workdir, "pki")
+    for name in os.listdir(pki):
+        if name.endswith(".key"):
+            secrets.append(open(os.path.join(pki, name)).read().strip())
+    logs = [h.log for h in lab.hosts] + [os.path.join(lab.workdir, "lighthouse", "lighthouse.log")]
+    text = "".join(open(p).read() for p in logs)
+    assert "handshake_done" in text  # the logs are there and say things
+    for secret in secrets:
+        assert secret not in text and secret[:16] not in text
+    assert not re.search(r"[0-9a-f]{64}", text), "a 32-byte hex value (a key?) was logged"
