@@ -154,8 +154,64 @@ class Engine:
                       lighthouses=len(lighthouses), tun=c.tun_name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
+        self._check_expiry()
         await self._stop.wait()
         await self.shutdown()
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config again and apply what can change without dropping a
+        session: log level, a renewed certificate (same key), static peers added,
+        removed or changed. Anything else is reported as needing a restart."""
+        from engine.config import ConfigError, load
+        old = self.config
+        try:
+            new = load(old.path)
+            self.config = new
+            me, peers, _ = self._load_pki()
+        except (ConfigError, pki.PkiError) as exc:
+            self.config = old
+            self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
+            return
+        self.log.set_level(new.log_level)
+        if me.cert.raw != self.me.cert.raw:
+            if me.static_private != self.me.static_private:
+                self.config = old
+                self.log.error("reload_failed", error="the private key changed", fix="restart the engine")
+                return
+            self.me = self.device.me = me
+            for peer in self.device.peers.values():
+                peer.session.me = me
+            self.log.info("certificate_reloaded", not_after=me.cert.not_after)
+        wanted = {p.name: (p, cert) for p, cert in peers}
+        configured = {p.name for p in old.peers}
+        for name in configured - set(wanted):
+            if name in self.device.peers:
+                self.device.remove_peer(name)
+                self.log.info("peer_removed", peer=name)
+        for name, (p, cert) in wanted.items():
+            peer = self.device.peers.get(name)
+            if peer is None:
+                self.device.add_peer(cert, p.subnet, list(p.endpoints))
+                self.device.connect(self.device.peers[name], time.monotonic())
+                self.log.info("peer_added", peer=name)
+            else:
+                self.device.set_subnet(peer, p.subnet)
+                self.device.set_endpoints(peer, list(p.endpoints))
+        restart = [k for k in ("network", "subnet", "listen_port", "tun_name", "bridge", "mtu", "run_dir")
+                   if getattr(new, k) != getattr(old, k)]
+        if restart:
+            self.log.warning("reload_needs_restart", changed=",".join(restart))
+        self.log.info("reloaded", config=new.path, log_level=new.log_level, peers=len(wanted))
+        self._arm()
+
+    def _check_expiry(self) -> None:
+        """Warn ahead of time (30 days, then daily) before this node's certificate expires."""
+        days = (self.me.cert.not_after - time.time()) / 86400
+        if days < 30:
+            self.log.warning("certificate_expiring", days_left=round(days, 1), not_after=self.me.cert.not_after,
+                             fix="flatnet cert renew, then systemctl reload flatnet-engine")
+        self.loop.call_later(86400, self._check_expiry)
 
     async def shutdown(self) -> None:
         self.log.info("engine_stopping")
@@ -213,7 +269,9 @@ class Engine:
                                 for name in self.lighthouse.lighthouses} if self.lighthouse else {},
                 "observed_endpoint": list(self.lighthouse.observed) if self.lighthouse and self.lighthouse.observed
                 else None,
-                "cert_expires": self.me.cert.not_after}
+                "cert_expires": self.me.cert.not_after,
+                "cert_expires_in_days": round((self.me.cert.not_after - time.time()) / 86400, 1),
+                "log_level": self.config.log_level}
 
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
         path = url.split("?")[0]

@@ -64,6 +64,25 @@ def cmd_cert_sign(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cert_renew(a: argparse.Namespace) -> int:
+    """A new certificate for the same key (the node keeps its identity and sessions)."""
+    from nacl.signing import SigningKey
+    from engine import pki
+    from engine.proto import cert as certs
+    ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
+    ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
+    crt_path = os.path.join(a.cert_dir or a.ca_dir, f"{a.name}.crt")
+    old, _, _ = certs.decode(pki.read_file(crt_path, "certificate"))
+    now = int(time.time())
+    raw = certs.sign_node(ca_key, ca, old.name, old.key, list(old.groups), now - 60, now + a.days * DAY)
+    if os.path.exists(crt_path):
+        os.replace(crt_path, crt_path + ".old")
+    pki.write_public(crt_path, raw)
+    print(f"node {old.name!r}: renewed {crt_path} for {a.days} days (old one kept as {crt_path}.old); "
+          "reload the engine: systemctl reload flatnet-engine (or kill -HUP)")
+    return 0
+
+
 def _api(sock: str, url: str) -> object:
     from engine.io import control
     try:
@@ -93,7 +112,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(f"node      {st['node']}\nsubnet    {st['subnet']} (network {st['network']})\n"
           f"listen    udp/{st['listen_port']}  tun {st['tun']}  bridge {st['bridge']}\n"
           f"uptime    {st['uptime']} s\npeers     {st['peers_up']} up / {st['peers']} known\n"
-          f"drops     {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+          f"drops     {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}\n"
+          f"cert      expires in {st['cert_expires_in_days']} days")
+    if st["cert_expires_in_days"] < 30:
+        print(f"WARNING: this node's certificate expires in {st['cert_expires_in_days']} days: run "
+              "`flatnet cert renew` and reload the engine")
     return 0
 
 
@@ -234,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("--out-dir")
     sign.add_argument("--days", type=int, default=365)
     sign.set_defaults(fn=cmd_cert_sign)
+    renew = cert.add_parser("renew", help="a new certificate for an existing node key")
+    renew.add_argument("--ca-dir", default="/etc/flatnet/pki")
+    renew.add_argument("--name", required=True)
+    renew.add_argument("--cert-dir", help="where NAME.crt is (default: the CA dir)")
+    renew.add_argument("--days", type=int, default=365)
+    renew.set_defaults(fn=cmd_cert_renew)
     for name, fn in (("status", cmd_status), ("peers", cmd_peers)):
         sp = sub.add_parser(name)
         sp.add_argument("--json", action="store_true")

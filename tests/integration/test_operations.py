@@ -3,14 +3,15 @@ real Prometheus), no secrets in logs."""
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
-import urllib.request
 
 import pytest
 
 from engine.io import control
-from flatnet_cli.lab import METRICS_PORT, Lab, sh
+from flatnet_cli.lab import METRICS_PORT, REPO, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -96,3 +97,35 @@ def test_no_key_or_secret_in_any_log(lab):
     for secret in secrets:
         assert secret not in text and secret[:16] not in text
     assert not re.search(r"[0-9a-f]{64}", text), "a 32-byte hex value (a key?) was logged"
+
+
+def test_sighup_reloads_without_dropping_sessions(lab):
+    a, b = lab.hosts
+    before = next(p for p in lab.peers(a) if p["name"] == b.name)
+    # renew host-1's certificate (same key) and raise its log level, then SIGHUP
+    subprocess.run([sys.executable, "-m", "flatnet_cli", "cert", "renew", "--ca-dir",
+                    os.path.join(lab.workdir, "pki"), "--name", a.name, "--days", "30"], cwd=REPO, check=True,
+                   capture_output=True)
+    with open(a.config) as f:
+        text = f.read()
+    with open(a.config, "w") as f:
+        f.write(text + '[log]\nlevel = "debug"\n')
+    os.kill(a.pid, signal.SIGHUP)  # `ip netns exec` execs the engine: same pid
+    end = time.monotonic() + 5
+    while time.monotonic() < end and json.loads(control.get(a.socket, "/status")[1])["log_level"] != "debug":
+        time.sleep(0.1)
+    st = json.loads(control.get(a.socket, "/status")[1])
+    assert st["log_level"] == "debug" and st["cert_expires_in_days"] <= 30.1
+    after = next(p for p in lab.peers(a) if p["name"] == b.name)
+    assert after["handshakes"] == before["handshakes"]  # the session was not dropped
+    assert sh("ping", "-c", "1", "-W", "2", b.containers[0]["ip"], ns=a.containers[0]["ns"], check=False).returncode == 0
+    assert "certificate_reloaded" in open(a.log).read() and "reloaded" in open(a.log).read()
+    # a broken config on SIGHUP is refused and the engine keeps running as it was
+    with open(a.config, "w") as f:
+        f.write(text + "[tun]\nmtu = 12\n")
+    os.kill(a.pid, signal.SIGHUP)  # `ip netns exec` execs the engine: same pid
+    time.sleep(1)
+    assert "reload_failed" in open(a.log).read()
+    assert json.loads(control.get(a.socket, "/status")[1])["log_level"] == "debug"
+    with open(a.config, "w") as f:
+        f.write(text)
