@@ -7,6 +7,7 @@
     flatnet service publish NAME (--container C | --addr IP) --port P [--host H] [--prefix /p]
     flatnet service unpublish NAME
     flatnet service list [--json]
+    flatnet doctor [--gateway URL]            check this host and explain problems
     flatnet up [--hosts N] [--containers M]   a local test network in namespaces
     flatnet down
 """
@@ -176,6 +177,13 @@ def cmd_service(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from flatnet_cli import doctor
+    findings, rc = doctor.run(a.socket, a.lease_file, a.gateway, not a.no_podman)
+    print(doctor.report(findings))
+    return rc
+
+
 LAB_DIR = "/var/lib/flatnet-lab"
 LAB_PREFIX = "fnlab"
 
@@ -285,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     for sp in (pub, unp, lst):
         sp.add_argument("--socket", default=DEFAULT_SOCKET)
         sp.set_defaults(fn=cmd_service, json=getattr(sp, "json", False))
+    doc = sub.add_parser("doctor", help="check this host end to end and explain problems")
+    doc.add_argument("--socket", default=DEFAULT_SOCKET)
+    doc.add_argument("--lease-file", default="/run/flatnet/lease.json")
+    doc.add_argument("--gateway", help="also check the gateway at this URL, e.g. http://127.0.0.1")
+    doc.add_argument("--no-podman", action="store_true", help="skip the Podman checks")
+    doc.set_defaults(fn=cmd_doctor)
     up = sub.add_parser("up", help="bring up a local test network (hosts in network namespaces)")
     up.add_argument("--hosts", type=int, default=3, choices=range(2, 10), metavar="N (2-9)")
     up.add_argument("--containers", type=int, default=1)

@@ -129,3 +129,26 @@ def test_sighup_reloads_without_dropping_sessions(lab):
     assert json.loads(control.get(a.socket, "/status")[1])["log_level"] == "debug"
     with open(a.config, "w") as f:
         f.write(text)
+
+
+def test_doctor_explains_a_broken_host(lab):
+    a = lab.hosts[0]
+    args = [sys.executable, "-m", "flatnet_cli", "doctor", "--socket", a.socket, "--lease-file",
+            os.path.join(a.dir, "run", "lease.json"), "--no-podman"]
+    healthy = subprocess.run(["ip", "netns", "exec", a.ns] + args, capture_output=True, text=True, cwd=REPO)
+    assert healthy.returncode == 0, healthy.stdout
+    assert "0 problems" in healthy.stdout and "peer host-2: direct-LAN" in healthy.stdout
+    # break it: forwarding off, the overlay route gone
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=a.ns)
+    sh("ip", "route", "del", "10.87.0.0/16", ns=a.ns)
+    try:
+        broken = subprocess.run(["ip", "netns", "exec", a.ns] + args, capture_output=True, text=True, cwd=REPO)
+        assert broken.returncode == 1
+        assert "PROBLEM  IP forwarding: net.ipv4.ip_forward = 0" in broken.stdout
+        assert "sysctl -w net.ipv4.ip_forward=1" in broken.stdout
+        assert "PROBLEM  overlay route" in broken.stdout and "ip route replace 10.87.0.0/16" in broken.stdout
+    finally:
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=a.ns)
+        status = json.loads(control.get(a.socket, "/status")[1])
+        sh("ip", "route", "replace", "10.87.0.0/16", "dev", "flatnet0", "src",
+           status["subnet"].rsplit(".", 1)[0] + ".1", ns=a.ns)
