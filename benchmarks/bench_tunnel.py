@@ -22,6 +22,7 @@ import time
 import uuid
 
 from benchmarks.report import table, write_json
+from flatnet_cli.lab import delete_netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HZ = os.sysconf("SC_CLK_TCK")
@@ -71,12 +72,7 @@ class Topology:
                     pass
         time.sleep(0.3)
         for ns in (self.a, self.b, self.ul):
-            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+            delete_netns(ns)
         for name in ("fnbwga", "fnbwgb"):
             for path in (f"/var/run/wireguard/{name}.sock",):
                 if os.path.exists(path):

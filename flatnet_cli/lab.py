@@ -355,14 +355,19 @@ class Lab:
             self.stop_engine(h)
         self.stop_lighthouse()
         for ns in reversed(self.namespaces):
-            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+            delete_netns(ns)
         self.namespaces = []
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def delete_netns(ns: str) -> None:
+    """Kill whatever still runs in the namespace, then delete it (teardown, also after a failure)."""
+    for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh("ip", "netns", "del", ns, check=False)
 
 
 def _alive(pid: int) -> bool:
