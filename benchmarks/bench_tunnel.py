@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--udp-time", type=int, default=5)
     p.add_argument("--pings", type=int, default=50)
     p.add_argument("--json", help="write results here")
-    p.add_argument("--png", help="draw a chart here (needs matplotlib)")
+    p.add_argument("--png", help="draw a chart here (matplotlib)")
     a = p.parse_args(argv)
     systems = a.systems.split(",")
     for s in systems:
