@@ -22,7 +22,7 @@ DROP_REASONS = {
     lib.FN_DROP_NOROUTE: "no_route", lib.FN_DROP_NOSESSION: "no_session", lib.FN_DROP_SEND: "send_failed",
     lib.FN_DROP_TUNWRITE: "tun_write_failed", lib.FN_DROP_NOTIPV4: "not_ipv4",
     lib.FN_DROP_KEY_EXHAUSTED: "key_exhausted", lib.FN_DROP_CTRL_FULL: "control_queue_full",
-    lib.FN_DROP_TOO_BIG: "too_big",
+    lib.FN_DROP_TOO_BIG: "too_big", lib.FN_DROP_RATE_LIMITED: "handshake_rate_limited",
 }
 IO_COUNTERS = {
     lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 6
+#define FN_VERSION 7
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -39,6 +39,7 @@
 #define FN_DROP_KEY_EXHAUSTED 11
 #define FN_DROP_CTRL_FULL 12
 #define FN_DROP_TOO_BIG 13
+#define FN_DROP_RATE_LIMITED 14
 
 #define FN_NIO 11
 #define FN_IO_TUN_READS 0

@@ -54,6 +54,15 @@ typedef struct {
 } peer_t;
 
 #define GRO_ITEMS 8
+#define RL_BUCKETS 1024           /* handshake rate limit: buckets by source address */
+#define RL_PER_SOURCE 20          /* initiations per second from one address ... */
+#define RL_BURST 20               /* ... with this burst */
+#define RL_GLOBAL 2000            /* and from everyone together */
+
+typedef struct {
+    uint32_t ip;
+    int64_t milli_tokens, last_ns;
+} rate_bucket;
 #define FN_PENDING 64              /* control items the spinning inside thread holds for Python */
 #define SPIN_MAX_READS 4          /* batches this small are answered soon: spin for the answer */
 #define SPIN_NS 400000            /* how long the inside thread waits, awake, for an answer */
@@ -91,6 +100,8 @@ struct fn_ctx {
     uint8_t *out_arena;                    /* inside: sealed datagrams */
     uint8_t *in_arena;                     /* outside: receive buffers */
     gro_item gro[GRO_ITEMS];               /* outside: TCP segments being coalesced */
+    rate_bucket rl[RL_BUCKETS];            /* outside thread only */
+    rate_bucket rl_global;
     fn_ctrl pending[FN_PENDING];           /* control items received by a spin (rx_lock) */
     int npending;
     int64_t spin_backoff_until;            /* inside thread only */

@@ -39,6 +39,32 @@ static int same_addr(const struct sockaddr_storage *a, socklen_t alen, const pee
     return memcmp(a, &p->endpoint, alen) == 0;
 }
 
+static int take_token(rate_bucket *b, int64_t now, int64_t rate, int64_t burst) {
+    int64_t gained = (now - b->last_ns) * rate / 1000000;  /* milli-tokens since last time */
+    b->milli_tokens = b->milli_tokens + gained > burst * 1000 ? burst * 1000 : b->milli_tokens + gained;
+    b->last_ns = now;
+    if (b->milli_tokens < 1000) return 0;
+    b->milli_tokens -= 1000;
+    return 1;
+}
+
+/* A flood of handshake initiations must not starve forwarding: each costs Python two
+ * X25519 operations. Token buckets per source address and for everyone together. */
+static int initiation_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now) {
+    uint32_t ip = from->ss_family == AF_INET ? ((const struct sockaddr_in *)from)->sin_addr.s_addr : 0;
+    rate_bucket *b = &ctx->rl[(ip * 2654435761u) >> 22 & (RL_BUCKETS - 1)];
+    if (b->ip != ip || b->last_ns == 0) {
+        b->ip = ip;
+        b->milli_tokens = RL_BURST * 1000;
+        b->last_ns = now;
+    }
+    if (ctx->rl_global.last_ns == 0) {
+        ctx->rl_global.milli_tokens = RL_GLOBAL * 1000;
+        ctx->rl_global.last_ns = now;
+    }
+    return take_token(b, now, RL_PER_SOURCE, RL_BURST) && take_token(&ctx->rl_global, now, RL_GLOBAL, RL_GLOBAL);
+}
+
 /* one datagram; returns how many control items it produced. relayed_from: the sender's
  * id at the relay when the datagram came wrapped in type 5, else NOT_RELAYED */
 static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const struct sockaddr_storage *from,
@@ -56,6 +82,7 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     if (type != TYPE_DATA && type != TYPE_CONTROL) {
         if (type == 1 || type == 2 || type == 5) {
             if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
+            if (type == 1 && !initiation_allowed(ctx, from, now)) { ctx->drops_out[FN_DROP_RATE_LIMITED]++; return 0; }
             return copy_ctrl(ctx, ctrl, FN_CTRL_RAW, -1, pkt, len, from, fromlen);
         }
         ctx->drops_out[FN_DROP_TYPE]++;

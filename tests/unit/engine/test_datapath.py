@@ -250,3 +250,14 @@ def test_uso_super_packet_is_cut_into_valid_datagrams():
         assert _checksum(pseudo + seg[20:]) == 0xFFFF
         got += seg[28:]
     assert got == payload
+
+
+def test_a_flood_of_initiations_is_rate_limited(dp):
+    flood = [b"\x01" + os.urandom(150) for _ in range(1000)]
+    _, controls = outside(dp, flood)
+    handed_up = [k for k, _ in controls if k == CTRL_RAW]
+    assert len(handed_up) <= 40  # the burst, plus what trickles in while the test runs
+    assert dp.drops()["handshake_rate_limited"] >= 960
+    # data keeps flowing meanwhile
+    good = ipv4_udp("10.87.2.5", "10.87.1.9", b"still here")
+    assert outside(dp, [seal(KEY_RX, RX_INDEX, 99, good)])[0] == [good]
