@@ -11,6 +11,7 @@ SUITES = {
     "tunnel": "benchmarks.bench_tunnel",
     "lighthouse": "benchmarks.bench_lighthouse",
     "gateway": "benchmarks.bench_gateway",
+    "soak": "benchmarks.bench_soak",
 }
 
 

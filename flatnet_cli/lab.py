@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -340,8 +341,10 @@ class Lab:
 
     def add_container(self, h: Host) -> dict:
         n = len(h.containers) + 1
+        while f"{self.prefix}-c{h.index}-{n}" in self.namespaces:  # names stay unique under churn
+            n += 1
         ns = self._netns(f"{self.prefix}-c{h.index}-{n}")
-        cid = f"{self.prefix}c{h.index}x{n}".replace("-", "") + "0" * 8
+        cid = uuid.uuid4().hex + uuid.uuid4().hex  # like Podman's: the host veth is fn-<first 8>
         result = self.cni(h, "ADD", cid, f"/run/netns/{ns}")
         c = {"ns": ns, "id": cid, "ip": result["ips"][0]["address"].split("/")[0]}
         h.containers.append(c)
