@@ -23,6 +23,15 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class FirewallRule:
+    proto: str                         # any, tcp, udp, icmp
+    port_lo: int
+    port_hi: int
+    groups: tuple[str, ...]
+    cidr: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
 class LighthouseConfig:
     name: str
     cert: str
@@ -54,6 +63,8 @@ class Config:
     domain: str = "flatnet.lan"
     metrics_listen: tuple[str, int] | None = None
     cni_data_dir: str = "/var/lib/flatnet/ipam"
+    firewall_default: str = "allow"
+    firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
 
     @property
     def control_socket(self) -> str:
@@ -78,6 +89,7 @@ _KNOWN = {
     "log": {"level"},
     "gateway": {"lan_address", "domain"},
     "metrics": {"listen", "cni_data_dir"},
+    "firewall": {"default", "inbound"},
     "peers": None,
     "lighthouses": None,
 }
@@ -200,8 +212,37 @@ def parse(text: str, path: str = "<config>") -> Config:
         peers.append(PeerConfig(str(p["name"]), str(p["cert"]),
                                 tuple(_endpoint(e, where(f"{w}.endpoints")) for e in p["endpoints"]), psub))
 
+    fw = doc.get("firewall", {})
+    fw_default = fw.get("default", "allow")
+    if fw_default not in ("allow", "deny"):
+        raise ConfigError(f"{where('firewall.default')}: {fw_default!r}; expected \"allow\" or \"deny\"")
+    rules = []
+    for i, r in enumerate(fw.get("inbound", [])):
+        w = f"firewall.inbound[{i}]"
+        if not isinstance(r, dict) or set(r) - {"proto", "port", "groups", "cidr"}:
+            raise ConfigError(f"{where(w)}: keys are proto, port, groups, cidr")
+        proto = r.get("proto", "any")
+        if proto not in ("any", "tcp", "udp", "icmp"):
+            raise ConfigError(f"{where(w + '.proto')}: {proto!r}; expected any, tcp, udp or icmp")
+        ports = str(r.get("port", "any"))
+        if ports == "any":
+            lo, hi = 0, 65535
+        else:
+            a, _, b = ports.partition("-")
+            if not a.isdigit() or (b and not b.isdigit()) or not 0 < int(a) <= int(b or a) <= 65535:
+                raise ConfigError(f"{where(w + '.port')}: {ports!r}; expected any, 80 or 8000-8100")
+            lo, hi = int(a), int(b or a)
+        groups = r.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise ConfigError(f"{where(w + '.groups')}: a list of group names")
+        rules.append(FirewallRule(proto, lo, hi, tuple(groups), net("firewall", f"inbound[{i}].cidr",
+                                                                    r.get("cidr", "0.0.0.0/0"))))
+    if len({g for r in rules for g in r.groups}) > 64:
+        raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
+
     return Config(
         path=path,
+        firewall_default=fw_default, firewall_rules=tuple(rules),
         ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/host.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/host.key"),

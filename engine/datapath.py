@@ -23,6 +23,7 @@ DROP_REASONS = {
     lib.FN_DROP_TUNWRITE: "tun_write_failed", lib.FN_DROP_NOTIPV4: "not_ipv4",
     lib.FN_DROP_KEY_EXHAUSTED: "key_exhausted", lib.FN_DROP_CTRL_FULL: "control_queue_full",
     lib.FN_DROP_TOO_BIG: "too_big", lib.FN_DROP_RATE_LIMITED: "handshake_rate_limited",
+    lib.FN_DROP_FIREWALL: "firewall",
 }
 IO_COUNTERS = {
     lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",
@@ -121,6 +122,20 @@ class DataPath:
 
     def set_tun_uso(self, on: bool) -> None:
         lib.fn_set_tun_uso(self.ctx, int(on))
+
+    def set_firewall(self, default_allow: bool, rules: list[tuple[int, int, int, int, int, int]]) -> None:
+        """rules: (ip protocol or 0, port low, port high, group bits, network, mask) as ints."""
+        n = len(rules)
+        cols = list(zip(*rules)) if rules else [(), (), (), (), (), ()]
+        self._check(lib.fn_firewall_set(self.ctx, int(default_allow), ffi.new("uint8_t[]", list(cols[0]) or [0]),
+                                        ffi.new("uint16_t[]", list(cols[1]) or [0]),
+                                        ffi.new("uint16_t[]", list(cols[2]) or [0]),
+                                        ffi.new("uint64_t[]", list(cols[3]) or [0]),
+                                        ffi.new("uint32_t[]", list(cols[4]) or [0]),
+                                        ffi.new("uint32_t[]", list(cols[5]) or [0]), n), "set firewall")
+
+    def set_peer_groups(self, slot: int, bits: int) -> None:
+        lib.fn_peer_groups(self.ctx, slot, bits)
 
     def set_relay_mode(self, on: bool) -> None:
         """A relay forwards type-5 packets (in Python) instead of opening them."""

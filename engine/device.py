@@ -81,6 +81,7 @@ class Device:
         self.on_unknown_route: Callable[[int, float], None] | None = None
         self.on_new_peer: Callable[[Peer, float], None] | None = None
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
+        self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.dp = datapath
         self.send = send
         self.wall_ns = wall_ns
@@ -102,6 +103,7 @@ class Device:
         self.peers[peer.name] = peer
         self.by_slot[slot] = peer
         self.dp.set_peer(slot, subnet)
+        self.dp.set_peer_groups(slot, sum(self.group_bits.get(g, 0) for g in set(cert.groups)))
         if endpoints:
             self._set_endpoint(peer, endpoints[0])
         return peer

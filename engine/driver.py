@@ -133,6 +133,7 @@ class Engine:
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
+        self._apply_firewall(c)
         for p, cert in peers:
             self.device.add_peer(cert, p.subnet, list(p.endpoints))
         self._endpoints = await self.loop.run_in_executor(None, self._scan_endpoints)
@@ -174,6 +175,7 @@ class Engine:
             self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
             return
         self.log.set_level(new.log_level)
+        self._apply_firewall(new)
         if me.cert.raw != self.me.cert.raw:
             if me.static_private != self.me.static_private:
                 self.config = old
@@ -204,6 +206,20 @@ class Engine:
             self.log.warning("reload_needs_restart", changed=",".join(restart))
         self.log.info("reloaded", config=new.path, log_level=new.log_level, peers=len(wanted))
         self._arm()
+
+    def _apply_firewall(self, c: Config) -> None:
+        """Inbound rules into the data path; group names become bits (a peer's bits come
+        from its certificate's groups)."""
+        names = sorted({g for r in c.firewall_rules for g in r.groups})
+        self.device.group_bits = {g: 1 << i for i, g in enumerate(names)}
+        protos = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
+        self.dp.set_firewall(c.firewall_default == "allow", [
+            (protos[r.proto], r.port_lo, r.port_hi, sum(self.device.group_bits[g] for g in r.groups),
+             int(r.cidr.network_address), int(r.cidr.netmask)) for r in c.firewall_rules])
+        for peer in self.device.peers.values():
+            self.dp.set_peer_groups(peer.slot, sum(self.device.group_bits.get(g, 0) for g in set(peer.cert.groups)))
+        if c.firewall_rules or c.firewall_default != "allow":
+            self.log.info("firewall", default=c.firewall_default, rules=len(c.firewall_rules))
 
     def _check_expiry(self) -> None:
         """Warn ahead of time (30 days, then daily) before this node's certificate expires."""

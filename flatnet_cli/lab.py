@@ -61,12 +61,15 @@ class Host:
 class Lab:
     def __init__(self, prefix: str, workdir: str, hosts: int = 2, network: str = "10.87.0.0/16",
                  mtu: int = 1420, offloads: bool = True, lighthouse: bool = False,
-                 nat: dict[int, str] | None = None, gateways: bool = False) -> None:
+                 nat: dict[int, str] | None = None, gateways: bool = False,
+                 groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None) -> None:
         """lighthouse: hosts find each other and take their /24 through a lighthouse
         (no static peers); nat: {host index: "cone" | "random"} puts that host behind
         a router namespace doing MASQUERADE (random: --random-fully)."""
         self.offloads = offloads
         self.gateways = gateways
+        self.groups = groups or {}              # host index -> certificate groups
+        self.extra_config = extra_config or {}  # host index -> TOML appended to its config
         self.lighthouse = lighthouse
         self.nat = nat or {}
         self.lh_ns = f"{prefix}-lh"
@@ -228,8 +231,10 @@ class Lab:
         if os.path.exists(os.path.join(pki, "ca.crt")):
             return
         self._cli("ca", "init", "--dir", pki, "--name", f"{self.prefix}-ca")
-        for name in [h.name for h in self.hosts] + (["lighthouse"] if self.lighthouse else []):
-            self._cli("cert", "sign", "--ca-dir", pki, "--name", name)
+        for h in self.hosts:
+            self._cli("cert", "sign", "--ca-dir", pki, "--name", h.name, "--groups", ",".join(self.groups.get(h.index, [])))
+        if self.lighthouse:
+            self._cli("cert", "sign", "--ca-dir", pki, "--name", "lighthouse")
 
     def _cli(self, *args: str) -> None:
         proc = subprocess.run([sys.executable, "-m", "flatnet_cli", *args], cwd=REPO, capture_output=True,
@@ -261,7 +266,7 @@ class Lab:
                     lines += ["[[peers]]", f'name = "{o.name}"', f'cert = "{pki}/{o.name}.crt"',
                               f'endpoints = ["{o.underlay_ip}:{PORT}"]', f'subnet = "{o.subnet}"']
         with open(h.config, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("\n".join(lines) + "\n" + self.extra_config.get(h.index, ""))
 
     # ---- engines
     def start_engine(self, h: Host) -> None:

@@ -77,6 +77,7 @@ void fn_free(fn_ctx *ctx) {
     free(ctx->stage);
     free(ctx->out_arena);
     free(ctx->in_arena);
+    free(ctx->ct);
     for (int i = 0; i < GRO_ITEMS; i++) free(ctx->gro[i].buf);
     free(ctx);
 }

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 7
+#define FN_VERSION 8
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -40,6 +40,8 @@
 #define FN_DROP_CTRL_FULL 12
 #define FN_DROP_TOO_BIG 13
 #define FN_DROP_RATE_LIMITED 14
+#define FN_DROP_FIREWALL 15
+#define FN_FW_MAX_RULES 64
 
 #define FN_NIO 11
 #define FN_IO_TUN_READS 0
@@ -94,6 +96,10 @@ void fn_set_spin(fn_ctx *ctx, int on);
 void fn_set_tun_uso(fn_ctx *ctx, int on);
 void fn_set_relay_mode(fn_ctx *ctx, int on);
 int fn_route_unpend(fn_ctx *ctx, int route);
+int fn_firewall_set(fn_ctx *ctx, int default_allow, const uint8_t *protos, const uint16_t *port_lo,
+                    const uint16_t *port_hi, const uint64_t *groups, const uint32_t *nets, const uint32_t *masks,
+                    int n);
+int fn_peer_groups(fn_ctx *ctx, int slot, uint64_t groups);
 void fn_io_stats(fn_ctx *ctx, uint64_t *out);
 int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t stride,
                    uint32_t *lens, int max);

@@ -135,6 +135,7 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
         if (count == 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
         ctx->io[FN_IO_TSO_SUPER]++;
     }
+    fw_track_outbound(ctx, pkt, len, now);        /* replies to this flow may come in */
     uint32_t wrap = p->relay ? RELAY_HEADER : 0;  /* through a relay: type 5 header first */
     for (uint32_t i = 0; i < count; i++) {
         reserve(ctx, udp_fd, b, wrap + FN_HEADER + ctx->mtu + FN_TAG);

@@ -50,6 +50,7 @@ typedef struct {
     uint64_t tx_packets, tx_bytes;         /* written by the inside thread only */
     uint64_t rx_packets, rx_bytes, rx_dropped; /* written by the outside thread only */
     uint64_t roam_batch;                   /* outside: last batch a roam was reported in */
+    uint64_t groups;                       /* bit per certificate group (firewall) */
     int64_t last_tx_ns, last_rx_ns;
 } peer_t;
 
@@ -63,6 +64,21 @@ typedef struct {
     uint32_t ip;
     int64_t milli_tokens, last_ns;
 } rate_bucket;
+
+#define CT_ENTRIES (1 << 16)          /* connection tracking for the inbound firewall */
+#define CT_TIMEOUT_NS (600LL * 1000000000LL)
+
+typedef struct {
+    uint64_t key_a, key_b;            /* proto|ports and addresses of the outbound flow */
+    int64_t expires_ns;
+} ct_entry;
+
+typedef struct {
+    uint8_t proto;                    /* 0 any, else IP protocol */
+    uint16_t port_lo, port_hi;        /* local (destination) port range; 0-65535 any */
+    uint64_t groups;                  /* the peer must have one of these; 0 any */
+    uint32_t net, mask;               /* source address range */
+} fw_rule;
 #define FN_PENDING 64              /* control items the spinning inside thread holds for Python */
 #define SPIN_MAX_READS 4          /* batches this small are answered soon: spin for the answer */
 #define SPIN_NS 400000            /* how long the inside thread waits, awake, for an answer */
@@ -100,6 +116,11 @@ struct fn_ctx {
     uint8_t *out_arena;                    /* inside: sealed datagrams */
     uint8_t *in_arena;                     /* outside: receive buffers */
     gro_item gro[GRO_ITEMS];               /* outside: TCP segments being coalesced */
+    int fw_active, fw_default_allow;       /* inbound firewall (rx_lock) */
+    int fw_nrules;
+    fw_rule fw_rules[FN_FW_MAX_RULES];
+    ct_entry *ct;                          /* written by inside, read by outside (no lock:
+                                            * a torn read can only miss an entry) */
     rate_bucket rl[RL_BUCKETS];            /* outside thread only */
     rate_bucket rl_global;
     fn_ctrl pending[FN_PENDING];           /* control items received by a spin (rx_lock) */
@@ -152,6 +173,10 @@ void inside_try(fn_ctx *ctx, int tun_fd, int udp_fd);
 
 /* outside.c */
 int outside_spin(fn_ctx *ctx, int udp_fd, int tun_fd, int64_t until_ns);
+
+/* firewall.c */
+void fw_track_outbound(fn_ctx *ctx, const uint8_t *ip, uint32_t len, int64_t now);
+int fw_allow_inbound(fn_ctx *ctx, const peer_t *p, const uint8_t *ip, uint32_t len, int64_t now);
 
 /* gro.c */
 void gro_receive(fn_ctx *ctx, int tun_fd, uint8_t *ip, uint32_t len);

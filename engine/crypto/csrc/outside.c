@@ -130,6 +130,11 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
         p->rx_dropped++;
         return made;
     }
+    if (!fw_allow_inbound(ctx, p, ip, ptlen, now)) {
+        ctx->drops_out[FN_DROP_FIREWALL]++;
+        p->rx_dropped++;
+        return made;
+    }
     p->rx_packets++;
     p->rx_bytes += ptlen;
     gro_receive(ctx, tun_fd, ip, ptlen);

@@ -47,3 +47,21 @@ def test_subnet_must_be_inside_network():
 def test_not_toml():
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse("[pki\n", "x.toml")
+
+
+def test_firewall_rules():
+    c = parse(BASE + '[listen]\nport = 5000\n[firewall]\ndefault = "deny"\n[[firewall.inbound]]\nproto = "tcp"\n'
+                     'port = "8000-8100"\ngroups = ["web"]\ncidr = "10.87.0.0/16"\n')
+    assert c.listen_port == 5000 and c.firewall_default == "deny"
+    r = c.firewall_rules[0]
+    assert (r.proto, r.port_lo, r.port_hi, r.groups, str(r.cidr)) == ("tcp", 8000, 8100, ("web",), "10.87.0.0/16")
+
+
+@pytest.mark.parametrize("rule, words", [
+    ('proto = "sctp"', "proto"), ('port = "90-80"', "port"), ('port = "x"', "port"), ('groups = "web"', "groups"),
+    ('cidr = "10.87.0.1/16"', "cidr"), ('colour = "red"', "keys are"),
+])
+def test_firewall_errors(rule, words):
+    with pytest.raises(ConfigError) as info:
+        parse(BASE + f"[[firewall.inbound]]\n{rule}\n", "/etc/flatnet/config.toml")
+    assert "firewall.inbound[0]" in str(info.value) and words in str(info.value)
