@@ -30,7 +30,7 @@ IO_COUNTERS = {
     lib.FN_IO_UDP_DGRAMS_OUT: "udp_datagrams_out", lib.FN_IO_UDP_RECVS: "udp_receives",
     lib.FN_IO_UDP_DGRAMS_IN: "udp_datagrams_in", lib.FN_IO_TUN_WRITES: "tun_writes",
     lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
-    lib.FN_IO_SPIN_HITS: "spin_hits",
+    lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held",
 }
 CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM = lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM
 MAX_PEERS = lib.FN_MAX_PEERS

@@ -37,6 +37,17 @@ def test_leases_discovery_and_lighthouse_restart(lan):
     a, b = lan.hosts
     assert a.subnet != b.subnet and {a.subnet, b.subnet} <= {"10.87.1.0/24", "10.87.2.0/24"}
     assert a.containers[0]["ip"].startswith(a.subnet[:-4])
+    # the very first datagram to a peer nobody has looked up yet is held while the
+    # lighthouse is asked and the handshake made, then delivered: not dropped
+    import subprocess, sys
+    recv = subprocess.Popen(["ip", "netns", "exec", b.containers[0]["ns"], sys.executable, "-c",
+                             "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                             "s.bind(('0.0.0.0', 9300)); s.settimeout(8); print(s.recv(100).decode())"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    sh(sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto("
+       f"b'first-packet', ('{b.containers[0]['ip']}', 9300))", ns=a.containers[0]["ns"])
+    assert recv.communicate(timeout=15)[0].strip() == "first-packet"
     took = ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 10)
     assert took is not None
     row = peer_row(lan, a, b.name)

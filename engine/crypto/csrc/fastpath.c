@@ -67,6 +67,10 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
         ctx->gro[i].buf = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
         if (!ctx->gro[i].buf) { fn_free(ctx); return NULL; }
     }
+    for (int i = 0; i < HOLD_SLOTS; i++) {
+        ctx->held[i].buf = malloc(VNET_HDR_LEN + MAX_SUPER);
+        if (!ctx->held[i].buf) { fn_free(ctx); return NULL; }
+    }
     return ctx;
 }
 
@@ -79,6 +83,7 @@ void fn_free(fn_ctx *ctx) {
     free(ctx->in_arena);
     free(ctx->ct);
     for (int i = 0; i < GRO_ITEMS; i++) free(ctx->gro[i].buf);
+    for (int i = 0; i < HOLD_SLOTS; i++) free(ctx->held[i].buf);
     free(ctx);
 }
 

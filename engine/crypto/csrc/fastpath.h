@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 8
+#define FN_VERSION 9
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -43,7 +43,7 @@
 #define FN_DROP_FIREWALL 15
 #define FN_FW_MAX_RULES 64
 
-#define FN_NIO 11
+#define FN_NIO 12
 #define FN_IO_TUN_READS 0
 #define FN_IO_TSO_SUPER 1
 #define FN_IO_UDP_SENDS 2
@@ -55,6 +55,7 @@
 #define FN_IO_WAKEUPS_OUT 8
 #define FN_IO_SPINS 9
 #define FN_IO_SPIN_HITS 10
+#define FN_IO_HELD 11
 
 #define FN_CTRL_RAW 0
 #define FN_CTRL_DECRYPTED 1

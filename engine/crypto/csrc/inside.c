@@ -105,6 +105,48 @@ static void reserve(fn_ctx *ctx, int udp_fd, out_batch *b, uint32_t need) {
     if (b->pos + need > OUT_ARENA || b->n == MAX_MSGS) flush(ctx, udp_fd, b);
 }
 
+/* Keep a packet that cannot go yet (its peer is being found, or its keys made) for up to
+ * HOLD_NS, instead of dropping it: the first packets of a connection arrive. */
+static int hold(fn_ctx *ctx, int route, const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, int64_t now) {
+    int same = 0, free_slot = -1;
+    for (int i = 0; i < HOLD_SLOTS; i++) {
+        if (!ctx->held[i].used) { if (free_slot < 0) free_slot = i; }
+        else if (ctx->held[i].route == route) same++;
+    }
+    if (free_slot < 0 || same >= HOLD_PER_ROUTE) return 0;
+    held_t *e = &ctx->held[free_slot];
+    uint32_t pre = h ? VNET_HDR_LEN : 0;
+    memcpy(e->buf, pkt - pre, pre + len);
+    e->used = 1; e->route = route; e->vnet = h != NULL; e->len = pre + len; e->since = now;
+    ctx->io[FN_IO_HELD]++;
+    return 1;
+}
+
+static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t len, const vnet_hdr_t *h,
+                   int64_t now, int32_t *events, int *nevents, int max_events);
+
+/* held packets whose peer is ready go now; those held too long are dropped */
+static void release_held(fn_ctx *ctx, int udp_fd, out_batch *b, int64_t now) {
+    for (int i = 0; i < HOLD_SLOTS; i++) {
+        held_t *e = &ctx->held[i];
+        if (!e->used) continue;
+        int slot = ctx->route[e->route];
+        const peer_t *p = slot >= 0 ? &ctx->peers[slot] : NULL;
+        int ready = p && p->tx_valid && p->endpoint_len && p->tx_counter < REJECT_AFTER_MESSAGES;
+        if (ready) {
+            e->used = 0;  /* before forward(): it must not find its own slot taken */
+            vnet_hdr_t h;
+            if (e->vnet) vnet_parse(e->buf, &h);
+            int none = 0;
+            forward(ctx, udp_fd, b, e->buf + (e->vnet ? VNET_HDR_LEN : 0), e->len - (e->vnet ? VNET_HDR_LEN : 0),
+                    e->vnet ? &h : NULL, now, NULL, &none, 0);
+        } else if (now - e->since > HOLD_NS) {
+            e->used = 0;
+            ctx->drops_in[slot >= 0 ? FN_DROP_NOSESSION : FN_DROP_NOROUTE]++;
+        }
+    }
+}
+
 /* one packet read from the TUN: route, segment, seal, queue */
 static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t len, const vnet_hdr_t *h,
                    int64_t now, int32_t *events, int *nevents, int max_events) {
@@ -112,21 +154,23 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
     int idx = route_index(ctx, get_be32(pkt + 16));
     int slot = idx < 0 ? -1 : ctx->route[idx];
     if (slot < 0) {
-        ctx->drops_in[FN_DROP_NOROUTE]++;
         /* an overlay /24 nobody owns yet: ask Python (once) to find its owner */
         if (idx >= 0 && slot == -1 && *nevents < max_events) {
             ctx->route[idx] = ROUTE_PENDING;
             events[(*nevents)++] = -(idx + 1);
         }
+        if (idx < 0 || ctx->route[idx] != ROUTE_PENDING || !hold(ctx, idx, pkt, len, h, now))
+            ctx->drops_in[FN_DROP_NOROUTE]++;
         return 0;
     }
     peer_t *p = &ctx->peers[slot];
     if (!p->tx_valid || p->tx_counter >= REJECT_AFTER_MESSAGES || !p->endpoint_len) {
-        ctx->drops_in[p->tx_valid ? FN_DROP_KEY_EXHAUSTED : FN_DROP_NOSESSION]++;
         if (!p->want_handshake && *nevents < max_events) {
             p->want_handshake = 1;
             events[(*nevents)++] = slot;
         }
+        if (p->tx_valid || !hold(ctx, idx, pkt, len, h, now))
+            ctx->drops_in[p->tx_valid ? FN_DROP_KEY_EXHAUSTED : FN_DROP_NOSESSION]++;
         return 0;
     }
     uint32_t count = 1;
@@ -169,6 +213,7 @@ static int inside_pass(fn_ctx *ctx, int tun_fd, int udp_fd, int32_t *events, int
     uint32_t readlen = ctx->vnet ? VNET_HDR_LEN + MAX_SUPER : ctx->mtu;
     int64_t now = fn_now_ns();
     int reads = 0;
+    release_held(ctx, udp_fd, &b, now);
     while (reads < FN_BATCH) {
         ssize_t r = read(tun_fd, ctx->stage, readlen);
         if (r <= 0) break;

@@ -65,6 +65,19 @@ typedef struct {
     int64_t milli_tokens, last_ns;
 } rate_bucket;
 
+#define HOLD_SLOTS 16                 /* packets kept while a peer is found or its keys made */
+#define HOLD_PER_ROUTE 4
+#define HOLD_NS (3LL * 1000000000LL)
+
+typedef struct {
+    int used;
+    int route;                        /* route index of the destination */
+    int vnet;                         /* buf starts with a virtio_net_hdr */
+    uint32_t len;
+    int64_t since;
+    uint8_t *buf;
+} held_t;
+
 #define CT_ENTRIES (1 << 16)          /* connection tracking for the inbound firewall */
 #define CT_TIMEOUT_NS (600LL * 1000000000LL)
 
@@ -116,6 +129,7 @@ struct fn_ctx {
     uint8_t *out_arena;                    /* inside: sealed datagrams */
     uint8_t *in_arena;                     /* outside: receive buffers */
     gro_item gro[GRO_ITEMS];               /* outside: TCP segments being coalesced */
+    held_t held[HOLD_SLOTS];               /* inside thread (tx_lock) */
     int fw_active, fw_default_allow;       /* inbound firewall (rx_lock) */
     int fw_nrules;
     fw_rule fw_rules[FN_FW_MAX_RULES];
