@@ -61,6 +61,7 @@ class Config:
     lighthouses: tuple[LighthouseConfig, ...] = field(default_factory=tuple)
     gateway_address: tuple[str, int] | None = None
     domain: str = "flatnet.lan"
+    podman_labels: bool = True
     metrics_listen: tuple[str, int] | None = None
     cni_data_dir: str = "/var/lib/flatnet/ipam"
     firewall_default: str = "allow"
@@ -87,7 +88,7 @@ _KNOWN = {
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
     "log": {"level"},
-    "gateway": {"lan_address", "domain"},
+    "gateway": {"lan_address", "domain", "podman_labels"},
     "metrics": {"listen", "cni_data_dir"},
     "firewall": {"default", "inbound"},
     "peers": None,
@@ -258,6 +259,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         gateway_address=_endpoint(doc["gateway"]["lan_address"], where("gateway.lan_address"))
         if doc.get("gateway", {}).get("lan_address") else None,
         domain=get("gateway", "domain", str, "flatnet.lan"),
+        podman_labels=get("gateway", "podman_labels", bool, True),
         metrics_listen=_endpoint(doc["metrics"]["listen"], where("metrics.listen"))
         if doc.get("metrics", {}).get("listen") else None,
         cni_data_dir=get("metrics", "cni_data_dir", str, "/var/lib/flatnet/ipam"),

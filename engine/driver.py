@@ -11,10 +11,11 @@ import asyncio
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import time
 
-from engine import metrics, pki
+from engine import metrics, pki, podman_labels
 from engine.config import Config
 from engine.datapath import DataPath
 from engine.device import Device
@@ -157,6 +158,9 @@ class Engine:
             self.loop.add_signal_handler(sig, self._stop.set)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
         self._check_expiry()
+        self._label_services: set[str] = set()
+        if c.podman_labels and shutil.which("podman"):
+            self.loop.create_task(self._watch_labels())
         await self._stop.wait()
         await self.shutdown()
 
@@ -220,6 +224,27 @@ class Engine:
             self.dp.set_peer_groups(peer.slot, sum(self.device.group_bits.get(g, 0) for g in set(peer.cert.groups)))
         if c.firewall_rules or c.firewall_default != "allow":
             self.log.info("firewall", default=c.firewall_default, rules=len(c.firewall_rules))
+
+    async def _watch_labels(self) -> None:
+        """Every 3 s: publish containers labelled flatnet.publish=NAME:PORT (docs/gateway.md)."""
+        reported: set[str] = set()
+        while not self._stop.is_set():
+            try:
+                found = await self.loop.run_in_executor(None, podman_labels.scan)
+                wanted, problems = podman_labels.desired(found, self.subnet)
+                added, removed = podman_labels.sync(self.services, self.subnet, wanted, self._label_services)
+                for p in set(problems) - reported:
+                    self.log.warning("label_ignored", problem=p)
+                reported = set(problems)
+                for name in added:
+                    self.log.info("service_published", service=name, source="podman label")
+                for name in removed:
+                    self.log.info("service_unpublished", service=name, source="podman label")
+                if (added or removed) and self.lighthouse is not None:
+                    self.lighthouse.register(time.monotonic())
+            except (OSError, ValueError, KeyError) as exc:
+                self.log.debug("label_scan_failed", error=str(exc))
+            await asyncio.sleep(3)
 
     def _check_expiry(self) -> None:
         """Warn ahead of time (30 days, then daily) before this node's certificate expires."""

@@ -253,8 +253,10 @@ class Lab:
             f"offloads = {'true' if self.offloads else 'false'}",
             "[paths]", f'run_dir = "{h.dir}/run"', f'state_dir = "{h.dir}/state"',
         ]
+        # lab hosts share the machine's Podman: they must not publish its containers
+        lines += ["[gateway]", "podman_labels = false"]
         if self.gateways:
-            lines += ["[gateway]", f'lan_address = "{h.underlay_ip}:{GATEWAY_PORT}"']
+            lines += [f'lan_address = "{h.underlay_ip}:{GATEWAY_PORT}"']
         # metrics on the host namespace's own loopback; CNI counters from this host's IPAM dir
         lines += ["[metrics]", f'listen = "127.0.0.1:{METRICS_PORT}"', f'cni_data_dir = "{h.dir}/ipam"']
         if self.lighthouse:
