@@ -50,11 +50,21 @@ class Engine:
                 raise pki.PkiError(f"{c.path}: {p.name!r} has certificate {p.cert} for {cert.name!r}")
         return me, peers, lighthouses
 
-    def _write_json(self, path: str, doc: dict) -> None:
+    def _write_json(self, path: str, doc: object) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump(doc, f)
         os.replace(path + ".tmp", path)
+
+    def _remembered_peers(self) -> list[str]:
+        try:
+            with open(os.path.join(self.config.state_dir, "peers.json")) as f:
+                return [str(n) for n in json.load(f)][:256]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _remember_peers(self, names: list[str]) -> None:
+        self._write_json(os.path.join(self.config.state_dir, "peers.json"), names)  # type: ignore[arg-type]
 
     def _cached_lease(self) -> ipaddress.IPv4Network | None:
         try:
@@ -142,7 +152,9 @@ class Engine:
         if lighthouses:
             lh_peers = [self.device.add_peer(cert, None, list(lh.endpoints)) for lh, cert in lighthouses]
             self.lighthouse = LighthouseClient(self.device, lh_peers, c.network, self.local_endpoints, self.log,
-                                               self._on_lease, self.services, c.gateway_address)
+                                               self._on_lease, self.services, c.gateway_address,
+                                               remembered=self._remembered_peers(),
+                                               on_peers_changed=self._remember_peers)
         self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),

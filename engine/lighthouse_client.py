@@ -34,7 +34,11 @@ class LighthouseClient:
     def __init__(self, device: Device, lighthouses: list[Peer], network: ipaddress.IPv4Network,
                  local_endpoints: Callable[[], list[tuple[str, int]]], log: Logger,
                  on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
-                 gateway: tuple[str, int] | None = None) -> None:
+                 gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
+                 on_peers_changed: Callable[[list[str]], None] | None = None) -> None:
+        """remembered: peers this host talked to before a restart; they are looked up
+        and connected at once after the first lease, so traffic resumes within seconds
+        even when the other side keeps sending under keys we lost."""
         self.device = device
         self.lighthouses = {p.name: p for p in lighthouses}
         self.network = network
@@ -50,6 +54,8 @@ class LighthouseClient:
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
         self.errors = 0
+        self.remembered = list(remembered or [])
+        self.on_peers_changed = on_peers_changed
         self.services = services            # engine.services.ServiceRegistry or None
         self.gateway = gateway
         self.next_catalog = 0.0
@@ -182,6 +188,9 @@ class LighthouseClient:
             self.subnet = subnet
             self.next_register = now + REGISTER_EVERY
             self.on_lease(subnet)
+            for name in self.remembered:  # reconnect to whom we talked to before a restart
+                self._ask(wire.encode("query", name=name))
+            self.remembered = []
 
     def _peer(self, msg: dict, kind: str, now: float) -> None:
         cert = certs.verify_node(msg["cert"], self.device.me.ca, self.device.wall_ns() / 1e9)
@@ -193,6 +202,8 @@ class LighthouseClient:
         peer = self.device.peers.get(cert.name)
         if peer is None:
             peer = self.device.add_peer(cert, subnet, msg["endpoints"])
+            if self.on_peers_changed is not None:
+                self.on_peers_changed([p for p in self.device.peers if p not in self.lighthouses])
         elif peer.cert.key != cert.key:
             raise RemoteProtocolError("bad_cert", f"{cert.name} changed its key")
         self.device.set_subnet(peer, subnet)

@@ -152,3 +152,21 @@ def test_doctor_explains_a_broken_host(lab):
         status = json.loads(control.get(a.socket, "/status")[1])
         sh("ip", "route", "replace", "10.87.0.0/16", "dev", "flatnet0", "src",
            status["subnet"].rsplit(".", 1)[0] + ".1", ns=a.ns)
+
+
+def test_cni_attaches_containers_while_the_engine_restarts(lab):
+    a, b = lab.hosts
+    lab.stop_engine(b, signal.SIGKILL)
+    try:
+        c = lab.add_container(b)  # the plugin takes the lease the engine left behind
+        assert c["ip"].startswith(b.subnet.rsplit(".", 1)[0] + ".")
+    finally:
+        t0 = time.monotonic()
+        lab.start_engine(b)
+        lab.wait_engine(b)
+    # the restarted engine remembers its peers and reconnects: traffic within 5 s
+    while time.monotonic() - t0 < 5:
+        if sh("ping", "-c", "1", "-W", "1", c["ip"], ns=a.containers[0]["ns"], check=False).returncode == 0:
+            break
+    else:
+        raise AssertionError("no traffic to the new container within 5 s of the engine's restart")
