@@ -67,7 +67,7 @@ def podman_run_time(n: int, tmp: str, tag: str) -> dict:
     }
     paths, times = [], {k: [] for k in nets}
     try:
-        for name, plugin in nets.items():
+        for plugin in nets.values():
             path = f"/etc/cni/net.d/fnbench-{tag}-{plugin['bridge']}.conflist"
             with open(path, "w") as f:
                 json.dump({"cniVersion": "1.0.0", "name": f"fnbench-{plugin['bridge']}", "plugins": [plugin]}, f)

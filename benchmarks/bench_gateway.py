@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
             if subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-H", "Host: bench", f"http://127.0.0.1:{GATEWAY}/"],
                               capture_output=True, text=True).stdout.count("Non-2xx") == 0:
                 break
-        for rep in range(a.reps):
+        for _ in range(a.reps):
             for name, port in (("plain nginx proxy_pass", PLAIN), ("flatnet gateway", GATEWAY)):
                 results[name].append(wrk(port, a.time, a.connections))
     finally:

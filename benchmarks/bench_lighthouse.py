@@ -8,7 +8,6 @@ import argparse
 import ipaddress
 import os
 import resource
-import sys
 import tempfile
 import time
 import tracemalloc

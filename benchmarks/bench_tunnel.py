@@ -97,7 +97,7 @@ def setup_flatnet(t: Topology) -> None:
         subprocess.run(cli + ["cert", "sign", "--ca-dir", f"{d}/pki", "--name", n], cwd=REPO, check=True,
                        capture_output=True)
     hosts = {"a": (t.a, UL_A, "10.87.1.0/24"), "b": (t.b, UL_B, "10.87.2.0/24")}
-    for n, (ns, ip, subnet) in hosts.items():
+    for n, (ns, _ip, subnet) in hosts.items():
         o = "b" if n == "a" else "a"
         with open(f"{d}/{n}.toml", "w") as f:
             f.write(f'[pki]\nca = "{d}/pki/ca.crt"\ncert = "{d}/pki/{n}.crt"\nkey = "{d}/pki/{n}.key"\n'

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from cni import jsonlite as json
 import os
-import sys
 
 from cni.conf import SUPPORTED_VERSIONS, load_netconf, parse_version
 from cni.errors import CniError, INVALID_ENV, IO_FAILURE, NOT_ROOT
 from cni.result import version_result
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import BinaryIO, Callable, Mapping, TextIO
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # which variables each verb needs (CNI spec, "Parameters")

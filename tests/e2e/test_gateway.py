@@ -3,13 +3,10 @@ lighthouse, and a gateway each; services in container namespaces; a LAN client o
 underlay. Publish, unpublish, a dead upstream, the overlay cut between the hosts."""
 import json
 import os
-import ssl
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -220,6 +217,6 @@ def test_browser_loads_a_container_page_and_the_status_page(lab):
     assert "remote-wiki" in dom  # the container's answer, rendered by the browser
     dom = chromium(lab, f"http://status:{GATEWAY_PORT}/_flatnet/", a.underlay_ip,
                    os.path.join(artifacts, "gateway-status.png"))
-    assert f"Flatnet" in dom and a.name in dom  # the page filled itself from /_flatnet/api
+    assert "Flatnet" in dom and a.name in dom  # the page filled itself from /_flatnet/api
     assert "wiki" in dom and "healthy" in dom and b.name in dom
     assert os.path.getsize(os.path.join(artifacts, "gateway-status.png")) > 5000

@@ -87,7 +87,7 @@ def test_ten_in_parallel_get_distinct_addresses(network):
 @pytest.mark.slow
 def test_thirty_run_rm_cycles_leave_nothing(network):
     before = set(host_veths())
-    for i in range(30):
+    for _ in range(30):
         network.run(IMAGE, "true", timeout=60)
     assert set(host_veths()) == before
     assert network.ipam_entries() == []

@@ -1,7 +1,6 @@
 """Two hosts in namespaces, each with flatnet-engine and a container namespace attached by
 the CNI plugin (lease mode): encrypted traffic, what an attacker on the underlay sees,
 what the engine rejects, and recovery from an engine restart."""
-import hashlib
 import json
 import os
 import signal
