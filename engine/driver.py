@@ -128,9 +128,21 @@ class Engine:
                 out.append((str(ip), self.sock.getsockname()[1]))
         return out[:8]
 
+    def _check_dirs(self) -> None:
+        """State and runtime directories must not be writable by others: a local user
+        could swap the lease file the CNI plugin trusts, or the service registry."""
+        import stat
+        for path in (self.config.state_dir, self.config.run_dir):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            mode = os.stat(path).st_mode
+            if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+                raise pki.PkiError(f"{path} is writable by everyone (mode {stat.S_IMODE(mode):04o}); "
+                                   f"run: chmod o-w {path}")
+
     async def run(self) -> None:
         c = self.config
         self.loop = asyncio.get_running_loop()
+        self._check_dirs()
         self._lease_waiter = self.loop.create_future()
         self.me, peers, lighthouses = self._load_pki()
         self.services = ServiceRegistry(os.path.join(c.state_dir, "services.json"), self.me.cert.name, c.domain)

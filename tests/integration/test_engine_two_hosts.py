@@ -251,3 +251,15 @@ def test_world_readable_key_is_refused(lab, tmp_path):
                           text=True, timeout=30)
     assert proc.returncode == 2
     assert "readable by group or others" in proc.stderr and "chmod 600" in proc.stderr
+
+
+def test_world_writable_state_dir_is_refused(lab, tmp_path):
+    a = lab.hosts[0]
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, 0o777)
+    conf = tmp_path / "c.toml"
+    conf.write_text(open(a.config).read().replace(f'state_dir = "{a.dir}/state"', f'state_dir = "{state}"'))
+    proc = subprocess.run([sys.executable, "-m", "engine", "--config", str(conf)], cwd=REPO, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and "writable by everyone" in proc.stderr and "chmod o-w" in proc.stderr
