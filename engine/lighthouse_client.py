@@ -91,7 +91,7 @@ class LighthouseClient:
         if self.services is not None and now >= self.next_catalog and self.subnet is not None:
             self.next_catalog = now + CATALOG_EVERY
             self._catalog_pages = []
-            self._ask(wire.encode("catalog_query", offset=0))
+            self._ask(wire.encode("catalog_query", offset=0), one=True)
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
@@ -111,7 +111,8 @@ class LighthouseClient:
                 self.awaiting.setdefault(lh.name, now)
             else:
                 self.device.connect(lh, now)   # no keys yet: the handshake comes first
-        self.next_register = now + (REGISTER_EVERY if self.subnet is not None else REGISTER_RETRY)
+        everyone = self.subnet is not None and len(self.registered) == len(self.lighthouses)
+        self.next_register = now + (REGISTER_EVERY if everyone else REGISTER_RETRY)  # until all have answered
 
     # ---- hooks from the device
     def on_unknown_route(self, route: int, now: float) -> None:
@@ -126,10 +127,13 @@ class LighthouseClient:
         if peer.name not in self.lighthouses:
             self._ask(wire.encode("query", name=peer.name))
 
-    def _ask(self, msg: bytes) -> None:
-        for lh in self.lighthouses.values():
-            if self.device.send_message(lh, msg):
-                return  # any lighthouse that answers will do
+    def _ask(self, msg: bytes, one: bool = False) -> None:
+        """To every lighthouse with a session (any answer will do: a dead one cannot
+        delay a lookup), or with one=True to the one that answered a register last."""
+        order = sorted(self.lighthouses.values(), key=lambda lh: -self.registered.get(lh.name, -1.0))
+        for lh in order:
+            if self.device.send_message(lh, msg) and one:
+                return
 
     def on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float) -> None:
         if peer.name not in self.lighthouses:
@@ -158,7 +162,7 @@ class LighthouseClient:
             return
         self._catalog_pages += msg["services"]
         if msg["next"]:
-            self._ask(wire.encode("catalog_query", offset=msg["next"]))
+            self._ask(wire.encode("catalog_query", offset=msg["next"]), one=True)
         else:
             self.services.remote = self._catalog_pages
             self._catalog_pages = []
@@ -186,7 +190,6 @@ class LighthouseClient:
             if self.subnet is not None:
                 self.log.warning("lease_changed", old=str(self.subnet), new=str(subnet), lighthouse=lh.name)
             self.subnet = subnet
-            self.next_register = now + REGISTER_EVERY
             self.on_lease(subnet)
             for name in self.remembered:  # reconnect to whom we talked to before a restart
                 self._ask(wire.encode("query", name=name))

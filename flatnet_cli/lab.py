@@ -62,7 +62,8 @@ class Lab:
     def __init__(self, prefix: str, workdir: str, hosts: int = 2, network: str = "10.87.0.0/16",
                  mtu: int = 1420, offloads: bool = True, lighthouse: bool = False,
                  nat: dict[int, str] | None = None, gateways: bool = False,
-                 groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None) -> None:
+                 groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None,
+                 lighthouses: int = 1) -> None:
         """lighthouse: hosts find each other and take their /24 through a lighthouse
         (no static peers); nat: {host index: "cone" | "random"} puts that host behind
         a router namespace doing MASQUERADE (random: --random-fully)."""
@@ -72,8 +73,10 @@ class Lab:
         self.extra_config = extra_config or {}  # host index -> TOML appended to its config
         self.lighthouse = lighthouse
         self.nat = nat or {}
+        self.n_lighthouses = lighthouses if lighthouse else 0
         self.lh_ns = f"{prefix}-lh"
         self.lh_pid = 0
+        self.lh_pids: dict[int, int] = {}   # lighthouse 2..n (they share lighthouse 1's lease database)
         self.prefix = prefix
         self.workdir = os.path.abspath(workdir)
         self.ul_ns = f"{prefix}-ul"
@@ -88,7 +91,8 @@ class Lab:
     # ---- persistence for `flatnet down`
     def save(self) -> None:
         state = {"prefix": self.prefix, "namespaces": self.namespaces, "network": self.network,
-                 "hosts": [h.__dict__ for h in self.hosts], "lh_pid": self.lh_pid}
+                 "hosts": [h.__dict__ for h in self.hosts], "lh_pid": self.lh_pid,
+                 "lh_pids": {str(k): v for k, v in self.lh_pids.items()}}
         with open(os.path.join(self.workdir, "lab.json"), "w") as f:
             json.dump(state, f, indent=1)
 
@@ -100,6 +104,7 @@ class Lab:
         lab.hosts = [Host(**h) for h in state["hosts"]]
         lab.namespaces = state["namespaces"]
         lab.lh_pid = state.get("lh_pid", 0)
+        lab.lh_pids = {int(k): v for k, v in state.get("lh_pids", {}).items()}
         return lab
 
     # ---- build
@@ -192,6 +197,30 @@ class Lab:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
                     f'[network]\ncidr = "{self.network}"\n[paths]\nstate_dir = "{d}/state"\nrun_dir = "{d}/run"\n')
         self.start_lighthouse()
+        for i in range(2, self.n_lighthouses + 1):
+            self._extra_lighthouse(i)
+
+    def _extra_lighthouse(self, i: int) -> None:
+        """Lighthouse i at 192.0.2.(255-i), sharing lighthouse 1's lease database: one
+        lease authority, several places to register, query and relay."""
+        ns = self._netns(f"{self.prefix}-lh{i}")
+        sh("ip", "link", "add", "ul0", "netns", ns, "type", "veth", "peer", "name", f"ul-lh{i}", "netns", self.ul_ns)
+        sh("ip", "-n", self.ul_ns, "link", "set", f"ul-lh{i}", "master", "ulbr", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY}.{255 - i}/24", "dev", "ul0")
+        sh("ip", "-n", ns, "link", "set", "ul0", "up")
+        d, first = os.path.join(self.workdir, f"lighthouse-{i}"), os.path.join(self.workdir, "lighthouse")
+        os.makedirs(d, exist_ok=True)
+        pki = os.path.join(self.workdir, "pki")
+        with open(os.path.join(d, "lighthouse.toml"), "w") as f:
+            f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse-{i}.crt"\nkey = "{pki}/lighthouse-{i}.key"\n'
+                    f'[network]\ncidr = "{self.network}"\n[paths]\nstate_dir = "{first}/state"\nrun_dir = "{d}/run"\n')
+        logf = open(os.path.join(d, "lighthouse.log"), "a")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "lighthouse", "--config",
+                                 os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        self.lh_pids[i] = proc.pid
+        self.save()
 
     def start_lighthouse(self) -> None:
         d = os.path.join(self.workdir, "lighthouse")
@@ -208,7 +237,13 @@ class Lab:
                 raise RuntimeError("lighthouse did not start:\n" + _tail(os.path.join(d, "lighthouse.log")))
             time.sleep(0.05)
 
-    def stop_lighthouse(self, sig: int = signal.SIGTERM) -> None:
+    def stop_lighthouse(self, sig: int = signal.SIGTERM, i: int = 1) -> None:
+        if i != 1:
+            pid = self.lh_pids.pop(i, 0)
+            if pid and _alive(pid):
+                os.killpg(pid, sig)
+            self.save()
+            return
         if self.lh_pid and _alive(self.lh_pid):
             os.killpg(self.lh_pid, sig)
             end = time.monotonic() + 10
@@ -235,6 +270,8 @@ class Lab:
             self._cli("cert", "sign", "--ca-dir", pki, "--name", h.name, "--groups", ",".join(self.groups.get(h.index, [])))
         if self.lighthouse:
             self._cli("cert", "sign", "--ca-dir", pki, "--name", "lighthouse")
+            for i in range(2, self.n_lighthouses + 1):
+                self._cli("cert", "sign", "--ca-dir", pki, "--name", f"lighthouse-{i}")
 
     def _cli(self, *args: str) -> None:
         proc = subprocess.run([sys.executable, "-m", "flatnet_cli", *args], cwd=REPO, capture_output=True,
@@ -262,6 +299,9 @@ class Lab:
         if self.lighthouse:
             lines += ["[[lighthouses]]", 'name = "lighthouse"', f'cert = "{pki}/lighthouse.crt"',
                       f'endpoints = ["{UNDERLAY}.254:{PORT}"]']
+            for i in range(2, self.n_lighthouses + 1):
+                lines += ["[[lighthouses]]", f'name = "lighthouse-{i}"', f'cert = "{pki}/lighthouse-{i}.crt"',
+                          f'endpoints = ["{UNDERLAY}.{255 - i}:{PORT}"]']
         else:
             for o in self.hosts:
                 if o is not h:
@@ -363,6 +403,8 @@ class Lab:
         self.stop_gateways()
         for h in self.hosts:
             self.stop_engine(h)
+        for i in list(self.lh_pids):
+            self.stop_lighthouse(i=i)
         self.stop_lighthouse()
         for ns in reversed(self.namespaces):
             delete_netns(ns)

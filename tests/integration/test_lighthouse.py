@@ -130,3 +130,21 @@ def test_stream_survives_the_move_from_relay_to_direct(tmp_path):
         assert n == 6 << 20 and got == sent
     finally:
         lab.down()
+
+
+def test_two_lighthouses_either_one_serves(tmp_path):
+    """Two lighthouses share one lease database: engines register with both; with the
+    first one dead, a new peer is still found through the second."""
+    lab = Lab(f"{RUN_PREFIX}2", str(tmp_path / "lab"), hosts=2, lighthouse=True, lighthouses=2)
+    try:
+        lab.up(containers_per_host=1)
+        a, b = lab.hosts
+        end = time.monotonic() + 15
+        while time.monotonic() < end and set(lab.status(a)["lighthouses"].values()) != {"registered"}:
+            time.sleep(0.3)
+        assert lab.status(a)["lighthouses"] == {"lighthouse": "registered", "lighthouse-2": "registered"}
+        lab.stop_lighthouse()  # the first one (and the lease authority's process) is gone
+        assert ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 10) is not None
+        assert peer_row(lab, a, b.name)["state"] == "established"
+    finally:
+        lab.down()
