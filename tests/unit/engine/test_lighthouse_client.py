@@ -1,0 +1,107 @@
+"""The engine's lighthouse client on a virtual clock, with a fake device."""
+import collections
+import ipaddress
+from types import SimpleNamespace
+
+from engine.lighthouse_client import DIRECT_RETRY, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
+from engine.log import Logger
+from lighthouse import wire
+from tests.harness.pki import TestCA
+
+NET = ipaddress.IPv4Network("10.87.0.0/16")
+
+
+class FakeSession:
+    def __init__(self):
+        self.current = None
+
+
+class FakeDevice:
+    def __init__(self, ca):
+        self.me = ca.identity("host-a")
+        self.peers = {}
+        self.sent = []          # (peer name, decoded message)
+        self.connects = []
+        self.relays = []
+        self.errors = collections.Counter()
+        self.dp = SimpleNamespace(route_unpend=lambda r: None)
+
+    def wall_ns(self):
+        return int(TestCA().now * 1e9)
+
+    def send_message(self, peer, data):
+        if peer.keys:
+            self.sent.append((peer.name, wire.decode(data)))
+        return peer.keys
+
+    def connect(self, peer, now):
+        self.connects.append((peer.name, now))
+
+    def rehandshake(self, peer, now):
+        self.connects.append((peer.name, now))
+
+    def add_peer(self, cert, subnet, endpoints):
+        p = SimpleNamespace(name=cert.name, cert=cert, subnet=subnet, endpoints=endpoints, endpoint=None, relay=None,
+                            session=FakeSession(), keys=False, extra={})
+        self.peers[cert.name] = p
+        return p
+
+    def set_subnet(self, peer, subnet):
+        peer.subnet = subnet
+
+    def set_endpoints(self, peer, endpoints):
+        peer.endpoints = endpoints
+
+    def use_relay(self, peer, addr, relay_id, reason):
+        peer.relay = (addr, relay_id)
+        self.relays.append((peer.name, addr, relay_id, reason))
+
+
+def setup():
+    ca = TestCA()
+    dev = FakeDevice(ca)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=FakeSession(), relay=None)
+    leases = []
+    client = LighthouseClient(dev, [lh], NET, lambda: [("192.0.2.1", 4787)], Logger("t", stream=open("/dev/null", "w")),
+                              leases.append)
+    return ca, dev, lh, client, leases
+
+
+def test_registers_until_leased_then_every_10s():
+    ca, dev, lh, client, leases = setup()
+    client.handle_timer(0.0)
+    assert dev.sent[-1][1][0] == "register"
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 0.5)
+    assert leases == [ipaddress.IPv4Network("10.87.3.0/24")]
+    client.handle_timer(1.0)  # leased and every lighthouse answered: from now on every 10 s
+    assert client.next_register == 1.0 + REGISTER_EVERY
+
+
+def test_unanswered_peer_goes_through_the_relay_and_is_probed_directly():
+    ca, dev, lh, client, leases = setup()
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 0.0)
+    b = ca.identity("host-b")
+    client.on_message(lh, wire.encode("peer", name="host-b", cert=b.cert.raw, subnet="10.87.7.0/24",
+                                      endpoints=[("203.0.113.9", 40000)], local=[("172.16.2.2", 4787)]),
+                      ("192.0.2.254", 4787), 1.0)
+    assert ("host-b", 1.0) in dev.connects
+    client.handle_timer(1.0 + RELAY_AFTER - 0.1)
+    assert not dev.relays
+    client.handle_timer(1.0 + RELAY_AFTER)
+    [(name, addr, relay_id, reason)] = dev.relays
+    assert name == "host-b" and addr == ("192.0.2.254", 4787) and relay_id == 7
+    assert "no answer from 1 direct endpoint in 3 s" in reason
+    assert client.next_probe["host-b"] == 1.0 + RELAY_AFTER + DIRECT_RETRY
+
+
+def test_a_peer_message_for_ourselves_or_a_foreign_subnet_is_refused():
+    ca, dev, lh, client, leases = setup()
+    me = dev.me
+    client.on_message(lh, wire.encode("peer", name="host-a", cert=me.cert.raw, subnet="10.87.1.0/24",
+                                      endpoints=[], local=[]), ("192.0.2.254", 4787), 0.0)
+    other = ca.identity("host-c")
+    client.on_message(lh, wire.encode("peer", name="host-c", cert=other.cert.raw, subnet="10.99.1.0/24",
+                                      endpoints=[], local=[]), ("192.0.2.254", 4787), 0.0)
+    assert not dev.peers and client.errors == 2
