@@ -8,6 +8,7 @@ import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 class ConfigError(Exception):
@@ -115,26 +116,41 @@ def _endpoint(value: object, where: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def parse(text: str, path: str = "<config>") -> Config:
+def read_toml(text: str, path: str, known: dict[str, set[str] | None]) -> dict:
+    """The TOML document, with every section and key checked against `known` (None:
+    an array of tables checked by the caller); errors name the file and the key."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for table, body in doc.items():
+        if table not in known:
+            raise ConfigError(f"{path}: {table}: unknown section; expected one of {', '.join(sorted(known))}")
+        allowed = known[table]
+        if allowed is not None:
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: {table}: must be a table")
+            for key in body:
+                if key not in allowed:
+                    raise ConfigError(f"{path}: {table}.{key}: unknown key; expected one of "
+                                      f"{', '.join(sorted(allowed))}")
+    return doc
+
+
+def read_file(path: str, parse_text: "Callable[[str, str], object]") -> object:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse_text(text, path)
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    doc = read_toml(text, path, _KNOWN)
 
     def where(key: str) -> str:
         return f"{path}: {key}"
-
-    for table, body in doc.items():
-        if table not in _KNOWN:
-            raise ConfigError(f"{where(table)}: unknown section; expected one of {', '.join(sorted(_KNOWN))}")
-        allowed = _KNOWN[table]
-        if allowed is not None:
-            if not isinstance(body, dict):
-                raise ConfigError(f"{where(table)}: must be a table")
-            for key in body:
-                if key not in allowed:
-                    raise ConfigError(f"{where(table + '.' + key)}: unknown key; expected one of "
-                                      f"{', '.join(sorted(allowed))}")
 
     def get(table: str, key: str, kind: type, default: object = None, required: bool = False):
         value = doc.get(table, {}).get(key, default)
@@ -267,9 +283,4 @@ def parse(text: str, path: str = "<config>") -> Config:
 
 
 def load(path: str) -> Config:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    return parse(text, path)
+    return read_file(path, parse)  # type: ignore[return-value]

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass
 
-from engine.config import ConfigError, _endpoint
+from engine.config import ConfigError, _endpoint, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key"}, "network": {"cidr"}, "listen": {"host", "port"},
           "paths": {"state_dir", "run_dir"}, "log": {"level"}, "registry": {"ttl"},
@@ -38,16 +37,7 @@ class LighthouseConfig:
 
 
 def parse(text: str, path: str = "<config>") -> LighthouseConfig:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for table, body in doc.items():
-        if table not in _KNOWN or not isinstance(body, dict):
-            raise ConfigError(f"{path}: {table}: unknown section; expected one of {', '.join(sorted(_KNOWN))}")
-        for key in body:
-            if key not in _KNOWN[table]:
-                raise ConfigError(f"{path}: {table}.{key}: unknown key")
+    doc = read_toml(text, path, _KNOWN)
 
     def get(table: str, key: str, kind: type, default: object) -> object:
         value = doc.get(table, {}).get(key, default)
@@ -82,8 +72,4 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
 
 
 def load(path: str) -> LighthouseConfig:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return parse(f.read(), path)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return read_file(path, parse)  # type: ignore[return-value]
