@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <sodium.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,6 +55,10 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     if (!ctx) return NULL;
     pthread_mutex_init(&ctx->tx_lock, NULL);
     pthread_mutex_init(&ctx->rx_lock, NULL);
+    pthread_mutex_init(&ctx->idle_lock, NULL);
+    ctx->efd[0] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ctx->efd[1] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ctx->efd[0] < 0 || ctx->efd[1] < 0) { fn_free(ctx); return NULL; }
     ctx->overlay_mask = prefix_mask(overlay_prefix);
     ctx->overlay_net = overlay_net & ctx->overlay_mask;
     ctx->mtu = mtu;
@@ -84,10 +89,16 @@ void fn_free(fn_ctx *ctx) {
     free(ctx->ct);
     for (int i = 0; i < GRO_ITEMS; i++) free(ctx->gro[i].buf);
     for (int i = 0; i < HOLD_SLOTS; i++) free(ctx->held[i].buf);
+    for (int i = 0; i < 2; i++)
+        if (ctx->efd[i] > 0) close(ctx->efd[i]);
     free(ctx);
 }
 
-void fn_stop(fn_ctx *ctx) { ctx->stop = 1; }
+void fn_stop(fn_ctx *ctx) {
+    ctx->stop = 1;
+    idle_ring(ctx, ROLE_IN);
+    idle_ring(ctx, ROLE_OUT);
+}
 
 void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro) {
     ctx->vnet = vnet;
@@ -179,7 +190,10 @@ int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_in
     p->tx_counter = 0;
     p->tx_valid = 1;
     p->want_handshake = 0;
+    int held = 0;
+    for (int i = 0; i < HOLD_SLOTS; i++) held |= ctx->held[i].used;
     pthread_mutex_unlock(&ctx->tx_lock);
+    if (held) idle_ring(ctx, ROLE_IN);  /* packets wait for these keys: send them now */
     return 0;
 }
 

@@ -139,7 +139,12 @@ struct fn_ctx {
     rate_bucket rl_global;
     fn_ctrl pending[FN_PENDING];           /* control items received by a spin (rx_lock) */
     int npending;
-    int64_t spin_backoff_until;            /* inside thread only */
+    int64_t spin_backoff_until;            /* whoever spins (tx_lock side) */
+    pthread_mutex_t idle_lock;             /* idle.c: who waits on what */
+    int st[2];                             /* ST_* of ROLE_IN, ROLE_OUT */
+    int efd[2];                            /* eventfds that wake each thread */
+    int32_t ev_pending[FN_PENDING];        /* inside events found by the outside thread (tx_lock) */
+    int nev_pending;
 };
 
 static inline uint32_t get_le32(const uint8_t *p) {
@@ -183,10 +188,23 @@ uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint
 int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
 
 /* inside.c */
-void inside_try(fn_ctx *ctx, int tun_fd, int udp_fd);
+int help_inside(fn_ctx *ctx, int tun_fd, int udp_fd);
 
 /* outside.c */
-int outside_spin(fn_ctx *ctx, int udp_fd, int tun_fd, int64_t until_ns);
+int help_outside(fn_ctx *ctx, int udp_fd, int tun_fd);
+void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd);
+
+/* idle.c */
+#define ROLE_IN 0
+#define ROLE_OUT 1
+enum { ST_ACTIVE, ST_POLL_OWN, ST_POLL_BOTH, ST_PARKED };
+#define IDLE_RING 1                        /* idle_wait: woken by the eventfd (or EINTR) */
+#define IDLE_OWN 2                         /* its own fd is readable */
+#define IDLE_OTHER 4                       /* the other thread's fd is readable */
+void idle_ring(fn_ctx *ctx, int role);
+void idle_kick(fn_ctx *ctx, int role);
+int idle_parked(fn_ctx *ctx, int role);
+int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms);
 
 /* firewall.c */
 void fw_track_outbound(fn_ctx *ctx, const uint8_t *ip, uint32_t len, int64_t now);

@@ -192,12 +192,49 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
     return n;
 }
 
+/* The socket pass run by a thread that does not own it: the inside thread waiting,
+ * awake, for the answer to what it just sent, or covering for the parked outside
+ * thread (idle.c). Control items are kept for the outside thread, which is rung to
+ * take them up to Python; so is it when a pass finds load. Returns datagrams read. */
+int help_outside(fn_ctx *ctx, int udp_fd, int tun_fd) {
+    if (udp_fd < 0 || pthread_mutex_trylock(&ctx->rx_lock) != 0) return 0;  /* the outside thread has it */
+    uint64_t writes_before = ctx->io[FN_IO_TUN_WRITES], dgrams_before = ctx->io[FN_IO_UDP_DGRAMS_IN];
+    int before = ctx->npending;
+    int n = outside_pass(ctx, udp_fd, tun_fd, ctx->pending, &ctx->npending, FN_PENDING);
+    int items = ctx->npending != before;
+    int dgrams = (int)(ctx->io[FN_IO_UDP_DGRAMS_IN] - dgrams_before);
+    pthread_mutex_unlock(&ctx->rx_lock);
+    if (n <= 0) return 0;
+    if (items) idle_ring(ctx, ROLE_OUT);
+    else if (dgrams > SPIN_MAX_READS) idle_kick(ctx, ROLE_OUT);
+    if (ctx->io[FN_IO_TUN_WRITES] != writes_before) help_inside(ctx, tun_fd, udp_fd);
+    return dgrams;
+}
+
+/* After a small batch went out (a ping, a request): its answer usually comes back
+ * within a round trip. Waiting for it awake, up to SPIN_NS, saves a wake-up on the
+ * latency path; after a wait that caught nothing (one-way traffic), no waiting for
+ * SPIN_BACKOFF_NS. */
+void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd) {
+    int64_t now = fn_now_ns();
+    if (!ctx->spin || udp_fd < 0 || now < ctx->spin_backoff_until) return;
+    ctx->io[FN_IO_SPINS]++;
+    int64_t until = now + SPIN_NS;
+    while (!ctx->stop && fn_now_ns() < until) {
+        if (help_outside(ctx, udp_fd, tun_fd) > 0) {
+            ctx->io[FN_IO_SPIN_HITS]++;
+            return;
+        }
+        __builtin_ia32_pause();
+    }
+    ctx->spin_backoff_until = fn_now_ns() + SPIN_BACKOFF_NS;
+}
+
 int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl) {
-    struct pollfd pfd = {.fd = udp_fd, .events = POLLIN};
     int nctrl = 0;
     while (!ctx->stop && nctrl == 0) {
         pthread_mutex_lock(&ctx->rx_lock);
-        /* what the inside thread's spin received for Python goes up first */
+        /* what another thread received for Python goes up first */
         int take = ctx->npending < max_ctrl ? ctx->npending : max_ctrl;
         if (take) {
             memcpy(ctrl, ctx->pending, sizeof(fn_ctrl) * take);
@@ -209,30 +246,18 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
         int n = outside_pass(ctx, udp_fd, tun_fd, ctrl, &nctrl, max_ctrl);
         pthread_mutex_unlock(&ctx->rx_lock);
         if (n < 0) return n;
-        if (ctx->io[FN_IO_TUN_WRITES] != writes_before) inside_try(ctx, tun_fd, udp_fd);
-        if (n > 0 || nctrl > 0) continue;
+        /* replies the write produced, or the TUN of a parked inside thread */
+        int helped = ctx->io[FN_IO_TUN_WRITES] != writes_before || idle_parked(ctx, ROLE_IN)
+                         ? help_inside(ctx, tun_fd, udp_fd) : 0;
+        if (n > 0 || nctrl > 0 || helped > 0) continue;
         ctx->io[FN_IO_WAKEUPS_OUT]++;
-        int pr = poll(&pfd, 1, timeout_ms);
-        if (pr <= 0) return pr < 0 && errno != EINTR ? -errno : nctrl;
+        int w = idle_wait(ctx, ROLE_OUT, udp_fd, tun_fd, timeout_ms);
+        if (w < 0) return w;
+        if (w == 0) return nctrl;  /* timeout: back to Python */
+        if (w & IDLE_OTHER) {  /* a local request: wait for its answer as the inside thread would */
+            int reads = help_inside(ctx, tun_fd, udp_fd);
+            if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, udp_fd, tun_fd);
+        }
     }
     return nctrl;
-}
-
-/* Called by the inside thread after it sent a small batch: the answer (a ping reply,
- * an ACK) usually comes back within a round trip. Waiting for it here, awake, saves
- * the outside thread's wake-up on the latency path. Returns 1 if something came. */
-int outside_spin(fn_ctx *ctx, int udp_fd, int tun_fd, int64_t until_ns) {
-    while (!ctx->stop && fn_now_ns() < until_ns) {
-        if (pthread_mutex_trylock(&ctx->rx_lock) != 0) return 0;  /* the outside thread has it */
-        uint64_t writes_before = ctx->io[FN_IO_TUN_WRITES];
-        int n = outside_pass(ctx, udp_fd, tun_fd, ctx->pending, &ctx->npending, FN_PENDING);
-        pthread_mutex_unlock(&ctx->rx_lock);
-        if (n > 0) {
-            if (ctx->io[FN_IO_TUN_WRITES] != writes_before) inside_try(ctx, tun_fd, udp_fd);
-            return 1;
-        }
-        if (n < 0) return 0;
-        __builtin_ia32_pause();
-    }
-    return 0;
 }

@@ -1,0 +1,83 @@
+/* idle: who waits for packets when there is nothing to do.
+ *
+ * With each thread asleep in poll() on its own fd, one ping costs two wake-ups that do
+ * nothing: the outside thread writes the request to the TUN and forwards the reply
+ * itself (help_inside), yet the inside thread, asleep on the TUN, is woken as well;
+ * on the other host the inside thread's spin takes the answer off the socket, yet the
+ * outside thread is woken too. Waking a thread on an idle CPU costs the waker about
+ * 12 us on the reference VM (and the sleeper's CPU its exit from halt), on the latency
+ * path. So when both threads are idle, one polls both fds and the other parks on its
+ * eventfd. Whoever is awake does small work of the other direction itself and rings
+ * the owner when load appears (more than SPIN_MAX_READS units in one pass) or when it
+ * has items for the owner to take up to Python.
+ *
+ *   other thread is ...   a thread going idle becomes ...
+ *   ACTIVE                POLL_OWN (it is the only one covering its fd)
+ *   POLL_OWN              PARKED, and turns the other into POLL_BOTH (one ring, at
+ *                         the end of a burst)
+ *   POLL_BOTH / PARKED    PARKED / POLL_BOTH
+ *
+ * Every fd is always covered: a PARKED thread's fd is polled by a POLL_BOTH thread or
+ * tried after every pass by an ACTIVE one. `[tun] spin = false` turns this off (each
+ * thread polls its own fd, as before).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <unistd.h>
+
+void idle_ring(fn_ctx *ctx, int role) {
+    uint64_t one = 1;
+    if (ctx->efd[role] >= 0 && write(ctx->efd[role], &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, so the thread will wake anyway */
+    }
+}
+
+/* a load kick: only a thread that is not already at work needs one */
+void idle_kick(fn_ctx *ctx, int role) {
+    if (__atomic_load_n(&ctx->st[role], __ATOMIC_RELAXED) != ST_ACTIVE) idle_ring(ctx, role);
+}
+
+int idle_parked(fn_ctx *ctx, int role) {
+    return __atomic_load_n(&ctx->st[role], __ATOMIC_RELAXED) == ST_PARKED;
+}
+
+int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms) {
+    int other = 1 - role, st;
+    pthread_mutex_lock(&ctx->idle_lock);
+    int o = ctx->st[other];
+    if (!ctx->spin || other_fd < 0 || o == ST_ACTIVE) st = ST_POLL_OWN;
+    else if (o == ST_PARKED) st = ST_POLL_BOTH;
+    else st = ST_PARKED;
+    if (st == ST_PARKED && o == ST_POLL_OWN) {
+        __atomic_store_n(&ctx->st[other], ST_POLL_BOTH, __ATOMIC_RELAXED);
+        idle_ring(ctx, other);  /* it must add our fd to its poll */
+    }
+    __atomic_store_n(&ctx->st[role], st, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&ctx->idle_lock);
+
+    struct pollfd p[3];
+    int n = 0;
+    p[n++] = (struct pollfd){.fd = ctx->efd[role], .events = POLLIN};
+    if (st != ST_PARKED) p[n++] = (struct pollfd){.fd = own_fd, .events = POLLIN};
+    if (st == ST_POLL_BOTH) p[n++] = (struct pollfd){.fd = other_fd, .events = POLLIN};
+    int r = poll(p, n, timeout_ms);
+    int err = r < 0 ? errno : 0;
+
+    pthread_mutex_lock(&ctx->idle_lock);
+    __atomic_store_n(&ctx->st[role], ST_ACTIVE, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&ctx->idle_lock);
+    if (r < 0) return err == EINTR ? IDLE_RING : -err;
+    if (r == 0) return 0;
+    int got = 0;
+    if (p[0].revents) {
+        uint64_t v;
+        if (read(ctx->efd[role], &v, sizeof(v)) < 0) { /* drained by nobody else: ignore */ }
+        got |= IDLE_RING;
+    }
+    if (n > 1 && p[1].revents) got |= IDLE_OWN;
+    if (n > 2 && p[2].revents) got |= IDLE_OTHER;
+    return got ? got : IDLE_RING;
+}
