@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -38,6 +39,15 @@ void idle_ring(fn_ctx *ctx, int role) {
 /* a load kick: only a thread that is not already at work needs one */
 void idle_kick(fn_ctx *ctx, int role) {
     if (__atomic_load_n(&ctx->st[role], __ATOMIC_RELAXED) != ST_ACTIVE) idle_ring(ctx, role);
+}
+
+/* After a small batch was handed to the kernel (a ping written to the TUN, its reply
+ * sent): the thread it woke often waits for this CPU (the scheduler keeps a wake-up
+ * on the waker's CPU), and this thread's remaining rounds before it sleeps (empty
+ * reads, the poll set-up) would delay it. Measured: RTT 278 -> 255 us median; no
+ * change in TCP or UDP throughput. */
+void idle_yield(fn_ctx *ctx) {
+    if (ctx->spin) sched_yield();
 }
 
 int idle_parked(fn_ctx *ctx, int role) {

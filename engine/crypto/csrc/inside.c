@@ -269,12 +269,16 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
         pthread_mutex_unlock(&ctx->tx_lock);
         if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, udp_fd, tun_fd);
         int helped = idle_parked(ctx, ROLE_OUT) ? help_outside(ctx, udp_fd, tun_fd) : 0;
+        if (helped > 0 && helped <= SPIN_MAX_READS) idle_yield(ctx);
         if (reads > 0 || helped > 0 || nevents > 0) continue;
         ctx->io[FN_IO_WAKEUPS_IN]++;
         int w = idle_wait(ctx, ROLE_IN, tun_fd, udp_fd, timeout_ms);
         if (w < 0) return w;
         if (w == 0) return nevents;  /* timeout: back to Python */
-        if (w & IDLE_OTHER) help_outside(ctx, udp_fd, tun_fd);
+        if (w & IDLE_OTHER) {
+            int got = help_outside(ctx, udp_fd, tun_fd);
+            if (got > 0 && got <= SPIN_MAX_READS) idle_yield(ctx);
+        }
     }
     return nevents;
 }

@@ -203,6 +203,7 @@ enum { ST_ACTIVE, ST_POLL_OWN, ST_POLL_BOTH, ST_PARKED };
 #define IDLE_OTHER 4                       /* the other thread's fd is readable */
 void idle_ring(fn_ctx *ctx, int role);
 void idle_kick(fn_ctx *ctx, int role);
+void idle_yield(fn_ctx *ctx);
 int idle_parked(fn_ctx *ctx, int role);
 int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms);
 

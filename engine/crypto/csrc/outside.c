@@ -222,6 +222,7 @@ void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd) {
     int64_t until = now + SPIN_NS;
     while (!ctx->stop && fn_now_ns() < until) {
         if (help_outside(ctx, udp_fd, tun_fd) > 0) {
+            idle_yield(ctx);
             ctx->io[FN_IO_SPIN_HITS]++;
             return;
         }
@@ -249,6 +250,7 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
         /* replies the write produced, or the TUN of a parked inside thread */
         int helped = ctx->io[FN_IO_TUN_WRITES] != writes_before || idle_parked(ctx, ROLE_IN)
                          ? help_inside(ctx, tun_fd, udp_fd) : 0;
+        if ((n > 0 && n <= SPIN_MAX_READS) || (helped > 0 && helped <= SPIN_MAX_READS)) idle_yield(ctx);
         if (n > 0 || nctrl > 0 || helped > 0) continue;
         ctx->io[FN_IO_WAKEUPS_OUT]++;
         int w = idle_wait(ctx, ROLE_OUT, udp_fd, tun_fd, timeout_ms);
