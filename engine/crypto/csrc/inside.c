@@ -258,13 +258,7 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
     while (!ctx->stop && nevents == 0) {
         pthread_mutex_lock(&ctx->tx_lock);
         /* what another thread found for the control plane goes up first */
-        int take = ctx->nev_pending < max_events ? ctx->nev_pending : max_events;
-        if (take) {
-            memcpy(events, ctx->ev_pending, sizeof(int32_t) * take);
-            memmove(ctx->ev_pending, ctx->ev_pending + take, sizeof(int32_t) * (ctx->nev_pending - take));
-            ctx->nev_pending -= take;
-            nevents = take;
-        }
+        nevents = take_queued(events, ctx->ev_pending, &ctx->nev_pending, max_events, sizeof(int32_t));
         int reads = inside_pass(ctx, tun_fd, udp_fd, events, &nevents, max_events);
         pthread_mutex_unlock(&ctx->tx_lock);
         if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, udp_fd, tun_fd);

@@ -166,6 +166,16 @@ static inline uint32_t get_be32(const uint8_t *p) {
 static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
 static inline void put_be32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+/* move up to `max` items from the front of a queue kept by another thread into `dst` */
+static inline int take_queued(void *dst, void *queue, int *queued, int max, size_t size) {
+    int take = *queued < max ? *queued : max;
+    if (take) {
+        memcpy(dst, queue, size * take);
+        memmove(queue, (uint8_t *)queue + size * take, size * (*queued - take));
+        *queued -= take;
+    }
+    return take;
+}
 static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
     memset(nonce, 0, 4);
     put_le64(nonce + 4, counter);

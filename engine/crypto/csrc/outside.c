@@ -236,13 +236,7 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
     while (!ctx->stop && nctrl == 0) {
         pthread_mutex_lock(&ctx->rx_lock);
         /* what another thread received for Python goes up first */
-        int take = ctx->npending < max_ctrl ? ctx->npending : max_ctrl;
-        if (take) {
-            memcpy(ctrl, ctx->pending, sizeof(fn_ctrl) * take);
-            memmove(ctx->pending, ctx->pending + take, sizeof(fn_ctrl) * (ctx->npending - take));
-            ctx->npending -= take;
-            nctrl = take;
-        }
+        nctrl = take_queued(ctrl, ctx->pending, &ctx->npending, max_ctrl, sizeof(fn_ctrl));
         uint64_t writes_before = ctx->io[FN_IO_TUN_WRITES];
         int n = outside_pass(ctx, udp_fd, tun_fd, ctrl, &nctrl, max_ctrl);
         pthread_mutex_unlock(&ctx->rx_lock);
