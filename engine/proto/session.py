@@ -193,7 +193,7 @@ class PeerSession:
                 self.rekeys += 1
                 self._start(now)
             elif (self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx
-                  and now - self.last_rx >= DEAD_PEER_TIMEOUT):
+                  and now - self._heard() >= DEAD_PEER_TIMEOUT):
                 self._start(now)  # we keep sending and hear nothing: the peer may have restarted
         if self.current is not None and now - (self.last_tx or cur.created) >= KEEPALIVE_TIMEOUT:
             self.last_tx = now
@@ -211,7 +211,7 @@ class PeerSession:
             if self.pending is None:
                 deadlines.append(cur.created + REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK))
                 if self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx:
-                    deadlines.append(self.last_rx + DEAD_PEER_TIMEOUT)
+                    deadlines.append(self._heard() + DEAD_PEER_TIMEOUT)
             deadlines.append((self.last_tx or cur.created) + KEEPALIVE_TIMEOUT)
         return min(deadlines) if deadlines else None
 
@@ -250,6 +250,13 @@ class PeerSession:
         self.handshakes += 1
         self._move(Input.KEYS)
         self._events.append(KeysInstalled(keys, retired))
+
+    def _heard(self) -> float:
+        """When the peer last gave word: data, or a finished handshake. Counting the
+        handshake matters: a peer that restarted and has no data to send yet was
+        otherwise handshaken with again at every timer tick (the soak saw 20 a second,
+        the responder's rate limit)."""
+        return max(self.last_rx or 0.0, self.last_handshake or 0.0)
 
     @staticmethod
     def _expired(keys: Keys, now: float) -> bool:

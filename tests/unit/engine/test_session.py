@@ -174,6 +174,30 @@ def test_keepalive_after_15s_without_sending():
     assert [e for e in events(p.a) if isinstance(e, SendKeepalive)]
 
 
+def test_a_dead_peer_handshake_is_not_repeated_while_the_peer_is_quiet():
+    """The peer answered the handshake but has sent no data yet (it restarted and has
+    nothing to say): one handshake, then quiet for another dead-peer timeout, not a
+    handshake at every tick (the soak saw 20 a second, the responder's rate limit)."""
+    p = Pair()
+    p.a.want_keys(p.now)
+    p.exchange()
+    p.a.note_traffic(last_tx=1.0, last_rx=1.0)
+    p.now = 21.5
+    p.a.note_traffic(last_tx=21.0, last_rx=1.0)
+    p.a.handle_timer(p.now)
+    assert p.a.pending is not None  # dead: a new handshake
+    p.exchange()
+    assert p.a.pending is None and p.a.handshakes == 2
+    for t in (22.0, 25.0, 30.0, 40.0):
+        p.now = t
+        p.a.note_traffic(last_tx=t, last_rx=1.0)  # still sending, still nothing back
+        p.a.handle_timer(p.now)
+        assert p.a.pending is None, t
+    p.now = 41.6  # 20 s after the handshake with nothing heard: try again, once
+    p.a.handle_timer(p.now)
+    assert p.a.pending is not None
+
+
 def test_dead_peer_triggers_a_new_handshake():
     p = Pair()
     p.a.want_keys(p.now)
