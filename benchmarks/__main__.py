@@ -1,8 +1,9 @@
-"""python -m benchmarks {cni,fastpath,tunnel} [options]"""
+"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak} [options]"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 SUITES = {
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("suite", choices=sorted(SUITES))
     a, rest = p.parse_known_args(argv)
+    # a SIGTERM (timeout, systemd, kill) unwinds like Ctrl-C: every suite's `finally`
+    # removes its namespaces, daemons and files
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return importlib.import_module(SUITES[a.suite]).main(rest)
 
 
