@@ -152,9 +152,9 @@ class Netlink:
         return [self._parse_link(payload)
                 for _, payload in self.request(RTM_GETLINK, F_DUMP, _IFINFO.pack(0, 0, 0, 0, 0))]
 
-    def link_add_bridge(self, name: str, mtu: int) -> None:
+    def link_add_bridge(self, name: str, mtu: int, mac: bytes) -> None:
         body = (_IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MTU, mtu)
-                + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge")))
+                + attr(IFLA_ADDRESS, mac) + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge")))
         self.request(RTM_NEWLINK, F_ACK | F_CREATE | F_EXCL, body)
 
     def link_add_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int) -> None:
@@ -166,13 +166,15 @@ class Netlink:
         self.request(RTM_NEWLINK, F_ACK | F_CREATE | F_EXCL, body)
 
     def link_set(self, index: int, *, up: bool | None = None, mtu: int | None = None,
-                 master: int | None = None) -> None:
+                 master: int | None = None, mac: bytes | None = None) -> None:
         flags = change = 0
         if up is not None:
             flags, change = (IFF_UP if up else 0), IFF_UP
         attrs = b""
         if mtu is not None:
             attrs += attr_u32(IFLA_MTU, mtu)
+        if mac is not None:
+            attrs += attr(IFLA_ADDRESS, mac)
         if master is not None:
             attrs += attr_u32(IFLA_MASTER, master)
         self.request(RTM_NEWLINK, F_ACK, _IFINFO.pack(0, 0, index, flags, change) + attrs)

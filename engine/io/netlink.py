@@ -10,6 +10,8 @@ import ipaddress
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cni.netns import bridge_mac
+
 
 def _index(ipr: IPRoute, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
@@ -18,9 +20,10 @@ def _index(ipr: IPRoute, name: str) -> int | None:
 
 def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, prefix: int, mtu: int) -> int:
     idx = _index(ipr, name)
+    mac = ":".join(f"{b:02x}" for b in bridge_mac(int(gateway)))  # fixed: see cni.netns.bridge_mac
     if idx is None:
         try:
-            ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+            ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=mac)
         except NetlinkError as exc:
             if exc.code != 17:
                 raise
@@ -28,6 +31,8 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, prefi
     kind = ipr.get_links(idx)[0].get_attr("IFLA_LINKINFO")
     if kind is None or kind.get_attr("IFLA_INFO_KIND") != "bridge":
         raise RuntimeError(f"interface {name} exists but is not a bridge; remove it or set [bridge] name")
+    if ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS") != mac:
+        ipr.link("set", index=idx, address=mac)
     have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
     if str(gateway) not in have:
         ipr.addr("add", index=idx, address=str(gateway), prefixlen=prefix)
