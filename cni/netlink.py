@@ -51,6 +51,10 @@ class Link:
         return bool(self.flags & IFF_UP)
 
 
+def format_mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 def attr(kind: int, data: bytes) -> bytes:
     raw = _RTA.pack(_RTA.size + len(data), kind) + data
     return raw + b"\0" * (-len(raw) % 4)
@@ -133,7 +137,7 @@ class Netlink:
         if IFLA_LINKINFO in attrs:
             info = parse_attrs(attrs[IFLA_LINKINFO])
             kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
-        mac = ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b""))
+        mac = format_mac(attrs.get(IFLA_ADDRESS, b""))
         mtu = struct.unpack("=I", attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else 0
         master = struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0
         name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()

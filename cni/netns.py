@@ -13,7 +13,7 @@ import os
 from cni.errors import (BRIDGE_CONFLICT, CONTAINER_UNKNOWN, CniError, NETLINK_FAILURE,
                         VETH_FAILURE)
 from cni.ipv4 import Subnet, format_ip
-from cni.netlink import Link, Netlink, NetlinkError
+from cni.netlink import Link, Netlink, NetlinkError, format_mac
 
 CLONE_NEWNET = 0x40000000
 
@@ -83,7 +83,7 @@ def ensure_bridge(nl: Netlink, name: str, subnet: Subnet, gateway: int, mtu: int
         except NetlinkError as exc:
             if exc.errno != errno.EEXIST:
                 raise _kernel(f"cannot add {format_ip(gateway)} to bridge {name}", exc) from None
-    if link.mac != ":".join(f"{b:02x}" for b in mac):  # made by an older version: pin it
+    if link.mac != format_mac(mac):  # made by an older version: pin it
         try:
             nl.link_set(link.index, mac=mac)
         except NetlinkError as exc:

@@ -10,6 +10,7 @@ import ipaddress
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cni.netlink import format_mac
 from cni.netns import bridge_mac
 
 
@@ -20,7 +21,7 @@ def _index(ipr: IPRoute, name: str) -> int | None:
 
 def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, prefix: int, mtu: int) -> int:
     idx = _index(ipr, name)
-    mac = ":".join(f"{b:02x}" for b in bridge_mac(int(gateway)))  # fixed: see cni.netns.bridge_mac
+    mac = format_mac(bridge_mac(int(gateway)))  # fixed: see cni.netns.bridge_mac
     if idx is None:
         try:
             ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=mac)
@@ -28,10 +29,11 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, prefi
             if exc.code != 17:
                 raise
         idx = _index(ipr, name)
-    kind = ipr.get_links(idx)[0].get_attr("IFLA_LINKINFO")
+    link = ipr.get_links(idx)[0]
+    kind = link.get_attr("IFLA_LINKINFO")
     if kind is None or kind.get_attr("IFLA_INFO_KIND") != "bridge":
         raise RuntimeError(f"interface {name} exists but is not a bridge; remove it or set [bridge] name")
-    if ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS") != mac:
+    if link.get_attr("IFLA_ADDRESS") != mac:
         ipr.link("set", index=idx, address=mac)
     have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
     if str(gateway) not in have:

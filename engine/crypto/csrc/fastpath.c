@@ -90,7 +90,7 @@ void fn_free(fn_ctx *ctx) {
     for (int i = 0; i < GRO_ITEMS; i++) free(ctx->gro[i].buf);
     for (int i = 0; i < HOLD_SLOTS; i++) free(ctx->held[i].buf);
     for (int i = 0; i < 2; i++)
-        if (ctx->efd[i] > 0) close(ctx->efd[i]);
+        if (ctx->efd[i] >= 0) close(ctx->efd[i]);  /* set right after calloc: a valid fd or -1 */
     free(ctx);
 }
 
