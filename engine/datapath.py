@@ -193,7 +193,7 @@ class DataPath:
     def _inside(self, tun_fd: int, udp_fd: int, on_want: Callable[[list[int]], None]) -> None:
         events = ffi.new("int32_t[]", 64)
         while True:
-            n = lib.fn_inside(self.ctx, tun_fd, udp_fd, 1000, events, 64)
+            n = lib.fn_inside(self.ctx, tun_fd, udp_fd, 200, events, 64)
             if n < 0:
                 return
             if n > 0:
@@ -204,7 +204,7 @@ class DataPath:
     def _outside(self, udp_fd: int, tun_fd: int, on_control: Callable[[list[ControlItem]], None]) -> None:
         ctrl = ffi.new("fn_ctrl[]", 64)
         while True:
-            n = lib.fn_outside(self.ctx, udp_fd, tun_fd, 1000, ctrl, 64)
+            n = lib.fn_outside(self.ctx, udp_fd, tun_fd, 200, ctrl, 64)
             if n < 0:
                 return
             if n > 0:

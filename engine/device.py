@@ -291,15 +291,21 @@ class Device:
     # ---- outputs of a session, applied to the data path and the wire
     def _apply(self, peer: Peer, direct_only: bool = False) -> None:
         s = peer.session
+        events = []
+        while (event := s.next_event()) is not None:
+            events.append(event)
+            if isinstance(event, KeysInstalled):
+                # the receive key goes in before the response leaves: the initiator sends
+                # its held packets the moment the response arrives
+                self.dp.add_rx(event.keys.local_index, peer.slot, event.keys.receive)
         for packet, addr in s.datagrams_to_send():
             if addr is not None:
                 self.send(packet, addr)
             else:
                 self._send_to(peer, packet, direct_only)
-        while (event := s.next_event()) is not None:
+        for event in events:
             if isinstance(event, KeysInstalled):
                 k = event.keys
-                self.dp.add_rx(k.local_index, peer.slot, k.receive)
                 self.dp.set_tx_key(peer.slot, k.send, k.remote_index)
                 if event.retired_index is not None:
                     self.dp.remove_rx(event.retired_index)

@@ -190,10 +190,7 @@ int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_in
     p->tx_counter = 0;
     p->tx_valid = 1;
     p->want_handshake = 0;
-    int held = 0;
-    for (int i = 0; i < HOLD_SLOTS; i++) held |= ctx->held[i].used;
     pthread_mutex_unlock(&ctx->tx_lock);
-    if (held) idle_ring(ctx, ROLE_IN);  /* packets wait for these keys: send them now */
     return 0;
 }
 

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 9
+#define FN_VERSION 10
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
