@@ -57,6 +57,7 @@ class Config:
     socket_buffer: int = 8 * 1024 * 1024
     offloads: bool = True
     spin: bool = True
+    moderation_us: int = 100
     log_level: str = "info"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     lighthouses: tuple[LighthouseConfig, ...] = field(default_factory=tuple)
@@ -85,7 +86,7 @@ _KNOWN = {
     "pki": {"ca", "cert", "key"},
     "network": {"cidr", "subnet"},
     "listen": {"host", "port", "socket_buffer"},
-    "tun": {"name", "mtu", "offloads", "spin"},
+    "tun": {"name", "mtu", "offloads", "spin", "moderation_us"},
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
     "log": {"level"},
@@ -196,6 +197,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     mtu = get("tun", "mtu", int, 1420)
     if not 576 <= mtu <= 9000:
         raise ConfigError(f"{where('tun.mtu')}: {mtu} is outside 576..9000")
+    moderation = get("tun", "moderation_us", int, 100)
+    if not 0 <= moderation <= 10000:
+        raise ConfigError(f"{where('tun.moderation_us')}: {moderation} is outside 0..10000 (microseconds; 0 = off)")
     port = get("listen", "port", int, 4787)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{where('listen.port')}: {port} is not 0-65535")
@@ -268,6 +272,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),
         tun_name=_ifname(get("tun", "name", str, "flatnet0"), where("tun.name")), mtu=mtu,
         offloads=get("tun", "offloads", bool, True), spin=get("tun", "spin", bool, True),
+        moderation_us=moderation,
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),

@@ -30,7 +30,7 @@ IO_COUNTERS = {
     lib.FN_IO_UDP_DGRAMS_OUT: "udp_datagrams_out", lib.FN_IO_UDP_RECVS: "udp_receives",
     lib.FN_IO_UDP_DGRAMS_IN: "udp_datagrams_in", lib.FN_IO_TUN_WRITES: "tun_writes",
     lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
-    lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held",
+    lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held", lib.FN_IO_MODERATED: "moderation_pauses",
 }
 CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM = lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM
 MAX_PEERS = lib.FN_MAX_PEERS
@@ -143,6 +143,10 @@ class DataPath:
 
     def set_spin(self, on: bool) -> None:
         lib.fn_set_spin(self.ctx, int(on))
+
+    def set_moderation(self, usec: int) -> None:
+        """Pause this long after a pass that moved many packets (0: never)."""
+        lib.fn_set_moderation(self.ctx, usec)
 
     def io_stats(self) -> dict[str, int]:
         out = ffi.new("uint64_t[]", lib.FN_NIO)

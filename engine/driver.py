@@ -152,8 +152,10 @@ class Engine:
         gso, gro = udp.enable_offloads(self.sock, c.offloads)
         self.dp.set_offloads(vnet, gso, gro)
         self.dp.set_spin(c.spin)
+        self.dp.set_moderation(c.moderation_us)
         self.dp.set_tun_uso(uso)
-        self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin}
+        self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin,
+                         "moderation_us": c.moderation_us}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
         self._apply_firewall(c)
@@ -190,8 +192,9 @@ class Engine:
 
     async def reload(self) -> None:
         """SIGHUP: read the config again and apply what can change without dropping a
-        session: log level, a renewed certificate (same key), static peers added,
-        removed or changed. Anything else is reported as needing a restart."""
+        session: log level, firewall, load moderation, a renewed certificate (same key),
+        static peers added, removed or changed. Anything else is reported as needing a
+        restart."""
         from engine.config import ConfigError, load
         old = self.config
         try:
@@ -204,6 +207,8 @@ class Engine:
             return
         self.log.set_level(new.log_level)
         self._apply_firewall(new)
+        self.dp.set_moderation(new.moderation_us)  # a value read every pass: safe to change live
+        self.offloads["moderation_us"] = new.moderation_us
         if me.cert.raw != self.me.cert.raw:
             if me.static_private != self.me.static_private:
                 self.config = old
@@ -228,7 +233,8 @@ class Engine:
             else:
                 self.device.set_subnet(peer, p.subnet)
                 self.device.set_endpoints(peer, list(p.endpoints))
-        restart = [k for k in ("network", "subnet", "listen_port", "tun_name", "bridge", "mtu", "run_dir")
+        restart = [k for k in ("network", "subnet", "listen_host", "listen_port", "socket_buffer", "tun_name",
+                               "bridge", "mtu", "offloads", "spin", "run_dir", "state_dir")
                    if getattr(new, k) != getattr(old, k)]
         if restart:
             self.log.warning("reload_needs_restart", changed=",".join(restart))

@@ -60,7 +60,8 @@ class Host:
 
 class Lab:
     def __init__(self, prefix: str, workdir: str, hosts: int = 2, network: str = "10.87.0.0/16",
-                 mtu: int = 1420, offloads: bool = True, spin: bool = True, lighthouse: bool = False,
+                 mtu: int = 1420, offloads: bool = True, spin: bool = True, moderation_us: int = 100,
+                 lighthouse: bool = False,
                  nat: dict[int, str] | None = None, gateways: bool = False,
                  groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None,
                  lighthouses: int = 1) -> None:
@@ -69,6 +70,7 @@ class Lab:
         a router namespace doing MASQUERADE (random: --random-fully)."""
         self.offloads = offloads
         self.spin = spin
+        self.moderation_us = moderation_us
         self.gateways = gateways
         self.groups = groups or {}              # host index -> certificate groups
         self.extra_config = extra_config or {}  # host index -> TOML appended to its config
@@ -289,6 +291,7 @@ class Lab:
         ] + ([] if self.lighthouse else [f'subnet = "{h.subnet}"']) + [
             "[listen]", f"port = {PORT}", "[tun]", f"mtu = {self.mtu}",
             f"offloads = {'true' if self.offloads else 'false'}", f"spin = {'true' if self.spin else 'false'}",
+            f"moderation_us = {self.moderation_us}",
             "[paths]", f'run_dir = "{h.dir}/run"', f'state_dir = "{h.dir}/state"',
         ]
         # lab hosts share the machine's Podman: they must not publish its containers

@@ -45,3 +45,37 @@ def test_a_ping_wakes_one_thread_per_host(tmp_path, spin):
         assert n == 5 << 20 and got == sent
     finally:
         lab.down()
+
+
+FLOOD = 30000
+
+
+def flood(src_ns: str, dst_ip: str) -> None:
+    """An unpaced burst of 64-byte datagrams (bounded in count), to nobody listening."""
+    sh("ip", "netns", "exec", src_ns, "python3", "-c",
+       "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+       f"for _ in range({FLOOD}): s.sendto(b'x' * 64, ('{dst_ip}', 9))")
+
+
+@pytest.mark.parametrize("moderation_us", [100, 0], ids=["moderation", "no-moderation"])
+def test_load_moderation_pauses_under_a_flood_never_for_a_ping(tmp_path, moderation_us):
+    """After a pass that moved many packets a data-path thread sleeps briefly (the
+    next pass takes a full batch); a lone packet must never wait for that."""
+    lab = Lab(f"{RUN_PREFIX}m", str(tmp_path / "lab"), hosts=2, moderation_us=moderation_us)
+    try:
+        lab.up(containers_per_host=1)
+        a, b = lab.hosts
+        wakeups_per_ping(lab)
+        assert [lab.status(h)["io"]["moderation_pauses"] for h in lab.hosts] == [0, 0]
+        assert lab.status(a)["offloads"]["moderation_us"] == moderation_us
+        flood(a.containers[0]["ns"], b.containers[0]["ip"])
+        pauses = lab.status(a)["io"]["moderation_pauses"]
+        if moderation_us:
+            assert pauses > 0, pauses
+        else:
+            assert pauses == 0
+        # and traffic after the flood is whole
+        n, got, sent = tcp_transfer(a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 5 << 20)
+        assert n == 5 << 20 and got == sent
+    finally:
+        lab.down()

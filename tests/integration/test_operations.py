@@ -108,18 +108,24 @@ def test_sighup_reloads_without_dropping_sessions(lab):
                    capture_output=True)
     with open(a.config) as f:
         text = f.read()
+    # ... and change the load moderation (live) and the spin (needs a restart)
+    assert "moderation_us = 100" in text and "spin = true" in text
     with open(a.config, "w") as f:
-        f.write(text + '[log]\nlevel = "debug"\n')
+        f.write(text.replace("moderation_us = 100", "moderation_us = 250").replace("spin = true", "spin = false")
+                + '[log]\nlevel = "debug"\n')
     os.kill(a.pid, signal.SIGHUP)  # `ip netns exec` execs the engine: same pid
     end = time.monotonic() + 5
     while time.monotonic() < end and json.loads(control.get(a.socket, "/status")[1])["log_level"] != "debug":
         time.sleep(0.1)
     st = json.loads(control.get(a.socket, "/status")[1])
     assert st["log_level"] == "debug" and st["cert_expires_in_days"] <= 30.1
+    assert st["offloads"]["moderation_us"] == 250 and st["offloads"]["spin"] is True
     after = next(p for p in lab.peers(a) if p["name"] == b.name)
     assert after["handshakes"] == before["handshakes"]  # the session was not dropped
     assert sh("ping", "-c", "1", "-W", "2", b.containers[0]["ip"], ns=a.containers[0]["ns"], check=False).returncode == 0
-    assert "certificate_reloaded" in open(a.log).read() and "reloaded" in open(a.log).read()
+    log = open(a.log).read()
+    assert "certificate_reloaded" in log and "reloaded" in log
+    assert "reload_needs_restart" in log and "spin" in log.split("reload_needs_restart", 1)[1].split("\n", 1)[0]
     # a broken config on SIGHUP is refused and the engine keeps running as it was
     with open(a.config, "w") as f:
         f.write(text + "[tun]\nmtu = 12\n")

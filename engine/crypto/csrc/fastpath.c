@@ -107,6 +107,10 @@ void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro) {
 }
 
 void fn_set_spin(fn_ctx *ctx, int on) { ctx->spin = on; }
+/* set while the data path runs (SIGHUP): one aligned word, read once per pass */
+void fn_set_moderation(fn_ctx *ctx, uint32_t usec) {
+    __atomic_store_n(&ctx->moderation_ns, (int64_t)usec * 1000, __ATOMIC_RELAXED);
+}
 
 int fn_route_unpend(fn_ctx *ctx, int route) {
     if (route < 0 || route >= ROUTE_ENTRIES) return -EINVAL;

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 10
+#define FN_VERSION 11
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -43,7 +43,7 @@
 #define FN_DROP_FIREWALL 15
 #define FN_FW_MAX_RULES 64
 
-#define FN_NIO 12
+#define FN_NIO 13
 #define FN_IO_TUN_READS 0
 #define FN_IO_TSO_SUPER 1
 #define FN_IO_UDP_SENDS 2
@@ -56,6 +56,7 @@
 #define FN_IO_SPINS 9
 #define FN_IO_SPIN_HITS 10
 #define FN_IO_HELD 11
+#define FN_IO_MODERATED 12
 
 #define FN_CTRL_RAW 0
 #define FN_CTRL_DECRYPTED 1
@@ -94,6 +95,7 @@ void fn_free(fn_ctx *ctx);
 void fn_stop(fn_ctx *ctx);
 void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro);
 void fn_set_spin(fn_ctx *ctx, int on);
+void fn_set_moderation(fn_ctx *ctx, uint32_t usec);
 void fn_set_tun_uso(fn_ctx *ctx, int on);
 void fn_set_relay_mode(fn_ctx *ctx, int on);
 int fn_route_unpend(fn_ctx *ctx, int route);

@@ -262,6 +262,7 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
         int reads = inside_pass(ctx, tun_fd, udp_fd, events, &nevents, max_events);
         pthread_mutex_unlock(&ctx->tx_lock);
         if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, udp_fd, tun_fd);
+        idle_moderate(ctx, reads);
         int helped = idle_parked(ctx, ROLE_OUT) ? help_outside(ctx, udp_fd, tun_fd) : 0;
         if (helped > 0 && helped <= SPIN_MAX_READS) idle_yield(ctx);
         if (reads > 0 || helped > 0 || nevents > 0) continue;

@@ -96,6 +96,7 @@ typedef struct {
 #define SPIN_MAX_READS 4          /* batches this small are answered soon: spin for the answer */
 #define SPIN_NS 400000            /* how long the inside thread waits, awake, for an answer */
 #define SPIN_BACKOFF_NS 10000000  /* after a spin that caught nothing, no spinning for this long */
+#define MODERATE_MIN 16           /* a pass that moved this many packets is load: pause (idle.c) */
 
 typedef struct {
     int used, closed, psh, udp;
@@ -117,6 +118,7 @@ struct fn_ctx {
     uint32_t mtu, stride;
     int vnet, udp_gso, udp_gro;            /* offloads in use (fn_set_offloads) */
     int spin;                              /* fn_set_spin */
+    int64_t moderation_ns;                 /* fn_set_moderation: pause after a loaded pass */
     int tun_uso;                           /* the TUN takes UDP GSO writes (USO) */
     int relay_mode;                        /* a relay: every type-5 packet goes up to be forwarded */
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
@@ -205,6 +207,7 @@ int help_outside(fn_ctx *ctx, int udp_fd, int tun_fd);
 void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd);
 
 /* idle.c */
+void idle_moderate(fn_ctx *ctx, int packets);
 #define ROLE_IN 0
 #define ROLE_OUT 1
 enum { ST_ACTIVE, ST_POLL_OWN, ST_POLL_BOTH, ST_PARKED };

@@ -237,10 +237,12 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
         pthread_mutex_lock(&ctx->rx_lock);
         /* what another thread received for Python goes up first */
         nctrl = take_queued(ctrl, ctx->pending, &ctx->npending, max_ctrl, sizeof(fn_ctrl));
-        uint64_t writes_before = ctx->io[FN_IO_TUN_WRITES];
+        uint64_t writes_before = ctx->io[FN_IO_TUN_WRITES], dgrams_before = ctx->io[FN_IO_UDP_DGRAMS_IN];
         int n = outside_pass(ctx, udp_fd, tun_fd, ctrl, &nctrl, max_ctrl);
+        int dgrams = (int)(ctx->io[FN_IO_UDP_DGRAMS_IN] - dgrams_before);
         pthread_mutex_unlock(&ctx->rx_lock);
         if (n < 0) return n;
+        idle_moderate(ctx, dgrams);
         /* replies the write produced, or the TUN of a parked inside thread */
         int helped = ctx->io[FN_IO_TUN_WRITES] != writes_before || idle_parked(ctx, ROLE_IN)
                          ? help_inside(ctx, tun_fd, udp_fd) : 0;

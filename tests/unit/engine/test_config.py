@@ -25,6 +25,9 @@ def test_peers():
 
 @pytest.mark.parametrize("extra, words", [
     ("[tun]\nmtu = 100\n", "tun.mtu"),
+    ("[tun]\nmoderation_us = -1\n", "tun.moderation_us: -1 is outside 0..10000"),
+    ("[tun]\nmoderation_us = 20000\n", "tun.moderation_us: 20000 is outside"),
+    ("[tun]\nmoderation_us = \"fast\"\n", "tun.moderation_us: expected int"),
     ("[listen]\nport = 70000\n", "listen.port"),
     ("[listne]\nport = 1\n", "unknown section"),
     ("[tun]\nmtuu = 1\n", "tun.mtuu: unknown key"),
