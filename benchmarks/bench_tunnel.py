@@ -236,13 +236,23 @@ def median(values: list) -> float | None:
     return statistics.median(v) if v else None
 
 
+def ratio(x: float | None, y: float | None) -> str:
+    return f"{x / y:.2f}x" if x is not None and y else "-"
+
+
+def rtt_added(summary: dict, system: str) -> float | None:
+    """Median RTT through the system minus the plain underlay's (same run)."""
+    rtt, base = summary[system].get("rtt_med_us"), summary.get("underlay", {}).get("rtt_med_us")
+    return rtt - base if rtt is not None and base is not None and system != "underlay" else None
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks tunnel", description=__doc__)
     p.add_argument("-s", "--systems", default="underlay,flatnet,nebula,wireguard-go")
     p.add_argument("-r", "--reps", type=int, default=3)
     p.add_argument("-t", "--time", type=int, default=10, help="iperf3 TCP seconds")
     p.add_argument("--udp-time", type=int, default=5)
-    p.add_argument("--pings", type=int, default=50)
+    p.add_argument("--pings", type=int, default=200, help="pings per system and repetition, 20 ms apart")
     p.add_argument("--json", help="write results here")
     p.add_argument("--png", help="draw a chart here (matplotlib)")
     a = p.parse_args(argv)
@@ -278,9 +288,13 @@ def main(argv: list[str]) -> int:
                f"{8 / m['cpu_s_per_gb']:.2f}" if m["cpu_s_per_gb"] else "-"]
         for ref in refs:
             row.append(f"{m['tcp1_gbps'] / summary[ref]['tcp1_gbps']:.2f}x" if summary[ref]["tcp1_gbps"] else "-")
+        if "nebula" in summary:
+            row.append(ratio(m["udp64_rx_kpps"], summary["nebula"]["udp64_rx_kpps"]))
+            row.append(ratio(rtt_added(summary, s), rtt_added(summary, "nebula")))
         rows.append(row)
     print(table(["system", "TCPx1 Gbit/s", "TCPx4 Gbit/s", "UDP64 rx kpps", "RTT med us", "daemon CPU s/GB",
-                 "Gbit per CPU-s"] + [f"TCPx1 / {r}" for r in refs], rows))
+                 "Gbit per CPU-s"] + [f"TCPx1 / {r}" for r in refs]
+                + (["UDP64 / nebula", "RTT added / nebula"] if "nebula" in summary else []), rows))
     print(f"\nmedians of {a.reps} interleaved repetitions, TCP {a.time} s, UDP {a.udp_time} s, {a.pings} pings")
     write_json(a.json, "tunnel", {"summary": summary, "runs": results,
                                   "params": {"reps": a.reps, "time": a.time, "udp_time": a.udp_time}})
