@@ -100,6 +100,11 @@ class DataPath:
     def set_tx_key(self, slot: int, key: bytes, remote_index: int) -> None:
         self._check(lib.fn_peer_tx_key(self.ctx, slot, key, remote_index), "set tx key")
 
+    def stage_tx_key(self, slot: int, key: bytes, remote_index: int, local_index: int) -> None:
+        """A responder's send key: used once a packet arrives on local_index (the
+        initiator has the keys); the previous send key stays in use until then."""
+        self._check(lib.fn_peer_tx_key_staged(self.ctx, slot, key, remote_index, local_index), "stage tx key")
+
     def clear_tx_key(self, slot: int) -> None:
         self._check(lib.fn_peer_tx_clear(self.ctx, slot), "clear tx key")
 

@@ -306,7 +306,15 @@ class Device:
         for event in events:
             if isinstance(event, KeysInstalled):
                 k = event.keys
-                self.dp.set_tx_key(peer.slot, k.send, k.remote_index)
+                if k.initiator:
+                    # the responder waits for a packet under these keys before it sends
+                    # with them (DataPath.stage_tx_key): give it one now
+                    self.dp.set_tx_key(peer.slot, k.send, k.remote_index)
+                    packet = self.dp.seal_control(peer.slot, b"")
+                    if packet:
+                        self._send_to(peer, packet, direct_only)
+                else:
+                    self.dp.stage_tx_key(peer.slot, k.send, k.remote_index, k.local_index)
                 if event.retired_index is not None:
                     self.dp.remove_rx(event.retired_index)
                 peer.handshake_failures = 0

@@ -194,15 +194,45 @@ int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_in
     p->tx_counter = 0;
     p->tx_valid = 1;
     p->want_handshake = 0;
+    p->next_valid = 0;  /* an initiator's keys win over a responder key not yet confirmed */
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
+}
+
+/* A responder's keys: sending waits for the initiator's first packet on local_index
+ * (tx_promote); until then the previous send key, if any, stays in use. */
+int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, uint32_t local_index) {
+    if (slot < 0 || slot >= FN_MAX_PEERS || !local_index) return -EINVAL;
+    pthread_mutex_lock(&ctx->tx_lock);
+    peer_t *p = &ctx->peers[slot];
+    memcpy(p->next_key, key, FN_KEY);
+    p->next_remote_index = remote_index;
+    __atomic_store_n(&p->next_confirmed, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->next_rx_index, local_index, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->next_valid, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&ctx->tx_lock);
+    return 0;
+}
+
+/* tx_lock held: a staged key the initiator has confirmed becomes the send key */
+void tx_promote(peer_t *p) {
+    if (!p->next_valid || !__atomic_load_n(&p->next_confirmed, __ATOMIC_ACQUIRE)) return;
+    memcpy(p->tx_key, p->next_key, FN_KEY);
+    sodium_memzero(p->next_key, FN_KEY);
+    p->tx_remote_index = p->next_remote_index;
+    p->tx_counter = 0;
+    p->tx_valid = 1;
+    p->want_handshake = 0;
+    __atomic_store_n(&p->next_valid, 0, __ATOMIC_RELAXED);
 }
 
 int fn_peer_tx_clear(fn_ctx *ctx, int slot) {
     if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     sodium_memzero(ctx->peers[slot].tx_key, FN_KEY);
+    sodium_memzero(ctx->peers[slot].next_key, FN_KEY);
     ctx->peers[slot].tx_valid = 0;
+    ctx->peers[slot].next_valid = 0;
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
 }
@@ -278,6 +308,7 @@ int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, ui
     pthread_mutex_lock(&ctx->tx_lock);
     peer_t *p = &ctx->peers[slot];
     int rc;
+    tx_promote(p);
     if (!p->tx_valid) rc = -ENOKEY;
     else if (p->tx_counter >= REJECT_AFTER_MESSAGES) rc = -EKEYEXPIRED;
     else {

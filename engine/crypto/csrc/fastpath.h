@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 11
+#define FN_VERSION 12
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -112,6 +112,7 @@ int fn_peer_remove(fn_ctx *ctx, int slot);
 int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sockaddr, uint32_t len);
 int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index);
 int fn_peer_tx_clear(fn_ctx *ctx, int slot);
+int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, uint32_t local_index);
 int fn_peer_clear_want(fn_ctx *ctx, int slot);
 int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id);
 int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out);

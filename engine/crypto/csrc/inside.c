@@ -131,7 +131,8 @@ static void release_held(fn_ctx *ctx, int udp_fd, out_batch *b, int64_t now) {
         held_t *e = &ctx->held[i];
         if (!e->used) continue;
         int slot = ctx->route[e->route];
-        const peer_t *p = slot >= 0 ? &ctx->peers[slot] : NULL;
+        peer_t *p = slot >= 0 ? &ctx->peers[slot] : NULL;
+        if (p) tx_promote(p);
         int ready = p && p->tx_valid && p->endpoint_len && p->tx_counter < REJECT_AFTER_MESSAGES;
         if (ready) {
             e->used = 0;  /* before forward(): it must not find its own slot taken */
@@ -164,6 +165,7 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
         return 0;
     }
     peer_t *p = &ctx->peers[slot];
+    tx_promote(p);
     if (!p->tx_valid || p->tx_counter >= REJECT_AFTER_MESSAGES || !p->endpoint_len) {
         if (!p->want_handshake && *nevents < max_events) {
             p->want_handshake = 1;

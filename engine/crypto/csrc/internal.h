@@ -44,6 +44,13 @@ typedef struct {
     uint8_t tx_key[FN_KEY];
     uint32_t tx_remote_index;
     uint64_t tx_counter;
+    /* A responder's new send key waits here until the initiator shows it has the keys
+     * (a packet arrives on next_rx_index): sent at once, data could reach the initiator
+     * before it has processed the response, and be dropped there (unknown index). */
+    int next_valid;                        /* tx_lock */
+    uint8_t next_key[FN_KEY];
+    uint32_t next_remote_index, next_rx_index;
+    int next_confirmed;                    /* set by the outside thread (atomic) */
     int want_handshake;
     int relay;                             /* 1: send through `endpoint` (a relay) as type 5 */
     uint32_t relay_id;                     /* the peer's id at the relay (its lease block) */
@@ -208,6 +215,9 @@ void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd);
 
 /* idle.c */
 void idle_moderate(fn_ctx *ctx, int packets);
+
+/* fastpath.c */
+void tx_promote(peer_t *p);
 #define ROLE_IN 0
 #define ROLE_OUT 1
 enum { ST_ACTIVE, ST_POLL_OWN, ST_POLL_BOTH, ST_PARKED };

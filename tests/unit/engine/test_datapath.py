@@ -152,6 +152,50 @@ def test_inside_routes_seals_and_asks_for_keys(dp):
             s.close()
 
 
+def test_a_responder_key_is_used_only_once_the_initiator_sent_under_it(dp):
+    """A responder's new send key is staged: packets keep the old key (or wait, with
+    none) until a packet arrives on the new receive index."""
+    new_rx, new_tx, old_tx = 0xABC00002, os.urandom(32), KEY_TX
+    dp.add_rx(new_rx, 1, KEY_RX)
+    tun_fd, tun_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(2)
+    tun_fd.setblocking(False)
+    events = ffi.new("int32_t[]", 8)
+    packet = ipv4_udp("10.87.1.9", "10.87.2.5", b"payload")
+
+    def send_one():
+        tun_in.send(packet)
+        lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8)
+        return open_packet(*keys_for(peer.recv(2048)))
+
+    def keys_for(raw):
+        index = int.from_bytes(raw[4:8], "little")
+        return ({0x5555: old_tx, 0x6666: new_tx}[index], raw)
+
+    try:
+        dp.set_endpoint(1, peer.getsockname())
+        dp.set_tx_key(1, old_tx, 0x5555)
+        dp.stage_tx_key(1, new_tx, 0x6666, new_rx)
+        assert send_one()[1] == 0x5555          # still the old key
+        outside(dp, [seal(KEY_RX, RX_INDEX, 0, b"")])   # a keepalive on the OLD index: no
+        assert send_one()[1] == 0x5555
+        outside(dp, [seal(KEY_RX, new_rx, 0, b"")])     # the initiator's first packet on the new one
+        kind, index, counter, pt = send_one()
+        assert (index, counter, pt) == (0x6666, 0, packet)
+        # an initiator's keys replace a staged key that was never confirmed
+        dp.stage_tx_key(1, os.urandom(32), 0x7777, 0xABC00003)
+        dp.set_tx_key(1, old_tx, 0x5555)
+        outside(dp, [seal(KEY_RX, new_rx, 1, b"")])
+        assert send_one()[1] == 0x5555
+    finally:
+        for s in (tun_fd, tun_in, udp, peer):
+            s.close()
+
+
 def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp):
     rng = random.Random(1234)
     good = ipv4_udp("10.87.2.5", "10.87.1.9", b"still alive")

@@ -1,7 +1,10 @@
-"""Two engines' Devices over a fake wire, each with a data path that records calls:
-the responder's receive key is in its data path before its response leaves, so the
+"""Two engines' Devices over a fake wire, each with a data path that records calls.
+The responder's receive key is in its data path before its response leaves, so the
 initiator's held packets (sent the moment the response arrives) are not dropped as
-`unknown_index` (seen in the first-packet integration test)."""
+`unknown_index`; the responder's send key is only staged (used once the initiator's
+first packet arrives), and the initiator sends a keepalive at once to confirm. Both were
+seen losing the first datagram in the first-packet integration test, the second when
+both hosts handshook at the same time."""
 import ipaddress
 
 from engine.datapath import CTRL_RAW, ControlItem
@@ -16,6 +19,10 @@ class RecordingDataPath:
 
     def __getattr__(self, name):
         return lambda *args: self.log.append(name)
+
+    def seal_control(self, slot, payload):
+        self.log.append("seal_control")
+        return b"keepalive" if payload == b"" else None
 
 
 def test_the_responder_installs_its_receive_key_before_its_response_leaves():
@@ -36,4 +43,13 @@ def test_the_responder_installs_its_receive_key_before_its_response_leaves():
     del log[:]
     b.on_control([ControlItem(CTRL_RAW, -1, init, ("192.0.2.1", 4787))], 0.1)
     assert "send:host-b" in log and "add_rx" in log
-    assert log.index("add_rx") < log.index("send:host-b") < log.index("set_tx_key"), log
+    assert log.index("add_rx") < log.index("send:host-b") < log.index("stage_tx_key"), log
+    assert "set_tx_key" not in log  # the responder does not send with the new keys yet
+
+    # the initiator: receive key, send key, then a keepalive that confirms the keys
+    src, resp = wire.pop()
+    assert src == "host-b"
+    del log[:]
+    a.on_control([ControlItem(CTRL_RAW, -1, resp, ("192.0.2.2", 4787))], 0.2)
+    assert log.index("add_rx") < log.index("set_tx_key") < log.index("seal_control") < log.index("send:host-a"), log
+    assert wire[-1] == ("host-a", b"keepalive")
