@@ -4,6 +4,7 @@ import ipaddress
 import os
 import random
 import socket
+from typing import NamedTuple
 
 import pytest
 
@@ -117,7 +118,15 @@ def test_handshake_and_control_packets_go_up_to_python(dp):
     assert (lib.FN_CTRL_DECRYPTED, b"ctl") in controls
 
 
-def test_inside_routes_seals_and_asks_for_keys(dp):
+class InsideIO(NamedTuple):
+    tun_fd: socket.socket  # the engine's end of the "TUN"
+    tun_in: socket.socket  # what the kernel would write into it
+    udp: socket.socket     # the engine's UDP socket
+    peer: socket.socket    # the other host
+
+
+@pytest.fixture
+def io():
     tun_fd, tun_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
@@ -125,45 +134,42 @@ def test_inside_routes_seals_and_asks_for_keys(dp):
     peer.bind(("127.0.0.1", 0))
     peer.settimeout(2)
     tun_fd.setblocking(False)
+    yield InsideIO(tun_fd, tun_in, udp, peer)
+    for sock in (tun_fd, tun_in, udp, peer):
+        sock.close()
+
+
+def test_inside_routes_seals_and_asks_for_keys(dp, io):
+    tun_fd, tun_in, udp, peer = io
     events = ffi.new("int32_t[]", 8)
-    try:
-        packet = ipv4_udp("10.87.1.9", "10.87.2.5", b"payload")
+    packet = ipv4_udp("10.87.1.9", "10.87.2.5", b"payload")
+    tun_in.send(packet)
+    # no keys yet: dropped, and Python is asked once for a handshake
+    assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 1 and events[0] == 1
+    dp.set_endpoint(1, peer.getsockname())
+    dp.set_tx_key(1, KEY_TX, 0x5555)
+    for _ in range(3):
         tun_in.send(packet)
-        # no keys yet: dropped, and Python is asked once for a handshake
-        assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 1 and events[0] == 1
-        dp.set_endpoint(1, peer.getsockname())
-        dp.set_tx_key(1, KEY_TX, 0x5555)
-        for _ in range(3):
-            tun_in.send(packet)
-        tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.1", b"nowhere"))   # no peer owns it: ask, once
-        tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.2", b"nowhere"))
-        tun_in.send(ipv4_udp("10.87.1.9", "192.168.1.1", b"outside"))  # not in the overlay
-        assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 1
-        assert events[0] == -(((0x0A574D01 >> 8) & 0xFFFF) + 1)
-        # the packet that waited for keys goes first, then the three
-        got = [open_packet(KEY_TX, peer.recv(2048)) for _ in range(4)]
-        assert [(k, i, c) for k, i, c, _ in got] == [(3, 0x5555, n) for n in range(4)]
-        assert all(pt == packet for *_, pt in got)
-        # the two to 10.87.77.x wait for their owner to be found; 192.168.1.1 cannot go
-        assert dp.drops()["no_route"] == 1 and dp.drops()["no_session"] == 0
-        assert dp.io_stats()["held"] == 3
-    finally:
-        for s in (tun_fd, tun_in, udp, peer):
-            s.close()
+    tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.1", b"nowhere"))   # no peer owns it: ask, once
+    tun_in.send(ipv4_udp("10.87.1.9", "10.87.77.2", b"nowhere"))
+    tun_in.send(ipv4_udp("10.87.1.9", "192.168.1.1", b"outside"))  # not in the overlay
+    assert lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8) == 1
+    assert events[0] == -(((0x0A574D01 >> 8) & 0xFFFF) + 1)
+    # the packet that waited for keys goes first, then the three
+    got = [open_packet(KEY_TX, peer.recv(2048)) for _ in range(4)]
+    assert [(k, i, c) for k, i, c, _ in got] == [(3, 0x5555, n) for n in range(4)]
+    assert all(pt == packet for *_, pt in got)
+    # the two to 10.87.77.x wait for their owner to be found; 192.168.1.1 cannot go
+    assert dp.drops()["no_route"] == 1 and dp.drops()["no_session"] == 0
+    assert dp.io_stats()["held"] == 3
 
 
-def test_a_responder_key_is_used_only_once_the_initiator_sent_under_it(dp):
+def test_a_responder_key_is_used_only_once_the_initiator_sent_under_it(dp, io):
     """A responder's new send key is staged: packets keep the old key (or wait, with
     none) until a packet arrives on the new receive index."""
     new_rx, new_tx, old_tx = 0xABC00002, os.urandom(32), KEY_TX
     dp.add_rx(new_rx, 1, KEY_RX)
-    tun_fd, tun_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.1", 0))
-    peer.settimeout(2)
-    tun_fd.setblocking(False)
+    tun_fd, tun_in, udp, peer = io
     events = ffi.new("int32_t[]", 8)
     packet = ipv4_udp("10.87.1.9", "10.87.2.5", b"payload")
 
@@ -176,24 +182,22 @@ def test_a_responder_key_is_used_only_once_the_initiator_sent_under_it(dp):
         index = int.from_bytes(raw[4:8], "little")
         return ({0x5555: old_tx, 0x6666: new_tx}[index], raw)
 
-    try:
-        dp.set_endpoint(1, peer.getsockname())
-        dp.set_tx_key(1, old_tx, 0x5555)
-        dp.stage_tx_key(1, new_tx, 0x6666, new_rx)
-        assert send_one()[1] == 0x5555          # still the old key
-        outside(dp, [seal(KEY_RX, RX_INDEX, 0, b"")])   # a keepalive on the OLD index: no
-        assert send_one()[1] == 0x5555
-        outside(dp, [seal(KEY_RX, new_rx, 0, b"")])     # the initiator's first packet on the new one
-        kind, index, counter, pt = send_one()
-        assert (index, counter, pt) == (0x6666, 0, packet)
-        # an initiator's keys replace a staged key that was never confirmed
-        dp.stage_tx_key(1, os.urandom(32), 0x7777, 0xABC00003)
-        dp.set_tx_key(1, old_tx, 0x5555)
-        outside(dp, [seal(KEY_RX, new_rx, 1, b"")])
-        assert send_one()[1] == 0x5555
-    finally:
-        for s in (tun_fd, tun_in, udp, peer):
-            s.close()
+    dp.set_endpoint(1, peer.getsockname())
+    dp.set_tx_key(1, old_tx, 0x5555)
+    dp.stage_tx_key(1, new_tx, 0x6666, new_rx)
+    assert send_one()[1] == 0x5555          # still the old key
+    outside(dp, [seal(KEY_RX, RX_INDEX, 0, b"")])   # a keepalive on the OLD index: no
+    assert send_one()[1] == 0x5555
+    outside(dp, [seal(KEY_RX, new_rx, 0, b"")])     # the initiator's first packet on the new one
+    kind, index, counter, pt = send_one()
+    assert (index, counter, pt) == (0x6666, 0, packet)
+    # an initiator's keys replace a staged key that was never confirmed: a packet on
+    # the staged key's index no longer promotes it
+    dp.add_rx(0xABC00003, 1, KEY_RX)
+    dp.stage_tx_key(1, os.urandom(32), 0x7777, 0xABC00003)
+    dp.set_tx_key(1, old_tx, 0x5555)
+    outside(dp, [seal(KEY_RX, 0xABC00003, 0, b"")])
+    assert send_one()[1] == 0x5555
 
 
 def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp):
