@@ -18,7 +18,8 @@ with open(os.path.join(CSRC, "fastpath.h")) as f:
 ffibuilder.set_source(
     "engine.crypto._fastpath",
     '#include "fastpath.h"',
-    sources=[os.path.join(CSRC, f) for f in ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c")],
+    sources=[os.path.join(CSRC, f) for f in ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c",
+                                                     "aead_small.c")],
     include_dirs=[CSRC],
     libraries=["sodium"],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],

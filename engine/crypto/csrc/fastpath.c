@@ -290,6 +290,18 @@ void fn_drops(fn_ctx *ctx, uint64_t *out) {
     for (int i = 0; i < FN_NDROPS; i++) out[i] = ctx->drops_in[i] + ctx->drops_out[i];
 }
 
+/* ---- the cipher: one place decides which implementation a length goes to */
+void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
+    if (ptlen < AEAD_SMALL_MAX) aead_small_seal(buf, ptlen, nonce, key);
+    else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, NULL, 0, NULL, nonce, key);
+}
+
+int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
+    if (len < FN_TAG) return -1;
+    if (len - FN_TAG < AEAD_SMALL_MAX) return aead_small_open(buf, len, nonce, key);
+    return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, NULL, 0, nonce, key);
+}
+
 /* ---- sealing: header (type, reserved, receiver index, counter) then ciphertext+tag */
 void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen) {
     uint8_t nonce[12];
@@ -298,8 +310,7 @@ void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen) {
     put_le32(pkt + 4, p->tx_remote_index);
     put_le64(pkt + 8, counter);
     make_nonce(nonce, counter);
-    crypto_aead_chacha20poly1305_ietf_encrypt(pkt + FN_HEADER, NULL, pkt + FN_HEADER, ptlen,
-                                              NULL, 0, NULL, nonce, p->tx_key);
+    aead_seal(pkt + FN_HEADER, ptlen, nonce, p->tx_key);
 }
 
 int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, uint8_t *out,
@@ -332,8 +343,7 @@ int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t 
         put_le32(pkt + 4, 0);
         put_le64(pkt + 8, counter0 + i);
         make_nonce(nonce, counter0 + i);
-        crypto_aead_chacha20poly1305_ietf_encrypt(pkt + FN_HEADER, NULL, pkt + FN_HEADER, lens[i],
-                                                  NULL, 0, NULL, nonce, key);
+        aead_seal(pkt + FN_HEADER, lens[i], nonce, key);
     }
     return n;
 }
@@ -344,8 +354,7 @@ int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *l
     for (int i = 0; i < n; i++) {
         uint8_t *pkt = buf + (size_t)i * stride;
         make_nonce(nonce, get_le64(pkt + 8));
-        if (crypto_aead_chacha20poly1305_ietf_decrypt(pkt + FN_HEADER, NULL, NULL, pkt + FN_HEADER,
-                                                      lens[i], NULL, 0, nonce, key) == 0) {
+        if (aead_open(pkt + FN_HEADER, lens[i], nonce, key) == 0) {
             lens[i] -= FN_TAG;
             ok++;
         } else {

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 12
+#define FN_VERSION 13
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -130,6 +130,12 @@ int fn_replay_accept(fn_replay *r, uint64_t counter);
 int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t stride,
                   const uint32_t *lens, int n);
 int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *lens, int n);
+/* the compact ChaCha20-Poly1305 used for short packets (aead_small.c), for tests:
+ * in place, tag after the ciphertext; return the output length, -1 on a bad tag */
+int fn_aead_small_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
+                       uint32_t len);
+int fn_aead_small_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
+                       uint32_t len);
 /* CDEF-END */
 
 #endif

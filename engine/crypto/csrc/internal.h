@@ -190,6 +190,15 @@ static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
     put_le64(nonce + 4, counter);
 }
 
+/* aead_small.c; aead_seal/aead_open choose it or libsodium by length */
+#define AEAD_SMALL_MAX 256        /* shorter payloads: aead_small.c (see there why) */
+void aead_small_seal(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]);
+int aead_small_open(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]);
+/* seal `ptlen` bytes in place, the tag after them */
+void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);
+/* open `len` bytes (ciphertext and tag) in place: 0, or -1 when the tag does not match */
+int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]);
+
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);
 void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen);

@@ -101,8 +101,7 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     }
     make_nonce(nonce, counter);
     uint32_t ptlen = len - FN_HEADER - FN_TAG;
-    if (crypto_aead_chacha20poly1305_ietf_decrypt(pkt + FN_HEADER, NULL, NULL, pkt + FN_HEADER, len - FN_HEADER,
-                                                  NULL, 0, nonce, rx->key) != 0) {
+    if (aead_open(pkt + FN_HEADER, len - FN_HEADER, nonce, rx->key) != 0) {
         ctx->drops_out[FN_DROP_AUTH]++;
         p->rx_dropped++;
         return 0;
