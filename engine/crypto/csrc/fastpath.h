@@ -18,6 +18,7 @@
 #define FN_HEADER 16
 #define FN_TAG 16
 #define FN_KEY 32
+#define FN_AEAD_SMALL_MAX 256     /* shorter payloads: the compact cipher (aead_small.c) */
 #define FN_MAX_PEERS 4096
 #define FN_RX_SLOTS 4096
 #define FN_BATCH 64

@@ -191,7 +191,7 @@ static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
 }
 
 /* aead_small.c; aead_seal/aead_open choose it or libsodium by length */
-#define AEAD_SMALL_MAX 256        /* shorter payloads: aead_small.c (see there why) */
+#define AEAD_SMALL_MAX FN_AEAD_SMALL_MAX  /* shorter payloads: aead_small.c (see there why) */
 void aead_small_seal(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]);
 int aead_small_open(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]);
 /* seal `ptlen` bytes in place, the tag after them */

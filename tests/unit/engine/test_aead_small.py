@@ -10,7 +10,7 @@ from nacl import bindings as sodium
 from engine.crypto import ffi, lib
 from tests.harness.wire import seal as pynacl_seal
 
-AEAD_SMALL_MAX = 256  # engine/crypto/csrc/internal.h
+AEAD_SMALL_MAX = lib.FN_AEAD_SMALL_MAX
 
 
 def small_seal(key: bytes, nonce: bytes, ad: bytes, pt: bytes) -> bytes:
