@@ -183,12 +183,16 @@ static int open_(uint8_t *buf, size_t len, const uint8_t *ad, size_t adlen, cons
     return bad ? -1 : 0;
 }
 
-void aead_small_seal(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]) {
-    seal(buf, len, NULL, 0, nonce, key);
+/* ---- the one place that decides which code seals and opens a length */
+void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
+    if (ptlen < AEAD_SMALL_MAX) seal(buf, ptlen, NULL, 0, nonce, key);
+    else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, NULL, 0, NULL, nonce, key);
 }
 
-int aead_small_open(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]) {
-    return open_(buf, len, NULL, 0, nonce, key);
+int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
+    if (len < FN_TAG) return -1;
+    if (len - FN_TAG < AEAD_SMALL_MAX) return open_(buf, len, NULL, 0, nonce, key);
+    return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, NULL, 0, nonce, key);
 }
 
 /* for tests: any length, with associated data; the tag follows the ciphertext */

@@ -185,15 +185,20 @@ int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sa, uint32_t len) {
     return 0;
 }
 
-int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
-    pthread_mutex_lock(&ctx->tx_lock);
-    peer_t *p = &ctx->peers[slot];
+/* tx_lock held: `key` becomes the send key, with a fresh counter */
+static void tx_install(peer_t *p, const uint8_t *key, uint32_t remote_index) {
     memcpy(p->tx_key, key, FN_KEY);
     p->tx_remote_index = remote_index;
     p->tx_counter = 0;
     p->tx_valid = 1;
     p->want_handshake = 0;
+}
+
+int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index) {
+    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    pthread_mutex_lock(&ctx->tx_lock);
+    peer_t *p = &ctx->peers[slot];
+    tx_install(p, key, remote_index);
     p->next_valid = 0;  /* an initiator's keys win over a responder key not yet confirmed */
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
@@ -217,12 +222,8 @@ int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t re
 /* tx_lock held: a staged key the initiator has confirmed becomes the send key */
 void tx_promote(peer_t *p) {
     if (!p->next_valid || !__atomic_load_n(&p->next_confirmed, __ATOMIC_ACQUIRE)) return;
-    memcpy(p->tx_key, p->next_key, FN_KEY);
+    tx_install(p, p->next_key, p->next_remote_index);
     sodium_memzero(p->next_key, FN_KEY);
-    p->tx_remote_index = p->next_remote_index;
-    p->tx_counter = 0;
-    p->tx_valid = 1;
-    p->want_handshake = 0;
     __atomic_store_n(&p->next_valid, 0, __ATOMIC_RELAXED);
 }
 
@@ -288,18 +289,6 @@ int fn_rx_remove(fn_ctx *ctx, uint32_t local_index) {
 
 void fn_drops(fn_ctx *ctx, uint64_t *out) {
     for (int i = 0; i < FN_NDROPS; i++) out[i] = ctx->drops_in[i] + ctx->drops_out[i];
-}
-
-/* ---- the cipher: one place decides which implementation a length goes to */
-void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
-    if (ptlen < AEAD_SMALL_MAX) aead_small_seal(buf, ptlen, nonce, key);
-    else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, NULL, 0, NULL, nonce, key);
-}
-
-int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
-    if (len < FN_TAG) return -1;
-    if (len - FN_TAG < AEAD_SMALL_MAX) return aead_small_open(buf, len, nonce, key);
-    return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, NULL, 0, nonce, key);
 }
 
 /* ---- sealing: header (type, reserved, receiver index, counter) then ciphertext+tag */

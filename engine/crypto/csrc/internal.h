@@ -190,10 +190,9 @@ static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
     put_le64(nonce + 4, counter);
 }
 
-/* aead_small.c; aead_seal/aead_open choose it or libsodium by length */
-#define AEAD_SMALL_MAX FN_AEAD_SMALL_MAX  /* shorter payloads: aead_small.c (see there why) */
-void aead_small_seal(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]);
-int aead_small_open(uint8_t *buf, size_t len, const uint8_t nonce[12], const uint8_t key[32]);
+/* aead_small.c: the compact code for payloads shorter than AEAD_SMALL_MAX (see there
+ * why), libsodium for longer ones */
+#define AEAD_SMALL_MAX FN_AEAD_SMALL_MAX
 /* seal `ptlen` bytes in place, the tag after them */
 void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);
 /* open `len` bytes (ciphertext and tag) in place: 0, or -1 when the tag does not match */
@@ -202,6 +201,7 @@ int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);
 void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen);
+void tx_promote(peer_t *p);
 int replay_check(const fn_replay *r, uint64_t c);
 void replay_update(fn_replay *r, uint64_t c);
 
@@ -225,8 +225,6 @@ void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd);
 /* idle.c */
 void idle_moderate(fn_ctx *ctx, int packets);
 
-/* fastpath.c */
-void tx_promote(peer_t *p);
 #define ROLE_IN 0
 #define ROLE_OUT 1
 enum { ST_ACTIVE, ST_POLL_OWN, ST_POLL_BOTH, ST_PARKED };
