@@ -12,6 +12,7 @@ temporary roots and never touches the live ones.
 Older installers rewrote containers.conf itself (keeping the operator's file as
 containers.conf.flatnet-orig): `migrate_containers_conf` puts the operator's file back.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,7 @@ CAP_SYS_RESOURCE = 24
 
 
 def conflist(name: str = "flatnet", **plugin: object) -> dict[str, object]:
-    return {"cniVersion": "1.0.0", "name": name,
-            "plugins": [{"type": "flatnet", "bridge": "flatnet-br0", **plugin}]}
+    return {"cniVersion": "1.0.0", "name": name, "plugins": [{"type": "flatnet", "bridge": "flatnet-br0", **plugin}]}
 
 
 def _has_cap(cap: int) -> bool:
@@ -73,9 +73,11 @@ def ulimits(has_cap_sys_resource: bool | None = None) -> tuple[list[str], str]:
     n = 20000 if nofile == resource.RLIM_INFINITY else min(20000, nofile)
     p = 4096 if nproc == resource.RLIM_INFINITY else min(4096, nproc)
     values = [f"nofile={n}:{n}", f"nproc={p}:{p}"]
-    return values, (f"ulimits: default_ulimits = {values}, because this host cannot raise rlimits "
-                    f"(no CAP_SYS_RESOURCE) and its hard limits (nofile {nofile}, nproc {nproc}) are below "
-                    f"Podman's defaults ({PODMAN_DEFAULT_NOFILE}, {PODMAN_DEFAULT_NPROC}): containers would not start")
+    return values, (
+        f"ulimits: default_ulimits = {values}, because this host cannot raise rlimits "
+        f"(no CAP_SYS_RESOURCE) and its hard limits (nofile {nofile}, nproc {nproc}) are below "
+        f"Podman's defaults ({PODMAN_DEFAULT_NOFILE}, {PODMAN_DEFAULT_NPROC}): containers would not start"
+    )
 
 
 def podman_settings(limits: list[str]) -> dict[str, dict[str, object]]:
@@ -145,10 +147,14 @@ def migrate_containers_conf(containers_dir: str) -> str | None:
     backup = path + BACKUP_SUFFIX
     if os.path.exists(backup):
         os.replace(backup, path)
-        return f"containers.conf: restored the operator's file from {backup} (flatnet's settings are in the drop-in now)"
-    return (f"containers.conf: {path} was written by an older flatnet installer and there is no backup "
-            f"({backup}): left as it is; its settings match the drop-in, so you may remove it if nothing "
-            "else of yours is in it")
+        return (
+            f"containers.conf: restored the operator's file from {backup} (flatnet's settings are in the drop-in now)"
+        )
+    return (
+        f"containers.conf: {path} was written by an older flatnet installer and there is no backup "
+        f"({backup}): left as it is; its settings match the drop-in, so you may remove it if nothing "
+        "else of yours is in it"
+    )
 
 
 def install_plugin(plugin_dir: str, python: str, root: str) -> tuple[str, bool]:
@@ -202,8 +208,11 @@ def uninstall(containers_dir: str, plugin_dir: str, net_dir: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--containers-dir", default="/etc/containers",
-                   help="Podman's configuration folder (the drop-in goes to its containers.conf.d)")
+    p.add_argument(
+        "--containers-dir",
+        default="/etc/containers",
+        help="Podman's configuration folder (the drop-in goes to its containers.conf.d)",
+    )
     p.add_argument("--plugin-dir", default="/usr/lib/cni", help="a CNI plugin folder Podman searches")
     p.add_argument("--net-dir", default="/etc/cni/net.d", help="the CNI network folder (flatnet.conflist)")
     p.add_argument("--python", help="the interpreter the plugin runs with (required unless --uninstall)")

@@ -1,5 +1,6 @@
 """Bash completion generated from the argument parser, so it never lags the commands:
 `flatnet completion bash > /etc/bash_completion.d/flatnet`."""
+
 from __future__ import annotations
 
 import argparse

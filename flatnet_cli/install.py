@@ -13,6 +13,7 @@ PREFIX/flatnet-install.json:
 written by `flatnet systemd install`, and finally the venv itself. Every root is a
 parameter so that a test installs into temporary folders.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ def code_root() -> str:
     """The folder holding the `cni` package this interpreter imports: the venv's
     site-packages, or the checkout for a development (editable) install."""
     import cni
+
     return os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
 
 
@@ -77,8 +79,9 @@ def install(roots: Roots) -> list[str]:
     python = os.path.join(prefix, "bin", "python3")
     missing = [s for s in SCRIPTS if not os.access(os.path.join(prefix, "bin", s), os.X_OK)]
     if missing or not os.path.exists(os.path.join(prefix, "pyvenv.cfg")):
-        raise ValueError(f"{prefix} is not a flatnet virtual environment (missing {missing or 'pyvenv.cfg'}): "
-                         "run scripts/install.sh")
+        raise ValueError(
+            f"{prefix} is not a flatnet virtual environment (missing {missing or 'pyvenv.cfg'}): run scripts/install.sh"
+        )
     old = load(prefix)
     if old:  # a second run keeps what the first one added on the record
         roots.group_created = old.group_created
@@ -108,6 +111,7 @@ def install(roots: Roots) -> list[str]:
     if not os.path.exists(comp) or roots.completion == comp:
         from flatnet_cli.completion import bash
         from flatnet_cli.main import build_parser
+
         os.makedirs(roots.completion_dir, exist_ok=True)
         with open(comp, "w") as f:
             f.write(bash(build_parser()))
@@ -130,6 +134,7 @@ def uninstall(prefix: str, keep_venv: bool = False) -> list[str]:
     if roots is None:
         raise ValueError(f"no flatnet installation in {prefix} ({MANIFEST} not found)")
     from flatnet_cli import units
+
     log = units.remove(roots.unit_dir)
     log += install_podman.uninstall(roots.containers_dir, roots.plugin_dir, roots.net_dir)
     for link in roots.links:
@@ -161,8 +166,11 @@ def add_arguments(install_p: argparse.ArgumentParser, uninstall_p: argparse.Argu
     install_p.add_argument("--bin-dir", default=d.bin_dir, help="where the command links go")
     install_p.add_argument("--plugin-dir", default=d.plugin_dir, help="the CNI plugin folder Podman searches")
     install_p.add_argument("--net-dir", default=d.net_dir, help="the CNI network folder (flatnet.conflist)")
-    install_p.add_argument("--containers-dir", default=d.containers_dir,
-                           help="Podman's configuration folder (drop-in in containers.conf.d/)")
+    install_p.add_argument(
+        "--containers-dir",
+        default=d.containers_dir,
+        help="Podman's configuration folder (drop-in in containers.conf.d/)",
+    )
     install_p.add_argument("--unit-dir", default=d.unit_dir, help="where `flatnet systemd install` writes units")
     install_p.add_argument("--completion-dir", default=d.completion_dir, help="where the bash completion goes")
     install_p.add_argument("--group", default=d.group, help="the group allowed on the engine's control socket")
@@ -171,9 +179,16 @@ def add_arguments(install_p: argparse.ArgumentParser, uninstall_p: argparse.Argu
 
 
 def cmd_install(a: argparse.Namespace) -> int:
-    roots = Roots(prefix=a.prefix, bin_dir=a.bin_dir, plugin_dir=a.plugin_dir, net_dir=a.net_dir,
-                  containers_dir=a.containers_dir, unit_dir=a.unit_dir, completion_dir=a.completion_dir,
-                  group=a.group)
+    roots = Roots(
+        prefix=a.prefix,
+        bin_dir=a.bin_dir,
+        plugin_dir=a.plugin_dir,
+        net_dir=a.net_dir,
+        containers_dir=a.containers_dir,
+        unit_dir=a.unit_dir,
+        completion_dir=a.completion_dir,
+        group=a.group,
+    )
     for line in install(roots):
         print(f"[install] {line}")
     return 0

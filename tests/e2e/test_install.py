@@ -3,6 +3,7 @@ Debian's (PEP 668: no pip into it): PATH has /usr/bin/python3 and nothing else. 
 root is temporary (prefix, links, CNI plugin and network folders, Podman's drop-in
 folder, units, completion, group), so the live install other tests use is untouched.
 Podman runs a container on the installed plugin through a temporary containers.conf."""
+
 from __future__ import annotations
 
 import grp
@@ -22,8 +23,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEBIAN_PYTHON = "/usr/bin/python3"
-ROOTS = {"FLATNET_BIN_DIR": "bin", "FLATNET_CNI_PLUGIN_DIR": "cni", "FLATNET_CNI_CONF_DIR": "net.d",
-         "FLATNET_CONTAINERS_DIR": "containers", "FLATNET_UNIT_DIR": "units", "FLATNET_COMPLETION_DIR": "comp"}
+ROOTS = {
+    "FLATNET_BIN_DIR": "bin",
+    "FLATNET_CNI_PLUGIN_DIR": "cni",
+    "FLATNET_CNI_CONF_DIR": "net.d",
+    "FLATNET_CONTAINERS_DIR": "containers",
+    "FLATNET_UNIT_DIR": "units",
+    "FLATNET_COMPLETION_DIR": "comp",
+}
 SCRIPTS = ("flatnet", "flatnet-engine", "flatnet-lighthouse", "flatnet-cni")
 
 
@@ -49,8 +56,13 @@ def groups() -> set[str]:
 
 
 def run_installer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", os.path.join(REPO, "scripts", "install.sh"), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", os.path.join(REPO, "scripts", "install.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +70,11 @@ def installed(tmp_path_factory):
     if not os.path.exists(DEBIAN_PYTHON):
         pytest.fail(f"{DEBIAN_PYTHON} is missing: this test is about Debian's own Python")
     top = str(tmp_path_factory.mktemp("install"))
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FLATNET_PREFIX": os.path.join(top, "opt", "flatnet"),
-           "FLATNET_GROUP": f"{RUN_PREFIX}g"}
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "FLATNET_PREFIX": os.path.join(top, "opt", "flatnet"),
+        "FLATNET_GROUP": f"{RUN_PREFIX}g",
+    }
     os.makedirs(os.path.join(top, "opt"))
     for var, name in ROOTS.items():
         env[var] = os.path.join(top, name)
@@ -83,9 +98,18 @@ def test_venv_is_made_from_debians_python(installed):
     with open(os.path.join(prefix, "pyvenv.cfg")) as f:
         cfg = dict(line.strip().split(" = ", 1) for line in f if " = " in line)
     assert cfg["home"] == "/usr/bin", cfg
-    out = subprocess.run([os.path.join(prefix, "bin", "python3"), "-c",
-                          "import sys, engine.crypto, flatnet_cli; print(sys.base_prefix, flatnet_cli.__file__)"],
-                         capture_output=True, text=True, cwd="/", timeout=60, check=True).stdout.split()
+    out = subprocess.run(
+        [
+            os.path.join(prefix, "bin", "python3"),
+            "-c",
+            "import sys, engine.crypto, flatnet_cli; print(sys.base_prefix, flatnet_cli.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+        check=True,
+    ).stdout.split()
     assert out[0] == "/usr" and out[1].startswith(prefix + "/"), out  # the installed code, not the checkout
     # nothing went into Debian's Python
     proc = subprocess.run([DEBIAN_PYTHON, "-I", "-c", "import flatnet_cli"], capture_output=True, cwd="/")
@@ -99,8 +123,14 @@ def test_commands_are_linked_and_answer(installed):
         link = os.path.join(env["FLATNET_BIN_DIR"], name)
         assert os.readlink(link) == os.path.join(env["FLATNET_PREFIX"], "bin", name)
     from flatnet_cli import __version__
-    out = subprocess.run([os.path.join(env["FLATNET_BIN_DIR"], "flatnet"), "--version"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+
+    out = subprocess.run(
+        [os.path.join(env["FLATNET_BIN_DIR"], "flatnet"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert out.strip() == f"flatnet {__version__}"
     assert os.path.exists(os.path.join(env["FLATNET_COMPLETION_DIR"], "flatnet"))
     assert env["FLATNET_GROUP"] in groups()
@@ -131,14 +161,17 @@ def test_podman_runs_a_container_on_the_installed_plugin(installed, tmp_path, mo
         conf = tomllib.load(f)
     # CONTAINERS_CONF makes Podman read this one file only: the drop-in's settings plus
     # the temporary CNI folders
-    conf["network"].update(network_config_dir=env["FLATNET_CNI_CONF_DIR"],
-                           cni_plugin_dirs=[env["FLATNET_CNI_PLUGIN_DIR"]])
+    conf["network"].update(
+        network_config_dir=env["FLATNET_CNI_CONF_DIR"], cni_plugin_dirs=[env["FLATNET_CNI_PLUGIN_DIR"]]
+    )
     from cni.install_podman import dump_toml
+
     (tmp_path / "containers.conf").write_text(dump_toml(conf, header="# test"))
     monkeypatch.setenv("CONTAINERS_CONF", str(tmp_path / "containers.conf"))
     tag = uuid.uuid4().hex[:5]
-    net = Network(f"{RUN_PREFIX}i{tag}", f"fi{tag}", "10.87.241.0/24", str(tmp_path / "ipam"),
-                  net_dir=env["FLATNET_CNI_CONF_DIR"])
+    net = Network(
+        f"{RUN_PREFIX}i{tag}", f"fi{tag}", "10.87.241.0/24", str(tmp_path / "ipam"), net_dir=env["FLATNET_CNI_CONF_DIR"]
+    )
     try:
         out = net.run(IMAGE, "ip", "-4", "-o", "addr", "show", "eth0").stdout
         assert "inet 10.87.241." in out

@@ -1,6 +1,7 @@
 """The wheel is the product: built from pyproject.toml, installed into a fresh venv (no
 checkout on the path), it runs `flatnet --version` and the CNI plugin's VERSION, and it
 carries the files the product reads besides Python (gateway-lua/, deploy/)."""
+
 from __future__ import annotations
 
 import glob
@@ -28,8 +29,13 @@ def wheel(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("wheel"))
     src = os.path.join(out, "src")
     # a copy of the checkout: the in-tree build writes build/ and *.egg-info
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "*.so",
-                                                             "test-artifacts", ".pytest_cache", ".hypothesis"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", "build", "*.egg-info", "__pycache__", "*.so", "test-artifacts", ".pytest_cache", ".hypothesis"
+        ),
+    )
     proc = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, src)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (path,) = glob.glob(os.path.join(out, "flatnet-*.whl"))
@@ -38,10 +44,16 @@ def wheel(tmp_path_factory):
 
 def test_wheel_holds_the_products_files(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("flatnet_cli/gateway_lua/conf/nginx.conf", "flatnet_cli/gateway_lua/conf/flatnet-locations.conf",
-                 "flatnet_cli/gateway_lua/lib/flatnet/gateway.lua", "flatnet_cli/deploy/systemd/flatnet-engine.service",
-                 "flatnet_cli/deploy/systemd/flatnet-lighthouse.service",
-                 "flatnet_cli/deploy/systemd/flatnet-gateway.service", "cni/__main__.py", "lighthouse/__main__.py"):
+    for path in (
+        "flatnet_cli/gateway_lua/conf/nginx.conf",
+        "flatnet_cli/gateway_lua/conf/flatnet-locations.conf",
+        "flatnet_cli/gateway_lua/lib/flatnet/gateway.lua",
+        "flatnet_cli/deploy/systemd/flatnet-engine.service",
+        "flatnet_cli/deploy/systemd/flatnet-lighthouse.service",
+        "flatnet_cli/deploy/systemd/flatnet-gateway.service",
+        "cni/__main__.py",
+        "lighthouse/__main__.py",
+    ):
         assert path in names, path
     assert any(n.startswith("engine/crypto/_fastpath") and n.endswith(".so") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
@@ -58,6 +70,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
     proc = run(os.path.join(venv, "bin", "python3"), "-m", "pip", "install", "-q", wheel)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     from flatnet_cli import __version__
+
     out = run(os.path.join(venv, "bin", "flatnet"), "--version")
     assert out.returncode == 0 and out.stdout.strip() == f"flatnet {__version__}", out
     proc = run(os.path.join(venv, "bin", "flatnet-cni"), input="{}", env={"CNI_COMMAND": "VERSION"})
@@ -67,8 +80,15 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
     proc = run(os.path.join(venv, "bin", "flatnet"), "systemd", "render", "--unit-dir", str(units))
     assert proc.returncode == 0, proc.stderr
     assert f"ExecStart={venv}/bin/flatnet-engine" in (units / "flatnet-engine.service").read_text()
-    proc = run(os.path.join(venv, "bin", "flatnet"), "gateway", "render", "--prefix", str(tmp_path / "gw"),
-               "--listen", "127.0.0.1:18080")
+    proc = run(
+        os.path.join(venv, "bin", "flatnet"),
+        "gateway",
+        "render",
+        "--prefix",
+        str(tmp_path / "gw"),
+        "--listen",
+        "127.0.0.1:18080",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "site-packages/flatnet_cli/gateway_lua/lib" in (tmp_path / "gw" / "nginx.conf").read_text()
     # the C data path loads from the installed wheel

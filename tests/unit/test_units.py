@@ -34,8 +34,9 @@ def test_systemd_units_are_sandboxed(tmp_path):
     before their sandboxing. The limits leave room for a line more, not for losing it."""
     limits = {"flatnet-engine.service": 3.5, "flatnet-lighthouse.service": 2.5, "flatnet-gateway.service": 3.5}
     for unit in render(str(tmp_path / "units"), stub_bin(tmp_path)):
-        proc = subprocess.run(["systemd-analyze", "security", "--offline=true", unit], capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", unit], capture_output=True, text=True, timeout=60
+        )
         m = re.search(r"Overall exposure level for (\S+): ([0-9.]+)", proc.stdout + proc.stderr)
         if m is None:
             pytest.skip(f"this systemd-analyze has no --offline: {proc.stderr.strip()[:200]}")

@@ -1,5 +1,6 @@
 """cni/install_podman.py: the Podman drop-in, the migration away from the old rewrite of
 containers.conf, ulimits only where needed, and an uninstall that removes only ours."""
+
 import json
 import os
 import resource
@@ -36,7 +37,7 @@ def test_ulimits_only_where_the_host_needs_them():
 
 
 def test_migration_restores_the_operators_backup(tmp_path):
-    (tmp_path / "containers.conf").write_text(ip.OLD_HEADER + "\n[network]\nnetwork_backend = \"cni\"\n")
+    (tmp_path / "containers.conf").write_text(ip.OLD_HEADER + '\n[network]\nnetwork_backend = "cni"\n')
     (tmp_path / "containers.conf.flatnet-orig").write_text("# the operator's\n")
     msg = ip.migrate_containers_conf(str(tmp_path))
     assert msg and "restored" in msg
@@ -46,7 +47,7 @@ def test_migration_restores_the_operators_backup(tmp_path):
 
 
 def test_migration_without_a_backup_leaves_the_file_and_says_so(tmp_path):
-    text = ip.OLD_HEADER + "\n[engine]\nruntime = \"runc\"\n"
+    text = ip.OLD_HEADER + '\n[engine]\nruntime = "runc"\n'
     (tmp_path / "containers.conf").write_text(text)
     msg = ip.migrate_containers_conf(str(tmp_path))
     assert msg and "no backup" in msg and "left as it is" in msg
