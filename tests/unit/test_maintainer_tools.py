@@ -24,6 +24,7 @@ FORMATTED = [
     "tests/e2e/test_wheel.py",
     "tests/unit/cni/test_install_podman.py",
     "tests/unit/cni/test_ipam.py",
+    "tests/unit/test_cli_conventions.py",
     "tests/unit/lighthouse/test_leases.py",
     "tests/unit/test_maintainer_tools.py",
     "tests/unit/test_units.py",
