@@ -10,6 +10,7 @@
     flatnet doctor [--gateway URL]            check this host and explain problems
     flatnet up [--hosts N] [--containers M]   a local test network in namespaces
     flatnet down
+    flatnet lighthouse status [--json]        the lighthouse on this machine
     flatnet gateway render|run|stop           the HTTP gateway (nginx + gateway-lua)
     flatnet systemd install|uninstall|render  the systemd units of this installation
     flatnet install | uninstall               the host set-up around the venv (scripts/install.sh)
@@ -91,13 +92,13 @@ def cmd_cert_renew(a: argparse.Namespace) -> int:
     return 0
 
 
-def _api(sock: str, url: str) -> object:
+def _api(sock: str, url: str, what: str = "engine") -> object:
     from engine.io import control
     try:
         status, body = control.get(sock, url)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise SystemExit(f"flatnet: no engine answers on {sock} (is flatnet-engine running? "
-                         "systemctl status flatnet-engine)") from None
+        raise SystemExit(f"flatnet: no {what} answers on {sock} (is flatnet-{what} running? "
+                         f"systemctl status flatnet-{what})") from None
     if status != 200:
         raise SystemExit(f"flatnet: engine answered {status}: {body.decode(errors='replace')}")
     return json.loads(body)
@@ -258,6 +259,29 @@ def cmd_down(a: argparse.Namespace) -> int:
     return 0
 
 
+LIGHTHOUSE_SOCKET = "/run/flatnet-lighthouse/lighthouse.sock"
+
+
+def cmd_lighthouse_status(a: argparse.Namespace) -> int:
+    st = _api(a.socket, "/status", "lighthouse")
+    if a.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    drops = {k: v for k, v in st.get("drops", {}).items() if v}
+    print(f"lighthouse {st['node']}\nnetwork    {st['network']}\nuptime     {st['uptime']} s\n"
+          f"nodes      {len(st['nodes'])} online, {len(st['leases'])} leases\n"
+          f"queries    {st['queries']}  relayed {st['relayed']}  rejected {st['rejected']}\n"
+          f"drops      {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+    rows = [[name, n["subnet"], ", ".join(n["endpoints"]) or "-", f"{n['last_seen']:.0f}s ago"]
+            for name, n in sorted(st["nodes"].items())]
+    if rows:
+        header = ["NODE", "SUBNET", "ENDPOINTS", "SEEN"]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        for row in [header] + rows:
+            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    return 0
+
+
 def cmd_gateway(a: argparse.Namespace) -> int:
     from flatnet_cli import gateway
     if a.sub == "stop":
@@ -363,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="remove the local test network")
     down.add_argument("--dir", default=LAB_DIR, help="the lab's state folder")
     down.set_defaults(fn=cmd_down)
+    lh = sub.add_parser("lighthouse", help="the lighthouse on this machine").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    lhs = lh.add_parser("status", help="nodes online, leases, relayed packets, drops")
+    lhs.add_argument("--json", action="store_true", help="machine-readable output")
+    lhs.add_argument("--socket", default=LIGHTHOUSE_SOCKET, help="the lighthouse's control socket")
+    lhs.set_defaults(fn=cmd_lighthouse_status)
     gw = sub.add_parser("gateway", help="the HTTP gateway (nginx + gateway-lua) on this host").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     for name, what in (("render", "write PREFIX/nginx.conf only"), ("run", "write the config and start nginx"),

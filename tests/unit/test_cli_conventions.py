@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -43,7 +45,13 @@ def test_every_command_and_option_has_help():
 
 def test_read_commands_have_json():
     parsers = dict(walk(build_parser()))
-    for cmd in ("flatnet status", "flatnet peers", "flatnet service list", "flatnet doctor"):
+    for cmd in (
+        "flatnet status",
+        "flatnet peers",
+        "flatnet service list",
+        "flatnet doctor",
+        "flatnet lighthouse status",
+    ):
         assert any("--json" in a.option_strings for a in parsers[cmd]._actions), cmd
 
 
@@ -87,3 +95,60 @@ def test_completion_knows_every_command():
         timeout=30,
     )
     assert proc.stdout.split() == ["gateway"]
+
+
+STATUS = {
+    "node": "lh1",
+    "network": "10.87.0.0/16",
+    "uptime": 12.5,
+    "nodes": {"host-a": {"subnet": "10.87.1.0/24", "endpoints": ["192.0.2.1:4787"], "last_seen": 1.0}},
+    "leases": {"host-a": "10.87.1.0/24"},
+    "queries": 3,
+    "relayed": 0,
+    "rejected": 0,
+    "drops": {"bad_mac": 0},
+    "control_errors": {},
+}
+
+
+def fake_lighthouse(path: str) -> threading.Thread:
+    """One /status answer on a Unix socket, as the lighthouse's control API gives it."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(10)
+
+    def serve() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                assert conn.recv(4096).startswith(b"GET /status ")
+                body = json.dumps(STATUS).encode()
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def test_lighthouse_status_json_and_table(tmp_path, capsys):
+    sock = str(tmp_path / "lh.sock")
+    t = fake_lighthouse(sock)
+    assert main(["lighthouse", "status", "--json", "--socket", sock]) == 0
+    t.join(10)
+    assert json.loads(capsys.readouterr().out) == STATUS
+    t = fake_lighthouse(sock + "2")
+    assert main(["lighthouse", "status", "--socket", sock + "2"]) == 0
+    t.join(10)
+    out = capsys.readouterr().out
+    assert "lighthouse lh1" in out and "host-a" in out and "10.87.1.0/24" in out
+
+
+def test_lighthouse_status_without_a_lighthouse_says_so(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flatnet_cli", "lighthouse", "status", "--socket", str(tmp_path / "none.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "no lighthouse answers on" in proc.stderr and "flatnet-lighthouse" in proc.stderr
