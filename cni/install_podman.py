@@ -80,13 +80,46 @@ def ulimits(has_cap_sys_resource: bool | None = None) -> tuple[list[str], str]:
     )
 
 
-def podman_settings(limits: list[str]) -> dict[str, dict[str, object]]:
+def podman_major() -> int | None:
+    """Podman's major version, None where Podman is not installed or does not answer."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["podman", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = out.split()
+    try:
+        return int(words[-1].split(".")[0]) if words else None
+    except ValueError:
+        return None
+
+
+def cgroup_unified(root: str = "/sys/fs/cgroup") -> bool:
+    """True on a pure cgroup v2 host, where crun (Podman's default runtime) works."""
+    return os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+
+def podman_settings(
+    limits: list[str], major: int | None = 4, unified: bool = False
+) -> tuple[dict[str, dict[str, object]], list[str]]:
+    """The drop-in's settings for this host, and the log lines that say why each is there
+    (or why not)."""
     doc: dict[str, dict[str, object]] = {}
+    why = []
     if limits:
         doc["containers"] = {"default_ulimits": limits}
-    doc["engine"] = {"runtime": "runc"}  # crun fails on cgroups in hybrid mode (Debian 12 hosts)
-    doc["network"] = {"network_backend": "cni"}  # only the CNI backend calls CNI plugins
-    return doc
+    if not unified:
+        doc["engine"] = {"runtime": "runc"}
+        why.append("runtime: runc (crun fails on cgroups v1 or hybrid mode, which this host has)")
+    if major is None or major < 5:
+        doc["network"] = {"network_backend": "cni"}  # only the CNI backend calls CNI plugins
+    else:
+        why.append(
+            f"network: Podman {major} has no CNI backend (netavark only): network_backend is left as it is; "
+            "Podman will not call the flatnet CNI plugin on this host"
+        )
+    return doc, why
 
 
 def _toml_value(value: object) -> str:
@@ -134,9 +167,9 @@ def dropin_path(containers_dir: str) -> str:
     return os.path.join(containers_dir, "containers.conf.d", DROPIN)
 
 
-def install_dropin(containers_dir: str, limits: list[str]) -> tuple[str, bool]:
+def install_dropin(containers_dir: str, settings: dict[str, dict[str, object]]) -> tuple[str, bool]:
     path = dropin_path(containers_dir)
-    return path, _write_if_changed(path, dump_toml(podman_settings(limits)))
+    return path, _write_if_changed(path, dump_toml(settings))
 
 
 def migrate_containers_conf(containers_dir: str) -> str | None:
@@ -175,8 +208,9 @@ def install(containers_dir: str, plugin_dir: str, net_dir: str, python: str, roo
     if moved:
         log.append(moved)
     limits, why = ulimits()
-    path, changed = install_dropin(containers_dir, limits)
-    log += [f"podman: {'wrote' if changed else 'unchanged'} {path}", why]
+    settings, whys = podman_settings(limits, podman_major(), cgroup_unified())
+    path, changed = install_dropin(containers_dir, settings)
+    log += [f"podman: {'wrote' if changed else 'unchanged'} {path}", why, *whys]
     path, changed = install_plugin(plugin_dir, python, root)
     log.append(f"plugin: {'wrote' if changed else 'unchanged'} {path} ({python}, code from {root})")
     path, changed = install_conflist(net_dir)

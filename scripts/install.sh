@@ -44,6 +44,11 @@ if [ "$uninstall" = 1 ]; then
   if [ -x "$FLATNET_PREFIX/bin/flatnet" ]; then
     cd / && exec "$FLATNET_PREFIX/bin/flatnet" uninstall --prefix "$FLATNET_PREFIX"
   fi
+  if [ -e "$FLATNET_PREFIX/pyvenv.cfg" ]; then  # an install that stopped before flatnet was in it
+    rm -rf "$FLATNET_PREFIX"
+    log "removed $FLATNET_PREFIX (a venv without flatnet: an install that stopped half-way)"
+    exit 0
+  fi
   log "nothing to remove: no flatnet installation in $FLATNET_PREFIX"
   exit 0
 fi

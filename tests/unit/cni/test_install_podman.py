@@ -77,3 +77,19 @@ def test_the_plugin_wrapper_answers_version(tmp_path):
     path, _ = ip.install_plugin(str(tmp_path), sys.executable, REPO)
     proc = subprocess.run([path], input=b"{}", env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30)
     assert proc.returncode == 0 and "supportedVersions" in json.loads(proc.stdout)
+
+
+def test_podman_5_keeps_its_network_backend():
+    """Debian 13's Podman 5 is built without CNI: network_backend = "cni" would break
+    every `podman run` of the operator's (seen: "cni support is not enabled in this build")."""
+    doc, why = ip.podman_settings([], major=5, unified=False)
+    assert "network" not in doc and any("no CNI backend" in line for line in why)
+    doc, _ = ip.podman_settings([], major=4, unified=False)
+    assert doc["network"] == {"network_backend": "cni"}
+
+
+def test_runc_only_where_crun_fails():
+    doc, _ = ip.podman_settings([], major=4, unified=True)
+    assert "engine" not in doc
+    doc, why = ip.podman_settings([], major=4, unified=False)
+    assert doc["engine"] == {"runtime": "runc"} and any("runc" in line for line in why)
