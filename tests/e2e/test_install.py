@@ -182,6 +182,20 @@ def test_podman_runs_a_container_on_the_installed_plugin(installed, tmp_path, mo
         net.remove()
 
 
+def test_systemd_units_for_this_installation(installed):
+    env = installed["env"]
+    proc = subprocess.run(
+        [os.path.join(env["FLATNET_BIN_DIR"], "flatnet"), "systemd", "install", "--unit-dir", env["FLATNET_UNIT_DIR"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(env["FLATNET_UNIT_DIR"], "flatnet-engine.service")) as f:
+        unit = f.read()
+    assert f"ExecStart={env['FLATNET_PREFIX']}/bin/flatnet-engine " in unit and "ProtectSystem=strict" in unit
+
+
 def test_uninstall_leaves_the_roots_as_they_were(installed):
     proc = run_installer(installed["env"], "--uninstall")
     installed["removed"] = True
