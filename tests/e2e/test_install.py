@@ -170,11 +170,11 @@ def test_podman_runs_a_container_on_the_installed_plugin(installed, tmp_path, mo
     monkeypatch.setenv("CONTAINERS_CONF", str(tmp_path / "containers.conf"))
     tag = uuid.uuid4().hex[:5]
     net = Network(
-        f"{RUN_PREFIX}i{tag}", f"fi{tag}", "10.87.241.0/24", str(tmp_path / "ipam"), net_dir=env["FLATNET_CNI_CONF_DIR"]
+        f"{RUN_PREFIX}i{tag}", f"fi{tag}", "10.87.236.0/24", str(tmp_path / "ipam"), net_dir=env["FLATNET_CNI_CONF_DIR"]
     )
     try:
         out = net.run(IMAGE, "ip", "-4", "-o", "addr", "show", "eth0").stdout
-        assert "inet 10.87.241." in out
+        assert "inet 10.87.236." in out
         assert net.ipam_entries() == []
         info = podman("info", "--format", "{{.Host.NetworkBackend}}").stdout.strip()
         assert info == "cni"
