@@ -206,6 +206,7 @@ class Engine:
             self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
             return
         self.log.set_level(new.log_level)
+        self.log.set_format(new.log_format)
         self._apply_firewall(new)
         self.dp.set_moderation(new.moderation_us)  # a value read every pass: safe to change live
         self.offloads["moderation_us"] = new.moderation_us
