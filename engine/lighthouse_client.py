@@ -169,6 +169,8 @@ class LighthouseClient:
             return
         if self._last_refusals.get((peer.name, msg["service"])) != msg["msg"]:
             self.log.warning("service_refused", lighthouse=peer.name, service=msg["service"], reason=msg["msg"])
+        if len(self._last_refusals) > 256:  # only a lighthouse sends these; still bounded
+            self._last_refusals.clear()
         self._last_refusals[(peer.name, msg["service"])] = msg["msg"]
         self.services.refuse(peer.name, msg["service"], msg["msg"])
 

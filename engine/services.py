@@ -124,7 +124,8 @@ class ServiceRegistry:
 
     def refuse(self, lighthouse: str, name: str, reason: str) -> None:
         """The lighthouse refused one of our services (its name or host is taken)."""
-        self.refused[(lighthouse, name)] = reason
+        if len(self.refused) < 4 * 32:  # a register carries at most wire.MAX_SERVICES
+            self.refused[(lighthouse, name)] = reason
 
     def clear_refusals(self, lighthouse: str) -> None:
         """A fresh answer from this lighthouse: its refusals are re-sent after it."""

@@ -32,6 +32,8 @@ local function http_get(sock_path, path, timeout_ms)
 end
 _M.http_get = http_get
 
+local MAX_REPORTED = 100
+
 -- a value from the route table, safe for one log line
 local function printable(v)
     return (tostring(v):sub(1, 300):gsub("%c", "?"))
@@ -52,12 +54,20 @@ local function refresh_routes(opts)
     end
     dict:delete("feed_error")
     if body ~= dict:get("routes") then
-        -- a bad route is dropped alone (config.validate); say which and why, once per change
-        for _, r in ipairs(rejected) do
+        -- a bad route is dropped alone (config.validate); say which and why, once per
+        -- change, for the first MAX_REPORTED (the log and the shared dict stay small)
+        local shown = {}
+        for i = 1, math.min(#rejected, MAX_REPORTED) do
+            local r = rejected[i]
             ngx.log(ngx.WARN, "flatnet: route dropped: ", printable(r.reason), " (service ",
                     printable(r.service), ", host ", printable(r.host), ")")
+            shown[i] = r
         end
-        dict:set("rejected", cjson.encode(rejected))
+        if #rejected > MAX_REPORTED then
+            ngx.log(ngx.WARN, "flatnet: ", #rejected - MAX_REPORTED, " more routes dropped")
+            shown[#shown + 1] = { reason = format("%d more routes dropped", #rejected - MAX_REPORTED) }
+        end
+        dict:set("rejected", cjson.encode(shown))
         dict:set("routes", body)
         dict:incr("routes_version", 1, 0)
     end
