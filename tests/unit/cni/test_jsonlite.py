@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from cni import jsonlite
 
@@ -42,3 +42,14 @@ def test_nesting_up_to_the_limit_parses():
 def test_oversized_input_is_refused_before_parsing():
     with pytest.raises(ValueError, match="larger than"):
         jsonlite.loads(b" " * jsonlite.MAX_INPUT + b"{}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["[", "]", "{", "}", '"a":', ",", "1", '"x"', " ", "null", "\\", '"']),
+                max_size=400))
+def test_any_bracket_soup_parses_or_is_a_value_error(parts):
+    text = "".join(parts)
+    try:
+        jsonlite.loads(text)
+    except ValueError:
+        pass
