@@ -91,8 +91,12 @@ def cmd_cert_sign(a: argparse.Namespace) -> int:
                           now + a.days * DAY)
     pki.write_secret(key_path, private)
     pki.write_public(crt_path, raw)
+    cert = certs.decode(raw)[0]
     print(f"node {a.name!r}: certificate {crt_path}, key {key_path}, groups {groups or '-'}, "
-          f"fingerprint {certs.decode(raw)[0].fingerprint}")
+          f"fingerprint {cert.fingerprint}")
+    if cert.not_before > now - BACKDATE:
+        print(f"note: valid from {time.strftime('%H:%M:%S', time.gmtime(cert.not_before))} UTC, just after "
+              f"{a.name!r} was revoked (older certificates of this name stay revoked)")
     return 0
 
 
@@ -143,9 +147,9 @@ def cmd_cert_revoke(a: argparse.Namespace) -> int:
                   f"fingerprint ({2 * revocation.FINGERPRINT_BYTES} hex characters, see `flatnet cert show`)",
                   file=sys.stderr)
             return 1
-        # every certificate of this name issued until now (their not_before is at most
-        # now - BACKDATE); `cert sign` later issues from cutoff + 1 on
-        names[target] = max(names.get(target, 0), now - BACKDATE)
+        # every certificate of this name whose not_before is up to now (backdated ones
+        # included); `cert sign` for this name later starts validity at cutoff + 1
+        names[target] = max(names.get(target, 0), now)
         what = f"every certificate of {target!r} issued until {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC"
     serial = max((old.serial + 1) if old else 1, now)
     raw = revocation.create(ca_key, ca, serial, now, names, sorted(fingerprints))
@@ -211,6 +215,11 @@ def cmd_status(a: argparse.Namespace) -> int:
           f"uptime    {st['uptime']} s\npeers     {st['peers_up']} up / {st['peers']} known\n"
           f"drops     {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}\n"
           f"cert      expires in {st['cert_expires_in_days']} days")
+    bl = st.get("blocklist")
+    print("blocklist " + (f"serial {bl['serial']}, {len(bl['names'])} name(s), {len(bl['fingerprints'])} "
+                          "fingerprint(s)" if bl else "none"))
+    for name, why in (st.get("revoked_peers") or {}).items():
+        print(f"REVOKED   {name}: session torn down ({why['reason']})")
     if st["cert_expires_in_days"] < 30:
         print(f"WARNING: this node's certificate expires in {st['cert_expires_in_days']} days: run "
               "`flatnet cert renew` and reload the engine")
@@ -222,8 +231,9 @@ def cmd_peers(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    header = ["PEER", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "WHY"]
-    table = [[r["name"], r["subnet"] or "-", r["state"], r["path"], r["endpoint"] or "-",
+    header = ["PEER", "CERT", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "WHY"]
+    table = [[r["name"], r.get("fingerprint", "")[:12] or "-", r["subnet"] or "-", r["state"], r["path"],
+              r["endpoint"] or "-",
               f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
               _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"],
               r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
