@@ -8,7 +8,6 @@ the control API. Everything protocol-shaped lives in Device and PeerSession.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import ipaddress
 import json
@@ -149,13 +148,12 @@ class Engine:
         self._lease_waiter = self.loop.create_future()
         self.me, peers, lighthouses = self._load_pki()
         # the blocklist: what a lighthouse sent before (kept in state_dir) and the
-        # operator's file; loaded before any peer is added, polled by the timer
+        # operator's file, polled by the timer
         self.revocations = Revocations(self.me.ca)
         self.me = dataclasses.replace(self.me, revocations=self.revocations)
         self._blocklist_copy = os.path.join(c.state_dir, "blocklist.bin")
         self._blocklist_files = [pki.BlocklistFile(p) for p in (self._blocklist_copy, c.blocklist) if p]
         self._next_blocklist_poll = 0.0
-        self._poll_blocklists(time.monotonic())
         self.services = ServiceRegistry(os.path.join(c.state_dir, "services.json"), self.me.cert.name, c.domain)
         self.tun_fd, vnet, uso = tun.open_tun(c.tun_name, offloads=c.offloads)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
@@ -170,6 +168,7 @@ class Engine:
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
         self._apply_firewall(c)
+        self._poll_blocklists(time.monotonic())  # before any peer is added
         for p, cert in peers:
             if self.revocations.reason(cert):
                 self.log.error("peer_revoked", peer=p.name, reason=self.revocations.reason(cert),
@@ -367,16 +366,14 @@ class Engine:
     def _take_blocklist(self, raw: bytes, source: str) -> None:
         """A blocklist from a file or a lighthouse: if newer, keep a copy (it holds across
         a restart while no lighthouse answers) and end the sessions it revokes."""
-        errors = self.device.errors if hasattr(self, "device") else collections.Counter()
-        if not pki.offer_blocklist(self.revocations, raw, source, self.log, errors):
+        if not pki.offer_blocklist(self.revocations, raw, source, self.log, self.device.errors):
             return
         if source != self._blocklist_copy:
             try:
                 pki.save_blocklist(self._blocklist_copy, raw)
             except OSError as exc:
                 self.log.warning("blocklist_not_saved", path=self._blocklist_copy, error=exc.strerror)
-        if hasattr(self, "device"):
-            self.device.apply_revocations(time.monotonic())
+        self.device.apply_revocations(time.monotonic())
 
     # ---- control API
     def status(self) -> dict:
