@@ -222,6 +222,8 @@ class Engine:
             self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
             return
         self.log.set_level(new.log_level)
+        if new.blocklist != old.blocklist:  # read at the next poll (within a second)
+            self._blocklist_files = [pki.BlocklistFile(p) for p in (self._blocklist_copy, new.blocklist) if p]
         self._apply_firewall(new)
         self.dp.set_moderation(new.moderation_us)  # a value read every pass: safe to change live
         self.offloads["moderation_us"] = new.moderation_us

@@ -92,3 +92,29 @@ def test_revoked_host_is_cut_off_within_seconds_and_rejoins_with_a_new_key(lab):
     assert row["state"] == "established" and row["fingerprint"] != old_fp
     assert b.name not in lab.status(a)["revoked_peers"]
     assert (a.pid, lab.lh_pid) == (a_pid, lh_pid)  # nothing else restarted
+
+
+def test_static_peers_enforce_a_local_blocklist_file_set_on_reload(tmp_path):
+    """No lighthouse: the operator points [pki] blocklist at a copy of the file and
+    reloads; a later revocation in that file ends the session within seconds."""
+    import signal
+    lab = Lab(f"{RUN_PREFIX}w", str(tmp_path / "lab"), hosts=2)
+    try:
+        lab.up(containers_per_host=1)
+        a, b = lab.hosts
+        pki = os.path.join(lab.workdir, "pki")
+        assert ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 10) is not None
+        with open(a.config) as f:
+            text = f.read()
+        with open(a.config, "w") as f:
+            f.write(text.replace("[pki]\n", f'[pki]\nblocklist = "{pki}/blocklist.bin"\n', 1))
+        os.kill(a.pid, signal.SIGHUP)
+        assert wait_for(lambda: "reloaded" in open(a.log).read(), 10) is not None
+        cli("cert", "revoke", b.name, "--ca-dir", pki)
+        took = wait_for(lambda: all(p["name"] != b.name for p in lab.peers(a)), 10)
+        assert took is not None and took < 5
+        assert lab.status(a)["revoked_peers"][b.name]["reason"].startswith("name 'host-2' revoked")
+        assert sh("ping", "-c", "2", "-W", "1", b.containers[0]["ip"], ns=a.containers[0]["ns"],
+                  check=False).returncode != 0
+    finally:
+        lab.down()

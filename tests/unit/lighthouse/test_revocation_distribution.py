@@ -117,3 +117,12 @@ def test_fuzz_blocklist_and_register_fields(fields, kind):
     assert got_kind == kind
     if kind == "blocklist":
         assert 0 < len(msg["data"]) <= 1024 and 0 <= msg["total"] <= rv.MAX_BYTES
+
+
+def test_config_blocklist_paths():
+    from engine.config import parse as engine_parse
+    from lighthouse.config import parse as lighthouse_parse
+    assert lighthouse_parse('[pki]\nca = "/srv/pki/ca.crt"\n').blocklist == "/srv/pki/blocklist.bin"  # beside the CA
+    assert lighthouse_parse('[pki]\nblocklist = "/x/b.bin"\n').blocklist == "/x/b.bin"
+    assert engine_parse('[network]\nsubnet = "10.87.1.0/24"\n').blocklist == ""                     # only if set
+    assert engine_parse('[pki]\nblocklist = "/x/b.bin"\n[network]\nsubnet = "10.87.1.0/24"\n').blocklist == "/x/b.bin"
