@@ -68,6 +68,10 @@ def test_revoked_host_is_cut_off_within_seconds_and_rejoins_with_a_new_key(lab):
     assert st["revoked_peers"][b.name]["fingerprint"] == old_fp and st["blocklist"]["names"] == [b.name]
     with open(a.log) as f:
         assert "peer_revoked" in f.read()
+    from engine.io import control
+    metrics = control.get(a.socket, "/metrics")[1].decode()
+    serial = next(line.split()[1] for line in metrics.splitlines() if line.startswith("flatnet_blocklist_serial "))
+    assert float(serial) == st["blocklist"]["serial"]
     # traffic stops, both ways
     assert sh("ping", "-c", "3", "-W", "1", b_ip, ns=a_ns, check=False).returncode != 0
     assert sh("ping", "-c", "3", "-W", "1", a.containers[0]["ip"], ns=b.containers[0]["ns"],
