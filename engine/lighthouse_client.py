@@ -64,7 +64,8 @@ class LighthouseClient:
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
         self.on_blocklist = on_blocklist
-        self._blocklist = Reassembly()
+        # one per lighthouse: pieces from one (even a broken one) never block another's
+        self._blocklist = {name: Reassembly() for name in self.lighthouses}
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
@@ -155,7 +156,8 @@ class LighthouseClient:
             elif kind == "catalog":
                 self._catalog(msg)
             elif kind == "blocklist":
-                raw = self._blocklist.feed(msg["serial"], msg["total"], msg["offset"], msg["data"], self._held())
+                raw = self._blocklist[peer.name].feed(msg["serial"], msg["total"], msg["offset"], msg["data"],
+                                                      self._held())
                 if raw is not None and self.on_blocklist is not None:
                     self.on_blocklist(raw, peer.name)
             elif kind == "error":

@@ -126,3 +126,23 @@ def test_config_blocklist_paths():
     assert lighthouse_parse('[pki]\nblocklist = "/x/b.bin"\n').blocklist == "/x/b.bin"
     assert engine_parse('[network]\nsubnet = "10.87.1.0/24"\n').blocklist == ""                     # only if set
     assert engine_parse('[pki]\nblocklist = "/x/b.bin"\n[network]\nsubnet = "10.87.1.0/24"\n').blocklist == "/x/b.bin"
+
+
+def test_pieces_from_one_lighthouse_do_not_block_another(net):
+    """A broken (or hostile) lighthouse announces a huge serial and never finishes; the
+    blocklist from the other lighthouse still gets through."""
+    ca, rev, reg = net
+    raw = rv.create(ca.key, ca.cert, 40, NOW, {f"old-{i}": NOW for i in range(200)}, [])
+    rev.offer(raw)
+    dev = FakeDevice(ca)
+    dev.me = Identity(dev.me.static_private, dev.me.cert, dev.me.ca, rv.Revocations(ca.cert))
+    lhs = [SimpleNamespace(name=n, endpoint=("192.0.2.254", 4787), keys=True, session=SimpleNamespace(current=None),
+                           relay=None) for n in ("lh1", "lh2")]
+    got = []
+    client = LighthouseClient(dev, lhs, NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
+                              lambda s: None, on_blocklist=lambda data, src: got.append(src))
+    client.on_message(lhs[0], wire.encode("blocklist", serial=(1 << 63) - 1, total=4000, offset=0, data=b"x" * 1024),
+                      ("192.0.2.254", 4787), 0.0)
+    for data in reg.blocklist_messages():
+        client.on_message(lhs[1], data, ("192.0.2.254", 4787), 1.0)
+    assert got == ["lh2"]
