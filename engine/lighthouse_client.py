@@ -17,8 +17,8 @@ from typing import Callable
 
 from engine.device import Device, Peer
 from engine.log import Logger
-from engine.proto import cert as certs
 from engine.proto.errors import RemoteProtocolError
+from engine.proto.revocation import Reassembly
 from lighthouse import wire
 
 REGISTER_EVERY = 10.0
@@ -35,10 +35,13 @@ class LighthouseClient:
                  local_endpoints: Callable[[], list[tuple[str, int]]], log: Logger,
                  on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
-                 on_peers_changed: Callable[[list[str]], None] | None = None) -> None:
+                 on_peers_changed: Callable[[list[str]], None] | None = None,
+                 on_blocklist: Callable[[bytes, str], None] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
-        even when the other side keeps sending under keys we lost."""
+        even when the other side keeps sending under keys we lost.
+        on_blocklist(raw, lighthouse): a whole blocklist a lighthouse sent, newer than
+        the one we enforce (device.me.revocations), not yet verified."""
         self.device = device
         self.lighthouses = {p.name: p for p in lighthouses}
         self.network = network
@@ -61,6 +64,9 @@ class LighthouseClient:
         self.gateway = gateway
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
+        self.on_blocklist = on_blocklist
+        # one per lighthouse: pieces from one (even a broken one) never block another's
+        self._blocklist = {name: Reassembly() for name in self.lighthouses}
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
@@ -106,7 +112,8 @@ class LighthouseClient:
 
     def register(self, now: float) -> None:
         published = list(self.services.local.values()) if self.services is not None else []
-        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway)
+        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway,
+                          blocklist=self._held())
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
@@ -153,6 +160,11 @@ class LighthouseClient:
                 self._catalog(msg)
             elif kind == "error" and msg["code"] == "service_refused" and msg["service"]:
                 self._refused(peer, msg)
+            elif kind == "blocklist":
+                raw = self._blocklist[peer.name].feed(msg["serial"], msg["total"], msg["offset"], msg["data"],
+                                                      self._held())
+                if raw is not None and self.on_blocklist is not None:
+                    self.on_blocklist(raw, peer.name)
             elif kind == "error":
                 self.log.warning("lighthouse_error", lighthouse=peer.name, code=msg["code"], msg=msg["msg"])
             else:
@@ -173,6 +185,10 @@ class LighthouseClient:
             self._last_refusals.clear()
         self._last_refusals[(peer.name, msg["service"])] = msg["msg"]
         self.services.refuse(peer.name, msg["service"], msg["msg"])
+    def _held(self) -> int:
+        """The serial of the blocklist we enforce (the lighthouse sends us newer ones)."""
+        rev = self.device.me.revocations
+        return rev.serial if rev is not None else 0
 
     def _catalog(self, msg: dict) -> None:
         if self.services is None:
@@ -213,7 +229,7 @@ class LighthouseClient:
             self.remembered = []
 
     def _peer(self, msg: dict, kind: str, now: float) -> None:
-        cert = certs.verify_node(msg["cert"], self.device.me.ca, self.device.wall_ns() / 1e9)
+        cert = self.device.me.verify_peer(msg["cert"], self.device.wall_ns() / 1e9)
         if cert.name != msg["name"] or cert.name == self.device.me.cert.name:
             raise RemoteProtocolError("bad_control", "peer name does not match its certificate")
         subnet = ipaddress.IPv4Network(msg["subnet"])

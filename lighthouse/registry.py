@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from engine.proto import names
+from engine.proto import cert as certs, names, revocation
 from engine.proto.errors import RemoteProtocolError
 from lighthouse import wire
 from lighthouse.leases import LeaseExhausted, LeaseStore
@@ -51,8 +51,12 @@ class Node:
 
 
 class Registry:
-    def __init__(self, leases: LeaseStore, ttl: float = 60.0) -> None:
+    def __init__(self, leases: LeaseStore, ttl: float = 60.0,
+                 revocations: revocation.Revocations | None = None) -> None:
+        """revocations: the network's blocklist; a node that registers holding an older
+        one gets the current one, and revoked nodes are dropped (drop_revoked)."""
         self.leases = leases
+        self.revocations = revocations
         self.ttl = ttl
         self.nodes: dict[str, Node] = {}
         self.by_endpoint: dict[Endpoint, Node] = {}
@@ -89,9 +93,12 @@ class Registry:
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                             ttl=int(self.ttl))
         # the lease first: the node clears its list of refusals on it, then reads these
-        return [(name, lease)] + [(name, wire.encode("error", code="service_refused", msg=reason[:400],
-                                                     service=service[:63]))
-                                  for service, reason in refused]
+        held = msg["blocklist"]
+        newer = self.revocations is not None and held < self.revocations.serial
+        return ([(name, lease)] + [(name, wire.encode("error", code="service_refused", msg=reason[:400],
+                                                      service=service[:63]))
+                                   for service, reason in refused]
+                + ([(name, m) for m in self.blocklist_messages()] if newer else []))
 
     def _claim(self, name: str, subnet: ipaddress.IPv4Network, services: list[dict],
                now: float) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -136,6 +143,30 @@ class Registry:
         for claim in self.claimed_by.pop(name, ()):
             if self.claims.get(claim) == name:
                 del self.claims[claim]
+
+    def blocklist_messages(self) -> list[bytes]:
+        """The current blocklist as `blocklist` control messages (pieces of CHUNK bytes)."""
+        bl = self.revocations.current if self.revocations is not None else None
+        if bl is None:
+            return []
+        return [wire.encode("blocklist", serial=bl.serial, total=len(bl.raw), offset=off, data=data)
+                for off, data in revocation.chunks(bl.raw)]
+
+    def drop_revoked(self) -> list[str]:
+        """Forget the nodes whose certificate the blocklist revokes: no query finds them,
+        no relay serves them, their lease stays theirs (sticky per name)."""
+        if self.revocations is None:
+            return []
+        gone = [n for n, node in self.nodes.items() if self.revocations.reason(certs.decode(node.cert)[0])]
+        for n in gone:
+            self._forget(n)
+        return gone
+
+    def _forget(self, name: str) -> None:
+        node = self.nodes.pop(name)
+        self._release(name)
+        if self.by_endpoint.get(node.observed) is node:
+            del self.by_endpoint[node.observed]
 
     def _query(self, asker: str, msg: dict, now: float) -> list[tuple[str, bytes]]:
         self.queries += 1
@@ -186,8 +217,5 @@ class Registry:
     def expire(self, now: float) -> list[str]:
         gone = [n for n, node in self.nodes.items() if now - node.last_seen > 3 * self.ttl]
         for n in gone:
-            node = self.nodes.pop(n)
-            self._release(n)
-            if self.by_endpoint.get(node.observed) is node:
-                del self.by_endpoint[node.observed]
+            self._forget(n)
         return gone
