@@ -18,6 +18,7 @@ from typing import Callable
 from engine.device import Device, Peer
 from engine.log import Logger
 from engine.proto import cert as certs
+from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from lighthouse import wire
 
@@ -60,6 +61,7 @@ class LighthouseClient:
         self.gateway = gateway
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
+        device.relay_names.update(self.lighthouses)  # a lighthouse may relay (Device.relay_allowed)
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
@@ -105,7 +107,9 @@ class LighthouseClient:
 
     def register(self, now: float) -> None:
         published = list(self.services.local.values()) if self.services is not None else []
-        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway)
+        # the lighthouse hands out our observed address first, then at most MAX_LOCAL of these
+        mine = endpoints_policy.usable(self.local_endpoints())[0][:wire.MAX_LOCAL]
+        msg = wire.encode("register", endpoints=mine, services=published, gateway=self.gateway)
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
@@ -202,20 +206,27 @@ class LighthouseClient:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         if not subnet.subnet_of(self.network):
             raise RemoteProtocolError("bad_control", f"{subnet} is outside {self.network}")
+        # the lighthouse vets endpoints too; this side does not rely on it (an older or
+        # misbehaving lighthouse must not make us send handshakes to 127.0.0.1:22)
+        endpoints, refused = endpoints_policy.usable(msg["endpoints"])
+        local = endpoints_policy.usable(msg["local"])[0]
+        if refused:
+            self.device.errors["endpoint_refused"] += len(refused)
+            self.log.warning("endpoints_refused", peer=cert.name, endpoints=",".join(f"{h}:{p}" for h, p in refused))
         peer = self.device.peers.get(cert.name)
         if peer is None:
-            peer = self.device.add_peer(cert, subnet, msg["endpoints"])
+            peer = self.device.add_peer(cert, subnet, endpoints)
             if self.on_peers_changed is not None:
                 self.on_peers_changed([p for p in self.device.peers if p not in self.lighthouses])
         elif peer.cert.key != cert.key:
             raise RemoteProtocolError("bad_cert", f"{cert.name} changed its key")
         self.device.set_subnet(peer, subnet)
-        self.device.set_endpoints(peer, msg["endpoints"])
-        peer.extra["local"] = msg["local"]
+        self.device.set_endpoints(peer, endpoints)
+        peer.extra["local"] = local
         if peer.session.current is None and peer.relay is None:
             self.connecting.setdefault(peer.name, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),
-                      endpoints=",".join(f"{h}:{p}" for h, p in msg["endpoints"]))
+                      endpoints=",".join(f"{h}:{p}" for h, p in endpoints))
         self.device.connect(peer, now)

@@ -16,7 +16,11 @@ authenticated by the Noise session between the node and the lighthouse).
 
 Every message is a map with "t" (its type) and "v" (1). decode() checks types and
 sizes and raises RemoteProtocolError for anything else: a malformed message is
-dropped and counted, never trusted.
+dropped and counted, never trusted. Every field is bounded (limits below; integers
+must be msgpack integers in their range, so `inf`/`nan` floats are refused). The
+sender keeps to the same limits: a node registers at most MAX_LOCAL endpoints, and
+peer_message() trims a peer/punch to MAX_ENDPOINTS and MAX_MESSAGE bytes, so the
+lighthouse never builds a message its receiver would refuse.
 """
 from __future__ import annotations
 
@@ -28,7 +32,10 @@ from engine.proto.errors import RemoteProtocolError
 
 VERSION = 1
 MAX_MESSAGE = 1400
-MAX_ENDPOINTS = 8
+MAX_ENDPOINTS = 8               # any endpoint list on the wire
+MAX_LOCAL = MAX_ENDPOINTS - 1   # a node's own addresses: the observed one comes first
+MAX_OFFSET = 1 << 20            # catalog paging (far above MAX_SERVICES x nodes in practice)
+MAX_TTL = 86400
 
 Endpoint = tuple[str, int]
 
@@ -62,6 +69,13 @@ def _net(msg: dict, key: str) -> str:
         ipaddress.IPv4Network(value)
     except ValueError:
         raise RemoteProtocolError("bad_control", f"{key} is not a CIDR") from None
+    return value
+
+
+def _int(msg: dict, key: str, default: int, low: int, high: int) -> int:
+    value = msg.get(key, default)
+    if type(value) is not int or not low <= value <= high:  # no bool, no float (inf, nan)
+        raise RemoteProtocolError("bad_control", f"{key} must be an integer in [{low}, {high}]")
     return value
 
 
@@ -99,10 +113,11 @@ SCHEMA = {
     "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", [])),
                            "services": _services(m.get("services", [])),
                            "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None},
-    "catalog_query": lambda m: {"offset": int(m.get("offset", 0))},
-    "catalog": lambda m: {"services": _services(m.get("services", []), True), "next": int(m.get("next", 0))},
+    "catalog_query": lambda m: {"offset": _int(m, "offset", 0, 0, MAX_OFFSET)},
+    "catalog": lambda m: {"services": _services(m.get("services", []), True),
+                          "next": _int(m, "next", 0, 0, MAX_OFFSET)},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
-                        "observed": _endpoints([m.get("observed")])[0], "ttl": int(m.get("ttl", 60))},
+                        "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL)},
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
@@ -136,6 +151,23 @@ def encode(kind: str, **fields: object) -> bytes:
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"{kind} message of {len(data)} bytes is too large")
     return data
+
+
+def peer_message(kind: str, name: str, cert: bytes, subnet: str, endpoints: list[Endpoint],
+                 local: list[Endpoint]) -> bytes:
+    """A peer or punch message that its receiver accepts: at most MAX_ENDPOINTS
+    candidates, and the last ones dropped while the message is over MAX_MESSAGE bytes
+    (a certificate near MAX_CERT_BYTES leaves room for fewer)."""
+    endpoints = list(endpoints)[:MAX_ENDPOINTS]
+    while True:
+        kept = set(endpoints)
+        try:
+            return encode(kind, name=name, cert=cert, subnet=subnet, endpoints=endpoints,
+                          local=[e for e in local if e in kept])
+        except ValueError:
+            if not endpoints:
+                raise
+            endpoints.pop()
 
 
 def decode(data: bytes) -> tuple[str, dict]:
