@@ -151,3 +151,27 @@ def test_a_roam_to_an_address_nobody_should_be_sent_to_is_refused(net, addr):
     assert net.a_state() == before and net.a.errors["endpoint_refused"] == 1
     net.to_a(b"", ("10.1.2.3", 4787), CTRL_ROAM, net.pb.slot)  # a private LAN address is fine
     assert net.pb.endpoint == ("10.1.2.3", 4787)
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from([1, 2, 5]), st.binary(max_size=300), st.sampled_from([ATTACKER, LH_ADDR, B_ADDR]),
+       st.integers(0, 2**32 - 1))
+def test_any_handshake_or_relayed_packet_is_taken_or_a_counted_drop(net, kind, body, src, index):
+    """Fuzz of what the data path hands up raw (types 1, 2, 5): a RemoteProtocolError
+    counted in Device.errors, never another exception, and the path stays. A response
+    under a receiver index that is waiting is tried too (the index is in the body)."""
+    net.a.rehandshake(net.pb, 2.0)  # a's handshake is pending: responses reach consume_response
+    waiting = next(iter(i for i, n in net.a.indexes.owner.items() if n == "host-b" and
+                        i == net.pb.session.pending.local_index))
+    packet = bytes([kind, 0, 0, 0]) + index.to_bytes(4, "little") + (
+        waiting.to_bytes(4, "little") if kind == 2 else b"") + body
+    if kind == 5:
+        packet = packet[:8] + bytes([body[0] % 3 if body else 1, 0, 0, 0]) + body
+    relay = (net.pb.relay, net.pb.endpoint)
+    errors = sum(net.a.errors.values())
+    net.to_a(packet, src, now=2.0)
+    assert sum(net.a.errors.values()) == errors + 1
+    assert (net.pb.relay, net.pb.endpoint) == relay
