@@ -164,6 +164,10 @@ class LighthouseClient:
     def _catalog(self, msg: dict) -> None:
         if self.services is None:
             return
+        for service in msg["services"]:  # our gateway proxies to these: never to 169.254.169.254
+            if service["gateway"] is not None and endpoints_policy.refused(service["gateway"]):
+                self.device.errors["endpoint_refused"] += 1
+                service["gateway"] = None
         self._catalog_pages += msg["services"]
         if msg["next"]:
             self._ask(wire.encode("catalog_query", offset=msg["next"]), one=True)

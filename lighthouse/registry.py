@@ -106,7 +106,11 @@ class Registry:
         node.observed, node.local, node.last_seen, node.subnet = src, local[:wire.MAX_LOCAL], now, subnet
         node.observed_ok = endpoints_policy.refused(src) is None
         node.services = [s for s in msg["services"] if ipaddress.IPv4Address(s["addr"]) in subnet]
-        node.gateway = msg["gateway"]
+        gateway = msg["gateway"]  # other hosts' gateways proxy HTTP to it: the same rule as endpoints
+        if gateway is not None and endpoints_policy.refused(gateway):
+            self.limited["endpoints_refused"] += 1
+            gateway = None
+        node.gateway = gateway
         self.by_endpoint[src] = node
         return [(name, wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                                    ttl=int(self.ttl)))]

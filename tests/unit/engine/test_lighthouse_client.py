@@ -155,3 +155,14 @@ def test_any_decrypted_control_message_is_handled_or_a_counted_drop(data):
     before = client.errors
     client.on_message(lh, data, ("192.0.2.254", 4787), 1.0)
     assert client.errors in (before, before + 1)
+
+
+def test_a_catalog_gateway_nobody_should_be_sent_to_is_dropped():
+    ca, dev, lh, client, leases = setup()
+    client.services = SimpleNamespace(remote=[])
+    entry = {"name": "web", "addr": "10.87.7.5", "port": 80, "node": "host-b"}
+    client.on_message(lh, wire.encode("catalog", services=[dict(entry, gateway=("169.254.169.254", 80)),
+                                                           dict(entry, name="api", gateway=("10.0.0.7", 80))], next=0),
+                      ("192.0.2.254", 4787), 1.0)
+    assert [s["gateway"] for s in client.services.remote] == [None, ("10.0.0.7", 80)]
+    assert dev.errors["endpoint_refused"] == 1

@@ -192,3 +192,17 @@ def test_every_message_type_with_any_field_values_decodes_or_is_a_counted_drop(k
     except RemoteProtocolError:
         return
     assert kind2 == kind
+
+
+def test_a_gateway_address_nobody_should_be_sent_to_is_not_published(reg):
+    """Other hosts' gateways proxy HTTP to a node's published gateway: a node must not
+    point them at the metadata service (SSRF), as with punch endpoints."""
+    svc = [{"name": "web", "addr": "10.87.1.5", "port": 80}]
+    for gw, expected in ((("169.254.169.254", 80), None), (("127.0.0.1", 8080), None),
+                         (("192.168.1.10", 80), ("192.168.1.10", 80))):
+        reg.handle("a", b"cert-a", wire.encode("register", endpoints=[], services=svc, gateway=gw),
+                   ("203.0.113.5", 1), 0.0)
+        [(_, data)] = reg.handle("a", b"cert-a", wire.encode("catalog_query", offset=0), ("203.0.113.5", 1), 0.0)
+        [entry] = wire.decode(data)[1]["services"]
+        assert entry["gateway"] == expected
+    assert reg.limited["endpoints_refused"] == 2
