@@ -146,9 +146,7 @@ class Registry:
         its own subnet: that was checked at register)."""
         entries = [dict(s, node=n.name, gateway=n.gateway) for n in sorted(self.nodes.values(), key=lambda n: n.name)
                    if now - n.last_seen <= 3 * self.ttl for s in n.services]
-        page = entries[max(0, offset):max(0, offset) + wire.CATALOG_PAGE]
-        nxt = offset + len(page) if offset + len(page) < len(entries) else 0
-        return [(asker, wire.encode("catalog", services=page, next=nxt))]
+        return [(asker, wire.catalog_message(entries, max(0, offset)))]
 
     def relay(self, packet: bytes, src: Endpoint, now: float) -> tuple[bytes, Endpoint]:
         """A type-5 packet from a registered node: (the packet to send, where). The

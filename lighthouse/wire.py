@@ -170,6 +170,20 @@ def peer_message(kind: str, name: str, cert: bytes, subnet: str, endpoints: list
             endpoints.pop()
 
 
+def catalog_message(entries: list[dict], offset: int) -> bytes:
+    """The catalog page starting at `offset`: up to CATALOG_PAGE entries, fewer when
+    they would not fit in MAX_MESSAGE (long hosts and prefixes: a full page of them is
+    about 5 KB); `next` is the offset of the next page, or 0 after the last one."""
+    for size in range(CATALOG_PAGE, 0, -1):
+        page = entries[offset:offset + size]
+        nxt = offset + len(page) if offset + len(page) < len(entries) else 0
+        try:
+            return encode("catalog", services=page, next=nxt)
+        except ValueError:
+            continue
+    raise ValueError("one catalog entry does not fit in a message")  # bounded by _service: cannot happen
+
+
 def decode(data: bytes) -> tuple[str, dict]:
     if len(data) > MAX_MESSAGE:
         raise RemoteProtocolError("oversized_control", f"{len(data)} bytes")

@@ -206,3 +206,28 @@ def test_a_gateway_address_nobody_should_be_sent_to_is_not_published(reg):
         [entry] = wire.decode(data)[1]["services"]
         assert entry["gateway"] == expected
     assert reg.limited["endpoints_refused"] == 2
+
+
+def test_a_catalog_of_long_entries_is_paged_to_fit_and_complete(reg):
+    """Each register fits in a message, but 8 long entries from several nodes made a
+    5 KB catalog page: encode raised ValueError in the lighthouse (no catalog for
+    anyone). Pages now shrink to fit, and paging still returns every entry."""
+    names = []
+    for n in range(4):
+        node = f"n{n}"
+        subnet = register(reg, node, ("203.0.113.5", 100 + n))[1]["subnet"]
+        svc = [{"name": f"s{n}-{i}", "addr": subnet[:-4] + "5", "port": 80, "host": "h" * 200 + str(i),
+                "prefix": "/" + "p" * 150} for i in range(3)]
+        names += [s["name"] for s in svc]
+        reg.handle(node, b"cert-" + node.encode(), wire.encode("register", endpoints=[], services=svc),
+                   ("203.0.113.5", 100 + n), 0.0)
+    got, offset = [], 0
+    for _ in range(20):
+        [(_, data)] = reg.handle("n0", b"cert-n0", wire.encode("catalog_query", offset=offset), ("203.0.113.5", 100),
+                                 0.0)
+        kind, msg = wire.decode(data)
+        got += [s["name"] for s in msg["services"]]
+        offset = msg["next"]
+        if not offset:
+            break
+    assert sorted(got) == sorted(names)
