@@ -284,6 +284,8 @@ class Device:
                 self.use_relay(peer, via[0], via[1], "peer reached us via the relay")
             else:
                 self._learn_endpoint(peer, item.addr)
+                if new and peer.endpoint == item.addr:
+                    peer.endpoints = [item.addr]  # its only candidate until a lighthouse tells more
             if new and self.on_new_peer is not None:
                 self.on_new_peer(peer, now)
             self._apply(peer)
