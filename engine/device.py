@@ -90,6 +90,7 @@ class Device:
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
+        self._relay_certified: set[str] = set()  # peers whose certificate has RELAY_GROUP
         self.dp = datapath
         self.send = send
         self.wall_ns = wall_ns
@@ -112,6 +113,8 @@ class Device:
         self.by_slot[slot] = peer
         self.dp.set_peer(slot, subnet)
         self.dp.set_peer_groups(slot, sum(self.group_bits.get(g, 0) for g in set(cert.groups)))
+        if RELAY_GROUP in cert.groups:
+            self._relay_certified.add(cert.name)
         if endpoints:
             self._set_endpoint(peer, endpoints[0])
         return peer
@@ -162,6 +165,7 @@ class Device:
     def remove_peer(self, name: str) -> None:
         peer = self.peers.pop(name)
         del self.by_slot[peer.slot]
+        self._relay_certified.discard(name)
         peer.session.close()
         self._apply(peer)
         self.dp.remove_peer(peer.slot)
@@ -181,8 +185,12 @@ class Device:
         """Whether type-5 packets from `addr` may move a peer's path: it must be an
         address of a configured lighthouse, or of a peer certified with RELAY_GROUP
         (its current endpoint, which only authenticated packets set, or a candidate)."""
-        return any((p.name in self.relay_names or RELAY_GROUP in p.cert.groups)
-                   and (addr == p.endpoint or addr in p.endpoints) for p in self.peers.values())
+        # only the few relay candidates are looked at: a flood of type 5 costs no scan of all peers
+        for name in self.relay_names | self._relay_certified:
+            p = self.peers.get(name)
+            if p is not None and (addr == p.endpoint or addr in p.endpoints):
+                return True
+        return False
 
     def _learn_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
         """The source of an authenticated, fresh packet becomes the peer's endpoint,
