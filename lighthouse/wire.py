@@ -45,7 +45,7 @@ def _endpoints(raw: object) -> list[Endpoint]:
         raise RemoteProtocolError("bad_control", "endpoints must be a short list")
     out = []
     for item in raw:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int
                 and 0 < item[1] < 65536):
             raise RemoteProtocolError("bad_control", "bad endpoint")
         try:
@@ -90,7 +90,7 @@ def _service(raw: object, with_node: bool) -> dict:
     if not all(c.isalnum() or c == "-" for c in name) or not name[0].isalnum():
         raise RemoteProtocolError("bad_control", "service name: letters, digits and '-'")
     port = raw.get("port")
-    if not isinstance(port, int) or not 0 < port < 65536:
+    if type(port) is not int or not 0 < port < 65536:
         raise RemoteProtocolError("bad_control", "service port")
     out = {"name": name.lower(), "addr": str(ipaddress.IPv4Address(_str(raw, "addr", 15))), "port": port,
            "host": _str(raw, "host", 253) if raw.get("host") else "", "prefix": str(raw.get("prefix") or "/")[:200]}
