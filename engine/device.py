@@ -287,7 +287,12 @@ class Device:
                 raise RemoteProtocolError("bad_cert", f"{init.peer.name} presented another key")
             # the TAI64N check (replayed_initiation) comes before the path moves: an old
             # initiation, replayed from anywhere, must change nothing
-            peer.session.receive_initiation(init, None if via else item.addr, now)
+            try:
+                peer.session.receive_initiation(init, None if via else item.addr, now)
+            except RemoteProtocolError:
+                if new:  # e.g. a time before 1970: the node stays unknown
+                    self.remove_peer(peer.name)
+                raise
             if via:
                 self.use_relay(peer, via[0], via[1], "peer reached us via the relay")
             else:
