@@ -7,7 +7,8 @@
  *        proves the sender knows whom it talks to, nothing more.
  *     -> not under load (the global token bucket has a token): the per-source and
  *        global buckets as before, then up to Python.
- *     -> under load: only a message whose mac2 is keyed by the cookie of its source
+ *     -> under load (from the moment the global bucket is empty until it is full
+ *        again; messages without mac2 keep draining it): only a message whose mac2 is keyed by the cookie of its source
  *        address goes up (per-source bucket still applies); the others are answered
  *        with a cookie reply (type 6) and dropped (FN_DROP_COOKIE). A sender that
  *        cannot receive at its address never gets a cookie, so spoofed floods stop here.
@@ -26,10 +27,14 @@
 #define MACS (2 * FN_MAC)
 #define HS_MIN (8 + MACS)          /* header and both macs; the Noise part is checked in Python */
 
-static int take_token(rate_bucket *b, int64_t now, int64_t rate, int64_t burst) {
+static void refill(rate_bucket *b, int64_t now, int64_t rate, int64_t burst) {
     int64_t gained = (now - b->last_ns) * rate / 1000000;  /* milli-tokens since last time */
     b->milli_tokens = b->milli_tokens + gained > burst * 1000 ? burst * 1000 : b->milli_tokens + gained;
     b->last_ns = now;
+}
+
+static int take_token(rate_bucket *b, int64_t now, int64_t rate, int64_t burst) {
+    refill(b, now, rate, burst);
     if (b->milli_tokens < 1000) return 0;
     b->milli_tokens -= 1000;
     return 1;
@@ -62,6 +67,7 @@ void fn_set_identity(fn_ctx *ctx, const uint8_t *static_public) {
     crypto_generichash(ctx->mac1_key, 32, in, sizeof(in), NULL, 0);
     memcpy(in, "cookie--", 8);
     crypto_generichash(ctx->cookie_key, 32, in, sizeof(in), NULL, 0);
+    randombytes_buf(ctx->cookie_nonce, sizeof(ctx->cookie_nonce));
     ctx->have_identity = 1;
     pthread_mutex_unlock(&ctx->rx_lock);
 }
@@ -110,7 +116,11 @@ static void cookie_reply(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const st
     }
     put_type(r, TYPE_COOKIE);
     memcpy(r + 4, msg + 4, 4);  /* the message's sender index */
-    randombytes_buf(r + 8, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
+    /* a nonce must never repeat under cookie_key: a random prefix drawn at
+     * fn_set_identity and a counter (a getrandom call per reply cost more than the
+     * rest of the reply) */
+    memcpy(r + 8, ctx->cookie_nonce, 16);
+    put_le64(r + 24, ctx->cookie_nonce_counter++);
     cookie_of(ctx, from, relayed_from, now, cookie);
     crypto_aead_xchacha20poly1305_ietf_encrypt(r + 32, NULL, cookie, FN_MAC, msg + len - MACS, FN_MAC, NULL,
                                                r + 8, ctx->cookie_key);
@@ -135,23 +145,36 @@ int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct s
         ctx->drops_out[FN_DROP_MAC1]++;
         return 0;
     }
-    /* the global bucket is refilled by take_token; a zero take tells whether it is empty */
-    int under_load = !take_token(&ctx->rl_global, now, ctx->rl_global_rate, ctx->rl_global_rate);
-    if (!under_load) {
-        if (source_allowed(ctx, from, now)) return 1;
-        ctx->rl_global.milli_tokens += 1000;  /* not used after all */
-        ctx->drops_out[FN_DROP_RATE_LIMITED]++;
-        return 0;
+    /* Under load: entered when the global bucket is empty, left when it is full
+     * again. Meanwhile messages without a valid mac2 still drain it (and go no
+     * further), so a flood keeps the engine in this state and no junk reaches
+     * Python; a quiet second ends it. */
+    int64_t rate = ctx->rl_global_rate;
+    rate_bucket *g = &ctx->rl_global;
+    refill(g, now, rate, rate);
+    if (ctx->under_load && g->milli_tokens >= rate * 1000) ctx->under_load = 0;
+    if (!ctx->under_load) {
+        if (g->milli_tokens >= 1000) {
+            if (!source_allowed(ctx, from, now)) { ctx->drops_out[FN_DROP_RATE_LIMITED]++; return 0; }
+            g->milli_tokens -= 1000;
+            return 1;
+        }
+        ctx->under_load = 1;
     }
-    uint8_t cookie[FN_MAC];
-    cookie_of(ctx, from, relayed_from, now, cookie);
-    int proven = mac_ok(cookie, FN_MAC, msg, len - FN_MAC, msg + len - FN_MAC);
-    sodium_memzero(cookie, sizeof(cookie));
+    static const uint8_t zero[FN_MAC];
+    int proven = 0;
+    if (sodium_memcmp(msg + len - FN_MAC, zero, FN_MAC) != 0) {  /* no mac2: no need to look */
+        uint8_t cookie[FN_MAC];
+        cookie_of(ctx, from, relayed_from, now, cookie);
+        proven = mac_ok(cookie, FN_MAC, msg, len - FN_MAC, msg + len - FN_MAC);
+        sodium_memzero(cookie, sizeof(cookie));
+    }
     if (proven) {
         if (source_allowed(ctx, from, now)) return 1;
         ctx->drops_out[FN_DROP_RATE_LIMITED]++;
         return 0;
     }
+    if (g->milli_tokens >= 1000) g->milli_tokens -= 1000;
     cookie_reply(ctx, msg, len, from, fromlen, relayed_from, now);
     ctx->drops_out[FN_DROP_COOKIE]++;
     return 0;

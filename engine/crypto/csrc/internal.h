@@ -159,12 +159,15 @@ struct fn_ctx {
     rate_bucket rl[RL_BUCKETS];            /* outside thread only */
     rate_bucket rl_global;
     int64_t rl_global_rate;                /* fn_set_handshake_limit; RL_GLOBAL */
+    int under_load;                        /* cookie.c: mac2 wanted */
     rate_bucket rl_cookie;
     /* cookie.c (rx_lock): mac1 and cookie keys from our static public key */
     int have_identity;
     uint8_t mac1_key[32], cookie_key[32];
     uint8_t cookie_secret[32];
     int64_t cookie_secret_born;
+    uint8_t cookie_nonce[16];              /* random prefix of cookie reply nonces ... */
+    uint64_t cookie_nonce_counter;         /* ... and the counter after it */
     cookie_out cookie_q[COOKIE_Q];
     int ncookie;
     fn_ctrl pending[FN_PENDING];           /* control items received by a spin (rx_lock) */

@@ -231,3 +231,18 @@ def test_python_cookie_reply_matches_what_c_accepts():
     ours, msg = os.urandom(32), handshake(1, 5, os.urandom(80), OURS)
     reply = cookies.make_reply(msg, ours, b"c" * 16, b"n" * 24)
     assert cookies.open_reply(reply, ours, msg[-32:-16]) == b"c" * 16
+
+
+def test_under_load_lasts_while_the_flood_does_and_ends_when_it_stops(dp, wire):
+    """Once the global bucket is empty, messages without mac2 keep it drained: none of
+    them reaches Python however long the flood lasts; a quiet second ends it."""
+    import time
+    dp.set_handshake_limit(10)
+    got = []
+    for i in range(6):  # 6 x 15 messages over ~0.6 s: more than the 10/s refill
+        got += wire.deliver(dp, [handshake(1, 100 * i + j, os.urandom(100), OURS) for j in range(15)])
+        time.sleep(0.1)
+    assert len([k for k, _ in got if k == CTRL_RAW]) == 10  # the burst only
+    assert dp.drops()["under_load_cookie_sent"] == 80
+    time.sleep(1.1)
+    assert wire.deliver(dp, [handshake(1, 999, os.urandom(100), OURS)])[0][0] == CTRL_RAW
