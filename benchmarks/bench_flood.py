@@ -101,7 +101,8 @@ def restart_resume(lab: Lab, limit: float = 20.0) -> float | None:
     lab.start_engine(a)
     lab.wait_engine(a)
     while time.monotonic() - start < limit:
-        if sh("ping", "-c", "1", "-W", "1", b.containers[0]["ip"], ns=a.containers[0]["ns"], check=False).returncode == 0:
+        probe = sh("ping", "-c", "1", "-W", "1", b.containers[0]["ip"], ns=a.containers[0]["ns"], check=False)
+        if probe.returncode == 0:
             return round(time.monotonic() - start, 2)
     return None
 
