@@ -208,7 +208,7 @@ def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp
     good = ipv4_udp("10.87.2.5", "10.87.1.9", b"still alive")
     inputs, counter, valid = [], 10, []
     for i in range(100_000):
-        shape = rng.randrange(6)
+        shape = rng.randrange(7)
         if shape == 0:
             p = rng.randbytes(rng.randrange(0, 300))
         elif shape == 1:   # data/control header, wrong index (or version, or reserved bytes)
@@ -219,6 +219,9 @@ def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp
             p = seal(KEY_RX, RX_INDEX, 5_000_000 + i, good)[:rng.randrange(0, 40)]
         elif shape == 4:   # unknown types
             p = bytes([rng.randrange(7, 256), 2, 0, 0]) + rng.randbytes(rng.randrange(0, 64))
+        elif shape == 5:   # handshake, relayed and cookie-reply headers: the gate (cookie.c)
+            inner = bytes([rng.choice((1, 2, 3, 4, 5, 6)), 2, 0, 0]) + rng.randbytes(rng.choice((60, 4, 40, 100)))
+            p = inner if rng.random() < 0.5 else bytes([5, 2, 0, 0]) + rng.randbytes(4) + inner
         else:              # a valid packet now and then
             p = seal(KEY_RX, RX_INDEX, counter, good)
             counter += 1

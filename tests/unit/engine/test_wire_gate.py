@@ -246,3 +246,14 @@ def test_under_load_lasts_while_the_flood_does_and_ends_when_it_stops(dp, wire):
     assert dp.drops()["under_load_cookie_sent"] == 80
     time.sleep(1.1)
     assert wire.deliver(dp, [handshake(1, 999, os.urandom(100), OURS)])[0][0] == CTRL_RAW
+
+
+def test_a_relay_rate_limits_the_handshakes_it_forwards_by_inner_type(dp, wire):
+    """A relay (lighthouse) forwards type 5 in Python: handshakes inside count against
+    the sender's address; relayed data does not."""
+    dp.set_relay_mode(True)
+    other = os.urandom(32)  # for the target, not the relay: the relay cannot check mac1
+    got = wire.deliver(dp, [relayed(0x40, handshake(1, i, os.urandom(150), other)) for i in range(500)])
+    assert len(got) <= 30 and dp.drops()["handshake_rate_limited"] >= 470
+    data = [relayed(0x40, seal(os.urandom(32), 5, i, b"x" * 100)) for i in range(100)]
+    assert len(wire.deliver(dp, data)) == 100
