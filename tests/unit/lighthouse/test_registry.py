@@ -83,3 +83,235 @@ def test_oversized_message(reg):
     with pytest.raises(RemoteProtocolError) as info:
         reg.handle("a", b"c", b"\x80" * 5000, ("203.0.113.5", 1), 0.0)
     assert info.value.reason == "oversized_control"
+
+
+# ---- service names: one rule, unique across nodes (issue 13 item 6)
+
+def svc(name, addr, host="", prefix="/"):
+    return {"name": name, "addr": addr, "port": 80, "host": host, "prefix": prefix}
+
+
+def register_services(reg, name, src, services, now=0.0):
+    out = reg.handle(name, b"cert-" + name.encode(), wire.encode("register", endpoints=[], services=services),
+                     src, now)
+    assert all(to == name for to, _ in out)
+    msgs = [wire.decode(data) for _, data in out]
+    assert msgs[0][0] == "lease"
+    return {m["service"]: m["msg"] for kind, m in msgs[1:] if kind == "error" and m["code"] == "service_refused"}
+
+
+def catalog(reg, now):
+    [(_, data)] = reg.handle("a", b"cert-a", wire.encode("catalog_query", offset=0), ("203.0.113.5", 1), now)
+    return sorted((s["name"], s["node"]) for s in wire.decode(data)[1]["services"])
+
+
+def test_a_taken_name_is_refused_and_the_first_node_keeps_it(reg):
+    assert register_services(reg, "a", ("203.0.113.5", 1), [svc("wiki", "10.87.1.5")]) == {}
+    refused = register_services(reg, "b", ("198.51.100.7", 1), [svc("wiki", "10.87.2.5"), svc("git", "10.87.2.6")],
+                                now=1)
+    assert refused == {"wiki": "service 'wiki': name 'wiki' is already published by node a; the first node keeps "
+                               "it while it is online"}
+    assert catalog(reg, 2) == [("git", "b"), ("wiki", "a")]
+    # the owner re-registers: still its own
+    assert register_services(reg, "a", ("203.0.113.5", 1), [svc("wiki", "10.87.1.5")], now=3) == {}
+    assert catalog(reg, 4) == [("git", "b"), ("wiki", "a")]
+
+
+def test_hosts_are_unique_too_but_prefixes_split_a_host(reg):
+    register_services(reg, "a", ("203.0.113.5", 1), [svc("wiki", "10.87.1.5", host="Docs.Office.lan"),
+                                                      svc("notes", "10.87.1.6")])
+    refused = register_services(reg, "b", ("198.51.100.7", 1),
+                                [svc("docs", "10.87.2.5", host="docs.office.lan"),
+                                 svc("api", "10.87.2.6", host="docs.office.lan", prefix="/api"),
+                                 svc("x", "10.87.2.7", host="notes")], now=1)
+    assert set(refused) == {"docs", "x"}
+    assert "host 'docs.office.lan' (prefix '/') is already published by node a" in refused["docs"]
+    assert "host 'notes' (prefix '/') is already published by node a" in refused["x"]
+
+
+def test_one_bad_name_in_a_register_refuses_that_service_alone(reg):
+    """Before: a name outside the rule (here '_') made the whole register message
+    malformed (wire.decode raised): the node's endpoints and every other service were
+    dropped with it. Unicode ('café') passed and then froze the gateways' tables."""
+    refused = register_services(reg, "a", ("203.0.113.5", 1),
+                                [svc("my_app", "10.87.1.5"), svc("café", "10.87.1.6"), svc("wiki", "10.87.1.7"),
+                                 svc("docs", "10.87.1.8", host="a..b"), svc("far", "10.87.9.9")])
+    assert refused == {
+        "my_app": "service 'my_app': name: character '_' is not allowed (use a-z, 0-9 and '-')",
+        "café": "service 'café': name: not ASCII: write international names in punycode (xn--...)",
+        "docs": "service 'docs': host: empty label (two dots, or a dot at the start or end)",
+        "far": "service 'far': address 10.87.9.9 is not in the node's subnet 10.87.1.0/24"}
+    assert catalog(reg, 1) == [("wiki", "a")]
+    assert reg.refused_services == 4
+
+
+def test_a_name_is_freed_when_its_owner_goes_offline(reg):
+    register_services(reg, "a", ("203.0.113.5", 1), [svc("wiki", "10.87.1.5")], now=0)
+    assert "wiki" in register_services(reg, "b", ("198.51.100.7", 1), [svc("wiki", "10.87.2.5")], now=100)
+    # a is silent for more than 3 x ttl: b's next register takes the name (before or after expire())
+    assert register_services(reg, "b", ("198.51.100.7", 1), [svc("wiki", "10.87.2.5")], now=181) == {}
+    assert catalog(reg, 182) == [("wiki", "b")]
+    # a comes back: now b holds it
+    assert "wiki" in register_services(reg, "a", ("203.0.113.5", 1), [svc("wiki", "10.87.1.5")], now=183)
+    reg.expire(1000)
+    assert reg.claims == {} and reg.claimed_by == {}
+
+
+def test_a_node_dropping_a_service_frees_its_name(reg):
+    register_services(reg, "a", ("203.0.113.5", 1), [svc("wiki", "10.87.1.5")])
+    register_services(reg, "a", ("203.0.113.5", 1), [], now=1)
+    assert register_services(reg, "b", ("198.51.100.7", 1), [svc("wiki", "10.87.2.5")], now=2) == {}
+
+
+def test_the_same_name_twice_in_one_register(reg):
+    refused = register_services(reg, "a", ("203.0.113.5", 1),
+                                [svc("wiki", "10.87.1.5"), svc("notes", "10.87.1.6", host="wiki")])
+    assert refused == {"notes": "service 'notes': host 'wiki' (prefix '/') is used twice by this node"}
+
+
+# ---- issue 13 items 5 and 8: endpoints, limits, rates
+
+BAD_ENDPOINTS = [("127.0.0.1", 22), ("169.254.169.254", 80), ("0.0.0.0", 9), ("224.0.0.251", 5353),
+                 ("255.255.255.255", 9)]
+
+
+def test_endpoints_nobody_should_be_sent_to_never_reach_a_peer_or_punch(reg):
+    register(reg, "a", ("203.0.113.5", 40000), endpoints=BAD_ENDPOINTS + [("10.0.0.5", 4787)])
+    register(reg, "b", ("198.51.100.7", 50000), endpoints=[("172.16.2.2", 4787)])
+    assert reg.limited["endpoints_refused"] == len(BAD_ENDPOINTS)
+    out = dict(reg.handle("b", b"cert-b", wire.encode("query", name="a"), ("198.51.100.7", 50000), 1.0))
+    assert wire.decode(out["b"])[1]["endpoints"] == [("203.0.113.5", 40000), ("10.0.0.5", 4787)]
+    out = dict(reg.handle("a", b"cert-a", wire.encode("query", name="b"), ("203.0.113.5", 40000), 1.0))
+    punch = wire.decode(out["b"])[1]
+    assert punch["endpoints"] == [("203.0.113.5", 40000), ("10.0.0.5", 4787)] and punch["local"] == [("10.0.0.5", 4787)]
+
+
+def test_a_node_seen_on_loopback_is_not_handed_out_there(reg):
+    register(reg, "a", ("127.0.0.1", 40000), endpoints=[("10.0.0.5", 4787)])  # an engine on the lighthouse host
+    register(reg, "b", ("198.51.100.7", 50000))
+    out = dict(reg.handle("b", b"cert-b", wire.encode("query", name="a"), ("198.51.100.7", 50000), 1.0))
+    assert wire.decode(out["b"])[1]["endpoints"] == [("10.0.0.5", 4787)]
+
+
+def test_eight_own_endpoints_and_a_large_certificate_still_make_messages_the_receiver_accepts(reg):
+    """item 8: 8 own addresses + the observed one were 9 endpoints in a punch, which
+    wire.decode refuses (at most 8); a certificate near its size limit overflowed
+    MAX_MESSAGE. The lighthouse must never build a message its receiver refuses."""
+    eight = [(f"10.0.{i}.{200 + i}", 60000 + i) for i in range(8)]
+    big_cert = b"c" * 1024  # the largest certificate wire.decode takes
+    for name, src, cert in (("a" * 64, ("203.0.113.255", 65535), big_cert), ("b", ("198.51.100.7", 50000), b"cert-b")):
+        reg.handle(name, cert, wire.encode("register", endpoints=eight), src, 0.0)
+    for asker, target in (("b", "a" * 64), ("a" * 64, "b")):
+        for _to, data in reg.handle(asker, b"x", wire.encode("query", name=target), ("198.51.100.7", 50000), 1.0):
+            kind, msg = wire.decode(data)  # raises if the receiver would refuse it
+            assert kind in ("peer", "punch") and 1 <= len(msg["endpoints"]) <= wire.MAX_ENDPOINTS
+            assert set(msg["local"]) <= set(msg["endpoints"])
+    assert len(wire.decode(reg.handle("a" * 64, b"x", wire.encode("query", name="b"), ("1.2.3.4", 5), 1.0)[0][1])[1]
+               ["endpoints"]) == wire.MAX_ENDPOINTS  # a small certificate: all 8 fit
+
+
+def test_queries_are_rate_limited_per_node(reg):
+    from lighthouse.registry import QUERY_BURST, QUERY_RATE
+    register(reg, "a", ("203.0.113.5", 1))
+    register(reg, "b", ("198.51.100.7", 2))
+    q = wire.encode("query", name="b")
+    for _ in range(int(QUERY_BURST)):
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 1.0)
+    with pytest.raises(RemoteProtocolError) as info:
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 1.0)
+    assert info.value.reason == "query_rate_limited" and reg.limited["queries"] == 1
+    reg.handle("b", b"cert-b", wire.encode("query", name="a"), ("198.51.100.7", 2), 1.0)  # others are not affected
+    for _ in range(int(QUERY_RATE)):  # one second later: QUERY_RATE more
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 2.0)
+    with pytest.raises(RemoteProtocolError):
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 2.0)
+
+
+def test_punches_to_one_node_are_capped_but_askers_still_get_their_answer(reg):
+    from lighthouse.registry import PUNCH_BURST, PUNCH_RATE
+    register(reg, "target", ("198.51.100.7", 2))
+    punches = answers = 0
+    for i in range(int(PUNCH_BURST) + 20):
+        register(reg, f"n{i}", ("203.0.113.5", 1000 + i))
+        out = reg.handle(f"n{i}", b"c", wire.encode("query", name="target"), ("203.0.113.5", 1000 + i), 1.0)
+        answers += sum(1 for to, _ in out if to == f"n{i}")
+        punches += sum(1 for to, _ in out if to == "target")
+    assert answers == PUNCH_BURST + 20 and punches == PUNCH_BURST and reg.limited["punches"] == 20
+    out = reg.handle("n0", b"c", wire.encode("query", name="target"), ("203.0.113.5", 1000), 1.0 + 1 / PUNCH_RATE)
+    assert [to for to, _ in out] == ["n0", "target"]
+
+
+@pytest.mark.parametrize("fields", [{"t": "catalog_query", "offset": float("inf")},
+                                    {"t": "catalog_query", "offset": float("nan")},
+                                    {"t": "catalog_query", "offset": -1}, {"t": "catalog_query", "offset": True},
+                                    {"t": "catalog", "services": [], "next": float("-inf")},
+                                    {"t": "lease", "subnet": "10.87.1.0/24", "network": "10.87.0.0/16",
+                                     "observed": ["192.0.2.1", 1], "ttl": float("inf")},
+                                    {"t": "lease", "subnet": "10.87.1.0/24", "network": "10.87.0.0/16",
+                                     "observed": ["192.0.2.1", 1], "ttl": 10**30 % 2**64}])
+def test_non_integers_and_out_of_range_numbers_are_refused(fields):
+    """item 8: `inf` in offset/ttl escaped decode as OverflowError."""
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode(msgpack.packb({"v": 1, **fields}, use_bin_type=True))
+    assert info.value.reason == "bad_control"
+
+
+_ANY = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
+                              st.text(max_size=20), st.binary(max_size=40)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=9), st.dictionaries(st.text(max_size=10), inner,
+                                                                                       max_size=5)), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(wire.SCHEMA)),
+       st.dictionaries(st.sampled_from(["endpoints", "services", "gateway", "offset", "next", "subnet", "network",
+                                        "observed", "ttl", "addr", "name", "cert", "local", "code", "msg"]),
+                       _ANY, max_size=8))
+def test_every_message_type_with_any_field_values_decodes_or_is_a_counted_drop(kind, fields):
+    """Fuzz: any map under any message type (floats, inf, nan, nesting, huge ints)
+    is either a valid message or RemoteProtocolError, never another exception; and
+    what decodes encodes again within the limits."""
+    try:
+        kind2, msg = wire.decode(msgpack.packb({"t": kind, "v": 1, **fields}, use_bin_type=True))
+    except RemoteProtocolError:
+        return
+    assert kind2 == kind
+
+
+def test_a_gateway_address_nobody_should_be_sent_to_is_not_published(reg):
+    """Other hosts' gateways proxy HTTP to a node's published gateway: a node must not
+    point them at the metadata service (SSRF), as with punch endpoints."""
+    svc = [{"name": "web", "addr": "10.87.1.5", "port": 80}]
+    for gw, expected in ((("169.254.169.254", 80), None), (("127.0.0.1", 8080), None),
+                         (("192.168.1.10", 80), ("192.168.1.10", 80))):
+        reg.handle("a", b"cert-a", wire.encode("register", endpoints=[], services=svc, gateway=gw),
+                   ("203.0.113.5", 1), 0.0)
+        [(_, data)] = reg.handle("a", b"cert-a", wire.encode("catalog_query", offset=0), ("203.0.113.5", 1), 0.0)
+        [entry] = wire.decode(data)[1]["services"]
+        assert entry["gateway"] == expected
+    assert reg.limited["endpoints_refused"] == 2
+
+
+def test_a_catalog_of_long_entries_is_paged_to_fit_and_complete(reg):
+    """Each register fits in a message, but 8 long entries from several nodes made a
+    5 KB catalog page: encode raised ValueError in the lighthouse (no catalog for
+    anyone). Pages now shrink to fit, and paging still returns every entry."""
+    names = []
+    for n in range(4):
+        node = f"n{n}"
+        subnet = register(reg, node, ("203.0.113.5", 100 + n))[1]["subnet"]
+        svc = [{"name": f"s{n}-{i}", "addr": subnet[:-4] + "5", "port": 80, "host": f"{'h' * 60}.{'h' * 60}.n{n}-{i}{'h' * 56}",
+                "prefix": "/" + "p" * 150} for i in range(3)]
+        names += [s["name"] for s in svc]
+        reg.handle(node, b"cert-" + node.encode(), wire.encode("register", endpoints=[], services=svc),
+                   ("203.0.113.5", 100 + n), 0.0)
+    got, offset = [], 0
+    for _ in range(20):
+        [(_, data)] = reg.handle("n0", b"cert-n0", wire.encode("catalog_query", offset=offset), ("203.0.113.5", 100),
+                                 0.0)
+        kind, msg = wire.decode(data)
+        got += [s["name"] for s in msg["services"]]
+        offset = msg["next"]
+        if not offset:
+            break
+    assert sorted(got) == sorted(names)
