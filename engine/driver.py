@@ -157,7 +157,8 @@ class Engine:
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin,
                          "moderation_us": c.moderation_us}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
-        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
+        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
+                             dead_after=c.dead_after)
         self._apply_firewall(c)
         for p, cert in peers:
             self.device.add_peer(cert, p.subnet, list(p.endpoints))

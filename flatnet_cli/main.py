@@ -130,7 +130,7 @@ def cmd_peers(a: argparse.Namespace) -> int:
     table = [[r["name"], r["subnet"] or "-", r["state"], r["path"], r["endpoint"] or "-",
               f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
               _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"],
-              r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
+              r.get("unreachable_reason") or r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)] if table else [len(h) for h in header]
     for row in [header] + table:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
