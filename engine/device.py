@@ -369,6 +369,17 @@ class Device:
         # the lighthouse told us the peer's own addresses; anything else is its NAT's
         return "direct-LAN" if peer.endpoint in peer.extra["local"] else "direct-punched"
 
+    def mark_unreachable(self, doc: dict) -> dict:
+        """The gateway's route table (GET /routes), with each overlay upstream on a host
+        whose path is unreachable marked "down": the reason. The gateway's health check
+        reports that reason when its own connect fails too."""
+        for route in doc.get("routes", []):
+            peer = self.peers.get(route.get("node"))
+            if peer is not None and peer.live.state is liveness.PathState.UNREACHABLE:
+                route["upstreams"] = [dict(u, down=f"the engine cannot reach host {peer.name}: {peer.live.reason}")
+                                      if u.get("kind") == "overlay" else u for u in route["upstreams"]]
+        return doc
+
     def peer_table(self, now: float) -> list[dict]:
         rows = []
         for peer in self.peers.values():

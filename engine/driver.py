@@ -356,7 +356,8 @@ class Engine:
         if method == "GET" and path == "/services":
             return control.json_response(self.services.catalog(self.config.gateway_address))
         if method == "GET" and path == "/routes":
-            return control.json_response(self.services.routes(self.config.gateway_address))
+            return control.json_response(self.device.mark_unreachable(
+                self.services.routes(self.config.gateway_address)))
         if method == "POST" and path == "/services":
             try:
                 req = json.loads(body or b"{}")

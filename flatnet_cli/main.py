@@ -8,6 +8,8 @@
     flatnet service unpublish NAME
     flatnet service list [--json]
     flatnet doctor [--gateway URL]            check this host and explain problems
+    flatnet gateway run [--prefix DIR] [--listen IP:PORT] [--overlay-timeout S] [--foreground]
+    flatnet gateway stop [--prefix DIR]
     flatnet up [--hosts N] [--containers M]   a local test network in namespaces
     flatnet down
 """
@@ -299,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("--gateway", help="also check the gateway at this URL, e.g. http://127.0.0.1")
     doc.add_argument("--no-podman", action="store_true", help="skip the Podman checks")
     doc.set_defaults(fn=cmd_doctor)
+    from flatnet_cli import gateway
+    gateway.add_commands(sub)
     up = sub.add_parser("up", help="bring up a local test network (hosts in network namespaces)")
     up.add_argument("--hosts", type=int, default=3, choices=range(2, 10), metavar="N (2-9)")
     up.add_argument("--containers", type=int, default=1)

@@ -1,9 +1,14 @@
 -- Background work of one worker (worker 0): the route table from the engine's service
 -- registry (GET /routes on its control socket, every second: a change is live within
--- 2 s), and health checks of every upstream (a TCP connect, every second).
+-- 2 s), and health checks of every upstream (a TCP connect, every second; see
+-- flatnet.health). The engine marks an overlay upstream whose host it cannot reach
+-- ("down": the reason, from its path liveness): that reason is what the check reports
+-- when its own connect fails too. The connect decides: the moment the path carries
+-- packets again the upstream is back, without waiting for the engine to notice.
 
 local cjson = require "cjson.safe"
 local config = require "flatnet.config"
+local health = require "flatnet.health"
 
 local ngx = ngx
 local format = string.format
@@ -52,16 +57,16 @@ local function refresh_routes(opts)
     end
 end
 
-local function check(dict, addr, timeout_ms)
+local function check(dict, addr, timeout_ms, engine_says)
     local host, port = addr:match("^(.+):(%d+)$")
     local sock = ngx.socket.tcp()
     sock:settimeout(timeout_ms)
-    local ok = sock:connect(host, tonumber(port))
+    local ok, err = sock:connect(host, tonumber(port))
     if ok then
         sock:close()
-        dict:delete("down:" .. addr)
+        health.up(dict, addr)
     else
-        dict:set("down:" .. addr, true, 10)
+        health.down(dict, addr, engine_says or format("health check: connect %s", err or "failed"))
     end
 end
 
@@ -73,7 +78,8 @@ local function health(opts)
         for _, u in ipairs(r.upstreams or {}) do
             if type(u.addr) == "string" and not seen[u.addr] then
                 seen[u.addr] = true
-                threads[#threads + 1] = ngx.thread.spawn(check, dict, u.addr, opts.check_timeout)
+                local engine_says = type(u.down) == "string" and u.down or nil
+                threads[#threads + 1] = ngx.thread.spawn(check, dict, u.addr, opts.check_timeout, engine_says)
             end
         end
     end

@@ -82,3 +82,19 @@ def test_an_idle_peer_stays_established():
     for t in range(1, 60):
         a.handle_timer(float(t))
     assert a.peer_table(60.0)[0]["state"] == "established" and "peer_unreachable" not in out.getvalue()
+
+
+def test_the_gateway_route_table_names_the_unreachable_host():
+    a, b, pa, dp, wire, out = setup()
+    routes = {"routes": [{"service": "wiki", "host": "wiki", "node": "host-b", "upstreams": [
+        {"addr": "10.87.2.5:80", "kind": "overlay"}, {"addr": "192.0.2.2:80", "kind": "gateway"}]},
+        {"service": "notes", "host": "notes", "node": "host-a", "upstreams": [
+            {"addr": "10.87.1.5:80", "kind": "overlay"}]}]}
+    assert "down" not in str(a.mark_unreachable(routes))
+    dp.last_rx, dp.last_tx = 1.0, 2.0
+    for t in (2.0, 4.0, 5.0):
+        a.handle_timer(t)
+    doc = a.mark_unreachable(routes)
+    wiki, notes = doc["routes"]
+    assert wiki["upstreams"][0]["down"].startswith("the engine cannot reach host host-b: no answer for 3.0 s")
+    assert "down" not in wiki["upstreams"][1] and "down" not in str(notes)
