@@ -21,6 +21,7 @@ from engine.datapath import DataPath
 from engine.device import Device
 from engine.io import control, netlink, tun, udp
 from engine.lighthouse_client import LighthouseClient
+from engine.proto import liveness
 from engine.services import ServiceRegistry
 from engine.log import Logger
 
@@ -335,6 +336,8 @@ class Engine:
                 "listen_port": self.sock.getsockname()[1], "tun": c.tun_name, "bridge": c.bridge,
                 "uptime": round(time.monotonic() - self.started, 1), "peers": len(self.device.peers),
                 "peers_up": sum(1 for p in self.device.peers.values() if p.session.current is not None),
+                "peers_unreachable": sorted(p.name for p in self.device.peers.values()
+                                            if p.live.state is liveness.PathState.UNREACHABLE),
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors),
                 "offloads": self.offloads, "io": self.dp.io_stats(),
                 "lighthouses": {name: ("registered" if name in self.lighthouse.registered else "unregistered")

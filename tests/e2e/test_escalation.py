@@ -201,3 +201,22 @@ def test_lua_specs_cover_escalation():
     proc = subprocess.run(["luajit", os.path.join(REPO, "gateway-lua", "spec", "run.lua")], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "health_spec" not in proc.stdout, proc.stdout
+
+
+def test_requests_refused_early_leave_no_warnings(lab):
+    """A bad request line is refused before the rewrite phase that sets $flatnet_*:
+    the access log still writes them, with no 'uninitialized variable' warning."""
+    a = lab.hosts[0]
+    code = textwrap.dedent(f"""
+        import socket
+        for raw in (b"NOT HTTP\\r\\n\\r\\n", b"GET / HTTP/1.1\\r\\nHost: wiki\\r\\nX: " + b"x" * 40000 + b"\\r\\n\\r\\n"):
+            s = socket.create_connection(("{a.underlay_ip}", {GATEWAY_PORT}), timeout=5)
+            s.sendall(raw)
+            print(s.recv(100).split(b"\\r\\n")[0].decode())
+            s.close()
+    """)
+    out = sh(sys.executable, "-c", code, ns=lab.ul_ns, timeout=30).stdout.decode().split("\n")
+    assert out[0].startswith("HTTP/1.1 400") and out[1].startswith("HTTP/1.1 400"), out
+    time.sleep(0.2)
+    errors = open(os.path.join(lab.gateway_prefix(a), "error.log")).read()
+    assert "uninitialized" not in errors, errors[-1000:]
