@@ -16,6 +16,15 @@ local format = string.format
 local _M = {}
 
 local function http_get(sock_path, path, timeout_ms)
+    -- nginx logs a failed connect() to a missing unix socket at "crit", once a
+    -- second while the engine is stopped: look first (opening a socket file fails
+    -- with ENXIO, a missing one with ENOENT)
+    local f, ferr = io.open(sock_path, "r")
+    if f then
+        f:close()
+    elseif ferr and ferr:find("No such file", 1, true) then
+        return nil, "cannot reach the engine at " .. sock_path .. ": no such socket (is flatnet-engine running?)"
+    end
     local sock = ngx.socket.tcp()
     sock:settimeout(timeout_ms or 1000)
     local ok, err = sock:connect("unix:" .. sock_path)
