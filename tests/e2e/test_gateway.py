@@ -27,6 +27,9 @@ SERVER = textwrap.dedent("""
             self.send_response(200); self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
         def log_message(self, *a): pass
+    # a deeper accept queue than http.server's 5: the escalation tests send 20 requests a
+    # second on a loaded machine, and a full queue drops SYNs (a health check timing out)
+    http.server.ThreadingHTTPServer.request_queue_size = 128
     http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 """)
 
