@@ -59,6 +59,7 @@ class Config:
     spin: bool = True
     moderation_us: int = 100
     log_level: str = "info"
+    log_format: str = "text"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     lighthouses: tuple[LighthouseConfig, ...] = field(default_factory=tuple)
     gateway_address: tuple[str, int] | None = None
@@ -90,7 +91,7 @@ _KNOWN = {
     "tun": {"name", "mtu", "offloads", "spin", "moderation_us"},
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
-    "log": {"level"},
+    "log": {"level", "format"},
     "gateway": {"lan_address", "domain", "podman_labels"},
     "metrics": {"listen", "cni_data_dir"},
     "firewall": {"default", "inbound"},
@@ -211,6 +212,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     level = get("log", "level", str, "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where('log.level')}: {level!r}; expected debug, info, warning or error")
+    log_format = get("log", "format", str, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"{where('log.format')}: {log_format!r}; expected text or json")
 
     peers = []
     raw_peers = doc.get("peers", [])
@@ -281,7 +285,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),
-        log_level=level, peers=tuple(peers), lighthouses=tuple(lighthouses),
+        log_level=level, log_format=log_format, peers=tuple(peers), lighthouses=tuple(lighthouses),
         gateway_address=_endpoint(doc["gateway"]["lan_address"], where("gateway.lan_address"))
         if doc.get("gateway", {}).get("lan_address") else None,
         domain=get("gateway", "domain", str, "flatnet.lan"),

@@ -208,6 +208,7 @@ class Engine:
             self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
             return
         self.log.set_level(new.log_level)
+        self.log.set_format(new.log_format)
         self._apply_firewall(new)
         self.dp.set_moderation(new.moderation_us)  # a value read every pass: safe to change live
         self.offloads["moderation_us"] = new.moderation_us
@@ -264,10 +265,13 @@ class Engine:
             try:
                 found = await self.loop.run_in_executor(None, podman_labels.scan)
                 wanted, problems = podman_labels.desired(found, self.subnet)
-                added, removed = podman_labels.sync(self.services, self.subnet, wanted, self._label_services)
-                for p in set(problems) - reported:
+                added, removed = podman_labels.sync(self.services, self.subnet, wanted, self._label_services,
+                                                    problems)
+                for p in sorted(set(problems) - reported):
                     self.log.warning("label_ignored", problem=p)
                 reported = set(problems)
+                self.services.label_problems = [{"name": "", "host": "", "source": "podman label", "reason": p}
+                                                for p in problems]
                 for name in added:
                     self.log.info("service_published", service=name, source="podman label")
                 for name in removed:
@@ -358,6 +362,8 @@ class Engine:
             return control.json_response(self.device.peer_table(time.monotonic()))
         if method == "GET" and path == "/services":
             return control.json_response(self.services.catalog(self.config.gateway_address))
+        if method == "GET" and path == "/services/rejected":
+            return control.json_response(self.services.rejected())
         if method == "GET" and path == "/routes":
             return control.json_response(self.device.mark_unreachable(
                 self.services.routes(self.config.gateway_address)))
@@ -381,4 +387,5 @@ class Engine:
                 self.lighthouse.register(time.monotonic())
             return control.json_response({"unpublished": name})
         return control.json_response({"error": f"no such endpoint {method} {path}; try GET /status, /peers, "
-                                               "/services, /routes, POST /services, DELETE /services/NAME"}, 404)
+                                               "/services, /services/rejected, /routes, POST /services, "
+                                               "DELETE /services/NAME"}, 404)

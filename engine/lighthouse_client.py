@@ -57,6 +57,7 @@ class LighthouseClient:
         self.remembered = list(remembered or [])
         self.on_peers_changed = on_peers_changed
         self.services = services            # engine.services.ServiceRegistry or None
+        self._last_refusals: dict[tuple[str, str], str] = {}  # (lighthouse, service) -> reason logged
         self.gateway = gateway
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
@@ -152,11 +153,15 @@ class LighthouseClient:
         try:
             kind, msg = wire.decode(data)
             if kind == "lease":
+                if self.services is not None:
+                    self.services.clear_refusals(peer.name)  # the lighthouse re-sends them after the lease
                 self._lease(peer, msg, now)
             elif kind in ("peer", "punch"):
                 self._peer(msg, kind, now)
             elif kind == "catalog":
                 self._catalog(msg)
+            elif kind == "error" and msg["code"] == "service_refused" and msg["service"]:
+                self._refused(peer, msg)
             elif kind == "error":
                 self.log.warning("lighthouse_error", lighthouse=peer.name, code=msg["code"], msg=msg["msg"])
             else:
@@ -166,6 +171,18 @@ class LighthouseClient:
             self.device.errors[exc.reason] += 1
             self.log.warning("bad_lighthouse_message", lighthouse=peer.name, reason=exc.reason)
 
+    def _refused(self, peer: Peer, msg: dict) -> None:
+        """One of our services is not routed by the network (name or host taken, or it
+        breaks the rule): listed by GET /services/rejected; logged when new."""
+        if self.services is None:
+            return
+        if self._last_refusals.get((peer.name, msg["service"])) != msg["msg"]:
+            self.log.warning("service_refused", lighthouse=peer.name, service=msg["service"], reason=msg["msg"])
+        if len(self._last_refusals) > 256:  # only a lighthouse sends these; still bounded
+            self._last_refusals.clear()
+        self._last_refusals[(peer.name, msg["service"])] = msg["msg"]
+        self.services.refuse(peer.name, msg["service"], msg["msg"])
+
     def _catalog(self, msg: dict) -> None:
         if self.services is None:
             return
@@ -173,7 +190,7 @@ class LighthouseClient:
         if msg["next"]:
             self._ask(wire.encode("catalog_query", offset=msg["next"]), one=True)
         else:
-            self.services.remote = self._catalog_pages
+            self.services.set_remote(self._catalog_pages)
             self._catalog_pages = []
 
     def _relay(self, peer: Peer, now: float, reason: str = "") -> None:

@@ -152,8 +152,26 @@ def _container_ip(container: str) -> str:
     return ips[0]
 
 
+def _service_names(a: argparse.Namespace) -> None:
+    """The one rule (engine.proto.names) before the engine is asked: a clear message here,
+    and the canonical form (lowercase, Unicode as punycode) is what is sent."""
+    from engine.proto import names
+    try:
+        a.name = names.operator_name(a.name)
+    except names.BadName as exc:
+        raise SystemExit(f"flatnet: service name {a.name!r}: {exc}") from None
+    if getattr(a, "host", None):
+        try:
+            a.host = names.operator_host(a.host)
+        except names.BadName as exc:
+            raise SystemExit(f"flatnet: host {a.host!r}: {exc}") from None
+
+
 def cmd_service(a: argparse.Namespace) -> int:
     from engine.io import control
+    if a.sub in ("publish", "unpublish"):
+        _service_names(a)
+    rejected = []
     try:
         if a.sub == "publish":
             addr = a.addr or _container_ip(a.container)
@@ -164,6 +182,9 @@ def cmd_service(a: argparse.Namespace) -> int:
             status, data = control.request(a.socket, "DELETE", f"/services/{a.name}")
         else:
             status, data = control.request(a.socket, "GET", "/services")
+            if not a.json:  # --json stays the list of services; GET /services/rejected has the rest
+                rstatus, rdata = control.request(a.socket, "GET", "/services/rejected")
+                rejected = json.loads(rdata) if rstatus == 200 else []  # an older engine: none
     except (FileNotFoundError, ConnectionRefusedError):
         raise SystemExit(f"flatnet: no engine answers on {a.socket} (is flatnet-engine running?)") from None
     doc = json.loads(data)
@@ -175,6 +196,10 @@ def cmd_service(a: argparse.Namespace) -> int:
         for s in doc:
             print("  ".join([s["name"].ljust(16), s["node"].ljust(12), f"{s['addr']}:{s['port']}".ljust(21),
                              (s.get("host") or s["name"]) + (s.get("prefix") if s.get("prefix") not in ("", "/") else "")]))
+        if rejected:
+            print("\nREFUSED (not routed)")
+            for r in rejected:
+                print(f"  {(r.get('name') or '-')[:40]}  [{r.get('source')}]  {r.get('reason')}")
     else:
         print(json.dumps(doc, indent=1))
     return 0

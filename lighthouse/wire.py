@@ -12,7 +12,9 @@ authenticated by the Noise session between the node and the lighthouse).
     punch    {name, cert, subnet, endpoints, local}      lighthouse -> target node
              (endpoints: the address the lighthouse saw first, then the node's own;
               local: the node's own addresses alone)
-    error    {code, msg}                                 lighthouse -> node
+    error    {code, msg, service?}                       lighthouse -> node
+             (code "service_refused": the service named in `service`, a string of
+              1-63 characters, was not accepted; msg says why)
 
 Every message is a map with "t" (its type) and "v" (1). decode() checks types and
 sizes and raises RemoteProtocolError for anything else: a malformed message is
@@ -72,9 +74,9 @@ CATALOG_PAGE = 8
 def _service(raw: object, with_node: bool) -> dict:
     if not isinstance(raw, dict):
         raise RemoteProtocolError("bad_control", "service must be a map")
+    # the name and host rule (engine.proto.names) is applied per service by the receiver,
+    # so one bad name refuses that service alone, not the whole message
     name = _str(raw, "name", 63)
-    if not all(c.isalnum() or c == "-" for c in name) or not name[0].isalnum():
-        raise RemoteProtocolError("bad_control", "service name: letters, digits and '-'")
     port = raw.get("port")
     if not isinstance(port, int) or not 0 < port < 65536:
         raise RemoteProtocolError("bad_control", "service port")
@@ -109,7 +111,8 @@ SCHEMA = {
                        "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "punch": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
                         "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
-    "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400)},
+    "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400),
+                        "service": _str(m, "service", 63) if m.get("service") else ""},
 }
 
 

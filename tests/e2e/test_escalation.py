@@ -120,7 +120,7 @@ def test_overlay_cut_every_request_answered_within_the_bound(lab):
     for r in rules:
         sh("iptables", "-I", *r, ns=a.ns)
     cut = time.monotonic()
-    unreachable_at = None
+    unreachable_at = reason_seen = None
     try:
         while time.monotonic() < cut + cut_for:
             row = peer_row(a, b.name)
@@ -130,6 +130,13 @@ def test_overlay_cut_every_request_answered_within_the_bound(lab):
                                        capture_output=True, text=True, timeout=30, cwd=REPO).stdout
                 line = next(l for l in shown.splitlines() if l.startswith(b.name))
                 assert "unreachable" in line and "no answer for" in line, shown
+            if unreachable_at is not None and reason_seen is None:
+                # the gateway's health check reports the engine's reason (next check, 1 s)
+                api = json.loads(get(lab, a.underlay_ip, "x", "/_flatnet/api")[2])
+                ups = next(s for s in api["services"] if s["service"] == "wiki" and s["host"] == "wiki")["upstreams"]
+                why = next(u for u in ups if u["kind"] == "overlay").get("down_reason") or ""
+                if why.startswith(f"the engine cannot reach host {b.name}: no answer for"):
+                    reason_seen = time.monotonic()
             time.sleep(0.2)
     finally:
         for r in rules:
@@ -154,6 +161,7 @@ def test_overlay_cut_every_request_answered_within_the_bound(lab):
     assert worst[1] <= BOUND + 1.0, worst
     assert during and all(r[3] == "gateway" and "remote-wiki" in r[4] for r in during)
     assert unreachable_at is not None and unreachable_at - cut <= 5.0
+    assert reason_seen is not None and reason_seen - unreachable_at <= 3.0
     assert established_at is not None and established_at - restored <= 5.0
     assert back is not None and back - restored <= 2.0
     assert all(r[3] == "overlay" for r in rows if r[0] > back)
