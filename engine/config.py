@@ -70,6 +70,7 @@ class Config:
     firewall_default: str = "allow"
     firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
     dead_after: float = 3.0            # [liveness]: a path silent this long while in use is unreachable
+    blocklist: str = ""  # a CA-signed blocklist file to enforce (besides what lighthouses send)
 
     @property
     def control_socket(self) -> str:
@@ -85,7 +86,7 @@ class Config:
 
 
 _KNOWN = {
-    "pki": {"ca", "cert", "key"},
+    "pki": {"ca", "cert", "key", "blocklist"},
     "network": {"cidr", "subnet"},
     "listen": {"host", "port", "socket_buffer"},
     "tun": {"name", "mtu", "offloads", "spin", "moderation_us"},
@@ -276,6 +277,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/host.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/host.key"),
+        blocklist=get("pki", "blocklist", str, ""),
         network=network, subnet=subnet,
         listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
         socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),

@@ -18,7 +18,9 @@ from typing import Callable
 from engine.device import Device, Peer
 from engine.log import Logger
 from engine.proto import cert as certs
+from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
+from engine.proto.revocation import Reassembly
 from lighthouse import wire
 
 REGISTER_EVERY = 10.0
@@ -35,10 +37,13 @@ class LighthouseClient:
                  local_endpoints: Callable[[], list[tuple[str, int]]], log: Logger,
                  on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
-                 on_peers_changed: Callable[[list[str]], None] | None = None) -> None:
+                 on_peers_changed: Callable[[list[str]], None] | None = None,
+                 on_blocklist: Callable[[bytes, str], None] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
-        even when the other side keeps sending under keys we lost."""
+        even when the other side keeps sending under keys we lost.
+        on_blocklist(raw, lighthouse): a whole blocklist a lighthouse sent, newer than
+        the one we enforce (device.me.revocations), not yet verified."""
         self.device = device
         self.lighthouses = {p.name: p for p in lighthouses}
         self.network = network
@@ -61,6 +66,10 @@ class LighthouseClient:
         self.gateway = gateway
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
+        self.on_blocklist = on_blocklist
+        # one per lighthouse: pieces from one (even a broken one) never block another's
+        self._blocklist = {name: Reassembly() for name in self.lighthouses}
+        device.relay_names.update(self.lighthouses)  # a lighthouse may relay (Device.relay_allowed)
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
@@ -107,7 +116,10 @@ class LighthouseClient:
 
     def register(self, now: float) -> None:
         published = list(self.services.local.values()) if self.services is not None else []
-        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway)
+        # the lighthouse hands out our observed address first, then at most MAX_LOCAL of these
+        mine = endpoints_policy.usable(self.local_endpoints())[0][:wire.MAX_LOCAL]
+        msg = wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
+                          blocklist=self._held())
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
@@ -162,6 +174,11 @@ class LighthouseClient:
                 self._catalog(msg)
             elif kind == "error" and msg["code"] == "service_refused" and msg["service"]:
                 self._refused(peer, msg)
+            elif kind == "blocklist":
+                raw = self._blocklist[peer.name].feed(msg["serial"], msg["total"], msg["offset"], msg["data"],
+                                                      self._held())
+                if raw is not None and self.on_blocklist is not None:
+                    self.on_blocklist(raw, peer.name)
             elif kind == "error":
                 self.log.warning("lighthouse_error", lighthouse=peer.name, code=msg["code"], msg=msg["msg"])
             else:
@@ -182,10 +199,18 @@ class LighthouseClient:
             self._last_refusals.clear()
         self._last_refusals[(peer.name, msg["service"])] = msg["msg"]
         self.services.refuse(peer.name, msg["service"], msg["msg"])
+    def _held(self) -> int:
+        """The serial of the blocklist we enforce (the lighthouse sends us newer ones)."""
+        rev = self.device.me.revocations
+        return rev.serial if rev is not None else 0
 
     def _catalog(self, msg: dict) -> None:
         if self.services is None:
             return
+        for service in msg["services"]:  # our gateway proxies to these: never to 169.254.169.254
+            if service["gateway"] is not None and endpoints_policy.refused(service["gateway"]):
+                self.device.errors["endpoint_refused"] += 1
+                service["gateway"] = None
         self._catalog_pages += msg["services"]
         if msg["next"]:
             self._ask(wire.encode("catalog_query", offset=msg["next"]), one=True)
@@ -222,26 +247,33 @@ class LighthouseClient:
             self.remembered = []
 
     def _peer(self, msg: dict, kind: str, now: float) -> None:
-        cert = certs.verify_node(msg["cert"], self.device.me.ca, self.device.wall_ns() / 1e9)
+        cert = self.device.me.verify_peer(msg["cert"], self.device.wall_ns() / 1e9)
         if cert.name != msg["name"] or cert.name == self.device.me.cert.name:
             raise RemoteProtocolError("bad_control", "peer name does not match its certificate")
         subnet = ipaddress.IPv4Network(msg["subnet"])
         if not subnet.subnet_of(self.network):
             raise RemoteProtocolError("bad_control", f"{subnet} is outside {self.network}")
+        # the lighthouse vets endpoints too; this side does not rely on it (an older or
+        # misbehaving lighthouse must not make us send handshakes to 127.0.0.1:22)
+        endpoints, refused = endpoints_policy.usable(msg["endpoints"])
+        local = endpoints_policy.usable(msg["local"])[0]
+        if refused:
+            self.device.errors["endpoint_refused"] += len(refused)
+            self.log.warning("endpoints_refused", peer=cert.name, endpoints=",".join(f"{h}:{p}" for h, p in refused))
         peer = self.device.peers.get(cert.name)
         if peer is None:
-            peer = self.device.add_peer(cert, subnet, msg["endpoints"])
+            peer = self.device.add_peer(cert, subnet, endpoints)
             if self.on_peers_changed is not None:
                 self.on_peers_changed([p for p in self.device.peers if p not in self.lighthouses])
         elif peer.cert.key != cert.key:
             raise RemoteProtocolError("bad_cert", f"{cert.name} changed its key")
         self.device.set_subnet(peer, subnet)
-        self.device.set_endpoints(peer, msg["endpoints"])
-        peer.extra["local"] = msg["local"]
+        self.device.set_endpoints(peer, endpoints)
+        peer.extra["local"] = local
         if peer.session.current is None and peer.relay is None:
             self.connecting.setdefault(peer.name, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),
-                      endpoints=",".join(f"{h}:{p}" for h, p in msg["endpoints"]))
+                      endpoints=",".join(f"{h}:{p}" for h, p in endpoints))
         self.device.connect(peer, now)

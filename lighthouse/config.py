@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from engine.config import ConfigError, _endpoint, read_file, read_toml
 
-_KNOWN = {"pki": {"ca", "cert", "key"}, "network": {"cidr"}, "listen": {"host", "port"},
+_KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
           "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl"},
           "metrics": {"listen"}}
 
@@ -27,6 +27,7 @@ class LighthouseConfig:
     log_format: str = "text"
     ttl: float = 60.0
     metrics_listen: tuple[str, int] | None = None
+    blocklist: str = ""  # the CA-signed blocklist to enforce and hand out (default: beside the CA)
 
     @property
     def database(self) -> str:
@@ -64,8 +65,9 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     ttl = get("registry", "ttl", (int, float), 60)
     if not 5 <= ttl <= 3600:
         raise ConfigError(f"{path}: registry.ttl: {ttl} is outside 5..3600 seconds")
+    ca = get("pki", "ca", str, "/etc/flatnet/pki/ca.crt")
     return LighthouseConfig(
-        path=path, ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
+        path=path, ca=ca, blocklist=get("pki", "blocklist", str, os.path.join(os.path.dirname(ca), "blocklist.bin")),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/lighthouse.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/lighthouse.key"), network=network,
         listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,

@@ -1,8 +1,9 @@
 """Lighthouse control messages: msgpack maps carried in type-4 packets (encrypted and
 authenticated by the Noise session between the node and the lighthouse).
 
-    register {endpoints: [[ip, port]...], services?, gateway?}  node -> lighthouse
-             (services: what the node publishes; gateway: its HTTP gateway on the LAN)
+    register {endpoints: [[ip, port]...], services?, gateway?, blocklist?}  node -> lighthouse
+             (services: what the node publishes; gateway: its HTTP gateway on the LAN;
+              blocklist: the serial of the blocklist the node enforces, 0 for none)
     catalog_query {offset}                              node -> lighthouse
     catalog  {services: [...], next}                    lighthouse -> node (a page of
              every online node's services; next = offset of the next page, or 0)
@@ -15,10 +16,17 @@ authenticated by the Noise session between the node and the lighthouse).
     error    {code, msg, service?}                       lighthouse -> node
              (code "service_refused": the service named in `service`, a string of
               1-63 characters, was not accepted; msg says why)
+    blocklist {serial, total, offset, data}              lighthouse -> node (one piece
+             of the CA-signed blocklist: data = its bytes [offset, offset + len); the
+             node verifies the whole before use; engine.proto.revocation)
 
 Every message is a map with "t" (its type) and "v" (1). decode() checks types and
 sizes and raises RemoteProtocolError for anything else: a malformed message is
-dropped and counted, never trusted.
+dropped and counted, never trusted. Every field is bounded (limits below; integers
+must be msgpack integers in their range, so `inf`/`nan` floats are refused). The
+sender keeps to the same limits: a node registers at most MAX_LOCAL endpoints, and
+peer_message() trims a peer/punch to MAX_ENDPOINTS and MAX_MESSAGE bytes, so the
+lighthouse never builds a message its receiver would refuse.
 """
 from __future__ import annotations
 
@@ -27,10 +35,14 @@ import ipaddress
 import msgpack
 
 from engine.proto.errors import RemoteProtocolError
+from engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX
 
 VERSION = 1
 MAX_MESSAGE = 1400
-MAX_ENDPOINTS = 8
+MAX_ENDPOINTS = 8               # any endpoint list on the wire
+MAX_LOCAL = MAX_ENDPOINTS - 1   # a node's own addresses: the observed one comes first
+MAX_OFFSET = 1 << 20            # catalog paging (far above MAX_SERVICES x nodes in practice)
+MAX_TTL = 86400
 
 Endpoint = tuple[str, int]
 
@@ -40,7 +52,7 @@ def _endpoints(raw: object) -> list[Endpoint]:
         raise RemoteProtocolError("bad_control", "endpoints must be a short list")
     out = []
     for item in raw:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int
                 and 0 < item[1] < 65536):
             raise RemoteProtocolError("bad_control", "bad endpoint")
         try:
@@ -67,6 +79,13 @@ def _net(msg: dict, key: str) -> str:
     return value
 
 
+def _int(msg: dict, key: str, default: int, low: int, high: int) -> int:
+    value = msg.get(key, default)
+    if type(value) is not int or not low <= value <= high:  # no bool, no float (inf, nan)
+        raise RemoteProtocolError("bad_control", f"{key} must be an integer in [{low}, {high}]")
+    return value
+
+
 MAX_SERVICES = 32
 CATALOG_PAGE = 8
 
@@ -78,7 +97,7 @@ def _service(raw: object, with_node: bool) -> dict:
     # so one bad name refuses that service alone, not the whole message
     name = _str(raw, "name", 63)
     port = raw.get("port")
-    if not isinstance(port, int) or not 0 < port < 65536:
+    if type(port) is not int or not 0 < port < 65536:
         raise RemoteProtocolError("bad_control", "service port")
     out = {"name": name.lower(), "addr": str(ipaddress.IPv4Address(_str(raw, "addr", 15))), "port": port,
            "host": _str(raw, "host", 253) if raw.get("host") else "", "prefix": str(raw.get("prefix") or "/")[:200]}
@@ -100,11 +119,13 @@ def _services(raw: object, with_node: bool = False) -> list[dict]:
 SCHEMA = {
     "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", [])),
                            "services": _services(m.get("services", [])),
-                           "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None},
-    "catalog_query": lambda m: {"offset": int(m.get("offset", 0))},
-    "catalog": lambda m: {"services": _services(m.get("services", []), True), "next": int(m.get("next", 0))},
+                           "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None,
+                           "blocklist": _int(m, "blocklist", 0, 0, (1 << 63) - 1)},
+    "catalog_query": lambda m: {"offset": _int(m, "offset", 0, 0, MAX_OFFSET)},
+    "catalog": lambda m: {"services": _services(m.get("services", []), True),
+                          "next": _int(m, "next", 0, 0, MAX_OFFSET)},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
-                        "observed": _endpoints([m.get("observed")])[0], "ttl": int(m.get("ttl", 60))},
+                        "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL)},
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
@@ -113,6 +134,9 @@ SCHEMA = {
                         "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400),
                         "service": _str(m, "service", 63) if m.get("service") else ""},
+    "blocklist": lambda m: {"serial": _int(m, "serial", 0, 0, (1 << 63) - 1),
+                            "total": _int(m, "total", 0, 0, BLOCKLIST_MAX),
+                            "offset": _int(m, "offset", 0, 0, BLOCKLIST_MAX - 1), "data": _bytes(m, "data")},
 }
 
 
@@ -139,6 +163,37 @@ def encode(kind: str, **fields: object) -> bytes:
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"{kind} message of {len(data)} bytes is too large")
     return data
+
+
+def peer_message(kind: str, name: str, cert: bytes, subnet: str, endpoints: list[Endpoint],
+                 local: list[Endpoint]) -> bytes:
+    """A peer or punch message that its receiver accepts: at most MAX_ENDPOINTS
+    candidates, and the last ones dropped while the message is over MAX_MESSAGE bytes
+    (a certificate near MAX_CERT_BYTES leaves room for fewer)."""
+    endpoints = list(endpoints)[:MAX_ENDPOINTS]
+    while True:
+        kept = set(endpoints)
+        try:
+            return encode(kind, name=name, cert=cert, subnet=subnet, endpoints=endpoints,
+                          local=[e for e in local if e in kept])
+        except ValueError:
+            if not endpoints:
+                raise
+            endpoints.pop()
+
+
+def catalog_message(entries: list[dict], offset: int) -> bytes:
+    """The catalog page starting at `offset`: up to CATALOG_PAGE entries, fewer when
+    they would not fit in MAX_MESSAGE (long hosts and prefixes: a full page of them is
+    about 5 KB); `next` is the offset of the next page, or 0 after the last one."""
+    for size in range(CATALOG_PAGE, 0, -1):
+        page = entries[offset:offset + size]
+        nxt = offset + len(page) if offset + len(page) < len(entries) else 0
+        try:
+            return encode("catalog", services=page, next=nxt)
+        except ValueError:
+            continue
+    raise ValueError("one catalog entry does not fit in a message")  # bounded by _service: cannot happen
 
 
 def decode(data: bytes) -> tuple[str, dict]:

@@ -4,9 +4,14 @@ A certificate is msgpack {"d": details, "s": Ed25519 signature over details}, wh
 details is the msgpack map {name, key, groups, not_before, not_after, issuer} and key
 is the node's X25519 static public key (the Noise static key). A CA certificate has
 the same shape with the CA's Ed25519 verify key, self-signed, and "ca": true.
+
+The fingerprint of a certificate is SHA-256 over the signed details bytes, in hex (the
+outer map is not signed and could be re-encoded; the details cannot change without
+breaking the signature). Revocation (engine.proto.revocation) names certificates by it.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgpack
@@ -28,6 +33,7 @@ class Certificate:
     issuer: str
     is_ca: bool
     raw: bytes
+    fingerprint: str = ""  # hex SHA-256 of the signed details (set by decode)
 
     def check_time(self, now: float) -> None:
         if now < self.not_before:
@@ -66,9 +72,17 @@ def decode(raw: bytes) -> tuple[Certificate, bytes, bytes]:
         outer = msgpack.unpackb(raw, raw=False)
         details, signature = outer["d"], outer["s"]
         d = msgpack.unpackb(details, raw=False)
-        cert = Certificate(name=str(d["name"]), key=bytes(d["key"]), groups=tuple(str(g) for g in d["groups"]),
-                           not_before=int(d["not_before"]), not_after=int(d["not_after"]),
-                           issuer=str(d["issuer"]), is_ca=bool(d.get("ca", False)), raw=bytes(raw))
+        # exact types before any conversion: this runs before the signature check, on
+        # bytes anyone who knows our public key can send (bytes(2**31) would allocate
+        # 2 GB, int(inf) raises OverflowError)
+        if not (isinstance(d, dict) and type(d.get("name")) is str and type(d.get("key")) is bytes
+                and type(d.get("groups")) is list and all(type(g) is str for g in d["groups"])
+                and type(d.get("not_before")) is int and type(d.get("not_after")) is int
+                and type(d.get("issuer")) is str and type(d.get("ca", False)) is bool):
+            raise ValueError
+        cert = Certificate(name=d["name"], key=d["key"], groups=tuple(d["groups"]), not_before=d["not_before"],
+                           not_after=d["not_after"], issuer=d["issuer"], is_ca=d.get("ca", False), raw=bytes(raw),
+                           fingerprint=hashlib.sha256(details).hexdigest())
     except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         raise RemoteProtocolError("bad_cert", "malformed certificate") from None
     if len(cert.key) != 32 or not isinstance(signature, bytes) or len(signature) != 64:

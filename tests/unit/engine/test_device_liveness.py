@@ -98,3 +98,16 @@ def test_the_gateway_route_table_names_the_unreachable_host():
     wiki, notes = doc["routes"]
     assert wiki["upstreams"][0]["down"].startswith("the engine cannot reach host host-b: no answer for 3.0 s")
     assert "down" not in wiki["upstreams"][1] and "down" not in str(notes)
+
+
+def test_a_session_without_keys_is_not_probed():
+    """Keys closed (a revoked pinned lighthouse, or expired): liveness still reports, but
+    sends no handshake of its own."""
+    a, b, pa, dp, wire, out = setup()
+    dp.last_rx, dp.last_tx = 1.0, 2.0
+    pa.session.close()
+    a._apply(pa)
+    for t in (2.0, 4.0, 5.0, 6.0, 7.0):
+        a.handle_timer(t)
+    assert a.peer_table(7.0)[0]["state"] == "unreachable"
+    assert not [w for w in wire if w[1][0] == 1]
