@@ -19,7 +19,7 @@ ffibuilder.set_source(
     "engine.crypto._fastpath",
     '#include "fastpath.h"',
     sources=[os.path.join(CSRC, f) for f in ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c",
-                                                     "aead_small.c")],
+                                                     "aead_small.c", "cookie.c")],
     include_dirs=[CSRC],
     libraries=["sodium"],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
