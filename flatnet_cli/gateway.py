@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 
+from flatnet_cli.paths import data_dir
+
 PREFIX = "/var/lib/flatnet-gateway"
 NGINX = "/usr/sbin/nginx"
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONF = os.path.join(REPO, "gateway-lua", "conf")
-LUA = os.path.join(REPO, "gateway-lua", "lib")
+CONF = os.path.join(data_dir("gateway-lua"), "conf")
+LUA = os.path.join(data_dir("gateway-lua"), "lib")
 DEBIAN_MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 TLS_BLOCK = """
@@ -108,6 +109,28 @@ def running_pid(prefix: str) -> int | None:
         return None
 
 
+def _tls(a: argparse.Namespace) -> tuple[str, str, str] | None:
+    """--tls-listen with --tls-cert and --tls-key, or alone: a self-signed certificate."""
+    if not a.tls_listen:
+        if a.tls_cert or a.tls_key:
+            raise ValueError("--tls-cert and --tls-key need --tls-listen IP:PORT")
+        return None
+    if bool(a.tls_cert) != bool(a.tls_key):
+        raise ValueError("give both --tls-cert and --tls-key, or neither (a self-signed certificate)")
+    cert, key = (a.tls_cert, a.tls_key) if a.tls_cert else self_signed(os.path.abspath(a.prefix))
+    return a.tls_listen, cert, key
+
+
+def _render(a: argparse.Namespace) -> str:
+    return render(os.path.abspath(a.prefix), a.listen, a.engine_socket, tls=_tls(a),
+                  load_modules=not a.no_load_modules, overlay_timeout=a.overlay_timeout)
+
+
+def cmd_render(a: argparse.Namespace) -> int:
+    print(_render(a))
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     prefix = os.path.abspath(a.prefix)
     pid = running_pid(prefix)
@@ -115,14 +138,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(f"flatnet: a gateway already runs with prefix {prefix} (pid {pid}); "
               f"stop it first: flatnet gateway stop --prefix {prefix}", file=sys.stderr)
         return 1
-    tls = None
-    if a.tls_listen or a.tls_cert or a.tls_key:
-        if not (a.tls_listen and a.tls_cert and a.tls_key):
-            print("flatnet: TLS needs all three of --tls-listen, --tls-cert and --tls-key", file=sys.stderr)
-            return 2
-        tls = (a.tls_listen, a.tls_cert, a.tls_key)
-    conf = render(prefix, a.listen, a.engine_socket, tls=tls, load_modules=not a.no_load_modules,
-                  overlay_timeout=a.overlay_timeout)
+    conf = _render(a)
     base = [a.nginx, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "error.log")]
     test = subprocess.run(base + ["-t", "-q"], capture_output=True, text=True, timeout=30)
     if test.returncode != 0:
@@ -137,8 +153,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"flatnet: {exc}", file=sys.stderr)
         return 1
-    print(f"gateway listening on {a.listen}{' and ' + tls[0] + ' (TLS)' if tls else ''}; "
-          f"pid {running_pid(prefix)} in {os.path.join(prefix, 'nginx.pid')}; "
+    tls = f" and {a.tls_listen} (TLS)" if a.tls_listen else ""
+    print(f"gateway listening on {a.listen}{tls}; pid {running_pid(prefix)} in {os.path.join(prefix, 'nginx.pid')}; "
           f"logs in {prefix}/error.log and access.log; stop: flatnet gateway stop --prefix {prefix}")
     return 0
 
@@ -161,24 +177,29 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
-    gw = sub.add_parser("gateway", help="the HTTP gateway (nginx + gateway-lua) of this host").add_subparsers(
-        dest="sub", required=True)
-    run = gw.add_parser("run", help="render the nginx config and start the gateway")
-    run.add_argument("--prefix", default=PREFIX, help=f"nginx prefix: config, pid file, logs (default {PREFIX})")
-    run.add_argument("--listen", default="0.0.0.0:80", help="HTTP address (default 0.0.0.0:80)")
-    run.add_argument("--engine-socket", default="/run/flatnet/engine.sock")
-    run.add_argument("--tls-listen", help="HTTPS address, e.g. 0.0.0.0:443 (with --tls-cert, --tls-key)")
-    run.add_argument("--tls-cert")
-    run.add_argument("--tls-key")
-    run.add_argument("--overlay-timeout", type=float, default=OVERLAY_TIMEOUT,
-                     help="seconds a remote service gets over the overlay (to connect, then to answer) before "
-                          f"an idempotent request is retried through its host's gateway (default {OVERLAY_TIMEOUT:g})")
-    run.add_argument("--foreground", action="store_true", help="run nginx in this process (no daemon)")
-    run.add_argument("--nginx", default=NGINX, help=f"the nginx binary (default {NGINX})")
-    run.add_argument("--no-load-modules", action="store_true", help="OpenResty: the lua module is built in")
-    run.set_defaults(fn=cmd_run)
-    stop_p = gw.add_parser("stop", help="stop the gateway started with this prefix")
-    stop_p.add_argument("--prefix", default=PREFIX)
-    stop_p.add_argument("--graceful", action="store_true", help="let requests in flight finish (SIGQUIT)")
-    stop_p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for it to exit")
-    stop_p.set_defaults(fn=cmd_stop)
+    """`flatnet gateway render|run|stop` (flatnet_cli/main.py registers them here)."""
+    gw = sub.add_parser("gateway", help="the HTTP gateway (nginx + gateway-lua) on this host").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    for name, what, fn in (("render", "write PREFIX/nginx.conf only", cmd_render),
+                           ("run", "write the config, check it and start nginx", cmd_run),
+                           ("stop", "stop the nginx started with this prefix", cmd_stop)):
+        gp = gw.add_parser(name, help=what)
+        gp.add_argument("--prefix", default=PREFIX, help=f"nginx's prefix: config, pid file, logs (default {PREFIX})")
+        gp.add_argument("--nginx", default=NGINX, help=f"the nginx (or OpenResty) binary (default {NGINX})")
+        gp.set_defaults(fn=fn)
+        if name == "stop":
+            gp.add_argument("--graceful", action="store_true", help="let requests in flight finish (SIGQUIT)")
+            gp.add_argument("--wait", type=float, default=10.0, help="seconds to wait for it to exit")
+            continue
+        gp.add_argument("--listen", default="0.0.0.0:80", help="HTTP address, IP:PORT (default 0.0.0.0:80)")
+        gp.add_argument("--engine-socket", default="/run/flatnet/engine.sock", help="the engine's control socket")
+        gp.add_argument("--tls-listen", help="also serve HTTPS on this IP:PORT")
+        gp.add_argument("--tls-cert", help="certificate for --tls-listen (default: a self-signed one)")
+        gp.add_argument("--tls-key", help="key of --tls-cert")
+        gp.add_argument("--overlay-timeout", type=float, default=OVERLAY_TIMEOUT,
+                        help="seconds a remote service gets over the overlay (to connect, then to answer) before "
+                             f"an idempotent request is retried through its host's gateway (default {OVERLAY_TIMEOUT:g})")
+        gp.add_argument("--no-load-modules", action="store_true",
+                        help="OpenResty: the Lua module is built in, load no Debian modules")
+        if name == "run":
+            gp.add_argument("--foreground", action="store_true", help="run nginx in this process (no daemon)")

@@ -5,8 +5,17 @@ from flatnet_cli.main import main
 
 
 def test_partial_tls_options_are_refused(tmp_path, capsys):
-    assert main(["gateway", "run", "--prefix", str(tmp_path), "--tls-cert", "/x.crt"]) == 2
-    assert "TLS needs all three of --tls-listen, --tls-cert and --tls-key" in capsys.readouterr().err
+    assert main(["gateway", "run", "--prefix", str(tmp_path), "--tls-cert", "/x.crt"]) == 1
+    assert "--tls-cert and --tls-key need --tls-listen IP:PORT" in capsys.readouterr().err
+    assert main(["gateway", "run", "--prefix", str(tmp_path), "--tls-listen", "127.0.0.1:443", "--tls-key", "k"]) == 1
+    assert "give both --tls-cert and --tls-key, or neither" in capsys.readouterr().err
+
+
+def test_render_only_writes_the_config(tmp_path, capsys):
+    assert main(["gateway", "render", "--prefix", str(tmp_path), "--overlay-timeout", "2.5"]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path}/nginx.conf"
+    assert "overlay_timeout = 2.5 " in open(tmp_path / "nginx.conf").read()
+    assert not os.path.exists(tmp_path / "nginx.pid")
 
 
 def test_overlay_timeout_out_of_range(tmp_path, capsys):

@@ -14,7 +14,6 @@ from engine.crypto import ffi, lib
 from engine.datapath import CTRL_RAW, DataPath
 from engine.proto import cookie as cookies
 from engine.proto import handshake as hsm
-from engine.proto.noise import public_key
 from engine.proto.session import KeysInstalled, PeerSession
 from tests.harness.pki import TestCA
 from tests.harness.wire import handshake, ipv4_udp, relayed, seal
