@@ -23,7 +23,7 @@ DROP_REASONS = {
     lib.FN_DROP_TUNWRITE: "tun_write_failed", lib.FN_DROP_NOTIPV4: "not_ipv4",
     lib.FN_DROP_KEY_EXHAUSTED: "key_exhausted", lib.FN_DROP_CTRL_FULL: "control_queue_full",
     lib.FN_DROP_TOO_BIG: "too_big", lib.FN_DROP_RATE_LIMITED: "handshake_rate_limited",
-    lib.FN_DROP_FIREWALL: "firewall",
+    lib.FN_DROP_FIREWALL: "firewall", lib.FN_DROP_DESTINATION: "destination_not_allowed",
 }
 IO_COUNTERS = {
     lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",
@@ -86,6 +86,11 @@ class DataPath:
         else:
             self._check(lib.fn_peer_set(self.ctx, slot, int(subnet.network_address), subnet.prefixlen), "set peer")
 
+    def set_local(self, subnet: ipaddress.IPv4Network) -> None:
+        """This host's lease: decrypted packets to any other destination are dropped
+        (counted as destination_not_allowed). Until set, all of them are."""
+        self._check(lib.fn_set_local(self.ctx, int(subnet.network_address), subnet.prefixlen), "set local subnet")
+
     def route_unpend(self, route: int) -> None:
         """Let packets to this overlay /24 be reported again (its owner was not found)."""
         lib.fn_route_unpend(self.ctx, route)
@@ -145,6 +150,17 @@ class DataPath:
     def set_relay_mode(self, on: bool) -> None:
         """A relay forwards type-5 packets (in Python) instead of opening them."""
         lib.fn_set_relay_mode(self.ctx, int(on))
+
+    @staticmethod
+    def set_compact_cipher(on: bool) -> None:
+        """Packets under 256 bytes sealed and opened by the compact ChaCha20-Poly1305
+        (aead_small.c) or, off, by libsodium like the rest. The output is the same;
+        one switch for the whole process."""
+        lib.fn_set_compact_cipher(int(on))
+
+    @staticmethod
+    def compact_cipher() -> bool:
+        return bool(lib.fn_compact_cipher())
 
     def set_spin(self, on: bool) -> None:
         lib.fn_set_spin(self.ctx, int(on))

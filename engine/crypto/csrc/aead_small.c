@@ -183,15 +183,21 @@ static int open_(uint8_t *buf, size_t len, const uint8_t *ad, size_t adlen, cons
     return bad ? -1 : 0;
 }
 
+/* `[tun] compact_cipher = false`: libsodium for every length. One switch for the
+ * process (an engine has one data path), read once per packet. */
+static int compact_on = 1;
+void fn_set_compact_cipher(int on) { __atomic_store_n(&compact_on, on != 0, __ATOMIC_RELAXED); }
+int fn_compact_cipher(void) { return __atomic_load_n(&compact_on, __ATOMIC_RELAXED); }
+
 /* ---- the one place that decides which code seals and opens a length */
 void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
-    if (ptlen < AEAD_SMALL_MAX) seal(buf, ptlen, NULL, 0, nonce, key);
+    if (ptlen < AEAD_SMALL_MAX && fn_compact_cipher()) seal(buf, ptlen, NULL, 0, nonce, key);
     else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, NULL, 0, NULL, nonce, key);
 }
 
 int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
     if (len < FN_TAG) return -1;
-    if (len - FN_TAG < AEAD_SMALL_MAX) return open_(buf, len, NULL, 0, nonce, key);
+    if (len - FN_TAG < AEAD_SMALL_MAX && fn_compact_cipher()) return open_(buf, len, NULL, 0, nonce, key);
     return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, NULL, 0, nonce, key);
 }
 

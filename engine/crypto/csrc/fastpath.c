@@ -62,7 +62,8 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     ctx->overlay_mask = prefix_mask(overlay_prefix);
     ctx->overlay_net = overlay_net & ctx->overlay_mask;
     ctx->mtu = mtu;
-    ctx->stride = (FN_HEADER + mtu + FN_TAG + 63) & ~63u;
+    /* a receive slot without UDP GRO: a full-size packet may come wrapped in a relay header */
+    ctx->stride = (RELAY_HEADER + FN_HEADER + mtu + FN_TAG + 63) & ~63u;
     for (int i = 0; i < ROUTE_ENTRIES; i++) ctx->route[i] = -1;
     ctx->stage = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
     ctx->out_arena = aligned_alloc(64, OUT_ARENA);
@@ -121,6 +122,19 @@ int fn_route_unpend(fn_ctx *ctx, int route) {
 }
 void fn_set_tun_uso(fn_ctx *ctx, int on) { ctx->tun_uso = on; }
 void fn_set_relay_mode(fn_ctx *ctx, int on) { ctx->relay_mode = on; }
+
+/* This host's lease: a decrypted packet goes to the TUN only when its destination lies
+ * inside it. A peer may otherwise reach whatever this host routes (its LAN, other
+ * bridges, 169.254.169.254). Until it is set, every decrypted packet is dropped. */
+int fn_set_local(fn_ctx *ctx, uint32_t subnet, uint32_t prefix) {
+    if (prefix > 24 || route_index(ctx, subnet) < 0) return -EINVAL;
+    pthread_mutex_lock(&ctx->rx_lock);
+    ctx->local_mask = prefix_mask(prefix);
+    ctx->local_net = subnet & ctx->local_mask;
+    ctx->local_valid = 1;
+    pthread_mutex_unlock(&ctx->rx_lock);
+    return 0;
+}
 
 void fn_io_stats(fn_ctx *ctx, uint64_t *out) {
     for (int i = 0; i < FN_NIO; i++) out[i] = ctx->io[i];

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 13
+#define FN_VERSION 14
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -24,7 +24,7 @@
 #define FN_BATCH 64
 #define FN_REPLAY_WORDS 64
 #define FN_CTRL_MAX 1500
-#define FN_NDROPS 16
+#define FN_NDROPS 17
 
 #define FN_DROP_SHORT 0
 #define FN_DROP_TYPE 1
@@ -42,6 +42,7 @@
 #define FN_DROP_TOO_BIG 13
 #define FN_DROP_RATE_LIMITED 14
 #define FN_DROP_FIREWALL 15
+#define FN_DROP_DESTINATION 16   /* decrypted, but not for this host's lease */
 #define FN_FW_MAX_RULES 64
 
 #define FN_NIO 13
@@ -99,6 +100,9 @@ void fn_set_spin(fn_ctx *ctx, int on);
 void fn_set_moderation(fn_ctx *ctx, uint32_t usec);
 void fn_set_tun_uso(fn_ctx *ctx, int on);
 void fn_set_relay_mode(fn_ctx *ctx, int on);
+int fn_set_local(fn_ctx *ctx, uint32_t subnet, uint32_t prefix);
+void fn_set_compact_cipher(int on);
+int fn_compact_cipher(void);
 int fn_route_unpend(fn_ctx *ctx, int route);
 int fn_firewall_set(fn_ctx *ctx, int default_allow, const uint8_t *protos, const uint16_t *port_lo,
                     const uint16_t *port_hi, const uint64_t *groups, const uint32_t *nets, const uint32_t *masks,
