@@ -49,6 +49,10 @@ int fn_replay_accept(fn_replay *r, uint64_t c) {
 }
 
 /* ---- context */
+/* aligned_alloc wants a size that is a multiple of the alignment (C11; ASan refuses
+ * others, glibc happens to accept them) */
+static void *alloc64(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
+
 fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     if (overlay_prefix < 8 || overlay_prefix > 24 || mtu < 576 || mtu > 9000) return NULL;
     fn_ctx *ctx = calloc(1, sizeof(*ctx));
@@ -65,12 +69,12 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     /* a receive slot without UDP GRO: a full-size packet may come wrapped in a relay header */
     ctx->stride = (RELAY_HEADER + FN_HEADER + mtu + FN_TAG + 63) & ~63u;
     for (int i = 0; i < ROUTE_ENTRIES; i++) ctx->route[i] = -1;
-    ctx->stage = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
-    ctx->out_arena = aligned_alloc(64, OUT_ARENA);
-    ctx->in_arena = aligned_alloc(64, (size_t)GRO_SLOT * GRO_SLOTS);
+    ctx->stage = alloc64(VNET_HDR_LEN + MAX_SUPER + 64);
+    ctx->out_arena = alloc64(OUT_ARENA);
+    ctx->in_arena = alloc64((size_t)GRO_SLOT * GRO_SLOTS);
     if (!ctx->stage || !ctx->out_arena || !ctx->in_arena) { fn_free(ctx); return NULL; }
     for (int i = 0; i < GRO_ITEMS; i++) {
-        ctx->gro[i].buf = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
+        ctx->gro[i].buf = alloc64(VNET_HDR_LEN + MAX_SUPER + 64);
         if (!ctx->gro[i].buf) { fn_free(ctx); return NULL; }
     }
     for (int i = 0; i < HOLD_SLOTS; i++) {
