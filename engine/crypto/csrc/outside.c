@@ -3,7 +3,8 @@
  *   poll(UDP) -> recvmmsg (with UDP GRO on, each buffer may hold many datagrams of one
  *   size, cut at the size the kernel reports) -> per datagram: type -> receiver index
  *   -> replay pre-check -> open in place -> replay update -> the inner source must lie
- *   in the peer's subnet (cryptokey routing) -> gro.c joins TCP segments of a flow
+ *   in the peer's subnet (cryptokey routing), the destination in this host's lease,
+ *   the inbound firewall (firewall.c) lets it in -> gro.c joins TCP segments of a flow
  *   into super-packets -> write(TUN).
  *   Handshakes, control and relayed packets are copied out to Python.
  */
