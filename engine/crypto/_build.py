@@ -55,11 +55,22 @@ def fuzz_module_path() -> str | None:
 
 
 def build_fuzz() -> str:
-    make_builder(fuzz=True).compile(tmpdir=FUZZ_DIR, target=None, verbose=False)
-    path = fuzz_module_path()
-    if path is None:
-        raise RuntimeError(f"the sanitizer build left no module in {FUZZ_DIR}")
-    return path
+    """Build in a directory of its own, then rename into place: two test runs that
+    build at once do not read each other's half-written files."""
+    import glob, shutil, tempfile
+    os.makedirs(FUZZ_DIR, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="work-", dir=FUZZ_DIR)
+    try:
+        make_builder(fuzz=True).compile(tmpdir=work, target=None, verbose=False)
+        built = glob.glob(os.path.join(work, "engine", "crypto", "_fastpath_fuzz*.so"))
+        if not built:
+            raise RuntimeError(f"the sanitizer build left no module in {work}")
+        target = os.path.join(FUZZ_DIR, "engine", "crypto", os.path.basename(built[0]))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(built[0], target)
+        return target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
