@@ -21,7 +21,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#ifdef __SANITIZE_ADDRESS__
 #include <sanitizer/common_interface_defs.h>
+#endif
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,10 +63,12 @@ typedef struct {
 /* what the sanitizer's death callback prints: where to start again */
 static volatile uint64_t cur_seed, cur_input;
 static volatile int cur_dir;
+#ifdef __SANITIZE_ADDRESS__
 static void on_death(void) {
     fprintf(stderr, "fuzz: died at input %llu (%s) of seed %llu\n", (unsigned long long)cur_input,
             cur_dir ? "inside" : "outside", (unsigned long long)cur_seed);
 }
+#endif
 
 static uint64_t rnd(fuzz_t *f) {  /* splitmix64 */
     uint64_t z = (f->rng += 0x9E3779B97F4A7C15ull);
@@ -295,13 +299,26 @@ static void outside_input(fuzz_t *f) {
     uint8_t *exact = malloc(total ? total : 1);
     if (!exact) return;
     memcpy(exact, b, total);
-    struct sockaddr_in from = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(4000 + below(f, 4))),
-                               .sin_addr.s_addr = htonl(0x7f000001u + below(f, 3))};
+    /* a few senders, now and then over IPv6: a peer seen from a new address roams */
     struct sockaddr_storage ss;
+    socklen_t sslen;
     memset(&ss, 0, sizeof(ss));
-    memcpy(&ss, &from, sizeof(from));
+    if (below(f, 16)) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)(4000 + below(f, 4)));
+        a->sin_addr.s_addr = htonl(0x7f000001u + below(f, 3));
+        sslen = sizeof(*a);
+    } else {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(4000);
+        a->sin6_addr.s6_addr[15] = (uint8_t)(1 + below(f, 2));
+        sslen = sizeof(*a);
+    }
+    f->ctx->batch_id++;  /* one receive buffer: one batch, as outside_pass counts them */
     uint64_t before = f->ctx->io[FN_IO_UDP_DGRAMS_IN];
-    int made = outside_buffer(f->ctx, f->tun_w, exact, total, seg, &ss, sizeof(from), fn_now_ns(), f->ctrl, NCTRL);
+    int made = outside_buffer(f->ctx, f->tun_w, exact, total, seg, &ss, sslen, fn_now_ns(), f->ctrl, NCTRL);
     free(exact);
     f->st->outside_datagrams += f->ctx->io[FN_IO_UDP_DGRAMS_IN] - before;
     f->st->handed_up += (uint64_t)made;
@@ -377,6 +394,19 @@ static void fill_arena(fuzz_t *f) {
     super_packet(f, 2, (uint16_t)(mtu - 40 + 1 + below(f, 30000)));
 }
 
+/* the same packet through fn_tso_segment (tests and benchmarks): slots of any size,
+ * in a buffer of exactly stride * max bytes */
+static void tso_entry(fuzz_t *f, uint32_t len) {
+    uint32_t stride = 1 + below(f, 2000), max = 1 + below(f, 64);
+    uint8_t *out = malloc((size_t)stride * max);
+    uint32_t lens[64];
+    if (!out) return;
+    int n = fn_tso_segment(f->buf, len, out, stride, lens, (int)max);
+    for (int i = 0; i < n; i++)
+        if (lens[i] > stride) fail(f, "fn_tso_segment length", lens[i], stride);
+    free(out);
+}
+
 static void inside_input(fuzz_t *f) {
     int n = below(f, 8) ? 1 : 1 + (int)below(f, 8), sent = 0;
     uint64_t sealed_before = 0, sealed_after = 0;
@@ -391,6 +421,7 @@ static void inside_input(fuzz_t *f) {
         for (int i = 0; i < n; i++) {
             uint32_t len = inside_packet(f, f->buf, SCRATCH);
             if (send(f->in_w, f->buf, len, MSG_DONTWAIT) > 0) sent++;
+            if (f->ctx->vnet && below(f, 8) == 0) tso_entry(f, len);
         }
         help_inside(f->ctx, f->in_r, f->devnull);
     }
@@ -506,7 +537,9 @@ int fn_fuzz_packets(uint64_t seed, uint64_t n, fn_fuzz_stats *st) {
     int rc = setup(&f, seed);
     f.st = st;
     cur_seed = seed;
+#ifdef __SANITIZE_ADDRESS__
     __sanitizer_set_death_callback(on_death);
+#endif
     for (uint64_t i = 0; rc == 0 && i < n; i++) {
         cur_input = i;
         if (i % 64 == 0) vary(&f);
