@@ -1,4 +1,4 @@
-"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak,flood} [options]"""
+"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak,flood,fuzz} [options]"""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ SUITES = {
     "gateway": "benchmarks.bench_gateway",
     "soak": "benchmarks.bench_soak",
     "flood": "benchmarks.bench_flood",
+    "fuzz": "benchmarks.bench_fuzz",
 }
 
 
