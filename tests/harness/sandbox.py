@@ -211,3 +211,26 @@ ip link set lo up
             self.holder.wait(timeout=10)
         # the mounts lived only in the holder's namespace: they are gone with it
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+# ---- Flatnet inside the sandbox
+IMAGE = "localhost/flatnet-busybox:v1"
+PYTHON = f"{VENV}/bin/python3"
+
+
+def import_busybox(sb: Sandbox) -> str:
+    """The busybox image of tests/harness/podman.py, built from the sandbox's busybox-static."""
+    sb.run("sh", "-c", "set -e; r=/tmp/bbroot; mkdir -p $r/bin $r/www $r/etc; cp /bin/busybox $r/bin/; "
+           "for a in $(/bin/busybox --list); do [ $a = busybox ] || ln -sf busybox $r/bin/$a; done; "
+           "echo 'hello from a flatnet container' > $r/www/index.html; "
+           "echo 'root:x:0:0:root:/:/bin/sh' > $r/etc/passwd; tar -C $r -cf /tmp/bb.tar .")
+    sb.podman("import", "--quiet", "--change", "ENV PATH=/bin", "/tmp/bb.tar", IMAGE)
+    return IMAGE
+
+
+def install_flatnet(sb: Sandbox, lease_subnet: str) -> str:
+    """Stand in for the engine (its lease file), then run the installer as install.sh does."""
+    net = lease_subnet.rsplit(".", 1)[0]
+    sb.write("/run/flatnet/lease.json", f'{{"subnet": "{lease_subnet}", "gateway": "{net}.1"}}')
+    return sb.run(PYTHON, "-m", "cni.install_netavark", "--root", "/", "--python", PYTHON,
+                  "--repo", SRC).stdout
