@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from tests.harness.sandbox import IMAGE, Sandbox, import_busybox, install_flatnet
+from tests.harness.sandbox import IMAGE, PYTHON, Sandbox, import_busybox, install_flatnet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -174,3 +174,21 @@ def test_network_connect_adds_a_second_interface(clean):
     finally:
         sb.podman("rm", "-f", "-t", "0", "multi", check=False)
         sb.podman("network", "rm", "second", check=False)
+
+
+def test_doctor_checks_the_netavark_backend(sb):
+    code = ("import json; from flatnet_cli.doctor import check_podman; "
+            "print(json.dumps([f.__dict__ for f in check_podman(lease_file='/run/flatnet/lease.json')]))")
+    found = {f["check"]: f for f in json.loads(sb.run(PYTHON, "-c", code).stdout)}
+    assert found["Podman network backend"]["ok"] and "netavark" in found["Podman network backend"]["detail"]
+    assert found["netavark plugin"]["ok"], found
+    assert found["flatnet network"] == {"ok": True, "check": "flatnet network",
+                                        "detail": f"network flatnet uses {LEASE}", "fix": found["flatnet network"]["fix"]}
+    # the host's lease moved: the doctor says the network is stale and how to fix it
+    sb.write("/run/flatnet/lease.json", '{"subnet": "10.87.33.0/24", "gateway": "10.87.33.1"}')
+    try:
+        found = {f["check"]: f for f in json.loads(sb.run(PYTHON, "-c", code).stdout)}
+        assert not found["flatnet network"]["ok"]
+        assert "lease is 10.87.33.0/24" in found["flatnet network"]["detail"]
+    finally:
+        sb.write("/run/flatnet/lease.json", f'{{"subnet": "{LEASE}", "gateway": "10.87.31.1"}}')
