@@ -4,7 +4,8 @@ The host runs Podman 4.3 (Debian 12). Podman 5 is only in Debian 13, so the test
 a Debian 13 root filesystem with debootstrap once, cache it under CACHE_DIR with a
 version stamp, and run it in a private mount + network namespace: an overlay on the
 cached root (so runs never change the cache), tmpfs for /run, /tmp and Podman's storage,
-and the worktree bind-mounted read-only at /opt/flatnet/src. Nothing of the host's Podman,
+and the worktree at /opt/flatnet/src through an overlay too (the sandbox's Python 3.13
+writes its bytecode there, never into the worktree). Nothing of the host's Podman,
 its bridges or its firewall is touched (docs/podman5.md, ../shared/PODMAN-NOTES.md).
 
 Needs on the host: debootstrap, unshare/nsenter (util-linux), and Debian's package
@@ -28,7 +29,7 @@ PACKAGES = ("podman", "netavark", "aardvark-dns", "runc", "conmon", "catatonit",
 VERSION = "1"
 STAMP = f"flatnet-sandbox {VERSION} {SUITE} {' '.join(PACKAGES)}"
 CACHE_DIR = os.environ.get("FLATNET_SANDBOX_CACHE", "/var/cache/flatnet-test")
-SRC = "/opt/flatnet/src"          # the worktree, read-only, inside the sandbox
+SRC = "/opt/flatnet/src"          # the worktree (through an overlay) inside the sandbox
 VENV = "/opt/flatnet/venv"        # made at build time from the sandbox's own python3
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
        "PODMAN_IGNORE_CGROUPSV1_WARNING": "1", "HOME": "/root", "LANG": "C.UTF-8"}
@@ -109,7 +110,7 @@ class Sandbox:
         self.root = ensure_rootfs()
         self.work = tempfile.mkdtemp(prefix="flatnet-sbx-", dir="/var/tmp")
         self.merged = os.path.join(self.work, "merged")
-        for d in ("upper", "ovl-work", "merged"):
+        for d in ("upper", "ovl-work", "merged", "src-upper", "src-work"):
             os.makedirs(os.path.join(self.work, d))
         # bounded lifetime: a crashed test run cannot leave the holder forever
         self.holder = subprocess.Popen(["unshare", "-m", "-n", "--propagation", "private",
@@ -125,8 +126,7 @@ mount -t sysfs sysfs {m}/sys
 mount --rbind /sys/fs/cgroup {m}/sys/fs/cgroup
 mount --rbind /dev {m}/dev
 for d in run tmp var/lib/containers; do mount -t tmpfs tmpfs {m}/$d; done
-mount --bind {worktree} {m}{SRC}
-mount -o remount,bind,ro {m}{SRC}
+mount -t overlay overlay -o lowerdir={worktree},upperdir={self.work}/src-upper,workdir={self.work}/src-work {m}{SRC}
 ip link set lo up
 """
             self.host_sh(script)
