@@ -106,15 +106,21 @@ class Sandbox:
     """One running sandbox: a holder process owns the private mount + network namespaces;
     every command enters them with nsenter and chroots into the overlay."""
 
-    def __init__(self, worktree: str, lifetime: float = 1800) -> None:
+    def __init__(self, worktree: str, lifetime: float = 1800, netns: str | None = None,
+                 binds: tuple[tuple[str, str], ...] = ()) -> None:
+        """netns: run in that named network namespace (a lab host's: the sandbox is then
+        that Flatnet host) instead of a new one; binds: (host dir, path inside) pairs."""
         self.root = ensure_rootfs()
         self.work = tempfile.mkdtemp(prefix="flatnet-sbx-", dir="/var/tmp")
         self.merged = os.path.join(self.work, "merged")
         for d in ("upper", "ovl-work", "merged", "src-upper", "src-work"):
             os.makedirs(os.path.join(self.work, d))
         # bounded lifetime: a crashed test run cannot leave the holder forever
-        self.holder = subprocess.Popen(["unshare", "-m", "-n", "--propagation", "private",
-                                        "sleep", str(int(lifetime))])
+        holder = ["unshare", "-m", "-n", "--propagation", "private", "sleep", str(int(lifetime))]
+        if netns is not None:
+            holder = ["nsenter", f"--net=/run/netns/{netns}"] + holder
+            holder.remove("-n")
+        self.holder = subprocess.Popen(holder)
         self.pid = self.holder.pid
         try:
             self._wait_for_namespaces()
@@ -128,7 +134,7 @@ mount --rbind /dev {m}/dev
 for d in run tmp var/lib/containers; do mount -t tmpfs tmpfs {m}/$d; done
 mount -t overlay overlay -o lowerdir={worktree},upperdir={self.work}/src-upper,workdir={self.work}/src-work {m}{SRC}
 ip link set lo up
-"""
+""" + "".join(f"mkdir -p {m}{inside} && mount --bind {outside} {m}{inside}\n" for outside, inside in binds)
             self.host_sh(script)
         except BaseException:
             self.close()
