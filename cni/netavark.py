@@ -61,6 +61,9 @@ def cmd_setup(netns: str, body: object) -> dict:
                                f"recreate the network: podman network rm {conf.name} && "
                                f"podman network create -d flatnet {conf.name}")
         reserve_static(store, att.ip, att.subnet, att.gateway, att.container_id, att.ifname, undo)
+        names = [n for n in (att.container_name, *att.aliases) if n and "\n" not in n]
+        if names:
+            store.set_names(att.ip, names)  # undone with the address (store.release)
         made = attach(conf, nl, netns_fd, att.container_id, att.ifname, att.ip, att.subnet, att.gateway,
                       undo, mac=att.mac, metric=att.metric)
         undo.pop_all()

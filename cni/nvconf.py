@@ -146,6 +146,11 @@ def parse_mac(text: str) -> bytes:
     return raw
 
 
+def _valid_name(name: object) -> bool:
+    """A container name or alias: kept one a line in the store's names/<ip> file."""
+    return isinstance(name, str) and len(name) <= 253 and name.isprintable() and " " not in name
+
+
 def _metric(ifname: str, options: dict) -> int:
     if "metric" in options:
         return _int_option(options, "metric", DEFAULT_METRIC, 1, 1 << 31)
@@ -166,8 +171,8 @@ def parse_exec(body: object, setup: bool) -> Attachment:
         raise _fail("container_id", f"{cid[:80]!r} must start with a letter or digit and hold only "
                     "letters, digits, '_', '.' and '-' (at most 128)")
     name = body.get("container_name")
-    if name is not None and (not isinstance(name, str) or len(name) > 255):
-        raise _fail("container_name", "must be a string of at most 255 characters")
+    if name is not None and not _valid_name(name):
+        raise _fail("container_name", "must be a name of at most 253 printable characters, no spaces")
     conf = network_conf(body.get("network"))
     opts = _obj(body.get("network_options"), "network_options")
     ifname = _str(opts, "interface_name", "network_options")
@@ -175,8 +180,9 @@ def parse_exec(body: object, setup: bool) -> Attachment:
         raise _fail("network_options.interface_name", f"{ifname[:64]!r} is not a valid interface name")
     aliases = opts.get("aliases") or []
     if (not isinstance(aliases, list) or len(aliases) > MAX_ALIASES
-            or not all(isinstance(a, str) and 0 < len(a) <= 253 for a in aliases)):
-        raise _fail("network_options.aliases", f"must be a list of at most {MAX_ALIASES} names")
+            or not all(_valid_name(a) and a for a in aliases)):
+        raise _fail("network_options.aliases", f"must be a list of at most {MAX_ALIASES} names of at most "
+                    "253 printable characters, no spaces")
     parsed = parse_subnets(conf.raw)
     ip = mac = None
     if setup:

@@ -73,8 +73,8 @@ def test_container_gets_its_address_mac_and_mtu(clean):
     sb = clean
     out = run(sb, "--rm", IMAGE, "sh", "-c", "ip -o addr show eth0; ip -o link show eth0").stdout
     assert "inet 10.87.31." in out and "mtu 1420" in out
-    run(sb, "-d", "--name", "fixed", "--ip", "10.87.31.77", "--mac-address", "02:aa:bb:cc:dd:01", IMAGE,
-        *HTTPD)
+    run(sb, "-d", "--name", "fixed", "--ip", "10.87.31.77", "--mac-address", "02:aa:bb:cc:dd:01",
+        "--network-alias", "www", IMAGE, *HTTPD)
     assert ip_of(sb, "fixed") == "10.87.31.77"
     mac = sb.podman("inspect", "--format", "{{.NetworkSettings.Networks.flatnet.MacAddress}}", "fixed").stdout
     assert mac.strip() == "02:aa:bb:cc:dd:01"
@@ -82,6 +82,11 @@ def test_container_gets_its_address_mac_and_mtu(clean):
     assert "02:aa:bb:cc:dd:01" in link and "mtu 1420" in link
     assert entries(sb) == ["10.87.31.77"]
     assert len(veths(sb)) == 1
+    # names for a resolver: the container's name and its aliases (Podman adds the short id)
+    names = sb.read(f"{STORE}/names/10.87.31.77").split()
+    assert names[0] == "fixed" and "www" in names
+    sb.podman("rm", "-f", "-t", "0", "fixed")
+    assert sb.run("ls", f"{STORE}/names").stdout.split() == []
 
 
 def test_three_containers_reach_each_other_and_the_sandbox_host(clean):

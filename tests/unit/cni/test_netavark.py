@@ -49,6 +49,8 @@ def test_static_network_carries_its_subnet():
     ({"static_mac": "01:00:5e:00:00:01"}, "multicast"),
     ({"static_mac": "zz"}, "is not a MAC address"),
     ({"aliases": ["a"] * 65}, "at most 64 names"),
+    ({"aliases": ["a\nb"]}, "printable characters"),
+    ({"aliases": ["a b"]}, "no spaces"),
 ])
 def test_bad_setup_input_is_refused_with_a_clear_message(change, message):
     with pytest.raises(CniError) as exc:
