@@ -197,3 +197,27 @@ def test_doctor_checks_the_netavark_backend(sb):
         assert "lease is 10.87.33.0/24" in found["flatnet network"]["detail"]
     finally:
         sb.write("/run/flatnet/lease.json", f'{{"subnet": "{LEASE}", "gateway": "10.87.31.1"}}')
+
+
+def test_failure_after_the_veth_exists_is_undone(clean):
+    """A second network whose default route clashes with the first's (same metric): the
+    kernel refuses it after the veth pair exists; the plugin removes the pair and the
+    address, Podman prints why, and the container keeps its first network."""
+    sb = clean
+    sb.podman("network", "create", "-d", "flatnet", "--subnet", "10.87.34.0/24", "--interface-name",
+              "flatnet-br2", "-o", "metric=100", "clash")
+    try:
+        run(sb, "-d", "--name", "one", IMAGE, *HTTPD)
+        first = ip_of(sb, "one")
+        out = sb.podman("network", "connect", "clash", "one", check=False)
+        assert out.returncode != 0
+        assert "flatnet: cannot configure eth1 in the container: File exists" in out.stderr, out.stderr
+        assert len(veths(sb)) == 1
+        assert sb.run("sh", "-c", "ls /var/lib/flatnet/ipam/clash | grep -c '^10' || true").stdout.strip() == "0"
+        # Podman 5.4 keeps the failed network in its database (fixed in Podman 5.5), so
+        # `podman inspect one` fails from here on; the container works on its first network
+        got = sb.run("timeout", "5", "busybox", "wget", "-qO-", f"http://{first}/").stdout
+        assert "hello from a flatnet container" in got
+    finally:
+        sb.podman("rm", "-f", "-t", "0", "one", check=False)
+        sb.podman("network", "rm", "clash", check=False)
