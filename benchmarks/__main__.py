@@ -1,4 +1,4 @@
-"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak,flood,fuzz} [options]"""
+"""python -m benchmarks {cni,podman5,fastpath,tunnel,lighthouse,gateway,soak,flood,fuzz} [options]"""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 
 SUITES = {
     "cni": "benchmarks.bench_cni",
+    "podman5": "benchmarks.bench_podman5",
     "fastpath": "benchmarks.bench_fastpath",
     "tunnel": "benchmarks.bench_tunnel",
     "lighthouse": "benchmarks.bench_lighthouse",
