@@ -45,7 +45,7 @@ class Lighthouse:
         self.leases = LeaseStore(c.database, c.network)
         self.registry = Registry(self.leases, c.ttl, self.revocations)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
-        self.dp = DataPath(c.network, 1420)
+        self.dp = DataPath(c.network, 1420, self.sock.family)
         self.dp.set_relay_mode(True)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
@@ -70,7 +70,7 @@ class Lighthouse:
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         try:
-            self.sock.sendto(packet, addr)
+            self.sock.sendto(packet, udp.to_socket(self.sock, addr))
         except OSError:
             pass
 
