@@ -17,6 +17,7 @@ from engine.datapath import DataPath
 from engine.device import Device, Peer
 from engine.io import control, udp
 from engine.log import Logger
+from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Revocations
 from lighthouse.config import LighthouseConfig
@@ -131,7 +132,7 @@ class Lighthouse:
         now = time.time()
         return {"node": self.device.me.cert.name, "network": str(self.config.network),
                 "uptime": round(time.monotonic() - self.started, 1),
-                "nodes": {n.name: {"subnet": str(n.subnet), "endpoints": [f"{h}:{p}" for h, p in n.endpoints()],
+                "nodes": {n.name: {"subnet": str(n.subnet), "endpoints": [endpoints_policy.text(e) for e in n.endpoints()],
                                    "last_seen": round(now - n.last_seen, 1)} for n in self.registry.nodes.values()},
                 "leases": {name: str(s) for name, s in self.leases.all().items()},
                 "blocklist": {"serial": bl.serial, "names": sorted(bl.names), "fingerprints": sorted(bl.fingerprints)}
