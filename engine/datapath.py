@@ -44,12 +44,12 @@ RX_SLOTS = lib.FN_RX_SLOTS
 def sockaddr(addr: tuple[str, int], family: int = socket.AF_INET) -> bytes:
     """The C struct for an endpoint on a socket of `family`: sockaddr_in, or
     sockaddr_in6 (an IPv4 endpoint as ::ffff:a.b.c.d, which is how a dual-stack socket
-    reports such a sender, so outside.c's same_addr compares like with like)."""
-    if family == socket.AF_INET6:
+    reports such a sender, so outside.c's same_addr compares like with like). An IPv6
+    endpoint on an IPv4-only socket stays sockaddr_in6: the kernel refuses to send there
+    and the data path counts it (send_failed); the peer's other candidates still work."""
+    if family == socket.AF_INET6 or ":" in addr[0]:
         raw = socket.inet_pton(socket.AF_INET6, addr[0] if ":" in addr[0] else "::ffff:" + addr[0])
         return struct.pack("<H", socket.AF_INET6) + struct.pack("!HI", addr[1], 0) + raw + bytes(4)
-    if ":" in addr[0]:
-        raise ValueError(f"an IPv6 endpoint [{addr[0]}]:{addr[1]} on an IPv4-only socket")
     return struct.pack("<H", socket.AF_INET) + struct.pack("!H", addr[1]) + socket.inet_aton(addr[0]) + bytes(8)
 
 

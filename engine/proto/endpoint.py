@@ -110,7 +110,8 @@ def text(addr: Endpoint) -> str:
 def refused(addr: Endpoint) -> str | None:
     """Why `addr` must not be used as an endpoint, or None when it may."""
     try:
-        ip = ipaddress.ip_address(addr[0]) if isinstance(addr[0], str) and len(addr[0]) <= 45 else None
+        ok = isinstance(addr[0], str) and len(addr[0]) <= 45 and "%" not in addr[0]  # no scope ids (fe80::1%eth0)
+        ip = ipaddress.ip_address(addr[0]) if ok else None
     except ValueError:
         ip = None
     if ip is None:
