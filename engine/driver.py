@@ -232,7 +232,7 @@ class Engine:
             self.loop.create_task(self._watch_lighthouse_names([lh for lh, _ in lighthouses]))
         await self._apply_subnet(await self._obtain_subnet())
         self.log.info("engine_started", node=self.me.cert.name, subnet=str(self.subnet),
-                      listen=endpoint.text((c.listen_host, self.sock.getsockname()[1])), peers=len(peers),
+                      listen=endpoint.text(self.sock.getsockname()[:2]), peers=len(peers),
                       lighthouses=len(lighthouses), tun=c.tun_name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)

@@ -57,7 +57,7 @@ class Lighthouse:
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
         self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
-                      listen=f"{c.listen_host}:{c.listen_port}", leases=len(self.leases.all()))
+                      listen=endpoints_policy.text(self.sock.getsockname()[:2]), leases=len(self.leases.all()))
         self._tick()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
