@@ -58,10 +58,8 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int] | None:
     if len(raw) >= 8 and struct.unpack_from("<H", raw)[0] == socket.AF_INET:
         return socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
     if len(raw) >= 24 and struct.unpack_from("<H", raw)[0] == socket.AF_INET6:
-        ip = raw[8:24]
-        host = (socket.inet_ntoa(ip[12:]) if ip[:12] == bytes(10) + b"\xff\xff"
-                else socket.inet_ntop(socket.AF_INET6, ip))
-        return host, struct.unpack_from("!H", raw, 2)[0]
+        ip = ipaddress.IPv6Address(raw[8:24])  # the spelling engine.proto.endpoint.address gives
+        return str(ip.ipv4_mapped or ip), struct.unpack_from("!H", raw, 2)[0]
     return None
 
 
