@@ -181,3 +181,10 @@ def test_dual_stack_socket_and_address_helpers():
     s.close()
     with pytest.raises(OSError, match=r"cannot listen on UDP \[2001:db8::99\]:1"):
         udp.open_udp("2001:db8::99", 1, 1 << 16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_read_hosts_takes_any_text(text):
+    for name, addrs in resolve.read_hosts(text).items():
+        assert endpoint.hostname(name) == name and all(endpoint.address(a) == a for a in addrs)
