@@ -19,10 +19,79 @@ from cni.netlink import Netlink
 from cni.netns import (VETH_PREFIX, attach_to_bridge, configure_container, create_veth, delete_link,
                        enable_ip_forwarding, ensure_bridge, find_host_veth, free_host_veth_name,
                        legacy_veth_name, netlink_in, open_netns, parse_owner, veth_owner)
-from cni.result import add_result, container_ip
+from cni import jsonlite as json
+from cni.result import add_result, container_ip, lease_dns
 from cni.skel import CmdArgs
 from cni.store import FileStore
 from cni.undo import Undo
+
+
+def _lease_text(conf: NetConf, store: FileStore) -> str | None:
+    """The lease file's text (or the cached copy), None in standalone mode or without one."""
+    if conf.subnet is not None:
+        return None
+    try:
+        with open(conf.lease_file) as f:
+            return f.read()
+    except OSError:
+        return store.read_cached_lease()
+
+
+def _dns(conf: NetConf, store: FileStore) -> dict | None:
+    text = _lease_text(conf, store)
+    try:
+        return lease_dns(json.loads(text)) if text else None
+    except ValueError:
+        return None
+
+
+# Names for the engine's DNS (docs/cni.md, "Names"): one file per attachment, written
+# after the attachment worked and never failing it; the engine reads the directory.
+NAMES_DIR = "names"
+MAX_ALIASES = 32
+
+
+def _names_path(conf: NetConf, container_id: str, ifname: str) -> str:
+    return os.path.join(conf.data_dir, conf.name, NAMES_DIR, f"{container_id}@{ifname}")
+
+
+def _container_names(args: CmdArgs, conf: NetConf) -> tuple[str, list[str]]:
+    """The container's name (Podman passes it as CNI_ARGS K8S_POD_NAME) and its network
+    aliases (runtimeConfig.aliases[<network name>], with the `aliases` capability)."""
+    name = ""
+    for item in args.args.split(";")[:64]:
+        key, _, value = item.partition("=")
+        if key == "K8S_POD_NAME":
+            name = value[:253]
+    runtime = conf.raw.get("runtimeConfig")
+    aliases = runtime.get("aliases") if isinstance(runtime, dict) else None
+    mine = aliases.get(conf.name) if isinstance(aliases, dict) else None
+    if not isinstance(mine, list):
+        mine = []
+    return name, [a[:253] for a in mine[:MAX_ALIASES] if isinstance(a, str) and a]
+
+
+def record_names(args: CmdArgs, conf: NetConf, ip: int) -> None:
+    name, aliases = _container_names(args, conf)
+    if not name and not aliases:
+        return
+    path = _names_path(conf, args.container_id, args.ifname)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"id": args.container_id, "ifname": args.ifname, "ip": format_ip(ip),
+                                "name": name, "aliases": aliases}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # names are a convenience: the container is attached all the same
+
+
+def forget_names(conf: NetConf, container_id: str, ifname: str) -> None:
+    try:
+        os.unlink(_names_path(conf, container_id, ifname))
+    except OSError:
+        pass
 
 
 def resolve_lease(conf: NetConf, store: FileStore) -> tuple[Subnet, int]:
@@ -76,8 +145,10 @@ def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
             bridge = nl.link_get(conf.bridge) or bridge
             result = add_result(conf.cni_version, bridge=(bridge.name, bridge.mac),
                                 host=(host.name, host.mac), container=(args.ifname, container.mac),
-                                sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway)
+                                sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway,
+                                dns=_dns(conf, store))
             undo.pop_all()
+            record_names(args, conf, ip)
             return result
     finally:
         os.close(netns_fd)
@@ -88,6 +159,7 @@ def cmd_del(args: CmdArgs, conf: NetConf) -> None:
         host = find_host_veth(nl, args.container_id, args.ifname)
         if host is not None:
             delete_link(nl, host.name)
+        forget_names(conf, args.container_id, args.ifname)
         store.release_by_id(args.container_id, args.ifname)
     return None
 
@@ -149,6 +221,14 @@ def cmd_gc(args: CmdArgs, conf: NetConf) -> None:
     valid = set(conf.valid_attachments or ())
     with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl:
         ipam.garbage_collect(store, valid)
+        try:
+            recorded = os.listdir(os.path.join(conf.data_dir, conf.name, NAMES_DIR))
+        except OSError:
+            recorded = []
+        for fname in recorded:
+            cid, _, ifname = fname.lstrip(".").partition("@")
+            if (cid, ifname) not in valid and (cid, "") not in valid:
+                forget_names(conf, cid, ifname)
         # links made before owner aliases (fn- + 8 characters) are kept by name
         legacy = {legacy_veth_name(cid) for cid, _ in valid}
         bridge = nl.link_get(conf.bridge)

@@ -26,7 +26,9 @@ sys.exit(main())
 
 def conflist(name: str = "flatnet", **plugin: object) -> dict:
     return {"cniVersion": "1.0.0", "name": name,
-            "plugins": [{"type": "flatnet", "bridge": "flatnet-br0", **plugin}]}
+            # aliases: Podman passes --network-alias names in runtimeConfig (for DNS)
+            "plugins": [{"type": "flatnet", "bridge": "flatnet-br0", "capabilities": {"aliases": True},
+                         **plugin}]}
 
 
 def _limit(res: int, want: int) -> int:

@@ -1,0 +1,104 @@
+"""The DNS answers an engine gives its containers (sans-IO: bytes in, a decision out).
+
+Rules: a query for a name under the overlay domain (default `flatnet`) is answered
+here, authoritatively, from the name table: A records with a short TTL; NXDOMAIN for
+a name nobody holds; an empty answer (NODATA) for other types of a known name.
+Everything else is forwarded to the host's resolvers (the I/O layer does that).
+
+The parser is reachable by every container: input is bounded (MAX_QUERY bytes),
+parsed by dnspython, and anything malformed gets FORMERR when its header can be read,
+else is dropped. Responses (QR set) are never answered, so two responders cannot
+bounce packets between each other. Nothing here raises on remote input.
+"""
+from __future__ import annotations
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+MAX_QUERY = 4096       # a DNS query is a few dozen bytes; EDNS options keep it far below this
+MAX_ADDRS = 16         # addresses in one answer (several hosts may run a container "web")
+UDP_PAYLOAD = 512      # without EDNS (RFC 1035); with EDNS the client's size, at most 1232
+EDNS_MAX = 1232
+
+ANSWER, FORWARD, DROP = "answer", "forward", "drop"
+
+
+def formerr(wire: bytes) -> bytes | None:
+    """A header-only FORMERR for a query we cannot parse (None: not even a header, or
+    a response: drop)."""
+    if len(wire) < 12 or wire[2] & 0x80:
+        return None
+    opcode = wire[2] & 0x78
+    flags = 0x80 | opcode | (wire[2] & 0x01)   # QR, the query's opcode and RD
+    return wire[:2] + bytes([flags, 0x80 | 1]) + bytes(8)  # RA, rcode 1; no sections
+
+
+class Responder:
+    """Answers from a table {fqdn (lowercase, no trailing dot): [IPv4 address]}."""
+
+    def __init__(self, domain: str = "flatnet", ttl: int = 5) -> None:
+        self.domain = dns.name.from_text(domain)
+        self.ttl = ttl
+        self.table: dict[str, list[str]] = {}
+        self.counters = {"answered": 0, "nxdomain": 0, "forwarded": 0, "formerr": 0, "dropped": 0,
+                         "notimp": 0}
+
+    def set_table(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+
+    def handle(self, wire: bytes, tcp: bool = False) -> tuple[str, bytes | None]:
+        """(ANSWER, response) | (FORWARD, None): send `wire` upstream | (DROP, None)."""
+        if len(wire) > MAX_QUERY:
+            return self._formerr(wire)
+        try:
+            query = dns.message.from_wire(wire)
+        except (dns.exception.DNSException, ValueError, TypeError, IndexError, KeyError, UnicodeError):
+            return self._formerr(wire)
+        if query.flags & dns.flags.QR:
+            self.counters["dropped"] += 1
+            return DROP, None
+        if query.opcode() != dns.opcode.QUERY:
+            self.counters["notimp"] += 1
+            return ANSWER, self._render(query, dns.rcode.NOTIMP, [], tcp)
+        if len(query.question) != 1:
+            return self._formerr(wire)
+        q = query.question[0]
+        if not q.name.is_subdomain(self.domain):
+            self.counters["forwarded"] += 1
+            return FORWARD, None
+        key = q.name.to_text(omit_final_dot=True).lower()
+        addrs = self.table.get(key)
+        if addrs is None:
+            self.counters["nxdomain"] += 1
+            return ANSWER, self._render(query, dns.rcode.NXDOMAIN, [], tcp)
+        self.counters["answered"] += 1
+        answer = []
+        if q.rdclass == dns.rdataclass.IN and q.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
+            answer = [dns.rrset.from_text_list(q.name, self.ttl, "IN", "A", addrs[:MAX_ADDRS])]
+        return ANSWER, self._render(query, dns.rcode.NOERROR, answer, tcp)
+
+    def _formerr(self, wire: bytes) -> tuple[str, bytes | None]:
+        out = formerr(wire)
+        self.counters["formerr" if out else "dropped"] += 1
+        return (ANSWER, out) if out else (DROP, None)
+
+    def _render(self, query: dns.message.Message, rcode: int, answer: list, tcp: bool) -> bytes:
+        response = dns.message.make_response(query, recursion_available=True)
+        response.flags |= dns.flags.AA
+        response.set_rcode(rcode)
+        response.answer = answer
+        limit = 65535 if tcp else (min(max(query.payload, UDP_PAYLOAD), EDNS_MAX) if query.edns >= 0
+                                   else UDP_PAYLOAD)
+        try:
+            return response.to_wire(max_size=limit)
+        except dns.exception.TooBig:  # the client retries over TCP
+            response.answer = []
+            response.flags |= dns.flags.TC
+            return response.to_wire(max_size=limit)
