@@ -9,7 +9,7 @@ setup(
     package_data={"engine.crypto": ["csrc/*.h", "csrc/*.c"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["engine/crypto/_build.py:ffibuilder"],
-    install_requires=["cffi>=1.15", "pynacl", "uvloop", "pyroute2", "msgpack"],
+    install_requires=["cffi>=1.15", "pynacl", "uvloop", "pyroute2", "msgpack", "dnspython>=2.3"],
     entry_points={
         "console_scripts": [
             "flatnet=flatnet_cli.main:main",

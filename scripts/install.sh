@@ -27,7 +27,7 @@ fi
 PY=${PYTHON:-$(command -v python3)}
 PY=$("$PY" -c 'import sys; print(sys.executable)')
 log "python: $PY"
-PIP_PKGS=(pynacl uvloop pyroute2 cffi msgpack pytest hypothesis noiseprotocol prometheus-client matplotlib setuptools wheel)
+PIP_PKGS=(pynacl uvloop pyroute2 cffi msgpack dnspython pytest hypothesis noiseprotocol prometheus-client matplotlib setuptools wheel)
 if ! "$PY" - "${PIP_PKGS[@]}" <<'PYEOF' 2>/dev/null
 import sys, importlib.metadata as m
 for p in sys.argv[1:]:

@@ -30,14 +30,14 @@ EDNS_MAX = 1232
 ANSWER, FORWARD, DROP = "answer", "forward", "drop"
 
 
-def formerr(wire: bytes) -> bytes | None:
-    """A header-only FORMERR for a query we cannot parse (None: not even a header, or
-    a response: drop)."""
+def formerr(wire: bytes, rcode: int = 1) -> bytes | None:
+    """A header-only answer (FORMERR, or NOTIMP) to a query we cannot or will not parse
+    (None: not even a header, or a response: drop)."""
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     opcode = wire[2] & 0x78
     flags = 0x80 | opcode | (wire[2] & 0x01)   # QR, the query's opcode and RD
-    return wire[:2] + bytes([flags, 0x80 | 1]) + bytes(8)  # RA, rcode 1; no sections
+    return wire[:2] + bytes([flags, 0x80 | rcode]) + bytes(8)  # RA, the rcode; no sections
 
 
 class Responder:
@@ -57,6 +57,9 @@ class Responder:
         """(ANSWER, response) | (FORWARD, None): send `wire` upstream | (DROP, None)."""
         if len(wire) > MAX_QUERY:
             return self._formerr(wire)
+        if len(wire) >= 12 and not wire[2] & 0x80 and (wire[2] >> 3) & 15 != dns.opcode.QUERY:
+            self.counters["notimp"] += 1  # UPDATE, NOTIFY, ...: not parsed at all
+            return ANSWER, formerr(wire, dns.rcode.NOTIMP)
         try:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError, TypeError, IndexError, KeyError, UnicodeError):
@@ -64,9 +67,6 @@ class Responder:
         if query.flags & dns.flags.QR:
             self.counters["dropped"] += 1
             return DROP, None
-        if query.opcode() != dns.opcode.QUERY:
-            self.counters["notimp"] += 1
-            return ANSWER, self._render(query, dns.rcode.NOTIMP, [], tcp)
         if len(query.question) != 1:
             return self._formerr(wire)
         q = query.question[0]
