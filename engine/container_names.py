@@ -25,8 +25,8 @@ MAX_LOCAL = 512           # (name, addr) pairs sent to the lighthouse (wire.MAX_
 
 
 class NameScanner:
-    """Reads the names files again only when a directory changed (every write is a
-    rename into the directory, so its mtime moves)."""
+    """Reads the names files again only when something changed: the IPAM directory's
+    mtime, or the names directory's files (every write is a rename: a new inode)."""
 
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
@@ -44,13 +44,16 @@ class NameScanner:
     def scan(self, subnet: ipaddress.IPv4Network | None) -> bool:
         """Read again if anything changed; True when `entries` changed."""
         dirs = self._dirs()
-        sig = [str(subnet)]
+        sig: list = [str(subnet)]
         for d in dirs:
-            for sub in (d, os.path.join(d, "names")):
-                try:
-                    sig.append(os.stat(sub).st_mtime_ns)
-                except OSError:
-                    sig.append(0)
+            try:
+                sig.append(os.stat(d).st_mtime_ns)
+                # every file's inode too: a directory's mtime has the resolution of the
+                # kernel's coarse clock, and a DEL + ADD can fall within one tick
+                with os.scandir(os.path.join(d, "names")) as it:
+                    sig += sorted((e.name, e.inode()) for e in it)[:MAX_FILES]
+            except OSError:
+                sig.append(0)
         signature = tuple(dirs) + tuple(sig)
         if signature == self._signature:
             return False

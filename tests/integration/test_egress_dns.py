@@ -38,7 +38,7 @@ while True:
         continue
     r = dns.message.make_response(q)
     name = q.question[0].name.to_text()
-    if name == "outside.example.":
+    if name == "outside.example." and q.question[0].rdtype == 1:
         r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "198.51.100.7"))
     else:
         r.set_rcode(dns.rcode.NXDOMAIN)
