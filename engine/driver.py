@@ -99,7 +99,7 @@ class Engine:
         lease = {"subnet": str(subnet), "gateway": str(gateway), "network": str(c.network), "node": self.me.cert.name}
         if c.dns:
             upstream = list(c.dns_upstream) if c.dns_upstream is not None else dnsserver.read_resolv_conf()
-            self.dns = dnsserver.DnsServer(self.responder, upstream, self.log)
+            self.dns = dnsserver.DnsServer(self.responder, upstream, self.log, clients=c.network)
             try:
                 await self.dns.start(str(gateway), 53)
                 # the CNI plugin puts this in its result: Podman writes it into resolv.conf

@@ -7,11 +7,13 @@ counted: the client retries), each upstream tried for UPSTREAM_TIMEOUT seconds; 
 most MAX_TCP client connections, each idle for at most TCP_IDLE seconds and serving at
 most TCP_QUERIES queries. A forwarded query goes out from a fresh socket (a random
 source port and a random id), and only an answer with that id from that upstream
-counts.
+counts. Only clients inside the overlay are served (`clients`): the server is no open
+resolver for whatever else can reach the bridge address.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import struct
 
@@ -50,14 +52,16 @@ class _Upstream(asyncio.DatagramProtocol):
 
 
 class DnsServer:
-    def __init__(self, responder: Responder, upstreams: list[tuple[str, int]], log) -> None:  # noqa: ANN001
+    def __init__(self, responder: Responder, upstreams: list[tuple[str, int]], log,  # noqa: ANN001
+                 clients: ipaddress.IPv4Network | None = None) -> None:
         self.responder = responder
+        self.clients = clients
         self.upstreams = upstreams
         self.log = log
         self.outstanding = 0
         self.tcp_clients = 0
         self.counters = {"udp_queries": 0, "tcp_queries": 0, "forward_dropped": 0, "upstream_timeouts": 0,
-                         "upstream_failed": 0}
+                         "upstream_failed": 0, "refused_clients": 0}
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._rng = random.SystemRandom()
@@ -68,11 +72,22 @@ class DnsServer:
 
         class _Udp(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: tuple) -> None:
+                if not server._allowed(addr):
+                    return
                 server.counters["udp_queries"] += 1
                 server._udp_query(data, addr)
 
         self._udp, _ = await loop.create_datagram_endpoint(_Udp, local_addr=(host, port), reuse_port=False)
         self._tcp = await asyncio.start_server(self._tcp_client, host, port, reuse_address=True)
+
+    def _allowed(self, addr: tuple | None) -> bool:
+        try:
+            ok = self.clients is None or (addr is not None and ipaddress.IPv4Address(addr[0]) in self.clients)
+        except ValueError:
+            ok = False
+        if not ok:
+            self.counters["refused_clients"] += 1
+        return ok
 
     def close(self) -> None:
         if self._udp is not None:
@@ -149,7 +164,7 @@ class DnsServer:
         asyncio.get_running_loop().create_task(run())
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.tcp_clients >= MAX_TCP:
+        if self.tcp_clients >= MAX_TCP or not self._allowed(writer.get_extra_info("peername")):
             writer.close()
             return
         self.tcp_clients += 1
