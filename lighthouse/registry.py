@@ -54,6 +54,8 @@ QUERY_RATE = 4.0     # queries per second and asking node, after a burst of
 QUERY_BURST = 32.0   # (an engine asks once per unknown /24 per 5 s, and once per new peer)
 PUNCH_RATE = 8.0     # punches per second to one target node, after a burst of
 PUNCH_BURST = 32.0
+NAMES_RATE = 20.0    # names_query per second and asking node (an engine polls twice a second,
+NAMES_BURST = 64.0   # plus one query per page of a changed list), after a burst of
 
 
 class TokenBucket:
@@ -113,7 +115,8 @@ class Registry:
         self.refused_services = 0
         self.query_limits: dict[str, TokenBucket] = {}
         self.punch_limits: dict[str, TokenBucket] = {}
-        self.limited = {"queries": 0, "punches": 0, "endpoints_refused": 0, "names_refused": 0}
+        self.names_limits: dict[str, TokenBucket] = {}
+        self.limited = {"queries": 0, "punches": 0, "endpoints_refused": 0, "names_refused": 0, "names_queries": 0}
         self.names_version = 1
         self._online: set[str] = set()  # nodes whose names were in the last version
 
@@ -243,6 +246,9 @@ class Registry:
         already holds the current version."""
         if asker not in self.nodes:
             return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
+        if not self.names_limits.setdefault(asker, TokenBucket(NAMES_RATE, NAMES_BURST)).take(now):
+            self.limited["names_queries"] += 1
+            raise RemoteProtocolError("query_rate_limited", asker)
         online = {n for n, node in self.nodes.items() if now - node.last_seen <= 3 * self.ttl}
         if online != self._online:  # a node went quiet (or came back) without expire() yet
             self._online = online
@@ -283,6 +289,7 @@ class Registry:
             self.names_version += 1
         self.query_limits.pop(name, None)
         self.punch_limits.pop(name, None)
+        self.names_limits.pop(name, None)
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
 

@@ -180,3 +180,15 @@ def test_two_engines_see_each_others_names_and_a_removal_within_2s(reg):
     while ("web1", a_ip, "host-a") in seen["host-b"] and net.now - t0 < 5:
         net.run(0.05)
     assert net.now - t0 < 2.0 and seen["host-b"] == [("db", a_ip, "host-a")]
+
+
+def test_names_queries_are_rate_limited_per_node(reg):
+    register(reg, "a")
+    served = 0
+    for _ in range(200):
+        try:
+            page(reg, "a", now=1.0)
+            served += 1
+        except RemoteProtocolError:
+            pass
+    assert served == 64 and reg.limited["names_queries"] == 136
