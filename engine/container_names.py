@@ -90,7 +90,8 @@ def read_network(net_dir: str, subnet: ipaddress.IPv4Network | None) -> tuple[li
             continue
         if holder != cid or subnet is None or ip not in subnet:
             continue
-        wanted = [doc.get("name")] + list(doc.get("aliases") or [])[:MAX_PER_CONTAINER - 1]
+        aliases = doc.get("aliases")
+        wanted = [doc.get("name")] + (aliases[:MAX_PER_CONTAINER - 1] if isinstance(aliases, list) else [])
         for raw in wanted:
             if not raw:
                 continue

@@ -65,6 +65,7 @@ class DnsServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._rng = random.SystemRandom()
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int = 53) -> None:
         loop = asyncio.get_running_loop()
@@ -96,19 +97,23 @@ class DnsServer:
             self._tcp.close()
 
     # ---- one query
-    async def answer(self, wire: bytes, tcp: bool) -> bytes | None:
+    def decide(self, wire: bytes, tcp: bool) -> tuple[bool, bytes | None]:
+        """(forward?, answer): the responder's decision; never raises."""
         try:
             action, response = self.responder.handle(wire, tcp)
         except Exception:  # noqa: BLE001  a dnspython path we did not foresee: never a traceback
             self.responder.counters["formerr"] += 1
-            return formerr(wire)
+            return False, formerr(wire)
         if action == ANSWER:
-            return response
+            return False, response
         if action != FORWARD:
-            return None
+            return False, None
         if self.outstanding >= MAX_OUTSTANDING or not self.upstreams:
             self.counters["forward_dropped"] += 1
-            return None
+            return False, None
+        return True, None
+
+    async def forward(self, wire: bytes, tcp: bool) -> bytes | None:
         self.outstanding += 1
         try:
             return await self._forward(wire, tcp)
@@ -157,11 +162,20 @@ class DnsServer:
 
     # ---- transports
     def _udp_query(self, data: bytes, addr: tuple) -> None:
+        """Answers go out at once; only a forwarded query (at most MAX_OUTSTANDING) is a task."""
+        go, out = self.decide(data, tcp=False)
+        if out is not None and self._udp is not None:
+            self._udp.sendto(out, addr)
+        if not go:
+            return
+
         async def run() -> None:
-            out = await self.answer(data, tcp=False)
-            if out is not None and self._udp is not None and not self._udp.is_closing():
-                self._udp.sendto(out, addr)
-        asyncio.get_running_loop().create_task(run())
+            answer = await self.forward(data, tcp=False)
+            if answer is not None and self._udp is not None and not self._udp.is_closing():
+                self._udp.sendto(answer, addr)
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)  # a task nobody holds may be collected before it ends
+        task.add_done_callback(self._tasks.discard)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.tcp_clients >= MAX_TCP or not self._allowed(writer.get_extra_info("peername")):
@@ -176,7 +190,9 @@ class DnsServer:
                     break  # nothing a client needs; the stream cannot be resynchronised
                 data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
                 self.counters["tcp_queries"] += 1
-                out = await self.answer(data, tcp=True)
+                go, out = self.decide(data, tcp=True)
+                if go:
+                    out = await self.forward(data, tcp=True)
                 if out is None:
                     continue
                 writer.write(struct.pack("!H", len(out)) + out)
