@@ -202,7 +202,9 @@ def test_removed_name_is_gone_everywhere_within_2s_and_restart_follows(lab):
     t0 = time.monotonic()
     for h in (b, a):
         assert wait_for(lambda: lookup(h.ns, gw(h), "gone1.flatnet")[0] == dns.rcode.NXDOMAIN, 3)
-    assert time.monotonic() - t0 < 2.0, f"{time.monotonic() - t0:.2f} s"
+    elapsed = time.monotonic() - t0
+    print(f"removed name gone from both hosts after {elapsed:.2f} s")
+    assert elapsed < 2.0, f"{elapsed:.2f} s"
     # podman restart: DEL then ADD; the address changes, the name follows
     c = lab.add_container(b, "again1")
     for h in (a, b):
