@@ -44,7 +44,7 @@ class Engine:
         self.lighthouse: LighthouseClient | None = None
         self.dns: dnsserver.DnsServer | None = None
         self.egress = "off"
-        self.responder = Responder(config.dns_domain, config.dns_ttl)
+        self.responder = Responder(config.dns_domain, config.dns_ttl, config.network)
         self.names = container_names.NameScanner(config.cni_data_dir)
         self.remote_names: list[tuple[str, str, str]] = []
 

@@ -3,7 +3,9 @@
 Rules: a query for a name under the overlay domain (default `flatnet`) is answered
 here, authoritatively, from the name table: A records with a short TTL; NXDOMAIN for
 a name nobody holds; an empty answer (NODATA) for other types of a known name.
-Everything else is forwarded to the host's resolvers (the I/O layer does that).
+Reverse names of overlay addresses (PTR under e.g. 87.10.in-addr.arpa) are answered
+here too, so they never leak to the host's resolvers. Everything else is forwarded to
+the host's resolvers (the I/O layer does that).
 
 The parser is reachable by every container: input is bounded (MAX_QUERY bytes),
 parsed by dnspython, and anything malformed gets FORMERR when its header can be read,
@@ -11,6 +13,8 @@ else is dropped. Responses (QR set) are never answered, so two responders cannot
 bounce packets between each other. Nothing here raises on remote input.
 """
 from __future__ import annotations
+
+import ipaddress
 
 import dns.exception
 import dns.flags
@@ -43,15 +47,26 @@ def formerr(wire: bytes, rcode: int = 1) -> bytes | None:
 class Responder:
     """Answers from a table {fqdn (lowercase, no trailing dot): [IPv4 address]}."""
 
-    def __init__(self, domain: str = "flatnet", ttl: int = 5) -> None:
+    def __init__(self, domain: str = "flatnet", ttl: int = 5,
+                 network: ipaddress.IPv4Network | None = None) -> None:
         self.domain = dns.name.from_text(domain)
         self.ttl = ttl
         self.table: dict[str, list[str]] = {}
+        self.reverse: dict[str, str] = {}   # "2.1.87.10.in-addr.arpa" -> "web1.flatnet"
+        self.reverse_zone = None
+        if network is not None:  # the whole octets of the overlay's prefix: 10.87.0.0/16 -> 87.10.in-addr.arpa
+            octets = str(network.network_address).split(".")[:network.prefixlen // 8]
+            self.reverse_zone = dns.name.from_text(".".join(reversed(octets)) + ".in-addr.arpa")
         self.counters = {"answered": 0, "nxdomain": 0, "forwarded": 0, "formerr": 0, "dropped": 0,
                          "notimp": 0}
 
     def set_table(self, table: dict[str, list[str]]) -> None:
         self.table = table
+        reverse: dict[str, str] = {}
+        for name in sorted(table):  # one name per address, the same one every time
+            for addr in table[name]:
+                reverse.setdefault(".".join(reversed(addr.split("."))) + ".in-addr.arpa", name)
+        self.reverse = reverse
 
     def handle(self, wire: bytes, tcp: bool = False) -> tuple[str, bytes | None]:
         """(ANSWER, response) | (FORWARD, None): send `wire` upstream | (DROP, None)."""
@@ -70,6 +85,8 @@ class Responder:
         if len(query.question) != 1:
             return self._formerr(wire)
         q = query.question[0]
+        if self.reverse_zone is not None and q.name.is_subdomain(self.reverse_zone):
+            return ANSWER, self._reverse(query, q, tcp)
         if not q.name.is_subdomain(self.domain):
             self.counters["forwarded"] += 1
             return FORWARD, None
@@ -83,6 +100,17 @@ class Responder:
         if q.rdclass == dns.rdataclass.IN and q.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
             answer = [dns.rrset.from_text_list(q.name, self.ttl, "IN", "A", addrs[:MAX_ADDRS])]
         return ANSWER, self._render(query, dns.rcode.NOERROR, answer, tcp)
+
+    def _reverse(self, query: dns.message.Message, q, tcp: bool) -> bytes:  # noqa: ANN001
+        target = self.reverse.get(q.name.to_text(omit_final_dot=True).lower())
+        if target is None:
+            self.counters["nxdomain"] += 1
+            return self._render(query, dns.rcode.NXDOMAIN, [], tcp)
+        self.counters["answered"] += 1
+        answer = []
+        if q.rdclass == dns.rdataclass.IN and q.rdtype in (dns.rdatatype.PTR, dns.rdatatype.ANY):
+            answer = [dns.rrset.from_text(q.name, self.ttl, "IN", "PTR", target + ".")]
+        return self._render(query, dns.rcode.NOERROR, answer, tcp)
 
     def _formerr(self, wire: bytes) -> tuple[str, bytes | None]:
         out = formerr(wire)

@@ -60,6 +60,17 @@ def test_edns_and_truncation():
     assert resp.edns == 0 and len(resp.answer[0]) == 16
 
 
+def test_reverse_names_of_the_overlay_are_answered_here():
+    import ipaddress
+    r = Responder("flatnet", 5, ipaddress.IPv4Network("10.87.0.0/16"))
+    r.set_table(dict(TABLE))
+    _, action, resp = ask(r, "2.1.87.10.in-addr.arpa", "PTR")
+    assert action == ANSWER and resp.answer[0][0].target.to_text() == "web1.flatnet."
+    _, action, resp = ask(r, "9.9.87.10.in-addr.arpa", "PTR")
+    assert action == ANSWER and resp.rcode() == dns.rcode.NXDOMAIN   # never leaks upstream
+    assert r.handle(dns.message.make_query("1.1.168.192.in-addr.arpa", "PTR").to_wire()) == (FORWARD, None)
+
+
 def test_not_a_query_is_notimp():
     q = dns.message.make_query("web1.flatnet", "A")
     q.set_opcode(dns.opcode.UPDATE)
