@@ -287,7 +287,8 @@ class Engine:
                 self.device.set_subnet(peer, p.subnet)
                 self.device.set_endpoints(peer, list(p.endpoints))
         restart = [k for k in ("network", "subnet", "listen_host", "listen_port", "socket_buffer", "tun_name",
-                               "bridge", "mtu", "offloads", "spin", "run_dir", "state_dir")
+                               "bridge", "mtu", "offloads", "spin", "run_dir", "state_dir", "masquerade", "dns",
+                               "dns_domain", "dns_upstream", "dns_ttl")
                    if getattr(new, k) != getattr(old, k)]
         if restart:
             self.log.warning("reload_needs_restart", changed=",".join(restart))
