@@ -1,8 +1,9 @@
 """ADD, DEL, CHECK, STATUS and GC.
 
-Rules: ADD registers an undo right after acquiring each resource (Undo) and
-keeps them only when the whole command succeeded; DEL is idempotent and best-effort
-(the netns may be gone, the veth may be gone, DEL may come twice); CHECK compares
+Rules: ADD and DEL are the CNI protocol around cni.core (shared with the netavark
+plugin): ADD registers an undo right after acquiring each resource (Undo) and keeps
+them only when the whole command succeeded; DEL is idempotent and best-effort (the
+netns may be gone, the veth may be gone, DEL may come twice); CHECK compares
 prevResult with the live state. The shared bridge is host infrastructure: ADD
 creates it once and DEL never removes it (docs/cni.md).
 """
@@ -12,13 +13,13 @@ import errno
 import os
 
 from cni import ipam
-from cni.conf import NetConf, parse_lease
-from cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NO_LEASE, NOT_AVAILABLE
-from cni.ipv4 import Subnet, format_ip
+from cni.conf import NetConf
+from cni.core import attach, detach, resolve_lease, with_netns
+from cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NOT_AVAILABLE
+from cni.ipv4 import format_ip
 from cni.netlink import Netlink
-from cni.netns import (VETH_PREFIX, attach_to_bridge, configure_container, create_veth, delete_link,
-                       enable_ip_forwarding, ensure_bridge, find_host_veth, free_host_veth_name,
-                       legacy_veth_name, netlink_in, open_netns, parse_owner, veth_owner)
+from cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in, open_netns,
+                       parse_owner, veth_owner)
 from cni import jsonlite as json
 from cni.result import add_result, container_ip, lease_dns
 from cni.skel import CmdArgs
@@ -26,141 +27,68 @@ from cni.store import FileStore
 from cni.undo import Undo
 
 
-def _lease_text(conf: NetConf, store: FileStore) -> str | None:
-    """The lease file's text (or the cached copy), None in standalone mode or without one."""
+MAX_ALIASES = 32
+
+
+def _dns(conf: NetConf, store: FileStore) -> dict | None:
+    """The engine's DNS server from its lease (file, else the cached copy); none in
+    standalone mode (docs/cni.md, "Names")."""
     if conf.subnet is not None:
         return None
     try:
         with open(conf.lease_file) as f:
-            return f.read()
+            text: str | None = f.read()
     except OSError:
-        return store.read_cached_lease()
-
-
-def _dns(conf: NetConf, store: FileStore) -> dict | None:
-    text = _lease_text(conf, store)
+        text = store.read_cached_lease()
     try:
         return lease_dns(json.loads(text)) if text else None
     except ValueError:
         return None
 
 
-# Names for the engine's DNS (docs/cni.md, "Names"): one file per attachment, written
-# after the attachment worked and never failing it; the engine reads the directory.
-NAMES_DIR = "names"
-MAX_ALIASES = 32
-
-
-def _names_path(conf: NetConf, container_id: str, ifname: str) -> str:
-    return os.path.join(conf.data_dir, conf.name, NAMES_DIR, f"{container_id}@{ifname}")
-
-
-def _container_names(args: CmdArgs, conf: NetConf) -> tuple[str, list[str]]:
-    """The container's name (Podman passes it as CNI_ARGS K8S_POD_NAME) and its network
-    aliases (runtimeConfig.aliases[<network name>], with the `aliases` capability)."""
-    name = ""
+def container_names(args: CmdArgs, conf: NetConf) -> list[str]:
+    """The container's name (Podman 4.3 passes CNI_ARGS K8S_POD_NAME) and its network
+    aliases (runtimeConfig.aliases[<network name>], with the `aliases` capability), as
+    the store keeps them (one a line: printable, no spaces)."""
+    found = []
     for item in args.args.split(";")[:64]:
         key, _, value = item.partition("=")
         if key == "K8S_POD_NAME":
-            name = value[:253]
+            found = [value]
     runtime = conf.raw.get("runtimeConfig")
     aliases = runtime.get("aliases") if isinstance(runtime, dict) else None
     mine = aliases.get(conf.name) if isinstance(aliases, dict) else None
-    if not isinstance(mine, list):
-        mine = []
-    return name, [a[:253] for a in mine[:MAX_ALIASES] if isinstance(a, str) and a]
-
-
-def record_names(args: CmdArgs, conf: NetConf, ip: int) -> None:
-    name, aliases = _container_names(args, conf)
-    if not name and not aliases:
-        return
-    path = _names_path(conf, args.container_id, args.ifname)
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
-        with open(tmp, "w") as f:
-            f.write(json.dumps({"id": args.container_id, "ifname": args.ifname, "ip": format_ip(ip),
-                                "name": name, "aliases": aliases}))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # names are a convenience: the container is attached all the same
-
-
-def forget_names(conf: NetConf, container_id: str, ifname: str) -> None:
-    try:
-        os.unlink(_names_path(conf, container_id, ifname))
-    except OSError:
-        pass
-
-
-def resolve_lease(conf: NetConf, store: FileStore) -> tuple[Subnet, int]:
-    """The subnet to allocate from: the conflist's, else the engine's lease file, else
-    the last lease this host used (so containers start while the engine is down)."""
-    if conf.subnet is not None:
-        assert conf.gateway is not None
-        return conf.subnet, conf.gateway
-    try:
-        with open(conf.lease_file) as f:
-            text = f.read()
-    except FileNotFoundError:
-        cached = store.read_cached_lease()
-        if cached is None:
-            raise CniError(NO_LEASE, f"no subnet lease: {conf.lease_file} does not exist and this host "
-                           "has never had a lease",
-                           "start flatnet-engine (it writes the lease), or set \"subnet\" in the "
-                           "conflist for standalone single-host mode") from None
-        return parse_lease(cached, store.dir + "/lease.json")
-    except OSError as exc:
-        raise CniError(NO_LEASE, f"cannot read lease file {conf.lease_file}: {exc.strerror}") from None
-    lease = parse_lease(text, conf.lease_file)
-    store.cache_lease(text)
-    return lease
+    found += mine[:MAX_ALIASES] if isinstance(mine, list) else []
+    return [n for n in found if isinstance(n, str) and 0 < len(n) <= 253 and n.isprintable() and " " not in n]
 
 
 def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
-    netns_fd = open_netns(args.netns)
-    try:
-        with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl, \
-                netlink_in(netns_fd) as cnl, Undo() as undo:
-            subnet, gateway = resolve_lease(conf, store)
-            held = store.get_by_id(args.container_id, args.ifname)
-            ip = ipam.allocate(store, subnet, gateway, args.container_id, args.ifname)
-            if held != ip:
-                undo.callback(store.release, ip)
-            bridge = ensure_bridge(nl, conf.bridge, subnet, gateway, conf.mtu)
-            # a repeated ADD, or a container that died without DEL: re-plumb from scratch;
-            # a veth of another container under a similar name is never touched
-            old = find_host_veth(nl, args.container_id, args.ifname)
-            if old is not None:
-                delete_link(nl, old.name)
-            host_name = free_host_veth_name(nl, args.container_id, args.ifname)
-            host = create_veth(nl, host_name, args.ifname, netns_fd, conf.mtu,
-                               veth_owner(args.container_id, args.ifname))
-            undo.callback(delete_link, nl, host_name)
-            attach_to_bridge(nl, host, bridge)
-            container = configure_container(cnl, args.ifname, ip, subnet, gateway)
-            enable_ip_forwarding()
-            host = nl.link_get(host_name) or host
-            bridge = nl.link_get(conf.bridge) or bridge
-            result = add_result(conf.cni_version, bridge=(bridge.name, bridge.mac),
-                                host=(host.name, host.mac), container=(args.ifname, container.mac),
-                                sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway,
-                                dns=_dns(conf, store))
-            undo.pop_all()
-            record_names(args, conf, ip)
-            return result
-    finally:
-        os.close(netns_fd)
+    with with_netns(args.netns) as netns_fd, FileStore(conf.data_dir, conf.name) as store, \
+            Netlink() as nl, Undo() as undo:
+        subnet, gateway = resolve_lease(conf, store)
+        held = store.get_by_id(args.container_id, args.ifname)
+        ip = ipam.allocate(store, subnet, gateway, args.container_id, args.ifname)
+        if held != ip:
+            undo.callback(store.release, ip)
+        made = attach(conf, nl, netns_fd, args.container_id, args.ifname, ip,
+                      subnet, gateway, undo)
+        result = add_result(conf.cni_version, bridge=(made.bridge.name, made.bridge.mac),
+                            host=(made.host.name, made.host.mac),
+                            container=(args.ifname, made.container.mac),
+                            sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway,
+                            dns=_dns(conf, store))
+        names = container_names(args, conf)
+        if names:
+            try:  # for the engine's DNS; removed with the address (store.release)
+                store.set_names(ip, names)
+            except OSError:
+                pass  # a convenience: the container is attached all the same
+        undo.pop_all()
+        return result
 
 
 def cmd_del(args: CmdArgs, conf: NetConf) -> None:
-    with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl:
-        host = find_host_veth(nl, args.container_id, args.ifname)
-        if host is not None:
-            delete_link(nl, host.name)
-        forget_names(conf, args.container_id, args.ifname)
-        store.release_by_id(args.container_id, args.ifname)
+    detach(conf, args.container_id, args.ifname)
     return None
 
 
@@ -221,14 +149,6 @@ def cmd_gc(args: CmdArgs, conf: NetConf) -> None:
     valid = set(conf.valid_attachments or ())
     with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl:
         ipam.garbage_collect(store, valid)
-        try:
-            recorded = os.listdir(os.path.join(conf.data_dir, conf.name, NAMES_DIR))
-        except OSError:
-            recorded = []
-        for fname in recorded:
-            cid, _, ifname = fname.lstrip(".").partition("@")
-            if (cid, ifname) not in valid and (cid, "") not in valid:
-                forget_names(conf, cid, ifname)
         # links made before owner aliases (fn- + 8 characters) are kept by name
         legacy = {legacy_veth_name(cid) for cid, _ in valid}
         bridge = nl.link_get(conf.bridge)

@@ -58,6 +58,7 @@ class Config:
     offloads: bool = True
     spin: bool = True
     moderation_us: int = 100
+    compact_cipher: bool = True
     log_level: str = "info"
     log_format: str = "text"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
@@ -69,6 +70,7 @@ class Config:
     cni_data_dir: str = "/var/lib/flatnet/ipam"
     firewall_default: str = "allow"
     firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
+    dead_after: float = 3.0            # [liveness]: a path silent this long while in use is unreachable
     blocklist: str = ""  # a CA-signed blocklist file to enforce (besides what lighthouses send)
     masquerade: bool = True  # containers reach outside the overlay through the host's uplink
     dns: bool = True         # answer DNS on the bridge gateway address
@@ -94,13 +96,14 @@ _KNOWN = {
     "network": {"cidr", "subnet", "masquerade"},
     "dns": {"enabled", "domain", "upstream", "ttl"},
     "listen": {"host", "port", "socket_buffer"},
-    "tun": {"name", "mtu", "offloads", "spin", "moderation_us"},
+    "tun": {"name", "mtu", "offloads", "spin", "moderation_us", "compact_cipher"},
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
     "log": {"level", "format"},
     "gateway": {"lan_address", "domain", "podman_labels"},
     "metrics": {"listen", "cni_data_dir"},
     "firewall": {"default", "inbound"},
+    "liveness": {"dead_after"},
     "peers": None,
     "lighthouses": None,
 }
@@ -211,6 +214,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     port = get("listen", "port", int, 4787)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{where('listen.port')}: {port} is not 0-65535")
+    dead_after = doc.get("liveness", {}).get("dead_after", 3.0)
+    if isinstance(dead_after, bool) or not isinstance(dead_after, (int, float)) or not 1 <= dead_after <= 60:
+        raise ConfigError(f"{where('liveness.dead_after')}: {dead_after!r}; expected seconds, 1 to 60")
     level = get("log", "level", str, "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where('log.level')}: {level!r}; expected debug, info, warning or error")
@@ -287,7 +293,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('dns.ttl')}: {dns_ttl} is outside 0..3600 (seconds)")
 
     return Config(
-        path=path,
+        path=path, dead_after=float(dead_after),
         masquerade=get("network", "masquerade", bool, True),
         dns=get("dns", "enabled", bool, True), dns_domain=dns_domain, dns_upstream=upstream, dns_ttl=dns_ttl,
         firewall_default=fw_default, firewall_rules=tuple(rules),
@@ -300,7 +306,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),
         tun_name=_ifname(get("tun", "name", str, "flatnet0"), where("tun.name")), mtu=mtu,
         offloads=get("tun", "offloads", bool, True), spin=get("tun", "spin", bool, True),
-        moderation_us=moderation,
+        moderation_us=moderation, compact_cipher=get("tun", "compact_cipher", bool, True),
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),

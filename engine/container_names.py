@@ -1,19 +1,17 @@
 """Container names for DNS: what the CNI plugin recorded on this host, what the
 lighthouse says every other host has, and published services, as one table.
 
-The CNI plugin writes one small JSON file per attachment,
-`<dataDir>/<network>/names/<container id>@<ifname>`:
-{"id", "ifname", "ip", "name", "aliases"} (cni/commands.py), and removes it on DEL.
-scan() reads them. An entry counts only while the IPAM store still reserves its
-address for the same container (a file left behind by a crash answers nothing), and
-only for an address in this host's subnet. Names follow the one rule of
+The plugins (CNI and netavark) write the container's name and aliases, one a line, to
+`<dataDir>/<network>/names/<ip>` (cni.store.FileStore.set_names), removed with the
+address. scan() reads them. An entry counts only while the IPAM store still reserves
+its address (a file left behind by a crash answers nothing), and only for an address
+in this host's subnet. Names follow the one rule of
 engine.proto.names, in lowercase; a name that breaks it (Podman's generated
 `adjective_noun` names have '_') is skipped and listed in `skipped`.
 """
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 
 from engine.proto import names as name_rule
@@ -77,27 +75,23 @@ def read_network(net_dir: str, subnet: ipaddress.IPv4Network | None) -> tuple[li
         return [], []
     entries, skipped = [], []
     for fname in files:
-        if fname.startswith("."):
-            continue  # a temporary file being written
+        try:
+            ip = ipaddress.IPv4Address(fname)  # "<ip>.tmp" (being written) and anything else: skipped
+        except ValueError:
+            continue
+        if subnet is None or ip not in subnet or not os.path.exists(os.path.join(net_dir, str(ip))):
+            continue
         try:
             with open(os.path.join(names_dir, fname), "rb") as f:
-                doc = json.loads(f.read(MAX_FILE))
-            ip = ipaddress.IPv4Address(doc["ip"])
-            cid = str(doc["id"])
-            with open(os.path.join(net_dir, str(ip))) as f:
-                holder = f.readline().strip()
-        except (OSError, ValueError, KeyError, TypeError):
+                lines = f.read(MAX_FILE).decode("utf-8", "replace").splitlines()[:MAX_PER_CONTAINER]
+        except OSError:
             continue
-        if holder != cid or subnet is None or ip not in subnet:
-            continue
-        aliases = doc.get("aliases")
-        wanted = [doc.get("name")] + (aliases[:MAX_PER_CONTAINER - 1] if isinstance(aliases, list) else [])
-        for raw in wanted:
+        for raw in lines:
             if not raw:
                 continue
             problem = name_rule.name_problem(raw)
             if problem:
-                skipped.append(f"{str(raw)[:64]!r} of container {cid[:12]}: {problem}")
+                skipped.append(f"{raw[:64]!r} of {ip}: {problem}")
                 continue
             entries.append((raw.lower(), str(ip)))
     return entries, skipped

@@ -22,6 +22,7 @@ from engine.datapath import DataPath
 from engine.device import Device
 from engine.io import control, dnsserver, egress, netlink, tun, udp
 from engine.lighthouse_client import LighthouseClient
+from engine.proto import liveness
 from engine.proto.dnsanswer import Responder
 from engine.proto.revocation import Revocations
 from engine.services import ServiceRegistry
@@ -87,6 +88,7 @@ class Engine:
         """Kernel state and the lease file for the CNI plugin, for this host's /24."""
         c = self.config
         self.subnet = subnet
+        self.dp.set_local(subnet)  # decrypted packets may go to this lease only
         gateway = subnet.network_address + 1
         # pyroute2's sync API runs its own event loop: call it from a worker thread
         await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, subnet, c.bridge)
@@ -190,10 +192,13 @@ class Engine:
         self.dp.set_spin(c.spin)
         self.dp.set_moderation(c.moderation_us)
         self.dp.set_tun_uso(uso)
+        self.dp.set_compact_cipher(c.compact_cipher)
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin,
-                         "moderation_us": c.moderation_us}
+                         "moderation_us": c.moderation_us,
+                         "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium"}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
-        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
+        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
+                             dead_after=c.dead_after)
         self._apply_firewall(c)
         self._poll_blocklists(time.monotonic())  # before any peer is added
         for p, cert in peers:
@@ -258,6 +263,8 @@ class Engine:
         self._apply_firewall(new)
         self.dp.set_moderation(new.moderation_us)  # a value read every pass: safe to change live
         self.offloads["moderation_us"] = new.moderation_us
+        self.dp.set_compact_cipher(new.compact_cipher)  # both ciphers give the same bytes: safe live
+        self.offloads["cipher"] = "compact+libsodium" if self.dp.compact_cipher() else "libsodium"
         if me.cert.raw != self.me.cert.raw:
             if me.static_private != self.me.static_private:
                 self.config = old
@@ -444,6 +451,8 @@ class Engine:
                 "listen_port": self.sock.getsockname()[1], "tun": c.tun_name, "bridge": c.bridge,
                 "uptime": round(time.monotonic() - self.started, 1), "peers": len(self.device.peers),
                 "peers_up": sum(1 for p in self.device.peers.values() if p.session.current is not None),
+                "peers_unreachable": sorted(p.name for p in self.device.peers.values()
+                                            if p.live.state is liveness.PathState.UNREACHABLE),
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors),
                 "offloads": self.offloads, "io": self.dp.io_stats(),
                 "lighthouses": {name: ("registered" if name in self.lighthouse.registered else "unregistered")
@@ -478,7 +487,8 @@ class Engine:
         if method == "GET" and path == "/services/rejected":
             return control.json_response(self.services.rejected())
         if method == "GET" and path == "/routes":
-            return control.json_response(self.services.routes(self.config.gateway_address))
+            return control.json_response(self.device.mark_unreachable(
+                self.services.routes(self.config.gateway_address)))
         if method == "POST" and path == "/services":
             try:
                 req = json.loads(body or b"{}")

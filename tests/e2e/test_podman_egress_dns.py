@@ -84,7 +84,7 @@ def setup(tmp_path_factory):
         plugins = os.path.join(env["dir"], "plugins")
         os.makedirs(plugins)
         with open(os.path.join(plugins, "flatnet"), "w") as f:
-            f.write(WRAPPER.format(python=sys.executable, repo=REPO))
+            f.write(WRAPPER.format(python=sys.executable, marker="# egress/dns e2e test", root=REPO))
         os.chmod(os.path.join(plugins, "flatnet"), 0o755)
         with open(os.path.join(env["dir"], "containers.conf"), "w") as f:
             f.write('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n'

@@ -9,8 +9,6 @@ mounts /etc/netns/<ns>/resolv.conf), as Podman writes it.
 """
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -162,7 +160,7 @@ def test_names_resolve_on_every_host_and_by_alias(lab):
     for h in (a, b):
         for name, ip in (("web1.flatnet", lab.web1["ip"]), ("web2.flatnet", lab.web2["ip"]),
                          ("db.flatnet", lab.web2["ip"]), ("web2-alias.flatnet", lab.web2["ip"])):
-            got = wait_for(lambda: lookup(h.ns, gw(h), name) == (0, [ip]), 5)
+            got = wait_for(lambda h=h, name=name, ip=ip: lookup(h.ns, gw(h), name) == (0, [ip]), 5)
             assert got, (h.name, name, lookup(h.ns, gw(h), name))
     assert lookup(a.ns, gw(a), "nobody.flatnet")[0] == dns.rcode.NXDOMAIN
     assert lookup(a.ns, gw(a), "web2.flatnet", tcp=True) == (0, [lab.web2["ip"]])
@@ -197,24 +195,24 @@ def test_removed_name_is_gone_everywhere_within_2s_and_restart_follows(lab):
     a, b = lab.hosts
     c = lab.add_container(b, "gone1")
     for h in (a, b):
-        assert wait_for(lambda: lookup(h.ns, gw(h), "gone1.flatnet") == (0, [c["ip"]]), 5)
+        assert wait_for(lambda h=h: lookup(h.ns, gw(h), "gone1.flatnet") == (0, [c["ip"]]), 5)
     lab.remove_container(b, c)
     t0 = time.monotonic()
     for h in (b, a):
-        assert wait_for(lambda: lookup(h.ns, gw(h), "gone1.flatnet")[0] == dns.rcode.NXDOMAIN, 3)
+        assert wait_for(lambda h=h: lookup(h.ns, gw(h), "gone1.flatnet")[0] == dns.rcode.NXDOMAIN, 3)
     elapsed = time.monotonic() - t0
     print(f"removed name gone from both hosts after {elapsed:.2f} s")
     assert elapsed < 2.0, f"{elapsed:.2f} s"
     # podman restart: DEL then ADD; the address changes, the name follows
     c = lab.add_container(b, "again1")
     for h in (a, b):
-        assert wait_for(lambda: lookup(h.ns, gw(h), "again1.flatnet") == (0, [c["ip"]]), 3)
+        assert wait_for(lambda h=h: lookup(h.ns, gw(h), "again1.flatnet") == (0, [c["ip"]]), 3)
     old = c["ip"]
     lab.cni(b, "DEL", c["id"], f"/run/netns/{c['ns']}")
     new = lab.cni(b, "ADD", c["id"], f"/run/netns/{c['ns']}", "again1")["ips"][0]["address"].split("/")[0]
     assert new != old
     for h in (a, b):
-        assert wait_for(lambda: lookup(h.ns, gw(h), "again1.flatnet") == (0, [new]), 2)
+        assert wait_for(lambda h=h: lookup(h.ns, gw(h), "again1.flatnet") == (0, [new]), 2)
 
 
 def test_malformed_queries_get_formerr_or_nothing_and_the_server_keeps_answering(lab):
@@ -256,5 +254,5 @@ print(answers, formerr, r.rcode(), r.answer[0][0].address)
 '''
     out = sh(sys.executable, "-c", code, gw(a), ns=lab.web1["ns"], timeout=240).stdout.decode().split()
     answers, formerr, rcode, addr = int(out[0]), int(out[1]), int(out[2]), out[3]
-    assert formerr > 0 and rcode == 0 and addr == lab.web1["ip"]
+    assert answers >= formerr > 0 and rcode == 0 and addr == lab.web1["ip"]
     assert lab.status(a)["dns"]["formerr"] >= formerr

@@ -1,8 +1,6 @@
 """The egress rules with the real iptables (iptables-nft on Debian 12), in a namespace
 of the test's own: idempotent, `masquerade = false` empties the NAT chain, remove()
 leaves nothing, and the jumps are never doubled."""
-import ipaddress
-import subprocess
 import sys
 
 import pytest

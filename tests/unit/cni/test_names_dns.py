@@ -2,6 +2,8 @@
 aliases), the names file it leaves for the engine, and the result's dns."""
 import json
 
+from cni.store import FileStore
+
 from cni import commands
 from cni.conf import load_netconf
 from cni.ipv4 import Subnet
@@ -23,29 +25,22 @@ def conf(tmp_path, **extra):
 
 
 def test_name_and_aliases_from_what_podman_passes(tmp_path):
-    assert commands._container_names(args(), conf(tmp_path)) == ("web1", ["db", "054b6ecab7e9"])
+    assert commands.container_names(args(), conf(tmp_path)) == ["web1", "db", "054b6ecab7e9"]
     other = conf(tmp_path, runtimeConfig={"aliases": {"othernet": ["x"]}})
-    assert commands._container_names(args(""), other) == ("", [])
-    odd = conf(tmp_path, runtimeConfig={"aliases": {"flatnet": [1, None, "", "ok"] + ["a"] * 100}})
-    assert commands._container_names(args(), odd)[1] == ["ok"] + ["a"] * 28  # at most 32 entries are looked at
+    assert commands.container_names(args(""), other) == []
+    odd = conf(tmp_path, runtimeConfig={"aliases": {"flatnet": [1, None, "", "two words", "a\nb", "ok"]
+                                                    + ["a"] * 100}})
+    assert commands.container_names(args(), odd) == ["web1", "ok"] + ["a"] * 26  # 32 aliases looked at
 
 
-def test_names_file_written_and_removed(tmp_path):
-    c = conf(tmp_path)
-    commands.record_names(args(), c, (10 << 24) | (87 << 16) | (1 << 8) | 5)
-    path = tmp_path / "flatnet" / "names" / "054b6ecab7e9bb78@eth0"
-    doc = json.loads(path.read_text())
-    assert doc == {"id": "054b6ecab7e9bb78", "ifname": "eth0", "ip": "10.87.1.5", "name": "web1",
-                   "aliases": ["db", "054b6ecab7e9"]}
-    commands.forget_names(c, "054b6ecab7e9bb78", "eth0")
-    commands.forget_names(c, "054b6ecab7e9bb78", "eth0")  # twice: DEL is idempotent
-    assert not path.exists()
-
-
-def test_names_never_fail_add(tmp_path):
-    blocker = tmp_path / "flatnet"
-    blocker.write_text("a file where the directory should be")
-    commands.record_names(args(), conf(tmp_path), 1)  # no exception
+def test_names_go_to_the_store_and_leave_with_the_address(tmp_path):
+    with FileStore(str(tmp_path), "flatnet") as store:
+        store.reserve(ip := (10 << 24) | (87 << 16) | (1 << 8) | 5, "054b6ecab7e9bb78", "eth0")
+        store.set_names(ip, commands.container_names(args(), conf(tmp_path)))
+        path = tmp_path / "flatnet" / "names" / "10.87.1.5"
+        assert path.read_text() == "web1\ndb\n054b6ecab7e9\n"
+        store.release_by_id("054b6ecab7e9bb78", "eth0")
+        assert not path.exists()
 
 
 def test_result_dns_comes_from_the_lease():

@@ -3,7 +3,6 @@ cookie from a reply and keys mac2 with it for COOKIE_LIFETIME; a Device logs a p
 another protocol version once per address; the parsers an attacker reaches raise
 RemoteProtocolError only."""
 import io
-import ipaddress
 import os
 
 import pytest

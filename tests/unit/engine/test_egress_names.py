@@ -1,7 +1,6 @@
 """Egress rules (engine.io.egress, with a fake iptables) and the engine's reading of
 the CNI plugin's names files (engine.container_names)."""
 import ipaddress
-import json
 import subprocess
 
 import pytest
@@ -63,27 +62,26 @@ def test_config_keys():
             parse(f'[network]\nsubnet = "10.87.1.0/24"\n[dns]\n{bad}\n')
 
 
-def write_names(d, cid, ip, name, aliases=(), reserve=True):
+def write_names(d, ip, names, reserve=True):
     (d / "names").mkdir(parents=True, exist_ok=True)
-    (d / "names" / f"{cid}@eth0").write_text(json.dumps({"id": cid, "ifname": "eth0", "ip": ip, "name": name,
-                                                         "aliases": list(aliases)}))
+    (d / "names" / ip).write_text("".join(n + "\n" for n in names))
     if reserve:
-        (d / ip).write_text(f"{cid}\neth0\n")
+        (d / ip).write_text("cid\neth0\n")
 
 
 def test_scanner_reads_names_checks_the_reservation_and_the_rule(tmp_path):
     d = tmp_path / "flatnet"
-    write_names(d, "aaa", "10.87.3.2", "Web1", ["db"])
-    write_names(d, "bbb", "10.87.3.3", "quirky_turing")               # Podman's generated names have '_'
-    write_names(d, "ccc", "10.87.3.4", "stale", reserve=False)          # no reservation: left by a crash
-    write_names(d, "ddd", "10.87.9.4", "elsewhere")                     # not this host's subnet
-    (d / "names" / "garbage@eth0").write_text("{not json")
+    write_names(d, "10.87.3.2", ["Web1", "db"])
+    write_names(d, "10.87.3.3", ["quirky_turing"])               # Podman's generated names have '_'
+    write_names(d, "10.87.3.4", ["stale"], reserve=False)         # no reservation: left by a crash
+    write_names(d, "10.87.9.4", ["elsewhere"])                    # not this host's subnet
+    (d / "names" / "10.87.3.5.tmp").write_text("half\n")           # being written
     s = container_names.NameScanner(str(tmp_path))
     assert s.scan(SUB) is True
     assert s.entries == [("db", "10.87.3.2"), ("web1", "10.87.3.2")]
     assert len(s.skipped) == 1 and "quirky_turing" in s.skipped[0]
     assert s.scan(SUB) is False  # nothing changed: not read again
-    (d / "names" / "aaa@eth0").unlink()
+    (d / "names" / "10.87.3.2").unlink()
     assert s.scan(SUB) is True and s.entries == []
 
 

@@ -14,7 +14,6 @@ from engine.crypto import ffi, lib
 from engine.datapath import CTRL_RAW, DataPath
 from engine.proto import cookie as cookies
 from engine.proto import handshake as hsm
-from engine.proto.noise import public_key
 from engine.proto.session import KeysInstalled, PeerSession
 from tests.harness.pki import TestCA
 from tests.harness.wire import handshake, ipv4_udp, relayed, seal
@@ -29,6 +28,7 @@ GOOD = ipv4_udp("10.87.2.5", "10.87.1.9", b"hello")
 @pytest.fixture
 def dp():
     d = DataPath(NET, 1420)
+    d.set_local(ipaddress.IPv4Network("10.87.1.0/24"))  # this host's lease: GOOD goes to 10.87.1.9
     d.set_peer(1, ipaddress.IPv4Network("10.87.2.0/24"))
     d.add_rx(RX_INDEX, 1, KEY_RX)
     d.set_identity(OURS)
