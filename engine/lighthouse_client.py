@@ -21,6 +21,7 @@ from typing import Callable
 from engine.device import Device, Peer
 from engine.log import Logger
 from engine.proto import endpoint as endpoints_policy
+from engine.proto import names as names_rule
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Reassembly
 from lighthouse import wire
@@ -171,7 +172,13 @@ class LighthouseClient:
         self._names_paging = msg["version"]
         if len(self._names_pages) + len(msg["names"]) > 64 * wire.MAX_NAMES:
             raise RemoteProtocolError("bad_control", "names: too many pages")
-        self._names_pages += msg["names"]
+        # the lighthouse checked these; this side does not rely on it (an older or
+        # misbehaving one must not make our DNS answer 169.254.169.254 for "web")
+        good = [e for e in msg["names"] if not names_rule.name_problem(e[0])
+                and ipaddress.IPv4Address(e[1]) in self.network]
+        if len(good) != len(msg["names"]):
+            self.device.errors["names_refused"] += len(msg["names"]) - len(good)
+        self._names_pages += good
         if msg["next"]:
             self._ask(wire.encode("names_query", version=self.names_version, offset=msg["next"]), one=True)
             return

@@ -192,3 +192,17 @@ def test_names_queries_are_rate_limited_per_node(reg):
         except RemoteProtocolError:
             pass
     assert served == 64 and reg.limited["names_queries"] == 136
+
+
+def test_engine_drops_names_outside_the_overlay_or_breaking_the_rule():
+    ca = TestCA()
+    seen = []
+    dev = FakeDevice(ca)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, relay=None)
+    client = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
+                              lambda s: None, on_names=seen.append)
+    page = wire.encode("names_page", version=3, next=0, names=[("web", "10.87.2.2", "b"),
+                                                               ("meta", "169.254.169.254", "b"),
+                                                               ("bad-", "10.87.2.3", "b")])
+    client.on_message(lh, page, ("192.0.2.254", 4787), 0.0)
+    assert seen == [[("web", "10.87.2.2", "b")]] and dev.errors["names_refused"] == 2
