@@ -22,7 +22,7 @@ from cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in
                        parse_owner, veth_owner)
 from cni import jsonlite as json
 from cni.result import add_result, container_ip, lease_dns
-from cni.skel import CmdArgs
+from cni.args import CmdArgs
 from cni.store import FileStore
 from cni.undo import Undo
 

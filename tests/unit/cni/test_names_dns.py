@@ -8,7 +8,7 @@ from cni import commands
 from cni.conf import load_netconf
 from cni.ipv4 import Subnet
 from cni.result import add_result, lease_dns
-from cni.skel import CmdArgs
+from cni.args import CmdArgs
 
 # as measured from Podman 4.3.1 with a debug plugin (docs/cni.md, "Names")
 PODMAN_ARGS = "IgnoreUnknown=1;K8S_POD_NAME=web1"
