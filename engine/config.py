@@ -75,6 +75,11 @@ class Config:
     firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
     dead_after: float = 3.0            # [liveness]: a path silent this long while in use is unreachable
     blocklist: str = ""  # a CA-signed blocklist file to enforce (besides what lighthouses send)
+    masquerade: bool = True  # containers reach outside the overlay through the host's uplink
+    dns: bool = True         # answer DNS on the bridge gateway address
+    dns_domain: str = "flatnet"
+    dns_upstream: tuple[tuple[str, int], ...] | None = None  # None: the host's /etc/resolv.conf
+    dns_ttl: int = 5
 
     @property
     def control_socket(self) -> str:
@@ -91,7 +96,8 @@ class Config:
 
 _KNOWN = {
     "pki": {"ca", "cert", "key", "blocklist"},
-    "network": {"cidr", "subnet"},
+    "network": {"cidr", "subnet", "masquerade"},
+    "dns": {"enabled", "domain", "upstream", "ttl"},
     "listen": {"host", "port", "socket_buffer"},
     "tun": {"name", "mtu", "offloads", "spin", "moderation_us", "compact_cipher"},
     "bridge": {"name"},
@@ -282,8 +288,24 @@ def parse(text: str, path: str = "<config>") -> Config:
     if len({g for r in rules for g in r.groups}) > 64:
         raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
 
+    dns_domain = get("dns", "domain", str, "flatnet").lower().rstrip(".")
+    from engine.proto import names as name_rule
+    problem = name_rule.host_problem(dns_domain)
+    if problem:
+        raise ConfigError(f"{where('dns.domain')}: {dns_domain!r}: {problem}")
+    upstream = get("dns", "upstream", list, None)
+    if upstream is not None:
+        upstream = tuple(_endpoint(u if ":" in str(u) else f"{u}:53", where("dns.upstream")) for u in upstream)
+        if len(upstream) > 3:
+            raise ConfigError(f"{where('dns.upstream')}: at most 3 resolvers")
+    dns_ttl = get("dns", "ttl", int, 5)
+    if not 0 <= dns_ttl <= 3600:
+        raise ConfigError(f"{where('dns.ttl')}: {dns_ttl} is outside 0..3600 (seconds)")
+
     return Config(
         path=path, dead_after=float(dead_after),
+        masquerade=get("network", "masquerade", bool, True),
+        dns=get("dns", "enabled", bool, True), dns_domain=dns_domain, dns_upstream=upstream, dns_ttl=dns_ttl,
         firewall_default=fw_default, firewall_rules=tuple(rules),
         ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/host.crt"),

@@ -6,6 +6,9 @@
 - on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
   connect), adds or updates that peer and handshakes to all its candidate endpoints at
   once, so both sides open their NATs at the same moment (simultaneous open);
+- sends this host's container names (for DNS) in pages when they change and with every
+  register, and polls the network's names every NAMES_EVERY seconds (a version number
+  makes the poll one small message when nothing changed);
 - when no direct path answers within RELAY_AFTER seconds, sends through a lighthouse
   as relay (type 5, which it cannot decrypt), and keeps trying the direct candidates
   every DIRECT_RETRY seconds; a direct answer moves the peer back, keeping its session.
@@ -18,6 +21,7 @@ from typing import Callable
 from engine.device import Device, Peer
 from engine.log import Logger
 from engine.proto import endpoint as endpoints_policy
+from engine.proto import names as names_rule
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Reassembly
 from lighthouse import wire
@@ -27,6 +31,7 @@ REGISTER_RETRY = 1.0     # until the first lease
 ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
 CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
+NAMES_EVERY = 0.5        # the network's container names, for DNS (a removed name is gone within 2 s)
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
 DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often
 
@@ -37,7 +42,8 @@ class LighthouseClient:
                  on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
                  on_peers_changed: Callable[[list[str]], None] | None = None,
-                 on_blocklist: Callable[[bytes, str], None] | None = None) -> None:
+                 on_blocklist: Callable[[bytes, str], None] | None = None,
+                 on_names: Callable[[list[tuple[str, str, str]]], None] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
         even when the other side keeps sending under keys we lost.
@@ -66,6 +72,14 @@ class LighthouseClient:
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
         self.on_blocklist = on_blocklist
+        # names: ours (sent), the network's (polled); on_names(entries) gets [(name, addr, node)]
+        self.on_names = on_names
+        self.local_names: list[tuple[str, str]] = []
+        self.names_gen = device.wall_ns() // 1000   # grows across restarts: the lighthouse drops older lists
+        self.names_version = 0
+        self.next_names = 0.0
+        self._names_pages: list[tuple[str, str, str]] = []
+        self._names_paging = 0                       # version of the pages being collected
         # one per lighthouse: pieces from one (even a broken one) never block another's
         self._blocklist = {name: Reassembly() for name in self.lighthouses}
         device.relay_names.update(self.lighthouses)  # a lighthouse may relay (Device.relay_allowed)
@@ -102,13 +116,19 @@ class LighthouseClient:
             self.next_catalog = now + CATALOG_EVERY
             self._catalog_pages = []
             self._ask(wire.encode("catalog_query", offset=0), one=True)
+        if self.on_names is not None and now >= self.next_names and self.subnet is not None:
+            self.next_names = now + NAMES_EVERY
+            self._names_pages, self._names_paging = [], 0
+            self._ask(wire.encode("names_query", version=self.names_version, offset=0), one=True)
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
                 self.device.dp.route_unpend(route)
 
     def get_timer(self) -> float:
-        deadlines = ([self.next_register] + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
+        deadlines = ([self.next_register] + ([self.next_catalog] if self.services is not None else [])
+                     + ([self.next_names] if self.on_names is not None else [])
+                     + [t + QUERY_TIMEOUT for t in self.pending.values()]
                      + [t + ANSWER_WITHIN for t in self.awaiting.values()]
                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
@@ -124,8 +144,47 @@ class LighthouseClient:
                 self.awaiting.setdefault(lh.name, now)
             else:
                 self.device.connect(lh, now)   # no keys yet: the handshake comes first
+        if self.on_names is not None:  # a lost page or a restarted lighthouse: healed here
+            self._send_names()
         everyone = self.subnet is not None and len(self.registered) == len(self.lighthouses)
         self.next_register = now + (REGISTER_EVERY if everyone else REGISTER_RETRY)  # until all have answered
+
+    def set_local_names(self, entries: list[tuple[str, str]]) -> None:
+        """This host's (name, addr) list changed: send it to every lighthouse now."""
+        entries = sorted(set(entries))[:wire.MAX_NAMES]
+        if entries == self.local_names:
+            return
+        self.local_names = entries
+        self.names_gen += 1
+        self._send_names()
+
+    def _send_names(self) -> None:
+        for msg in wire.names_pages(self.names_gen, self.local_names):
+            for lh in self.lighthouses.values():
+                self.device.send_message(lh, msg)
+
+    def _names_page(self, msg: dict) -> None:
+        if self.on_names is None or msg["version"] == self.names_version:
+            return  # nothing changed since the last complete list
+        if self._names_paging and msg["version"] != self._names_paging:
+            self._names_pages, self._names_paging = [], 0  # changed while paging: the next poll starts over
+            return
+        self._names_paging = msg["version"]
+        if len(self._names_pages) + len(msg["names"]) > 64 * wire.MAX_NAMES:
+            raise RemoteProtocolError("bad_control", "names: too many pages")
+        # the lighthouse checked these; this side does not rely on it (an older or
+        # misbehaving one must not make our DNS answer 169.254.169.254 for "web")
+        good = [e for e in msg["names"] if not names_rule.name_problem(e[0])
+                and ipaddress.IPv4Address(e[1]) in self.network]
+        if len(good) != len(msg["names"]):
+            self.device.errors["names_refused"] += len(msg["names"]) - len(good)
+        self._names_pages += good
+        if msg["next"]:
+            self._ask(wire.encode("names_query", version=self.names_version, offset=msg["next"]), one=True)
+            return
+        self.names_version = msg["version"]
+        pages, self._names_pages, self._names_paging = self._names_pages, [], 0
+        self.on_names(pages)
 
     # ---- hooks from the device
     def on_unknown_route(self, route: int, now: float) -> None:
@@ -171,6 +230,8 @@ class LighthouseClient:
                 self._peer(msg, kind, now)
             elif kind == "catalog":
                 self._catalog(msg)
+            elif kind == "names_page":
+                self._names_page(msg)
             elif kind == "error" and msg["code"] == "service_refused" and msg["service"]:
                 self._refused(peer, msg)
             elif kind == "blocklist":
