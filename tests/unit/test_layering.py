@@ -28,7 +28,7 @@ def test_proto_imports_no_io():
 
 def test_cni_startup_stays_lean():
     # both front ends (CNI for Podman 4, netavark for Podman 5) and their shared core
-    code = ("import sys; sys.path.insert(0, %r); import cni.__main__, cni.commands, cni.netavark, cni.nvconf, "
+    code = ("import sys; sys.path.insert(0, %r); import cni.__main__, cni.warm, cni.commands, cni.netavark, cni.nvconf, "
             "cni.core; print(' '.join(sorted(sys.modules)))" % str(ROOT))
     mods = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
                               check=True).stdout.split())

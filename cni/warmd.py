@@ -1,0 +1,142 @@
+"""The warm daemon: runs the plugin's ADD and DEL for callers of cni.warm, with every
+module imported already (`flatnet-cni-warm`, unit deploy/systemd/flatnet-cni-warm.service).
+
+Rules:
+- the socket is root's only (mode 0600) and every caller's SO_PEERCRED uid must be 0:
+  the daemon does nothing a caller could not do itself (the plugin needs root too);
+- a request is refused before anything else unless the caller is in the daemon's own
+  mount and network namespaces (answer b"F": the caller does the work itself), so the
+  paths and the host network are the caller's;
+- it then runs `cni.skel.dispatch` on the request exactly as the plugin would: the same
+  validation before any change, the same undo on failure, the same answer;
+- one request at a time, each read bounded in size and time (RECV_TIMEOUT): a caller
+  that connects and stalls delays others by that much, and they fall back after
+  cni.warm.WARM_TIMEOUT anyway. Bad input is counted and logged, never answered with
+  a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import socket
+import stat
+import struct
+
+from cni.skel import dispatch
+from cni.warm import DEFAULT_SOCKET, KEYS, MAGIC, MAX_REPLY, MAX_REQUEST, namespaces
+
+log = logging.getLogger("flatnet.cni.warmd")
+RECV_TIMEOUT = 1.0
+_UCRED = struct.Struct("=iII")  # pid, uid, gid
+
+
+def parse_request(msg: bytes) -> tuple[bytes, dict[str, str], bytes] | None:
+    """(namespaces, environment, stdin) or None for a malformed request."""
+    parts = msg.split(b"\0", len(KEYS) + 2)
+    if len(parts) != len(KEYS) + 3 or parts[0] != MAGIC:
+        return None
+    try:
+        values = [p.decode("utf-8", "surrogateescape") for p in parts[2:-1]]
+    except UnicodeDecodeError:  # pragma: no cover - surrogateescape decodes any bytes
+        return None
+    env = {k: v for k, v in zip(KEYS, values) if v}
+    if env.get("CNI_COMMAND") not in ("ADD", "DEL"):
+        return None
+    return parts[1], env, parts[-1]
+
+
+def handle(msg: bytes, own_ns: bytes) -> bytes | None:
+    """The answer to one request (already from an authorised caller); None: drop it."""
+    req = parse_request(msg)
+    if req is None:
+        return None
+    ns, env, data = req
+    if ns != own_ns:
+        return b"F"
+    out, err = io.StringIO(), io.StringIO()
+    rc = dispatch(env, io.BytesIO(data), out, err)
+    reply = b"R" + bytes([rc]) + out.getvalue().encode() + b"\0" + err.getvalue().encode()
+    return reply if len(reply) <= MAX_REPLY else None
+
+
+class Server:
+    def __init__(self, path: str = DEFAULT_SOCKET, mode: int = 0o600) -> None:
+        self.path = path
+        self.counts = {"ok": 0, "fallback": 0, "not_root": 0, "malformed": 0, "io_error": 0}
+        self.own_ns = namespaces()
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # a stale socket of a daemon that died
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        self.sock.listen(16)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def serve_one(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            try:
+                conn.settimeout(RECV_TIMEOUT)
+                _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+                if uid != 0:
+                    self._drop("not_root", f"caller uid {uid} is not root")
+                    return
+                msg, _, flags, _ = conn.recvmsg(MAX_REQUEST + 4096)
+                if flags & socket.MSG_TRUNC:
+                    self._drop("malformed", "request larger than the limit")
+                    return
+                reply = handle(msg, self.own_ns)
+                if reply is None:
+                    self._drop("malformed", "malformed request or oversized answer")
+                    return
+                self.counts["fallback" if reply == b"F" else "ok"] += 1
+                conn.send(reply)
+            except OSError as exc:  # the caller went away or timed out: it falls back
+                self._drop("io_error", f"caller connection: {exc}")
+
+    def _drop(self, what: str, msg: str) -> None:
+        self.counts[what] += 1
+        log.warning("warm request dropped (%s): %s", what, msg)
+
+    def serve_forever(self) -> None:
+        while True:
+            self.serve_one()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flatnet-cni-warm",
+                                description="answer the flatnet CNI plugin's ADD and DEL from a warm process")
+    p.add_argument("--socket", default=DEFAULT_SOCKET)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        raise SystemExit("flatnet-cni-warm must run as root (the plugin's work needs CAP_NET_ADMIN)")
+    server = Server(a.socket)
+    log.info("serving the flatnet CNI plugin on %s", a.socket)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The warm path's wire format and decisions (no daemon, no root): bounded parsers that never
+raise, a request from another namespace refused before anything runs, cold path by default
+whenever the warm one cannot answer."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cni import warm, warmd
+
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+       "CNI_PATH": "/usr/lib/cni"}
+
+
+def test_request_round_trip():
+    data = b'{"cniVersion": "1.0.0", "name": "n"}\0with a NUL in stdin'
+    ns, env, stdin = warmd.parse_request(warm.encode_request(ENV, data, b"1:2 3:4"))
+    assert (ns, env, stdin) == (b"1:2 3:4", ENV, data)  # CNI_ARGS empty: left out, as an unset variable
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_never_raise(raw):
+    req = warmd.parse_request(raw)
+    assert req is None or req[1]["CNI_COMMAND"] in ("ADD", "DEL")
+    reply = warm.decode_reply(raw)
+    assert reply is None or reply[0] in (0, 1)
+    assert warmd.parse_request(warm.MAGIC + b"\0" + raw) is None or b"\0" in raw
+
+
+def test_only_add_and_del_are_taken():
+    for cmd in ("CHECK", "GC", "STATUS", "VERSION", "add", ""):
+        assert warmd.parse_request(warm.encode_request(dict(ENV, CNI_COMMAND=cmd), b"{}", b"n")) is None
+
+
+def test_a_caller_in_another_namespace_is_sent_back_before_anything_runs(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("dispatch ran")
+    monkeypatch.setattr(warmd, "dispatch", boom)
+    assert warmd.handle(warm.encode_request(ENV, b"{}", b"1:1 1:2"), b"1:1 1:3") == b"F"
+    assert warmd.handle(b"garbage", b"1:1 1:3") is None
+
+
+def test_the_answer_is_dispatch_output(monkeypatch):
+    def fake(env, stdin, out, err):
+        out.write('{"x": 1}\n')
+        err.write("trace")
+        return 1
+    monkeypatch.setattr(warmd, "dispatch", fake)
+    reply = warmd.handle(warm.encode_request(ENV, b"{}", b"n"), b"n")
+    assert warm.decode_reply(reply) == (1, b'{"x": 1}\n', b"trace")
+    assert warm.decode_reply(b"F") is None and warm.decode_reply(b"R\x07{}\0") is None
+
+
+@pytest.mark.parametrize("conf,expect", [
+    (b'{"name": "n"}', warm.DEFAULT_SOCKET),
+    (b'{"warmSocket": "/tmp/w.sock"}', "/tmp/w.sock"),
+    (b'{"warmSocket": ""}', ""),
+    (b'{"warmSocket": "relative.sock"}', ""),
+    (b'{"warmSocket": 5}', ""),
+    (b'{"warmSocket": "/' + b"a" * 200 + b'"}', ""),
+    (b"{not json", ""),
+    (b"[]", ""),
+])
+def test_socket_path(conf, expect):
+    assert warm.socket_path(conf) == expect
+
+
+def test_cold_path_when_the_warm_one_cannot_answer(tmp_path):
+    conf = b'{"warmSocket": "%s"}' % str(tmp_path / "absent.sock").encode()
+    assert warm.call(ENV, conf) is None  # no socket
+    assert warm.call(dict(ENV, CNI_COMMAND="CHECK"), conf) is None  # not a warm command
+    assert warm.call(ENV, b" " * (warm.MAX_REQUEST + 1)) is None  # too large to send
