@@ -41,7 +41,11 @@ def encode_request(env: "dict[str, str]", data: bytes, ns: bytes) -> bytes:
 
 def socket_path(data: bytes) -> str:
     """`warmSocket` of the network config ("" turns the warm path off), else the default.
-    Bad JSON or a bad value: the cold path reports it in the spec's format."""
+    Bad JSON or a bad value: the cold path reports it in the spec's format. A config
+    that cannot hold the key (no such bytes, no escapes) is not parsed here: that skips
+    loading the `_json` extension (the daemon parses it anyway)."""
+    if b"warmSocket" not in data and b"\\u" not in data:
+        return DEFAULT_SOCKET
     from cni import jsonlite
     try:
         raw = jsonlite.loads(data)

@@ -57,8 +57,10 @@ def test_the_answer_is_dispatch_output(monkeypatch):
     (b'{"warmSocket": "relative.sock"}', ""),
     (b'{"warmSocket": 5}', ""),
     (b'{"warmSocket": "/' + b"a" * 200 + b'"}', ""),
-    (b"{not json", ""),
-    (b"[]", ""),
+    (b'{"warm\\u0053ocket": ""}', ""),  # an escaped key is parsed, not missed
+    (b'{"warmSocket": ', ""),  # bad JSON: the cold path reports it
+    (b"{not json", warm.DEFAULT_SOCKET),  # cannot name a socket: the daemon reports it, as the cold path would
+    (b"[]", warm.DEFAULT_SOCKET),
 ])
 def test_socket_path(conf, expect):
     assert warm.socket_path(conf) == expect
