@@ -4,7 +4,7 @@ Why: a cold ADD imports a dozen modules (3-15 ms on a busy host) before its firs
 netlink call. The daemon has them imported already and runs the very same
 `cni.skel.dispatch` on the request, so its answer is the answer the plugin would have
 printed. The plugin stays correct without it: any failure to get an answer (no
-socket, nobody listening, a daemon in another mount or network namespace, no reply
+socket, nobody listening, a daemon that will not act for this caller, no reply
 within WARM_TIMEOUT) returns None and the caller does the work itself (cold path).
 
 Imports: only `_socket` beyond what the interpreter has loaded (this runs before the
@@ -23,19 +23,8 @@ KEYS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
 COMMANDS = ("ADD", "DEL")  # the two on every container start and stop
 
 
-def namespaces() -> bytes:
-    """Which mount and network namespace this process is in ("dev:ino dev:ino"). The
-    daemon serves only a caller in its own: the same paths (netns, dataDir, leaseFile)
-    and the same host network (the bridge and veths are made in the daemon's)."""
-    out = []
-    for ns in ("mnt", "net"):
-        st = os.stat(f"/proc/self/ns/{ns}")
-        out.append(f"{st.st_dev}:{st.st_ino}")
-    return " ".join(out).encode()
-
-
-def encode_request(env: "dict[str, str]", data: bytes, ns: bytes) -> bytes:
-    fields = [MAGIC, ns] + [env.get(k, "").encode("utf-8", "surrogateescape") for k in KEYS]
+def encode_request(env: "dict[str, str]", data: bytes) -> bytes:
+    fields = [MAGIC] + [env.get(k, "").encode("utf-8", "surrogateescape") for k in KEYS]
     return b"\0".join(fields) + b"\0" + data
 
 
@@ -63,8 +52,8 @@ def call(env: "dict[str, str]", data: bytes, timeout: float = WARM_TIMEOUT) -> t
     if not path:
         return None
     import _socket
+    request = encode_request(env, data)
     try:
-        request = encode_request(env, data, namespaces())
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     except OSError:
         return None
@@ -82,7 +71,7 @@ def call(env: "dict[str, str]", data: bytes, timeout: float = WARM_TIMEOUT) -> t
 
 def decode_reply(reply: bytes) -> tuple[int, bytes, bytes] | None:
     """b"R" + status byte + stdout + NUL + stderr; anything else (b"F": the daemon would
-    not take it) means the cold path."""
+    not act for this caller) means the cold path."""
     if len(reply) < 2 or reply[:1] != b"R" or reply[1] > 1:
         return None
     out, sep, err = reply[2:].partition(b"\0")

@@ -1,6 +1,7 @@
 """The plugin's warm path (cni.warm -> cni.warmd) against namespaces the test makes: the same
 answer as the cold path, undo on failure and DEL idempotency through the daemon, and the
 cold path whenever the daemon is absent, stalled, or would not take the request."""
+import json
 import os
 import socket
 import subprocess
@@ -145,23 +146,52 @@ def test_stalled_daemon_falls_back_within_the_bound(net, netns_factory):
 
 
 def test_a_caller_that_is_not_root_gets_nothing_done(net, netns_factory):
-    # the real socket is 0600 in a root-only folder; here the uid check stands alone
+    # the real socket is 0600 in a root-only folder; here the daemon's own check stands alone
     net = dict(net, warmSocket=f"/tmp/{RUN_PREFIX}{uuid.uuid4().hex[:8]}.sock")
     d = Daemon(net["warmSocket"], mode=0o666)
     try:
         ns, c = netns_factory("r"), cid()
         request = warm.encode_request({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": c, "CNI_NETNS": ns.path,
                                        "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"},
-                                      __import__("json").dumps(net).encode(), warm.namespaces())
+                                      json.dumps(net).encode())
         code = ("import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(5); "
                 f"s.connect({net['warmSocket']!r})\n"
-                "try:\n    s.send(sys.stdin.buffer.read()); print(len(s.recv(65536)))\n"
-                "except (BrokenPipeError, ConnectionResetError):\n    print(0)")
+                "try:\n    s.send(sys.stdin.buffer.read()); print(s.recv(65536))\n"
+                "except (BrokenPipeError, ConnectionResetError):\n    print(b'F')")
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
                                "-c", code], input=request, capture_output=True, timeout=30, cwd=REPO)
-        assert proc.stdout.strip() == b"0", proc.stderr  # closed without an answer
+        assert proc.stdout.strip() == b"b'F'", proc.stderr  # "do it yourself"
         d.stop()  # the thread has finished with that connection
-        assert d.server.counts["not_root"] == 1 and d.server.counts["ok"] == 0
+        assert d.server.counts == {"ok": 0, "refused": 1, "malformed": 0, "io_error": 0}
         assert ipam_entries(net) == [] and leftover_links("fn-" + c[:8]) == []
     finally:
         d.stop()
+
+
+def test_a_root_caller_without_the_capabilities_is_not_served(net, daemon, netns_factory):
+    # root, but without CAP_SYS_ADMIN (a confined process that can reach the socket): the
+    # daemon must not act for it; the cold path then fails with the caller's own rights
+    ns, c = netns_factory("p"), cid()
+    proc = subprocess.run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable,
+                           "-m", "cni"], input=json.dumps(net).encode(), capture_output=True, timeout=30, cwd=REPO,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": REPO, "CNI_COMMAND": "ADD",
+                               "CNI_CONTAINERID": c, "CNI_NETNS": ns.path, "CNI_IFNAME": "eth0",
+                               "CNI_PATH": "/usr/lib/cni"})
+    err = json.loads(proc.stdout)
+    assert proc.returncode == 1 and err["code"] == 3 and "Operation not permitted" in err["msg"], err
+    assert daemon.server.counts["refused"] == 1 and daemon.server.counts["ok"] == 0
+    assert ipam_entries(net) == [] and leftover_links("fn-" + c[:8]) == []
+
+
+def test_a_caller_in_another_network_namespace_works_in_its_own(net, daemon, netns_factory):
+    # the plugin run inside a namespace "host": the daemon (in the root namespace) sends it
+    # back, and the cold path makes the bridge there, not here
+    host, ns, c = netns_factory("h"), netns_factory("k"), cid()
+    env = ["env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={REPO}", "CNI_COMMAND=ADD",
+           f"CNI_CONTAINERID={c}", f"CNI_NETNS={ns.path}", "CNI_IFNAME=eth0", "CNI_PATH=/usr/lib/cni"]
+    proc = subprocess.run(["ip", "netns", "exec", host.name, *env, sys.executable, "-m", "cni"],
+                          input=json.dumps(net).encode(), capture_output=True, timeout=30, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert daemon.server.counts["refused"] == 1 and daemon.server.counts["ok"] == 0
+    assert net["bridge"] in host.run("ip", "link", "show").stdout
+    assert subprocess.run(["ip", "link", "show", net["bridge"]], capture_output=True).returncode != 0
