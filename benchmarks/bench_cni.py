@@ -122,6 +122,8 @@ def main(argv: list[str]) -> int:
              f"{v['del']['p95_ms']:.1f}", f"{run[name]['p50_ms']:.0f}" if name in run else "-"] for name, v in lat.items()]
     print(table(["plugin", "ADD p50 ms", "ADD p95 ms", "DEL p50 ms", "DEL p95 ms", "podman run p50 ms"], rows))
     ratio = lat["flatnet"]["add"]["p50_ms"] / lat["bridge+host-local"]["add"]["p50_ms"]
+    if a.warm:
+        print(f"(the flatnet row went through the warm daemon on {a.warm})")
     print(f"\nflatnet ADD p50 / reference ADD p50 = {ratio:.2f} (goal <= 1.5), n={a.n}")
     if a.compare:
         print(f"compare ADD p50 / reference ADD p50 = "

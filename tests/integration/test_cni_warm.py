@@ -195,3 +195,19 @@ def test_a_caller_in_another_network_namespace_works_in_its_own(net, daemon, net
     assert daemon.server.counts["refused"] == 1 and daemon.server.counts["ok"] == 0
     assert net["bridge"] in host.run("ip", "link", "show").stdout
     assert subprocess.run(["ip", "link", "show", net["bridge"]], capture_output=True).returncode != 0
+
+
+def test_a_stalled_caller_delays_the_daemon_by_at_most_its_read_timeout(net, daemon, netns_factory):
+    staller = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    staller.connect(net["warmSocket"])  # connects, never sends
+    try:
+        ns, c = netns_factory("t"), cid()
+        t0 = time.monotonic()
+        rc, res = run_plugin("ADD", net, container_id=c, netns=ns.path)
+        assert rc == 0, res
+        assert time.monotonic() - t0 < warm.WARM_TIMEOUT + 10
+    finally:
+        staller.close()
+    assert daemon.server.counts["io_error"] >= 1  # the staller, dropped after RECV_TIMEOUT
+    assert daemon.server.counts["ok"] == 1  # and the plugin's request was run after it
+    assert run_plugin("DEL", net, container_id=c, netns=ns.path) == (0, None)
