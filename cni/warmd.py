@@ -55,7 +55,10 @@ def effective_caps(pid: int) -> int:
 
 def refusal(pid: int, uid: int, own_ns: tuple) -> str | None:
     """Why the daemon will not act for this caller, or None. From the kernel's view of
-    the caller (its pid: the caller waits for the answer, so the pid is still its own)."""
+    the caller (its pid: the caller waits for the answer, so the pid is still its own;
+    a caller that exits at once would need the whole pid space to wrap before this
+    check to lend its pid to another process; SO_PEERPIDFD, Linux 6.5, would close
+    even that, Debian 12's kernel lacks it)."""
     if uid != 0:
         return f"caller uid {uid} is not root"
     if pid <= 0:
