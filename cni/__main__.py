@@ -1,9 +1,14 @@
 import os
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
 
 def main() -> int:
     env = os.environ
+    stdin: "BinaryIO"
     if env.get("CNI_COMMAND") in ("ADD", "DEL"):
         # the warm path first (cni.warm): the same answer from a process that has the
         # plugin imported already; None: do it here, from the same input

@@ -14,6 +14,10 @@ from cni.errors import (BRIDGE_CONFLICT, CONTAINER_UNKNOWN, CniError, NETLINK_FA
 from cni.ipv4 import Subnet, format_ip
 from cni.netlink import IFF_UP, Link, Netlink, NetlinkError, format_mac
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Callable
+
 CLONE_NEWNET = 0x40000000
 LOOPBACK_INDEX = 1  # every network namespace's lo has index 1 (the kernel's LOOPBACK_IFINDEX)
 
@@ -83,14 +87,14 @@ def open_netns(path: str) -> int:
         raise CniError(CONTAINER_UNKNOWN, f"cannot open network namespace {path}: {exc.strerror}") from None
 
 
-def _libc_setns():  # noqa: ANN202
+def _libc_setns() -> "Callable[[int, int], int]":
     """setns(2) through _ctypes, the C module under ctypes. Python 3.11 has no os.setns,
     and `import ctypes` costs 2.5-3 ms of every container start (its Python half builds
     dozens of classes); this is the few lines of it setns needs: a C function returning
     int, called with two ints, errno saved (ctypes.CDLL(None, use_errno=True).setns)."""
     import _ctypes
 
-    class CInt(_ctypes._SimpleCData):
+    class CInt(_ctypes._SimpleCData):  # type: ignore[type-arg]
         _type_ = "i"
 
     class Fn(_ctypes.CFuncPtr):
@@ -98,13 +102,13 @@ def _libc_setns():  # noqa: ANN202
         _restype_ = CInt
 
     class Self:  # CFuncPtr((name, library)) reads library._handle
-        _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+        _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]  # None: the program itself
 
-    fn = Fn(("setns", Self()))
+    fn = Fn(("setns", Self()))  # type: ignore[arg-type]  # any object with _handle, as CDLL
 
     def setns(fd: int, nstype: int) -> int:
         """0, or the errno of a failed call."""
-        return 0 if fn(fd, nstype) == 0 else _ctypes.get_errno()
+        return 0 if fn(fd, nstype) == 0 else int(_ctypes.get_errno())
     return setns
 
 

@@ -12,7 +12,9 @@ rest of the plugin is imported). The wire format is in docs/cni.md, "Warm path".
 """
 from __future__ import annotations
 
-import os
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Mapping
 
 DEFAULT_SOCKET = "/run/flatnet/cni.sock"
 WARM_TIMEOUT = 2.0  # seconds for connect + request + answer; then the cold path
@@ -23,7 +25,7 @@ KEYS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
 COMMANDS = ("ADD", "DEL")  # the two on every container start and stop
 
 
-def encode_request(env: "dict[str, str]", data: bytes) -> bytes:
+def encode_request(env: "Mapping[str, str]", data: bytes) -> bytes:
     fields = [MAGIC] + [env.get(k, "").encode("utf-8", "surrogateescape") for k in KEYS]
     return b"\0".join(fields) + b"\0" + data
 
@@ -44,7 +46,7 @@ def socket_path(data: bytes) -> str:
     return path if isinstance(path, str) and 0 < len(path) < 108 and path.startswith("/") else ""
 
 
-def call(env: "dict[str, str]", data: bytes, timeout: float = WARM_TIMEOUT) -> tuple[int, bytes, bytes] | None:
+def call(env: "Mapping[str, str]", data: bytes, timeout: float = WARM_TIMEOUT) -> tuple[int, bytes, bytes] | None:
     """(exit status, stdout, stderr) from the daemon, or None: do the command here."""
     if env.get("CNI_COMMAND") not in COMMANDS or len(data) > MAX_REQUEST:
         return None

@@ -53,7 +53,7 @@ def effective_caps(pid: int) -> int:
     return 0
 
 
-def refusal(pid: int, uid: int, own_ns: tuple) -> str | None:
+def refusal(pid: int, uid: int, own_ns: tuple[tuple[int, int], ...]) -> str | None:
     """Why the daemon will not act for this caller, or None. From the kernel's view of
     the caller (its pid: the caller waits for the answer, so the pid is still its own;
     a caller that exits at once would need the whole pid space to wrap before this

@@ -134,9 +134,12 @@ def test_file_store_empty_entry_after_a_host_crash_is_skipped_and_collected(tmp_
 
 def test_file_store_write_failure_leaves_no_entry(tmp_path, monkeypatch):
     import os
+
     with FileStore(str(tmp_path), "net") as store:
+
         def full(fd, data):
             raise OSError(28, "No space left on device")
+
         monkeypatch.setattr(os, "write", full)
         with pytest.raises(CniError) as err:
             store.reserve(0x0A000002, "c1", "eth0")
