@@ -42,6 +42,8 @@ TYPED = [
     "cni/netns.py",
     "cni/ports.py",
     "cni/store.py",
+    "cni/warm.py",
+    "cni/warmd.py",
     "engine/proto/__init__.py",
     "engine/proto/constants.py",
     "engine/proto/errors.py",
