@@ -37,6 +37,7 @@ class LighthouseConfig:
     name: str
     cert: str
     endpoints: tuple[tuple[str, int], ...]
+    relay: bool = True  # may relay through this lighthouse (when its lease offers it)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('lighthouses')}: use [[lighthouses]] tables")
     for i, lh in enumerate(raw_lh):
         w = f"lighthouses[{i}]"
-        unknown = set(lh) - {"name", "cert", "endpoints"}
+        unknown = set(lh) - {"name", "cert", "endpoints", "relay"}
         if unknown:
             raise ConfigError(f"{where(w)}: unknown key(s) {', '.join(sorted(unknown))}")
         for key in ("name", "cert", "endpoints"):
@@ -190,8 +191,11 @@ def parse(text: str, path: str = "<config>") -> Config:
                 raise ConfigError(f"{where(w + '.' + key)}: missing")
         if not isinstance(lh["endpoints"], list) or not lh["endpoints"]:
             raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
+        if not isinstance(lh.get("relay", True), bool):
+            raise ConfigError(f"{where(w + '.relay')}: expected true or false, got {lh['relay']!r}")
         lighthouses.append(LighthouseConfig(str(lh["name"]), str(lh["cert"]),
-                                            tuple(_endpoint(e, where(f"{w}.endpoints")) for e in lh["endpoints"])))
+                                            tuple(_endpoint(e, where(f"{w}.endpoints")) for e in lh["endpoints"]),
+                                            relay=lh.get("relay", True)))
     raw_subnet = get("network", "subnet", str, required=not lighthouses)
     subnet = None
     if raw_subnet is not None:

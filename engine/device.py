@@ -150,20 +150,39 @@ class Device:
         return True
 
     def _send_to(self, peer: Peer, packet: bytes, direct_only: bool = False) -> None:
-        """To the peer's current path: its relay, else its endpoint and the other candidates."""
+        """To the peer's current path: its relay, else its endpoint and the other candidates.
+        An initiation to a relayed peer goes both ways: through the relay, which answers
+        at once, and to the direct candidates, so a direct path is found as soon as one
+        works. The responder takes whichever copy comes first; the second is a replay
+        to it (same TAI64N time) and changes nothing."""
         if peer.relay is not None and not direct_only:
             addr, relay_id = peer.relay
             self.send(struct.pack("<BBHI", TYPE_RELAYED, WIRE_VERSION, 0, relay_id) + packet, addr)
-            return
+            if packet[0] != TYPE_INITIATION:
+                return
         targets = ([peer.endpoint] if peer.endpoint and peer.relay is None else []) + [
             e for e in peer.endpoints if e != peer.endpoint or peer.relay is not None]
         for target in targets:
             self.send(packet, target)
 
     def probe_direct(self, peer: Peer, now: float) -> None:
-        """A relayed peer: try the direct candidates again with a fresh handshake."""
-        peer.session.rehandshake(now)
-        self._apply(peer, direct_only=True)
+        """A relayed peer: try the direct candidates. With keys, a keepalive under the
+        current session (no new handshake): a peer that gets it authenticated moves to
+        us directly and answers at once (_set_endpoint), which moves us too. Without
+        keys, a handshake to the direct candidates only."""
+        packet = self.dp.seal_control(peer.slot, b"") if peer.session.current is not None else None
+        if packet is None:
+            peer.session.rehandshake(now)
+            self._apply(peer, direct_only=True)
+            return
+        for target in peer.endpoints:
+            self.send(packet, target)
+
+    def handshake_now(self, peer: Peer, now: float) -> None:
+        """An initiation leaves now, also when one is out and its retry timer has backed
+        off (a path change must not wait up to 4 s for the next retry)."""
+        peer.session.probe(now)
+        self._apply(peer)
 
     def connect(self, peer: Peer, now: float) -> None:
         """Start a handshake now (to every candidate endpoint) unless keys exist."""
@@ -242,7 +261,8 @@ class Device:
         self._set_endpoint(peer, addr)
 
     def _set_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
-        if peer.relay is not None:  # a direct packet came: leave the relay
+        left_relay = peer.relay is not None
+        if left_relay:  # an authenticated direct packet came: leave the relay
             self.log.info("path_direct", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", was="relayed")
             peer.relay = None
             peer.path_reason = "direct path answered"
@@ -254,6 +274,12 @@ class Device:
                               new=f"{addr[0]}:{addr[1]}")
             peer.endpoint = addr
             self.dp.set_endpoint(peer.slot, addr)
+        if left_relay:
+            # answer on the direct path at once: the peer moves too when it gets this
+            # (a keepalive under the session; nothing if we have no send key yet)
+            packet = self.dp.seal_control(peer.slot, b"")
+            if packet:
+                self.send(packet, addr)
 
     # ---- inputs from the data path
     def on_want(self, slots: list[int], now: float) -> None:

@@ -186,7 +186,8 @@ class Engine:
                                                self._on_lease, self.services, c.gateway_address,
                                                remembered=self._remembered_peers(),
                                                on_peers_changed=self._remember_peers,
-                                               on_blocklist=self._take_blocklist)
+                                               on_blocklist=self._take_blocklist,
+                                               no_relay={lh.name for lh, _ in lighthouses if not lh.relay})
         self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),

@@ -6,9 +6,12 @@
 - on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
   connect), adds or updates that peer and handshakes to all its candidate endpoints at
   once, so both sides open their NATs at the same moment (simultaneous open);
-- when no direct path answers within RELAY_AFTER seconds, sends through a lighthouse
-  as relay (type 5, which it cannot decrypt), and keeps trying the direct candidates
-  every DIRECT_RETRY seconds; a direct answer moves the peer back, keeping its session.
+- relay first: a new peer is sent to through a relay (a lighthouse that offers it,
+  type 5, which it cannot decrypt) from the first handshake on, while the same
+  initiations go to its direct candidates; a direct answer moves the peer to the
+  direct path under the same session. Direct candidates are tried again after
+  PROBE_DELAYS, then every DIRECT_RETRY seconds. Without a relay at that moment,
+  the peer is relayed when no direct path answered within RELAY_AFTER seconds.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
 CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
-DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often
+DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often ...
+PROBE_DELAYS = (0.5, 1.0, 2.0, 4.0)  # ... after these first (a punched NAT opens within a second)
 
 
 class LighthouseClient:
@@ -37,7 +41,8 @@ class LighthouseClient:
                  on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
                  on_peers_changed: Callable[[list[str]], None] | None = None,
-                 on_blocklist: Callable[[bytes, str], None] | None = None) -> None:
+                 on_blocklist: Callable[[bytes, str], None] | None = None,
+                 no_relay: set[str] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
         even when the other side keeps sending under keys we lost.
@@ -57,6 +62,9 @@ class LighthouseClient:
         self.pending: dict[int, float] = {}      # route index -> when we asked
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
+        self.probes_done: dict[str, int] = {}    # relayed peer -> direct attempts so far
+        self.offers_relay: dict[str, bool] = {}  # lighthouse -> its lease's `relay` (absent: True)
+        self.no_relay = set(no_relay or ())      # [[lighthouses]] relay = false: never relay through these
         self.errors = 0
         self.remembered = list(remembered or [])
         self.on_peers_changed = on_peers_changed
@@ -90,13 +98,19 @@ class LighthouseClient:
                 del self.connecting[name]
             elif now - since >= RELAY_AFTER:
                 del self.connecting[name]
-                self._relay(peer, now)
+                if peer.relay is not None:  # relayed from the start: say why it stays so
+                    peer.path_reason = self._why_relayed(peer)
+                else:
+                    self._relay(peer, now)
         for name, at in list(self.next_probe.items()):
             peer = self.device.peers.get(name)
             if peer is None or peer.relay is None:
                 del self.next_probe[name]
+                self.probes_done.pop(name, None)
             elif now >= at:
-                self.next_probe[name] = now + DIRECT_RETRY
+                done = self.probes_done[name] = self.probes_done.get(name, 0) + 1
+                self.next_probe[name] = now + (PROBE_DELAYS[done] - PROBE_DELAYS[done - 1]
+                                               if done < len(PROBE_DELAYS) else DIRECT_RETRY)
                 self.device.probe_direct(peer, now)
         if self.services is not None and now >= self.next_catalog and self.subnet is not None:
             self.next_catalog = now + CATALOG_EVERY
@@ -217,23 +231,42 @@ class LighthouseClient:
             self.services.set_remote(self._catalog_pages)
             self._catalog_pages = []
 
-    def _relay(self, peer: Peer, now: float, reason: str = "") -> None:
-        relays = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint]
+    def relays(self) -> list[Peer]:
+        """Lighthouses we may relay through now: registered (their lease answered and
+        no register is overdue), offering it, not turned off in our config; the one
+        that answered last first."""
+        ok = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint
+              and self.offers_relay.get(name, True) and name not in self.no_relay]
+        return sorted(ok, key=lambda lh: -self.registered[lh.name])
+
+    @staticmethod
+    def _why_relayed(peer: Peer) -> str:
+        tried = len(peer.endpoints)
+        return (f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
+                f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
+
+    def _relay(self, peer: Peer, now: float, reason: str = "") -> bool:
+        relays = self.relays()
         if not relays or peer.subnet is None:
             self.log.warning("no_path", peer=peer.name, reason="no direct answer and no registered relay")
-            return
-        relay = relays[0]
+            return False
         block = (int(peer.subnet.network_address) - int(self.network.network_address)) >> 8
-        tried = len(peer.endpoints)
-        self.device.use_relay(peer, relay.endpoint, block, reason or
-                              f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
-                              f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
-        self.device.rehandshake(peer, now)
-        self.next_probe[peer.name] = now + DIRECT_RETRY
+        self.device.use_relay(peer, relays[0].endpoint, block, reason or self._why_relayed(peer))
+        # at once, also when an initiation is out: waiting for its retry (backed off to
+        # 4 s) made a first reply take 7 s in 4 of 13 runs behind port-randomizing NATs
+        self.device.handshake_now(peer, now)
+        self._schedule_probes(peer, now)
+        return True
+
+    def _schedule_probes(self, peer: Peer, now: float) -> None:
+        if peer.name not in self.next_probe:
+            self.next_probe[peer.name] = now + PROBE_DELAYS[0]
+            self.probes_done[peer.name] = 0
 
     def _lease(self, lh: Peer, msg: dict, now: float) -> None:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         self.registered[lh.name] = now
+        self.offers_relay[lh.name] = msg["relay"]
         self.awaiting.pop(lh.name, None)
         self.observed = msg["observed"]
         if subnet != self.subnet:
@@ -271,6 +304,18 @@ class LighthouseClient:
         peer.extra["local"] = local
         if peer.session.current is None and peer.relay is None:
             self.connecting.setdefault(peer.name, now)
+            # relay first: the first packets go through the relay while the initiation
+            # below also goes to the direct candidates (Device._send_to)
+            n = len(endpoints)
+            if self.relays() and peer.subnet is not None:
+                self._relay(peer, now, f"relay first, while {n} direct endpoint{'s are' if n != 1 else ' is'} tried")
+                self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name,
+                              subnet=str(subnet), endpoints=",".join(f"{h}:{p}" for h, p in endpoints),
+                              path="relay first")
+                self.pending.pop((int(subnet.network_address) >> 8) & 0xFFFF, None)
+                return
+        elif peer.relay is not None:  # e.g. it reached us through the relay: look for a direct path
+            self._schedule_probes(peer, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),

@@ -9,7 +9,7 @@ from engine.config import ConfigError, _endpoint, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
           "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl"},
-          "metrics": {"listen"}}
+          "metrics": {"listen"}, "relay": {"enabled"}}
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class LighthouseConfig:
     ttl: float = 60.0
     metrics_listen: tuple[str, int] | None = None
     blocklist: str = ""  # the CA-signed blocklist to enforce and hand out (default: beside the CA)
+    relay: bool = True   # forward type-5 packets between nodes (said in every lease)
 
     @property
     def database(self) -> str:
@@ -73,6 +74,7 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
         listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet-lighthouse"),
         run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, log_format=log_format, ttl=float(ttl),
+        relay=get("relay", "enabled", bool, True),
         metrics_listen=_endpoint(doc["metrics"]["listen"], f"{path}: metrics.listen")
         if doc.get("metrics", {}).get("listen") else None)
 

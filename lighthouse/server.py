@@ -43,7 +43,7 @@ class Lighthouse:
         self.blocklist_file = pki.BlocklistFile(c.blocklist)
         os.makedirs(c.state_dir, exist_ok=True)
         self.leases = LeaseStore(c.database, c.network)
-        self.registry = Registry(self.leases, c.ttl, self.revocations)
+        self.registry = Registry(self.leases, c.ttl, self.revocations, relay=c.relay)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420)
         self.dp.set_relay_mode(True)
