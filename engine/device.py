@@ -29,6 +29,10 @@ from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, P
 # A node whose certificate has this group may relay (send us type-5 packets that move
 # a peer's path to it); lighthouses the engine was configured with may always.
 RELAY_GROUP = "relay"
+# A relayed packet does not take a peer off a direct path that an authenticated direct
+# packet confirmed this recently: with relay first, both copies of a handshake arrive,
+# and the relayed one must not undo the direct path the other just found.
+DIRECT_HOLD = 3.0
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Peer:
     last_error: str = ""
     relay: tuple[tuple[str, int], int] | None = None  # (relay address, the peer's id there)
     path_reason: str = ""
+    direct_seen: float | None = None  # when an authenticated packet last moved us to / kept a direct path
     extra: dict = field(default_factory=dict)
     live: liveness.Liveness = field(default_factory=liveness.Liveness)
 
@@ -249,7 +254,14 @@ class Device:
                 return True
         return False
 
-    def _learn_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
+    def _relayed_to(self, peer: Peer, relay_addr: tuple[str, int], relay_id: int, reason: str, now: float) -> None:
+        """An authenticated, fresh packet came through an accepted relay: answer that way,
+        unless a direct packet confirmed the direct path within DIRECT_HOLD seconds."""
+        if peer.relay is None and peer.direct_seen is not None and now - peer.direct_seen < DIRECT_HOLD:
+            return
+        self.use_relay(peer, relay_addr, relay_id, reason)
+
+    def _learn_endpoint(self, peer: Peer, addr: tuple[str, int], now: float | None = None) -> None:
         """The source of an authenticated, fresh packet becomes the peer's endpoint,
         unless it is an address nobody should be sent to (engine.proto.endpoint) and
         not one the peer is known by (configured, or vetted when the lighthouse said it)."""
@@ -258,6 +270,8 @@ class Device:
             self.errors["endpoint_refused"] += 1
             self.log.debug("endpoint_refused", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", reason=why)
             return
+        if now is not None:
+            peer.direct_seen = now
         self._set_endpoint(peer, addr)
 
     def _set_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
@@ -333,9 +347,10 @@ class Device:
                 if len(item.data) == 4:  # it came through a relay, under this id
                     if not self.relay_allowed(item.addr):
                         raise RemoteProtocolError("relay_refused", f"{item.addr[0]}:{item.addr[1]} may not relay")
-                    self.use_relay(peer, item.addr, struct.unpack("<I", item.data)[0], "peer reached us via the relay")
+                    self._relayed_to(peer, item.addr, struct.unpack("<I", item.data)[0], "peer reached us via the relay",
+                                     now)
                 else:
-                    self._learn_endpoint(peer, item.addr)
+                    self._learn_endpoint(peer, item.addr, now)
             return
         if item.kind == CTRL_DECRYPTED:
             peer = self.by_slot.get(item.peer)
@@ -374,9 +389,9 @@ class Device:
                     self.remove_peer(peer.name)
                 raise
             if via:
-                self.use_relay(peer, via[0], via[1], "peer reached us via the relay")
+                self._relayed_to(peer, via[0], via[1], "peer reached us via the relay", now)
             else:
-                self._learn_endpoint(peer, item.addr)
+                self._learn_endpoint(peer, item.addr, now)
                 if new and peer.endpoint == item.addr:
                     peer.endpoints = [item.addr]  # its only candidate until a lighthouse tells more
             if new and self.on_new_peer is not None:
@@ -390,9 +405,9 @@ class Device:
                 raise RemoteProtocolError("unexpected_response", "unknown receiver index")
             peer.session.receive_response(data, now)  # authenticated and fresh (it used up the pending handshake)
             if via:
-                self.use_relay(peer, via[0], via[1], "handshake answered via the relay")
+                self._relayed_to(peer, via[0], via[1], "handshake answered via the relay", now)
             else:
-                self._learn_endpoint(peer, item.addr)
+                self._learn_endpoint(peer, item.addr, now)
             self._apply(peer)
         elif kind == TYPE_COOKIE:
             # changes no path: it only keys mac2 of this peer's next handshake messages

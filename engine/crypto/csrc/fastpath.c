@@ -209,6 +209,9 @@ int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_in
     tx_install(p, key, remote_index);
     p->next_valid = 0;  /* an initiator's keys win over a responder key not yet confirmed */
     pthread_mutex_unlock(&ctx->tx_lock);
+    /* packets held for this peer may go now: without the kick a parked inside thread
+     * sent them on its next pass, up to 200 ms later (seen as a 214 ms first reply) */
+    idle_kick(ctx, ROLE_IN);
     return 0;
 }
 
