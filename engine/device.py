@@ -102,6 +102,10 @@ class Device:
         self.dead_after = dead_after
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
+        # loopback addresses of TCP relay shims (engine.io.tcp_relay): endpoints although
+        # loopback, while their connection is open; label: what `flatnet peers` says
+        self.shim_addrs: set[tuple[str, int]] = set()
+        self.tcp_labels: dict[tuple[str, int], str] = {}
         self._relay_certified: set[str] = set()  # peers whose certificate has RELAY_GROUP
         self.dp = datapath
         self.send = send
@@ -266,7 +270,7 @@ class Device:
         unless it is an address nobody should be sent to (engine.proto.endpoint) and
         not one the peer is known by (configured, or vetted when the lighthouse said it)."""
         why = endpoints_policy.refused(addr)
-        if why is not None and addr not in peer.endpoints:
+        if why is not None and addr not in peer.endpoints and addr not in self.shim_addrs:
             self.errors["endpoint_refused"] += 1
             self.log.debug("endpoint_refused", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", reason=why)
             return
@@ -506,8 +510,23 @@ class Device:
                 self.log.warning("handshake_failed", peer=peer.name, reason=event.reason)
 
     # ---- reporting
+    def move_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
+        """The owner's decision (a TCP relay came up or went): send to this peer here."""
+        self._set_endpoint(peer, addr)
+
+    def send_message_to(self, peer: Peer, data: bytes, targets: list[tuple[str, int]]) -> bool:
+        """A control message under the peer's session to these addresses, whatever its
+        endpoint (a probe of a path not in use)."""
+        packet = self.dp.seal_control(peer.slot, data)
+        for target in targets if packet is not None else []:
+            self.send(packet, target)
+        return packet is not None
+
     def path_of(self, peer: Peer) -> str:
         if peer.relay is not None:
+            tcp = self.tcp_labels.get(peer.relay[0])
+            if tcp is not None:
+                return f"relayed over TCP via {tcp}: UDP blocked"
             return f"relayed via {peer.relay[0][0]}:{peer.relay[0][1]}"
         if peer.endpoint is None or peer.session.current is None:
             return "none"

@@ -33,6 +33,9 @@ CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
 DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often ...
 PROBE_DELAYS = (0.5, 1.0, 2.0, 4.0)  # ... after these first (a punched NAT opens within a second)
+TCP_AFTER = 3.0          # no lighthouse answered over UDP this long: use a lighthouse's TCP relay
+TCP_RETRY = 5.0          # a TCP relay failed or closed: try again (the next lighthouse) after this
+UDP_PROBE = 5.0          # on TCP: try UDP to the lighthouse this often; an answer moves back
 
 
 class LighthouseClient:
@@ -42,7 +45,7 @@ class LighthouseClient:
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
                  on_peers_changed: Callable[[list[str]], None] | None = None,
                  on_blocklist: Callable[[bytes, str], None] | None = None,
-                 no_relay: set[str] | None = None) -> None:
+                 no_relay: set[str] | None = None, tcp_ports: dict[str, int] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
         even when the other side keeps sending under keys we lost.
@@ -65,6 +68,17 @@ class LighthouseClient:
         self.probes_done: dict[str, int] = {}    # relayed peer -> direct attempts so far
         self.offers_relay: dict[str, bool] = {}  # lighthouse -> its lease's `relay` (absent: True)
         self.no_relay = set(no_relay or ())      # [[lighthouses]] relay = false: never relay through these
+        # the TCP relay (UDP blocked): hooks the driver sets; state of this side
+        self.tcp_ports = {n: p for n, p in (tcp_ports or {}).items() if p}
+        self.udp_endpoints = {p.name: list(p.endpoints) for p in lighthouses if p.name in self.tcp_ports}
+        self.open_tcp: Callable[[str, tuple[str, int]], None] | None = None
+        self.close_tcp: Callable[[str], None] | None = None
+        self.tcp: dict[str, tuple[str, int]] = {}  # lighthouse -> its open TCP relay's shim address
+        self.tcp_opening: str | None = None
+        self.tcp_attempts = 0
+        self.next_tcp = 0.0
+        self.udp_silent_since: float | None = None
+        self.next_udp_probe = 0.0
         self.errors = 0
         self.remembered = list(remembered or [])
         self.on_peers_changed = on_peers_changed
@@ -112,6 +126,7 @@ class LighthouseClient:
                 self.next_probe[name] = now + (PROBE_DELAYS[done] - PROBE_DELAYS[done - 1]
                                                if done < len(PROBE_DELAYS) else DIRECT_RETRY)
                 self.device.probe_direct(peer, now)
+        self._tcp_timer(now)
         if self.services is not None and now >= self.next_catalog and self.subnet is not None:
             self.next_catalog = now + CATALOG_EVERY
             self._catalog_pages = []
@@ -122,17 +137,100 @@ class LighthouseClient:
                 self.device.dp.route_unpend(route)
 
     def get_timer(self) -> float:
-        deadlines = ([self.next_register] + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
+        deadlines = ([self.next_udp_probe] if self.tcp else [])
+        deadlines += ([max(self.next_tcp, self.udp_silent_since + TCP_AFTER)]
+                      if self.udp_silent_since is not None and not self.tcp and self.open_tcp else [])
+        deadlines += ([self.next_register] + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
                      + [t + ANSWER_WITHIN for t in self.awaiting.values()]
                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
 
-    def register(self, now: float) -> None:
+    # ---- the TCP relay: when no UDP gets through, not even to a lighthouse
+    def _tcp_timer(self, now: float) -> None:
+        if self.open_tcp is None or not self.tcp_ports:
+            return
+        if self.tcp:  # on TCP: keep trying UDP; an authenticated answer over UDP moves back
+            for name, shim in list(self.tcp.items()):
+                lh = self.lighthouses[name]
+                if lh.endpoint is not None and lh.endpoint != shim:
+                    self.log.info("udp_back", lighthouse=name, endpoint=f"{lh.endpoint[0]}:{lh.endpoint[1]}",
+                                  action="leaving the TCP relay")
+                    if self.close_tcp is not None:
+                        self.close_tcp(name)
+                elif now >= self.next_udp_probe:
+                    self.next_udp_probe = now + UDP_PROBE
+                    # a register under the session, over UDP: the lease answer comes back the
+                    # same way if UDP works (the data path then moves the lighthouse's endpoint)
+                    self.device.send_message_to(lh, self._register_message(), self.udp_endpoints[name])
+            return
+        if self.registered:
+            self.udp_silent_since = None
+            return
+        if self.udp_silent_since is None:
+            self.udp_silent_since = now
+        if self.tcp_opening is None and now - self.udp_silent_since >= TCP_AFTER and now >= self.next_tcp:
+            names = [n for n in self.lighthouses if n in self.tcp_ports]
+            name = names[self.tcp_attempts % len(names)]
+            self.tcp_attempts += 1
+            server = (self.udp_endpoints[name][0][0], self.tcp_ports[name])
+            self.tcp_opening = name
+            self.next_tcp = now + TCP_RETRY
+            self.log.warning("udp_blocked", reason=f"no lighthouse answered over UDP in {TCP_AFTER:.0f} s",
+                             action=f"connecting to the TCP relay {server[0]}:{server[1]} of {name}")
+            self.open_tcp(name, server)
+
+    def tcp_up(self, name: str, shim: tuple[str, int], label: str, now: float) -> None:
+        """The driver connected the TCP relay of lighthouse `name`; `shim` is the
+        loopback address its datagrams come from and go to."""
+        self.tcp_opening = None
+        self.tcp[name] = shim
+        lh = self.lighthouses[name]
+        self.device.shim_addrs.add(shim)
+        self.device.tcp_labels[shim] = label
+        self.device.set_endpoints(lh, self.udp_endpoints[name] + [shim])
+        self.device.move_endpoint(lh, shim)
+        self.device.handshake_now(lh, now)  # a session over TCP: the lighthouse never heard us over UDP
+        self.awaiting.pop(name, None)
+        self.next_register = now
+        self.next_udp_probe = now + UDP_PROBE
+
+    def tcp_closed(self, name: str, why: str, now: float) -> None:
+        """The TCP relay of `name` closed (or could not connect). Peers relayed over it
+        go to the UDP relay if UDP is back, else wait for the next TCP relay."""
+        if self.tcp_opening == name:
+            self.tcp_opening = None
+        shim = self.tcp.pop(name, None)
+        self.next_tcp = now + TCP_RETRY
+        self.udp_silent_since = now if not self.registered else None
+        if shim is None:
+            return
+        lh = self.lighthouses[name]
+        self.device.shim_addrs.discard(shim)
+        self.device.tcp_labels.pop(shim, None)
+        self.device.set_endpoints(lh, self.udp_endpoints[name])
+        if lh.endpoint == shim:  # not moved by an answer over UDP: back to the configured address
+            self.device.move_endpoint(lh, self.udp_endpoints[name][0])
+            self.registered.pop(name, None)
+            self.udp_silent_since = now if not self.registered else None
+        for peer in list(self.device.peers.values()):
+            if peer.relay is not None and peer.relay[0] == shim:
+                if lh.endpoint != shim and name in self.registered:
+                    self.device.use_relay(peer, lh.endpoint, peer.relay[1], "UDP works again; direct being tried")
+                    self.next_probe[peer.name] = now  # and try the direct path at once
+                    self.probes_done[peer.name] = 0
+                else:
+                    self.device.use_relay(peer, self.udp_endpoints[name][0], peer.relay[1],
+                                          f"TCP relay closed ({why})")
+
+    def _register_message(self) -> bytes:
         published = list(self.services.local.values()) if self.services is not None else []
         # the lighthouse hands out our observed address first, then at most MAX_LOCAL of these
         mine = endpoints_policy.usable(self.local_endpoints())[0][:wire.MAX_LOCAL]
-        msg = wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
-                          blocklist=self._held())
+        return wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
+                           blocklist=self._held())
+
+    def register(self, now: float) -> None:
+        msg = self._register_message()
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)

@@ -71,7 +71,7 @@ class FakeDevice:
 def setup():
     ca = TestCA()
     dev = FakeDevice(ca)
-    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=FakeSession(), relay=None)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), endpoints=[("192.0.2.254", 4787)], keys=True, session=FakeSession(), relay=None)
     leases = []
     client = LighthouseClient(dev, [lh], NET, lambda: [("192.0.2.1", 4787)], Logger("t", stream=open("/dev/null", "w")),
                               leases.append)
@@ -170,7 +170,7 @@ def test_service_refusals_from_the_lighthouse_reach_the_services_api(tmp_path):
     from engine.services import ServiceRegistry
     ca = TestCA()
     dev = FakeDevice(ca)
-    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=FakeSession(), relay=None)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), endpoints=[("192.0.2.254", 4787)], keys=True, session=FakeSession(), relay=None)
     reg = ServiceRegistry(str(tmp_path / "services.json"), "host-a", "office.lan")
     client = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
                               lambda s: None, services=reg)
