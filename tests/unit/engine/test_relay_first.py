@@ -145,3 +145,44 @@ def test_a_direct_probe_is_a_keepalive_under_the_session_and_the_peer_moves_and_
     dev.on_control([ControlItem(CTRL_ROAM, peer.slot, b"", B_ADDR)], 2.0)
     assert peer.relay is None and peer.endpoint == B_ADDR and dev.dp.relay[peer.slot] is None
     assert wire_out == [(b"\x04sealed", B_ADDR)]  # answered on the direct path at once
+
+
+def test_udp_blocked_the_tcp_relay_is_used_and_left_when_udp_answers():
+    from engine.lighthouse_client import TCP_AFTER, UDP_PROBE
+    ca = TestCA()
+    tick = itertools.count(1)
+    wire_out = []
+    dev = Device(ca.identity("host-a"), FakeDataPath(), lambda p, addr: wire_out.append((p, addr)),
+                 lambda: ca.now * 10**9 + next(tick) * 1000, Logger("t", stream=open("/dev/null", "w")),
+                 accept_any=True)
+    lh = dev.add_peer(ca.identity("lighthouse").cert, None, [LH_ADDR])
+    client = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
+                              lambda s: None, tcp_ports={"lighthouse": 443})
+    opened, closed = [], []
+    client.open_tcp = lambda name, server: opened.append((name, server))
+    client.close_tcp = closed.append
+    client.handle_timer(0.0)
+    client.handle_timer(TCP_AFTER - 0.1)
+    assert not opened
+    client.handle_timer(TCP_AFTER)
+    assert opened == [("lighthouse", ("192.0.2.254", 443))]
+    shim = ("127.0.0.1", 50000)
+    client.tcp_up("lighthouse", shim, "192.0.2.254:443", TCP_AFTER + 0.1)
+    assert lh.endpoint == shim and shim in dev.shim_addrs
+    dev.dp.keys.add(lh.slot)
+    lease(client, lh, TCP_AFTER + 0.5)
+    peer = introduce(ca, client, lh, TCP_AFTER + 1)
+    assert peer.relay == (shim, 7)
+    assert dev.path_of(peer) == "relayed over TCP via 192.0.2.254:443: UDP blocked"
+    # UDP probes: a register under the session to the configured address, every UDP_PROBE
+    wire_out.clear()
+    client.handle_timer(TCP_AFTER + 0.1 + UDP_PROBE)
+    registers = [a for p, a in wire_out if p.startswith(b"\x04sealed") and b"register" in p]
+    assert registers.count(LH_ADDR) == 2  # the probe, and the regular register goes to every candidate
+    # the lease came back over UDP: the data path moved the lighthouse (an authenticated roam)
+    dev.on_control([ControlItem(CTRL_ROAM, lh.slot, b"", LH_ADDR)], 9.0)
+    client.handle_timer(9.0)
+    assert closed == ["lighthouse"]
+    client.tcp_closed("lighthouse", "UDP works again", 9.1)
+    assert peer.relay == (LH_ADDR, 7) and client.next_probe["host-b"] == 9.1 and shim not in dev.shim_addrs
+    assert lh.endpoint == LH_ADDR and lh.endpoints == [LH_ADDR]
