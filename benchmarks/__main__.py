@@ -1,4 +1,4 @@
-"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak,flood} [options]"""
+"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak,flood,relay} [options]"""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ SUITES = {
     "gateway": "benchmarks.bench_gateway",
     "soak": "benchmarks.bench_soak",
     "flood": "benchmarks.bench_flood",
+    "relay": "benchmarks.bench_relay",
 }
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from engine.proto import tcpframe
 
-MAX_QUEUED = 1 << 20   # bytes waiting for TCP: above it datagrams are dropped, as UDP would
+MAX_QUEUED = 256 << 10  # bytes waiting for TCP: above it datagrams are dropped, as UDP would
 CONNECT_TIMEOUT = 5.0
 
 
