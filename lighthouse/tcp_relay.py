@@ -98,7 +98,7 @@ class TcpRelayServer:
         while self.server is not None and self.server.is_serving():
             await asyncio.sleep(CHECK_EVERY)
             now = loop.time()
-            for bridge, (ip, opened) in list(self.conns.items()):
+            for bridge, (_ip, opened) in list(self.conns.items()):
                 age, last = now - opened, bridge.last_frame_in
                 if bridge.decoder.awaiting_preamble and age >= HELLO_TIMEOUT:
                     bridge.close("tcp_hello_timeout")
