@@ -59,7 +59,12 @@ class Lighthouse:
             from lighthouse.tcp_relay import TcpRelayServer
             self.tcp = TcpRelayServer((c.listen_host, c.tcp_port), loopback_of(c.listen_host, c.listen_port),
                                       self.device.shim_addrs, lambda a: a in self.registry.by_endpoint, self.log)
-            await self.tcp.start()
+            try:
+                await self.tcp.start()
+            except OSError as exc:  # UDP relaying and everything else still work
+                self.log.error("tcp_relay_unavailable", port=c.tcp_port, error=exc.strerror or str(exc),
+                               fix="free the port, allow CAP_NET_BIND_SERVICE, or set [relay] tcp_port")
+                self.tcp = None
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
         self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
