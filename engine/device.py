@@ -102,8 +102,9 @@ class Device:
         self.dead_after = dead_after
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
-        # loopback addresses of TCP relay shims (engine.io.tcp_relay): endpoints although
-        # loopback, while their connection is open; label: what `flatnet peers` says
+        # a relay's side of the TCP relay (lighthouse.tcp_relay): the loopback addresses of
+        # open connections, endpoints although loopback. An engine's own TCP relay is a
+        # candidate endpoint of its lighthouse instead; tcp_labels: what `flatnet peers` says
         self.shim_addrs: set[tuple[str, int]] = set()
         self.tcp_labels: dict[tuple[str, int], str] = {}
         self._relay_certified: set[str] = set()  # peers whose certificate has RELAY_GROUP

@@ -185,8 +185,7 @@ class LighthouseClient:
         self.tcp_opening = None
         self.tcp[name] = shim
         lh = self.lighthouses[name]
-        self.device.shim_addrs.add(shim)
-        self.device.tcp_labels[shim] = label
+        self.device.tcp_labels[shim] = label  # (a candidate endpoint of the lighthouse, below)
         self.device.set_endpoints(lh, self.udp_endpoints[name] + [shim])
         self.device.move_endpoint(lh, shim)
         self.device.handshake_now(lh, now)  # a session over TCP: the lighthouse never heard us over UDP
@@ -205,7 +204,6 @@ class LighthouseClient:
         if shim is None:
             return
         lh = self.lighthouses[name]
-        self.device.shim_addrs.discard(shim)
         self.device.tcp_labels.pop(shim, None)
         self.device.set_endpoints(lh, self.udp_endpoints[name])
         if lh.endpoint == shim:  # not moved by an answer over UDP: back to the configured address

@@ -10,6 +10,10 @@ because anyone can open a connection:
 - the preamble within HELLO_TIMEOUT, else closed;
 - a node registered at the connection's address within AUTH_TIMEOUT, else closed;
 - no frame for IDLE_TIMEOUT (engines register every 10 s): closed;
+- at most PREAUTH_FRAMES frames before a node is registered at the connection's
+  address (a handshake and a register take 3; cookie retries a few more): each frame
+  costs the lighthouse's Python loop, unlike a UDP datagram, which its C data path
+  drops cheaply;
 - frames bounded by tcpframe.MAX_FRAME; a framing error closes the connection.
 Every refusal is counted (status: tcp_relay.refused).
 """
@@ -28,6 +32,7 @@ MAX_PER_IP = 8
 HELLO_TIMEOUT = 5.0
 AUTH_TIMEOUT = 15.0
 IDLE_TIMEOUT = 60.0
+PREAUTH_FRAMES = 32
 CHECK_EVERY = 1.0
 
 
@@ -73,7 +78,8 @@ class TcpRelayServer:
             return
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
-        bridge = tcp_relay.Bridge(reader, writer, self.target, server_side=True, on_closed=self._closed)
+        bridge = tcp_relay.Bridge(reader, writer, self.target, server_side=True, on_closed=self._closed,
+                                  admit=lambda b: b.frames_in <= PREAUTH_FRAMES or self.registered_at(b.addr))
         self.conns[bridge] = (ip, loop.time())
         self.per_ip[ip] += 1
         self.shim_addrs.add(bridge.addr)

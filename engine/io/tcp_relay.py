@@ -31,10 +31,14 @@ class Bridge:
     socket). Counts what it moved and dropped."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: tuple[str, int],
-                 server_side: bool, on_closed: Callable[["Bridge", str], None]) -> None:
+                 server_side: bool, on_closed: Callable[["Bridge", str], None],
+                 admit: Callable[["Bridge"], bool] | None = None) -> None:
+        """admit(bridge), asked for every frame that came in (its count is
+        frames_in): False closes the connection ("tcp_preauth_flood")."""
         self.reader, self.writer, self.target = reader, writer, target
         self.decoder = tcpframe.Decoder(expect_preamble=server_side)
         self.on_closed = on_closed
+        self.admit = admit
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
@@ -75,6 +79,8 @@ class Bridge:
                 for datagram in self.decoder.feed(chunk):
                     self.frames_in += 1
                     self.last_frame_in = loop.time()
+                    if self.admit is not None and not self.admit(self):
+                        raise tcpframe.FrameError("tcp_preauth_flood", "too many frames before registering")
                     try:
                         self.sock.sendto(datagram, self.target)
                     except OSError:

@@ -168,7 +168,7 @@ def test_udp_blocked_the_tcp_relay_is_used_and_left_when_udp_answers():
     assert opened == [("lighthouse", ("192.0.2.254", 443))]
     shim = ("127.0.0.1", 50000)
     client.tcp_up("lighthouse", shim, "192.0.2.254:443", TCP_AFTER + 0.1)
-    assert lh.endpoint == shim and shim in dev.shim_addrs
+    assert lh.endpoint == shim and shim in lh.endpoints
     dev.dp.keys.add(lh.slot)
     lease(client, lh, TCP_AFTER + 0.5)
     peer = introduce(ca, client, lh, TCP_AFTER + 1)
@@ -184,5 +184,5 @@ def test_udp_blocked_the_tcp_relay_is_used_and_left_when_udp_answers():
     client.handle_timer(9.0)
     assert closed == ["lighthouse"]
     client.tcp_closed("lighthouse", "UDP works again", 9.1)
-    assert peer.relay == (LH_ADDR, 7) and client.next_probe["host-b"] == 9.1 and shim not in dev.shim_addrs
+    assert peer.relay == (LH_ADDR, 7) and client.next_probe["host-b"] == 9.1 and not dev.tcp_labels
     assert lh.endpoint == LH_ADDR and lh.endpoints == [LH_ADDR]

@@ -110,3 +110,23 @@ def test_a_registered_connection_stays():
             tcp_relay.AUTH_TIMEOUT = tcp_relay_auth
             srv.close()
     run(go())
+
+
+def test_an_unregistered_connection_may_send_only_a_few_frames():
+    async def go():
+        srv, udp, shims, port = await server()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREAMBLE + encode(b"\x01x") * (tcp_relay.PREAUTH_FRAMES + 10))
+        assert await closed(reader)
+        await asyncio.sleep(0.05)
+        assert srv.refused["tcp_preauth_flood"] == 1 and not srv.conns
+        got = 0
+        while True:
+            try:
+                await recv_udp(udp, 0.2)
+                got += 1
+            except asyncio.TimeoutError:
+                break
+        assert got == tcp_relay.PREAUTH_FRAMES  # and not one more
+        srv.close()
+    run(go())
