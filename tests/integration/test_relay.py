@@ -79,8 +79,9 @@ def measure(lab, runs: int, want_path: str) -> list[float]:
     return times
 
 
-def test_first_reply_through_port_randomizing_nats_comes_through_the_relay_at_once(tmp_path):
-    lab = Lab(f"{RUN_PREFIX}f", str(tmp_path / "lab"), hosts=2, lighthouse=True, nat={1: "random", 2: "random"})
+@pytest.mark.parametrize("nat", [{1: "random", 2: "random"}, {1: "cone", 2: "random"}], ids=["both", "one"])
+def test_first_reply_through_port_randomizing_nats_comes_through_the_relay_at_once(tmp_path, nat):
+    lab = Lab(f"{RUN_PREFIX}f", str(tmp_path / "lab"), hosts=2, lighthouse=True, nat=nat)
     try:
         lab.up(containers_per_host=1)
         times = measure(lab, RUNS, "relayed via 192.0.2.254")
