@@ -51,6 +51,7 @@ class TcpRelayServer:
         self.per_ip: collections.Counter[str] = collections.Counter()
         self.refused: collections.Counter[str] = collections.Counter()
         self.accepted = 0
+        self.closed_frames = [0, 0]  # frames in, out of connections already closed
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -67,7 +68,8 @@ class TcpRelayServer:
     def status(self) -> dict:
         return {"listen": f"{self.listen[0]}:{self.listen[1]}", "connections": len(self.conns),
                 "accepted": self.accepted, "refused": dict(self.refused),
-                "frames_in": sum(b.frames_in for b in self.conns), "frames_out": sum(b.frames_out for b in self.conns)}
+                "frames_in": self.closed_frames[0] + sum(b.frames_in for b in self.conns),
+                "frames_out": self.closed_frames[1] + sum(b.frames_out for b in self.conns)}
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -93,6 +95,8 @@ class TcpRelayServer:
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
         self.shim_addrs.discard(bridge.addr)
+        self.closed_frames[0] += bridge.frames_in
+        self.closed_frames[1] += bridge.frames_out
         if why.startswith("tcp_"):
             self.refused[why] += 1
         self.log.info("tcp_relay_closed", client=ip, reason=why, frames_in=bridge.frames_in,
