@@ -190,6 +190,7 @@ class Engine:
                                                no_relay={lh.name for lh, _ in lighthouses if not lh.relay},
                                                tcp_ports={lh.name: lh.tcp_port for lh, _ in lighthouses})
             self.tcp_bridges: dict = {}
+            self._tcp_failing = False
             self.lighthouse.open_tcp = self._open_tcp
             self.lighthouse.close_tcp = self._close_tcp
         self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
@@ -329,11 +330,15 @@ class Engine:
                                                                          self.sock.getsockname()[1]),
                                              lambda b, why: self._tcp_gone(name, b, why))
         except OSError as exc:
-            self.log.warning("tcp_relay_failed", lighthouse=name, relay=label, error=str(exc))
+            # said once per outage (a lighthouse that is down refuses TCP too; tried every 5 s)
+            (self.log.debug if self._tcp_failing else self.log.warning)(
+                "tcp_relay_failed", lighthouse=name, relay=label, error=str(exc))
+            self._tcp_failing = True
             self.lighthouse.tcp_closed(name, str(exc), time.monotonic())
             self._arm()
             return
         self.tcp_bridges[name] = bridge
+        self._tcp_failing = False
         self.log.info("tcp_relay_up", lighthouse=name, relay=label)
         self.lighthouse.tcp_up(name, bridge.addr, label, time.monotonic())
         self._arm()

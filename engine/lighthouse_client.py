@@ -76,6 +76,7 @@ class LighthouseClient:
         self.tcp: dict[str, tuple[str, int]] = {}  # lighthouse -> its open TCP relay's shim address
         self.tcp_opening: str | None = None
         self.tcp_attempts = 0
+        self.tcp_tries = 0                         # in this outage (to log it once)
         self.next_tcp = 0.0
         self.udp_silent_since: float | None = None
         self.next_udp_probe = 0.0
@@ -165,6 +166,7 @@ class LighthouseClient:
             return
         if self.registered:
             self.udp_silent_since = None
+            self.tcp_tries = 0
             return
         if self.udp_silent_since is None:
             self.udp_silent_since = now
@@ -175,8 +177,10 @@ class LighthouseClient:
             server = (self.udp_endpoints[name][0][0], self.tcp_ports[name])
             self.tcp_opening = name
             self.next_tcp = now + TCP_RETRY
-            self.log.warning("udp_blocked", reason=f"no lighthouse answered over UDP in {TCP_AFTER:.0f} s",
-                             action=f"connecting to the TCP relay {server[0]}:{server[1]} of {name}")
+            self.tcp_tries += 1
+            (self.log.warning if self.tcp_tries == 1 else self.log.debug)(  # once per outage
+                "udp_blocked", reason=f"no lighthouse answered over UDP in {TCP_AFTER:.0f} s",
+                action=f"connecting to the TCP relay {server[0]}:{server[1]} of {name}")
             self.open_tcp(name, server)
 
     def tcp_up(self, name: str, shim: tuple[str, int], label: str, now: float) -> None:
