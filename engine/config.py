@@ -39,6 +39,8 @@ class LighthouseConfig:
     name: str
     cert: str
     endpoints: tuple[tuple[str, int], ...]
+    relay: bool = True  # may relay through this lighthouse (when its lease offers it)
+    tcp_port: int = 443  # its TCP relay, used when no UDP gets through (0: never)
 
 
 @dataclass(frozen=True)
@@ -198,17 +200,23 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('lighthouses')}: use [[lighthouses]] tables")
     for i, lh in enumerate(raw_lh):
         w = f"lighthouses[{i}]"
-        unknown = set(lh) - {"name", "cert", "endpoints"}
+        unknown = set(lh) - {"name", "cert", "endpoints", "relay", "tcp_port"}
         if unknown:
             raise ConfigError(f"{where(w)}: unknown key(s) {', '.join(sorted(unknown))}")
         for key in ("name", "cert", "endpoints"):
             if key not in lh:
                 raise ConfigError(f"{where(w + '.' + key)}: missing")
         if not isinstance(lh["endpoints"], list) or not lh["endpoints"]:
-            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"HOST:PORT\"")
+            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
+        tcp_port = lh.get("tcp_port", 443)
+        if type(tcp_port) is not int or not 0 <= tcp_port <= 65535:
+            raise ConfigError(f"{where(w + '.tcp_port')}: expected 0 (never) or a port 1-65535, got {tcp_port!r}")
+        if not isinstance(lh.get("relay", True), bool):
+            raise ConfigError(f"{where(w + '.relay')}: expected true or false, got {lh['relay']!r}")
         lighthouses.append(LighthouseConfig(str(lh["name"]), str(lh["cert"]),
                                             tuple(_endpoint(e, where(f"{w}.endpoints"), names=True)
-                                                  for e in lh["endpoints"])))
+                                                  for e in lh["endpoints"]),
+                                            relay=lh.get("relay", True), tcp_port=tcp_port))
     raw_subnet = get("network", "subnet", str, required=not lighthouses)
     subnet = None
     if raw_subnet is not None:

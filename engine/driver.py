@@ -248,7 +248,13 @@ class Engine:
                                                remembered=self._remembered_peers(),
                                                on_peers_changed=self._remember_peers,
                                                on_blocklist=self._take_blocklist,
-                                               on_names=self._on_remote_names if c.dns else None)
+                                               on_names=self._on_remote_names if c.dns else None,
+                                               no_relay={lh.name for lh, _ in lighthouses if not lh.relay},
+                                               tcp_ports={lh.name: lh.tcp_port for lh, _ in lighthouses})
+            self.tcp_bridges: dict = {}
+            self._tcp_failing = False
+            self.lighthouse.open_tcp = self._open_tcp
+            self.lighthouse.close_tcp = self._close_tcp
         self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
@@ -404,8 +410,49 @@ class Engine:
                              fix="flatnet cert renew, then systemctl reload flatnet-engine")
         self.loop.call_later(86400, self._check_expiry)
 
+    # ---- the TCP relay (engine.io.tcp_relay; when to use it: LighthouseClient)
+    def _open_tcp(self, name: str, server: tuple[str, int]) -> None:
+        self.loop.create_task(self._tcp_connect(name, server))
+
+    async def _tcp_connect(self, name: str, server: tuple[str, int]) -> None:
+        from engine.io import tcp_relay
+        label = f"{server[0]}:{server[1]}"
+        try:
+            bridge = await tcp_relay.connect(server, tcp_relay.loopback_of(self.config.listen_host,
+                                                                         self.sock.getsockname()[1]),
+                                             lambda b, why: self._tcp_gone(name, b, why))
+        except OSError as exc:
+            # said once per outage (a lighthouse that is down refuses TCP too; tried every 5 s)
+            (self.log.debug if self._tcp_failing else self.log.warning)(
+                "tcp_relay_failed", lighthouse=name, relay=label, error=str(exc))
+            self._tcp_failing = True
+            self.lighthouse.tcp_closed(name, str(exc), time.monotonic())
+            self._arm()
+            return
+        self.tcp_bridges[name] = bridge
+        self._tcp_failing = False
+        self.log.info("tcp_relay_up", lighthouse=name, relay=label)
+        self.lighthouse.tcp_up(name, bridge.addr, label, time.monotonic())
+        self._arm()
+
+    def _tcp_gone(self, name: str, bridge, why: str) -> None:  # noqa: ANN001
+        if self.tcp_bridges.get(name) is bridge:
+            del self.tcp_bridges[name]
+        self.log.info("tcp_relay_closed", lighthouse=name, reason=why, frames_in=bridge.frames_in,
+                      frames_out=bridge.frames_out, dropped=bridge.dropped)
+        if not self._stop.is_set():
+            self.lighthouse.tcp_closed(name, why, time.monotonic())
+            self._arm()
+
+    def _close_tcp(self, name: str) -> None:
+        bridge = self.tcp_bridges.get(name)
+        if bridge is not None:
+            bridge.close("UDP works again")
+
     async def shutdown(self) -> None:
         self.log.info("engine_stopping")
+        for bridge in list(getattr(self, "tcp_bridges", {}).values()):
+            bridge.close("engine stopping")
         if self._timer:
             self._timer.cancel()
         self.dp.stop()

@@ -9,9 +9,12 @@
 - sends this host's container names (for DNS) in pages when they change and with every
   register, and polls the network's names every NAMES_EVERY seconds (a version number
   makes the poll one small message when nothing changed);
-- when no direct path answers within RELAY_AFTER seconds, sends through a lighthouse
-  as relay (type 5, which it cannot decrypt), and keeps trying the direct candidates
-  every DIRECT_RETRY seconds; a direct answer moves the peer back, keeping its session.
+- relay first: a new peer is sent to through a relay (a lighthouse that offers it,
+  type 5, which it cannot decrypt) from the first handshake on, while the same
+  initiations go to its direct candidates; a direct answer moves the peer to the
+  direct path under the same session. Direct candidates are tried again after
+  PROBE_DELAYS, then every DIRECT_RETRY seconds. Without a relay at that moment,
+  the peer is relayed when no direct path answered within RELAY_AFTER seconds.
 """
 from __future__ import annotations
 
@@ -33,7 +36,11 @@ QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
 CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
 NAMES_EVERY = 0.5        # the network's container names, for DNS (a removed name is gone within 2 s)
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
-DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often
+DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often ...
+PROBE_DELAYS = (0.5, 1.0, 2.0, 4.0)  # ... after these first (a punched NAT opens within a second)
+TCP_AFTER = 3.0          # no lighthouse answered over UDP this long: use a lighthouse's TCP relay
+TCP_RETRY = 5.0          # a TCP relay failed or closed: try again (the next lighthouse) after this
+UDP_PROBE = 5.0          # on TCP: try UDP to the lighthouse this often; an answer moves back
 
 
 class LighthouseClient:
@@ -43,7 +50,8 @@ class LighthouseClient:
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
                  on_peers_changed: Callable[[list[str]], None] | None = None,
                  on_blocklist: Callable[[bytes, str], None] | None = None,
-                 on_names: Callable[[list[tuple[str, str, str]]], None] | None = None) -> None:
+                 on_names: Callable[[list[tuple[str, str, str]]], None] | None = None,
+                 no_relay: set[str] | None = None, tcp_ports: dict[str, int] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
         even when the other side keeps sending under keys we lost.
@@ -63,6 +71,21 @@ class LighthouseClient:
         self.pending: dict[int, float] = {}      # route index -> when we asked
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
+        self.probes_done: dict[str, int] = {}    # relayed peer -> direct attempts so far
+        self.offers_relay: dict[str, bool] = {}  # lighthouse -> its lease's `relay` (absent: True)
+        self.no_relay = set(no_relay or ())      # [[lighthouses]] relay = false: never relay through these
+        # the TCP relay (UDP blocked): hooks the driver sets; state of this side
+        self.tcp_ports = {n: p for n, p in (tcp_ports or {}).items() if p}
+        self.udp_endpoints = {p.name: list(p.endpoints) for p in lighthouses if p.name in self.tcp_ports}
+        self.open_tcp: Callable[[str, tuple[str, int]], None] | None = None
+        self.close_tcp: Callable[[str], None] | None = None
+        self.tcp: dict[str, tuple[str, int]] = {}  # lighthouse -> its open TCP relay's shim address
+        self.tcp_opening: str | None = None
+        self.tcp_attempts = 0
+        self.tcp_tries = 0                         # in this outage (to log it once)
+        self.next_tcp = 0.0
+        self.udp_silent_since: float | None = None
+        self.next_udp_probe = 0.0
         self.errors = 0
         self.remembered = list(remembered or [])
         self.on_peers_changed = on_peers_changed
@@ -104,14 +127,21 @@ class LighthouseClient:
                 del self.connecting[name]
             elif now - since >= RELAY_AFTER:
                 del self.connecting[name]
-                self._relay(peer, now)
+                if peer.relay is not None:  # relayed from the start: say why it stays so
+                    peer.path_reason = self._why_relayed(peer)
+                else:
+                    self._relay(peer, now)
         for name, at in list(self.next_probe.items()):
             peer = self.device.peers.get(name)
             if peer is None or peer.relay is None:
                 del self.next_probe[name]
+                self.probes_done.pop(name, None)
             elif now >= at:
-                self.next_probe[name] = now + DIRECT_RETRY
+                done = self.probes_done[name] = self.probes_done.get(name, 0) + 1
+                self.next_probe[name] = now + (PROBE_DELAYS[done] - PROBE_DELAYS[done - 1]
+                                               if done < len(PROBE_DELAYS) else DIRECT_RETRY)
                 self.device.probe_direct(peer, now)
+        self._tcp_timer(now)
         if self.services is not None and now >= self.next_catalog and self.subnet is not None:
             self.next_catalog = now + CATALOG_EVERY
             self._catalog_pages = []
@@ -126,19 +156,103 @@ class LighthouseClient:
                 self.device.dp.route_unpend(route)
 
     def get_timer(self) -> float:
-        deadlines = ([self.next_register] + ([self.next_catalog] if self.services is not None else [])
-                     + ([self.next_names] if self.on_names is not None else [])
-                     + [t + QUERY_TIMEOUT for t in self.pending.values()]
-                     + [t + ANSWER_WITHIN for t in self.awaiting.values()]
-                     + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
+        deadlines = ([self.next_udp_probe] if self.tcp else [])
+        deadlines += ([max(self.next_tcp, self.udp_silent_since + TCP_AFTER)]
+                      if self.udp_silent_since is not None and not self.tcp and self.open_tcp else [])
+        deadlines += ([self.next_register] + ([self.next_catalog] if self.services is not None else [])
+                      + ([self.next_names] if self.on_names is not None else [])
+                      + [t + QUERY_TIMEOUT for t in self.pending.values()]
+                      + [t + ANSWER_WITHIN for t in self.awaiting.values()]
+                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
 
-    def register(self, now: float) -> None:
+    # ---- the TCP relay: when no UDP gets through, not even to a lighthouse
+    def _tcp_timer(self, now: float) -> None:
+        if self.open_tcp is None or not self.tcp_ports:
+            return
+        if self.tcp:  # on TCP: keep trying UDP; an authenticated answer over UDP moves back
+            for name, shim in list(self.tcp.items()):
+                lh = self.lighthouses[name]
+                if lh.endpoint is not None and lh.endpoint != shim:
+                    self.log.info("udp_back", lighthouse=name, endpoint=f"{lh.endpoint[0]}:{lh.endpoint[1]}",
+                                  action="leaving the TCP relay")
+                    if self.close_tcp is not None:
+                        self.close_tcp(name)
+                elif now >= self.next_udp_probe:
+                    self.next_udp_probe = now + UDP_PROBE
+                    # a register under the session, over UDP: the lease answer comes back the
+                    # same way if UDP works (the data path then moves the lighthouse's endpoint)
+                    self.device.send_message_to(lh, self._register_message(), self.udp_endpoints[name])
+            return
+        if self.registered:
+            self.udp_silent_since = None
+            self.tcp_tries = 0
+            return
+        if self.udp_silent_since is None:
+            self.udp_silent_since = now
+        if self.tcp_opening is None and now - self.udp_silent_since >= TCP_AFTER and now >= self.next_tcp:
+            names = [n for n in self.lighthouses if n in self.tcp_ports]
+            name = names[self.tcp_attempts % len(names)]
+            self.tcp_attempts += 1
+            server = (self.udp_endpoints[name][0][0], self.tcp_ports[name])
+            self.tcp_opening = name
+            self.next_tcp = now + TCP_RETRY
+            self.tcp_tries += 1
+            (self.log.warning if self.tcp_tries == 1 else self.log.debug)(  # once per outage
+                "udp_blocked", reason=f"no lighthouse answered over UDP in {TCP_AFTER:.0f} s",
+                action=f"connecting to the TCP relay {server[0]}:{server[1]} of {name}")
+            self.open_tcp(name, server)
+
+    def tcp_up(self, name: str, shim: tuple[str, int], label: str, now: float) -> None:
+        """The driver connected the TCP relay of lighthouse `name`; `shim` is the
+        loopback address its datagrams come from and go to."""
+        self.tcp_opening = None
+        self.tcp[name] = shim
+        lh = self.lighthouses[name]
+        self.device.tcp_labels[shim] = label  # (a candidate endpoint of the lighthouse, below)
+        self.device.set_endpoints(lh, self.udp_endpoints[name] + [shim])
+        self.device.move_endpoint(lh, shim)
+        self.device.handshake_now(lh, now)  # a session over TCP: the lighthouse never heard us over UDP
+        self.awaiting.pop(name, None)
+        self.next_register = now
+        self.next_udp_probe = now + UDP_PROBE
+
+    def tcp_closed(self, name: str, why: str, now: float) -> None:
+        """The TCP relay of `name` closed (or could not connect). Peers relayed over it
+        go to the UDP relay if UDP is back, else wait for the next TCP relay."""
+        if self.tcp_opening == name:
+            self.tcp_opening = None
+        shim = self.tcp.pop(name, None)
+        self.next_tcp = now + TCP_RETRY
+        self.udp_silent_since = now if not self.registered else None
+        if shim is None:
+            return
+        lh = self.lighthouses[name]
+        self.device.tcp_labels.pop(shim, None)
+        self.device.set_endpoints(lh, self.udp_endpoints[name])
+        if lh.endpoint == shim:  # not moved by an answer over UDP: back to the configured address
+            self.device.move_endpoint(lh, self.udp_endpoints[name][0])
+            self.registered.pop(name, None)
+            self.udp_silent_since = now if not self.registered else None
+        for peer in list(self.device.peers.values()):
+            if peer.relay is not None and peer.relay[0] == shim:
+                if lh.endpoint != shim and name in self.registered:
+                    self.device.use_relay(peer, lh.endpoint, peer.relay[1], "UDP works again; direct being tried")
+                    self.next_probe[peer.name] = now  # and try the direct path at once
+                    self.probes_done[peer.name] = 0
+                else:
+                    self.device.use_relay(peer, self.udp_endpoints[name][0], peer.relay[1],
+                                          f"TCP relay closed ({why})")
+
+    def _register_message(self) -> bytes:
         published = list(self.services.local.values()) if self.services is not None else []
         # the lighthouse hands out our observed address first, then at most MAX_LOCAL of these
         mine = endpoints_policy.usable(self.local_endpoints())[0][:wire.MAX_LOCAL]
-        msg = wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
-                          blocklist=self._held())
+        return wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
+                           blocklist=self._held())
+
+    def register(self, now: float) -> None:
+        msg = self._register_message()
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
@@ -278,23 +392,42 @@ class LighthouseClient:
             self.services.set_remote(self._catalog_pages)
             self._catalog_pages = []
 
-    def _relay(self, peer: Peer, now: float, reason: str = "") -> None:
-        relays = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint]
+    def relays(self) -> list[Peer]:
+        """Lighthouses we may relay through now: registered (their lease answered and
+        no register is overdue), offering it, not turned off in our config; the one
+        that answered last first."""
+        ok = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint
+              and self.offers_relay.get(name, True) and name not in self.no_relay]
+        return sorted(ok, key=lambda lh: -self.registered[lh.name])
+
+    @staticmethod
+    def _why_relayed(peer: Peer) -> str:
+        tried = len(peer.endpoints)
+        return (f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
+                f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
+
+    def _relay(self, peer: Peer, now: float, reason: str = "") -> bool:
+        relays = self.relays()
         if not relays or peer.subnet is None:
             self.log.warning("no_path", peer=peer.name, reason="no direct answer and no registered relay")
-            return
-        relay = relays[0]
+            return False
         block = (int(peer.subnet.network_address) - int(self.network.network_address)) >> 8
-        tried = len(peer.endpoints)
-        self.device.use_relay(peer, relay.endpoint, block, reason or
-                              f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
-                              f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
-        self.device.rehandshake(peer, now)
-        self.next_probe[peer.name] = now + DIRECT_RETRY
+        self.device.use_relay(peer, relays[0].endpoint, block, reason or self._why_relayed(peer))
+        # at once, also when an initiation is out: waiting for its retry (backed off to
+        # 4 s) made a first reply take 7 s in 4 of 13 runs behind port-randomizing NATs
+        self.device.handshake_now(peer, now)
+        self._schedule_probes(peer, now)
+        return True
+
+    def _schedule_probes(self, peer: Peer, now: float) -> None:
+        if peer.name not in self.next_probe:
+            self.next_probe[peer.name] = now + PROBE_DELAYS[0]
+            self.probes_done[peer.name] = 0
 
     def _lease(self, lh: Peer, msg: dict, now: float) -> None:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         self.registered[lh.name] = now
+        self.offers_relay[lh.name] = msg["relay"]
         self.awaiting.pop(lh.name, None)
         self.observed = msg["observed"]
         if subnet != self.subnet:
@@ -332,6 +465,18 @@ class LighthouseClient:
         peer.extra["local"] = local
         if peer.session.current is None and peer.relay is None:
             self.connecting.setdefault(peer.name, now)
+            # relay first: the first packets go through the relay while the initiation
+            # below also goes to the direct candidates (Device._send_to)
+            n = len(endpoints)
+            if self.relays() and peer.subnet is not None:
+                self._relay(peer, now, f"relay first, while {n} direct endpoint{'s are' if n != 1 else ' is'} tried")
+                self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name,
+                              subnet=str(subnet), endpoints=",".join(f"{h}:{p}" for h, p in endpoints),
+                              path="relay first")
+                self.pending.pop((int(subnet.network_address) >> 8) & 0xFFFF, None)
+                return
+        elif peer.relay is not None:  # e.g. it reached us through the relay: look for a direct path
+            self._schedule_probes(peer, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),

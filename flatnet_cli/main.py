@@ -413,6 +413,9 @@ def cmd_lighthouse_status(a: argparse.Namespace) -> int:
           f"nodes      {len(st['nodes'])} online, {len(st['leases'])} leases\n"
           f"queries    {st['queries']}  relayed {st['relayed']}  rejected {st['rejected']}\n"
           f"drops      {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+    tcp = st.get("tcp_relay")  # the TCP relay for hosts without UDP (docs/lighthouse.md)
+    print(f"tcp relay  {tcp['listen']}: {tcp['connections']} connections, refused "
+          f"{', '.join(f'{k}={v}' for k, v in tcp['refused'].items()) or 'none'}" if tcp else "tcp relay  off")
     rows = [[name, n["subnet"], ", ".join(n["endpoints"]) or "-", f"{n['last_seen']:.0f}s ago"]
             for name, n in sorted(st["nodes"].items())]
     if rows:

@@ -100,9 +100,11 @@ class Node:
 
 class Registry:
     def __init__(self, leases: LeaseStore, ttl: float = 60.0,
-                 revocations: revocation.Revocations | None = None) -> None:
+                 revocations: revocation.Revocations | None = None, relay: bool = True) -> None:
         """revocations: the network's blocklist; a node that registers holding an older
-        one gets the current one, and revoked nodes are dropped (drop_revoked)."""
+        one gets the current one, and revoked nodes are dropped (drop_revoked).
+        relay: this lighthouse forwards type-5 packets (said in every lease)."""
+        self.relay_enabled = relay
         self.leases = leases
         self.revocations = revocations
         self.ttl = ttl
@@ -158,7 +160,7 @@ class Registry:
         node.gateway = gateway
         self.by_endpoint[src] = node
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
-                            ttl=int(self.ttl))
+                            ttl=int(self.ttl), relay=self.relay_enabled)
         # the lease first: the node clears its list of refusals on it, then reads these
         held = msg["blocklist"]
         newer = self.revocations is not None and held < self.revocations.serial
@@ -330,6 +332,8 @@ class Registry:
         """A type-5 packet from a registered node: (the packet to send, where). The
         header's id names the target (its lease block) and is rewritten to the
         sender's, so the target knows whom to answer; the rest is forwarded blind."""
+        if not self.relay_enabled:
+            raise RemoteProtocolError("relay_disabled", "[relay] enabled = false")
         if len(packet) <= 8:
             raise RemoteProtocolError("short", "relayed packet")
         sender = self.by_endpoint.get(src)

@@ -7,7 +7,7 @@ authenticated by the Noise session between the node and the lighthouse).
     catalog_query {offset}                              node -> lighthouse
     catalog  {services: [...], next}                    lighthouse -> node (a page of
              every online node's services; next = offset of the next page, or 0)
-    lease    {subnet, network, observed: [ip, port], ttl} lighthouse -> node
+    lease    {subnet, network, observed: [ip, port], ttl, relay?} lighthouse -> node
     query    {addr: "10.87.3.5"} or {name: "host-3"}    node -> lighthouse
     peer     {name, cert, subnet, endpoints, local}      lighthouse -> node
     punch    {name, cert, subnet, endpoints, local}      lighthouse -> target node
@@ -98,6 +98,13 @@ def _int(msg: dict, key: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _bool(msg: dict, key: str, default: bool) -> bool:
+    value = msg.get(key, default)
+    if type(value) is not bool:
+        raise RemoteProtocolError("bad_control", f"{key} must be a boolean")
+    return value
+
+
 MAX_SERVICES = 32
 CATALOG_PAGE = 8
 MAX_NAMES = 512      # names (container names and aliases) of one node
@@ -170,7 +177,8 @@ SCHEMA = {
     "catalog": lambda m: {"services": _services(m.get("services", []), True),
                           "next": _int(m, "next", 0, 0, MAX_OFFSET)},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
-                        "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL)},
+                        "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL),
+                        "relay": _bool(m, "relay", True)},
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),

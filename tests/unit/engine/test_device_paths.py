@@ -18,7 +18,7 @@ import struct
 import pytest
 
 from engine.datapath import CTRL_RAW, CTRL_ROAM, ControlItem
-from engine.device import Device
+from engine.device import DIRECT_HOLD, Device
 from engine.log import Logger
 from engine.proto.constants import TYPE_RELAYED
 from tests.harness.pki import TestCA
@@ -123,7 +123,7 @@ def test_a_fresh_relayed_initiation_from_an_address_that_is_no_relay_is_refused(
 
 
 def test_a_fresh_relayed_initiation_via_the_lighthouse_moves_the_peer_to_the_relay(net):
-    net.to_a(relayed(net.initiation_from_b(), 2), LH_ADDR)
+    net.to_a(relayed(net.initiation_from_b(), 2), LH_ADDR, now=1.0 + DIRECT_HOLD)
     assert net.pb.relay == (LH_ADDR, 2) and net.a.dp.relay[net.pb.slot] == 2
     assert net.pb.session.handshakes == 2
     [(src, resp, addr)] = [w for w in net.wire if w[1][0] == TYPE_RELAYED]
@@ -131,15 +131,28 @@ def test_a_fresh_relayed_initiation_via_the_lighthouse_moves_the_peer_to_the_rel
 
 
 def test_a_node_certified_as_relay_may_relay(net):
-    net.to_a(relayed(net.initiation_from_b(), 2), C_ADDR)
+    net.to_a(relayed(net.initiation_from_b(), 2), C_ADDR, now=1.0 + DIRECT_HOLD)
     assert net.pb.relay == (C_ADDR, 2)
+
+
+def test_a_relayed_copy_does_not_undo_a_direct_path_just_confirmed(net):
+    """Relay first sends each initiation both ways; the copy through the relay may come
+    after the direct one confirmed the direct path (at 1.0 in the fixture): it is
+    answered, on the direct path, and the path stays direct."""
+    net.to_a(relayed(net.initiation_from_b(), 2), LH_ADDR, now=1.0 + DIRECT_HOLD - 0.5)
+    assert net.pb.relay is None and net.pb.endpoint == B_ADDR and net.pb.session.handshakes == 2
+    assert [addr for _, p, addr in net.wire if p[0] == 2] == [B_ADDR]
+    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot, now=1.0 + DIRECT_HOLD - 0.4)  # relayed data
+    assert net.pb.relay is None
+    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot, now=1.0 + DIRECT_HOLD)
+    assert net.pb.relay == (LH_ADDR, 2)
 
 
 def test_a_relayed_data_packet_from_an_address_that_is_no_relay_does_not_move_the_path(net):
     before = net.a_state()
     net.to_a(struct.pack("<I", 2), ATTACKER, CTRL_ROAM, net.pb.slot)
     assert net.a_state() == before and net.a.errors["relay_refused"] == 1
-    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot)
+    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot, now=1.0 + DIRECT_HOLD)
     assert net.pb.relay == (LH_ADDR, 2)
 
 
