@@ -46,3 +46,16 @@ def file_contains(path: str, text: str) -> bool:
             return text in f.read()
     except FileNotFoundError:
         return False
+
+
+def seconds_until(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05) -> float:
+    """How long until predicate() held (for tests that also bound the time); fails like wait_for."""
+    start = time.monotonic()
+    wait_for(predicate, timeout, what, step)
+    return time.monotonic() - start
+
+
+def tcp_established(ns: str | None, port: int) -> bool:
+    """Whether a TCP connection to local `port` is established in namespace `ns`."""
+    argv = (["ip", "netns", "exec", ns] if ns else []) + ["ss", "-Htn", "state", "established", f"sport = :{port}"]
+    return bool(subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip())
