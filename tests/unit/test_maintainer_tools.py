@@ -42,6 +42,7 @@ TYPED = [
     "cni/netns.py",
     "cni/ports.py",
     "cni/store.py",
+    "engine/confparse.py",
     "engine/proto/__init__.py",
     "engine/proto/constants.py",
     "engine/proto/errors.py",
