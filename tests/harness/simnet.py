@@ -33,7 +33,7 @@ from engine.log import Logger
 from engine.proto.revocation import Revocations
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
-from tests.harness.fakedp import FakeDataPath, ipv4
+from tests.harness.fakedp import FakeDataPath
 from tests.harness.pki import TestCA
 
 Addr = tuple[str, int]
@@ -235,6 +235,11 @@ class SimEngine:
         assert self.subnet is not None, f"{self.name} has no lease yet"
         return str(self.subnet.network_address + 1)
 
+    @property
+    def packed_ip(self) -> bytes:
+        assert self.subnet is not None, f"{self.name} has no lease yet"
+        return (int(self.subnet.network_address) + 1).to_bytes(4, "big")
+
     def receive(self, packet: bytes, src: Addr) -> None:
         self.device.on_control(self.dp.receive(packet, src), self.sim.now)
         self._pump()
@@ -267,11 +272,12 @@ class SimEngine:
 
     def send_to(self, other: "SimEngine", body: bytes = b"ping") -> None:
         """An overlay packet from this host's first address to the other's."""
-        self.dp.send_ip(ipv4(self.ip, other.ip, body))
+        self.dp.send_ip(bytes([0x45]) + bytes(11) + self.packed_ip + other.packed_ip + body)  # as fakedp.ipv4()
         self._pump()
 
     def received_from(self, other: "SimEngine") -> list[bytes]:
-        return [p[20:] for _, p in self.dp.delivered if p[12:16] == ipaddress.IPv4Address(other.ip).packed]
+        src = other.packed_ip
+        return [p[20:] for _, p in self.dp.delivered if p[12:16] == src]
 
     def path(self, other: "SimEngine") -> str:
         peer = self.device.peers.get(other.name)
