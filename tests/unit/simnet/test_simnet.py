@@ -99,13 +99,16 @@ def test_fifty_nodes_get_distinct_subnets_and_every_pair_reaches_the_other(make_
     assert all(n.device.peers[o.name].subnet == o.subnet for n in nodes for o in nodes if n is not o)
 
 
-def test_after_a_lighthouse_restart_everyone_registers_again_with_the_same_subnet(make_sim):
+@pytest.mark.parametrize("offset", [0.0, 0.01, 4.3, 8.99, 9.0, 9.995])
+def test_after_a_lighthouse_restart_everyone_registers_again_with_the_same_subnet(make_sim, offset):
+    """At any moment of the register cycle (REGISTER_EVERY = 10 s), also just before,
+    at and just after a register goes out."""
     sim = make_sim()
     nodes = [sim.engine(f"host-{i}", nat=("cone", "random")[i % 2]) for i in range(6)]
     sim.run_until(lambda: sim.registered(*nodes), 3, "all hold a lease")
     before = {n.name: n.subnet for n in nodes}
     lh = sim.lighthouses[0]
-    sim.run(4.3)  # somewhere between two registers
+    sim.run(offset)
     lh.restart()  # sessions and the online list are gone; the lease database stays
     assert not lh.registry.nodes
     limit = lc.REGISTER_EVERY + lc.ANSWER_WITHIN + lc.REGISTER_RETRY + 1
@@ -242,3 +245,27 @@ def test_a_node_reached_first_by_a_handshake_learns_its_subnet_despite_a_lost_an
             break
     assert len(lost) == 2
     assert a.device.peers["host-b"].subnet == b.subnet and a.received_from(b)
+
+
+def test_a_node_offline_for_three_ttls_is_forgotten_and_comes_back_with_its_subnet(make_sim):
+    """Minutes of silence (3 x ttl = 180 s) that a namespace test cannot afford: the
+    lighthouse forgets the node (no query finds it), its /24 stays its own."""
+    sim = make_sim()
+    a, b = sim.engine("host-a", nat="cone"), sim.engine("host-b", nat="cone")
+    sim.run_until(lambda: sim.registered(a, b), 3, "both hosts hold a lease")
+    lh = sim.lighthouses[0]
+    subnet = b.subnet
+    sim.router.cut.add(b.addr[0])
+    sim.run(2 * lh.ttl)
+    assert "host-b" in lh.registry.nodes  # 2 x ttl: still online as far as the lighthouse knows
+    sim.run_until(lambda: "host-b" not in lh.registry.nodes, 1.5 * lh.ttl, "the lighthouse forgot host-b")
+    assert sim.now >= 3 * lh.ttl
+    a.send_to(b)  # nobody owns that /24 now: the query is answered "unknown"
+    sim.run(1)
+    assert not b.received_from(a) and "host-b" not in a.device.peers
+    assert "event=lighthouse_error" in a.out.getvalue() and "code=unknown" in a.out.getvalue()
+    sim.router.cut.discard(b.addr[0])
+    sim.run_until(lambda: "host-b" in lh.registry.nodes, lc.REGISTER_EVERY + lc.ANSWER_WITHIN + 2,
+                  "host-b registered again")
+    assert b.subnet == subnet and lh.registry.nodes["host-b"].subnet == subnet
+    ping_until(sim, a, b, lc.QUERY_TIMEOUT + 2, "a and b talk again")
