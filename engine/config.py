@@ -183,7 +183,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('network.cidr')}: prefix must be /8 to /24, got /{network.prefixlen}")
     lighthouses = []
     raw_lh = doc.get("lighthouses", [])
-    if not isinstance(raw_lh, list):
+    if not isinstance(raw_lh, list) or not all(isinstance(lh, dict) for lh in raw_lh):
         raise ConfigError(f"{where('lighthouses')}: use [[lighthouses]] tables")
     for i, lh in enumerate(raw_lh):
         w = f"lighthouses[{i}]"
@@ -226,7 +226,7 @@ def parse(text: str, path: str = "<config>") -> Config:
 
     peers = []
     raw_peers = doc.get("peers", [])
-    if not isinstance(raw_peers, list):
+    if not isinstance(raw_peers, list) or not all(isinstance(p, dict) for p in raw_peers):
         raise ConfigError(f"{where('peers')}: use [[peers]] tables")
     names = set()
     for i, p in enumerate(raw_peers):

@@ -56,6 +56,8 @@ def test_lighthouse_ttl_as_a_string_names_the_key():
 @pytest.mark.parametrize("text, key", [
     ("peers = 5\n", "peers"),
     ("lighthouses = 5\n", "lighthouses"),
+    ("lighthouses = [1]\n", "lighthouses"),
+    ("peers = [\"x\"]\n", "peers"),
     ("[[peers]]\nname = 1\ncert = 2\nendpoints = [3]\nsubnet = 4\n", "peers[0]"),
     ("[[peers]]\nname = \"b\"\ncert = \"b.crt\"\nendpoints = \"1.2.3.4:5\"\nsubnet = \"10.87.2.0/24\"\n",
      "peers[0].endpoints"),
@@ -68,8 +70,9 @@ def test_lighthouse_ttl_as_a_string_names_the_key():
 ])
 def test_engine_arrays_of_tables_with_wrong_types_name_the_key(text, key):
     with pytest.raises(engine_config.ConfigError) as info:
-        engine_config.parse(text + '[network]\nsubnet = "10.87.1.0/24"\n' if "[" not in text else
-                            '[network]\nsubnet = "10.87.1.0/24"\n' + text, PATH)
+        network = '[network]\nsubnet = "10.87.1.0/24"\n'
+        # top-level keys come before the first table; tables after it
+        engine_config.parse(network + text if text.startswith("[") else text + network, PATH)
     assert str(info.value).startswith(f"{PATH}: {key}"), str(info.value)
 
 
