@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.proto import endpoint
+from engine.confparse import type_problem
 
 
 class ConfigError(Exception):
@@ -181,11 +182,14 @@ def parse(text: str, path: str = "<config>") -> Config:
             if required:
                 raise ConfigError(f"{where(table + '.' + key)}: missing")
             return None
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise ConfigError(f"{where(table + '.' + key)}: expected {kind.__name__}, got {value!r}")
+        problem = type_problem(value, kind)
+        if problem:
+            raise ConfigError(f"{where(table + '.' + key)}: {problem}")
         return value
 
     def net(table: str, key: str, value: object) -> ipaddress.IPv4Network:
+        if not isinstance(value, str):  # ipaddress takes an int too: 5 would be 0.0.0.5/32
+            raise ConfigError(f"{where(table + '.' + key)}: {type_problem(value, str)}")
         try:
             return ipaddress.IPv4Network(value)
         except (ValueError, TypeError) as exc:
@@ -196,7 +200,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('network.cidr')}: prefix must be /8 to /24, got /{network.prefixlen}")
     lighthouses = []
     raw_lh = doc.get("lighthouses", [])
-    if not isinstance(raw_lh, list):
+    if not isinstance(raw_lh, list) or not all(isinstance(lh, dict) for lh in raw_lh):
         raise ConfigError(f"{where('lighthouses')}: use [[lighthouses]] tables")
     for i, lh in enumerate(raw_lh):
         w = f"lighthouses[{i}]"
@@ -206,6 +210,8 @@ def parse(text: str, path: str = "<config>") -> Config:
         for key in ("name", "cert", "endpoints"):
             if key not in lh:
                 raise ConfigError(f"{where(w + '.' + key)}: missing")
+            if key != "endpoints" and not isinstance(lh[key], str):
+                raise ConfigError(f"{where(w + '.' + key)}: {type_problem(lh[key], str)}")
         if not isinstance(lh["endpoints"], list) or not lh["endpoints"]:
             raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
         tcp_port = lh.get("tcp_port", 443)
@@ -244,7 +250,7 @@ def parse(text: str, path: str = "<config>") -> Config:
 
     peers = []
     raw_peers = doc.get("peers", [])
-    if not isinstance(raw_peers, list):
+    if not isinstance(raw_peers, list) or not all(isinstance(p, dict) for p in raw_peers):
         raise ConfigError(f"{where('peers')}: use [[peers]] tables")
     names = set()
     for i, p in enumerate(raw_peers):
@@ -255,9 +261,11 @@ def parse(text: str, path: str = "<config>") -> Config:
         for key in ("name", "cert", "endpoints", "subnet"):
             if key not in p:
                 raise ConfigError(f"{where(w + '.' + key)}: missing")
+            if key in ("name", "cert") and not isinstance(p[key], str):
+                raise ConfigError(f"{where(w + '.' + key)}: {type_problem(p[key], str)}")
         if not isinstance(p["endpoints"], list) or not p["endpoints"]:
             raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
-        psub = net("peers", f"[{i}].subnet", p["subnet"])
+        psub = net(w, "subnet", p["subnet"])
         if not psub.subnet_of(network) or psub.prefixlen > 24:
             raise ConfigError(f"{where(w + '.subnet')}: {psub} must be a /24 (or larger) inside {network}")
         if subnet is not None and psub.overlaps(subnet):
@@ -273,6 +281,8 @@ def parse(text: str, path: str = "<config>") -> Config:
     if fw_default not in ("allow", "deny"):
         raise ConfigError(f"{where('firewall.default')}: {fw_default!r}; expected \"allow\" or \"deny\"")
     rules = []
+    if not isinstance(fw.get("inbound", []), list):
+        raise ConfigError(f"{where('firewall.inbound')}: use [[firewall.inbound]] tables")
     for i, r in enumerate(fw.get("inbound", [])):
         w = f"firewall.inbound[{i}]"
         if not isinstance(r, dict) or set(r) - {"proto", "port", "groups", "cidr"}:
@@ -291,8 +301,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         groups = r.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
             raise ConfigError(f"{where(w + '.groups')}: a list of group names")
-        rules.append(FirewallRule(proto, lo, hi, tuple(groups), net("firewall", f"inbound[{i}].cidr",
-                                                                    r.get("cidr", "0.0.0.0/0"))))
+        rules.append(FirewallRule(proto, lo, hi, tuple(groups), net(w, "cidr", r.get("cidr", "0.0.0.0/0"))))
     if len({g for r in rules for g in r.groups}) > 64:
         raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
 

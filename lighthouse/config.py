@@ -5,6 +5,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from engine.confparse import type_problem
 from engine.config import ConfigError, _endpoint, listen_host, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
@@ -43,10 +44,11 @@ class LighthouseConfig:
 def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     doc = read_toml(text, path, _KNOWN)
 
-    def get(table: str, key: str, kind: type, default: object) -> object:
+    def get(table: str, key: str, kind: type | tuple[type, ...], default: object) -> object:
         value = doc.get(table, {}).get(key, default)
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise ConfigError(f"{path}: {table}.{key}: expected {kind.__name__}, got {value!r}")
+        problem = type_problem(value, kind)
+        if problem:
+            raise ConfigError(f"{path}: {table}.{key}: {problem}")
         return value
 
     try:

@@ -3,7 +3,7 @@ asking for it is authenticated and fresh, and a relay is taken only from a confi
 lighthouse or a node certified with the group "relay".
 
 Two Devices (a = the victim, b = its peer) over a fake wire, with a data path that
-records what the control plane pushes into it. The attacks:
+records what the control plane pushes into it (tests/harness/fakedp.py). The attacks:
 - an old initiation of b, wrapped in a type-5 header, sent from the attacker's own
   address, or bounced through the lighthouse (any registered node can make the
   lighthouse forward a type-5 packet to anyone);
@@ -21,29 +21,11 @@ from engine.datapath import CTRL_RAW, CTRL_ROAM, ControlItem
 from engine.device import DIRECT_HOLD, Device
 from engine.log import Logger
 from engine.proto.constants import TYPE_RELAYED
+from tests.harness.fakedp import FakeDataPath
 from tests.harness.pki import TestCA
 
 A_ADDR, B_ADDR, LH_ADDR, C_ADDR = ("192.0.2.1", 4787), ("192.0.2.2", 4787), ("192.0.2.254", 4787), ("192.0.2.3", 4787)
 ATTACKER = ("198.51.100.66", 6666)
-
-
-class FakeDataPath:
-    """Remembers the endpoint and relay each slot was given; seals keepalives."""
-
-    def __init__(self):
-        self.endpoint, self.relay, self.calls = {}, {}, []
-
-    def __getattr__(self, name):
-        return lambda *args: self.calls.append(name)
-
-    def set_endpoint(self, slot, addr):
-        self.endpoint[slot] = addr
-
-    def set_relay(self, slot, relay_id):
-        self.relay[slot] = relay_id
-
-    def seal_control(self, slot, payload):
-        return b"keepalive" if payload == b"" else None
 
 
 class Net:
