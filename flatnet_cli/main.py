@@ -226,6 +226,30 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lighthouse_status(a: argparse.Namespace) -> int:
+    """The lighthouse's own view: its store (members, health), leases and nodes online."""
+    st = _api(a.socket, "/status")
+    if a.json:
+        print(json.dumps({k: st.get(k) for k in ("node", "network", "uptime", "store", "queries", "relayed")}
+                         | {"nodes_online": len(st.get("nodes", {})), "leases": len(st.get("leases", {}))}, indent=1))
+        return 0
+    store = st.get("store") or {"backend": "sqlite", "healthy": True}
+    print(f"lighthouse {st['node']}  network {st['network']}  uptime {st['uptime']} s\n"
+          f"store      {store['backend']}: {'healthy' if store.get('healthy') else 'UNHEALTHY (no quorum)'}\n"
+          f"leases     {len(st.get('leases', {}))} held  nodes online here {len(st.get('nodes', {}))}"
+          + (f", in the store {store['nodes']}" if "nodes" in store else ""))
+    if store.get("lighthouses"):
+        print(f"lighthouses up  {', '.join(store['lighthouses'])}")
+    for m in store.get("members", []):
+        state = ("leader" if m.get("leader") else "member" if m.get("has_leader") else "NO LEADER") if m["up"] \
+            else f"DOWN ({m.get('error', '')[:80]})"
+        print(f"  etcd {m['endpoint']:<22} {state}" + (f"  v{m['version']}  db {_bytes(m['db_size'])}"
+                                                      if m["up"] else ""))
+    if store.get("last_error"):
+        print(f"last store error: {store['last_error'][:200]}")
+    return 0 if store.get("healthy") else 1
+
+
 def cmd_peers(a: argparse.Namespace) -> int:
     rows = _api(a.socket, "/peers")
     if a.json:
@@ -416,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--json", action="store_true")
         sp.add_argument("--socket", default=DEFAULT_SOCKET)
         sp.set_defaults(fn=fn)
+    lh = sub.add_parser("lighthouse", help="a lighthouse on this host").add_subparsers(dest="sub", required=True)
+    lhs = lh.add_parser("status", help="store members and health, leases, nodes online")
+    lhs.add_argument("--json", action="store_true")
+    lhs.add_argument("--socket", default="/run/flatnet-lighthouse/lighthouse.sock")
+    lhs.set_defaults(fn=cmd_lighthouse_status)
     svc = sub.add_parser("service", help="publish container services to the gateways").add_subparsers(
         dest="sub", required=True)
     pub = svc.add_parser("publish")

@@ -9,12 +9,18 @@ from __future__ import annotations
 import ipaddress
 import sqlite3
 
+from lighthouse.store import Store
+
 
 class LeaseExhausted(Exception):
     pass
 
 
-class LeaseStore:
+class LeaseStore(Store):
+    """The "sqlite" store: leases on disk; the node registry stays in memory (Store)."""
+
+    backend = "sqlite"
+
     def __init__(self, path: str, network: ipaddress.IPv4Network) -> None:
         if network.prefixlen > 24:
             raise ValueError(f"network {network} is smaller than a /24")
@@ -38,9 +44,6 @@ class LeaseStore:
 
     def _load_used(self) -> set[int]:
         return {b for (b,) in self.db.execute("SELECT block FROM leases")}
-
-    def subnet(self, block: int) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network((int(self.network.network_address) + (block << 8), 24))
 
     def _free_block(self) -> int | None:
         for block in range(self._hint, self.blocks):
@@ -70,16 +73,6 @@ class LeaseStore:
             self._hint = block + 1
             return self.subnet(block)
         raise sqlite3.OperationalError("lease table kept changing under us; try again")
-
-    def by_address(self, addr: ipaddress.IPv4Address) -> str | None:
-        if addr not in self.network:
-            return None
-        block = (int(addr) - int(self.network.network_address)) >> 8
-        row = self.db.execute("SELECT name FROM leases WHERE block=?", (block,)).fetchone()
-        return row[0] if row else None
-
-    def block_of(self, subnet: ipaddress.IPv4Network) -> int:
-        return (int(subnet.network_address) - int(self.network.network_address)) >> 8
 
     def name_of_block(self, block: int) -> str | None:
         row = self.db.execute("SELECT name FROM leases WHERE block=?", (block,)).fetchone()

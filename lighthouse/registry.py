@@ -27,7 +27,8 @@ from engine.proto import cert as certs, names, revocation
 from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from lighthouse import wire
-from lighthouse.leases import LeaseExhausted, LeaseStore
+from lighthouse.leases import LeaseExhausted
+from lighthouse.store import NodeRecord, Store
 
 Endpoint = tuple[str, int]
 Claim = tuple[str, ...]    # ("name", name) or ("host", host, prefix)
@@ -87,11 +88,14 @@ class Node:
 
 
 class Registry:
-    def __init__(self, leases: LeaseStore, ttl: float = 60.0,
-                 revocations: revocation.Revocations | None = None) -> None:
-        """revocations: the network's blocklist; a node that registers holding an older
+    def __init__(self, leases: Store, ttl: float = 60.0,
+                 revocations: revocation.Revocations | None = None, me: str = "") -> None:
+        """leases: the store (lighthouse.store: leases, and with etcd the nodes registered
+        through other lighthouses); me: this lighthouse's name, in what it publishes.
+        revocations: the network's blocklist; a node that registers holding an older
         one gets the current one, and revoked nodes are dropped (drop_revoked)."""
         self.leases = leases
+        self.me = me
         self.revocations = revocations
         self.ttl = ttl
         self.nodes: dict[str, Node] = {}
@@ -136,6 +140,7 @@ class Registry:
             gateway = None
         node.gateway = gateway
         self.by_endpoint[src] = node
+        self.leases.publish(self._record(node))
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                             ttl=int(self.ttl))
         # the lease first: the node clears its list of refusals on it, then reads these
@@ -183,7 +188,19 @@ class Registry:
             if other is not None and now - other.last_seen <= 3 * self.ttl:
                 return (f"{_describe(claim)} is already published by node {holder}; the first node keeps it "
                         "while it is online")
+            holder = self._remote_claims().get(claim)
+            if holder is not None and holder != name and holder not in self.nodes:
+                return (f"{_describe(claim)} is already published by node {holder} (through another lighthouse); "
+                        "the first node keeps it while it is online")
         return None
+
+    def _remote_claims(self) -> dict[Claim, str]:
+        """Claims of the nodes online through other lighthouses only (etcd store)."""
+        return {claim: r.name for r in self.leases.remote_nodes() for s in r.services for claim in _claims(s)}
+
+    def _record(self, node: Node) -> NodeRecord:
+        return NodeRecord(node.name, node.cert, str(node.subnet), node.endpoints(), node.local, self.me,
+                          node.services, node.gateway)
 
     def _release(self, name: str) -> None:
         for claim in self.claimed_by.pop(name, ()):
@@ -210,6 +227,7 @@ class Registry:
 
     def _forget(self, name: str) -> None:
         node = self.nodes.pop(name)
+        self.leases.withdraw(name)
         self._release(name)
         self.query_limits.pop(name, None)
         self.punch_limits.pop(name, None)
@@ -230,9 +248,16 @@ class Registry:
         else:
             target_name = msg["name"]
         target = self.nodes.get(target_name) if target_name else None
-        if target is None or now - target.last_seen > 3 * self.ttl or target_name == asker:
+        if target is not None and now - target.last_seen > 3 * self.ttl:
+            target = None
+        remote = self.leases.remote(target_name) if target is None and target_name else None
+        if (target is None and remote is None) or target_name == asker:
             what = msg.get("addr") or msg.get("name")
             return [(asker, wire.encode("error", code="unknown", msg=f"no node online for {what}"))]
+        if target is None:  # registered through another lighthouse: that one punches it
+            self.leases.request_punch(remote.lighthouse, remote.name, self._record(me))
+            return [(asker, wire.peer_message("peer", remote.name, remote.cert, remote.subnet, remote.endpoints,
+                                              remote.local))]
         out = [(asker, wire.peer_message("peer", target.name, target.cert, str(target.subnet), target.endpoints(),
                                          target.local))]
         if self.punch_limits.setdefault(target.name, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
@@ -242,11 +267,26 @@ class Registry:
             self.limited["punches"] += 1
         return out
 
+    def punch(self, target: str, asker: NodeRecord, now: float) -> list[tuple[str, bytes]]:
+        """Another lighthouse answered `asker`'s query for `target`, a node registered
+        here: punch it (the same per-target limit as for local queries)."""
+        node = self.nodes.get(target)
+        if node is None or now - node.last_seen > 3 * self.ttl or asker.name == target:
+            return []
+        if not self.punch_limits.setdefault(target, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
+            self.limited["punches"] += 1
+            return []
+        return [(target, wire.peer_message("punch", asker.name, asker.cert, asker.subnet, asker.endpoints,
+                                           asker.local))]
+
     def _catalog(self, asker: str, offset: int, now: float) -> list[tuple[str, bytes]]:
-        """A page of every online node's services (a node may publish only addresses of
-        its own subnet: that was checked at register)."""
-        entries = [dict(s, node=n.name, gateway=n.gateway) for n in sorted(self.nodes.values(), key=lambda n: n.name)
-                   if now - n.last_seen <= 3 * self.ttl for s in n.services]
+        """A page of every online node's services, also those registered through other
+        lighthouses (a node may publish only addresses of its own subnet: that was
+        checked at register, by the lighthouse it registered with)."""
+        online = [n for n in self.nodes.values() if now - n.last_seen <= 3 * self.ttl]
+        online += [r for r in self.leases.remote_nodes() if r.name not in self.nodes]
+        entries = [dict(s, node=n.name, gateway=n.gateway) for n in sorted(online, key=lambda n: n.name)
+                   for s in n.services]
         return [(asker, wire.catalog_message(entries, max(0, offset)))]
 
     def relay(self, packet: bytes, src: Endpoint, now: float) -> tuple[bytes, Endpoint]:

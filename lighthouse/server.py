@@ -20,8 +20,8 @@ from engine.log import Logger
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Revocations
 from lighthouse.config import LighthouseConfig
-from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
+from lighthouse.store import NodeRecord, open_store
 
 TICK = 1.0
 
@@ -42,8 +42,10 @@ class Lighthouse:
         me = dataclasses.replace(me, revocations=self.revocations)
         self.blocklist_file = pki.BlocklistFile(c.blocklist)
         os.makedirs(c.state_dir, exist_ok=True)
-        self.leases = LeaseStore(c.database, c.network)
-        self.registry = Registry(self.leases, c.ttl, self.revocations)
+        # etcd: blocks until a member answers (a lighthouse without its store serves nobody)
+        self.leases = open_store(c, me.cert.name)
+        self.leases.on_punch = lambda target, asker: self.loop.call_soon_threadsafe(self._punch, target, asker)
+        self.registry = Registry(self.leases, c.ttl, self.revocations, me=me.cert.name)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420)
         self.dp.set_relay_mode(True)
@@ -56,7 +58,7 @@ class Lighthouse:
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
         self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
-                      listen=f"{c.listen_host}:{c.listen_port}", leases=len(self.leases.all()))
+                      listen=f"{c.listen_host}:{c.listen_port}", store=c.store_backend, leases=len(self.leases.all()))
         self._tick()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
@@ -90,6 +92,13 @@ class Lighthouse:
             dest = self.device.peers.get(target)
             if dest is None or not self.device.send_message(dest, msg):
                 self.log.debug("reply_undeliverable", peer=target)
+
+    def _punch(self, target: str, asker: NodeRecord) -> None:
+        """Another lighthouse asks us (through the store) to punch a node registered here."""
+        for name, msg in self.registry.punch(target, asker, time.time()):
+            dest = self.device.peers.get(name)
+            if dest is None or not self.device.send_message(dest, msg):
+                self.log.debug("reply_undeliverable", peer=name)
 
     def _on_relay(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         try:
@@ -137,7 +146,7 @@ class Lighthouse:
                 "blocklist": {"serial": bl.serial, "names": sorted(bl.names), "fingerprints": sorted(bl.fingerprints)}
                 if (bl := self.revocations.current) else None, "revoked_peers": dict(self.device.revoked),
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
-                "limited": dict(self.registry.limited),
+                "limited": dict(self.registry.limited), "store": self.leases.health(),
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
 
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
