@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from engine.config import ConfigError, _endpoint, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
-          "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl"},
+          "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl", "sessions"},
           "metrics": {"listen"}, "store": {"backend", "endpoints", "prefix"}}
 
 
@@ -28,6 +28,7 @@ class LighthouseConfig:
     ttl: float = 60.0
     metrics_listen: tuple[str, int] | None = None
     blocklist: str = ""  # the CA-signed blocklist to enforce and hand out (default: beside the CA)
+    sessions: int = 4096                   # Noise sessions the data path holds (one per node online)
     store_backend: str = "sqlite"          # or "etcd" (lighthouse.store)
     store_endpoints: tuple[str, ...] = ()  # etcd members, "host:port" (the client URL's)
     store_prefix: str = "/flatnet/"
@@ -69,6 +70,11 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     if not 5 <= ttl <= 3600:
         raise ConfigError(f"{path}: registry.ttl: {ttl} is outside 5..3600 seconds")
     ca = get("pki", "ca", str, "/etc/flatnet/pki/ca.crt")
+    # default: room for every /24 of the network twice (restarted nodes hold a second
+    # session until the first expires), at least an engine's 4096
+    sessions = get("registry", "sessions", int, min(262_144, max(4096, 2 << (24 - network.prefixlen))))
+    if not 16 <= sessions <= 262_144:
+        raise ConfigError(f"{path}: registry.sessions: {sessions} is outside 16..262144")
     backend = get("store", "backend", str, "sqlite")
     if backend not in ("sqlite", "etcd"):
         raise ConfigError(f"{path}: store.backend: {backend!r}; expected sqlite or etcd")
@@ -84,7 +90,7 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     if not prefix.startswith("/") or len(prefix) > 64:
         raise ConfigError(f"{path}: store.prefix: {prefix!r}; expected a key prefix starting with /, at most 64")
     return LighthouseConfig(
-        store_backend=backend, store_endpoints=tuple(members), store_prefix=prefix,
+        sessions=sessions, store_backend=backend, store_endpoints=tuple(members), store_prefix=prefix,
         path=path, ca=ca, blocklist=get("pki", "blocklist", str, os.path.join(os.path.dirname(ca), "blocklist.bin")),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/lighthouse.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/lighthouse.key"), network=network,

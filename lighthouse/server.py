@@ -47,7 +47,7 @@ class Lighthouse:
         self.leases.on_punch = lambda target, asker: self.loop.call_soon_threadsafe(self._punch, target, asker)
         self.registry = Registry(self.leases, c.ttl, self.revocations, me=me.cert.name)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
-        self.dp = DataPath(c.network, 1420)
+        self.dp = DataPath(c.network, 1420, max_peers=c.sessions)
         self.dp.set_relay_mode(True)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
@@ -134,6 +134,8 @@ class Lighthouse:
         self.device.handle_timer(now)
         for name in self.registry.expire(time.time()):
             self.log.info("node_offline", peer=name)
+            if name in self.device.peers:  # its session slot is free for another node
+                self.device.remove_peer(name)
         self.loop.call_later(TICK, self._tick)
 
     def status(self) -> dict:

@@ -69,15 +69,19 @@ class Swarm:
     """`n` nodes over `sockets` UDP sockets bound to `bind`."""
 
     def __init__(self, ca_key: SigningKey, ca: certs.Certificate, lighthouses: list[Lighthouse], names: list[str],
-                 bind: str = "127.0.0.1", sockets: int = 32) -> None:
+                 bind: str | list[str] = "127.0.0.1", sockets: int = 32) -> None:
+        """bind: an address for all sockets, or one address per socket (the lighthouse
+        limits handshakes per source address: many simulated hosts need many)."""
+        binds = [bind] * sockets if isinstance(bind, str) else list(bind)
+        sockets = len(binds)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, sockets + 256)), hard))
         self.lighthouses = {lh.name: lh for lh in lighthouses}
         self.socks = []
-        for _ in range(sockets):
+        for addr in binds:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            s.bind((bind, 0))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.bind((addr, 0))
             s.setblocking(False)
             self.socks.append(s)
         self.sel = selectors.DefaultSelector()
