@@ -172,6 +172,12 @@ class Device:
         peer.session.rehandshake(now)
         self._apply(peer)
 
+    def retry_handshake(self, peer: Peer, now: float) -> None:
+        """Send the handshake in progress again now, without its backoff (a lighthouse
+        that stopped answering: LighthouseClient.lost)."""
+        peer.session.retry_now(now)
+        self._apply(peer)
+
     def remove_peer(self, name: str) -> None:
         peer = self.peers.pop(name)
         del self.by_slot[peer.slot]

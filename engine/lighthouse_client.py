@@ -2,6 +2,10 @@
 
 - registers with every lighthouse (and again every REGISTER_EVERY seconds, which also
   keeps NAT mappings open) and takes its /24 from the first lease that comes back;
+  a register goes out the moment a handshake with a lighthouse finishes (no wait for
+  the next tick), and a lighthouse that has not answered (not yet, or no more) is
+  handshaken with every LOST_RETRY seconds, so one that comes back is registered with
+  within about a second;
 - on packets to an overlay /24 nobody owns yet, asks the lighthouses who owns it;
 - on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
   connect), adds or updates that peer and handshakes to all its candidate endpoints at
@@ -25,6 +29,7 @@ from lighthouse import wire
 
 REGISTER_EVERY = 10.0
 REGISTER_RETRY = 1.0     # until the first lease
+LOST_RETRY = 1.0         # a lighthouse that stopped answering: a handshake this often (no backoff)
 ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
 CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
@@ -55,6 +60,8 @@ class LighthouseClient:
         self.registered: dict[str, float] = {}   # lighthouse -> when its lease answer came
         self.awaiting: dict[str, float] = {}     # lighthouse -> when we sent a register still unanswered
         self.next_register = 0.0
+        self.lost: dict[str, float] = {name: 0.0 for name in self.lighthouses}  # -> next handshake retry
+        self._registered_on: dict[str, float | None] = {}  # lighthouse -> the handshake our last register used
         self.pending: dict[int, float] = {}      # route index -> when we asked
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
@@ -81,9 +88,20 @@ class LighthouseClient:
                 del self.awaiting[name]
                 self.registered.pop(name, None)
                 self.device.rehandshake(self.lighthouses[name], now)
+                self.lost[name] = now + LOST_RETRY
                 self.next_register = min(self.next_register, now + REGISTER_RETRY)
-        if now >= self.next_register:
+        if now >= self.next_register or self._fresh_keys():
             self.register(now)
+        for name, at in list(self.lost.items()):
+            lh = self.lighthouses[name]
+            if now >= at and name not in self.awaiting:
+                self.lost[name] = now + LOST_RETRY
+                if lh.session.pending is not None:  # its own retries back off to 8 s: too slow
+                    self.device.retry_handshake(lh, now)
+                elif lh.session.current is not None:  # keys it no longer has (or gave up on)
+                    self.device.rehandshake(lh, now)
+                else:
+                    self.device.connect(lh, now)
         for name, since in list(self.connecting.items()):
             peer = self.device.peers.get(name)
             if peer is None or (peer.session.current is not None and peer.relay is None):
@@ -108,7 +126,9 @@ class LighthouseClient:
                 self.device.dp.route_unpend(route)
 
     def get_timer(self) -> float:
-        deadlines = ([self.next_register] + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
+        if self._fresh_keys():
+            return 0.0  # a handshake just finished: register now
+        deadlines = ([self.next_register] + list(self.lost.values()) + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
                      + [t + ANSWER_WITHIN for t in self.awaiting.values()]
                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
@@ -120,12 +140,23 @@ class LighthouseClient:
         msg = wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
                           blocklist=self._held())
         for lh in self.lighthouses.values():
+            if lh.name in self.lost and lh.session.current is not None \
+                    and lh.session.last_handshake == self._registered_on.get(lh.name, -1.0):
+                continue  # these keys went unanswered: wait for the new handshake (lost)
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
+                self._registered_on[lh.name] = lh.session.last_handshake
             else:
                 self.device.connect(lh, now)   # no keys yet: the handshake comes first
         everyone = self.subnet is not None and len(self.registered) == len(self.lighthouses)
         self.next_register = now + (REGISTER_EVERY if everyone else REGISTER_RETRY)  # until all have answered
+
+    def _fresh_keys(self) -> bool:
+        """A lighthouse we wait for has keys from a handshake our registers have not
+        used yet (it just came back, or we just started)."""
+        return any(name not in self.awaiting and lh.session.current is not None
+                   and lh.session.last_handshake != self._registered_on.get(name, -1.0)
+                   for name, lh in self.lighthouses.items() if name in self.lost)
 
     # ---- hooks from the device
     def on_unknown_route(self, route: int, now: float) -> None:
@@ -227,6 +258,7 @@ class LighthouseClient:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         self.registered[lh.name] = now
         self.awaiting.pop(lh.name, None)
+        self.lost.pop(lh.name, None)
         self.observed = msg["observed"]
         if subnet != self.subnet:
             if self.subnet is not None:

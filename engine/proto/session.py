@@ -146,6 +146,12 @@ class PeerSession:
         if self.pending is None:
             self._start(now)
 
+    def retry_now(self, now: float) -> None:
+        """The pending handshake's initiation again now, the next retry after the first
+        delay (1 s) instead of the doubled one; the 90 s give-up still counts from its start."""
+        if self.pending is not None:
+            self._send_initiation(now, started=self.pending.started, delay=HANDSHAKE_RETRY_FIRST)
+
     def note_traffic(self, last_tx: float | None, last_rx: float | None) -> None:
         """Times of the last data sent and received, from the data path's counters."""
         if last_tx is not None and (self.last_tx is None or last_tx > self.last_tx):

@@ -17,6 +17,8 @@ NET = ipaddress.IPv4Network("10.87.0.0/16")
 class FakeSession:
     def __init__(self):
         self.current = None
+        self.pending = None
+        self.last_handshake = None
 
 
 class FakeDevice:
@@ -42,6 +44,9 @@ class FakeDevice:
         self.connects.append((peer.name, now))
 
     def rehandshake(self, peer, now):
+        self.connects.append((peer.name, now))
+
+    def retry_handshake(self, peer, now):
         self.connects.append((peer.name, now))
 
     def add_peer(self, cert, subnet, endpoints):
@@ -192,3 +197,40 @@ def test_a_catalog_gateway_nobody_should_be_sent_to_is_dropped():
                       ("192.0.2.254", 4787), 1.0)
     assert [s["gateway"] for s in client.services.remote] == [None, ("10.0.0.7", 80)]
     assert dev.errors["endpoint_refused"] == 1
+
+
+def test_a_register_goes_out_the_moment_the_handshake_finishes():
+    # before: the first register waited for the next 1 s tick after the keys came
+    ca, dev, lh, client, leases = setup()
+    lh.keys = False
+    client.handle_timer(0.0)
+    assert set(dev.connects) == {("lh", 0.0)} and not dev.sent
+    lh.keys, lh.session.current, lh.session.last_handshake = True, object(), 0.05  # the response arrived
+    assert client.get_timer() == 0.0
+    client.handle_timer(0.05)
+    assert [m[1][0] for m in dev.sent] == ["register"]
+    assert client.get_timer() > 0.05  # once per handshake, not a busy loop
+
+
+def test_a_lighthouse_that_stopped_answering_is_handshaken_every_second():
+    # before: one rehandshake, then the session's backoff (1, 2, 4, 8 s): up to 7.6 s
+    # passed between a lighthouse coming back and the engine registering again
+    ca, dev, lh, client, leases = setup()
+    client.handle_timer(0.0)
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 0.1)
+    lh.session.current, lh.session.last_handshake = object(), 0.0
+    client._registered_on["lh"] = 0.0
+    client.handle_timer(REGISTER_EVERY)            # this register is never answered: the lighthouse restarted
+    dev.connects.clear()
+    lh.session.pending = object()
+    t = REGISTER_EVERY
+    while t < REGISTER_EVERY + 12:
+        t += 0.25
+        client.handle_timer(t)
+    times = [at for name, at in dev.connects]
+    assert len(times) >= 8 and max(b - a for a, b in zip(times, times[1:])) <= 1.01
+    # it answers (new keys): the register goes out at once
+    lh.session.last_handshake = t + 0.1
+    client.handle_timer(t + 0.1)
+    assert dev.sent[-1][1][0] == "register" and client.awaiting["lh"] == t + 0.1
