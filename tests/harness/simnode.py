@@ -90,7 +90,8 @@ class Swarm:
         self.nodes = [Node(make_identity(ca_key, ca, n), self.socks[i % sockets]) for i, n in enumerate(names)]
         self.by_index: dict[int, tuple[Node, str]] = {}
         self.rng = random.Random()
-        self.counts = {"handshakes": 0, "messages": 0, "bad": 0}
+        self.counts = {"handshakes": 0, "messages": 0, "bad": 0, "peer": 0, "punch": 0, "error": 0}
+        self.keep_answers = True  # False: only count them (a benchmark of many queries)
 
     def close(self) -> None:
         for s in self.socks:
@@ -152,7 +153,9 @@ class Swarm:
                 elif kind == "error" and msg["code"] in ("exhausted", "unregistered"):
                     node.error = f"{msg['code']}: {msg['msg']}"
                 else:
-                    node.answers.append((kind, msg))
+                    self.counts[kind] = self.counts.get(kind, 0) + 1
+                    if self.keep_answers:
+                        node.answers.append((kind, msg))
         except Exception:  # noqa: BLE001 - a benchmark counts what it could not read
             self.counts["bad"] += 1
 
