@@ -24,8 +24,8 @@ TIMEOUT = 2.0          # per request: a member that does not answer by then is s
 MAX_TXN_OPS = 128      # etcd's default --max-txn-ops
 
 
-class EtcdError(Exception):
-    pass
+class EtcdError(OSError):
+    """No member answered, or one refused the request (the message says which)."""
 
 
 def b64(data: str | bytes) -> str:

@@ -28,7 +28,7 @@ from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from lighthouse import wire
 from lighthouse.leases import LeaseExhausted
-from lighthouse.store import NodeRecord, Store
+from lighthouse.store import NodeRecord, Store, StoreUnavailable
 
 Endpoint = tuple[str, int]
 Claim = tuple[str, ...]    # ("name", name) or ("host", host, prefix)
@@ -124,6 +124,9 @@ class Registry:
             subnet = self.leases.lease_for(name, now)
         except LeaseExhausted as exc:
             return [(name, wire.encode("error", code="exhausted", msg=str(exc)))]
+        except StoreUnavailable as exc:  # etcd without quorum: the node asks again (REGISTER_RETRY)
+            self.limited["store_unavailable"] = self.limited.get("store_unavailable", 0) + 1
+            return [(name, wire.encode("error", code="unavailable", msg=str(exc)[:400]))]
         node = self.nodes.get(name)
         if node is None or node.cert != cert:
             node = self.nodes[name] = Node(name, cert, subnet, src)

@@ -29,6 +29,11 @@ from typing import Callable
 Endpoint = tuple[str, int]
 
 
+class StoreUnavailable(OSError):
+    """The store cannot take a write now (etcd without quorum): the node is told
+    `error {code: "unavailable"}` and registers again by itself."""
+
+
 @dataclass(frozen=True)
 class NodeRecord:
     """A node's registration as other lighthouses see it."""

@@ -33,7 +33,7 @@ import time
 
 from lighthouse import etcd
 from lighthouse.leases import LeaseExhausted
-from lighthouse.store import NodeRecord, Store
+from lighthouse.store import NodeRecord, Store, StoreUnavailable
 
 PUNCH_TTL = 10           # seconds a punch request may wait for its lighthouse
 WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader
@@ -257,6 +257,13 @@ class EtcdStore(Store):
         block = self.names.get(name)
         if block is not None:
             return self.subnet(block)
+        try:
+            return self._allocate(name)
+        except etcd.EtcdError as exc:
+            self.last_error = str(exc)
+            raise StoreUnavailable(f"no new lease now: {exc}") from None
+
+    def _allocate(self, name: str) -> ipaddress.IPv4Network:
         name_key = f"{self.p}lease/name/{name}"
         for _ in range(32):
             block = self._free_block()
@@ -284,7 +291,7 @@ class EtcdStore(Store):
             other = responses[1]["response_range"].get("kvs", [])
             self.owners[block] = etcd.unb64(other[0]["value"]).decode() if other else "?"
             self._hint = block + 1
-        raise etcd.EtcdError("lease blocks kept being taken under us; try again")
+        raise StoreUnavailable("lease blocks kept being taken under us; try again")
 
     def publish(self, record: NodeRecord) -> None:
         body = _record_json(record, 0.0)

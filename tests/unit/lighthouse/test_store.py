@@ -177,3 +177,23 @@ def test_a_query_through_another_lighthouse_answers_and_punches_through_the_firs
     kind, body = wire.decode(msg)
     assert target == "host-a" and kind == "punch" and body["name"] == "host-b"
     assert list(body["endpoints"][0]) == ["198.51.100.2", 4000]
+
+
+def test_a_store_that_cannot_write_answers_unavailable(tmp_path):
+    from lighthouse.store import StoreUnavailable
+
+    class NoQuorum(LeaseStore):
+        def lease_for(self, name, now):
+            raise StoreUnavailable("no new lease now: etcd /v3/kv/txn: no member answered")
+
+    reg = Registry(NoQuorum(str(tmp_path / "l.db"), NET))
+    out = reg.handle("host-a", b"c", wire.encode("register", endpoints=[]), ("192.0.2.1", 4787), 0.0)
+    kind, msg = wire.decode(out[0][1])
+    assert (kind, msg["code"]) == ("error", "unavailable") and "no member answered" in msg["msg"]
+    assert reg.limited["store_unavailable"] == 1 and "host-a" not in reg.nodes
+
+
+def test_no_etcd_member_answering_is_a_clear_start_error():
+    from lighthouse.store_etcd import EtcdStore
+    with pytest.raises(OSError, match=r"no member answered \(127.0.0.1:1: .*; 127.0.0.1:2: "):
+        EtcdStore(["127.0.0.1:1", "127.0.0.1:2"], NET, "lh-1", timeout=0.5)
