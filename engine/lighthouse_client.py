@@ -6,7 +6,9 @@
   the next tick), and a lighthouse that has not answered (not yet, or no more) is
   handshaken with every LOST_RETRY seconds, so one that comes back is registered with
   within about a second;
-- on packets to an overlay /24 nobody owns yet, asks the lighthouses who owns it;
+- on packets to an overlay /24 nobody owns yet, asks a lighthouse who owns it: one
+  at a time, in turn over the lighthouses that answer registers (the load is spread),
+  and the next one when no `peer` answer came within QUERY_FAILOVER seconds;
 - on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
   connect), adds or updates that peer and handshakes to all its candidate endpoints at
   once, so both sides open their NATs at the same moment (simultaneous open);
@@ -32,6 +34,7 @@ REGISTER_RETRY = 1.0     # until the first lease
 LOST_RETRY = 1.0         # a lighthouse that stopped answering: a handshake this often (no backoff)
 ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
+QUERY_FAILOVER = 0.5     # no `peer` answer by then: the same query to the next lighthouse
 CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
 DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often
@@ -63,6 +66,9 @@ class LighthouseClient:
         self.lost: dict[str, float] = {name: 0.0 for name in self.lighthouses}  # -> next handshake retry
         self._registered_on: dict[str, float | None] = {}  # lighthouse -> the handshake our last register used
         self.pending: dict[int, float] = {}      # route index -> when we asked
+        # "name" or "@10.87.3.1" -> (the query, lighthouses asked, when first asked)
+        self.queries: dict[str, tuple[bytes, set[str], float]] = {}
+        self._turn = 0                           # round robin over the lighthouses for queries
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
         self.errors = 0
@@ -120,6 +126,11 @@ class LighthouseClient:
             self.next_catalog = now + CATALOG_EVERY
             self._catalog_pages = []
             self._ask(wire.encode("catalog_query", offset=0), one=True)
+        for target, (msg, asked, at) in list(self.queries.items()):
+            if now - at >= QUERY_TIMEOUT:
+                del self.queries[target]
+            elif now - at >= QUERY_FAILOVER * max(1, len(asked)):  # unanswered: the next lighthouse
+                self._query(target, msg, now)
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
@@ -130,6 +141,7 @@ class LighthouseClient:
             return 0.0  # a handshake just finished: register now
         deadlines = ([self.next_register] + list(self.lost.values()) + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
                      + [t + ANSWER_WITHIN for t in self.awaiting.values()]
+                     + [at + QUERY_FAILOVER * max(1, len(asked)) for _, asked, at in self.queries.values()]
                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
 
@@ -165,11 +177,29 @@ class LighthouseClient:
             self.device.dp.route_unpend(route)
             return
         self.pending[route] = now
-        self._ask(wire.encode("query", addr=str(addr)))
+        self._query(f"@{addr}", wire.encode("query", addr=str(addr)), now)
 
     def on_new_peer(self, peer: Peer, now: float) -> None:
         if peer.name not in self.lighthouses:
-            self._ask(wire.encode("query", name=peer.name))
+            self._query(peer.name, wire.encode("query", name=peer.name), now)
+
+    def _query(self, target: str, msg: bytes, now: float) -> None:
+        """`msg` to one lighthouse not yet asked about `target`: those answering
+        registers first, in turn; then any with keys. All asked: the query waits for
+        its timeout (a packet after that asks again)."""
+        _, asked, since = self.queries.get(target, (msg, set(), now))
+        names = list(self.lighthouses)
+        self._turn = (self._turn + 1) % len(names)
+        turn = names[self._turn:] + names[:self._turn]
+        order = ([n for n in turn if n in self.registered and n not in self.lost]
+                 + [n for n in turn if n not in self.registered or n in self.lost])
+        for name in order:
+            if name not in asked and self.device.send_message(self.lighthouses[name], msg):
+                asked.add(name)
+                self.queries[target] = (msg, asked, since)
+                return
+        if not asked:  # no lighthouse has keys yet: remember it, ask when the timer comes
+            self.queries[target] = (msg, asked, since)
 
     def _ask(self, msg: bytes, one: bool = False) -> None:
         """To every lighthouse with a session (any answer will do: a dead one cannot
@@ -266,7 +296,7 @@ class LighthouseClient:
             self.subnet = subnet
             self.on_lease(subnet)
             for name in self.remembered:  # reconnect to whom we talked to before a restart
-                self._ask(wire.encode("query", name=name))
+                self._query(name, wire.encode("query", name=name), now)
             self.remembered = []
 
     def _peer(self, msg: dict, kind: str, now: float) -> None:
@@ -297,6 +327,9 @@ class LighthouseClient:
             self.connecting.setdefault(peer.name, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
+        self.queries.pop(cert.name, None)  # answered: by name, or by any address of its /24
+        for target in [t for t in self.queries if t[0] == "@" and ipaddress.IPv4Address(t[1:]) in subnet]:
+            del self.queries[target]
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),
                       endpoints=",".join(f"{h}:{p}" for h, p in endpoints))
         self.device.connect(peer, now)
