@@ -104,6 +104,13 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
             raise RuntimeError("swarm failed: " + out.stderr[-2000:])
         r = json.loads(out.stdout.strip().splitlines()[-1])
         r.update(backend=backend, lighthouse_rss_mb=_rss_mb(lh.pid), lighthouse_rss_idle_mb=rss_idle)
+        from engine.io import control
+        _, body = control.get(f"{tmp}/run/lighthouse.sock", "/status")
+        st = json.loads(body)
+        r["lighthouse"] = {"rejected": st["rejected"], "limited": st["limited"], "control_errors": st["control_errors"],
+                           "drops": {k: v for k, v in st["drops"].items() if v}, "queries": st["queries"],
+                           "store": {k: v for k, v in st["store"].items() if k != "members"}}
+        r["lighthouse_log_tail"] = open(f"{tmp}/lh.log").read()[-1500:]
         return r
     finally:
         if lh is not None and lh.poll() is None:
@@ -148,7 +155,9 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
             for n in ready[i:i + 200]:
                 swarm.register(n, "lh1")
             swarm.pump(0.001)
-        swarm.wait(lambda: all(n.lease or n.error for n in ready), max(1.0, deadline - time.monotonic()))
+        while not all(n.lease or n.error for n in ready) and time.monotonic() < deadline:
+            swarm.pump(0.01)
+            swarm.keep_registered("lh1")
         leased = [n for n in ready if n.lease]
         r["registered"] = len(leased)
         r["leases_per_s"] = len(leased) / (time.monotonic() - t0)
@@ -170,6 +179,7 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
                 swarm.send(n, "lh1", wire.encode("query", addr=target.split("/")[0][:-1] + "5"))
                 sent += 1
             idle = 0 if swarm.pump(0.005) else idle + 1
+            swarm.keep_registered("lh1")
             if idle >= 40:  # 200 ms without a datagram: what is outstanding was lost
                 lost, idle = sent - (answered() - base), 0
         answered = answered() - base

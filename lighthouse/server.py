@@ -7,6 +7,7 @@ registry, a timer and the control API.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import os
 import signal
@@ -24,6 +25,7 @@ from lighthouse.registry import Registry
 from lighthouse.store import NodeRecord, open_store
 
 TICK = 1.0
+LEASE_WORKERS = 8  # etcd: first leases allocated at once (each a transaction round trip)
 
 
 class Lighthouse:
@@ -46,6 +48,8 @@ class Lighthouse:
         self.leases = open_store(c, me.cert.name)
         self.leases.on_punch = lambda target, asker: self.loop.call_soon_threadsafe(self._punch, target, asker)
         self.registry = Registry(self.leases, c.ttl, self.revocations, me=me.cert.name)
+        self.lease_pool = concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="lease")
+        self._allocating: set[str] = set()
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420, max_peers=c.sessions)
         self.dp.set_relay_mode(True)
@@ -68,6 +72,7 @@ class Lighthouse:
         for s in self.servers:
             s.close()
         self.sock.close()
+        self.lease_pool.shutdown(wait=True, cancel_futures=True)
         self.leases.close()
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
@@ -79,7 +84,17 @@ class Lighthouse:
     def _on_control(self, items) -> None:  # noqa: ANN001
         self.device.on_control(items, time.monotonic())
 
-    def _on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float) -> None:
+    def _on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float,
+                    allocated: bool = False) -> None:
+        if not allocated and self.leases.lease_needs_io(peer.name):
+            # a first lease waits for etcd: in a worker, then the message is handled as
+            # usual (the lease is in the cache by then; an error is answered then)
+            if peer.name in self._allocating:
+                return  # the node's earlier register is being answered
+            self._allocating.add(peer.name)
+            fut = self.loop.run_in_executor(self.lease_pool, self._allocate, peer.name)
+            fut.add_done_callback(lambda _f: self._allocated(peer, data, addr, now))
+            return
         try:
             replies = self.registry.handle(peer.name, peer.cert.raw, data, addr, time.time())
         except RemoteProtocolError as exc:
@@ -92,6 +107,17 @@ class Lighthouse:
             dest = self.device.peers.get(target)
             if dest is None or not self.device.send_message(dest, msg):
                 self.log.debug("reply_undeliverable", peer=target)
+
+    def _allocate(self, name: str) -> None:
+        try:
+            self.leases.lease_for(name, time.time())
+        except Exception:  # noqa: BLE001 - answered by the registry when it asks again
+            pass
+
+    def _allocated(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float) -> None:
+        self._allocating.discard(peer.name)
+        if self.device.peers.get(peer.name) is peer:  # still the same session
+            self._on_message(peer, data, addr, now, allocated=True)
 
     def _punch(self, target: str, asker: NodeRecord) -> None:
         """Another lighthouse asks us (through the store) to punch a node registered here."""
@@ -129,6 +155,7 @@ class Lighthouse:
                 self.device.send_message(dest, msg)
 
     def _tick(self) -> None:
+        self.loop.call_later(TICK, self._tick)  # first: an error below must not stop the timer
         now = time.monotonic()
         self._poll_blocklist()
         self.device.handle_timer(now)
@@ -136,7 +163,6 @@ class Lighthouse:
             self.log.info("node_offline", peer=name)
             if name in self.device.peers:  # its session slot is free for another node
                 self.device.remove_peer(name)
-        self.loop.call_later(TICK, self._tick)
 
     def status(self) -> dict:
         now = time.time()

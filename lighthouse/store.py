@@ -78,6 +78,11 @@ class Store:
     def all(self) -> dict[str, ipaddress.IPv4Network]:
         raise NotImplementedError
 
+    def lease_needs_io(self, name: str) -> bool:
+        """True when lease_for(name) would wait for the network (the I/O driver then
+        calls it in a worker thread, not in the event loop)."""
+        return False
+
     def publish(self, record: NodeRecord) -> None:
         pass
 

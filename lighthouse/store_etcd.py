@@ -75,6 +75,8 @@ class EtcdStore(Store):
         self.blocks = 1 << (24 - network.prefixlen)
         self.client = etcd.Client(endpoints, timeout)
         self._hint = 1
+        self._unavailable_until = 0.0
+        self._reserved: set[int] = set()  # blocks a transaction of ours is trying now
         # the cache (written by the watch thread; single dict operations, read by the loop)
         self.names: dict[str, int] = {}
         self.owners: dict[int, str] = {}
@@ -245,11 +247,18 @@ class EtcdStore(Store):
         return {name: self.subnet(block) for name, block in list(self.names.items())}
 
     def _free_block(self) -> int | None:
-        owners = self.owners
-        for block in range(self._hint, self.blocks):
-            if block not in owners:
-                return block
-        return next((b for b in range(1, self._hint) if b not in owners), None)
+        """A block no one holds and no other thread of ours is trying (the lease
+        workers allocate at once: without this they all raced for the same block)."""
+        with self._lock:
+            owners, reserved = self.owners, self._reserved
+            block = next((b for b in range(self._hint, self.blocks) if b not in owners and b not in reserved),
+                         None)
+            if block is None:
+                block = next((b for b in range(1, self._hint) if b not in owners and b not in reserved), None)
+            if block is not None:
+                reserved.add(block)
+                self._hint = block + 1
+            return block
 
     def lease_for(self, name: str, now: float) -> ipaddress.IPv4Network:
         """The node's /24: from the cache when it has one, else a compare-and-swap
@@ -257,11 +266,17 @@ class EtcdStore(Store):
         block = self.names.get(name)
         if block is not None:
             return self.subnet(block)
+        if time.monotonic() < self._unavailable_until:  # etcd just failed: do not wait for it again
+            raise StoreUnavailable(f"no new lease now: {self.last_error}")
         try:
             return self._allocate(name)
         except etcd.EtcdError as exc:
             self.last_error = str(exc)
+            self._unavailable_until = time.monotonic() + 1.0
             raise StoreUnavailable(f"no new lease now: {exc}") from None
+
+    def lease_needs_io(self, name: str) -> bool:
+        return name not in self.names
 
     def _allocate(self, name: str) -> ipaddress.IPv4Network:
         name_key = f"{self.p}lease/name/{name}"
@@ -273,14 +288,17 @@ class EtcdStore(Store):
                 if block is None:
                     raise LeaseExhausted(f"network {self.network} has no free /24 left ({self.blocks - 1} leased)")
             block_key = f"{self.p}lease/block/{block:08d}"
-            ok, responses = self.client.txn(
-                [etcd.absent(name_key), etcd.absent(block_key)],
-                [etcd.put_op(name_key, str(block).encode()), etcd.put_op(block_key, name.encode())],
-                [etcd.range_op(name_key), etcd.range_op(block_key)])
+            try:
+                ok, responses = self.client.txn(
+                    [etcd.absent(name_key), etcd.absent(block_key)],
+                    [etcd.put_op(name_key, str(block).encode()), etcd.put_op(block_key, name.encode())],
+                    [etcd.range_op(name_key), etcd.range_op(block_key)])
+            finally:
+                with self._lock:
+                    self._reserved.discard(block)
             if ok:
                 self.allocations += 1
                 self.names[name], self.owners[block] = block, name
-                self._hint = block + 1
                 return self.subnet(block)
             self.cas_conflicts += 1
             held = responses[0]["response_range"].get("kvs", [])
@@ -290,7 +308,6 @@ class EtcdStore(Store):
                 return self.subnet(block)
             other = responses[1]["response_range"].get("kvs", [])
             self.owners[block] = etcd.unb64(other[0]["value"]).decode() if other else "?"
-            self._hint = block + 1
         raise StoreUnavailable("lease blocks kept being taken under us; try again")
 
     def publish(self, record: NodeRecord) -> None:

@@ -47,6 +47,7 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (State.IDLE, Input.KEYS): State.ESTABLISHED,
     (State.HANDSHAKING, Input.KEYS): State.ESTABLISHED,
     (State.HANDSHAKING, Input.GIVE_UP): State.IDLE,
+    (State.IDLE, Input.GIVE_UP): State.IDLE,  # a rehandshake outlived the keys it replaced
     (State.ESTABLISHED, Input.START): State.ESTABLISHED,
     (State.ESTABLISHED, Input.KEYS): State.ESTABLISHED,
     (State.ESTABLISHED, Input.EXPIRE): State.IDLE,

@@ -51,6 +51,7 @@ class Node:
     lease: str | None = None
     error: str | None = None
     answers: list = field(default_factory=list)                  # (kind, msg) received
+    registered_at: float = 0.0                                   # when we last sent a register
 
 
 class Lighthouse:
@@ -116,7 +117,20 @@ class Swarm:
         return True
 
     def register(self, node: Node, lh: str) -> bool:
+        node.registered_at = time.monotonic()
         return self.send(node, lh, wire.encode("register", endpoints=[]))
+
+    def keep_registered(self, lh: str, every: float = 10.0, batch: int = 500) -> None:
+        """Register again like an engine does (every 10 s): a lighthouse that hears
+        nothing for 20 s after answering starts a handshake of its own, which these
+        nodes do not answer. Looks at `batch` nodes per call, in turn."""
+        now = time.monotonic()
+        start = self._keep = getattr(self, "_keep", 0) % max(1, len(self.nodes))
+        for n in self.nodes[start:start + batch]:
+            s = n.sessions.get(lh)
+            if s is not None and s.send and now - n.registered_at >= every:
+                self.register(n, lh)
+        self._keep = start + batch
 
     # ---- receiving
     def pump(self, timeout: float) -> int:
