@@ -20,6 +20,7 @@ from engine.io import control, udp
 from engine.log import Logger
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Revocations
+from lighthouse import wire
 from lighthouse.config import LighthouseConfig
 from lighthouse.registry import Registry
 from lighthouse.store import NodeRecord, open_store
@@ -86,7 +87,7 @@ class Lighthouse:
 
     def _on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float,
                     allocated: bool = False) -> None:
-        if not allocated and self.leases.lease_needs_io(peer.name):
+        if not allocated and self.leases.lease_needs_io(peer.name) and self._is_register(data):
             # a first lease waits for etcd: in a worker, then the message is handled as
             # usual (the lease is in the cache by then; an error is answered then)
             if peer.name in self._allocating:
@@ -107,6 +108,13 @@ class Lighthouse:
             dest = self.device.peers.get(target)
             if dest is None or not self.device.send_message(dest, msg):
                 self.log.debug("reply_undeliverable", peer=target)
+
+    @staticmethod
+    def _is_register(data: bytes) -> bool:
+        try:
+            return wire.decode(data)[0] == "register"
+        except RemoteProtocolError:
+            return False  # the registry counts it
 
     def _allocate(self, name: str) -> None:
         try:

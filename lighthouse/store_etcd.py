@@ -31,7 +31,8 @@ import json
 import threading
 import time
 
-from lighthouse import etcd
+from engine.proto.errors import RemoteProtocolError
+from lighthouse import etcd, wire
 from lighthouse.leases import LeaseExhausted
 from lighthouse.store import NodeRecord, Store, StoreUnavailable
 
@@ -55,9 +56,9 @@ def _record(value: bytes) -> NodeRecord | None:
         return NodeRecord(name=str(d["name"]), cert=etcd.unb64(d["cert"]), subnet=str(d["subnet"]),
                           endpoints=[(str(h), int(p)) for h, p in d["endpoints"]][:8],
                           local=[(str(h), int(p)) for h, p in d["local"]][:8], lighthouse=str(d["lighthouse"]),
-                          services=[s for s in d.get("services", []) if isinstance(s, dict)][:32],
+                          services=wire._services(d.get("services", [])),  # the register's own rules
                           gateway=(str(d["gateway"][0]), int(d["gateway"][1])) if d.get("gateway") else None)
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RemoteProtocolError):
         return None
 
 

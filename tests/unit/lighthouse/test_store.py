@@ -197,3 +197,15 @@ def test_no_etcd_member_answering_is_a_clear_start_error():
     from lighthouse.store_etcd import EtcdStore
     with pytest.raises(OSError, match=r"no member answered \(127.0.0.1:1: .*; 127.0.0.1:2: "):
         EtcdStore(["127.0.0.1:1", "127.0.0.1:2"], NET, "lh-1", timeout=0.5)
+
+
+def test_a_broken_record_from_another_lighthouse_is_ignored():
+    from lighthouse.store_etcd import _record, _record_json
+    good = _record_json(record("host-a", services=[{"name": "web", "host": "", "prefix": "/", "addr": "10.87.1.5",
+                                                      "port": 80}]), 0.0)
+    assert _record(good).services[0]["name"] == "web"
+    import json as _json
+    for broken in (b"\xff", b"[]", b"{}", good.replace(b'"port":80', b'"port":"x"'),
+                   good.replace(b'"services":[', b'"services":[1,'), good.replace(b'"endpoints":[[', b'"endpoints":[[[')):
+        assert _record(broken) is None, broken
+    assert _json.loads(good)["name"] == "host-a"
