@@ -53,6 +53,13 @@ E2E_ETCD = ["10.251.0.11", "10.251.0.12", "10.251.0.13"]
 E2E_NODES = "10.251.1.{}"      # 250 source addresses for the simulated nodes
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
@@ -96,13 +103,36 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
                 raise RuntimeError("lighthouse did not start: " + open(f"{tmp}/lh.log").read()[-2000:])
             time.sleep(0.05)
         rss_idle = _rss_mb(lh.pid)
-        out = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks", "lighthouse",
-                              "--client", f"{tmp}/pki", "--nodes", str(nodes), "--seconds", str(seconds),
-                              "--budget", str(budget)], cwd=repo, capture_output=True, text=True,
-                             timeout=budget + 120)
-        if out.returncode != 0:
-            raise RuntimeError("swarm failed: " + out.stderr[-2000:])
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        # the swarm prints a line at the start and end of each phase: the lighthouse's
+        # CPU time between them is what it spent on that phase (the swarm shares the cores)
+        swarm = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks", "lighthouse",
+                                  "--client", f"{tmp}/pki", "--nodes", str(nodes), "--seconds", str(seconds),
+                                  "--budget", str(budget)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        cpu: dict[str, float] = {}
+        last = None
+        try:
+            for line in swarm.stdout:
+                if line.startswith("PHASE "):
+                    now_cpu = _cpu_s(lh.pid)
+                    if last is not None:
+                        cpu[last[0]] = now_cpu - last[1]
+                    last = (line.split()[1], now_cpu)
+                elif line.startswith("{"):
+                    r = json.loads(line)
+            swarm.wait(timeout=budget + 120)
+        finally:
+            if swarm.poll() is None:
+                swarm.kill()
+        if swarm.returncode != 0:
+            raise RuntimeError("swarm failed: " + swarm.stderr.read()[-2000:])
+        r["lighthouse_cpu_s"] = cpu
+        if cpu.get("handshakes"):
+            r["handshakes_per_cpu_s"] = r["handshakes"] / cpu["handshakes"]
+        if cpu.get("registers"):
+            r["leases_per_cpu_s"] = r["registered"] / cpu["registers"]
+        if cpu.get("queries"):
+            r["queries_per_cpu_s"] = r["queries_answered"] / cpu["queries"]
         r.update(backend=backend, lighthouse_rss_mb=_rss_mb(lh.pid), lighthouse_rss_idle_mb=rss_idle)
         from engine.io import control
         _, body = control.get(f"{tmp}/run/lighthouse.sock", "/status")
@@ -123,6 +153,10 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def phase(name: str) -> None:
+    print(f"PHASE {name}", flush=True)
+
+
 def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
     """The swarm (inside the namespace): handshakes paced under the lighthouse's
     global handshake limit (2,000/s, above it wants cookies), registers, then queries
@@ -137,6 +171,7 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
     r: dict = {"nodes": nodes}
     try:
         # handshakes: at most 15 per 10 ms (1,500/s), each source address under its 20/s
+        phase("handshakes")
         t0 = time.monotonic()
         todo = list(swarm.nodes)
         while (todo or swarm.counts["handshakes"] < nodes) and time.monotonic() < deadline:
@@ -149,6 +184,7 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
         r["handshakes"] = swarm.counts["handshakes"]
         r["handshakes_per_s"] = swarm.counts["handshakes"] / (time.monotonic() - t0)
         # registers: every node with keys; new leases are what the store writes
+        phase("registers")
         t0 = time.monotonic()
         ready = [n for n in swarm.nodes if n.sessions["lh1"].send]
         for i in range(0, len(ready), 200):
@@ -169,6 +205,7 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
         swarm.keep_answers = False
         answered = lambda: swarm.counts["peer"] + swarm.counts["error"]  # noqa: E731 - punches are not answers
         base = answered()
+        phase("queries")
         t0 = time.monotonic()
         before = swarm.counts["messages"]
         lost = idle = 0
@@ -183,13 +220,14 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
             if idle >= 40:  # 200 ms without a datagram: what is outstanding was lost
                 lost, idle = sent - (answered() - base), 0
         answered = answered() - base
+        phase("end")
         r["queries_sent"], r["queries_answered"], r["queries_lost"] = sent, answered, lost
         r["queries_per_s"] = answered / (time.monotonic() - t0)
         r["messages"] = swarm.counts["messages"] - before
         r["bad"] = swarm.counts["bad"]
     finally:
         swarm.close()
-    print(json.dumps(r))
+    print(json.dumps(r), flush=True)
     return r
 
 
@@ -239,7 +277,9 @@ def main(argv: list[str]) -> int:
                              "lighthouse RSS MB"],
                             [[e["backend"], f"{e['registered']}/{e['nodes']}", f"{e['handshakes_per_s']:.0f}",
                               f"{e['leases_per_s']:.0f}", f"{e['queries_per_s']:.0f}",
-                              f"{e['lighthouse_rss_mb']:.0f}"]]))
+                              f"{e['lighthouse_rss_mb']:.0f}"],
+                             ["per lighthouse CPU-second", "", f"{e.get('handshakes_per_cpu_s', 0):.0f}",
+                              f"{e.get('leases_per_cpu_s', 0):.0f}", f"{e.get('queries_per_cpu_s', 0):.0f}", ""]]))
         print("goals: 10,000 registered with < 200 MB RSS; >= 20,000 queries/s; >= 1,000 handshakes/s; "
               ">= 200 leases/s (the swarm shares the machine's cores with the lighthouse)")
     if not a.no_lab and os.geteuid() == 0:

@@ -184,15 +184,15 @@ def cmd_cert_show(a: argparse.Namespace) -> int:
     return 0
 
 
-def _api(sock: str, url: str) -> object:
+def _api(sock: str, url: str, what: str = "engine") -> object:
     from engine.io import control
     try:
         status, body = control.get(sock, url)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise SystemExit(f"flatnet: no engine answers on {sock} (is flatnet-engine running? "
-                         "systemctl status flatnet-engine)") from None
+        raise SystemExit(f"flatnet: no {what} answers on {sock} (is flatnet-{what} running? "
+                         f"systemctl status flatnet-{what})") from None
     if status != 200:
-        raise SystemExit(f"flatnet: engine answered {status}: {body.decode(errors='replace')}")
+        raise SystemExit(f"flatnet: {what} answered {status}: {body.decode(errors='replace')}")
     return json.loads(body)
 
 
@@ -228,7 +228,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def cmd_lighthouse_status(a: argparse.Namespace) -> int:
     """The lighthouse's own view: its store (members, health), leases and nodes online."""
-    st = _api(a.socket, "/status")
+    st = _api(a.socket, "/status", "lighthouse")
     if a.json:
         print(json.dumps({k: st.get(k) for k in ("node", "network", "uptime", "store", "queries", "relayed")}
                          | {"nodes_online": len(st.get("nodes", {})), "leases": len(st.get("leases", {}))}, indent=1))

@@ -190,12 +190,14 @@ class EtcdStore(Store):
     def _check_member(self, index: int, abort: threading.Event) -> None:
         """Sets `abort` when the watched member stops answering or has no leader: a
         partitioned member keeps its watch stream open, but silent."""
+        failed = 0
         while not abort.wait(WATCH_CHECK):
             try:
-                ok = int(self.client.status_of(index).get("leader", "0")) != 0
+                ok = int(self.client.status_of(index, timeout=1.0).get("leader", "0")) != 0
             except etcd.EtcdError:
                 ok = False
-            if not ok:
+            failed = 0 if ok else failed + 1
+            if failed >= 2:  # twice in a row: one slow answer on a busy machine is not a partition
                 abort.set()
 
     # ---- writes

@@ -172,6 +172,12 @@ def test_twenty_hosts_three_lighthouses_and_a_failure_of_each_kind(site):
     assert pair["answer"] == "peer" and pair["punch"] == "pair-a", pair
     health = site.status(1)["store"]
     assert health["healthy"] and [m["up"] for m in health["members"]] == [True, False, True]
+    out = subprocess.run([sys.executable, "-m", "flatnet_cli", "lighthouse", "status", "--socket",
+                          os.path.join(site.lh_dir(1), "run", "lighthouse.sock")], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 0 and "store      etcd: healthy" in out.stdout, out.stdout + out.stderr
+    assert f"etcd {ETCD_IPS[1]}:23792" in out.stdout and "DOWN" in out.stdout
+    assert "lighthouses up  lh2, lh3" in out.stdout or "lighthouses up  lh1, lh2, lh3" in out.stdout
 
     # restore: nothing duplicated, every lease unchanged
     site.cluster.start_member(site.cluster.members[1])
