@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -86,8 +87,10 @@ class EtcdCluster:
     def healthy(self, m: Member) -> bool:
         try:
             if self.ns:
-                out = subprocess.run(["ip", "netns", "exec", self.ns, "curl", "-s", "-m", "1",
-                                      f"http://{m.endpoint}/health"], capture_output=True, text=True, timeout=5)
+                probe = (f"import urllib.request; print(urllib.request.urlopen('http://{m.endpoint}/health', "
+                         "timeout=1).read().decode())")
+                out = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", probe],
+                                     capture_output=True, text=True, timeout=5)
                 return '"true"' in out.stdout
             with urllib.request.urlopen(f"http://{m.endpoint}/health", timeout=1) as r:
                 return b'"true"' in r.read()
