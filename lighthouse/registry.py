@@ -161,8 +161,9 @@ class Registry:
         and its claims be free or held by this node or by a node gone offline."""
         self._release(name)
         kept, refused = [], []
+        remote = self._remote_claims() if services else {}  # once per register, not per claim
         for s in services:
-            reason = self._refusal(name, subnet, s, now)
+            reason = self._refusal(name, subnet, s, now, remote)
             if reason:
                 refused.append((s["name"], f"service {s['name']!r}: {reason}"))
                 continue
@@ -173,7 +174,8 @@ class Registry:
         self.refused_services += len(refused)
         return kept, refused
 
-    def _refusal(self, name: str, subnet: ipaddress.IPv4Network, s: dict, now: float) -> str | None:
+    def _refusal(self, name: str, subnet: ipaddress.IPv4Network, s: dict, now: float,
+                 remote: dict[Claim, str]) -> str | None:
         problem = names.name_problem(s["name"])
         if problem:
             return f"name: {problem}"
@@ -191,7 +193,7 @@ class Registry:
             if other is not None and now - other.last_seen <= 3 * self.ttl:
                 return (f"{_describe(claim)} is already published by node {holder}; the first node keeps it "
                         "while it is online")
-            holder = self._remote_claims().get(claim)
+            holder = remote.get(claim)
             if holder is not None and holder != name and holder not in self.nodes:
                 return (f"{_describe(claim)} is already published by node {holder} (through another lighthouse); "
                         "the first node keeps it while it is online")

@@ -209,3 +209,25 @@ def test_a_broken_record_from_another_lighthouse_is_ignored():
                    good.replace(b'"services":[', b'"services":[1,'), good.replace(b'"endpoints":[[', b'"endpoints":[[[')):
         assert _record(broken) is None, broken
     assert _json.loads(good)["name"] == "host-a"
+
+
+def test_a_service_name_held_through_one_lighthouse_is_refused_through_another(open_store):
+    if open_store.backend != "etcd":
+        pytest.skip("needs a shared store")
+    s1, s2 = open_store(me="lh-1"), open_store(me="lh-2")
+    r1, r2 = Registry(s1, me="lh-1"), Registry(s2, me="lh-2")
+
+    def register(reg, name, addr, now):
+        web = {"name": "web", "host": "", "prefix": "/", "addr": addr, "port": 80}
+        out = reg.handle(name, b"c-" + name.encode(), wire.encode("register", endpoints=[], services=[web]),
+                         ("198.51.100.1", 4000), now)
+        return [wire.decode(m) for _, m in out]
+
+    assert [k for k, _ in register(r1, "host-a", "10.87.1.5", 0.0)] == ["lease"]
+    assert wait_for(lambda: s2.remote("host-a") is not None, 1.0)
+    got = register(r2, "host-b", "10.87.2.5", 1.0)
+    assert got[1][0] == "error" and got[1][1]["code"] == "service_refused"
+    assert "through another lighthouse" in got[1][1]["msg"]
+    # the catalog of lh2 lists host-a's service (registered through lh1)
+    out = r2.handle("host-b", b"c-host-b", wire.encode("catalog_query", offset=0), ("198.51.100.1", 4000), 2.0)
+    assert [(e["name"], e["node"]) for e in wire.decode(out[0][1])[1]["services"]] == [("web", "host-a")]
