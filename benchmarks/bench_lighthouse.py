@@ -95,8 +95,11 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
                     f'[network]\ncidr = "10.0.0.0/8"\n[listen]\nhost = "{E2E_IP}"\nport = 4787\n'
                     f'[paths]\nstate_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\n[log]\nlevel = "warning"\n' + store)
         log = open(f"{tmp}/lh.log", "ab")
-        lh = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "lighthouse", "--config",
-                               f"{tmp}/lh.toml"], cwd=repo, stdout=log, stderr=log, start_new_session=True)
+        profile = os.environ.get("FLATNET_BENCH_PROFILE")  # a cProfile of the lighthouse, written on exit
+        lh = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable]
+                              + (["-m", "cProfile", "-o", profile] if profile else [])
+                              + ["-m", "lighthouse", "--config", f"{tmp}/lh.toml"], cwd=repo, stdout=log, stderr=log,
+                              start_new_session=True)
         end = time.monotonic() + 30
         while not os.path.exists(f"{tmp}/run/lighthouse.sock"):
             if lh.poll() is not None or time.monotonic() > end:
@@ -144,8 +147,12 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
         return r
     finally:
         if lh is not None and lh.poll() is None:
-            os.killpg(lh.pid, signal.SIGKILL)
-            lh.wait(10)
+            os.killpg(lh.pid, signal.SIGTERM)  # a clean stop (the profile is written), then no mercy
+            try:
+                lh.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(lh.pid, signal.SIGKILL)
+                lh.wait(10)
         if cluster is not None:
             cluster.stop()
         ns.delete()

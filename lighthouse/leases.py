@@ -41,6 +41,12 @@ class LeaseStore(Store):
         self.blocks = 1 << (24 - network.prefixlen)
         self._used = self._load_used()
         self._hint = 1
+        # leases found or made, by name and by block: a lease never changes hands, so a
+        # query (by address) or a renewal needs no SELECT (measured: 37 us each, a
+        # tenth of the lighthouse's work per query). Misses still read the file: another
+        # lighthouse process sharing it may have added leases.
+        self._names: dict[str, int] = {}
+        self._owners: dict[int, str] = {}
 
     def _load_used(self) -> set[int]:
         return {b for (b,) in self.db.execute("SELECT block FROM leases")}
@@ -54,9 +60,12 @@ class LeaseStore(Store):
     def lease_for(self, name: str, now: float) -> ipaddress.IPv4Network:
         """The node's /24: the one it had, else the lowest free one after the last handed
         out (block 0 is kept back: 10.87.0.0/24 stays free for the network's own use)."""
+        if name in self._names:
+            return self.subnet(self._names[name])
         for _ in range(5):
             row = self.db.execute("SELECT block FROM leases WHERE name=?", (name,)).fetchone()
             if row is not None:  # a renewal: nothing to write (liveness is kept in memory)
+                self._names[name], self._owners[row[0]] = row[0], name
                 return self.subnet(row[0])
             block = self._free_block()
             if block is None:
@@ -71,12 +80,18 @@ class LeaseStore(Store):
                 continue
             self._used.add(block)
             self._hint = block + 1
+            self._names[name], self._owners[block] = block, name
             return self.subnet(block)
         raise sqlite3.OperationalError("lease table kept changing under us; try again")
 
     def name_of_block(self, block: int) -> str | None:
+        if block in self._owners:
+            return self._owners[block]
         row = self.db.execute("SELECT name FROM leases WHERE block=?", (block,)).fetchone()
-        return row[0] if row else None
+        if row is None:
+            return None
+        self._names[row[0]], self._owners[block] = block, row[0]
+        return row[0]
 
     def all(self) -> dict[str, ipaddress.IPv4Network]:
         return {name: self.subnet(block) for name, block in self.db.execute("SELECT name, block FROM leases")}
