@@ -1,7 +1,9 @@
-"""Lighthouse: registry queries per second and memory with 10,000 simulated nodes (the
-sans-IO registry on one core, each query also producing its punch), and the time from
-the first packet to a new peer until its delivery, direct and relayed (a lab in
-namespaces)."""
+"""Lighthouse: 10,000 simulated nodes speaking the real protocol (Noise handshake,
+register, queries over UDP, tests/harness/simnode.py) against a lighthouse process in
+a namespace, with the SQLite store or (--backend etcd) on a 3-member etcd cluster;
+beside it the sans-IO registry alone on one core (each query also producing its
+punch), and the time from the first packet to a new peer until its delivery, direct
+and relayed (a lab in namespaces)."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +48,196 @@ def registry_bench(nodes: int, seconds: float) -> dict:
             "process_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+E2E_IP = "10.251.0.1"          # the lighthouse, inside the benchmark's namespace
+E2E_ETCD = ["10.251.0.11", "10.251.0.12", "10.251.0.13"]
+E2E_NODES = "10.251.1.{}"      # 250 source addresses for the simulated nodes
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
+    """One lighthouse in a namespace (SQLite, or etcd with 3 members there), driven by
+    a swarm process in the same namespace; the lighthouse's RSS after registration."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    from tests.harness import etcd as etcd_harness
+    from tests.harness.netns import Netns
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(prefix="fnbl-e2e-")
+    ns = Netns("lhb")
+    cluster = lh = None
+    try:
+        for ip in [E2E_IP] + E2E_ETCD:
+            ns.run("ip", "addr", "add", f"{ip}/32", "dev", "lo")
+        ns.run("ip", "addr", "add", E2E_NODES.format(0) + "/24", "dev", "lo")  # a local /24: bind to any of it
+        cli = [sys.executable, "-m", "flatnet_cli"]
+        subprocess.run(cli + ["ca", "init", "--dir", f"{tmp}/pki"], check=True, capture_output=True, cwd=repo)
+        subprocess.run(cli + ["cert", "sign", "--ca-dir", f"{tmp}/pki", "--name", "lh1"], check=True,
+                       capture_output=True, cwd=repo)
+        store = ""
+        if backend == "etcd":
+            cluster = etcd_harness.EtcdCluster(f"{tmp}/etcd", hosts=E2E_ETCD, ns=ns.name).start()
+            store = "[store]\nbackend = \"etcd\"\nendpoints = [" + ", ".join(f'"{e}"' for e in cluster.endpoints) + "]\n"
+        with open(f"{tmp}/lh.toml", "w") as f:
+            f.write(f'[pki]\nca = "{tmp}/pki/ca.crt"\ncert = "{tmp}/pki/lh1.crt"\nkey = "{tmp}/pki/lh1.key"\n'
+                    f'[network]\ncidr = "10.0.0.0/8"\n[listen]\nhost = "{E2E_IP}"\nport = 4787\n'
+                    f'[paths]\nstate_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\n[log]\nlevel = "warning"\n' + store)
+        log = open(f"{tmp}/lh.log", "ab")
+        profile = os.environ.get("FLATNET_BENCH_PROFILE")  # a cProfile of the lighthouse, written on exit
+        lh = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable]
+                              + (["-m", "cProfile", "-o", profile] if profile else [])
+                              + ["-m", "lighthouse", "--config", f"{tmp}/lh.toml"], cwd=repo, stdout=log, stderr=log,
+                              start_new_session=True)
+        end = time.monotonic() + 30
+        while not os.path.exists(f"{tmp}/run/lighthouse.sock"):
+            if lh.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("lighthouse did not start: " + open(f"{tmp}/lh.log").read()[-2000:])
+            time.sleep(0.05)
+        rss_idle = _rss_mb(lh.pid)
+        # the swarm prints a line at the start and end of each phase: the lighthouse's
+        # CPU time between them is what it spent on that phase (the swarm shares the cores)
+        swarm = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks", "lighthouse",
+                                  "--client", f"{tmp}/pki", "--nodes", str(nodes), "--seconds", str(seconds),
+                                  "--budget", str(budget)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        cpu: dict[str, float] = {}
+        last = None
+        try:
+            for line in swarm.stdout:
+                if line.startswith("PHASE "):
+                    now_cpu = _cpu_s(lh.pid)
+                    if last is not None:
+                        cpu[last[0]] = now_cpu - last[1]
+                    last = (line.split()[1], now_cpu)
+                elif line.startswith("{"):
+                    r = json.loads(line)
+            swarm.wait(timeout=budget + 120)
+        finally:
+            if swarm.poll() is None:
+                swarm.kill()
+        if swarm.returncode != 0:
+            raise RuntimeError("swarm failed: " + swarm.stderr.read()[-2000:])
+        r["lighthouse_cpu_s"] = cpu
+        if cpu.get("handshakes"):
+            r["handshakes_per_cpu_s"] = r["handshakes"] / cpu["handshakes"]
+        if cpu.get("registers"):
+            r["leases_per_cpu_s"] = r["registered"] / cpu["registers"]
+        if cpu.get("queries"):
+            r["queries_per_cpu_s"] = r["queries_answered"] / cpu["queries"]
+        r.update(backend=backend, lighthouse_rss_mb=_rss_mb(lh.pid), lighthouse_rss_idle_mb=rss_idle)
+        from engine.io import control
+        _, body = control.get(f"{tmp}/run/lighthouse.sock", "/status")
+        st = json.loads(body)
+        r["lighthouse"] = {"rejected": st["rejected"], "limited": st["limited"], "control_errors": st["control_errors"],
+                           "drops": {k: v for k, v in st["drops"].items() if v}, "queries": st["queries"],
+                           "store": {k: v for k, v in st["store"].items() if k != "members"}}
+        r["lighthouse_log_tail"] = open(f"{tmp}/lh.log").read()[-1500:]
+        return r
+    finally:
+        if lh is not None and lh.poll() is None:
+            os.killpg(lh.pid, signal.SIGTERM)  # a clean stop (the profile is written), then no mercy
+            try:
+                lh.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(lh.pid, signal.SIGKILL)
+                lh.wait(10)
+        if cluster is not None:
+            cluster.stop()
+        ns.delete()
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def phase(name: str) -> None:
+    print(f"PHASE {name}", flush=True)
+
+
+def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
+    """The swarm (inside the namespace): handshakes paced under the lighthouse's
+    global handshake limit (2,000/s, above it wants cookies), registers, then queries
+    with a window of answers outstanding, each from another node."""
+    import json
+    import random
+    from tests.harness import simnode
+    deadline = time.monotonic() + budget
+    ca_key, ca, lhs = simnode.load(pki, [f"lh1@{E2E_IP}:4787"])
+    swarm = simnode.Swarm(ca_key, ca, lhs, [f"n{i}" for i in range(nodes)],
+                          [E2E_NODES.format(i) for i in range(1, 251)])
+    r: dict = {"nodes": nodes}
+    try:
+        # handshakes: at most 15 per 10 ms (1,500/s), each source address under its 20/s
+        phase("handshakes")
+        t0 = time.monotonic()
+        todo = list(swarm.nodes)
+        while (todo or swarm.counts["handshakes"] < nodes) and time.monotonic() < deadline:
+            for n in todo[:15]:
+                swarm.handshake(n, "lh1")
+            todo = todo[15:]
+            swarm.pump(0.01)
+            if not todo and time.monotonic() - t0 > budget / 3:
+                break
+        r["handshakes"] = swarm.counts["handshakes"]
+        r["handshakes_per_s"] = swarm.counts["handshakes"] / (time.monotonic() - t0)
+        # registers: every node with keys; new leases are what the store writes
+        phase("registers")
+        t0 = time.monotonic()
+        ready = [n for n in swarm.nodes if n.sessions["lh1"].send]
+        for i in range(0, len(ready), 200):
+            for n in ready[i:i + 200]:
+                swarm.register(n, "lh1")
+            swarm.pump(0.001)
+        while not all(n.lease or n.error for n in ready) and time.monotonic() < deadline:
+            swarm.pump(0.01)
+            swarm.keep_registered("lh1")
+        leased = [n for n in ready if n.lease]
+        r["registered"] = len(leased)
+        r["leases_per_s"] = len(leased) / (time.monotonic() - t0)
+        # queries: by address, a random other node's /24; `window` outstanding
+        rng = random.Random(1)
+        subnets = [n.lease for n in leased]
+        sent = 0
+        window = 2000
+        swarm.keep_answers = False
+        answered = lambda: swarm.counts["peer"] + swarm.counts["error"]  # noqa: E731 - punches are not answers
+        base = answered()
+        phase("queries")
+        t0 = time.monotonic()
+        before = swarm.counts["messages"]
+        lost = idle = 0
+        while time.monotonic() - t0 < seconds and time.monotonic() < deadline:
+            while sent - (answered() - base) - lost < window:
+                n = leased[sent % len(leased)]
+                target = subnets[rng.randrange(len(subnets))]
+                swarm.send(n, "lh1", wire.encode("query", addr=target.split("/")[0][:-1] + "5"))
+                sent += 1
+            idle = 0 if swarm.pump(0.005) else idle + 1
+            swarm.keep_registered("lh1")
+            if idle >= 40:  # 200 ms without a datagram: what is outstanding was lost
+                lost, idle = sent - (answered() - base), 0
+        answered = answered() - base
+        phase("end")
+        r["queries_sent"], r["queries_answered"], r["queries_lost"] = sent, answered, lost
+        r["queries_per_s"] = answered / (time.monotonic() - t0)
+        r["messages"] = swarm.counts["messages"] - before
+        r["bad"] = swarm.counts["bad"]
+    finally:
+        swarm.close()
+    print(json.dumps(r), flush=True)
+    return r
+
+
 def first_packet_bench() -> dict:
     from flatnet_cli.lab import Lab, sh
     out = {}
@@ -71,12 +263,32 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--no-lab", action="store_true", help="skip the first-packet timing (needs root)")
     p.add_argument("--json")
+    p.add_argument("--backend", choices=["sqlite", "etcd"], default="sqlite",
+                   help="the store of the end-to-end run (etcd: a 3-member cluster in the namespace)")
+    p.add_argument("--budget", type=float, default=120.0, help="seconds the end-to-end run may take at most")
+    p.add_argument("--no-e2e", action="store_true", help="the registry alone (no namespace, no root)")
+    p.add_argument("--client", help=argparse.SUPPRESS)  # the swarm, run inside the namespace
     a = p.parse_args(argv)
+    if a.client:
+        client(a.client, a.nodes, a.seconds, a.budget)
+        return 0
     r = registry_bench(a.nodes, a.seconds)
     print(table(["nodes", "registers/s", "queries/s (one core)", "registry memory MB", "process RSS MB"],
                 [[r["nodes"], f"{r['register_per_s']:.0f}", f"{r['queries_per_s']:.0f}", f"{r['memory_mb']:.1f}",
                   f"{r['process_rss_mb']:.0f}"]]))
     print("goal: >= 20,000 queries/s on one core, < 100 MB")
+    if not a.no_e2e and os.geteuid() == 0:
+        e = end_to_end(a.nodes, a.backend, a.seconds, a.budget)
+        r["end_to_end"] = e
+        print("\n" + table(["store", "nodes registered", "handshakes/s", "leases/s", "queries/s answered",
+                             "lighthouse RSS MB"],
+                            [[e["backend"], f"{e['registered']}/{e['nodes']}", f"{e['handshakes_per_s']:.0f}",
+                              f"{e['leases_per_s']:.0f}", f"{e['queries_per_s']:.0f}",
+                              f"{e['lighthouse_rss_mb']:.0f}"],
+                             ["per lighthouse CPU-second", "", f"{e.get('handshakes_per_cpu_s', 0):.0f}",
+                              f"{e.get('leases_per_cpu_s', 0):.0f}", f"{e.get('queries_per_cpu_s', 0):.0f}", ""]]))
+        print("goals: 10,000 registered with < 200 MB RSS; >= 20,000 queries/s; >= 1,000 handshakes/s; "
+              ">= 200 leases/s (the swarm shares the machine's cores with the lighthouse)")
     if not a.no_lab and os.geteuid() == 0:
         fp = first_packet_bench()
         r["first_packet_s"] = fp

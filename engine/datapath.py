@@ -85,11 +85,17 @@ class ControlItem:
 
 
 class DataPath:
-    def __init__(self, network: ipaddress.IPv4Network, mtu: int, family: int = socket.AF_INET) -> None:
-        """family: the UDP socket's (engine.io.udp.open_udp), for the endpoints given to C."""
-        ctx = lib.fn_new(int(network.network_address), network.prefixlen, mtu)
+    def __init__(self, network: ipaddress.IPv4Network, mtu: int, family: int = socket.AF_INET,
+                 max_peers: int = MAX_PEERS) -> None:
+        """family: the UDP socket's (engine.io.udp.open_udp), for the endpoints given to C.
+        max_peers: sessions the C tables hold (an engine: 4096; a lighthouse: one per
+        node of the network, lighthouse.config sessions); receive indexes: the next power
+        of two of 3 per session (current, previous and a handshake in progress)."""
+        self.max_peers = max_peers
+        self.rx_slots = RX_SLOTS if max_peers <= MAX_PEERS else 1 << (3 * max_peers - 1).bit_length()
+        ctx = lib.fn_new_sized(int(network.network_address), network.prefixlen, mtu, max_peers, self.rx_slots)
         if ctx == ffi.NULL:
-            raise ValueError(f"data path refuses network {network} / mtu {mtu}")
+            raise ValueError(f"data path refuses network {network} / mtu {mtu} / {max_peers} peers")
         self.ctx = ffi.gc(ctx, lib.fn_free)
         self.mtu = mtu
         self.family = family

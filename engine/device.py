@@ -61,23 +61,24 @@ class IndexTable:
     until all 2.3 MB are resident (RSS growing with every peer restart). Lowest
     first keeps the touched part as small as the number of live sessions."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, slots: int = RX_SLOTS) -> None:
         self.rng = rng
+        self.slots = slots  # the data path's (DataPath.rx_slots), a power of two
         self.owner: dict[int, str] = {}
-        self.free = list(range(1, RX_SLOTS))  # a heap; slot 0 is never used (index 0 means none)
+        self.free = list(range(1, slots))  # a heap; slot 0 is never used (index 0 means none)
 
     def allocate(self, owner: str) -> int:
         if not self.free:
             raise RuntimeError("receiver index table full")
         slot = heapq.heappop(self.free)
-        index = (self.rng.getrandbits(32 - RX_SLOTS.bit_length() + 1) * RX_SLOTS + slot) & 0xFFFFFFFF
+        index = (self.rng.getrandbits(32 - self.slots.bit_length() + 1) * self.slots + slot) & 0xFFFFFFFF
         index = index or slot
         self.owner[index] = owner
         return index
 
     def release(self, index: int) -> None:
         if self.owner.pop(index, None) is not None:
-            heapq.heappush(self.free, index % RX_SLOTS)
+            heapq.heappush(self.free, index % self.slots)
 
 
 class Device:
@@ -112,7 +113,8 @@ class Device:
         self.send = send
         self.wall_ns = wall_ns
         self.log = log
-        self.indexes = IndexTable(rng or random.SystemRandom())
+        slots = getattr(datapath, "rx_slots", RX_SLOTS)  # a lighthouse's data path has more (DataPath)
+        self.indexes = IndexTable(rng or random.SystemRandom(), slots if isinstance(slots, int) else RX_SLOTS)
         self.peers: dict[str, Peer] = {}
         self.by_slot: dict[int, Peer] = {}
         self.errors: collections.Counter[str] = collections.Counter()
@@ -126,7 +128,9 @@ class Device:
                  endpoints: list[tuple[str, int]]) -> Peer:
         if cert.name in self.peers:
             raise ValueError(f"peer {cert.name} already known")
-        slot = next(i for i in range(1, 1 << 30) if i not in self.by_slot)
+        slot = len(self.by_slot) + 1  # free unless a peer was removed: then look for the hole
+        if slot in self.by_slot:
+            slot = next(i for i in range(1, 1 << 30) if i not in self.by_slot)
         session = PeerSession(self.me, cert.name, cert.key, lambda n=cert.name: self.indexes.allocate(n),
                               self.indexes.release, self.wall_ns)
         peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session, live=liveness.Liveness(self.dead_after))

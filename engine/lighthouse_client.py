@@ -2,7 +2,13 @@
 
 - registers with every lighthouse (and again every REGISTER_EVERY seconds, which also
   keeps NAT mappings open) and takes its /24 from the first lease that comes back;
-- on packets to an overlay /24 nobody owns yet, asks the lighthouses who owns it;
+  a register goes out the moment a handshake with a lighthouse finishes (no wait for
+  the next tick), and a lighthouse that has not answered (not yet, or no more) is
+  handshaken with every LOST_RETRY seconds, so one that comes back is registered with
+  within about a second;
+- on packets to an overlay /24 nobody owns yet, asks a lighthouse who owns it: one
+  at a time, in turn over the lighthouses that answer registers (the load is spread),
+  and the next one when no `peer` answer came within QUERY_FAILOVER seconds;
 - on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
   connect), adds or updates that peer and handshakes to all its candidate endpoints at
   once, so both sides open their NATs at the same moment (simultaneous open);
@@ -31,8 +37,10 @@ from lighthouse import wire
 
 REGISTER_EVERY = 10.0
 REGISTER_RETRY = 1.0     # until the first lease
+LOST_RETRY = 1.0         # a lighthouse that stopped answering: a handshake this often (no backoff)
 ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
+QUERY_FAILOVER = 0.5     # no `peer` answer by then: the same query to the next lighthouse
 CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
 NAMES_EVERY = 0.5        # the network's container names, for DNS (a removed name is gone within 2 s)
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
@@ -68,7 +76,12 @@ class LighthouseClient:
         self.registered: dict[str, float] = {}   # lighthouse -> when its lease answer came
         self.awaiting: dict[str, float] = {}     # lighthouse -> when we sent a register still unanswered
         self.next_register = 0.0
+        self.lost: dict[str, float] = {name: 0.0 for name in self.lighthouses}  # -> next handshake retry
+        self._registered_on: dict[str, float | None] = {}  # lighthouse -> the handshake our last register used
         self.pending: dict[int, float] = {}      # route index -> when we asked
+        # "name" or "@10.87.3.1" -> (the query, lighthouses asked, when first asked)
+        self.queries: dict[str, tuple[bytes, set[str], float]] = {}
+        self._turn = 0                           # round robin over the lighthouses for queries
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
         self.probes_done: dict[str, int] = {}    # relayed peer -> direct attempts so far
@@ -118,9 +131,20 @@ class LighthouseClient:
                 del self.awaiting[name]
                 self.registered.pop(name, None)
                 self.device.rehandshake(self.lighthouses[name], now)
+                self.lost[name] = now + LOST_RETRY
                 self.next_register = min(self.next_register, now + REGISTER_RETRY)
-        if now >= self.next_register:
+        if now >= self.next_register or self._fresh_keys():
             self.register(now)
+        for name, at in list(self.lost.items()):
+            lh = self.lighthouses[name]
+            if now >= at and name not in self.awaiting:
+                self.lost[name] = now + LOST_RETRY
+                if lh.session.pending is not None:  # its own retries back off to 8 s: too slow
+                    self.device.handshake_now(lh, now)
+                elif lh.session.current is not None:  # keys it no longer has (or gave up on)
+                    self.device.rehandshake(lh, now)
+                else:
+                    self.device.connect(lh, now)
         for name, since in list(self.connecting.items()):
             peer = self.device.peers.get(name)
             if peer is None or (peer.session.current is not None and peer.relay is None):
@@ -150,19 +174,28 @@ class LighthouseClient:
             self.next_names = now + NAMES_EVERY
             self._names_pages, self._names_paging = [], 0
             self._ask(wire.encode("names_query", version=self.names_version, offset=0), one=True)
+        for target, (msg, asked, at) in list(self.queries.items()):
+            if now - at >= QUERY_TIMEOUT:
+                del self.queries[target]
+            elif now - at >= QUERY_FAILOVER * max(1, len(asked)):  # unanswered: the next lighthouse
+                self._query(target, msg, now)
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
                 self.device.dp.route_unpend(route)
 
     def get_timer(self) -> float:
+        if self._fresh_keys():
+            return 0.0  # a handshake just finished: register now
         deadlines = ([self.next_udp_probe] if self.tcp else [])
         deadlines += ([max(self.next_tcp, self.udp_silent_since + TCP_AFTER)]
                       if self.udp_silent_since is not None and not self.tcp and self.open_tcp else [])
-        deadlines += ([self.next_register] + ([self.next_catalog] if self.services is not None else [])
+        deadlines += ([self.next_register] + list(self.lost.values())
+                      + ([self.next_catalog] if self.services is not None else [])
                       + ([self.next_names] if self.on_names is not None else [])
                       + [t + QUERY_TIMEOUT for t in self.pending.values()]
                       + [t + ANSWER_WITHIN for t in self.awaiting.values()]
+                      + [at + QUERY_FAILOVER * max(1, len(asked)) for _, asked, at in self.queries.values()]
                       + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
 
@@ -254,8 +287,12 @@ class LighthouseClient:
     def register(self, now: float) -> None:
         msg = self._register_message()
         for lh in self.lighthouses.values():
+            if lh.name in self.lost and lh.session.current is not None \
+                    and lh.session.last_handshake == self._registered_on.get(lh.name, -1.0):
+                continue  # these keys went unanswered: wait for the new handshake (lost)
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
+                self._registered_on[lh.name] = lh.session.last_handshake
             else:
                 self.device.connect(lh, now)   # no keys yet: the handshake comes first
         if self.on_names is not None:  # a lost page or a restarted lighthouse: healed here
@@ -300,6 +337,13 @@ class LighthouseClient:
         pages, self._names_pages, self._names_paging = self._names_pages, [], 0
         self.on_names(pages)
 
+    def _fresh_keys(self) -> bool:
+        """A lighthouse we wait for has keys from a handshake our registers have not
+        used yet (it just came back, or we just started)."""
+        return any(name not in self.awaiting and lh.session.current is not None
+                   and lh.session.last_handshake != self._registered_on.get(name, -1.0)
+                   for name, lh in self.lighthouses.items() if name in self.lost)
+
     # ---- hooks from the device
     def on_unknown_route(self, route: int, now: float) -> None:
         addr = ipaddress.IPv4Address((int(self.network.network_address) & 0xFF000000) | (route << 8) | 1)
@@ -307,7 +351,7 @@ class LighthouseClient:
             self.device.dp.route_unpend(route)
             return
         self.pending[route] = now
-        self._ask(wire.encode("query", addr=str(addr)))
+        self._query(f"@{addr}", wire.encode("query", addr=str(addr)), now)
 
     def on_path_dead(self, peer: Peer, now: float) -> None:
         """The peer's direct path stopped answering (engine.proto.liveness): fall back
@@ -319,7 +363,25 @@ class LighthouseClient:
 
     def on_new_peer(self, peer: Peer, now: float) -> None:
         if peer.name not in self.lighthouses:
-            self._ask(wire.encode("query", name=peer.name))
+            self._query(peer.name, wire.encode("query", name=peer.name), now)
+
+    def _query(self, target: str, msg: bytes, now: float) -> None:
+        """`msg` to one lighthouse not yet asked about `target`: those answering
+        registers first, in turn; then any with keys. All asked: the query waits for
+        its timeout (a packet after that asks again)."""
+        _, asked, since = self.queries.get(target, (msg, set(), now))
+        names = list(self.lighthouses)
+        self._turn = (self._turn + 1) % len(names)
+        turn = names[self._turn:] + names[:self._turn]
+        order = ([n for n in turn if n in self.registered and n not in self.lost]
+                 + [n for n in turn if n not in self.registered or n in self.lost])
+        for name in order:
+            if name not in asked and self.device.send_message(self.lighthouses[name], msg):
+                asked.add(name)
+                self.queries[target] = (msg, asked, since)
+                return
+        if not asked:  # no lighthouse has keys yet: remember it, ask when the timer comes
+            self.queries[target] = (msg, asked, since)
 
     def _ask(self, msg: bytes, one: bool = False) -> None:
         """To every lighthouse with a session (any answer will do: a dead one cannot
@@ -429,6 +491,7 @@ class LighthouseClient:
         self.registered[lh.name] = now
         self.offers_relay[lh.name] = msg["relay"]
         self.awaiting.pop(lh.name, None)
+        self.lost.pop(lh.name, None)
         self.observed = msg["observed"]
         if subnet != self.subnet:
             if self.subnet is not None:
@@ -436,7 +499,7 @@ class LighthouseClient:
             self.subnet = subnet
             self.on_lease(subnet)
             for name in self.remembered:  # reconnect to whom we talked to before a restart
-                self._ask(wire.encode("query", name=name))
+                self._query(name, wire.encode("query", name=name), now)
             self.remembered = []
 
     def _peer(self, msg: dict, kind: str, now: float) -> None:
@@ -479,6 +542,9 @@ class LighthouseClient:
             self._schedule_probes(peer, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
+        self.queries.pop(cert.name, None)  # answered: by name, or by any address of its /24
+        for target in [t for t in self.queries if t[0] == "@" and ipaddress.IPv4Address(t[1:]) in subnet]:
+            del self.queries[target]
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),
                       endpoints=",".join(endpoints_policy.text(e) for e in endpoints))
         self.device.connect(peer, now)

@@ -404,15 +404,29 @@ LIGHTHOUSE_SOCKET = "/run/flatnet-lighthouse/lighthouse.sock"
 
 
 def cmd_lighthouse_status(a: argparse.Namespace) -> int:
+    """The lighthouse's own view: nodes, leases, its store (members, health), the relay.
+    Exit 1 when the store has no quorum (it can hand out no lease)."""
     st = _api(a.socket, "/status", "lighthouse")
+    store = st.get("store") or {"backend": "sqlite", "healthy": True}
     if a.json:
         print(json.dumps(st, indent=1))
-        return 0
+        return 0 if store.get("healthy") else 1
     drops = {k: v for k, v in st.get("drops", {}).items() if v}
     print(f"lighthouse {st['node']}\nnetwork    {st['network']}\nuptime     {st['uptime']} s\n"
-          f"nodes      {len(st['nodes'])} online, {len(st['leases'])} leases\n"
+          f"store      {store['backend']}: {'healthy' if store.get('healthy') else 'UNHEALTHY (no quorum)'}\n"
+          f"nodes      {len(st['nodes'])} online here"
+          + (f", {store['nodes']} in the store" if "nodes" in store else "") + f", {len(st['leases'])} leases\n"
           f"queries    {st['queries']}  relayed {st['relayed']}  rejected {st['rejected']}\n"
           f"drops      {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+    if store.get("lighthouses"):
+        print(f"lighthouses up  {', '.join(store['lighthouses'])}")
+    for m in store.get("members", []):
+        state = ("leader" if m.get("leader") else "member" if m.get("has_leader") else "NO LEADER") if m["up"] \
+            else f"DOWN ({m.get('error', '')[:80]})"
+        print(f"  etcd {m['endpoint']:<22} {state}" + (f"  v{m['version']}  db {_bytes(m['db_size'])}"
+                                                      if m["up"] else ""))
+    if store.get("last_error"):
+        print(f"last store error: {store['last_error'][:200]}")
     tcp = st.get("tcp_relay")  # the TCP relay for hosts without UDP (docs/lighthouse.md)
     print(f"tcp relay  {tcp['listen']}: {tcp['connections']} connections, refused "
           f"{', '.join(f'{k}={v}' for k, v in tcp['refused'].items()) or 'none'}" if tcp else "tcp relay  off")
@@ -423,7 +437,7 @@ def cmd_lighthouse_status(a: argparse.Namespace) -> int:
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         for row in [header] + rows:
             print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-    return 0
+    return 0 if store.get("healthy") else 1
 
 
 def cmd_systemd(a: argparse.Namespace) -> int:
@@ -527,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(fn=cmd_down)
     lh = sub.add_parser("lighthouse", help="the lighthouse on this machine").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
-    lhs = lh.add_parser("status", help="nodes online, leases, relayed packets, drops")
+    lhs = lh.add_parser("status", help="nodes online, leases, the store (members, health), relayed packets, drops")
     lhs.add_argument("--json", action="store_true", help="machine-readable output")
     lhs.add_argument("--socket", default=LIGHTHOUSE_SOCKET, help="the lighthouse's control socket")
     lhs.set_defaults(fn=cmd_lighthouse_status)

@@ -9,8 +9,8 @@ from engine.confparse import type_problem
 from engine.config import ConfigError, _endpoint, listen_host, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
-          "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl"},
-          "metrics": {"listen"}, "relay": {"enabled", "tcp_port"}}
+          "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl", "sessions"},
+          "metrics": {"listen"}, "relay": {"enabled", "tcp_port"}, "store": {"backend", "endpoints", "prefix"}}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class LighthouseConfig:
     blocklist: str = ""  # the CA-signed blocklist to enforce and hand out (default: beside the CA)
     relay: bool = True   # forward type-5 packets between nodes (said in every lease)
     tcp_port: int = 443  # the TCP relay for hosts without UDP (0: off; only with relay)
+    sessions: int = 4096                   # Noise sessions the data path holds (one per node online)
+    store_backend: str = "sqlite"          # or "etcd" (lighthouse.store)
+    store_endpoints: tuple[str, ...] = ()  # etcd members, "host:port" (the client URL's)
+    store_prefix: str = "/flatnet/"
 
     @property
     def database(self) -> str:
@@ -73,7 +77,27 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     if not 5 <= ttl <= 3600:
         raise ConfigError(f"{path}: registry.ttl: {ttl} is outside 5..3600 seconds")
     ca = get("pki", "ca", str, "/etc/flatnet/pki/ca.crt")
+    # default: room for every /24 of the network twice (restarted nodes hold a second
+    # session until the first expires), at least an engine's 4096
+    sessions = get("registry", "sessions", int, min(262_144, max(4096, 2 << (24 - network.prefixlen))))
+    if not 16 <= sessions <= 262_144:
+        raise ConfigError(f"{path}: registry.sessions: {sessions} is outside 16..262144")
+    backend = get("store", "backend", str, "sqlite")
+    if backend not in ("sqlite", "etcd"):
+        raise ConfigError(f"{path}: store.backend: {backend!r}; expected sqlite or etcd")
+    members = get("store", "endpoints", list, [])
+    for m in members:
+        if not isinstance(m, str):
+            raise ConfigError(f"{path}: store.endpoints: {m!r} is not a string like \"10.0.0.5:2379\"")
+        _endpoint(m.removeprefix("http://"), f"{path}: store.endpoints")
+    if backend == "etcd" and not members:
+        raise ConfigError(f"{path}: store.endpoints: backend \"etcd\" needs at least one member, "
+                          "e.g. endpoints = [\"10.0.0.5:2379\"]")
+    prefix = get("store", "prefix", str, "/flatnet/")
+    if not prefix.startswith("/") or len(prefix) > 64:
+        raise ConfigError(f"{path}: store.prefix: {prefix!r}; expected a key prefix starting with /, at most 64")
     return LighthouseConfig(
+        sessions=sessions, store_backend=backend, store_endpoints=tuple(members), store_prefix=prefix,
         path=path, ca=ca, blocklist=get("pki", "blocklist", str, os.path.join(os.path.dirname(ca), "blocklist.bin")),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/lighthouse.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/lighthouse.key"), network=network,

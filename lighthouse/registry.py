@@ -34,7 +34,8 @@ from engine.proto import cert as certs, names, revocation
 from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from lighthouse import wire
-from lighthouse.leases import LeaseExhausted, LeaseStore
+from lighthouse.leases import LeaseExhausted
+from lighthouse.store import NodeRecord, Store, StoreUnavailable
 
 Endpoint = tuple[str, int]
 Claim = tuple[str, ...]    # ("name", name) or ("host", host, prefix)
@@ -99,13 +100,16 @@ class Node:
 
 
 class Registry:
-    def __init__(self, leases: LeaseStore, ttl: float = 60.0,
-                 revocations: revocation.Revocations | None = None, relay: bool = True) -> None:
-        """revocations: the network's blocklist; a node that registers holding an older
+    def __init__(self, leases: Store, ttl: float = 60.0,
+                 revocations: revocation.Revocations | None = None, relay: bool = True, me: str = "") -> None:
+        """leases: the store (lighthouse.store: leases, and with etcd the nodes registered
+        through other lighthouses); me: this lighthouse's name, in what it publishes.
+        revocations: the network's blocklist; a node that registers holding an older
         one gets the current one, and revoked nodes are dropped (drop_revoked).
         relay: this lighthouse forwards type-5 packets (said in every lease)."""
         self.relay_enabled = relay
         self.leases = leases
+        self.me = me
         self.revocations = revocations
         self.ttl = ttl
         self.nodes: dict[str, Node] = {}
@@ -141,6 +145,9 @@ class Registry:
             subnet = self.leases.lease_for(name, now)
         except LeaseExhausted as exc:
             return [(name, wire.encode("error", code="exhausted", msg=str(exc)))]
+        except StoreUnavailable as exc:  # etcd without quorum: the node asks again (REGISTER_RETRY)
+            self.limited["store_unavailable"] = self.limited.get("store_unavailable", 0) + 1
+            return [(name, wire.encode("error", code="unavailable", msg=str(exc)[:400]))]
         node = self.nodes.get(name)
         if node is None or node.cert != cert:
             if node is not None and node.names:
@@ -159,6 +166,7 @@ class Registry:
             gateway = None
         node.gateway = gateway
         self.by_endpoint[src] = node
+        self.leases.publish(self._record(node))
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                             ttl=int(self.ttl), relay=self.relay_enabled)
         # the lease first: the node clears its list of refusals on it, then reads these
@@ -176,8 +184,9 @@ class Registry:
         and its claims be free or held by this node or by a node gone offline."""
         self._release(name)
         kept, refused = [], []
+        remote = self._remote_claims() if services else {}  # once per register, not per claim
         for s in services:
-            reason = self._refusal(name, subnet, s, now)
+            reason = self._refusal(name, subnet, s, now, remote)
             if reason:
                 refused.append((s["name"], f"service {s['name']!r}: {reason}"))
                 continue
@@ -188,7 +197,8 @@ class Registry:
         self.refused_services += len(refused)
         return kept, refused
 
-    def _refusal(self, name: str, subnet: ipaddress.IPv4Network, s: dict, now: float) -> str | None:
+    def _refusal(self, name: str, subnet: ipaddress.IPv4Network, s: dict, now: float,
+                 remote: dict[Claim, str]) -> str | None:
         problem = names.name_problem(s["name"])
         if problem:
             return f"name: {problem}"
@@ -206,6 +216,10 @@ class Registry:
             if other is not None and now - other.last_seen <= 3 * self.ttl:
                 return (f"{_describe(claim)} is already published by node {holder}; the first node keeps it "
                         "while it is online")
+            holder = remote.get(claim)
+            if holder is not None and holder != name and holder not in self.nodes:
+                return (f"{_describe(claim)} is already published by node {holder} (through another lighthouse); "
+                        "the first node keeps it while it is online")
         return None
 
     def _names(self, name: str, msg: dict) -> list[tuple[str, bytes]]:
@@ -261,6 +275,14 @@ class Registry:
                    if node.name in online and node.name != asker for n, addr in node.names]
         return [(asker, wire.names_page(self.names_version, entries, msg["offset"]))]
 
+    def _remote_claims(self) -> dict[Claim, str]:
+        """Claims of the nodes online through other lighthouses only (etcd store)."""
+        return {claim: r.name for r in self.leases.remote_nodes() for s in r.services for claim in _claims(s)}
+
+    def _record(self, node: Node) -> NodeRecord:
+        return NodeRecord(node.name, node.cert, str(node.subnet), node.endpoints(), node.local, self.me,
+                          node.services, node.gateway)
+
     def _release(self, name: str) -> None:
         for claim in self.claimed_by.pop(name, ()):
             if self.claims.get(claim) == name:
@@ -286,6 +308,7 @@ class Registry:
 
     def _forget(self, name: str) -> None:
         node = self.nodes.pop(name)
+        self.leases.withdraw(name)
         self._release(name)
         if node.names:
             self.names_version += 1
@@ -309,9 +332,16 @@ class Registry:
         else:
             target_name = msg["name"]
         target = self.nodes.get(target_name) if target_name else None
-        if target is None or now - target.last_seen > 3 * self.ttl or target_name == asker:
+        if target is not None and now - target.last_seen > 3 * self.ttl:
+            target = None
+        remote = self.leases.remote(target_name) if target is None and target_name else None
+        if (target is None and remote is None) or target_name == asker:
             what = msg.get("addr") or msg.get("name")
             return [(asker, wire.encode("error", code="unknown", msg=f"no node online for {what}"))]
+        if target is None:  # registered through another lighthouse: that one punches it
+            self.leases.request_punch(remote.lighthouse, remote.name, self._record(me))
+            return [(asker, wire.peer_message("peer", remote.name, remote.cert, remote.subnet, remote.endpoints,
+                                              remote.local))]
         out = [(asker, wire.peer_message("peer", target.name, target.cert, str(target.subnet), target.endpoints(),
                                          target.local))]
         if self.punch_limits.setdefault(target.name, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
@@ -321,11 +351,26 @@ class Registry:
             self.limited["punches"] += 1
         return out
 
+    def punch(self, target: str, asker: NodeRecord, now: float) -> list[tuple[str, bytes]]:
+        """Another lighthouse answered `asker`'s query for `target`, a node registered
+        here: punch it (the same per-target limit as for local queries)."""
+        node = self.nodes.get(target)
+        if node is None or now - node.last_seen > 3 * self.ttl or asker.name == target:
+            return []
+        if not self.punch_limits.setdefault(target, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
+            self.limited["punches"] += 1
+            return []
+        return [(target, wire.peer_message("punch", asker.name, asker.cert, asker.subnet, asker.endpoints,
+                                           asker.local))]
+
     def _catalog(self, asker: str, offset: int, now: float) -> list[tuple[str, bytes]]:
-        """A page of every online node's services (a node may publish only addresses of
-        its own subnet: that was checked at register)."""
-        entries = [dict(s, node=n.name, gateway=n.gateway) for n in sorted(self.nodes.values(), key=lambda n: n.name)
-                   if now - n.last_seen <= 3 * self.ttl for s in n.services]
+        """A page of every online node's services, also those registered through other
+        lighthouses (a node may publish only addresses of its own subnet: that was
+        checked at register, by the lighthouse it registered with)."""
+        online = [n for n in self.nodes.values() if now - n.last_seen <= 3 * self.ttl]
+        online += [r for r in self.leases.remote_nodes() if r.name not in self.nodes]
+        entries = [dict(s, node=n.name, gateway=n.gateway) for n in sorted(online, key=lambda n: n.name)
+                   for s in n.services]
         return [(asker, wire.catalog_message(entries, max(0, offset)))]
 
     def relay(self, packet: bytes, src: Endpoint, now: float) -> tuple[bytes, Endpoint]:

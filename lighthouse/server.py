@@ -7,6 +7,7 @@ registry, a timer and the control API.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import os
 import signal
@@ -21,11 +22,13 @@ from engine.log import Logger
 from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Revocations
+from lighthouse import wire
 from lighthouse.config import LighthouseConfig
-from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
+from lighthouse.store import NodeRecord, open_store
 
 TICK = 1.0
+LEASE_WORKERS = 8  # etcd: first leases allocated at once (each a transaction round trip)
 
 
 class Lighthouse:
@@ -44,10 +47,14 @@ class Lighthouse:
         me = dataclasses.replace(me, revocations=self.revocations)
         self.blocklist_file = pki.BlocklistFile(c.blocklist)
         os.makedirs(c.state_dir, exist_ok=True)
-        self.leases = LeaseStore(c.database, c.network)
-        self.registry = Registry(self.leases, c.ttl, self.revocations, relay=c.relay)
+        # etcd: blocks until a member answers (a lighthouse without its store serves nobody)
+        self.leases = open_store(c, me.cert.name)
+        self.leases.on_punch = lambda target, asker: self.loop.call_soon_threadsafe(self._punch, target, asker)
+        self.registry = Registry(self.leases, c.ttl, self.revocations, relay=c.relay, me=me.cert.name)
+        self.lease_pool = concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="lease")
+        self._allocating: set[str] = set()
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
-        self.dp = DataPath(c.network, 1420, self.sock.family)
+        self.dp = DataPath(c.network, 1420, self.sock.family, max_peers=c.sessions)
         self.dp.set_relay_mode(True)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
@@ -69,7 +76,8 @@ class Lighthouse:
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
         self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
-                      listen=endpoints_policy.text(self.sock.getsockname()[:2]), leases=len(self.leases.all()))
+                      listen=endpoints_policy.text(self.sock.getsockname()[:2]), store=c.store_backend,
+                      leases=len(self.leases.all()))
         self._tick()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
@@ -81,6 +89,7 @@ class Lighthouse:
         for s in self.servers:
             s.close()
         self.sock.close()
+        self.lease_pool.shutdown(wait=True, cancel_futures=True)
         self.leases.close()
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
@@ -92,7 +101,17 @@ class Lighthouse:
     def _on_control(self, items) -> None:  # noqa: ANN001
         self.device.on_control(items, time.monotonic())
 
-    def _on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float) -> None:
+    def _on_message(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float,
+                    allocated: bool = False) -> None:
+        if not allocated and self.leases.lease_needs_io(peer.name) and self._is_register(data):
+            # a first lease waits for etcd: in a worker, then the message is handled as
+            # usual (the lease is in the cache by then; an error is answered then)
+            if peer.name in self._allocating:
+                return  # the node's earlier register is being answered
+            self._allocating.add(peer.name)
+            fut = self.loop.run_in_executor(self.lease_pool, self._allocate, peer.name)
+            fut.add_done_callback(lambda _f: self._allocated(peer, data, addr, now))
+            return
         try:
             replies = self.registry.handle(peer.name, peer.cert.raw, data, addr, time.time())
         except RemoteProtocolError as exc:
@@ -105,6 +124,31 @@ class Lighthouse:
             dest = self.device.peers.get(target)
             if dest is None or not self.device.send_message(dest, msg):
                 self.log.debug("reply_undeliverable", peer=target)
+
+    @staticmethod
+    def _is_register(data: bytes) -> bool:
+        try:
+            return wire.decode(data)[0] == "register"
+        except RemoteProtocolError:
+            return False  # the registry counts it
+
+    def _allocate(self, name: str) -> None:
+        try:
+            self.leases.lease_for(name, time.time())
+        except Exception:  # noqa: BLE001 - answered by the registry when it asks again
+            pass
+
+    def _allocated(self, peer: Peer, data: bytes, addr: tuple[str, int], now: float) -> None:
+        self._allocating.discard(peer.name)
+        if self.device.peers.get(peer.name) is peer:  # still the same session
+            self._on_message(peer, data, addr, now, allocated=True)
+
+    def _punch(self, target: str, asker: NodeRecord) -> None:
+        """Another lighthouse asks us (through the store) to punch a node registered here."""
+        for name, msg in self.registry.punch(target, asker, time.time()):
+            dest = self.device.peers.get(name)
+            if dest is None or not self.device.send_message(dest, msg):
+                self.log.debug("reply_undeliverable", peer=name)
 
     def _on_relay(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         try:
@@ -135,12 +179,14 @@ class Lighthouse:
                 self.device.send_message(dest, msg)
 
     def _tick(self) -> None:
+        self.loop.call_later(TICK, self._tick)  # first: an error below must not stop the timer
         now = time.monotonic()
         self._poll_blocklist()
         self.device.handle_timer(now)
         for name in self.registry.expire(time.time()):
             self.log.info("node_offline", peer=name)
-        self.loop.call_later(TICK, self._tick)
+            if name in self.device.peers:  # its session slot is free for another node
+                self.device.remove_peer(name)
 
     def status(self) -> dict:
         now = time.time()
@@ -152,7 +198,7 @@ class Lighthouse:
                 "blocklist": {"serial": bl.serial, "names": sorted(bl.names), "fingerprints": sorted(bl.fingerprints)}
                 if (bl := self.revocations.current) else None, "revoked_peers": dict(self.device.revoked),
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
-                "limited": dict(self.registry.limited),
+                "limited": dict(self.registry.limited), "store": self.leases.health(),
                 "tcp_relay": self.tcp.status() if self.tcp is not None else None,
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
 

@@ -47,6 +47,7 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (State.IDLE, Input.KEYS): State.ESTABLISHED,
     (State.HANDSHAKING, Input.KEYS): State.ESTABLISHED,
     (State.HANDSHAKING, Input.GIVE_UP): State.IDLE,
+    (State.IDLE, Input.GIVE_UP): State.IDLE,  # a rehandshake outlived the keys it replaced
     (State.ESTABLISHED, Input.START): State.ESTABLISHED,
     (State.ESTABLISHED, Input.KEYS): State.ESTABLISHED,
     (State.ESTABLISHED, Input.EXPIRE): State.IDLE,
@@ -147,8 +148,9 @@ class PeerSession:
             self._start(now)
 
     def probe(self, now: float) -> None:
-        """Path liveness (engine.proto.liveness) wants an answer now: a new initiation,
-        even when one is out, whose retry timer may have backed off to 8 s."""
+        """An initiation now, even when one is out and its retry timer has backed off to
+        8 s (path liveness, a path change, a lighthouse that stopped answering); the 90 s
+        give-up still counts from the pending handshake's start."""
         p = self.pending
         if p is None:
             self._start(now)

@@ -54,9 +54,26 @@ int fn_replay_accept(fn_replay *r, uint64_t c) {
 static void *alloc64(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
 
 fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
+    return fn_new_sized(overlay_net, overlay_prefix, mtu, FN_MAX_PEERS, FN_RX_SLOTS);
+}
+
+/* A lighthouse holds one session per node: its tables are sized for the network
+ * (max_peers sessions, rx_slots receive indexes, a power of two), an engine's are not. */
+fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu, int max_peers,
+                     uint32_t rx_slots) {
     if (overlay_prefix < 8 || overlay_prefix > 24 || mtu < 576 || mtu > 9000) return NULL;
+    if (max_peers < 2 || max_peers > FN_MAX_PEERS_LIMIT || rx_slots < 2 || rx_slots > FN_MAX_PEERS_LIMIT * 4
+        || (rx_slots & (rx_slots - 1))) return NULL;
     fn_ctx *ctx = calloc(1, sizeof(*ctx));
     if (!ctx) return NULL;
+    ctx->efd[0] = ctx->efd[1] = -1;
+    /* calloc: pages are touched only when a slot is used, so a large table costs
+     * address space, not resident memory, until sessions fill it */
+    ctx->peers = calloc((size_t)max_peers, sizeof(peer_t));
+    ctx->rx = calloc(rx_slots, sizeof(rx_t));
+    ctx->max_peers = max_peers;
+    ctx->rx_mask = rx_slots - 1;
+    if (!ctx->peers || !ctx->rx) { fn_free(ctx); return NULL; }
     pthread_mutex_init(&ctx->tx_lock, NULL);
     pthread_mutex_init(&ctx->rx_lock, NULL);
     pthread_mutex_init(&ctx->idle_lock, NULL);
@@ -87,8 +104,10 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
 
 void fn_free(fn_ctx *ctx) {
     if (!ctx) return;
-    sodium_memzero(ctx->peers, sizeof(ctx->peers));
-    sodium_memzero(ctx->rx, sizeof(ctx->rx));
+    if (ctx->peers) sodium_memzero(ctx->peers, (size_t)ctx->max_peers * sizeof(peer_t));
+    if (ctx->rx) sodium_memzero(ctx->rx, ((size_t)ctx->rx_mask + 1) * sizeof(rx_t));
+    free(ctx->peers);
+    free(ctx->rx);
     sodium_memzero(ctx->cookie_secret, sizeof(ctx->cookie_secret));
     free(ctx->stage);
     free(ctx->out_arena);
@@ -168,7 +187,7 @@ static void route_fill(fn_ctx *ctx, uint32_t subnet, uint32_t mask, int32_t valu
 
 int fn_peer_set(fn_ctx *ctx, int slot, uint32_t subnet, uint32_t prefix) {
     /* prefix FN_NO_SUBNET: a peer that owns no overlay addresses (a lighthouse, a relay) */
-    if (slot < 0 || slot >= FN_MAX_PEERS || (prefix > 24 && prefix != FN_NO_SUBNET)) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers || (prefix > 24 && prefix != FN_NO_SUBNET)) return -EINVAL;
     if (prefix != FN_NO_SUBNET && route_index(ctx, subnet) < 0) return -ERANGE;
     pthread_mutex_lock(&ctx->tx_lock);
     pthread_mutex_lock(&ctx->rx_lock);
@@ -189,12 +208,12 @@ int fn_peer_set(fn_ctx *ctx, int slot, uint32_t subnet, uint32_t prefix) {
 }
 
 int fn_peer_remove(fn_ctx *ctx, int slot) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     pthread_mutex_lock(&ctx->rx_lock);
     peer_t *p = &ctx->peers[slot];
     if (p->active && p->mask != 0xffffffffu) route_fill(ctx, p->subnet, p->mask, -1);
-    for (int i = 0; i < FN_RX_SLOTS; i++)
+    for (uint32_t i = 0; i <= ctx->rx_mask; i++)
         if (ctx->rx[i].index && ctx->rx[i].peer == slot) sodium_memzero(&ctx->rx[i], sizeof(rx_t));
     sodium_memzero(p, sizeof(*p));
     pthread_mutex_unlock(&ctx->rx_lock);
@@ -203,7 +222,7 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
 }
 
 int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sa, uint32_t len) {
-    if (slot < 0 || slot >= FN_MAX_PEERS || len > sizeof(struct sockaddr_storage)) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers || len > sizeof(struct sockaddr_storage)) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     memcpy(&ctx->peers[slot].endpoint, sa, len);
     ctx->peers[slot].endpoint_len = len;
@@ -221,7 +240,7 @@ static void tx_install(peer_t *p, const uint8_t *key, uint32_t remote_index) {
 }
 
 int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     peer_t *p = &ctx->peers[slot];
     tx_install(p, key, remote_index);
@@ -239,7 +258,7 @@ int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_in
 /* A responder's keys: sending waits for the initiator's first packet on local_index
  * (tx_promote); until then the previous send key, if any, stays in use. */
 int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, uint32_t local_index) {
-    if (slot < 0 || slot >= FN_MAX_PEERS || !local_index) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers || !local_index) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     peer_t *p = &ctx->peers[slot];
     memcpy(p->next_key, key, FN_KEY);
@@ -260,7 +279,7 @@ void tx_promote(peer_t *p) {
 }
 
 int fn_peer_tx_clear(fn_ctx *ctx, int slot) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     sodium_memzero(ctx->peers[slot].tx_key, FN_KEY);
     sodium_memzero(ctx->peers[slot].next_key, FN_KEY);
@@ -271,7 +290,7 @@ int fn_peer_tx_clear(fn_ctx *ctx, int slot) {
 }
 
 int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     ctx->peers[slot].relay = on;
     ctx->peers[slot].relay_id = relay_id;
@@ -280,13 +299,13 @@ int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id) {
 }
 
 int fn_peer_clear_want(fn_ctx *ctx, int slot) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     ctx->peers[slot].want_handshake = 0;
     return 0;
 }
 
 int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     peer_t *p = &ctx->peers[slot];
     out->tx_packets = p->tx_packets; out->tx_bytes = p->tx_bytes;
     out->rx_packets = p->rx_packets; out->rx_bytes = p->rx_bytes; out->rx_dropped = p->rx_dropped;
@@ -297,8 +316,8 @@ int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out) {
 }
 
 int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key) {
-    if (!local_index || peer < 0 || peer >= FN_MAX_PEERS) return -EINVAL;
-    rx_t *rx = &ctx->rx[local_index & (FN_RX_SLOTS - 1)];
+    if (!local_index || peer < 0 || peer >= ctx->max_peers) return -EINVAL;
+    rx_t *rx = &ctx->rx[local_index & ctx->rx_mask];
     pthread_mutex_lock(&ctx->rx_lock);
     int busy = rx->index != 0 && rx->index != local_index;
     if (!busy) {
@@ -312,7 +331,7 @@ int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key) {
 }
 
 int fn_rx_remove(fn_ctx *ctx, uint32_t local_index) {
-    rx_t *rx = &ctx->rx[local_index & (FN_RX_SLOTS - 1)];
+    rx_t *rx = &ctx->rx[local_index & ctx->rx_mask];
     pthread_mutex_lock(&ctx->rx_lock);
     if (rx->index == local_index) sodium_memzero(rx, sizeof(*rx));
     pthread_mutex_unlock(&ctx->rx_lock);
@@ -337,7 +356,7 @@ void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen) {
 
 int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, uint8_t *out,
                     uint32_t outlen) {
-    if (slot < 0 || slot >= FN_MAX_PEERS || outlen < ptlen + FN_HEADER + FN_TAG) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers || outlen < ptlen + FN_HEADER + FN_TAG) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     peer_t *p = &ctx->peers[slot];
     int rc;

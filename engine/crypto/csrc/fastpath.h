@@ -22,6 +22,7 @@
 #define FN_AEAD_SMALL_MAX 256     /* shorter payloads: the compact cipher (aead_small.c) */
 #define FN_MAX_PEERS 4096
 #define FN_RX_SLOTS 4096
+#define FN_MAX_PEERS_LIMIT 262144    /* fn_new_sized: a lighthouse of a large network */
 #define FN_BATCH 64
 #define FN_REPLAY_WORDS 64
 #define FN_CTRL_MAX 1500
@@ -101,6 +102,8 @@ int fn_version(void);
 int64_t fn_now_ns(void);
 
 fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu);
+fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu, int max_peers,
+                     uint32_t rx_slots);
 void fn_free(fn_ctx *ctx);
 void fn_stop(fn_ctx *ctx);
 void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro);

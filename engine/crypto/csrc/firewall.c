@@ -94,7 +94,7 @@ int fn_firewall_set(fn_ctx *ctx, int default_allow, const uint8_t *protos, const
 }
 
 int fn_peer_groups(fn_ctx *ctx, int slot, uint64_t groups) {
-    if (slot < 0 || slot >= FN_MAX_PEERS) return -EINVAL;
+    if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     ctx->peers[slot].groups = groups;
     return 0;
 }

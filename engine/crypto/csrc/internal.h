@@ -143,8 +143,10 @@ struct fn_ctx {
     int tun_uso;                           /* the TUN takes UDP GSO writes (USO) */
     int relay_mode;                        /* a relay: every type-5 packet goes up to be forwarded */
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
-    peer_t peers[FN_MAX_PEERS];
-    rx_t rx[FN_RX_SLOTS];
+    peer_t *peers;                         /* max_peers of them (fn_new_sized) */
+    int max_peers;
+    rx_t *rx;                              /* rx_mask + 1 of them, a power of two */
+    uint32_t rx_mask;
     uint64_t drops_in[FN_NDROPS], drops_out[FN_NDROPS];
     uint64_t io[FN_NIO];                   /* syscall and unit counters (fn_io_stats) */
     uint64_t batch_id;

@@ -88,7 +88,7 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     if (type != TYPE_DATA && type != TYPE_CONTROL) { ctx->drops_out[FN_DROP_TYPE]++; return 0; }
     if (len < FN_HEADER + FN_TAG) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
     uint32_t index = get_le32(pkt + 4);
-    rx_t *rx = &ctx->rx[index & (FN_RX_SLOTS - 1)];
+    rx_t *rx = &ctx->rx[index & ctx->rx_mask];
     if (!index || rx->index != index) { ctx->drops_out[FN_DROP_INDEX]++; return 0; }
     uint64_t counter = get_le64(pkt + 8);
     peer_t *p = &ctx->peers[rx->peer];

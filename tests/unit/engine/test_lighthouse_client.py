@@ -17,6 +17,8 @@ NET = ipaddress.IPv4Network("10.87.0.0/16")
 class FakeSession:
     def __init__(self):
         self.current = None
+        self.pending = None
+        self.last_handshake = None
 
 
 class FakeDevice:
@@ -244,3 +246,87 @@ def test_a_catalog_gateway_nobody_should_be_sent_to_is_dropped():
                       ("192.0.2.254", 4787), 1.0)
     assert [s["gateway"] for s in client.services.remote] == [None, ("10.0.0.7", 80)]
     assert dev.errors["endpoint_refused"] == 1
+
+
+def test_a_register_goes_out_the_moment_the_handshake_finishes():
+    # before: the first register waited for the next 1 s tick after the keys came
+    ca, dev, lh, client, leases = setup()
+    lh.keys = False
+    client.handle_timer(0.0)
+    assert set(dev.connects) == {("lh", 0.0)} and not dev.sent
+    lh.keys, lh.session.current, lh.session.last_handshake = True, object(), 0.05  # the response arrived
+    assert client.get_timer() == 0.0
+    client.handle_timer(0.05)
+    assert [m[1][0] for m in dev.sent] == ["register"]
+    assert client.get_timer() > 0.05  # once per handshake, not a busy loop
+
+
+def test_a_lighthouse_that_stopped_answering_is_handshaken_every_second():
+    # before: one rehandshake, then the session's backoff (1, 2, 4, 8 s): up to 7.6 s
+    # passed between a lighthouse coming back and the engine registering again
+    ca, dev, lh, client, leases = setup()
+    client.handle_timer(0.0)
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 0.1)
+    lh.session.current, lh.session.last_handshake = object(), 0.0
+    client._registered_on["lh"] = 0.0
+    client.handle_timer(REGISTER_EVERY)            # this register is never answered: the lighthouse restarted
+    dev.connects.clear()
+    lh.session.pending = object()
+    t = REGISTER_EVERY
+    while t < REGISTER_EVERY + 12:
+        t += 0.25
+        client.handle_timer(t)
+    times = [at for name, at in dev.connects]
+    assert len(times) >= 8 and max(b - a for a, b in zip(times, times[1:])) <= 1.01
+    # it answers (new keys): the register goes out at once
+    lh.session.last_handshake = t + 0.1
+    client.handle_timer(t + 0.1)
+    assert dev.sent[-1][1][0] == "register" and client.awaiting["lh"] == t + 0.1
+
+
+def two_lighthouses():
+    ca = TestCA()
+    dev = FakeDevice(ca)
+    lhs = [SimpleNamespace(name=n, endpoint=("192.0.2.25" + n[-1], 4787), keys=True, session=FakeSession(), relay=None)
+           for n in ("lh1", "lh2")]
+    client = LighthouseClient(dev, lhs, NET, lambda: [], Logger("t", stream=open("/dev/null", "w")), lambda s: None)
+    client.handle_timer(0.0)
+    for lh in lhs:
+        client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                          ttl=60), (lh.endpoint[0], 4787), 0.1)
+    dev.sent.clear()
+    return ca, dev, lhs, client
+
+
+def queries(dev):
+    return [(to, msg["addr"]) for to, (kind, msg) in dev.sent if kind == "query"]
+
+
+def test_queries_are_spread_over_the_lighthouses_one_each():
+    # before: every query went to every lighthouse (and each of them punched the target)
+    ca, dev, lhs, client = two_lighthouses()
+    for i in range(4):
+        client.on_unknown_route((87 << 8) + 10 + i, 1.0)
+    sent = queries(dev)
+    assert len(sent) == 4 and {to for to, _ in sent} == {"lh1", "lh2"}
+
+
+def test_an_unanswered_query_goes_to_the_next_lighthouse():
+    ca, dev, lhs, client = two_lighthouses()
+    client.on_unknown_route((87 << 8) + 10, 1.0)
+    (first, addr), = queries(dev)
+    client.handle_timer(1.4)
+    assert len(queries(dev)) == 1
+    client.handle_timer(1.5)  # no answer within QUERY_FAILOVER: the other one
+    assert [to for to, _ in queries(dev)] == [first, ({"lh1", "lh2"} - {first}).pop()]
+    client.handle_timer(3.0)  # both asked: nothing more until the query times out
+    assert len(queries(dev)) == 2
+    client.handle_timer(6.2)  # timed out: forgotten (a packet asks again)
+    assert client.queries == {}
+    # an answer ends a query
+    b = ca.identity("host-b")
+    client.on_unknown_route((87 << 8) + 11, 6.5)
+    client.on_message(lhs[0], wire.peer_message("peer", "host-b", b.cert.raw, "10.87.11.0/24", [("192.0.2.9", 4787)], []),
+                      ("192.0.2.251", 4787), 6.6)
+    assert client.queries == {}

@@ -248,3 +248,22 @@ def test_a_response_with_a_bad_certificate_leaves_the_handshake_pending():
     p.a._wall_ns = wall
     p.a.receive_response(resp, p.now)
     assert p.a.state is State.ESTABLISHED
+
+
+def test_a_rehandshake_that_outlives_its_keys_gives_up_without_an_error():
+    # seen on a lighthouse with 10,000 quiet nodes: it re-handshook a silent node, the
+    # old keys expired (180 s) while the handshake was pending, and its give-up (90 s)
+    # raised LocalProtocolError in the timer, which stopped the lighthouse's tick
+    p = Pair()
+    p.a.want_keys(p.now)
+    p.exchange()
+    events(p.a)
+    p.tick(100.0)
+    p.a.rehandshake(p.now)   # e.g. the peer stopped answering
+    p.a.datagrams_to_send()
+    for _ in range(400):     # 100 s: the keys expire at 180 s, the handshake gives up at 190 s
+        p.now = round(p.now + 0.25, 2)
+        p.a.handle_timer(p.now)
+        p.a.datagrams_to_send()
+    failed = [e for e in events(p.a) if isinstance(e, HandshakeFailed)]
+    assert len(failed) == 1 and p.a.state is State.IDLE and p.a.current is None

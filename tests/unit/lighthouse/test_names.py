@@ -163,7 +163,8 @@ def test_two_engines_see_each_others_names_and_a_removal_within_2s(reg):
     seen = {}
     for name in ("host-a", "host-b"):
         dev = WiredDevice(ca, name, net)
-        lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, relay=None)
+        lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, relay=None,
+                         session=SimpleNamespace(current=None, pending=None, last_handshake=None))
         net.clients[name] = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
                                              lambda s: None, on_names=lambda e, n=name: seen.__setitem__(n, e))
     net.run(2)
@@ -198,7 +199,8 @@ def test_engine_drops_names_outside_the_overlay_or_breaking_the_rule():
     ca = TestCA()
     seen = []
     dev = FakeDevice(ca)
-    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, relay=None)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, relay=None,
+                         session=SimpleNamespace(current=None, pending=None, last_handshake=None))
     client = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
                               lambda s: None, on_names=seen.append)
     page = wire.encode("names_page", version=3, next=0, names=[("web", "10.87.2.2", "b"),

@@ -70,7 +70,7 @@ def test_the_engine_client_reassembles_and_hands_the_blocklist_on(net):
     rev.offer(raw)
     dev = FakeDevice(ca)
     dev.me = Identity(dev.me.static_private, dev.me.cert, dev.me.ca, rv.Revocations(ca.cert))
-    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=SimpleNamespace(current=None),
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=SimpleNamespace(current=None, pending=None, last_handshake=None),
                          relay=None)
     got = []
     client = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
@@ -136,7 +136,7 @@ def test_pieces_from_one_lighthouse_do_not_block_another(net):
     rev.offer(raw)
     dev = FakeDevice(ca)
     dev.me = Identity(dev.me.static_private, dev.me.cert, dev.me.ca, rv.Revocations(ca.cert))
-    lhs = [SimpleNamespace(name=n, endpoint=("192.0.2.254", 4787), keys=True, session=SimpleNamespace(current=None),
+    lhs = [SimpleNamespace(name=n, endpoint=("192.0.2.254", 4787), keys=True, session=SimpleNamespace(current=None, pending=None, last_handshake=None),
                            relay=None) for n in ("lh1", "lh2")]
     got = []
     client = LighthouseClient(dev, lhs, NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),

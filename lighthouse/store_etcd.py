@@ -1,0 +1,379 @@
+"""The "etcd" store: subnet leases, node registrations and punch requests in an etcd
+cluster shared by every lighthouse of the network (the I/O driver; the registry stays
+sans-IO behind lighthouse.store.Store).
+
+Keys, under `prefix` (default "/flatnet/"):
+
+    meta/network                  the network's CIDR (a store belongs to one network)
+    lease/name/<name>             "<block>"   } written together in one transaction that
+    lease/block/<block:08d>       "<name>"    } requires both absent: never two names on one /24
+    node/<name>/<lighthouse>      a node's registration as that lighthouse saw it (JSON),
+                                  attached to an etcd lease: a dead node's endpoints expire
+    punch/<lighthouse>/<target>   "please punch <target> towards this asker" (JSON), short-lived
+    lighthouse/<name>             a lighthouse that is up (its own etcd lease)
+
+Reads come from a cache: one thread reads the prefix once, then follows a watch (a
+change made through one lighthouse reaches the others' caches in milliseconds), and
+reconnects to another member when its stream breaks or its member loses the leader.
+A second thread writes registrations in batches (one transaction of up to 128 puts)
+and keeps the etcd leases alive.
+
+Registrations ride on "epoch" leases: the lighthouse grants one etcd lease of
+4 x ttl every ttl seconds and writes a node's record again only when it changed or
+its epoch is no longer the newest. So a node that registers every 10 s costs one
+write per ttl (60 s), and a node that stops registering (or whose lighthouse dies)
+disappears from every cache between 3 x ttl and 4 x ttl after its last write.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+
+from engine.proto.errors import RemoteProtocolError
+from lighthouse import etcd, wire
+from lighthouse.leases import LeaseExhausted
+from lighthouse.store import NodeRecord, Store, StoreUnavailable
+
+PUNCH_TTL = 10           # seconds a punch request may wait for its lighthouse
+WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader
+
+
+def _record_json(r: NodeRecord, now: float) -> bytes:
+    return json.dumps({"name": r.name, "cert": etcd.b64(r.cert), "subnet": r.subnet,
+                       "endpoints": [list(e) for e in r.endpoints], "local": [list(e) for e in r.local],
+                       "lighthouse": r.lighthouse, "services": r.services,
+                       "gateway": list(r.gateway) if r.gateway else None, "at": round(now, 3)},
+                      separators=(",", ":")).encode()
+
+
+def _record(value: bytes) -> NodeRecord | None:
+    """A record from etcd (written by a lighthouse of this network: still checked, as
+    a broken one must not take the others down)."""
+    try:
+        d = json.loads(value)
+        return NodeRecord(name=str(d["name"]), cert=etcd.unb64(d["cert"]), subnet=str(d["subnet"]),
+                          endpoints=[(str(h), int(p)) for h, p in d["endpoints"]][:8],
+                          local=[(str(h), int(p)) for h, p in d["local"]][:8], lighthouse=str(d["lighthouse"]),
+                          services=wire._services(d.get("services", [])),  # the register's own rules
+                          gateway=(str(d["gateway"][0]), int(d["gateway"][1])) if d.get("gateway") else None)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RemoteProtocolError):
+        return None
+
+
+class EtcdStore(Store):
+    backend = "etcd"
+
+    def __init__(self, endpoints: list[str], network: ipaddress.IPv4Network, me: str, prefix: str = "/flatnet/",
+                 ttl: float = 60.0, timeout: float = etcd.TIMEOUT) -> None:
+        if network.prefixlen > 24:
+            raise ValueError(f"network {network} is smaller than a /24")
+        self.network = network
+        self.me = me
+        self.p = prefix if prefix.endswith("/") else prefix + "/"
+        self.ttl = ttl
+        self.blocks = 1 << (24 - network.prefixlen)
+        self.client = etcd.Client(endpoints, timeout)
+        self._hint = 1
+        self._unavailable_until = 0.0
+        self._reserved: set[int] = set()  # blocks a transaction of ours is trying now
+        # the cache (written by the watch thread; single dict operations, read by the loop)
+        self.names: dict[str, int] = {}
+        self.owners: dict[int, str] = {}
+        self.nodes: dict[str, dict[str, NodeRecord]] = {}   # name -> lighthouse -> record
+        self.lighthouses: dict[str, dict] = {}
+        self.revision = 0
+        self.synced = threading.Event()
+        self.watch_restarts = 0
+        self.allocations = 0
+        self.cas_conflicts = 0
+        self.write_errors = 0
+        self.last_error = ""
+        # writes
+        self._published: dict[str, tuple[bytes, int]] = {}  # name -> (record without "at", epoch lease)
+        self._queue: list[dict] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._check_network()
+        self.epoch = self.client.grant(int(4 * ttl))
+        self.epoch_at = time.monotonic()
+        self.alive = self.client.grant(max(5, int(ttl)))
+        self.client.put(f"{self.p}lighthouse/{me}", json.dumps({"started": time.time()}).encode(), self.alive)
+        self._load()
+        self._check_members()
+        self._threads = [threading.Thread(target=self._watch_loop, name="etcd-watch", daemon=True),
+                         threading.Thread(target=self._write_loop, name="etcd-write", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _check_network(self) -> None:
+        key = f"{self.p}meta/network"
+        ok, responses = self.client.txn([etcd.absent(key)], [etcd.put_op(key, str(self.network).encode())],
+                                        [etcd.range_op(key)])
+        if not ok:
+            kvs = responses[0]["response_range"].get("kvs", [])
+            held = etcd.unb64(kvs[0]["value"]).decode() if kvs else "?"
+            if held != str(self.network):
+                raise ValueError(f"etcd prefix {self.p} belongs to network {held}, not {self.network}")
+
+    # ---- the cache
+    def _load(self) -> None:
+        kvs, rev = self.client.range(self.p, prefix=True)
+        names, owners, nodes, lhs = {}, {}, {}, {}
+        for kv in kvs:
+            self._apply(kv, "PUT", names, owners, nodes, lhs)
+        self.names, self.owners, self.nodes, self.lighthouses = names, owners, nodes, lhs
+        self.revision = rev
+        self.synced.set()
+
+    def _apply(self, kv: dict, kind: str, names: dict, owners: dict, nodes: dict, lhs: dict) -> None:
+        parts = kv["key"][len(self.p):].split("/")
+        if parts[0] == "lease" and len(parts) == 3 and kind == "PUT":  # leases are never deleted
+            try:
+                if parts[1] == "name":
+                    names[parts[2]] = int(kv["value"])
+                elif parts[1] == "block":
+                    owners[int(parts[2])] = kv["value"].decode()
+            except ValueError:
+                pass
+        elif parts[0] == "node" and len(parts) == 3:
+            held = nodes.get(parts[1])
+            if kind == "PUT":
+                record = _record(kv["value"])
+                if record is not None:
+                    nodes[parts[1]] = dict(held or {}, **{parts[2]: record})  # replaced whole: readers see old or new
+            elif held is not None and parts[2] in held:
+                rest = {k: v for k, v in held.items() if k != parts[2]}
+                if rest:
+                    nodes[parts[1]] = rest
+                else:
+                    nodes.pop(parts[1], None)
+        elif parts[0] == "punch" and len(parts) == 3 and parts[1] == self.me and kind == "PUT":
+            asker = _record(kv["value"])
+            if asker is not None and self.on_punch is not None:
+                self.on_punch(parts[2], asker)
+            self._enqueue(etcd.delete_op(kv["key"]))
+        elif parts[0] == "lighthouse" and len(parts) == 2:
+            if kind == "PUT":
+                lhs[parts[1]] = {"lease": kv["lease"]}
+            else:
+                lhs.pop(parts[1], None)
+
+    def _watch_loop(self) -> None:
+        index = self.client.current
+        while not self._stop.is_set():
+            self._abort = abort = threading.Event()   # set by close() or by the member check
+            checker = threading.Thread(target=self._check_member, args=(index, abort), daemon=True)
+            checker.start()
+            try:
+                for rev, events in self.client.watch(self.p, self.revision + 1, abort, index):
+                    for e in events:
+                        self._apply(e, e["type"], self.names, self.owners, self.nodes, self.lighthouses)
+                    self.revision = max(self.revision, rev)
+            except etcd.EtcdError:  # compacted past our revision: read everything again
+                try:
+                    self._load()
+                except etcd.EtcdError as exc:
+                    self.last_error = str(exc)
+            abort.set()  # ends the checker
+            if self._stop.is_set():
+                return
+            # the stream broke or its member lost the leader: the next member, from the
+            # revision after the last one seen (etcd replays what happened in between)
+            self.watch_restarts += 1
+            index = (index + 1) % len(self.client.endpoints)
+            self._stop.wait(0.1)
+
+    def _check_member(self, index: int, abort: threading.Event) -> None:
+        """Sets `abort` when the watched member stops answering or has no leader: a
+        partitioned member keeps its watch stream open, but silent."""
+        failed = 0
+        while not abort.wait(WATCH_CHECK):
+            try:
+                ok = int(self.client.status_of(index, timeout=1.0).get("leader", "0")) != 0
+            except etcd.EtcdError:
+                ok = False
+            failed = 0 if ok else failed + 1
+            if failed >= 2:  # twice in a row: one slow answer on a busy machine is not a partition
+                abort.set()
+
+    # ---- writes
+    def _enqueue(self, op: dict) -> None:
+        with self._lock:
+            self._queue.append(op)
+        self._wake.set()
+
+    def _write_loop(self) -> None:
+        last_keepalive = last_check = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            with self._lock:
+                ops, self._queue = self._queue, []
+            for i in range(0, len(ops), etcd.MAX_TXN_OPS):
+                try:
+                    self.client.txn([], ops[i:i + etcd.MAX_TXN_OPS])
+                except etcd.EtcdError as exc:
+                    self.write_errors += 1
+                    self.last_error = str(exc)
+                    # the next publish of these nodes writes them again
+                    for op in ops[i:i + etcd.MAX_TXN_OPS]:
+                        key = etcd.unb64(op.get("request_put", {}).get("key", "")).decode()
+                        if key.startswith(f"{self.p}node/"):
+                            self._published.pop(key.split("/")[-2], None)
+            now = time.monotonic()
+            if now - last_keepalive >= min(self.ttl / 3, 5.0):
+                last_keepalive = now
+                self._keepalive(now)
+            if now - last_check >= 2.0:
+                last_check = now
+                self._check_members()
+
+    def _keepalive(self, now: float) -> None:
+        try:
+            if self.client.keepalive(self.alive) <= 0:
+                self.alive = self.client.grant(max(5, int(self.ttl)))
+                self.client.put(f"{self.p}lighthouse/{self.me}", b"{}", self.alive)
+            if now - self.epoch_at >= self.ttl:  # a new epoch: records move to it when next published
+                self.epoch, self.epoch_at = self.client.grant(int(4 * self.ttl)), now
+        except etcd.EtcdError as exc:
+            self.last_error = str(exc)
+
+    # ---- Store
+    def name_of_block(self, block: int) -> str | None:
+        return self.owners.get(block)
+
+    def all(self) -> dict[str, ipaddress.IPv4Network]:
+        return {name: self.subnet(block) for name, block in list(self.names.items())}
+
+    def _free_block(self) -> int | None:
+        """A block no one holds and no other thread of ours is trying (the lease
+        workers allocate at once: without this they all raced for the same block)."""
+        with self._lock:
+            owners, reserved = self.owners, self._reserved
+            block = next((b for b in range(self._hint, self.blocks) if b not in owners and b not in reserved),
+                         None)
+            if block is None:
+                block = next((b for b in range(1, self._hint) if b not in owners and b not in reserved), None)
+            if block is not None:
+                reserved.add(block)
+                self._hint = block + 1
+            return block
+
+    def lease_for(self, name: str, now: float) -> ipaddress.IPv4Network:
+        """The node's /24: from the cache when it has one, else a compare-and-swap
+        transaction that writes name -> block and block -> name only if both are absent."""
+        block = self.names.get(name)
+        if block is not None:
+            return self.subnet(block)
+        if time.monotonic() < self._unavailable_until:  # etcd just failed: do not wait for it again
+            raise StoreUnavailable(f"no new lease now: {self.last_error}")
+        try:
+            return self._allocate(name)
+        except etcd.EtcdError as exc:
+            self.last_error = str(exc)
+            self._unavailable_until = time.monotonic() + 1.0
+            raise StoreUnavailable(f"no new lease now: {exc}") from None
+
+    def lease_needs_io(self, name: str) -> bool:
+        return name not in self.names
+
+    def _allocate(self, name: str) -> ipaddress.IPv4Network:
+        name_key = f"{self.p}lease/name/{name}"
+        for _ in range(32):
+            block = self._free_block()
+            if block is None:
+                self._load()  # the cache may be behind; then it is really full
+                block = self._free_block()
+                if block is None:
+                    raise LeaseExhausted(f"network {self.network} has no free /24 left ({self.blocks - 1} leased)")
+            block_key = f"{self.p}lease/block/{block:08d}"
+            try:
+                ok, responses = self.client.txn(
+                    [etcd.absent(name_key), etcd.absent(block_key)],
+                    [etcd.put_op(name_key, str(block).encode()), etcd.put_op(block_key, name.encode())],
+                    [etcd.range_op(name_key), etcd.range_op(block_key)])
+            finally:
+                with self._lock:
+                    self._reserved.discard(block)
+            if ok:
+                self.allocations += 1
+                self.names[name], self.owners[block] = block, name
+                return self.subnet(block)
+            self.cas_conflicts += 1
+            held = responses[0]["response_range"].get("kvs", [])
+            if held:  # this name got a lease through another lighthouse first
+                block = int(etcd.unb64(held[0]["value"]))
+                self.names[name], self.owners[block] = block, name
+                return self.subnet(block)
+            other = responses[1]["response_range"].get("kvs", [])
+            self.owners[block] = etcd.unb64(other[0]["value"]).decode() if other else "?"
+        raise StoreUnavailable("lease blocks kept being taken under us; try again")
+
+    def publish(self, record: NodeRecord) -> None:
+        body = _record_json(record, 0.0)
+        if self._published.get(record.name) == (body, self.epoch):
+            return  # unchanged and on the newest epoch lease: nothing to write
+        self._published[record.name] = (body, self.epoch)
+        self._enqueue(etcd.put_op(f"{self.p}node/{record.name}/{self.me}", _record_json(record, time.time()),
+                                  self.epoch))
+
+    def withdraw(self, name: str) -> None:
+        if self._published.pop(name, None) is not None:
+            self._enqueue(etcd.delete_op(f"{self.p}node/{name}/{self.me}"))
+
+    def remote(self, name: str) -> NodeRecord | None:
+        """The node's registration through another lighthouse (None when it has none)."""
+        held = self.nodes.get(name)
+        if not held:
+            return None
+        others = [r for lh, r in held.items() if lh != self.me]
+        return others[0] if others else None
+
+    def remote_nodes(self) -> list[NodeRecord]:
+        out = []
+        for held in list(self.nodes.values()):
+            rec = next((r for lh, r in held.items() if lh != self.me), None)
+            if rec is not None and self.me not in held:
+                out.append(rec)
+        return out
+
+    def request_punch(self, lighthouse: str, target: str, asker: NodeRecord) -> None:
+        self._enqueue(etcd.put_op(f"{self.p}punch/{lighthouse}/{target}", _record_json(asker, time.time()),
+                                  self.epoch))
+
+    def health(self) -> dict:
+        """From the last member check (the write thread, every 2 s): never waits."""
+        members = self._members
+        quorum = sum(1 for m in members if m.get("has_leader")) > len(members) // 2
+        return {"backend": "etcd", "healthy": quorum, "members": members, "prefix": self.p,
+                "leases": len(self.names), "nodes": len(self.nodes), "lighthouses": sorted(self.lighthouses),
+                "revision": self.revision, "watch_restarts": self.watch_restarts, "allocations": self.allocations,
+                "cas_conflicts": self.cas_conflicts, "write_errors": self.write_errors, "last_error": self.last_error}
+
+    def _check_members(self) -> None:
+        members = []
+        for i, (host, port) in enumerate(self.client.endpoints):
+            try:
+                st = self.client.status_of(i)
+                members.append({"endpoint": f"{host}:{port}", "up": True, "version": st.get("version"),
+                                "leader": st.get("leader") == st.get("header", {}).get("member_id"),
+                                "has_leader": int(st.get("leader", "0")) != 0,
+                                "db_size": int(st.get("dbSize", 0))})
+            except etcd.EtcdError as exc:
+                members.append({"endpoint": f"{host}:{port}", "up": False, "error": str(exc)[:200]})
+        self._members = members
+
+    def close(self) -> None:
+        self._stop.set()
+        self._abort.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=3)
+        try:
+            self.client.revoke(self.alive)
+        except etcd.EtcdError:
+            pass

@@ -1,0 +1,280 @@
+"""Simulated nodes that speak the real lighthouse protocol over UDP: a Noise IK
+handshake with certificates (engine.proto.handshake, macs from engine.proto.cookie),
+then msgpack control messages sealed as type-4 packets (tests.harness.wire, PyNaCl).
+Thousands of them share a few sockets; replies find their node by receiver index.
+Used by the lighthouse benchmark (10,000 nodes) and the etcd cluster tests.
+
+    python3 -m tests.harness.simnode --ca-dir D --lighthouse NAME@HOST:PORT ... \
+        register --names a,b,c [--bind IP]     -> JSON {name: subnet or "error: ..."}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import selectors
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from nacl.signing import SigningKey
+
+from engine.proto import cert as certs
+from engine.proto import cookie, handshake as hsm
+from engine.proto.handshake import Identity
+from engine.proto.noise import generate_keypair
+from lighthouse import wire
+from tests.harness import wire as hwire
+
+DAY = 86400
+
+
+@dataclass
+class Session:
+    send: bytes = b""
+    receive: bytes = b""
+    remote: int = 0
+    counter: int = 0
+    hs: object = None
+    started: float = 0.0
+
+
+@dataclass
+class Node:
+    ident: Identity
+    sock: socket.socket
+    sessions: dict[str, Session] = field(default_factory=dict)   # lighthouse -> session
+    lease: str | None = None
+    error: str | None = None
+    answers: list = field(default_factory=list)                  # (kind, msg) received
+    registered_at: float = 0.0                                   # when we last sent a register
+
+
+class Lighthouse:
+    def __init__(self, name: str, addr: tuple[str, int], static: bytes) -> None:
+        self.name, self.addr, self.static = name, addr, static
+
+
+def make_identity(ca_key: SigningKey, ca: certs.Certificate, name: str) -> Identity:
+    private, public = generate_keypair()
+    now = int(time.time())
+    raw = certs.sign_node(ca_key, ca, name, public, [], now - DAY, now + 30 * DAY)
+    return Identity(private, certs.decode(raw)[0], ca)
+
+
+class Swarm:
+    """`n` nodes over `sockets` UDP sockets bound to `bind`."""
+
+    def __init__(self, ca_key: SigningKey, ca: certs.Certificate, lighthouses: list[Lighthouse], names: list[str],
+                 bind: str | list[str] = "127.0.0.1", sockets: int = 32) -> None:
+        """bind: an address for all sockets, or one address per socket (the lighthouse
+        limits handshakes per source address: many simulated hosts need many)."""
+        binds = [bind] * sockets if isinstance(bind, str) else list(bind)
+        sockets = len(binds)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, sockets + 256)), hard))
+        self.lighthouses = {lh.name: lh for lh in lighthouses}
+        self.socks = []
+        for addr in binds:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.bind((addr, 0))
+            s.setblocking(False)
+            self.socks.append(s)
+        self.sel = selectors.DefaultSelector()
+        for s in self.socks:
+            self.sel.register(s, selectors.EVENT_READ)
+        self.nodes = [Node(make_identity(ca_key, ca, n), self.socks[i % sockets]) for i, n in enumerate(names)]
+        self.by_index: dict[int, tuple[Node, str]] = {}
+        self.rng = random.Random()
+        self.counts = {"handshakes": 0, "messages": 0, "bad": 0, "peer": 0, "punch": 0, "error": 0}
+        self.keep_answers = True  # False: only count them (a benchmark of many queries)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+    # ---- sending
+    def handshake(self, node: Node, lh: str) -> None:
+        target = self.lighthouses[lh]
+        index = self.rng.getrandbits(32) or 1
+        hs, msg = hsm.create_initiation(node.ident, target.static, index, time.time_ns())
+        packet, _ = cookie.add_macs(msg, target.static, None)
+        node.sessions[lh] = Session(hs=hs, started=time.monotonic())
+        self.by_index[index] = (node, lh)
+        node.sock.sendto(packet, target.addr)
+
+    def send(self, node: Node, lh: str, msg: bytes) -> bool:
+        s = node.sessions.get(lh)
+        if s is None or not s.send:
+            return False
+        node.sock.sendto(hwire.seal(s.send, s.remote, s.counter, msg, kind=4), self.lighthouses[lh].addr)
+        s.counter += 1
+        return True
+
+    def register(self, node: Node, lh: str) -> bool:
+        node.registered_at = time.monotonic()
+        return self.send(node, lh, wire.encode("register", endpoints=[]))
+
+    def keep_registered(self, lh: str, every: float = 10.0, batch: int = 500) -> None:
+        """Register again like an engine does (every 10 s): a lighthouse that hears
+        nothing for 20 s after answering starts a handshake of its own, which these
+        nodes do not answer. Looks at `batch` nodes per call, in turn."""
+        now = time.monotonic()
+        start = self._keep = getattr(self, "_keep", 0) % max(1, len(self.nodes))
+        for n in self.nodes[start:start + batch]:
+            s = n.sessions.get(lh)
+            if s is not None and s.send and now - n.registered_at >= every:
+                self.register(n, lh)
+        self._keep = start + batch
+
+    # ---- receiving
+    def pump(self, timeout: float) -> int:
+        """Read what arrived (waiting up to `timeout` for the first); handled count."""
+        handled = 0
+        for key, _ in self.sel.select(timeout):
+            for _ in range(256):
+                try:
+                    data, _addr = key.fileobj.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                handled += 1
+                self._on_datagram(data)
+        return handled
+
+    def _on_datagram(self, data: bytes) -> None:
+        try:
+            if data[0] == 2:
+                sender, receiver = hsm.response_indexes(data)
+                node, lh = self.by_index[receiver]
+                s = node.sessions[lh]
+                hsm.consume_response(node.ident, s.hs, data, lh, time.time())
+                s.send, s.receive = s.hs.split()
+                s.remote, s.hs = sender, None
+                self.counts["handshakes"] += 1
+            elif data[0] == 4:
+                index = int.from_bytes(data[4:8], "little")
+                node, lh = self.by_index[index]
+                _, _, _, plain = hwire.open_packet(node.sessions[lh].receive, data)
+                kind, msg = wire.decode(plain)
+                self.counts["messages"] += 1
+                if kind == "lease":
+                    node.lease = msg["subnet"]
+                elif kind == "error" and msg["code"] in ("exhausted", "unregistered"):
+                    node.error = f"{msg['code']}: {msg['msg']}"
+                else:
+                    self.counts[kind] = self.counts.get(kind, 0) + 1
+                    if self.keep_answers:
+                        node.answers.append((kind, msg))
+        except Exception:  # noqa: BLE001 - a benchmark counts what it could not read
+            self.counts["bad"] += 1
+
+    def wait(self, done, seconds: float) -> bool:  # noqa: ANN001
+        end = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > end:
+                return False
+            self.pump(0.05)
+        return True
+
+
+def load(ca_dir: str, specs: list[str]) -> tuple[SigningKey, certs.Certificate, list[Lighthouse]]:
+    """The CA (its signing key) and lighthouses NAME@HOST:PORT whose certificate is
+    ca_dir/NAME.crt."""
+    from engine import pki
+    ca = pki.load_ca(os.path.join(ca_dir, "ca.crt"))
+    ca_key = SigningKey(pki.read_secret(os.path.join(ca_dir, "ca.key")))
+    lhs = []
+    for spec in specs:
+        name, _, hostport = spec.partition("@")
+        host, _, port = hostport.rpartition(":")
+        cert = certs.verify_node(pki.read_file(os.path.join(ca_dir, f"{name}.crt"), "cert"), ca, time.time())
+        lhs.append(Lighthouse(name, (host, int(port)), cert.key))
+    return ca_key, ca, lhs
+
+
+def register_all(swarm: Swarm, spread: bool = True, seconds: float = 20.0) -> dict[str, str]:
+    """Each node handshakes with one lighthouse (round robin when `spread`) and
+    registers; retries unanswered ones every second. {name: subnet or error}."""
+    names = list(swarm.lighthouses)
+    choice = {id(n): names[i % len(names)] if spread else names[0] for i, n in enumerate(swarm.nodes)}
+    for n in swarm.nodes:
+        swarm.handshake(n, choice[id(n)])
+    end = time.monotonic() + seconds
+    sent: set[int] = set()
+    last_retry = time.monotonic()
+    while time.monotonic() < end:
+        swarm.pump(0.05)
+        for n in swarm.nodes:
+            lh = choice[id(n)]
+            if n.lease is None and n.error is None and id(n) not in sent and swarm.register(n, lh):
+                sent.add(id(n))
+        if all(n.lease or n.error for n in swarm.nodes):
+            break
+        if time.monotonic() - last_retry > 1.0:  # a lost handshake or register: again (another lighthouse)
+            last_retry = time.monotonic()
+            for n in swarm.nodes:
+                if n.lease is None and n.error is None:
+                    choice[id(n)] = names[(names.index(choice[id(n)]) + 1) % len(names)]
+                    sent.discard(id(n))
+                    swarm.handshake(n, choice[id(n)])
+    return {n.ident.cert.name: n.lease or n.error or "error: no answer" for n in swarm.nodes}
+
+
+def pair_query(ca_key, ca, lhs, names, bind, seconds) -> dict:  # noqa: ANN001
+    """Node A registered through lhs[0] asks for node B registered through lhs[-1]:
+    A's answer (a `peer`), and whether B got the `punch` (from its own lighthouse)."""
+    out = {}
+    swarms = [Swarm(ca_key, ca, [lh], [n], bind, sockets=1) for lh, n in ((lhs[0], names[0]), (lhs[-1], names[1]))]
+    try:
+        for sw in swarms:
+            out[sw.nodes[0].ident.cert.name] = register_all(sw, seconds=seconds)[sw.nodes[0].ident.cert.name]
+        a, b = swarms[0].nodes[0], swarms[1].nodes[0]
+        end = time.monotonic() + seconds
+        asked = 0.0
+        while time.monotonic() < end and not (a.answers and b.answers):
+            if time.monotonic() - asked > 1.0:  # the registration may take a moment to reach the other cache
+                asked = time.monotonic()
+                a.answers.clear()
+                swarms[0].send(a, lhs[0].name, wire.encode("query", name=names[1]))
+            for sw in swarms:
+                sw.pump(0.02)
+            if a.answers and a.answers[0][0] != "peer":
+                a.answers.clear()
+        out["answer"] = a.answers[0][0] if a.answers else None
+        out["punch"] = b.answers[0][1]["name"] if b.answers and b.answers[0][0] == "punch" else None
+    finally:
+        for sw in swarms:
+            sw.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m tests.harness.simnode")
+    p.add_argument("--ca-dir", required=True)
+    p.add_argument("--lighthouse", action="append", required=True, help="NAME@HOST:PORT")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--seconds", type=float, default=20.0)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    reg = sub.add_parser("register")
+    reg.add_argument("--names", required=True)
+    pair = sub.add_parser("pair", help="A registers at the first lighthouse, B at the last; A asks for B")
+    pair.add_argument("--names", required=True, help="A,B")
+    a = p.parse_args(argv)
+    ca_key, ca, lhs = load(a.ca_dir, a.lighthouse)
+    if a.cmd == "pair":
+        print(json.dumps(pair_query(ca_key, ca, lhs, a.names.split(","), a.bind, a.seconds)))
+        return 0
+    swarm = Swarm(ca_key, ca, lhs, a.names.split(","), a.bind, sockets=min(32, len(a.names.split(","))))
+    try:
+        print(json.dumps(register_all(swarm, seconds=a.seconds)))
+    finally:
+        swarm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

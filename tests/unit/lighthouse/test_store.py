@@ -1,0 +1,233 @@
+"""One suite for both stores (lighthouse.store): SQLite, and etcd (a real member on
+loopback started by the fixture, killed on teardown). Then what only a shared store
+does: a node registered through one lighthouse found, punched and expired through
+another."""
+import ipaddress
+import os
+import threading
+import time
+import uuid
+
+import pytest
+
+from lighthouse import wire
+from lighthouse.leases import LeaseExhausted, LeaseStore
+from lighthouse.registry import Registry
+from lighthouse.store import NodeRecord
+from tests.harness import etcd as etcd_harness
+
+NET = ipaddress.IPv4Network("10.87.0.0/16")
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory):
+    if not etcd_harness.available():
+        if os.geteuid() == 0:  # the README's test command installs etcd-server: missing is a failure there
+            pytest.fail("etcd is not installed (apt-get install etcd-server)")
+        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    cluster = etcd_harness.EtcdCluster(str(tmp_path_factory.mktemp("etcd")), size=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def open_store(request, tmp_path):
+    """open_store(network=NET, me="lh-1") -> a store; the same call again opens the same
+    data (a restarted lighthouse, or a second lighthouse sharing it)."""
+    made = []
+    if request.param == "sqlite":
+        def make(network=NET, me="lh-1", ttl=60.0):
+            made.append(LeaseStore(str(tmp_path / "leases.db"), network))
+            return made[-1]
+    else:
+        cluster = request.getfixturevalue("etcd_cluster")
+        prefix = f"/t-{uuid.uuid4().hex[:8]}/"
+
+        def make(network=NET, me="lh-1", ttl=60.0):
+            from lighthouse.store_etcd import EtcdStore
+            made.append(EtcdStore(cluster.endpoints, network, me, prefix=prefix, ttl=ttl))
+            return made[-1]
+    make.backend = request.param
+    yield make
+    for s in made:
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001 - a SQLite store a test thread opened and closed
+            pass
+
+
+def test_leases_are_sticky_distinct_and_survive_a_restart(open_store):
+    s = open_store()
+    a, b = s.lease_for("host-a", 0), s.lease_for("host-b", 0)
+    assert a != b and s.lease_for("host-a", 5) == a
+    assert str(a) == "10.87.1.0/24" and str(b) == "10.87.2.0/24"  # block 0 is kept back
+    assert s.by_address(ipaddress.IPv4Address("10.87.2.9")) == "host-b"
+    assert s.by_address(ipaddress.IPv4Address("10.88.2.9")) is None
+    assert s.name_of_block(1) == "host-a" and s.name_of_block(7) is None
+    s.close()
+    again = open_store()
+    assert again.all() == {"host-a": a, "host-b": b} and again.lease_for("host-b", 9) == b
+
+
+def test_a_full_network_says_so(open_store):
+    s = open_store(network=ipaddress.IPv4Network("10.87.0.0/22"))  # 3 leasable /24s
+    got = {s.lease_for(f"h{i}", 0) for i in range(3)}
+    assert len(got) == 3
+    with pytest.raises(LeaseExhausted, match="no free /24"):
+        s.lease_for("h3", 0)
+
+
+def test_a_store_of_another_network_is_refused(open_store):
+    open_store().close()
+    with pytest.raises(ValueError, match="belongs to network 10.87.0.0/16"):
+        open_store(network=ipaddress.IPv4Network("10.88.0.0/16"))
+
+
+def test_two_lighthouses_allocating_at_once_never_share_a_block(open_store):
+    open_store().close()  # the network is set: three openers at once do not race on it
+    got: dict[str, ipaddress.IPv4Network] = {}
+    errors = []
+
+    def run(me, names):
+        try:
+            store = open_store(me=me)  # in its thread: SQLite connections are per thread
+            for n in names:
+                got[f"{n}@{me}"] = store.lease_for(n, 0)
+            store.close()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    # every store asks for the same 30 names at the same time: each name one block, never shared
+    threads = [threading.Thread(target=run, args=(f"lh-{k}", [f"host-{i}" for i in range(30)])) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    by_name: dict[str, set] = {}
+    for key, subnet in got.items():
+        by_name.setdefault(key.split("@")[0], set()).add(subnet)
+    assert all(len(v) == 1 for v in by_name.values()), "a name got two different /24s"
+    blocks = [next(iter(v)) for v in by_name.values()]
+    assert len(blocks) == len(set(blocks)) == 30, "two names share a /24"
+
+
+# ---- what only a shared store (etcd) does
+
+def record(name, subnet="10.87.1.0/24", lh="lh-1", services=()):
+    return NodeRecord(name, b"cert-" + name.encode(), subnet, [("192.0.2.1", 4787)], [("192.0.2.1", 4787)], lh,
+                      list(services))
+
+
+def wait_for(cond, seconds=2.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_a_registration_through_one_lighthouse_is_seen_by_another_within_a_second(open_store):
+    if open_store.backend != "etcd":
+        pytest.skip("the SQLite store keeps registrations in the lighthouse's memory")
+    one, two = open_store(me="lh-1"), open_store(me="lh-2")
+    t0 = time.monotonic()
+    one.publish(record("host-a"))
+    assert wait_for(lambda: two.remote("host-a") is not None, 1.0)
+    took = time.monotonic() - t0
+    assert two.remote("host-a").endpoints == [("192.0.2.1", 4787)] and took < 1.0
+    assert one.remote("host-a") is None  # its own registrations are not "remote"
+    one.withdraw("host-a")
+    assert wait_for(lambda: two.remote("host-a") is None, 1.0)
+    # a lease taken through one is answered from the other's cache
+    subnet = one.lease_for("host-b", 0)
+    assert wait_for(lambda: two.name_of_block(one.block_of(subnet)) == "host-b", 1.0)
+
+
+def test_a_dead_lighthouses_registrations_expire(open_store):
+    if open_store.backend != "etcd":
+        pytest.skip("etcd leases (TTL)")
+    one, two = open_store(me="lh-1", ttl=1.0), open_store(me="lh-2", ttl=1.0)
+    one.publish(record("host-a"))
+    assert wait_for(lambda: two.remote("host-a") is not None, 1.0)
+    one._stop.set()  # the lighthouse dies: nobody keeps the lease alive or writes again
+    one._abort.set()
+    assert wait_for(lambda: two.remote("host-a") is None, 8.0), "a dead node's endpoints stayed"
+
+
+def test_a_query_through_another_lighthouse_answers_and_punches_through_the_first(open_store):
+    if open_store.backend != "etcd":
+        pytest.skip("needs a shared store")
+    s1, s2 = open_store(me="lh-1"), open_store(me="lh-2")
+    r1, r2 = Registry(s1, me="lh-1"), Registry(s2, me="lh-2")
+    punched = []
+    s1.on_punch = lambda target, asker: punched.append(r1.punch(target, asker, 1.0))
+    r1.handle("host-a", b"cert-a", wire.encode("register", endpoints=[("192.0.2.10", 4787)]), ("198.51.100.1", 4000), 0.0)
+    r2.handle("host-b", b"cert-b", wire.encode("register", endpoints=[("192.0.2.11", 4787)]), ("198.51.100.2", 4000), 0.0)
+    assert wait_for(lambda: s2.remote("host-a") is not None, 1.0)
+    out = r2.handle("host-b", b"cert-b", wire.encode("query", name="host-a"), ("198.51.100.2", 4000), 1.0)
+    assert [(to, wire.decode(m)[0]) for to, m in out] == [("host-b", "peer")]
+    assert list(wire.decode(out[0][1])[1]["endpoints"][0]) == ["198.51.100.1", 4000]
+    # lh-2 cannot reach host-a: lh-1, which holds its session, sends the punch
+    assert wait_for(lambda: punched, 1.0)
+    (target, msg), = punched[0]
+    kind, body = wire.decode(msg)
+    assert target == "host-a" and kind == "punch" and body["name"] == "host-b"
+    assert list(body["endpoints"][0]) == ["198.51.100.2", 4000]
+
+
+def test_a_store_that_cannot_write_answers_unavailable(tmp_path):
+    from lighthouse.store import StoreUnavailable
+
+    class NoQuorum(LeaseStore):
+        def lease_for(self, name, now):
+            raise StoreUnavailable("no new lease now: etcd /v3/kv/txn: no member answered")
+
+    reg = Registry(NoQuorum(str(tmp_path / "l.db"), NET))
+    out = reg.handle("host-a", b"c", wire.encode("register", endpoints=[]), ("192.0.2.1", 4787), 0.0)
+    kind, msg = wire.decode(out[0][1])
+    assert (kind, msg["code"]) == ("error", "unavailable") and "no member answered" in msg["msg"]
+    assert reg.limited["store_unavailable"] == 1 and "host-a" not in reg.nodes
+
+
+def test_no_etcd_member_answering_is_a_clear_start_error():
+    from lighthouse.store_etcd import EtcdStore
+    with pytest.raises(OSError, match=r"no member answered \(127.0.0.1:1: .*; 127.0.0.1:2: "):
+        EtcdStore(["127.0.0.1:1", "127.0.0.1:2"], NET, "lh-1", timeout=0.5)
+
+
+def test_a_broken_record_from_another_lighthouse_is_ignored():
+    from lighthouse.store_etcd import _record, _record_json
+    good = _record_json(record("host-a", services=[{"name": "web", "host": "", "prefix": "/", "addr": "10.87.1.5",
+                                                      "port": 80}]), 0.0)
+    assert _record(good).services[0]["name"] == "web"
+    import json as _json
+    for broken in (b"\xff", b"[]", b"{}", good.replace(b'"port":80', b'"port":"x"'),
+                   good.replace(b'"services":[', b'"services":[1,'), good.replace(b'"endpoints":[[', b'"endpoints":[[[')):
+        assert _record(broken) is None, broken
+    assert _json.loads(good)["name"] == "host-a"
+
+
+def test_a_service_name_held_through_one_lighthouse_is_refused_through_another(open_store):
+    if open_store.backend != "etcd":
+        pytest.skip("needs a shared store")
+    s1, s2 = open_store(me="lh-1"), open_store(me="lh-2")
+    r1, r2 = Registry(s1, me="lh-1"), Registry(s2, me="lh-2")
+
+    def register(reg, name, addr, now):
+        web = {"name": "web", "host": "", "prefix": "/", "addr": addr, "port": 80}
+        out = reg.handle(name, b"c-" + name.encode(), wire.encode("register", endpoints=[], services=[web]),
+                         ("198.51.100.1", 4000), now)
+        return [wire.decode(m) for _, m in out]
+
+    assert [k for k, _ in register(r1, "host-a", "10.87.1.5", 0.0)] == ["lease"]
+    assert wait_for(lambda: s2.remote("host-a") is not None, 1.0)
+    got = register(r2, "host-b", "10.87.2.5", 1.0)
+    assert got[1][0] == "error" and got[1][1]["code"] == "service_refused"
+    assert "through another lighthouse" in got[1][1]["msg"]
+    # the catalog of lh2 lists host-a's service (registered through lh1)
+    out = r2.handle("host-b", b"c-host-b", wire.encode("catalog_query", offset=0), ("198.51.100.1", 4000), 2.0)
+    assert [(e["name"], e["node"]) for e in wire.decode(out[0][1])[1]["services"]] == [("web", "host-a")]
