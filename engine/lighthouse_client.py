@@ -41,6 +41,8 @@ PROBE_DELAYS = (0.5, 1.0, 2.0, 4.0)  # ... after these first (a punched NAT open
 TCP_AFTER = 3.0          # no lighthouse answered over UDP this long: use a lighthouse's TCP relay
 TCP_RETRY = 5.0          # a TCP relay failed or closed: try again (the next lighthouse) after this
 UDP_PROBE = 5.0          # on TCP: try UDP to the lighthouse this often; an answer moves back
+LOOKUP_RETRY = 1.0       # a peer that reached us has no subnet yet: ask again after this,
+LOOKUP_RETRY_MAX = 16.0  # doubling up to this (the lighthouse allows 4 queries/s per node)
 
 
 class LighthouseClient:
@@ -72,6 +74,7 @@ class LighthouseClient:
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
         self.probes_done: dict[str, int] = {}    # relayed peer -> direct attempts so far
+        self.lookups: dict[str, tuple[float, float]] = {}  # peer without a subnet -> (next ask, backoff)
         self.offers_relay: dict[str, bool] = {}  # lighthouse -> its lease's `relay` (absent: True)
         self.no_relay = set(no_relay or ())      # [[lighthouses]] relay = false: never relay through these
         # the TCP relay (UDP blocked): hooks the driver sets; state of this side
@@ -150,6 +153,14 @@ class LighthouseClient:
             self.next_names = now + NAMES_EVERY
             self._names_pages, self._names_paging = [], 0
             self._ask(wire.encode("names_query", version=self.names_version, offset=0), one=True)
+        for name, (at, delay) in list(self.lookups.items()):
+            peer = self.device.peers.get(name)
+            if peer is None or peer.subnet is not None:
+                del self.lookups[name]
+            elif now >= at:  # the answer (or the punch) was lost or refused by the rate limit
+                delay = min(2 * delay, LOOKUP_RETRY_MAX)
+                self.lookups[name] = (now + delay, delay)
+                self._ask(wire.encode("query", name=name))
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
@@ -163,7 +174,8 @@ class LighthouseClient:
                       + ([self.next_names] if self.on_names is not None else [])
                       + [t + QUERY_TIMEOUT for t in self.pending.values()]
                       + [t + ANSWER_WITHIN for t in self.awaiting.values()]
-                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
+                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values())
+                      + [at for at, _ in self.lookups.values()])
         return min(deadlines)
 
     # ---- the TCP relay: when no UDP gets through, not even to a lighthouse
@@ -318,8 +330,13 @@ class LighthouseClient:
         self._relay(peer, now, "the direct path stopped answering")
 
     def on_new_peer(self, peer: Peer, now: float) -> None:
+        """A node we did not know connected: its subnet (which addresses it may send
+        from) comes from the lighthouse. Asked again with a backoff until it is known:
+        until then its traffic is dropped (source_not_allowed)."""
         if peer.name not in self.lighthouses:
             self._ask(wire.encode("query", name=peer.name))
+            if peer.subnet is None:
+                self.lookups[peer.name] = (now + LOOKUP_RETRY, LOOKUP_RETRY)
 
     def _ask(self, msg: bytes, one: bool = False) -> None:
         """To every lighthouse with a session (any answer will do: a dead one cannot

@@ -222,10 +222,9 @@ def test_a_revoked_node_is_torn_down_everywhere(make_sim):
     assert len(b.received_from(a)) == got + 1
 
 
-@pytest.mark.xfail(strict=True, reason="engine/lighthouse_client.py on_new_peer asks the lighthouse for a new peer "
-                                       "once: if that answer is lost, the peer keeps no subnet and its traffic is "
-                                       "dropped (source_not_allowed) until this host sends to it")
 def test_a_node_reached_first_by_a_handshake_learns_its_subnet_despite_a_lost_answer(make_sim):
+    """a asks the lighthouse who b is again (LOOKUP_RETRY, doubling) until it knows b's
+    subnet; it once asked only once, and b's traffic was dropped for good."""
     sim = make_sim()
     a, b = sim.engine("host-a", nat=None), sim.engine("host-b", nat="cone")
     sim.run_until(lambda: sim.registered(a, b), 3, "both hosts hold a lease")
