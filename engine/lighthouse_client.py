@@ -49,6 +49,8 @@ PROBE_DELAYS = (0.5, 1.0, 2.0, 4.0)  # ... after these first (a punched NAT open
 TCP_AFTER = 3.0          # no lighthouse answered over UDP this long: use a lighthouse's TCP relay
 TCP_RETRY = 5.0          # a TCP relay failed or closed: try again (the next lighthouse) after this
 UDP_PROBE = 5.0          # on TCP: try UDP to the lighthouse this often; an answer moves back
+LOOKUP_RETRY = 1.0       # a peer that reached us has no subnet yet: ask again after this,
+LOOKUP_RETRY_MAX = 16.0  # doubling up to this (the lighthouse allows 4 queries/s per node)
 
 
 class LighthouseClient:
@@ -78,6 +80,7 @@ class LighthouseClient:
         self.next_register = 0.0
         self.lost: dict[str, float] = {name: 0.0 for name in self.lighthouses}  # -> next handshake retry
         self._registered_on: dict[str, float | None] = {}  # lighthouse -> the handshake our last register used
+        self._unsendable_on: dict[str, float | None] = {}  # lighthouse -> a handshake whose keys could not send yet
         self.pending: dict[int, float] = {}      # route index -> when we asked
         # "name" or "@10.87.3.1" -> (the query, lighthouses asked, when first asked)
         self.queries: dict[str, tuple[bytes, set[str], float]] = {}
@@ -85,6 +88,7 @@ class LighthouseClient:
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
         self.probes_done: dict[str, int] = {}    # relayed peer -> direct attempts so far
+        self.lookups: dict[str, tuple[float, float]] = {}  # peer without a subnet -> (next ask, backoff)
         self.offers_relay: dict[str, bool] = {}  # lighthouse -> its lease's `relay` (absent: True)
         self.no_relay = set(no_relay or ())      # [[lighthouses]] relay = false: never relay through these
         # the TCP relay (UDP blocked): hooks the driver sets; state of this side
@@ -177,8 +181,16 @@ class LighthouseClient:
         for target, (msg, asked, at) in list(self.queries.items()):
             if now - at >= QUERY_TIMEOUT:
                 del self.queries[target]
-            elif now - at >= QUERY_FAILOVER * max(1, len(asked)):  # unanswered: the next lighthouse
-                self._query(target, msg, now)
+            elif len(asked) < len(self.lighthouses) and now - at >= QUERY_FAILOVER * max(1, len(asked)):
+                self._query(target, msg, now)  # unanswered: the next lighthouse
+        for name, (at, delay) in list(self.lookups.items()):
+            peer = self.device.peers.get(name)
+            if peer is None or peer.subnet is not None:
+                del self.lookups[name]
+            elif now >= at:  # the answer (or the punch) was lost or refused by the rate limit
+                delay = min(2 * delay, LOOKUP_RETRY_MAX)
+                self.lookups[name] = (now + delay, delay)
+                self._query(name, wire.encode("query", name=name), now)
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
@@ -190,13 +202,17 @@ class LighthouseClient:
         deadlines = ([self.next_udp_probe] if self.tcp else [])
         deadlines += ([max(self.next_tcp, self.udp_silent_since + TCP_AFTER)]
                       if self.udp_silent_since is not None and not self.tcp and self.open_tcp else [])
-        deadlines += ([self.next_register] + list(self.lost.values())
+        # a lost lighthouse's retry waits while a register to it is out (handle_timer)
+        deadlines += ([self.next_register] + [at for name, at in self.lost.items() if name not in self.awaiting]
                       + ([self.next_catalog] if self.services is not None else [])
                       + ([self.next_names] if self.on_names is not None else [])
                       + [t + QUERY_TIMEOUT for t in self.pending.values()]
                       + [t + ANSWER_WITHIN for t in self.awaiting.values()]
-                      + [at + QUERY_FAILOVER * max(1, len(asked)) for _, asked, at in self.queries.values()]
-                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
+                      # the next lighthouse to ask, or (all asked) when the query is given up
+                      + [at + (QUERY_FAILOVER * max(1, len(asked)) if len(asked) < len(self.lighthouses)
+                               else QUERY_TIMEOUT) for _, asked, at in self.queries.values()]
+                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values())
+                      + [at for at, _ in self.lookups.values()])
         return min(deadlines)
 
     # ---- the TCP relay: when no UDP gets through, not even to a lighthouse
@@ -293,6 +309,11 @@ class LighthouseClient:
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
                 self._registered_on[lh.name] = lh.session.last_handshake
+            elif lh.session.current is not None:
+                # keys, but none to send with yet (as responder we wait for the lighthouse's
+                # first packet): the next register tries again; not "fresh" until then, or
+                # get_timer would say 0 again and again (a busy loop)
+                self._unsendable_on[lh.name] = lh.session.last_handshake
             else:
                 self.device.connect(lh, now)   # no keys yet: the handshake comes first
         if self.on_names is not None:  # a lost page or a restarted lighthouse: healed here
@@ -341,7 +362,8 @@ class LighthouseClient:
         """A lighthouse we wait for has keys from a handshake our registers have not
         used yet (it just came back, or we just started)."""
         return any(name not in self.awaiting and lh.session.current is not None
-                   and lh.session.last_handshake != self._registered_on.get(name, -1.0)
+                   and lh.session.last_handshake not in (self._registered_on.get(name, -1.0),
+                                                         self._unsendable_on.get(name, -1.0))
                    for name, lh in self.lighthouses.items() if name in self.lost)
 
     # ---- hooks from the device
@@ -362,8 +384,13 @@ class LighthouseClient:
         self._relay(peer, now, "the direct path stopped answering")
 
     def on_new_peer(self, peer: Peer, now: float) -> None:
+        """A node we did not know connected: its subnet (which addresses it may send
+        from) comes from the lighthouse. Asked again with a backoff until it is known:
+        until then its traffic is dropped (source_not_allowed)."""
         if peer.name not in self.lighthouses:
             self._query(peer.name, wire.encode("query", name=peer.name), now)
+            if peer.subnet is None:
+                self.lookups[peer.name] = (now + LOOKUP_RETRY, LOOKUP_RETRY)
 
     def _query(self, target: str, msg: bytes, now: float) -> None:
         """`msg` to one lighthouse not yet asked about `target`: those answering

@@ -112,11 +112,12 @@ class Liveness:
             self.waiting = last_tx
         if self.waiting is None:
             return out
-        silent = now - self.waiting
-        if self.state is PathState.UP and silent >= self.probe_after:
+        # compared with the very sum get_timer() returns: `now - waiting >= probe_after`
+        # can be false at that deadline (float rounding), a timer that fires and does nothing
+        if self.state is PathState.UP and now >= self.waiting + self.probe_after:
             self._move(Input.SILENT)
             out.append(Probe())
-        if self.state is PathState.SUSPECT and silent >= self.dead_after:
+        if self.state is PathState.SUSPECT and now >= self.waiting + self.dead_after:
             self._move(Input.SILENT_LONG)
             self.times_down += 1
             self.down_since = now
