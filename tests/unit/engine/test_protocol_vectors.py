@@ -1,0 +1,112 @@
+"""The test vectors in docs/protocol.md: recomputed with the engine's code and compared
+with the document (so the two cannot drift apart), then checked against independent
+code: the `noiseprotocol` package for the handshake, PyNaCl for the transport rule,
+the C receive path for what a receiver does with them, engine.pki for the key files."""
+import ipaddress
+import os
+import warnings
+
+import pytest
+from nacl import bindings as sodium
+from noise.connection import Keypair, NoiseConnection
+
+from engine import pki
+from engine.datapath import DataPath
+from tests.harness import vectors as vec
+from tests.unit.engine.test_datapath import outside
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, bytes | int]:
+    with open(vec.DOC, encoding="utf-8") as f:
+        pairs = vec.parse(f.read())
+    return {name: int(value, 0) if value.startswith("0x") or value.isdigit() else bytes.fromhex(value)
+            for name, value in pairs}
+
+
+def test_the_document_holds_exactly_what_the_code_computes():
+    with open(vec.DOC, encoding="utf-8") as f:
+        written = vec.parse(f.read())
+    computed = vec.compute()
+    assert [n for n, _ in written] == [n for n, _ in computed], "names or order differ"
+    stale = [n for (n, w), (_, c) in zip(written, computed) if w != c]
+    assert not stale, f"docs/protocol.md is stale for {stale}: run python3 -m tests.harness.vectors --write"
+
+
+def test_render_and_parse_round_trip():
+    pairs = vec.compute()
+    assert vec.parse(vec.render(pairs)) == pairs
+
+
+def _noise(initiator: bool, static: bytes, ephemeral: bytes, remote: bytes | None) -> NoiseConnection:
+    conn = NoiseConnection.from_name(b"Noise_IK_25519_ChaChaPoly_BLAKE2b")
+    conn.set_as_initiator() if initiator else conn.set_as_responder()
+    conn.set_prologue(b"flatnet/1")
+    conn.set_keypair_from_private_bytes(Keypair.STATIC, static)
+    conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
+    if remote is not None:
+        conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "ephemeral keypair already set": on purpose here
+        conn.start_handshake()
+    return conn
+
+
+def test_handshake_vectors_are_plain_noise_ik(doc):
+    """An independent Noise implementation, given the same keys, writes the same bytes."""
+    init_noise, resp_noise = doc["initiation"][vec.INITIATION_NOISE], doc["response"][vec.RESPONSE_NOISE]
+    a = _noise(True, doc["a_static_private"], doc["a_ephemeral_private"], doc["b_static_public"])
+    b = _noise(False, doc["b_static_private"], doc["b_ephemeral_private"], None)
+    assert bytes(a.write_message(doc["initiation_payload"])) == init_noise
+    assert bytes(b.read_message(init_noise)) == doc["initiation_payload"]
+    assert bytes(b.write_message(doc["response_payload"])) == resp_noise
+    assert bytes(a.read_message(resp_noise)) == doc["response_payload"]
+    assert a.get_handshake_hash() == b.get_handshake_hash() == doc["handshake_hash"]
+    # the packet headers: type, three zero bytes, the sender's (and receiver's) index
+    assert doc["initiation"][:8] == b"\x01\0\0\0" + doc["a_sender_index"].to_bytes(4, "little")
+    assert doc["response"][:12] == (b"\x02\0\0\0" + doc["b_sender_index"].to_bytes(4, "little")
+                                    + doc["a_sender_index"].to_bytes(4, "little"))
+
+
+def associated_data(header: bytes) -> bytes:
+    """What the transport AEAD authenticates besides the ciphertext (protocol.md,
+    "Transport"): nothing in protocol version 1."""
+    return b""
+
+
+def test_transport_vectors_follow_the_documented_rule(doc):
+    key = doc["initiator_send_key"]
+    for name, plaintext in (("transport_keepalive", b""), ("transport_control", doc["transport_control_plaintext"]),
+                            ("transport_data", doc["transport_data_plaintext"])):
+        packet = doc[name]
+        header, counter = packet[:16], int.from_bytes(packet[8:16], "little")
+        assert header[1:8] == b"\0\0\0" + doc["b_sender_index"].to_bytes(4, "little")
+        nonce = b"\0" * 4 + counter.to_bytes(8, "little")
+        assert sodium.crypto_aead_chacha20poly1305_ietf_decrypt(packet[16:], associated_data(header), nonce,
+                                                                key) == plaintext, name
+
+
+def test_a_receiver_accepts_the_transport_vectors(doc):
+    """host-b's C receive path with the responder's receive key (= initiator_send_key)."""
+    dp = DataPath(vec.NETWORK, 1420)
+    dp.set_peer(1, ipaddress.IPv4Network(vec.A_SUBNET))
+    dp.add_rx(doc["b_sender_index"], 1, doc["initiator_send_key"])
+    packets = [doc["transport_keepalive"], doc["transport_control"], doc["transport_data"],
+               doc["relayed_data_from_relay"]]
+    delivered, controls = outside(dp, packets)
+    assert delivered == [doc["transport_data_plaintext"]] * 2
+    assert [data for kind, data in controls if kind == 1] == [doc["transport_control_plaintext"]]
+    assert not any(dp.drops().values())
+
+
+def test_key_and_certificate_files_load(doc, tmp_path):
+    for name in ("ca.key", "a.key"):
+        path = tmp_path / name
+        path.write_bytes(doc["ca_key_file" if name == "ca.key" else "a_key_file"])
+        os.chmod(path, 0o600)
+    (tmp_path / "ca.crt").write_bytes(doc["ca_crt"])
+    (tmp_path / "a.crt").write_bytes(doc["a_crt"])
+    assert pki.read_secret(str(tmp_path / "ca.key")) == doc["ca_ed25519_seed"]
+    me = pki.load_identity(str(tmp_path / "ca.crt"), str(tmp_path / "a.crt"), str(tmp_path / "a.key"),
+                           doc["handshake_unix_ns"] / 1e9)
+    assert me.cert.name == vec.A_NAME and me.cert.key == doc["a_static_public"] and me.ca.key == doc["ca_ed25519_public"]
