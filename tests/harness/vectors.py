@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from nacl.signing import SigningKey
 
 from engine.proto import cert as certs
+from engine.proto import constants
 from engine.proto import handshake as hsm
 from engine.proto import tai64n
 from engine.proto.constants import PROLOGUE
@@ -62,8 +63,21 @@ class Node:
 
 
 # ---- engine calls
-INITIATION_NOISE = slice(8, None)   # the Noise message inside a type-1 packet
-RESPONSE_NOISE = slice(12, None)    # ... inside a type-2 packet
+try:  # protocol version 2 (branch wire, pending merge): mac1/mac2 and cookie replies
+    from engine.proto import cookie
+except ImportError:  # version 1: no macs. Delete this fallback once version 2 is merged.
+    cookie = None
+WIRE_VERSION = getattr(constants, "WIRE_VERSION", 1)
+MACS = cookie.MACS if cookie is not None else 0
+INITIATION_NOISE = slice(8, -MACS or None)   # the Noise message inside a type-1 packet
+RESPONSE_NOISE = slice(12, -MACS or None)    # ... inside a type-2 packet
+COOKIE = bytes(range(0xA0, 0xB0))            # version 2: a cookie, as a responder under load gives one
+COOKIE_NONCE = bytes(range(0xB0, 0xC8))      # ... and the 24-byte nonce of its cookie reply
+
+
+def with_macs(message: bytes, receiver_static: bytes, cookie_value: bytes | None = None) -> bytes:
+    """A handshake message as it leaves: with mac1 and mac2 from version 2 on."""
+    return cookie.add_macs(message, receiver_static, cookie_value)[0] if cookie is not None else message
 
 
 def make_ca() -> tuple[SigningKey, bytes, certs.Certificate]:
@@ -82,11 +96,12 @@ def handshake(a: Node, b: Node) -> dict[str, bytes]:
     known to complete a handshake."""
     now = HANDSHAKE_UNIX_NS / 1e9
     ea, eb = (A_EPHEMERAL, public_key(A_EPHEMERAL)), (B_EPHEMERAL, public_key(B_EPHEMERAL))
-    hs_a, initiation = hsm.create_initiation(a.identity, b.identity.cert.key, A_SENDER_INDEX, HANDSHAKE_UNIX_NS,
-                                             ephemeral=ea)
+    a_pub, b_pub = a.identity.cert.key, b.identity.cert.key
+    hs_a, message = hsm.create_initiation(a.identity, b_pub, A_SENDER_INDEX, HANDSHAKE_UNIX_NS, ephemeral=ea)
+    initiation = with_macs(message, b_pub)
     init = hsm.consume_initiation(b.identity, initiation, now)
     assert init.peer.name == a.name and init.timestamp == HANDSHAKE_UNIX_NS and init.sender_index == A_SENDER_INDEX
-    response = hsm.create_response(b.identity, init, B_SENDER_INDEX, ephemeral=eb)
+    response = with_macs(hsm.create_response(b.identity, init, B_SENDER_INDEX, ephemeral=eb), a_pub)
     assert hsm.consume_response(a.identity, hs_a, response, b.name, now).name == b.name
     a_send, a_receive = hs_a.split()
     b_send, b_receive = init.hs.split()
@@ -95,12 +110,20 @@ def handshake(a: Node, b: Node) -> dict[str, bytes]:
     # the plaintext payloads, decrypted again by fresh handshake states
     hs_b2 = HandshakeIK(False, b.static, PROLOGUE)
     initiation_payload = hs_b2.read_message_1(initiation[INITIATION_NOISE])
-    hs_a2 = HandshakeIK(True, a.static, PROLOGUE, remote_static=b.identity.cert.key, ephemeral=ea)
+    hs_a2 = HandshakeIK(True, a.static, PROLOGUE, remote_static=b_pub, ephemeral=ea)
     hs_a2.write_message_1(initiation_payload)
     response_payload = hs_a2.read_message_2(response[RESPONSE_NOISE])
-    return {"initiation": initiation, "response": response, "initiator_send_key": a_send,
-            "initiator_receive_key": a_receive, "handshake_hash": hs_a.handshake_hash,
-            "initiation_payload": initiation_payload, "response_payload": response_payload}
+    out = {"initiation": initiation, "response": response, "initiator_send_key": a_send,
+           "initiator_receive_key": a_receive, "handshake_hash": hs_a.handshake_hash,
+           "initiation_payload": initiation_payload, "response_payload": response_payload}
+    if cookie is not None:
+        # host-b is under load: it answers the initiation with a cookie reply, and
+        # host-a's next initiation (here: the same message) carries mac2
+        reply = cookie.make_reply(initiation, b_pub, COOKIE, COOKIE_NONCE)
+        assert cookie.open_reply(reply, b_pub, initiation[-2 * cookie.MAC:-cookie.MAC]) == COOKIE
+        out["cookie_reply"] = reply
+        out["initiation_with_mac2"] = with_macs(message, b_pub, COOKIE)
+    return out
 
 
 def transport(send_key: bytes, remote_index: int) -> dict[str, bytes]:
@@ -157,6 +180,8 @@ def compute() -> list[tuple[str, str]]:
     # the relay rewrites the id to the sender's block before forwarding (lighthouse/registry.py)
     forwarded = tr["relayed_data"][:4] + _block(A_SUBNET).to_bytes(4, "little") + tr["relayed_data"][8:]
     return [
+        ("protocol_version", str(WIRE_VERSION)),
+        ("noise_prologue", PROLOGUE.hex()),
         ("ca_ed25519_seed", CA_SEED.hex()),
         ("ca_ed25519_public", bytes(ca_key.verify_key).hex()),
         ("ca_key_file", key_file(CA_SEED).hex()),
@@ -180,6 +205,12 @@ def compute() -> list[tuple[str, str]]:
         ("initiation", hs["initiation"].hex()),
         ("response_payload", hs["response_payload"].hex()),
         ("response", hs["response"].hex()),
+    ] + ([
+        ("cookie", COOKIE.hex()),
+        ("cookie_nonce", COOKIE_NONCE.hex()),
+        ("cookie_reply", hs["cookie_reply"].hex()),
+        ("initiation_with_mac2", hs["initiation_with_mac2"].hex()),
+    ] if cookie is not None else []) + [
         ("handshake_hash", hs["handshake_hash"].hex()),
         ("initiator_send_key", hs["initiator_send_key"].hex()),
         ("initiator_receive_key", hs["initiator_receive_key"].hex()),

@@ -2,6 +2,7 @@
 with the document (so the two cannot drift apart), then checked against independent
 code: the `noiseprotocol` package for the handshake, PyNaCl for the transport rule,
 the C receive path for what a receiver does with them, engine.pki for the key files."""
+import hashlib
 import ipaddress
 import os
 import warnings
@@ -38,10 +39,10 @@ def test_render_and_parse_round_trip():
     assert vec.parse(vec.render(pairs)) == pairs
 
 
-def _noise(initiator: bool, static: bytes, ephemeral: bytes, remote: bytes | None) -> NoiseConnection:
+def _noise(prologue: bytes, initiator: bool, static: bytes, ephemeral: bytes, remote: bytes | None) -> NoiseConnection:
     conn = NoiseConnection.from_name(b"Noise_IK_25519_ChaChaPoly_BLAKE2b")
     conn.set_as_initiator() if initiator else conn.set_as_responder()
-    conn.set_prologue(b"flatnet/1")
+    conn.set_prologue(prologue)
     conn.set_keypair_from_private_bytes(Keypair.STATIC, static)
     conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
     if remote is not None:
@@ -55,23 +56,54 @@ def _noise(initiator: bool, static: bytes, ephemeral: bytes, remote: bytes | Non
 def test_handshake_vectors_are_plain_noise_ik(doc):
     """An independent Noise implementation, given the same keys, writes the same bytes."""
     init_noise, resp_noise = doc["initiation"][vec.INITIATION_NOISE], doc["response"][vec.RESPONSE_NOISE]
-    a = _noise(True, doc["a_static_private"], doc["a_ephemeral_private"], doc["b_static_public"])
-    b = _noise(False, doc["b_static_private"], doc["b_ephemeral_private"], None)
+    a = _noise(doc["noise_prologue"], True, doc["a_static_private"], doc["a_ephemeral_private"],
+               doc["b_static_public"])
+    b = _noise(doc["noise_prologue"], False, doc["b_static_private"], doc["b_ephemeral_private"], None)
     assert bytes(a.write_message(doc["initiation_payload"])) == init_noise
     assert bytes(b.read_message(init_noise)) == doc["initiation_payload"]
     assert bytes(b.write_message(doc["response_payload"])) == resp_noise
     assert bytes(a.read_message(resp_noise)) == doc["response_payload"]
     assert a.get_handshake_hash() == b.get_handshake_hash() == doc["handshake_hash"]
-    # the packet headers: type, three zero bytes, the sender's (and receiver's) index
-    assert doc["initiation"][:8] == b"\x01\0\0\0" + doc["a_sender_index"].to_bytes(4, "little")
-    assert doc["response"][:12] == (b"\x02\0\0\0" + doc["b_sender_index"].to_bytes(4, "little")
+    # the packet headers: type, version (zero in version 1), two zero bytes, the sender's
+    # (and receiver's) index
+    assert doc["initiation"][:8] == _prefix(1) + doc["a_sender_index"].to_bytes(4, "little")
+    assert doc["response"][:12] == (_prefix(2) + doc["b_sender_index"].to_bytes(4, "little")
                                     + doc["a_sender_index"].to_bytes(4, "little"))
+
+
+def _prefix(kind: int) -> bytes:
+    return bytes([kind, vec.WIRE_VERSION if vec.WIRE_VERSION >= 2 else 0, 0, 0])
 
 
 def associated_data(header: bytes) -> bytes:
     """What the transport AEAD authenticates besides the ciphertext (protocol.md,
-    "Transport"): nothing in protocol version 1."""
-    return b""
+    "Transport"): the 16-byte header from version 2 on, nothing in version 1."""
+    return header if vec.WIRE_VERSION >= 2 else b""
+
+
+def _blake2b(data: bytes, size: int, key: bytes = b"") -> bytes:
+    return hashlib.blake2b(data, digest_size=size, key=key).digest()
+
+
+def test_macs_and_cookie_reply_follow_the_documented_rule(doc):
+    """Version 2 (pending merge of branch wire): mac1, mac2 and the cookie reply,
+    recomputed with hashlib and PyNaCl from the rules in protocol.md."""
+    if vec.cookie is None:
+        pytest.skip("protocol version 1 has no macs")
+    for name, receiver in (("initiation", "b_static_public"), ("response", "a_static_public")):
+        packet = doc[name]
+        mac1_key = _blake2b(b"mac1----" + doc[receiver], 32)
+        assert packet[-32:-16] == _blake2b(packet[:-32], 16, mac1_key), name
+        assert packet[-16:] == bytes(16), name   # no cookie yet: mac2 is zeros
+    with_mac2 = doc["initiation_with_mac2"]
+    assert with_mac2[:-16] == doc["initiation"][:-16]
+    assert with_mac2[-16:] == _blake2b(with_mac2[:-16], 16, doc["cookie"])
+    reply = doc["cookie_reply"]
+    assert reply[:8] == _prefix(6) + doc["a_sender_index"].to_bytes(4, "little")
+    assert reply[8:32] == doc["cookie_nonce"]
+    cookie_key = _blake2b(b"cookie--" + doc["b_static_public"], 32)
+    assert sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(reply[32:], doc["initiation"][-32:-16], reply[8:32],
+                                                              cookie_key) == doc["cookie"]
 
 
 def test_transport_vectors_follow_the_documented_rule(doc):
@@ -80,7 +112,7 @@ def test_transport_vectors_follow_the_documented_rule(doc):
                             ("transport_data", doc["transport_data_plaintext"])):
         packet = doc[name]
         header, counter = packet[:16], int.from_bytes(packet[8:16], "little")
-        assert header[1:8] == b"\0\0\0" + doc["b_sender_index"].to_bytes(4, "little")
+        assert header[:8] == _prefix(packet[0]) + doc["b_sender_index"].to_bytes(4, "little")
         nonce = b"\0" * 4 + counter.to_bytes(8, "little")
         assert sodium.crypto_aead_chacha20poly1305_ietf_decrypt(packet[16:], associated_data(header), nonce,
                                                                 key) == plaintext, name
