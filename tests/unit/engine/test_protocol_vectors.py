@@ -29,9 +29,10 @@ def test_the_document_holds_exactly_what_the_code_computes():
     with open(vec.DOC, encoding="utf-8") as f:
         written = vec.parse(f.read())
     computed = vec.compute()
-    assert [n for n, _ in written] == [n for n, _ in computed], "names or order differ"
+    fix = "run python3 -m tests.harness.vectors --write and review the diff"
+    assert [n for n, _ in written] == [n for n, _ in computed], f"docs/protocol.md lists other vectors: {fix}"
     stale = [n for (n, w), (_, c) in zip(written, computed) if w != c]
-    assert not stale, f"docs/protocol.md is stale for {stale}: run python3 -m tests.harness.vectors --write"
+    assert not stale, f"docs/protocol.md is stale for {stale}: {fix}"
 
 
 def test_render_and_parse_round_trip():
