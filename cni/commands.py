@@ -16,9 +16,9 @@ from cni.conf import NetConf, parse_lease
 from cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NO_LEASE, NOT_AVAILABLE
 from cni.ipv4 import Subnet, format_ip
 from cni.netlink import Netlink
-from cni.netns import (attach_to_bridge, configure_container, create_veth, delete_link,
-                       enable_ip_forwarding, ensure_bridge, host_veth_name, netlink_in,
-                       open_netns)
+from cni.netns import (VETH_PREFIX, attach_to_bridge, configure_container, create_veth, delete_link,
+                       enable_ip_forwarding, ensure_bridge, find_host_veth, free_host_veth_name,
+                       legacy_veth_name, netlink_in, open_netns, parse_owner, veth_owner)
 from cni.result import add_result, container_ip
 from cni.skel import CmdArgs
 from cni.store import FileStore
@@ -60,10 +60,14 @@ def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
             if held != ip:
                 undo.callback(store.release, ip)
             bridge = ensure_bridge(nl, conf.bridge, subnet, gateway, conf.mtu)
-            host_name = host_veth_name(args.container_id)
-            # a repeated ADD, or a container that died without DEL: re-plumb from scratch
-            delete_link(nl, host_name)
-            host = create_veth(nl, host_name, args.ifname, netns_fd, conf.mtu)
+            # a repeated ADD, or a container that died without DEL: re-plumb from scratch;
+            # a veth of another container under a similar name is never touched
+            old = find_host_veth(nl, args.container_id, args.ifname)
+            if old is not None:
+                delete_link(nl, old.name)
+            host_name = free_host_veth_name(nl, args.container_id, args.ifname)
+            host = create_veth(nl, host_name, args.ifname, netns_fd, conf.mtu,
+                               veth_owner(args.container_id, args.ifname))
             undo.callback(delete_link, nl, host_name)
             attach_to_bridge(nl, host, bridge)
             container = configure_container(cnl, args.ifname, ip, subnet, gateway)
@@ -81,7 +85,9 @@ def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
 
 def cmd_del(args: CmdArgs, conf: NetConf) -> None:
     with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl:
-        delete_link(nl, host_veth_name(args.container_id))
+        host = find_host_veth(nl, args.container_id, args.ifname)
+        if host is not None:
+            delete_link(nl, host.name)
         store.release_by_id(args.container_id, args.ifname)
     return None
 
@@ -120,10 +126,11 @@ def _check_live(args: CmdArgs, conf: NetConf, cnl: Netlink, nl: Netlink, address
     if gateway and not any(dst == 0 and plen == 0 and gw is not None and format_ip(gw) == gateway
                            for dst, plen, gw, _ in cnl.routes()):
         raise fail(f"default route via {gateway} is missing in the container")
-    host = nl.link_get(host_veth_name(args.container_id))
+    host = find_host_veth(nl, args.container_id, args.ifname)
     bridge = nl.link_get(conf.bridge)
     if host is None:
-        raise fail(f"host interface {host_veth_name(args.container_id)} is missing")
+        raise fail(f"host interface of {args.container_id}/{args.ifname} is missing (no fn-* link with "
+                   f"alias {veth_owner(args.container_id, args.ifname)!r})")
     if bridge is None or host.master != bridge.index:
         raise fail(f"host interface {host.name} is not attached to bridge {conf.bridge}")
 
@@ -142,17 +149,26 @@ def cmd_gc(args: CmdArgs, conf: NetConf) -> None:
     valid = set(conf.valid_attachments or ())
     with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl:
         ipam.garbage_collect(store, valid)
-        keep = {host_veth_name(cid) for cid, _ in valid}
+        # links made before owner aliases (fn- + 8 characters) are kept by name
+        legacy = {legacy_veth_name(cid) for cid, _ in valid}
         bridge = nl.link_get(conf.bridge)
         if bridge is None:
             return None
         for link in list(nl.links()):
-            if link.name.startswith("fn-") and link.master == bridge.index and link.name not in keep:
-                try:
-                    nl.link_del(link.index)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENODEV, errno.ENOENT):
-                        raise
+            if not link.name.startswith(VETH_PREFIX) or link.master != bridge.index:
+                continue
+            owner = parse_owner(link.alias)
+            if owner is None:
+                stale = link.name not in legacy
+            else:
+                stale = owner not in valid and (owner[0], "") not in valid
+            if not stale:
+                continue
+            try:
+                nl.link_del(link.index)
+            except OSError as exc:
+                if exc.errno not in (errno.ENODEV, errno.ENOENT):
+                    raise
     return None
 
 

@@ -6,6 +6,11 @@ the json module uses, so parsing and output are the json module's own.
 """
 from __future__ import annotations
 
+# Bounds on what the plugin parses: a runtime's config plus prevResult is a few KiB.
+# Deeper or larger input is refused as a decoding failure, never a RecursionError.
+MAX_INPUT = 1 << 20
+MAX_DEPTH = 64
+
 try:
     import _json
 except ImportError:  # an interpreter without the accelerator: the plain module
@@ -29,7 +34,19 @@ class _Context:
 
 
 def loads(data: bytes | str) -> object:
+    """Parse JSON of at most MAX_INPUT bytes and MAX_DEPTH levels; ValueError otherwise."""
+    if len(data) > MAX_INPUT:
+        raise ValueError(f"input of {len(data)} bytes is larger than the {MAX_INPUT} byte limit")
     text = data.decode("utf-8-sig") if isinstance(data, (bytes, bytearray)) else data
+    try:
+        obj = _parse(text)
+    except RecursionError:  # the parser stopped itself: deeper than the interpreter allows
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    _check_depth(obj)
+    return obj
+
+
+def _parse(text: str) -> object:
     if _json is None:
         import json
         return json.loads(text)
@@ -37,6 +54,8 @@ def loads(data: bytes | str) -> object:
     idx = _skip_ws(text, 0)
     try:
         obj, end = scan(text, idx)
+    except RecursionError:
+        raise
     except Exception:  # noqa: BLE001 - bad input: let the json module word the error
         import json
         return json.loads(text)
@@ -44,6 +63,22 @@ def loads(data: bytes | str) -> object:
     if end != len(text):
         raise ValueError(f"Extra data at char {end}")
     return obj
+
+
+def _check_depth(obj: object) -> None:
+    """Walk the parsed value without recursion; refuse nesting beyond MAX_DEPTH."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _skip_ws(text: str, idx: int) -> int:

@@ -19,6 +19,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 F_REQUEST, F_ACK, F_DUMP = 0x1, 0x4, 0x300
 F_EXCL, F_CREATE = 0x200, 0x400
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
+IFLA_IFALIAS = 20
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
@@ -39,12 +40,12 @@ class NetlinkError(OSError):
 
 
 class Link:
-    __slots__ = ("index", "name", "kind", "flags", "mtu", "master", "mac")
+    __slots__ = ("index", "name", "kind", "flags", "mtu", "master", "mac", "alias")
 
     def __init__(self, index: int, name: str, kind: str, flags: int, mtu: int, master: int,
-                 mac: str) -> None:
+                 mac: str, alias: str = "") -> None:
         self.index, self.name, self.kind, self.flags = index, name, kind, flags
-        self.mtu, self.master, self.mac = mtu, master, mac
+        self.mtu, self.master, self.mac, self.alias = mtu, master, mac, alias
 
     @property
     def up(self) -> bool:
@@ -141,7 +142,8 @@ class Netlink:
         mtu = struct.unpack("=I", attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else 0
         master = struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0
         name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
-        return Link(index, name, kind, flags, mtu, master, mac)
+        alias = attrs.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace")
+        return Link(index, name, kind, flags, mtu, master, mac, alias)
 
     def link_get(self, name: str) -> Link | None:
         try:
@@ -170,7 +172,7 @@ class Netlink:
         self.request(RTM_NEWLINK, F_ACK | F_CREATE | F_EXCL, body)
 
     def link_set(self, index: int, *, up: bool | None = None, mtu: int | None = None,
-                 master: int | None = None, mac: bytes | None = None) -> None:
+                 master: int | None = None, mac: bytes | None = None, alias: str | None = None) -> None:
         flags = change = 0
         if up is not None:
             flags, change = (IFF_UP if up else 0), IFF_UP
@@ -181,6 +183,8 @@ class Netlink:
             attrs += attr(IFLA_ADDRESS, mac)
         if master is not None:
             attrs += attr_u32(IFLA_MASTER, master)
+        if alias is not None:  # IFLA_IFALIAS: up to 255 bytes; the kernel ignores it at creation
+            attrs += attr_str(IFLA_IFALIAS, alias)
         self.request(RTM_NEWLINK, F_ACK, _IFINFO.pack(0, 0, index, flags, change) + attrs)
 
     def link_del(self, index: int) -> None:

@@ -18,8 +18,59 @@ from cni.netlink import Link, Netlink, NetlinkError, format_mac
 CLONE_NEWNET = 0x40000000
 
 
-def host_veth_name(container_id: str) -> str:
-    return "fn-" + container_id[:8]
+VETH_PREFIX = "fn-"
+ALIAS_PREFIX = "flatnet "
+
+
+def veth_owner(container_id: str, ifname: str) -> str:
+    """The host veth's alias (IFLA_IFALIAS): which attachment owns it. A container id
+    has no '/' (skel.valid_container_id); the kernel keeps at most 255 bytes."""
+    return f"{ALIAS_PREFIX}{container_id[:200]}/{ifname}"
+
+
+def parse_owner(alias: str) -> tuple[str, str] | None:
+    if not alias.startswith(ALIAS_PREFIX) or "/" not in alias:
+        return None
+    cid, _, ifname = alias[len(ALIAS_PREFIX):].rpartition("/")
+    return cid, ifname
+
+
+def host_veth_names(container_id: str) -> list[str]:
+    """Names the host end may take, in order: fn- and the first 12 characters of the
+    id (Podman's short id), else the last 12 (two ids that share their first 12 are
+    told apart; docs/cni.md). 3 + 12 = 15, the kernel's limit."""
+    names = [VETH_PREFIX + container_id[:12], VETH_PREFIX + container_id[-12:]]
+    return names[:1] if names[0] == names[1] else names
+
+
+def legacy_veth_name(container_id: str) -> str:
+    """The name versions before issue 13 gave (fn- + 8 characters, no owner alias)."""
+    return VETH_PREFIX + container_id[:8]
+
+
+def find_host_veth(nl: Netlink, container_id: str, ifname: str) -> Link | None:
+    """This attachment's host veth: a candidate name whose alias names this owner.
+    A link of another owner (or of none) under the same name is never ours."""
+    owner = veth_owner(container_id, ifname)
+    for name in host_veth_names(container_id):
+        link = nl.link_get(name)
+        if link is not None and link.alias == owner:
+            return link
+    return None
+
+
+def free_host_veth_name(nl: Netlink, container_id: str, ifname: str) -> str:
+    """The first candidate name no link holds; CniError naming the holders if none."""
+    held = []
+    for name in host_veth_names(container_id):
+        link = nl.link_get(name)
+        if link is None:
+            return name
+        held.append(f"{name} ({link.alias or 'no owner recorded'})")
+    raise CniError(VETH_FAILURE, f"cannot name the host veth of container {container_id}: "
+                   + ", ".join(held) + " already exist",
+                   "another container's id shares its first and last 12 characters; remove the "
+                   "stale interface (ip link del NAME) if its container is gone")
 
 
 def open_netns(path: str) -> int:
@@ -94,7 +145,7 @@ def ensure_bridge(nl: Netlink, name: str, subnet: Subnet, gateway: int, mtu: int
     return link
 
 
-def create_veth(nl: Netlink, host_name: str, ifname: str, netns_fd: int, mtu: int) -> Link:
+def create_veth(nl: Netlink, host_name: str, ifname: str, netns_fd: int, mtu: int, owner: str) -> Link:
     try:
         nl.link_add_veth(host_name, ifname, netns_fd, mtu)
     except NetlinkError as exc:
@@ -105,6 +156,12 @@ def create_veth(nl: Netlink, host_name: str, ifname: str, netns_fd: int, mtu: in
     link = nl.link_get(host_name)
     if link is None:
         raise CniError(VETH_FAILURE, f"veth {host_name} vanished right after creation")
+    try:
+        nl.link_set(link.index, alias=owner)  # the kernel ignores an alias in the create request
+    except NetlinkError as exc:
+        nl.link_del(link.index)
+        raise _kernel(f"cannot record the owner of {host_name}", exc, VETH_FAILURE) from None
+    link.alias = owner
     return link
 
 

@@ -69,7 +69,8 @@ def _count(conf, command: str, result: str) -> None:  # noqa: ANN001
 
 def dispatch(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "TextIO", stderr: "TextIO",
              commands: "Mapping[str, Callable] | None" = None) -> int:
-    data = stdin.read() if env.get("CNI_COMMAND") != "VERSION" or not stdin.isatty() else b""
+    # one byte past the limit is enough to refuse the input (jsonlite.loads: code 6)
+    data = stdin.read(json.MAX_INPUT + 1) if env.get("CNI_COMMAND") != "VERSION" or not stdin.isatty() else b""
     version = parse_version(data)
     try:
         args = validate_env(env)

@@ -59,6 +59,7 @@ class Config:
     spin: bool = True
     moderation_us: int = 100
     log_level: str = "info"
+    log_format: str = "text"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
     lighthouses: tuple[LighthouseConfig, ...] = field(default_factory=tuple)
     gateway_address: tuple[str, int] | None = None
@@ -68,6 +69,7 @@ class Config:
     cni_data_dir: str = "/var/lib/flatnet/ipam"
     firewall_default: str = "allow"
     firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
+    blocklist: str = ""  # a CA-signed blocklist file to enforce (besides what lighthouses send)
 
     @property
     def control_socket(self) -> str:
@@ -83,13 +85,13 @@ class Config:
 
 
 _KNOWN = {
-    "pki": {"ca", "cert", "key"},
+    "pki": {"ca", "cert", "key", "blocklist"},
     "network": {"cidr", "subnet"},
     "listen": {"host", "port", "socket_buffer"},
     "tun": {"name", "mtu", "offloads", "spin", "moderation_us"},
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
-    "log": {"level"},
+    "log": {"level", "format"},
     "gateway": {"lan_address", "domain", "podman_labels"},
     "metrics": {"listen", "cni_data_dir"},
     "firewall": {"default", "inbound"},
@@ -206,6 +208,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     level = get("log", "level", str, "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where('log.level')}: {level!r}; expected debug, info, warning or error")
+    log_format = get("log", "format", str, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"{where('log.format')}: {log_format!r}; expected text or json")
 
     peers = []
     raw_peers = doc.get("peers", [])
@@ -267,6 +272,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/host.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/host.key"),
+        blocklist=get("pki", "blocklist", str, ""),
         network=network, subnet=subnet,
         listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
         socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),
@@ -276,7 +282,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),
-        log_level=level, peers=tuple(peers), lighthouses=tuple(lighthouses),
+        log_level=level, log_format=log_format, peers=tuple(peers), lighthouses=tuple(lighthouses),
         gateway_address=_endpoint(doc["gateway"]["lan_address"], where("gateway.lan_address"))
         if doc.get("gateway", {}).get("lan_address") else None,
         domain=get("gateway", "domain", str, "flatnet.lan"),

@@ -22,6 +22,7 @@ def main(prog: str, description: str, default_config: str, load: Callable, drive
     try:
         config = load(a.config)
         log.set_level(config.log_level)
+        log.set_format(config.log_format)
         import uvloop
         uvloop.run(driver(config, log).run())
     except (ConfigError, PkiError, ValueError) as exc:

@@ -92,6 +92,8 @@ class Device:
         self.peers: dict[str, Peer] = {}
         self.by_slot: dict[int, Peer] = {}
         self.errors: collections.Counter[str] = collections.Counter()
+        self.pinned: set[str] = set()      # peers never removed (the lighthouses the owner holds)
+        self.revoked: dict[str, dict] = {}  # name -> what apply_revocations tore down (for status)
 
     # ---- membership
     def add_peer(self, cert: certs.Certificate, subnet: ipaddress.IPv4Network | None,
@@ -103,6 +105,7 @@ class Device:
                               self.indexes.release, self.wall_ns)
         peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session)
         self.peers[peer.name] = peer
+        self.revoked.pop(peer.name, None)  # re-enrolled: a new certificate the blocklist allows
         self.by_slot[slot] = peer
         self.dp.set_peer(slot, subnet)
         self.dp.set_peer_groups(slot, sum(self.group_bits.get(g, 0) for g in set(cert.groups)))
@@ -159,6 +162,32 @@ class Device:
         peer.session.close()
         self._apply(peer)
         self.dp.remove_peer(peer.slot)
+
+    def apply_revocations(self, now: float) -> list[str]:
+        """After a newer blocklist: end every session whose certificate it revokes. The
+        peer is removed, so its keys leave the data path at once and a later handshake
+        with a new certificate (re-enrolment) adds it again; a pinned peer (a lighthouse
+        the owner holds) stays but loses its keys, and verify_peer refuses its
+        handshakes while the blocklist names it."""
+        rev = self.me.revocations
+        gone = []
+        for peer in list(self.peers.values()) if rev is not None else []:
+            why = rev.reason(peer.cert)
+            if why is None:
+                continue
+            if len(self.revoked) >= 256:
+                del self.revoked[next(iter(self.revoked))]
+            self.revoked[peer.name] = {"fingerprint": peer.cert.fingerprint, "reason": why}
+            self.log.warning("peer_revoked", peer=peer.name, fingerprint=peer.cert.fingerprint[:16], reason=why,
+                             action="keys dropped" if peer.name in self.pinned else "session torn down, peer removed")
+            if peer.name in self.pinned:
+                peer.session.close()
+                self._apply(peer)
+                peer.last_error = "certificate revoked"
+            else:
+                self.remove_peer(peer.name)
+            gone.append(peer.name)
+        return gone
 
     def use_relay(self, peer: Peer, relay_addr: tuple[str, int], relay_id: int, reason: str) -> None:
         """Send to this peer through a relay (type 5 under relay_id); the session stays."""
@@ -362,5 +391,6 @@ class Device:
                 "tx_packets": st.tx_packets, "rx_packets": st.rx_packets, "rx_dropped": st.rx_dropped,
                 "last_error": peer.last_error or None,
                 "cert_expires": peer.cert.not_after, "groups": list(peer.cert.groups),
+                "fingerprint": peer.cert.fingerprint,
             })
         return rows

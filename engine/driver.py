@@ -8,6 +8,7 @@ the control API. Everything protocol-shaped lives in Device and PeerSession.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import os
@@ -21,6 +22,7 @@ from engine.datapath import DataPath
 from engine.device import Device
 from engine.io import control, netlink, tun, udp
 from engine.lighthouse_client import LighthouseClient
+from engine.proto.revocation import Revocations
 from engine.services import ServiceRegistry
 from engine.log import Logger
 
@@ -145,6 +147,13 @@ class Engine:
         self._check_dirs()
         self._lease_waiter = self.loop.create_future()
         self.me, peers, lighthouses = self._load_pki()
+        # the blocklist: what a lighthouse sent before (kept in state_dir) and the
+        # operator's file, polled by the timer
+        self.revocations = Revocations(self.me.ca)
+        self.me = dataclasses.replace(self.me, revocations=self.revocations)
+        self._blocklist_copy = os.path.join(c.state_dir, "blocklist.bin")
+        self._blocklist_files = [pki.BlocklistFile(p) for p in (self._blocklist_copy, c.blocklist) if p]
+        self._next_blocklist_poll = 0.0
         self.services = ServiceRegistry(os.path.join(c.state_dir, "services.json"), self.me.cert.name, c.domain)
         self.tun_fd, vnet, uso = tun.open_tun(c.tun_name, offloads=c.offloads)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
@@ -159,16 +168,23 @@ class Engine:
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
         self._apply_firewall(c)
+        self._poll_blocklists(time.monotonic())  # before any peer is added
         for p, cert in peers:
+            if self.revocations.reason(cert):
+                self.log.error("peer_revoked", peer=p.name, reason=self.revocations.reason(cert),
+                               fix=f"give [[peers]] {p.name!r} a new certificate, then reload")
+                continue
             self.device.add_peer(cert, p.subnet, list(p.endpoints))
         self._endpoints = await self.loop.run_in_executor(None, self._scan_endpoints)
         self.lighthouse = None
         if lighthouses:
             lh_peers = [self.device.add_peer(cert, None, list(lh.endpoints)) for lh, cert in lighthouses]
+            self.device.pinned = {p.name for p in lh_peers}
             self.lighthouse = LighthouseClient(self.device, lh_peers, c.network, self.local_endpoints, self.log,
                                                self._on_lease, self.services, c.gateway_address,
                                                remembered=self._remembered_peers(),
-                                               on_peers_changed=self._remember_peers)
+                                               on_peers_changed=self._remember_peers,
+                                               on_blocklist=self._take_blocklist)
         self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
@@ -206,6 +222,9 @@ class Engine:
             self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
             return
         self.log.set_level(new.log_level)
+        self.log.set_format(new.log_format)
+        if new.blocklist != old.blocklist:  # read at the next poll (within a second)
+            self._blocklist_files = [pki.BlocklistFile(p) for p in (self._blocklist_copy, new.blocklist) if p]
         self._apply_firewall(new)
         self.dp.set_moderation(new.moderation_us)  # a value read every pass: safe to change live
         self.offloads["moderation_us"] = new.moderation_us
@@ -214,6 +233,7 @@ class Engine:
                 self.config = old
                 self.log.error("reload_failed", error="the private key changed", fix="restart the engine")
                 return
+            me = dataclasses.replace(me, revocations=self.revocations)
             self.me = self.device.me = me
             for peer in self.device.peers.values():
                 peer.session.me = me
@@ -227,6 +247,9 @@ class Engine:
         for name, (p, cert) in wanted.items():
             peer = self.device.peers.get(name)
             if peer is None:
+                if self.revocations.reason(cert):
+                    self.log.error("peer_revoked", peer=name, reason=self.revocations.reason(cert))
+                    continue
                 self.device.add_peer(cert, p.subnet, list(p.endpoints))
                 self.device.connect(self.device.peers[name], time.monotonic())
                 self.log.info("peer_added", peer=name)
@@ -262,10 +285,13 @@ class Engine:
             try:
                 found = await self.loop.run_in_executor(None, podman_labels.scan)
                 wanted, problems = podman_labels.desired(found, self.subnet)
-                added, removed = podman_labels.sync(self.services, self.subnet, wanted, self._label_services)
-                for p in set(problems) - reported:
+                added, removed = podman_labels.sync(self.services, self.subnet, wanted, self._label_services,
+                                                    problems)
+                for p in sorted(set(problems) - reported):
                     self.log.warning("label_ignored", problem=p)
                 reported = set(problems)
+                self.services.label_problems = [{"name": "", "host": "", "source": "podman label", "reason": p}
+                                                for p in problems]
                 for name in added:
                     self.log.info("service_published", service=name, source="podman label")
                 for name in removed:
@@ -322,10 +348,38 @@ class Engine:
 
     def _on_timer(self) -> None:
         now = time.monotonic()
+        self._poll_blocklists(now)
         self.device.handle_timer(now)
         if self.lighthouse is not None:
             self.lighthouse.handle_timer(now)
         self._arm()
+
+    # ---- revocation
+    def _poll_blocklists(self, now: float) -> None:
+        """Once a second: the blocklist files, if they changed (docs/operations.md)."""
+        if now < self._next_blocklist_poll:
+            return
+        self._next_blocklist_poll = now + STATS_REFRESH
+        for f in self._blocklist_files:
+            try:
+                raw = f.read_if_changed()
+            except pki.PkiError as exc:
+                self.log.warning("blocklist_unreadable", error=str(exc))
+                continue
+            if raw is not None:
+                self._take_blocklist(raw, f.path)
+
+    def _take_blocklist(self, raw: bytes, source: str) -> None:
+        """A blocklist from a file or a lighthouse: if newer, keep a copy (it holds across
+        a restart while no lighthouse answers) and end the sessions it revokes."""
+        if not pki.offer_blocklist(self.revocations, raw, source, self.log, self.device.errors):
+            return
+        if source != self._blocklist_copy:
+            try:
+                pki.save_blocklist(self._blocklist_copy, raw)
+            except OSError as exc:
+                self.log.warning("blocklist_not_saved", path=self._blocklist_copy, error=exc.strerror)
+        self.device.apply_revocations(time.monotonic())
 
     # ---- control API
     def status(self) -> dict:
@@ -340,6 +394,10 @@ class Engine:
                                 for name in self.lighthouse.lighthouses} if self.lighthouse else {},
                 "observed_endpoint": list(self.lighthouse.observed) if self.lighthouse and self.lighthouse.observed
                 else None,
+                "blocklist": {"serial": bl.serial, "issued_at": bl.issued_at, "names": sorted(bl.names),
+                              "fingerprints": sorted(bl.fingerprints)} if (bl := self.revocations.current) else None,
+                "revoked_peers": dict(self.device.revoked),
+                "cert_fingerprint": self.me.cert.fingerprint,
                 "cert_expires": self.me.cert.not_after,
                 "cert_expires_in_days": round((self.me.cert.not_after - time.time()) / 86400, 1),
                 "log_level": self.config.log_level}
@@ -354,6 +412,8 @@ class Engine:
             return control.json_response(self.device.peer_table(time.monotonic()))
         if method == "GET" and path == "/services":
             return control.json_response(self.services.catalog(self.config.gateway_address))
+        if method == "GET" and path == "/services/rejected":
+            return control.json_response(self.services.rejected())
         if method == "GET" and path == "/routes":
             return control.json_response(self.services.routes(self.config.gateway_address))
         if method == "POST" and path == "/services":
@@ -376,4 +436,5 @@ class Engine:
                 self.lighthouse.register(time.monotonic())
             return control.json_response({"unpublished": name})
         return control.json_response({"error": f"no such endpoint {method} {path}; try GET /status, /peers, "
-                                               "/services, /routes, POST /services, DELETE /services/NAME"}, 404)
+                                               "/services, /services/rejected, /routes, POST /services, "
+                                               "DELETE /services/NAME"}, 404)

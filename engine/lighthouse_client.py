@@ -17,8 +17,8 @@ from typing import Callable
 
 from engine.device import Device, Peer
 from engine.log import Logger
-from engine.proto import cert as certs
 from engine.proto.errors import RemoteProtocolError
+from engine.proto.revocation import Reassembly
 from lighthouse import wire
 
 REGISTER_EVERY = 10.0
@@ -35,10 +35,13 @@ class LighthouseClient:
                  local_endpoints: Callable[[], list[tuple[str, int]]], log: Logger,
                  on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
-                 on_peers_changed: Callable[[list[str]], None] | None = None) -> None:
+                 on_peers_changed: Callable[[list[str]], None] | None = None,
+                 on_blocklist: Callable[[bytes, str], None] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
-        even when the other side keeps sending under keys we lost."""
+        even when the other side keeps sending under keys we lost.
+        on_blocklist(raw, lighthouse): a whole blocklist a lighthouse sent, newer than
+        the one we enforce (device.me.revocations), not yet verified."""
         self.device = device
         self.lighthouses = {p.name: p for p in lighthouses}
         self.network = network
@@ -57,9 +60,13 @@ class LighthouseClient:
         self.remembered = list(remembered or [])
         self.on_peers_changed = on_peers_changed
         self.services = services            # engine.services.ServiceRegistry or None
+        self._last_refusals: dict[tuple[str, str], str] = {}  # (lighthouse, service) -> reason logged
         self.gateway = gateway
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
+        self.on_blocklist = on_blocklist
+        # one per lighthouse: pieces from one (even a broken one) never block another's
+        self._blocklist = {name: Reassembly() for name in self.lighthouses}
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
@@ -105,7 +112,8 @@ class LighthouseClient:
 
     def register(self, now: float) -> None:
         published = list(self.services.local.values()) if self.services is not None else []
-        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway)
+        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway,
+                          blocklist=self._held())
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
@@ -143,11 +151,20 @@ class LighthouseClient:
         try:
             kind, msg = wire.decode(data)
             if kind == "lease":
+                if self.services is not None:
+                    self.services.clear_refusals(peer.name)  # the lighthouse re-sends them after the lease
                 self._lease(peer, msg, now)
             elif kind in ("peer", "punch"):
                 self._peer(msg, kind, now)
             elif kind == "catalog":
                 self._catalog(msg)
+            elif kind == "error" and msg["code"] == "service_refused" and msg["service"]:
+                self._refused(peer, msg)
+            elif kind == "blocklist":
+                raw = self._blocklist[peer.name].feed(msg["serial"], msg["total"], msg["offset"], msg["data"],
+                                                      self._held())
+                if raw is not None and self.on_blocklist is not None:
+                    self.on_blocklist(raw, peer.name)
             elif kind == "error":
                 self.log.warning("lighthouse_error", lighthouse=peer.name, code=msg["code"], msg=msg["msg"])
             else:
@@ -157,6 +174,22 @@ class LighthouseClient:
             self.device.errors[exc.reason] += 1
             self.log.warning("bad_lighthouse_message", lighthouse=peer.name, reason=exc.reason)
 
+    def _refused(self, peer: Peer, msg: dict) -> None:
+        """One of our services is not routed by the network (name or host taken, or it
+        breaks the rule): listed by GET /services/rejected; logged when new."""
+        if self.services is None:
+            return
+        if self._last_refusals.get((peer.name, msg["service"])) != msg["msg"]:
+            self.log.warning("service_refused", lighthouse=peer.name, service=msg["service"], reason=msg["msg"])
+        if len(self._last_refusals) > 256:  # only a lighthouse sends these; still bounded
+            self._last_refusals.clear()
+        self._last_refusals[(peer.name, msg["service"])] = msg["msg"]
+        self.services.refuse(peer.name, msg["service"], msg["msg"])
+    def _held(self) -> int:
+        """The serial of the blocklist we enforce (the lighthouse sends us newer ones)."""
+        rev = self.device.me.revocations
+        return rev.serial if rev is not None else 0
+
     def _catalog(self, msg: dict) -> None:
         if self.services is None:
             return
@@ -164,7 +197,7 @@ class LighthouseClient:
         if msg["next"]:
             self._ask(wire.encode("catalog_query", offset=msg["next"]), one=True)
         else:
-            self.services.remote = self._catalog_pages
+            self.services.set_remote(self._catalog_pages)
             self._catalog_pages = []
 
     def _relay(self, peer: Peer, now: float) -> None:
@@ -196,7 +229,7 @@ class LighthouseClient:
             self.remembered = []
 
     def _peer(self, msg: dict, kind: str, now: float) -> None:
-        cert = certs.verify_node(msg["cert"], self.device.me.ca, self.device.wall_ns() / 1e9)
+        cert = self.device.me.verify_peer(msg["cert"], self.device.wall_ns() / 1e9)
         if cert.name != msg["name"] or cert.name == self.device.me.cert.name:
             raise RemoteProtocolError("bad_control", "peer name does not match its certificate")
         subnet = ipaddress.IPv4Network(msg["subnet"])

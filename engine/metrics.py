@@ -87,6 +87,7 @@ class EngineCollector(Collector):
                                labels=["node"])
         me.add_metric([e.me.cert.name], e.me.cert.not_after - time.time())
         yield me
+        yield _blocklist_serial(e.revocations)
         g = GaugeMetricFamily("flatnet_services_published", "Services this host publishes")
         g.add_metric([], len(e.services.local))
         yield g
@@ -120,6 +121,14 @@ class LighthouseCollector(Collector):
         for reason, n in lh.rejected.items():
             c.add_metric([reason], n)
         yield c
+        yield _blocklist_serial(lh.revocations)
+
+
+def _blocklist_serial(revocations) -> GaugeMetricFamily:  # noqa: ANN001
+    """Alert when a node's serial lags the lighthouse's: it missed a revocation."""
+    g = GaugeMetricFamily("flatnet_blocklist_serial", "Serial of the enforced blocklist (0: none)")
+    g.add_metric([], revocations.serial)
+    return g
 
 
 def serve(collector: Collector, listen: tuple[str, int] | None) -> CollectorRegistry:

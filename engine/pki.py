@@ -9,6 +9,7 @@ from nacl.signing import SigningKey
 from engine.proto import cert as certs
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.handshake import Identity
+from engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX, Revocations
 
 
 class PkiError(Exception):
@@ -84,3 +85,52 @@ def load_peer_cert(path: str, ca: certs.Certificate, now: float) -> certs.Certif
 
 def new_signing_key() -> SigningKey:
     return SigningKey.generate()
+
+
+class BlocklistFile:
+    """A blocklist file read again when it changes (size or mtime), polled by the owner's
+    timer: an operator's copy or `flatnet cert revoke` takes effect within a tick, with
+    no signal. A missing file is no blocklist, not an error."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+
+    def read_if_changed(self) -> bytes | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if (st.st_mtime_ns, st.st_size) == self._seen:
+            return None
+        self._seen = (st.st_mtime_ns, st.st_size)
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(BLOCKLIST_MAX + 1)  # larger than the limit: refused by the parser
+        except OSError as exc:
+            raise PkiError(f"{self.path}: cannot read blocklist: {exc.strerror}") from None
+
+
+def save_blocklist(path: str, raw: bytes) -> None:
+    """Atomically (a reader never sees half a file): write beside, then rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(raw)
+    os.replace(path + ".tmp", path)
+
+
+def offer_blocklist(revocations: Revocations, raw: bytes, source: str, log, errors) -> bool:  # noqa: ANN001
+    """Give a node a blocklist (from a file or a lighthouse): True if it is newer and now
+    enforced. A refused one is logged with its reason and counted in `errors`."""
+    try:
+        newer = revocations.offer(raw)
+    except RemoteProtocolError as exc:
+        errors[exc.reason] += 1
+        log.warning("blocklist_refused", source=source, reason=exc.reason, error=str(exc),
+                    keeping=f"serial {revocations.serial}")
+        return False
+    if newer:
+        bl = revocations.current
+        log.info("blocklist_applied", source=source, serial=bl.serial, issued_at=bl.issued_at, names=len(bl.names),
+                 fingerprints=len(bl.fingerprints))
+    return newer

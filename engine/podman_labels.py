@@ -1,13 +1,18 @@
 """Publishing from Podman labels: a container started with
 `--label flatnet.publish=wiki:80` (several: `wiki:80,wiki-api:8000`) is published as
 that service while it runs on this host's Flatnet subnet, and unpublished when it is
-gone. Services published by hand are never touched."""
+gone. Services published by hand are never touched. A label item whose name breaks
+the one rule (engine.proto.names; Unicode is converted to punycode first) is reported
+and skipped alone: the container's other items and other containers are published."""
 from __future__ import annotations
 
 import ipaddress
 import json
 import subprocess
 from typing import Callable
+
+from engine.proto import names
+from engine.services import ServiceError
 
 LABEL = "flatnet.publish"
 Runner = Callable[[list[str]], str]
@@ -50,19 +55,30 @@ def desired(containers: list[dict], subnet: ipaddress.IPv4Network | None) -> tup
             if not port.isdigit() or not 0 < int(port) < 65536 or not name:
                 problems.append(f"container {c['name']}: label {LABEL}={c['label']!r}: use NAME:PORT[,NAME:PORT]")
                 continue
-            services[name.lower()] = {"addr": ips[0], "port": int(port), "container": c["name"]}
+            try:
+                name = names.operator_name(name)
+            except names.BadName as exc:
+                problems.append(f"container {c['name']}: label {LABEL}: service name {name!r}: {exc}")
+                continue
+            services[name] = {"addr": ips[0], "port": int(port), "container": c["name"]}
     return services, problems
 
 
 def sync(registry, subnet: ipaddress.IPv4Network | None, wanted: dict[str, dict],  # noqa: ANN001
-         managed: set[str]) -> tuple[list[str], list[str]]:
+         managed: set[str], problems: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Publish what labels ask for, unpublish label services whose container is gone.
-    `managed` (updated in place) holds the names this module published."""
+    `managed` (updated in place) holds the names this module published. A service the
+    registry refuses is skipped alone; its reason goes to `problems`."""
     published, removed = [], []
     for name, s in wanted.items():
         cur = registry.local.get(name)
         if cur is None or (name in managed and (cur["addr"], cur["port"]) != (s["addr"], s["port"])):
-            registry.publish(subnet, name, s["addr"], s["port"])
+            try:
+                registry.publish(subnet, name, s["addr"], s["port"])
+            except ServiceError as exc:
+                if problems is not None:
+                    problems.append(f"container {s['container']}: label {LABEL}: {exc}")
+                continue
             managed.add(name)
             published.append(name)
     for name in sorted(managed - set(wanted)):

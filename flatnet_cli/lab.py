@@ -395,7 +395,7 @@ class Lab:
         while f"{self.prefix}-c{h.index}-{n}" in self.namespaces:  # names stay unique under churn
             n += 1
         ns = self._netns(f"{self.prefix}-c{h.index}-{n}")
-        cid = uuid.uuid4().hex + uuid.uuid4().hex  # like Podman's: the host veth is fn-<first 8>
+        cid = uuid.uuid4().hex + uuid.uuid4().hex  # like Podman's: the host veth is fn-<first 12>
         result = self.cni(h, "ADD", cid, f"/run/netns/{ns}")
         c = {"ns": ns, "id": cid, "ip": result["ips"][0]["address"].split("/")[0]}
         h.containers.append(c)

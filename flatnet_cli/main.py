@@ -2,6 +2,9 @@
 
     flatnet ca init   --dir DIR [--name N] [--days D]
     flatnet cert sign --ca-dir DIR --name N [--groups a,b] [--out-dir DIR] [--days D]
+    flatnet cert renew --ca-dir DIR --name N [--cert-dir DIR] [--days D]
+    flatnet cert revoke NAME|FINGERPRINT [--ca-dir DIR] [--out FILE]
+    flatnet cert show FILE [--ca-dir DIR]
     flatnet status [--json] [--socket PATH]
     flatnet peers  [--json] [--socket PATH]
     flatnet service publish NAME (--container C | --addr IP) --port P [--host H] [--prefix /p]
@@ -21,6 +24,32 @@ import time
 
 DEFAULT_SOCKET = "/run/flatnet/engine.sock"
 DAY = 86400
+BACKDATE = 60  # a new certificate is valid from a minute ago (clocks a little behind)
+
+
+def _blocklist_path(ca_dir: str) -> str:
+    return os.path.join(ca_dir, "blocklist.bin")
+
+
+def _read_blocklist(path: str, ca):  # noqa: ANN001, ANN202
+    """The blocklist at path (checked against the CA), or None if there is none yet."""
+    from engine import pki
+    from engine.proto import revocation
+    from engine.proto.errors import RemoteProtocolError
+    if not os.path.exists(path):
+        return None
+    try:
+        return revocation.load(pki.read_file(path, "blocklist"), ca)
+    except RemoteProtocolError as exc:
+        raise pki.PkiError(f"{path}: {exc}") from None
+
+
+def _not_before(name: str, ca_dir: str, ca, now: int) -> int:  # noqa: ANN001
+    """Backdated a little, but after this name's revocation cutoff: a certificate for a
+    re-enrolled node must not fall under its old revocation (docs/operations.md)."""
+    bl = _read_blocklist(_blocklist_path(ca_dir), ca)
+    cutoff = bl.names.get(name) if bl is not None else None
+    return now - BACKDATE if cutoff is None else max(now - BACKDATE, cutoff + 1)
 
 
 def cmd_ca_init(a: argparse.Namespace) -> int:
@@ -58,10 +87,16 @@ def cmd_cert_sign(a: argparse.Namespace) -> int:
     private, public = generate_keypair()
     now = int(time.time())
     groups = [g for g in (a.groups or "").split(",") if g]
-    raw = certs.sign_node(ca_key, ca, a.name, public, groups, now - 60, now + a.days * DAY)
+    raw = certs.sign_node(ca_key, ca, a.name, public, groups, _not_before(a.name, a.ca_dir, ca, now),
+                          now + a.days * DAY)
     pki.write_secret(key_path, private)
     pki.write_public(crt_path, raw)
-    print(f"node {a.name!r}: certificate {crt_path}, key {key_path}, groups {groups or '-'}")
+    cert = certs.decode(raw)[0]
+    print(f"node {a.name!r}: certificate {crt_path}, key {key_path}, groups {groups or '-'}, "
+          f"fingerprint {cert.fingerprint}")
+    if cert.not_before > now - BACKDATE:
+        print(f"note: valid from {time.strftime('%H:%M:%S', time.gmtime(cert.not_before))} UTC, just after "
+              f"{a.name!r} was revoked (older certificates of this name stay revoked)")
     return 0
 
 
@@ -74,13 +109,78 @@ def cmd_cert_renew(a: argparse.Namespace) -> int:
     ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
     crt_path = os.path.join(a.cert_dir or a.ca_dir, f"{a.name}.crt")
     old, _, _ = certs.decode(pki.read_file(crt_path, "certificate"))
+    bl = _read_blocklist(_blocklist_path(a.ca_dir), ca)
+    if bl is not None and bl.reason(old):
+        print(f"flatnet: {crt_path}: {bl.reason(old)}; a revoked key gets no new certificate: remove "
+              f"{old.name}.key and issue a new key with `flatnet cert sign --name {old.name}`", file=sys.stderr)
+        return 1
     now = int(time.time())
-    raw = certs.sign_node(ca_key, ca, old.name, old.key, list(old.groups), now - 60, now + a.days * DAY)
+    raw = certs.sign_node(ca_key, ca, old.name, old.key, list(old.groups), _not_before(old.name, a.ca_dir, ca, now),
+                          now + a.days * DAY)
     if os.path.exists(crt_path):
         os.replace(crt_path, crt_path + ".old")
     pki.write_public(crt_path, raw)
     print(f"node {old.name!r}: renewed {crt_path} for {a.days} days (old one kept as {crt_path}.old); "
           "reload the engine: systemctl reload flatnet-engine (or kill -HUP)")
+    return 0
+
+
+def cmd_cert_revoke(a: argparse.Namespace) -> int:
+    """Add a name or a fingerprint to the network's blocklist (signed by the CA, serial up)."""
+    from nacl.signing import SigningKey
+    from engine import pki
+    from engine.proto import revocation
+    ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
+    ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
+    path = a.out or _blocklist_path(a.ca_dir)
+    old = _read_blocklist(path, ca)
+    names = dict(old.names) if old else {}
+    fingerprints = set(old.fingerprints) if old else set()
+    now = int(time.time())
+    target = a.target.strip()
+    if len(target) == 2 * revocation.FINGERPRINT_BYTES and all(c in "0123456789abcdefABCDEF" for c in target):
+        fingerprints.add(target.lower())
+        what = f"certificate {target.lower()}"
+    else:
+        if not 0 < len(target) <= revocation.MAX_NAME:
+            print(f"flatnet: {target!r} is neither a node name (1 to {revocation.MAX_NAME} characters) nor a "
+                  f"fingerprint ({2 * revocation.FINGERPRINT_BYTES} hex characters, see `flatnet cert show`)",
+                  file=sys.stderr)
+            return 1
+        # every certificate of this name whose not_before is up to now (backdated ones
+        # included); `cert sign` for this name later starts validity at cutoff + 1
+        names[target] = max(names.get(target, 0), now)
+        what = f"every certificate of {target!r} issued until {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC"
+    serial = max((old.serial + 1) if old else 1, now)
+    raw = revocation.create(ca_key, ca, serial, now, names, sorted(fingerprints))
+    pki.save_blocklist(path, raw)
+    print(f"revoked {what}\nblocklist {path}: serial {serial}, {len(names)} name(s), {len(fingerprints)} "
+          f"fingerprint(s)\nnext: copy it to every lighthouse ([pki] blocklist, default beside ca.crt); each one "
+          "reads it within 1 s and sends it to every node")
+    return 0
+
+
+def cmd_cert_show(a: argparse.Namespace) -> int:
+    from engine import pki
+    from engine.proto import cert as certs
+    from engine.proto.errors import RemoteProtocolError
+    try:
+        cert, _, _ = certs.decode(pki.read_file(a.file, "certificate"))
+    except RemoteProtocolError as exc:
+        raise pki.PkiError(f"{a.file}: {exc}") from None
+    when = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))  # noqa: E731
+    print(f"name         {cert.name}{' (CA)' if cert.is_ca else ''}\nissuer       {cert.issuer}\n"
+          f"groups       {', '.join(cert.groups) or '-'}\nvalid        {when(cert.not_before)} to {when(cert.not_after)}\n"
+          f"key          {cert.key.hex()}\nfingerprint  {cert.fingerprint}")
+    if a.ca_dir and not cert.is_ca:
+        ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
+        try:
+            certs.verify_node(cert.raw, ca, time.time())
+            bl = _read_blocklist(_blocklist_path(a.ca_dir), ca)
+            state = (bl.reason(cert) if bl else None) or "valid"
+        except RemoteProtocolError as exc:
+            state = str(exc)
+        print(f"status       {state}")
     return 0
 
 
@@ -115,6 +215,11 @@ def cmd_status(a: argparse.Namespace) -> int:
           f"uptime    {st['uptime']} s\npeers     {st['peers_up']} up / {st['peers']} known\n"
           f"drops     {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}\n"
           f"cert      expires in {st['cert_expires_in_days']} days")
+    bl = st.get("blocklist")
+    print("blocklist " + (f"serial {bl['serial']}, {len(bl['names'])} name(s), {len(bl['fingerprints'])} "
+                          "fingerprint(s)" if bl else "none"))
+    for name, why in (st.get("revoked_peers") or {}).items():
+        print(f"REVOKED   {name}: session torn down ({why['reason']})")
     if st["cert_expires_in_days"] < 30:
         print(f"WARNING: this node's certificate expires in {st['cert_expires_in_days']} days: run "
               "`flatnet cert renew` and reload the engine")
@@ -126,8 +231,9 @@ def cmd_peers(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    header = ["PEER", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "WHY"]
-    table = [[r["name"], r["subnet"] or "-", r["state"], r["path"], r["endpoint"] or "-",
+    header = ["PEER", "CERT", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "WHY"]
+    table = [[r["name"], r.get("fingerprint", "")[:12] or "-", r["subnet"] or "-", r["state"], r["path"],
+              r["endpoint"] or "-",
               f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
               _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"],
               r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
@@ -149,8 +255,26 @@ def _container_ip(container: str) -> str:
     return ips[0]
 
 
+def _service_names(a: argparse.Namespace) -> None:
+    """The one rule (engine.proto.names) before the engine is asked: a clear message here,
+    and the canonical form (lowercase, Unicode as punycode) is what is sent."""
+    from engine.proto import names
+    try:
+        a.name = names.operator_name(a.name)
+    except names.BadName as exc:
+        raise SystemExit(f"flatnet: service name {a.name!r}: {exc}") from None
+    if getattr(a, "host", None):
+        try:
+            a.host = names.operator_host(a.host)
+        except names.BadName as exc:
+            raise SystemExit(f"flatnet: host {a.host!r}: {exc}") from None
+
+
 def cmd_service(a: argparse.Namespace) -> int:
     from engine.io import control
+    if a.sub in ("publish", "unpublish"):
+        _service_names(a)
+    rejected = []
     try:
         if a.sub == "publish":
             addr = a.addr or _container_ip(a.container)
@@ -161,6 +285,9 @@ def cmd_service(a: argparse.Namespace) -> int:
             status, data = control.request(a.socket, "DELETE", f"/services/{a.name}")
         else:
             status, data = control.request(a.socket, "GET", "/services")
+            if not a.json:  # --json stays the list of services; GET /services/rejected has the rest
+                rstatus, rdata = control.request(a.socket, "GET", "/services/rejected")
+                rejected = json.loads(rdata) if rstatus == 200 else []  # an older engine: none
     except (FileNotFoundError, ConnectionRefusedError):
         raise SystemExit(f"flatnet: no engine answers on {a.socket} (is flatnet-engine running?)") from None
     doc = json.loads(data)
@@ -172,6 +299,10 @@ def cmd_service(a: argparse.Namespace) -> int:
         for s in doc:
             print("  ".join([s["name"].ljust(16), s["node"].ljust(12), f"{s['addr']}:{s['port']}".ljust(21),
                              (s.get("host") or s["name"]) + (s.get("prefix") if s.get("prefix") not in ("", "/") else "")]))
+        if rejected:
+            print("\nREFUSED (not routed)")
+            for r in rejected:
+                print(f"  {(r.get('name') or '-')[:40]}  [{r.get('source')}]  {r.get('reason')}")
     else:
         print(json.dumps(doc, indent=1))
     return 0
@@ -271,6 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     renew.add_argument("--cert-dir", help="where NAME.crt is (default: the CA dir)")
     renew.add_argument("--days", type=int, default=365)
     renew.set_defaults(fn=cmd_cert_renew)
+    revoke = cert.add_parser("revoke", help="revoke a node's certificates (writes the signed blocklist)")
+    revoke.add_argument("target", metavar="NAME|FINGERPRINT")
+    revoke.add_argument("--ca-dir", default="/etc/flatnet/pki")
+    revoke.add_argument("--out", help="the blocklist file (default: blocklist.bin in the CA dir)")
+    revoke.set_defaults(fn=cmd_cert_revoke)
+    show = cert.add_parser("show", help="print a certificate, with its fingerprint")
+    show.add_argument("file")
+    show.add_argument("--ca-dir", help="also check it against this CA and its blocklist")
+    show.set_defaults(fn=cmd_cert_show)
     for name, fn in (("status", cmd_status), ("peers", cmd_peers)):
         sp = sub.add_parser(name)
         sp.add_argument("--json", action="store_true")

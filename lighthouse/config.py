@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from engine.config import ConfigError, _endpoint, read_file, read_toml
 
-_KNOWN = {"pki": {"ca", "cert", "key"}, "network": {"cidr"}, "listen": {"host", "port"},
-          "paths": {"state_dir", "run_dir"}, "log": {"level"}, "registry": {"ttl"},
+_KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
+          "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl"},
           "metrics": {"listen"}}
 
 
@@ -24,8 +24,10 @@ class LighthouseConfig:
     state_dir: str = "/var/lib/flatnet-lighthouse"
     run_dir: str = "/run/flatnet-lighthouse"
     log_level: str = "info"
+    log_format: str = "text"
     ttl: float = 60.0
     metrics_listen: tuple[str, int] | None = None
+    blocklist: str = ""  # the CA-signed blocklist to enforce and hand out (default: beside the CA)
 
     @property
     def database(self) -> str:
@@ -57,16 +59,20 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     level = get("log", "level", str, "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{path}: log.level: {level!r}; expected debug, info, warning or error")
+    log_format = get("log", "format", str, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"{path}: log.format: {log_format!r}; expected text or json")
     ttl = get("registry", "ttl", (int, float), 60)
     if not 5 <= ttl <= 3600:
         raise ConfigError(f"{path}: registry.ttl: {ttl} is outside 5..3600 seconds")
+    ca = get("pki", "ca", str, "/etc/flatnet/pki/ca.crt")
     return LighthouseConfig(
-        path=path, ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
+        path=path, ca=ca, blocklist=get("pki", "blocklist", str, os.path.join(os.path.dirname(ca), "blocklist.bin")),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/lighthouse.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/lighthouse.key"), network=network,
         listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet-lighthouse"),
-        run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, ttl=float(ttl),
+        run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, log_format=log_format, ttl=float(ttl),
         metrics_listen=_endpoint(doc["metrics"]["listen"], f"{path}: metrics.listen")
         if doc.get("metrics", {}).get("listen") else None)
 

@@ -5,18 +5,34 @@ node), (node name, bytes) out.
 Rules: a node is known by its certificate name (the Noise session proved it); its
 candidate endpoints are what the lighthouse saw (the NAT mapping) first, then what
 the node reported; a query for a node also sends that node a punch with the asker's
-endpoints, so both open their NATs at the same moment.
+endpoints, so both open their NATs at the same moment. Service names and hosts are
+unique across online nodes: the first node to register one holds it while it stays
+online (registers within 3 x ttl); another node's claim is refused per service with an
+error "service_refused" naming it (docs/gateway.md, "Names").
 """
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
 
+from engine.proto import cert as certs, names, revocation
 from engine.proto.errors import RemoteProtocolError
 from lighthouse import wire
 from lighthouse.leases import LeaseExhausted, LeaseStore
 
 Endpoint = tuple[str, int]
+Claim = tuple[str, ...]    # ("name", name) or ("host", host, prefix)
+
+
+def _claims(service: dict) -> list[Claim]:
+    """What a service holds network-wide: its name, and the Host (its own, else its
+    name) with its path prefix."""
+    host = service["host"].lower() if service["host"] else service["name"]
+    return [("name", service["name"]), ("host", host, service["prefix"])]
+
+
+def _describe(claim: Claim) -> str:
+    return f"name {claim[1]!r}" if claim[0] == "name" else f"host {claim[1]!r} (prefix {claim[2]!r})"
 
 
 @dataclass
@@ -35,13 +51,20 @@ class Node:
 
 
 class Registry:
-    def __init__(self, leases: LeaseStore, ttl: float = 60.0) -> None:
+    def __init__(self, leases: LeaseStore, ttl: float = 60.0,
+                 revocations: revocation.Revocations | None = None) -> None:
+        """revocations: the network's blocklist; a node that registers holding an older
+        one gets the current one, and revoked nodes are dropped (drop_revoked)."""
         self.leases = leases
+        self.revocations = revocations
         self.ttl = ttl
         self.nodes: dict[str, Node] = {}
         self.by_endpoint: dict[Endpoint, Node] = {}
         self.queries = 0
         self.relayed = 0
+        self.claims: dict[Claim, str] = {}          # claim -> node name holding it
+        self.claimed_by: dict[str, set[Claim]] = {}  # node name -> its claims
+        self.refused_services = 0
 
     def handle(self, name: str, cert: bytes, data: bytes, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
         kind, msg = wire.decode(data)
@@ -64,11 +87,86 @@ class Registry:
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
         node.observed, node.local, node.last_seen, node.subnet = src, msg["endpoints"], now, subnet
-        node.services = [s for s in msg["services"] if ipaddress.IPv4Address(s["addr"]) in subnet]
+        node.services, refused = self._claim(name, subnet, msg["services"], now)
         node.gateway = msg["gateway"]
         self.by_endpoint[src] = node
-        return [(name, wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
-                                   ttl=int(self.ttl)))]
+        lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
+                            ttl=int(self.ttl))
+        # the lease first: the node clears its list of refusals on it, then reads these
+        held = msg["blocklist"]
+        newer = self.revocations is not None and held < self.revocations.serial
+        return ([(name, lease)] + [(name, wire.encode("error", code="service_refused", msg=reason[:400],
+                                                      service=service[:63]))
+                                   for service, reason in refused]
+                + ([(name, m) for m in self.blocklist_messages()] if newer else []))
+
+    def _claim(self, name: str, subnet: ipaddress.IPv4Network, services: list[dict],
+               now: float) -> tuple[list[dict], list[tuple[str, str]]]:
+        """(services kept, [(service, reason)] refused). Each service is judged alone:
+        its name and host must follow the rule, its address be in the node's subnet,
+        and its claims be free or held by this node or by a node gone offline."""
+        self._release(name)
+        kept, refused = [], []
+        for s in services:
+            reason = self._refusal(name, subnet, s, now)
+            if reason:
+                refused.append((s["name"], f"service {s['name']!r}: {reason}"))
+                continue
+            for claim in _claims(s):
+                self.claims[claim] = name
+                self.claimed_by.setdefault(name, set()).add(claim)
+            kept.append(s)
+        self.refused_services += len(refused)
+        return kept, refused
+
+    def _refusal(self, name: str, subnet: ipaddress.IPv4Network, s: dict, now: float) -> str | None:
+        problem = names.name_problem(s["name"])
+        if problem:
+            return f"name: {problem}"
+        if s["host"]:
+            problem = names.host_problem(s["host"])
+            if problem:
+                return f"host: {problem}"
+        if ipaddress.IPv4Address(s["addr"]) not in subnet:
+            return f"address {s['addr']} is not in the node's subnet {subnet}"
+        for claim in _claims(s):
+            holder = self.claims.get(claim)
+            if holder == name:
+                return f"{_describe(claim)} is used twice by this node"
+            other = self.nodes.get(holder) if holder else None
+            if other is not None and now - other.last_seen <= 3 * self.ttl:
+                return (f"{_describe(claim)} is already published by node {holder}; the first node keeps it "
+                        "while it is online")
+        return None
+
+    def _release(self, name: str) -> None:
+        for claim in self.claimed_by.pop(name, ()):
+            if self.claims.get(claim) == name:
+                del self.claims[claim]
+
+    def blocklist_messages(self) -> list[bytes]:
+        """The current blocklist as `blocklist` control messages (pieces of CHUNK bytes)."""
+        bl = self.revocations.current if self.revocations is not None else None
+        if bl is None:
+            return []
+        return [wire.encode("blocklist", serial=bl.serial, total=len(bl.raw), offset=off, data=data)
+                for off, data in revocation.chunks(bl.raw)]
+
+    def drop_revoked(self) -> list[str]:
+        """Forget the nodes whose certificate the blocklist revokes: no query finds them,
+        no relay serves them, their lease stays theirs (sticky per name)."""
+        if self.revocations is None:
+            return []
+        gone = [n for n, node in self.nodes.items() if self.revocations.reason(certs.decode(node.cert)[0])]
+        for n in gone:
+            self._forget(n)
+        return gone
+
+    def _forget(self, name: str) -> None:
+        node = self.nodes.pop(name)
+        self._release(name)
+        if self.by_endpoint.get(node.observed) is node:
+            del self.by_endpoint[node.observed]
 
     def _query(self, asker: str, msg: dict, now: float) -> list[tuple[str, bytes]]:
         self.queries += 1
@@ -119,7 +217,5 @@ class Registry:
     def expire(self, now: float) -> list[str]:
         gone = [n for n, node in self.nodes.items() if now - node.last_seen > 3 * self.ttl]
         for n in gone:
-            node = self.nodes.pop(n)
-            if self.by_endpoint.get(node.observed) is node:
-                del self.by_endpoint[node.observed]
+            self._forget(n)
         return gone

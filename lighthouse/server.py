@@ -7,6 +7,7 @@ registry, a timer and the control API.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from engine.device import Device, Peer
 from engine.io import control, udp
 from engine.log import Logger
 from engine.proto.errors import RemoteProtocolError
+from engine.proto.revocation import Revocations
 from lighthouse.config import LighthouseConfig
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
@@ -36,15 +38,19 @@ class Lighthouse:
         c = self.config
         self.loop = asyncio.get_running_loop()
         me = pki.load_identity(c.ca, c.cert, c.key, time.time())
+        self.revocations = Revocations(me.ca)
+        me = dataclasses.replace(me, revocations=self.revocations)
+        self.blocklist_file = pki.BlocklistFile(c.blocklist)
         os.makedirs(c.state_dir, exist_ok=True)
         self.leases = LeaseStore(c.database, c.network)
-        self.registry = Registry(self.leases, c.ttl)
+        self.registry = Registry(self.leases, c.ttl, self.revocations)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420)
         self.dp.set_relay_mode(True)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
         self.device.on_relay = self._on_relay
+        self._poll_blocklist()  # before the first handshake: a revoked node never gets in
         self.metrics = metrics.serve(metrics.LighthouseCollector(self), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
@@ -54,6 +60,7 @@ class Lighthouse:
         self._tick()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self._poll_blocklist)
         await self._stop.wait()
         self.dp.stop()
         for s in self.servers:
@@ -90,8 +97,29 @@ class Lighthouse:
             return
         self._send(packet, dest)
 
+    def _poll_blocklist(self) -> None:
+        """The blocklist file, if it changed (every tick, and on SIGHUP): when newer,
+        end the revoked nodes' sessions, forget them, and send it to every node online."""
+        try:
+            raw = self.blocklist_file.read_if_changed()
+        except pki.PkiError as exc:
+            self.log.warning("blocklist_unreadable", error=str(exc))
+            return
+        if raw is None or not pki.offer_blocklist(self.revocations, raw, self.blocklist_file.path, self.log,
+                                                   self.device.errors):
+            return
+        self.device.apply_revocations(time.monotonic())
+        for name in self.registry.drop_revoked():
+            self.log.info("node_revoked", peer=name)
+        pieces = self.registry.blocklist_messages()
+        for name in self.registry.nodes:
+            dest = self.device.peers.get(name)
+            for msg in pieces if dest is not None else []:
+                self.device.send_message(dest, msg)
+
     def _tick(self) -> None:
         now = time.monotonic()
+        self._poll_blocklist()
         self.device.handle_timer(now)
         for name in self.registry.expire(time.time()):
             self.log.info("node_offline", peer=name)
@@ -104,6 +132,8 @@ class Lighthouse:
                 "nodes": {n.name: {"subnet": str(n.subnet), "endpoints": [f"{h}:{p}" for h, p in n.endpoints()],
                                    "last_seen": round(now - n.last_seen, 1)} for n in self.registry.nodes.values()},
                 "leases": {name: str(s) for name, s in self.leases.all().items()},
+                "blocklist": {"serial": bl.serial, "names": sorted(bl.names), "fingerprints": sorted(bl.fingerprints)}
+                if (bl := self.revocations.current) else None, "revoked_peers": dict(self.device.revoked),
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
 

@@ -1,8 +1,9 @@
 """Lighthouse control messages: msgpack maps carried in type-4 packets (encrypted and
 authenticated by the Noise session between the node and the lighthouse).
 
-    register {endpoints: [[ip, port]...], services?, gateway?}  node -> lighthouse
-             (services: what the node publishes; gateway: its HTTP gateway on the LAN)
+    register {endpoints: [[ip, port]...], services?, gateway?, blocklist?}  node -> lighthouse
+             (services: what the node publishes; gateway: its HTTP gateway on the LAN;
+              blocklist: the serial of the blocklist the node enforces, 0 for none)
     catalog_query {offset}                              node -> lighthouse
     catalog  {services: [...], next}                    lighthouse -> node (a page of
              every online node's services; next = offset of the next page, or 0)
@@ -12,7 +13,12 @@ authenticated by the Noise session between the node and the lighthouse).
     punch    {name, cert, subnet, endpoints, local}      lighthouse -> target node
              (endpoints: the address the lighthouse saw first, then the node's own;
               local: the node's own addresses alone)
-    error    {code, msg}                                 lighthouse -> node
+    error    {code, msg, service?}                       lighthouse -> node
+             (code "service_refused": the service named in `service`, a string of
+              1-63 characters, was not accepted; msg says why)
+    blocklist {serial, total, offset, data}              lighthouse -> node (one piece
+             of the CA-signed blocklist: data = its bytes [offset, offset + len); the
+             node verifies the whole before use; engine.proto.revocation)
 
 Every message is a map with "t" (its type) and "v" (1). decode() checks types and
 sizes and raises RemoteProtocolError for anything else: a malformed message is
@@ -25,6 +31,7 @@ import ipaddress
 import msgpack
 
 from engine.proto.errors import RemoteProtocolError
+from engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX
 
 VERSION = 1
 MAX_MESSAGE = 1400
@@ -72,9 +79,9 @@ CATALOG_PAGE = 8
 def _service(raw: object, with_node: bool) -> dict:
     if not isinstance(raw, dict):
         raise RemoteProtocolError("bad_control", "service must be a map")
+    # the name and host rule (engine.proto.names) is applied per service by the receiver,
+    # so one bad name refuses that service alone, not the whole message
     name = _str(raw, "name", 63)
-    if not all(c.isalnum() or c == "-" for c in name) or not name[0].isalnum():
-        raise RemoteProtocolError("bad_control", "service name: letters, digits and '-'")
     port = raw.get("port")
     if not isinstance(port, int) or not 0 < port < 65536:
         raise RemoteProtocolError("bad_control", "service port")
@@ -98,7 +105,8 @@ def _services(raw: object, with_node: bool = False) -> list[dict]:
 SCHEMA = {
     "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", [])),
                            "services": _services(m.get("services", [])),
-                           "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None},
+                           "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None,
+                           "blocklist": _uint(m, "blocklist", 1 << 63)},
     "catalog_query": lambda m: {"offset": int(m.get("offset", 0))},
     "catalog": lambda m: {"services": _services(m.get("services", []), True), "next": int(m.get("next", 0))},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
@@ -109,8 +117,19 @@ SCHEMA = {
                        "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "punch": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
                         "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
-    "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400)},
+    "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400),
+                        "service": _str(m, "service", 63) if m.get("service") else ""},
+    "blocklist": lambda m: {"serial": _uint(m, "serial", 1 << 63), "total": _uint(m, "total", BLOCKLIST_MAX + 1),
+                            "offset": _uint(m, "offset", BLOCKLIST_MAX), "data": _bytes(m, "data")},
 }
+
+
+def _uint(msg: dict, key: str, below: int) -> int:
+    """An optional non-negative integer under `below` (absent: 0)."""
+    value = msg.get(key, 0)
+    if type(value) is not int or not 0 <= value < below:
+        raise RemoteProtocolError("bad_control", f"{key} must be an integer 0..{below - 1}")
+    return value
 
 
 def _bytes(msg: dict, key: str) -> bytes:

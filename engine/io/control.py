@@ -49,7 +49,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, han
         writer.close()
 
 
-async def start(path: str, handler: Handler, tcp_port: int | None = None) -> list[asyncio.AbstractServer]:
+async def start(path: str, handler: Handler) -> list[asyncio.AbstractServer]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         os.unlink(path)
@@ -64,8 +64,6 @@ async def start(path: str, handler: Handler, tcp_port: int | None = None) -> lis
         os.chown(path, 0, grp.getgrnam(API_GROUP).gr_gid)
     except (KeyError, PermissionError):
         pass
-    if tcp_port is not None:
-        servers.append(await asyncio.start_server(lambda r, w: _serve(r, w, handler), "127.0.0.1", tcp_port))
     return servers
 
 

@@ -60,14 +60,3 @@ def setup(tun: str, mtu: int, network: ipaddress.IPv4Network, subnet: ipaddress.
             f.write("1")
     except OSError:
         pass
-
-
-def teardown(tun: str, network: ipaddress.IPv4Network) -> None:
-    with IPRoute() as ipr:
-        try:
-            ipr.route("del", dst=str(network))
-        except NetlinkError:
-            pass
-        idx = _index(ipr, tun)
-        if idx is not None:
-            ipr.link("del", index=idx)

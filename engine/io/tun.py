@@ -51,12 +51,3 @@ def open_tun(name: str, persist: bool = True, offloads: bool = True) -> tuple[in
             continue
     os.close(fd)
     return open_tun(name, persist, offloads=False)
-
-
-def delete_tun(name: str) -> None:
-    """Remove a persistent TUN (teardown)."""
-    fd, _, _ = open_tun(name, persist=False, offloads=False)
-    try:
-        fcntl.ioctl(fd, TUNSETPERSIST, 0)
-    finally:
-        os.close(fd)

@@ -4,9 +4,14 @@ A certificate is msgpack {"d": details, "s": Ed25519 signature over details}, wh
 details is the msgpack map {name, key, groups, not_before, not_after, issuer} and key
 is the node's X25519 static public key (the Noise static key). A CA certificate has
 the same shape with the CA's Ed25519 verify key, self-signed, and "ca": true.
+
+The fingerprint of a certificate is SHA-256 over the signed details bytes, in hex (the
+outer map is not signed and could be re-encoded; the details cannot change without
+breaking the signature). Revocation (engine.proto.revocation) names certificates by it.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgpack
@@ -28,6 +33,7 @@ class Certificate:
     issuer: str
     is_ca: bool
     raw: bytes
+    fingerprint: str = ""  # hex SHA-256 of the signed details (set by decode)
 
     def check_time(self, now: float) -> None:
         if now < self.not_before:
@@ -68,7 +74,8 @@ def decode(raw: bytes) -> tuple[Certificate, bytes, bytes]:
         d = msgpack.unpackb(details, raw=False)
         cert = Certificate(name=str(d["name"]), key=bytes(d["key"]), groups=tuple(str(g) for g in d["groups"]),
                            not_before=int(d["not_before"]), not_after=int(d["not_after"]),
-                           issuer=str(d["issuer"]), is_ca=bool(d.get("ca", False)), raw=bytes(raw))
+                           issuer=str(d["issuer"]), is_ca=bool(d.get("ca", False)), raw=bytes(raw),
+                           fingerprint=hashlib.sha256(details).hexdigest())
     except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         raise RemoteProtocolError("bad_cert", "malformed certificate") from None
     if len(cert.key) != 32 or not isinstance(signature, bytes) or len(signature) != 64:

@@ -5,8 +5,8 @@
     response:   type 2 · reserved(3) · sender index u32 LE · receiver index u32 LE · IK message 2
                 payload = msgpack {"cert": responder certificate}
 
-Each side checks the other's certificate against the CA, its validity window, and
-that the certified key is the Noise static key. create_* / consume_* pairs, as in
+Each side checks the other's certificate against the CA, its validity window, the
+blocklist, and that the certified key is the Noise static key. create_* / consume_* pairs, as in
 wireguard-go; nothing here keeps state between messages except the HandshakeIK.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from engine.proto import cert as certs, tai64n
 from engine.proto.constants import PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.noise import HandshakeIK
+from engine.proto.revocation import Revocations
 
 _INIT_HDR = struct.Struct("<B3xI")
 _RESP_HDR = struct.Struct("<B3xII")
@@ -28,10 +29,19 @@ MAX_HANDSHAKE = 1400
 
 @dataclass(frozen=True)
 class Identity:
-    """This node: its Noise static private key, its certificate, and the network CA."""
+    """This node: its Noise static private key, its certificate, the network CA, and
+    the network's blocklist (shared, updated in place when a newer one arrives)."""
     static_private: bytes
     cert: certs.Certificate
     ca: certs.Certificate
+    revocations: Revocations | None = None
+
+    def verify_peer(self, raw: bytes, now: float) -> certs.Certificate:
+        """Another node's certificate: signed by our CA, valid at `now`, not revoked."""
+        peer = certs.verify_node(raw, self.ca, now)
+        if self.revocations is not None:
+            self.revocations.check(peer)
+        return peer
 
 
 @dataclass
@@ -65,7 +75,7 @@ def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
     _, sender = _INIT_HDR.unpack_from(packet)
     hs = HandshakeIK(False, me.static_private, PROLOGUE)
     body = _payload(hs.read_message_1(packet[_INIT_HDR.size:]), ("cert", "ts"))
-    peer = certs.verify_node(body["cert"], me.ca, now)
+    peer = me.verify_peer(body["cert"], now)
     if peer.key != hs.rs:
         raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")
     if len(body["ts"]) != 12:
@@ -92,7 +102,7 @@ def response_indexes(packet: bytes) -> tuple[int, int]:
 def consume_response(me: Identity, hs: HandshakeIK, packet: bytes, expected_name: str,
                      now: float) -> certs.Certificate:
     body = _payload(hs.read_message_2(packet[_RESP_HDR.size:]), ("cert",))
-    peer = certs.verify_node(body["cert"], me.ca, now)
+    peer = me.verify_peer(body["cert"], now)
     if peer.key != hs.rs:
         raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")
     if peer.name != expected_name:

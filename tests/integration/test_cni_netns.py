@@ -39,7 +39,7 @@ def test_add_check_del(net, netns_factory):
     address = res["ips"][0]["address"]
     ip = address.split("/")[0]
     assert address.startswith("10.87.240.") and res["ips"][0]["gateway"] == "10.87.240.1"
-    assert res["interfaces"][1]["name"] == "fn-" + c[:8]
+    assert res["interfaces"][1]["name"] == "fn-" + c[:12]
     # the namespace really has the address, the default route and an up interface
     addrs = json.loads(ns.run("ip", "-j", "-4", "addr", "show", "eth0").stdout)
     assert addrs[0]["addr_info"][0]["local"] == ip and "UP" in addrs[0]["flags"]
@@ -160,7 +160,7 @@ def test_gc_frees_stale_attachments(net, netns_factory):
     gc = dict(net, **{"cni.dev/valid-attachments": [{"containerID": ca, "ifname": "eth0"}]})
     assert run_plugin("GC", gc, ifname="") == (0, None)
     assert len(ipam_entries(net)) == 1
-    assert leftover_links("fn-" + cb[:8]) == [] and leftover_links("fn-" + ca[:8]) != []
+    assert leftover_links("fn-" + cb[:12]) == [] and leftover_links("fn-" + ca[:12]) != []
     run_plugin("DEL", net, container_id=ca, netns=a.path)
 
 
@@ -193,3 +193,39 @@ def test_a_bridge_from_an_older_version_gets_its_address_fixed(net, netns_factor
     rc, res = run_plugin("ADD", net, container_id=c, netns=ns.path)
     assert rc == 0, res
     assert bridge_mac_of(net["bridge"]) == "02:00:0a:57:f0:01"
+
+
+@pytest.mark.parametrize("shared", [8, 12])
+def test_ids_sharing_a_prefix_keep_their_own_veth(net, netns_factory, shared):
+    """Issue 13 item 8: two containers whose ids shared their first 8 characters got the
+    same host veth name (fn-<8>): the second ADD deleted the first container's veth. Now
+    each host veth carries its owner (alias) and the name falls back to the id's last 12
+    characters when the first 12 are taken; DEL removes only its own veth."""
+    prefix = uuid.uuid4().hex[:shared]  # unique per run: parallel runs never share it
+    ca, cb = prefix + cid()[shared:], prefix + cid()[shared:]
+    na, nb = netns_factory("p"), netns_factory("q")
+    rc, ra = run_plugin("ADD", net, container_id=ca, netns=na.path)
+    assert rc == 0, ra
+    rc, rb = run_plugin("ADD", net, container_id=cb, netns=nb.path)
+    assert rc == 0, rb
+    ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
+
+    def reaches(ns, ip):
+        return ns.run("ping", "-c", "1", "-W", "2", ip, check=False).returncode == 0
+
+    # both containers work at once: each reaches the gateway and the other
+    assert reaches(na, "10.87.240.1") and reaches(nb, "10.87.240.1")
+    assert reaches(na, ip_b) and reaches(nb, ip_a)
+    host_a, host_b = ra["interfaces"][1]["name"], rb["interfaces"][1]["name"]
+    assert host_a != host_b and len(host_a) <= 15 and len(host_b) <= 15
+    assert run_plugin("CHECK", dict(net, prevResult=ra), container_id=ca, netns=na.path) == (0, None)
+    assert run_plugin("CHECK", dict(net, prevResult=rb), container_id=cb, netns=nb.path) == (0, None)
+
+    # DEL of one (twice: idempotent) leaves the other's veth and connectivity intact
+    assert run_plugin("DEL", dict(net, prevResult=rb), container_id=cb, netns=nb.path) == (0, None)
+    assert run_plugin("DEL", net, container_id=cb)[0] == 0
+    assert leftover_links(host_b) == [] and leftover_links(host_a) == [host_a]
+    assert reaches(na, "10.87.240.1")
+    assert run_plugin("CHECK", dict(net, prevResult=ra), container_id=ca, netns=na.path) == (0, None)
+    assert run_plugin("DEL", dict(net, prevResult=ra), container_id=ca, netns=na.path) == (0, None)
+    assert leftover_links(host_a) == [] and ipam_entries(net) == []

@@ -32,6 +32,13 @@ local function http_get(sock_path, path, timeout_ms)
 end
 _M.http_get = http_get
 
+local MAX_REPORTED = 100
+
+-- a value from the route table, safe for one log line
+local function printable(v)
+    return (tostring(v):sub(1, 300):gsub("%c", "?"))
+end
+
 local function refresh_routes(opts)
     local dict = ngx.shared[opts.dict]
     local body, err = http_get(opts.engine_socket, "/routes")
@@ -40,13 +47,27 @@ local function refresh_routes(opts)
         return
     end
     local doc = cjson.decode(body)
-    local routes, verr = config.validate(doc or {})
+    local routes, rejected = config.validate(doc or {})
     if not routes then
-        dict:set("feed_error", "engine route table rejected: " .. verr)
+        dict:set("feed_error", "engine route table rejected: " .. rejected)
         return
     end
     dict:delete("feed_error")
     if body ~= dict:get("routes") then
+        -- a bad route is dropped alone (config.validate); say which and why, once per
+        -- change, for the first MAX_REPORTED (the log and the shared dict stay small)
+        local shown = {}
+        for i = 1, math.min(#rejected, MAX_REPORTED) do
+            local r = rejected[i]
+            ngx.log(ngx.WARN, "flatnet: route dropped: ", printable(r.reason), " (service ",
+                    printable(r.service), ", host ", printable(r.host), ")")
+            shown[i] = r
+        end
+        if #rejected > MAX_REPORTED then
+            ngx.log(ngx.WARN, "flatnet: ", #rejected - MAX_REPORTED, " more routes dropped")
+            shown[#shown + 1] = { reason = format("%d more routes dropped", #rejected - MAX_REPORTED) }
+        end
+        dict:set("rejected", cjson.encode(shown))
         dict:set("routes", body)
         dict:incr("routes_version", 1, 0)
     end
@@ -67,11 +88,11 @@ end
 
 local function health(opts)
     local dict = ngx.shared[opts.dict]
-    local doc = cjson.decode(dict:get("routes") or "{}")
+    local routes = config.validate(cjson.decode(dict:get("routes") or "{}") or {}) or {}
     local seen, threads = {}, {}
-    for _, r in ipairs(doc and doc.routes or {}) do
-        for _, u in ipairs(r.upstreams or {}) do
-            if type(u.addr) == "string" and not seen[u.addr] then
+    for _, r in ipairs(routes) do
+        for _, u in ipairs(r.upstreams) do
+            if not seen[u.addr] then
                 seen[u.addr] = true
                 threads[#threads + 1] = ngx.thread.spawn(check, dict, u.addr, opts.check_timeout)
             end

@@ -3,6 +3,7 @@
 
 local cjson = require "cjson.safe"
 local feed = require "flatnet.feed"
+local config = require "flatnet.config"
 
 local ngx = ngx
 
@@ -15,18 +16,30 @@ function _M.api(opts)
     local peers = cjson.decode(feed.http_get(sock, "/peers") or "null")
     local doc = cjson.decode(dict:get("routes") or "{}") or {}
     local services = {}
-    for _, r in ipairs(doc.routes or {}) do
+    for _, r in ipairs(config.validate(doc) or {}) do
         local ups = {}
-        for _, u in ipairs(r.upstreams or {}) do
+        for _, u in ipairs(r.upstreams) do
             ups[#ups + 1] = { addr = u.addr, kind = u.kind, healthy = dict:get("down:" .. u.addr) == nil }
         end
         services[#services + 1] = { service = r.service, host = r.host, prefix = r.prefix, node = r.node,
                                     upstreams = ups }
     end
+    -- refused names and routes: the engine's (its catalog, labels, the lighthouse) and
+    -- the routes this gateway dropped (config.validate)
+    local rejected = {}
+    for _, e in ipairs(type(doc.rejected) == "table" and doc.rejected or {}) do
+        if type(e) == "table" then
+            rejected[#rejected + 1] = { service = e.name, host = e.host, source = e.source or "engine",
+                                        reason = e.reason }
+        end
+    end
+    for _, r in ipairs(cjson.decode(dict:get("rejected") or "[]") or {}) do
+        rejected[#rejected + 1] = { service = r.service, host = r.host, source = "gateway", reason = r.reason }
+    end
     ngx.header["Content-Type"] = "application/json"
     ngx.header["Cache-Control"] = "no-store"
     ngx.say(cjson.encode({ engine = status or cjson.null, peers = peers or cjson.null, services = services,
-                           feed_error = dict:get("feed_error"), time = ngx.now() }))
+                           rejected = rejected, feed_error = dict:get("feed_error"), time = ngx.now() }))
 end
 
 local PAGE = [[<!doctype html>
@@ -43,6 +56,7 @@ svg{background:#fff;border:1px solid #ddd}
 <h2>Peers</h2><table id="peers"><tr><th>peer</th><th>subnet</th><th>state</th><th>path</th><th>endpoint</th>
 <th>sent</th><th>received</th><th>throughput (last minute)</th></tr></table>
 <h2>Services</h2><table id="services"><tr><th>service</th><th>host</th><th>node</th><th>upstreams</th></tr></table>
+<h2>Refused names and routes</h2><table id="rejected"><tr><th>service</th><th>host</th><th>where</th><th>reason</th></tr></table>
 <script>
 const hist = {};
 function fmt(n){const u=["B","KiB","MiB","GiB","TiB"];let i=0;while(n>=1024&&i<4){n/=1024;i++}return n.toFixed(i?1:0)+" "+u[i]}
@@ -66,6 +80,10 @@ async function tick(){
       const ups=s.upstreams.map(u=>`<span class="${u.healthy?"ok":"bad"}">${esc(u.addr)} (${esc(u.kind)}, ${u.healthy?"healthy":"down"})</span>`).join("<br>");
       rows+=`<tr><td>${esc(s.service)}</td><td>${esc(s.host)}${esc(s.prefix&&s.prefix!=="/"?s.prefix:"")}</td><td>${esc(s.node||"")}</td><td>${ups}</td></tr>`;}
     document.getElementById("services").innerHTML=rows;
+    rows="<tr><th>service</th><th>host</th><th>where</th><th>reason</th></tr>";
+    for(const r of (Array.isArray(d.rejected)?d.rejected:[])){
+      rows+=`<tr><td>${esc(r.service)}</td><td>${esc(r.host)}</td><td>${esc(r.source)}</td><td class="bad">${esc(r.reason)}</td></tr>`;}
+    document.getElementById("rejected").innerHTML=rows;
   }catch(err){document.getElementById("summary").textContent="status unavailable: "+err}
 }
 tick(); setInterval(tick,1000);

@@ -102,3 +102,23 @@ def test_result_1_0_0_shape():
 
 def test_result_0_4_0_has_ip_version():
     assert _result("0.4.0")["ips"][0]["version"] == "4"
+
+
+@pytest.mark.parametrize("data", [b"[" * 100000, b'{"cniVersion":"1.0.0","x":' + b"[" * 100000,
+                                  b'{"cniVersion":"1.0.0","name":"n","type":"flatnet","pad":"'
+                                  + b"x" * (1 << 20) + b'"}'], ids=["deep", "deep-in-object", "oversized"])
+def test_hostile_stdin_is_cni_error_json_without_traceback(data):
+    """Issue 13 item 8: 100000 nested '[' ended in a RecursionError traceback. The real
+    plugin process answers the spec's error JSON (code 6) and exits 1."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = dict(ENV, PATH=os.environ.get("PATH", "/usr/bin:/bin"), PYTHONPATH=repo)
+    proc = subprocess.run([sys.executable, "-m", "cni"], input=data, env=env, capture_output=True, timeout=30,
+                          cwd=repo)
+    assert proc.returncode == 1
+    assert b"Traceback" not in proc.stderr and b"RecursionError" not in proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["code"] == 6 and "network config is not valid JSON" in out["msg"]
+    assert "nested deeper than 64 levels" in out["msg"] or "larger than" in out["msg"]

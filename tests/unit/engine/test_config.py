@@ -32,6 +32,7 @@ def test_peers():
     ("[listne]\nport = 1\n", "unknown section"),
     ("[tun]\nmtuu = 1\n", "tun.mtuu: unknown key"),
     ("[log]\nlevel = \"loud\"\n", "log.level"),
+    ("[log]\nformat = \"yaml\"\n", "log.format: 'yaml'; expected text or json"),
     ("[[peers]]\nname = \"b\"\ncert = \"x\"\nendpoints = [\"nohost\"]\nsubnet = \"10.87.2.0/24\"\n", "HOST:PORT"),
     ("[[peers]]\nname = \"b\"\ncert = \"x\"\nendpoints = [\"192.0.2.2:1\"]\nsubnet = \"10.87.1.0/24\"\n", "overlaps"),
     ("[[peers]]\nname = \"b\"\ncert = \"x\"\nendpoints = [\"192.0.2.2:1\"]\n", "peers[0].subnet: missing"),

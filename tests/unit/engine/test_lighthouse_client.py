@@ -105,3 +105,28 @@ def test_a_peer_message_for_ourselves_or_a_foreign_subnet_is_refused():
     client.on_message(lh, wire.encode("peer", name="host-c", cert=other.cert.raw, subnet="10.99.1.0/24",
                                       endpoints=[], local=[]), ("192.0.2.254", 4787), 0.0)
     assert not dev.peers and client.errors == 2
+
+
+def test_service_refusals_from_the_lighthouse_reach_the_services_api(tmp_path):
+    """The lighthouse refuses a taken name per service (error service_refused, after the
+    lease): the engine lists it with the reason and does not route it; a later lease
+    without the refusal clears it."""
+    from engine.services import ServiceRegistry
+    ca = TestCA()
+    dev = FakeDevice(ca)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=FakeSession(), relay=None)
+    reg = ServiceRegistry(str(tmp_path / "services.json"), "host-a", "office.lan")
+    client = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
+                              lambda s: None, services=reg)
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 1.0)
+    reg.publish(ipaddress.IPv4Network("10.87.3.0/24"), "wiki", "10.87.3.5", 80)
+    reason = "service 'wiki': name 'wiki' is already published by node host-b"
+    client.on_message(lh, wire.encode("error", code="service_refused", msg=reason, service="wiki"),
+                      ("192.0.2.254", 4787), 1.1)
+    assert reg.rejected() == [{"name": "wiki", "host": "", "source": "lighthouse lh", "reason": reason}]
+    assert reg.routes(None)["routes"] == []
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 11.0)
+    assert reg.rejected() == [] and len(reg.routes(None)["routes"]) == 2
+    assert client.errors == 0

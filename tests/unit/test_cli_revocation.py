@@ -1,0 +1,71 @@
+"""`flatnet cert revoke` / `cert show` and how `cert sign` / `cert renew` respect the
+blocklist in the CA directory (the operator's side of revocation)."""
+import os
+import time
+
+from engine import pki
+from engine.proto import cert as certs, revocation as rv
+from flatnet_cli.main import main
+
+
+def load(d, name):
+    return certs.decode(pki.read_file(os.path.join(d, f"{name}.crt"), "certificate"))[0]
+
+
+def test_revoke_by_name_then_re_enrol_with_a_new_key(tmp_path, capsys):
+    d = str(tmp_path / "pki")
+    assert main(["ca", "init", "--dir", d]) == 0
+    assert main(["cert", "sign", "--ca-dir", d, "--name", "host-2"]) == 0
+    old = load(d, "host-2")
+    assert main(["cert", "revoke", "host-2", "--ca-dir", d]) == 0
+    ca = pki.load_ca(os.path.join(d, "ca.crt"))
+    bl = rv.load(pki.read_file(os.path.join(d, "blocklist.bin"), "blocklist"), ca)
+    assert bl.reason(old) and "host-2" in bl.names
+    # renewing the revoked key is refused; a new key is the way back
+    assert main(["cert", "renew", "--ca-dir", d, "--name", "host-2"]) == 1
+    assert "a revoked key gets no new certificate" in capsys.readouterr().err
+    for ext in ("key", "crt"):
+        os.unlink(os.path.join(d, f"host-2.{ext}"))
+    assert main(["cert", "sign", "--ca-dir", d, "--name", "host-2"]) == 0
+    new = load(d, "host-2")
+    assert new.not_before > bl.names["host-2"] and bl.reason(new) is None
+    time.sleep(max(0.0, new.not_before - time.time()) + 0.01)  # valid from the second after the revocation
+    capsys.readouterr()
+    assert main(["cert", "show", os.path.join(d, "host-2.crt"), "--ca-dir", d]) == 0
+    out = capsys.readouterr().out
+    assert new.fingerprint in out and "status       valid" in out
+
+
+def test_revoke_by_fingerprint_and_serials_go_up(tmp_path, capsys):
+    d = str(tmp_path / "pki")
+    main(["ca", "init", "--dir", d])
+    main(["cert", "sign", "--ca-dir", d, "--name", "host-3"])
+    fp = load(d, "host-3").fingerprint
+    assert main(["cert", "revoke", "host-9", "--ca-dir", d]) == 0
+    ca = pki.load_ca(os.path.join(d, "ca.crt"))
+    first = rv.load(pki.read_file(os.path.join(d, "blocklist.bin"), "blocklist"), ca)
+    assert main(["cert", "revoke", fp.upper(), "--ca-dir", d]) == 0
+    second = rv.load(pki.read_file(os.path.join(d, "blocklist.bin"), "blocklist"), ca)
+    assert second.serial > first.serial and second.fingerprints == {fp} and "host-9" in second.names
+    capsys.readouterr()
+    main(["cert", "show", os.path.join(d, "host-3.crt"), "--ca-dir", d])
+    assert "fingerprint" in capsys.readouterr().out.split("status")[1]
+
+
+def test_a_blocklist_from_another_ca_is_refused_with_a_clear_error(tmp_path, capsys):
+    ours, theirs = str(tmp_path / "ours"), str(tmp_path / "theirs")
+    main(["ca", "init", "--dir", ours, "--name", "ours"])
+    main(["ca", "init", "--dir", theirs, "--name", "theirs"])
+    main(["cert", "revoke", "host-2", "--ca-dir", theirs])
+    os.replace(os.path.join(theirs, "blocklist.bin"), os.path.join(ours, "blocklist.bin"))
+    capsys.readouterr()
+    assert main(["cert", "revoke", "host-3", "--ca-dir", ours]) == 1
+    err = capsys.readouterr().err
+    assert "blocklist.bin: bad_blocklist: not signed by this network's CA 'ours'" in err and "'theirs'" in err
+
+
+def test_a_bad_target_is_explained(tmp_path, capsys):
+    d = str(tmp_path / "pki")
+    main(["ca", "init", "--dir", d])
+    assert main(["cert", "revoke", "x" * 65, "--ca-dir", d]) == 1
+    assert "neither a node name" in capsys.readouterr().err
