@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 from engine.proto import cert as certs
 from engine.proto import constants
 from engine.proto import handshake as hsm
-from engine.proto import tai64n
+from engine.proto import revocation, tai64n
 from engine.proto.constants import PROLOGUE
 from engine.proto.noise import HandshakeIK, public_key
 from lighthouse import wire
@@ -41,7 +41,8 @@ A_STATIC = bytes(range(0x20, 0x40))         # X25519 private keys (clamped by X2
 B_STATIC = bytes(range(0x40, 0x60))
 A_EPHEMERAL = bytes(range(0x60, 0x80))
 B_EPHEMERAL = bytes(range(0x80, 0xA0))
-CA_NAME, A_NAME, B_NAME = "vector-ca", "host-a", "host-b"
+C_STATIC = bytes(range(0xC8, 0xE8))         # host-c: a certificate the blocklist revokes
+CA_NAME, A_NAME, B_NAME, C_NAME = "vector-ca", "host-a", "host-b", "host-c"
 A_GROUPS, B_GROUPS = ["web"], ["db", "ops"]
 CA_NOT_BEFORE, CA_NOT_AFTER = 1_767_225_600, 2_082_758_400      # 2026-01-01 .. 2036-01-01 UTC
 NODE_NOT_BEFORE, NODE_NOT_AFTER = 1_767_225_600, 1_798_761_600  # 2026-01-01 .. 2027-01-01 UTC
@@ -50,6 +51,10 @@ A_SENDER_INDEX, B_SENDER_INDEX = 0x12345001, 0x6789A002
 NETWORK = ipaddress.IPv4Network("10.87.0.0/16")
 A_SUBNET, B_SUBNET = ipaddress.IPv4Network("10.87.1.0/24"), ipaddress.IPv4Network("10.87.2.0/24")
 REGISTER = {"endpoints": [("192.0.2.10", 4787)]}
+# the blocklist: host-c's certificate by fingerprint, and every certificate of host-d
+# issued up to the cutoff by name
+BLOCKLIST_SERIAL, BLOCKLIST_ISSUED_AT = 1, 1_779_999_000
+BLOCKLIST_NAMES = {"host-d": 1_779_998_999}
 # an IPv4/UDP packet 10.87.1.2:40000 -> 10.87.2.3:7, payload "hello flatnet" (UDP checksum 0)
 DATA = bytes.fromhex("4500002900000000401163120a5701020a5702039c4000070015000068656c6c6f20666c61746e6574")
 
@@ -175,6 +180,10 @@ def compute() -> list[tuple[str, str]]:
     ca_key, ca_raw, ca = make_ca()
     a = make_node(ca_key, ca, A_NAME, A_STATIC, A_GROUPS)
     b = make_node(ca_key, ca, B_NAME, B_STATIC, B_GROUPS)
+    c = make_node(ca_key, ca, C_NAME, C_STATIC, [])
+    blocklist = revocation.create(ca_key, ca, BLOCKLIST_SERIAL, BLOCKLIST_ISSUED_AT, BLOCKLIST_NAMES,
+                                  [c.identity.cert.fingerprint])
+    assert revocation.load(blocklist, ca).reason(c.identity.cert) is not None
     hs = handshake(a, b)
     tr = transport(hs["initiator_send_key"], B_SENDER_INDEX)
     # the relay rewrites the id to the sender's block before forwarding (lighthouse/registry.py)
@@ -192,7 +201,11 @@ def compute() -> list[tuple[str, str]]:
         ("a_crt", a.raw_cert.hex()),
         ("b_static_private", B_STATIC.hex()),
         ("b_static_public", public_key(B_STATIC).hex()),
+        ("a_fingerprint", a.identity.cert.fingerprint),
         ("b_crt", b.raw_cert.hex()),
+        ("c_crt", c.raw_cert.hex()),
+        ("c_fingerprint", c.identity.cert.fingerprint),
+        ("blocklist", blocklist.hex()),
         ("a_ephemeral_private", A_EPHEMERAL.hex()),
         ("a_ephemeral_public", public_key(A_EPHEMERAL).hex()),
         ("b_ephemeral_private", B_EPHEMERAL.hex()),

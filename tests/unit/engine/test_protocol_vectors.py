@@ -7,12 +7,16 @@ import ipaddress
 import os
 import warnings
 
+import msgpack
 import pytest
 from nacl import bindings as sodium
+from nacl.signing import VerifyKey
 from noise.connection import Keypair, NoiseConnection
 
 from engine import pki
 from engine.datapath import DataPath
+from engine.proto import cert as certs
+from engine.proto import revocation
 from tests.harness import vectors as vec
 from tests.unit.engine.test_datapath import outside
 
@@ -143,3 +147,20 @@ def test_key_and_certificate_files_load(doc, tmp_path):
     me = pki.load_identity(str(tmp_path / "ca.crt"), str(tmp_path / "a.crt"), str(tmp_path / "a.key"),
                            doc["handshake_unix_ns"] / 1e9)
     assert me.cert.name == vec.A_NAME and me.cert.key == doc["a_static_public"] and me.ca.key == doc["ca_ed25519_public"]
+
+
+def test_fingerprints_and_blocklist_follow_the_documented_rule(doc):
+    """protocol.md 3.6: fingerprint = SHA-256 of the signed details; the blocklist is a
+    CA-signed msgpack envelope like a certificate. Checked with msgpack, hashlib and
+    PyNaCl, then with the engine's revocation code."""
+    for crt, fp in (("a_crt", "a_fingerprint"), ("c_crt", "c_fingerprint")):
+        assert hashlib.sha256(msgpack.unpackb(doc[crt])["d"]).digest() == doc[fp]
+    outer = msgpack.unpackb(doc["blocklist"])
+    VerifyKey(doc["ca_ed25519_public"]).verify(outer["d"], outer["s"])
+    details = msgpack.unpackb(outer["d"])
+    assert details["t"] == "blocklist" and details["v"] == 1 and details["issuer"] == "vector-ca"
+    assert details["fingerprints"] == [doc["c_fingerprint"]] and details["names"] == vec.BLOCKLIST_NAMES
+    ca = certs.load_ca(doc["ca_crt"])
+    blocklist = revocation.load(doc["blocklist"], ca)
+    assert blocklist.reason(certs.decode(doc["c_crt"])[0]) is not None
+    assert blocklist.reason(certs.decode(doc["a_crt"])[0]) is None
