@@ -17,11 +17,16 @@ from typing import Callable
 from engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, RX_SLOTS, ControlItem
 from engine.log import Logger
 from engine.proto import cert as certs
+from engine.proto import endpoint as endpoints_policy
 from engine.proto import handshake as hsm
 from engine.proto.constants import TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
                                   SendKeepalive, State)
+
+# A node whose certificate has this group may relay (send us type-5 packets that move
+# a peer's path to it); lighthouses the engine was configured with may always.
+RELAY_GROUP = "relay"
 
 
 @dataclass
@@ -84,6 +89,8 @@ class Device:
         self.on_new_peer: Callable[[Peer, float], None] | None = None
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
+        self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
+        self._relay_certified: set[str] = set()  # peers whose certificate has RELAY_GROUP
         self.dp = datapath
         self.send = send
         self.wall_ns = wall_ns
@@ -109,6 +116,8 @@ class Device:
         self.by_slot[slot] = peer
         self.dp.set_peer(slot, subnet)
         self.dp.set_peer_groups(slot, sum(self.group_bits.get(g, 0) for g in set(cert.groups)))
+        if RELAY_GROUP in cert.groups:
+            self._relay_certified.add(cert.name)
         if endpoints:
             self._set_endpoint(peer, endpoints[0])
         return peer
@@ -159,6 +168,7 @@ class Device:
     def remove_peer(self, name: str) -> None:
         peer = self.peers.pop(name)
         del self.by_slot[peer.slot]
+        self._relay_certified.discard(name)
         peer.session.close()
         self._apply(peer)
         self.dp.remove_peer(peer.slot)
@@ -200,6 +210,28 @@ class Device:
         self.dp.set_relay(peer.slot, relay_id)
         self.log.info("path_relayed", peer=peer.name, relay=f"{relay_addr[0]}:{relay_addr[1]}", reason=reason)
 
+    def relay_allowed(self, addr: tuple[str, int]) -> bool:
+        """Whether type-5 packets from `addr` may move a peer's path: it must be an
+        address of a configured lighthouse, or of a peer certified with RELAY_GROUP
+        (its current endpoint, which only authenticated packets set, or a candidate)."""
+        # only the few relay candidates are looked at: a flood of type 5 costs no scan of all peers
+        for name in self.relay_names | self._relay_certified:
+            p = self.peers.get(name)
+            if p is not None and (addr == p.endpoint or addr in p.endpoints):
+                return True
+        return False
+
+    def _learn_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
+        """The source of an authenticated, fresh packet becomes the peer's endpoint,
+        unless it is an address nobody should be sent to (engine.proto.endpoint) and
+        not one the peer is known by (configured, or vetted when the lighthouse said it)."""
+        why = endpoints_policy.refused(addr)
+        if why is not None and addr not in peer.endpoints:
+            self.errors["endpoint_refused"] += 1
+            self.log.debug("endpoint_refused", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", reason=why)
+            return
+        self._set_endpoint(peer, addr)
+
     def _set_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
         if peer.relay is not None:  # a direct packet came: leave the relay
             self.log.info("path_direct", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", was="relayed")
@@ -240,13 +272,19 @@ class Device:
                                src=f"{item.addr[0]}:{item.addr[1]}" if item.addr else "-")
 
     def _control(self, item: ControlItem, now: float) -> None:
+        """Rules: no path, endpoint or relay changes before the packet asking for it is
+        authenticated and found fresh (the C data path checked a roam's packet; a
+        handshake is checked here, by its session), and a relay is only taken from an
+        address relay_allowed() accepts."""
         if item.kind == CTRL_ROAM:
             peer = self.by_slot.get(item.peer)
             if peer is not None and item.addr is not None:
                 if len(item.data) == 4:  # it came through a relay, under this id
+                    if not self.relay_allowed(item.addr):
+                        raise RemoteProtocolError("relay_refused", f"{item.addr[0]}:{item.addr[1]} may not relay")
                     self.use_relay(peer, item.addr, struct.unpack("<I", item.data)[0], "peer reached us via the relay")
                 else:
-                    self._set_endpoint(peer, item.addr)
+                    self._learn_endpoint(peer, item.addr)
             return
         if item.kind == CTRL_DECRYPTED:
             peer = self.by_slot.get(item.peer)
@@ -263,25 +301,35 @@ class Device:
                 return
             if len(data) <= 8:
                 raise RemoteProtocolError("short", "relayed packet")
+            if not self.relay_allowed(item.addr):  # before any cryptography: it is cheap
+                raise RemoteProtocolError("relay_refused", f"{item.addr[0]}:{item.addr[1]} may not relay")
             via, data = (item.addr, struct.unpack_from("<I", data, 4)[0]), data[8:]
         kind = data[0]
         if kind == TYPE_INITIATION:
             init = hsm.consume_initiation(self.me, data, self.wall_ns() / 1e9)
-            peer = self.peers.get(init.peer.name)
+            peer, new = self.peers.get(init.peer.name), False
             if peer is None and self.accept_any and init.peer.name != self.me.cert.name:
-                peer = self.add_peer(init.peer, None, [] if via else [item.addr])
-                if self.on_new_peer is not None:
-                    self.on_new_peer(peer, now)
+                peer, new = self.add_peer(init.peer, None, []), True
             if peer is None:
                 raise RemoteProtocolError("unknown_peer", init.peer.name)
             if init.peer.key != peer.cert.key:
                 raise RemoteProtocolError("bad_cert", f"{init.peer.name} presented another key")
+            # the TAI64N check (replayed_initiation) comes before the path moves: an old
+            # initiation, replayed from anywhere, must change nothing
+            try:
+                peer.session.receive_initiation(init, None if via else item.addr, now)
+            except RemoteProtocolError:
+                if new:  # e.g. a time before 1970: the node stays unknown
+                    self.remove_peer(peer.name)
+                raise
             if via:
                 self.use_relay(peer, via[0], via[1], "peer reached us via the relay")
-                peer.session.receive_initiation(init, None, now)
             else:
-                peer.session.receive_initiation(init, item.addr, now)
-                self._set_endpoint(peer, item.addr)
+                self._learn_endpoint(peer, item.addr)
+                if new and peer.endpoint == item.addr:
+                    peer.endpoints = [item.addr]  # its only candidate until a lighthouse tells more
+            if new and self.on_new_peer is not None:
+                self.on_new_peer(peer, now)
             self._apply(peer)
         elif kind == TYPE_RESPONSE:
             _, receiver = hsm.response_indexes(data)
@@ -289,11 +337,11 @@ class Device:
             peer = self.peers.get(owner) if owner else None
             if peer is None:
                 raise RemoteProtocolError("unexpected_response", "unknown receiver index")
-            peer.session.receive_response(data, now)
+            peer.session.receive_response(data, now)  # authenticated and fresh (it used up the pending handshake)
             if via:
                 self.use_relay(peer, via[0], via[1], "handshake answered via the relay")
             else:
-                self._set_endpoint(peer, item.addr)
+                self._learn_endpoint(peer, item.addr)
             self._apply(peer)
         else:
             raise RemoteProtocolError("unknown_type", str(kind))

@@ -17,6 +17,8 @@ from typing import Callable
 
 from engine.device import Device, Peer
 from engine.log import Logger
+from engine.proto import cert as certs
+from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Reassembly
 from lighthouse import wire
@@ -67,6 +69,7 @@ class LighthouseClient:
         self.on_blocklist = on_blocklist
         # one per lighthouse: pieces from one (even a broken one) never block another's
         self._blocklist = {name: Reassembly() for name in self.lighthouses}
+        device.relay_names.update(self.lighthouses)  # a lighthouse may relay (Device.relay_allowed)
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
@@ -112,7 +115,9 @@ class LighthouseClient:
 
     def register(self, now: float) -> None:
         published = list(self.services.local.values()) if self.services is not None else []
-        msg = wire.encode("register", endpoints=self.local_endpoints(), services=published, gateway=self.gateway,
+        # the lighthouse hands out our observed address first, then at most MAX_LOCAL of these
+        mine = endpoints_policy.usable(self.local_endpoints())[0][:wire.MAX_LOCAL]
+        msg = wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
                           blocklist=self._held())
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
@@ -193,6 +198,10 @@ class LighthouseClient:
     def _catalog(self, msg: dict) -> None:
         if self.services is None:
             return
+        for service in msg["services"]:  # our gateway proxies to these: never to 169.254.169.254
+            if service["gateway"] is not None and endpoints_policy.refused(service["gateway"]):
+                self.device.errors["endpoint_refused"] += 1
+                service["gateway"] = None
         self._catalog_pages += msg["services"]
         if msg["next"]:
             self._ask(wire.encode("catalog_query", offset=msg["next"]), one=True)
@@ -235,20 +244,27 @@ class LighthouseClient:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         if not subnet.subnet_of(self.network):
             raise RemoteProtocolError("bad_control", f"{subnet} is outside {self.network}")
+        # the lighthouse vets endpoints too; this side does not rely on it (an older or
+        # misbehaving lighthouse must not make us send handshakes to 127.0.0.1:22)
+        endpoints, refused = endpoints_policy.usable(msg["endpoints"])
+        local = endpoints_policy.usable(msg["local"])[0]
+        if refused:
+            self.device.errors["endpoint_refused"] += len(refused)
+            self.log.warning("endpoints_refused", peer=cert.name, endpoints=",".join(f"{h}:{p}" for h, p in refused))
         peer = self.device.peers.get(cert.name)
         if peer is None:
-            peer = self.device.add_peer(cert, subnet, msg["endpoints"])
+            peer = self.device.add_peer(cert, subnet, endpoints)
             if self.on_peers_changed is not None:
                 self.on_peers_changed([p for p in self.device.peers if p not in self.lighthouses])
         elif peer.cert.key != cert.key:
             raise RemoteProtocolError("bad_cert", f"{cert.name} changed its key")
         self.device.set_subnet(peer, subnet)
-        self.device.set_endpoints(peer, msg["endpoints"])
-        peer.extra["local"] = msg["local"]
+        self.device.set_endpoints(peer, endpoints)
+        peer.extra["local"] = local
         if peer.session.current is None and peer.relay is None:
             self.connecting.setdefault(peer.name, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),
-                      endpoints=",".join(f"{h}:{p}" for h, p in msg["endpoints"]))
+                      endpoints=",".join(f"{h}:{p}" for h, p in endpoints))
         self.device.connect(peer, now)

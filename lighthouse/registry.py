@@ -5,10 +5,18 @@ node), (node name, bytes) out.
 Rules: a node is known by its certificate name (the Noise session proved it); its
 candidate endpoints are what the lighthouse saw (the NAT mapping) first, then what
 the node reported; a query for a node also sends that node a punch with the asker's
-endpoints, so both open their NATs at the same moment. Service names and hosts are
-unique across online nodes: the first node to register one holds it while it stays
-online (registers within 3 x ttl); another node's claim is refused per service with an
-error "service_refused" naming it (docs/gateway.md, "Names").
+endpoints, so both open their NATs at the same moment.
+
+A punch makes its target send handshakes to every endpoint in it, so a certified node
+must not choose where others send: endpoints nobody should be sent to (loopback,
+link-local, multicast, broadcast, unspecified: engine.proto.endpoint) are dropped at
+register and counted; each node may ask QUERY_BURST queries at once, then QUERY_RATE
+a second; each node receives at most PUNCH_BURST punches at once, then PUNCH_RATE a
+second (the asker still gets its `peer` answer). Time is the `now` passed in.
+
+Service names and hosts are unique across online nodes: the first node to register one
+holds it while it stays online (registers within 3 x ttl); another node's claim is
+refused per service with an error "service_refused" naming it (docs/gateway.md, "Names").
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from engine.proto import cert as certs, names, revocation
+from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from lighthouse import wire
 from lighthouse.leases import LeaseExhausted, LeaseStore
@@ -34,6 +43,28 @@ def _claims(service: dict) -> list[Claim]:
 def _describe(claim: Claim) -> str:
     return f"name {claim[1]!r}" if claim[0] == "name" else f"host {claim[1]!r} (prefix {claim[2]!r})"
 
+QUERY_RATE = 4.0     # queries per second and asking node, after a burst of
+QUERY_BURST = 32.0   # (an engine asks once per unknown /24 per 5 s, and once per new peer)
+PUNCH_RATE = 8.0     # punches per second to one target node, after a burst of
+PUNCH_BURST = 32.0
+
+
+class TokenBucket:
+    """`rate` events a second after a burst of `burst`; the clock is passed in."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.last = burst, None
+
+    def take(self, now: float) -> bool:
+        if self.last is not None:  # a clock that went back gives nothing
+            self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
 
 @dataclass
 class Node:
@@ -45,9 +76,14 @@ class Node:
     last_seen: float = 0.0
     services: list[dict] = field(default_factory=list)
     gateway: Endpoint | None = None
+    observed_ok: bool = True  # not an address nobody should be sent to (set at register)
 
     def endpoints(self) -> list[Endpoint]:
-        return [self.observed] + [e for e in self.local if e != self.observed]
+        """Where others may try this node: the observed address (unless it is one
+        nobody should be sent to, e.g. a node on the lighthouse's own host via
+        127.0.0.1), then its own, at most wire.MAX_ENDPOINTS in all."""
+        first = [self.observed] if self.observed_ok else []
+        return (first + [e for e in self.local if e != self.observed])[:wire.MAX_ENDPOINTS]
 
 
 class Registry:
@@ -65,6 +101,9 @@ class Registry:
         self.claims: dict[Claim, str] = {}          # claim -> node name holding it
         self.claimed_by: dict[str, set[Claim]] = {}  # node name -> its claims
         self.refused_services = 0
+        self.query_limits: dict[str, TokenBucket] = {}
+        self.punch_limits: dict[str, TokenBucket] = {}
+        self.limited = {"queries": 0, "punches": 0, "endpoints_refused": 0}
 
     def handle(self, name: str, cert: bytes, data: bytes, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
         kind, msg = wire.decode(data)
@@ -86,9 +125,16 @@ class Registry:
             node = self.nodes[name] = Node(name, cert, subnet, src)
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
-        node.observed, node.local, node.last_seen, node.subnet = src, msg["endpoints"], now, subnet
+        local, bad_endpoints = endpoints_policy.usable(msg["endpoints"])
+        self.limited["endpoints_refused"] += len(bad_endpoints)
+        node.observed, node.local, node.last_seen, node.subnet = src, local[:wire.MAX_LOCAL], now, subnet
+        node.observed_ok = endpoints_policy.refused(src) is None
         node.services, refused = self._claim(name, subnet, msg["services"], now)
-        node.gateway = msg["gateway"]
+        gateway = msg["gateway"]  # other hosts' gateways proxy HTTP to it: the same rule as endpoints
+        if gateway is not None and endpoints_policy.refused(gateway):
+            self.limited["endpoints_refused"] += 1
+            gateway = None
+        node.gateway = gateway
         self.by_endpoint[src] = node
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                             ttl=int(self.ttl))
@@ -165,14 +211,20 @@ class Registry:
     def _forget(self, name: str) -> None:
         node = self.nodes.pop(name)
         self._release(name)
+        self.query_limits.pop(name, None)
+        self.punch_limits.pop(name, None)
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
 
     def _query(self, asker: str, msg: dict, now: float) -> list[tuple[str, bytes]]:
-        self.queries += 1
         me = self.nodes.get(asker)
         if me is None:
             return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
+        # a bucket per registered node only: expire() forgets it with the node
+        if not self.query_limits.setdefault(asker, TokenBucket(QUERY_RATE, QUERY_BURST)).take(now):
+            self.limited["queries"] += 1
+            raise RemoteProtocolError("query_rate_limited", asker)
+        self.queries += 1
         if "addr" in msg:
             target_name = self.leases.by_address(ipaddress.IPv4Address(msg["addr"]))
         else:
@@ -181,21 +233,21 @@ class Registry:
         if target is None or now - target.last_seen > 3 * self.ttl or target_name == asker:
             what = msg.get("addr") or msg.get("name")
             return [(asker, wire.encode("error", code="unknown", msg=f"no node online for {what}"))]
-        return [
-            (asker, wire.encode("peer", name=target.name, cert=target.cert, subnet=str(target.subnet),
-                                endpoints=target.endpoints(), local=target.local)),
-            (target.name, wire.encode("punch", name=me.name, cert=me.cert, subnet=str(me.subnet),
-                                      endpoints=me.endpoints(), local=me.local)),
-        ]
+        out = [(asker, wire.peer_message("peer", target.name, target.cert, str(target.subnet), target.endpoints(),
+                                         target.local))]
+        if self.punch_limits.setdefault(target.name, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
+            out.append((target.name, wire.peer_message("punch", me.name, me.cert, str(me.subnet), me.endpoints(),
+                                                       me.local)))
+        else:
+            self.limited["punches"] += 1
+        return out
 
     def _catalog(self, asker: str, offset: int, now: float) -> list[tuple[str, bytes]]:
         """A page of every online node's services (a node may publish only addresses of
         its own subnet: that was checked at register)."""
         entries = [dict(s, node=n.name, gateway=n.gateway) for n in sorted(self.nodes.values(), key=lambda n: n.name)
                    if now - n.last_seen <= 3 * self.ttl for s in n.services]
-        page = entries[max(0, offset):max(0, offset) + wire.CATALOG_PAGE]
-        nxt = offset + len(page) if offset + len(page) < len(entries) else 0
-        return [(asker, wire.encode("catalog", services=page, next=nxt))]
+        return [(asker, wire.catalog_message(entries, max(0, offset)))]
 
     def relay(self, packet: bytes, src: Endpoint, now: float) -> tuple[bytes, Endpoint]:
         """A type-5 packet from a registered node: (the packet to send, where). The

@@ -82,7 +82,9 @@ class Lighthouse:
             replies = self.registry.handle(peer.name, peer.cert.raw, data, addr, time.time())
         except RemoteProtocolError as exc:
             self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
-            self.log.warning("control_rejected", peer=peer.name, reason=exc.reason, detail=str(exc))
+            # a flood of queries must not flood the log too: the count is in /status
+            (self.log.debug if exc.reason == "query_rate_limited" else self.log.warning)(
+                "control_rejected", peer=peer.name, reason=exc.reason, detail=str(exc))
             return
         for target, msg in replies:
             dest = self.device.peers.get(target)
@@ -135,6 +137,7 @@ class Lighthouse:
                 "blocklist": {"serial": bl.serial, "names": sorted(bl.names), "fingerprints": sorted(bl.fingerprints)}
                 if (bl := self.revocations.current) else None, "revoked_peers": dict(self.device.revoked),
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
+                "limited": dict(self.registry.limited),
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
 
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:

@@ -22,7 +22,11 @@ authenticated by the Noise session between the node and the lighthouse).
 
 Every message is a map with "t" (its type) and "v" (1). decode() checks types and
 sizes and raises RemoteProtocolError for anything else: a malformed message is
-dropped and counted, never trusted.
+dropped and counted, never trusted. Every field is bounded (limits below; integers
+must be msgpack integers in their range, so `inf`/`nan` floats are refused). The
+sender keeps to the same limits: a node registers at most MAX_LOCAL endpoints, and
+peer_message() trims a peer/punch to MAX_ENDPOINTS and MAX_MESSAGE bytes, so the
+lighthouse never builds a message its receiver would refuse.
 """
 from __future__ import annotations
 
@@ -35,7 +39,10 @@ from engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX
 
 VERSION = 1
 MAX_MESSAGE = 1400
-MAX_ENDPOINTS = 8
+MAX_ENDPOINTS = 8               # any endpoint list on the wire
+MAX_LOCAL = MAX_ENDPOINTS - 1   # a node's own addresses: the observed one comes first
+MAX_OFFSET = 1 << 20            # catalog paging (far above MAX_SERVICES x nodes in practice)
+MAX_TTL = 86400
 
 Endpoint = tuple[str, int]
 
@@ -45,7 +52,7 @@ def _endpoints(raw: object) -> list[Endpoint]:
         raise RemoteProtocolError("bad_control", "endpoints must be a short list")
     out = []
     for item in raw:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int
                 and 0 < item[1] < 65536):
             raise RemoteProtocolError("bad_control", "bad endpoint")
         try:
@@ -72,6 +79,13 @@ def _net(msg: dict, key: str) -> str:
     return value
 
 
+def _int(msg: dict, key: str, default: int, low: int, high: int) -> int:
+    value = msg.get(key, default)
+    if type(value) is not int or not low <= value <= high:  # no bool, no float (inf, nan)
+        raise RemoteProtocolError("bad_control", f"{key} must be an integer in [{low}, {high}]")
+    return value
+
+
 MAX_SERVICES = 32
 CATALOG_PAGE = 8
 
@@ -83,7 +97,7 @@ def _service(raw: object, with_node: bool) -> dict:
     # so one bad name refuses that service alone, not the whole message
     name = _str(raw, "name", 63)
     port = raw.get("port")
-    if not isinstance(port, int) or not 0 < port < 65536:
+    if type(port) is not int or not 0 < port < 65536:
         raise RemoteProtocolError("bad_control", "service port")
     out = {"name": name.lower(), "addr": str(ipaddress.IPv4Address(_str(raw, "addr", 15))), "port": port,
            "host": _str(raw, "host", 253) if raw.get("host") else "", "prefix": str(raw.get("prefix") or "/")[:200]}
@@ -106,11 +120,12 @@ SCHEMA = {
     "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", [])),
                            "services": _services(m.get("services", [])),
                            "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None,
-                           "blocklist": _uint(m, "blocklist", 1 << 63)},
-    "catalog_query": lambda m: {"offset": int(m.get("offset", 0))},
-    "catalog": lambda m: {"services": _services(m.get("services", []), True), "next": int(m.get("next", 0))},
+                           "blocklist": _int(m, "blocklist", 0, 0, (1 << 63) - 1)},
+    "catalog_query": lambda m: {"offset": _int(m, "offset", 0, 0, MAX_OFFSET)},
+    "catalog": lambda m: {"services": _services(m.get("services", []), True),
+                          "next": _int(m, "next", 0, 0, MAX_OFFSET)},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
-                        "observed": _endpoints([m.get("observed")])[0], "ttl": int(m.get("ttl", 60))},
+                        "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL)},
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
@@ -119,17 +134,10 @@ SCHEMA = {
                         "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400),
                         "service": _str(m, "service", 63) if m.get("service") else ""},
-    "blocklist": lambda m: {"serial": _uint(m, "serial", 1 << 63), "total": _uint(m, "total", BLOCKLIST_MAX + 1),
-                            "offset": _uint(m, "offset", BLOCKLIST_MAX), "data": _bytes(m, "data")},
+    "blocklist": lambda m: {"serial": _int(m, "serial", 0, 0, (1 << 63) - 1),
+                            "total": _int(m, "total", 0, 0, BLOCKLIST_MAX),
+                            "offset": _int(m, "offset", 0, 0, BLOCKLIST_MAX - 1), "data": _bytes(m, "data")},
 }
-
-
-def _uint(msg: dict, key: str, below: int) -> int:
-    """An optional non-negative integer under `below` (absent: 0)."""
-    value = msg.get(key, 0)
-    if type(value) is not int or not 0 <= value < below:
-        raise RemoteProtocolError("bad_control", f"{key} must be an integer 0..{below - 1}")
-    return value
 
 
 def _bytes(msg: dict, key: str) -> bytes:
@@ -155,6 +163,37 @@ def encode(kind: str, **fields: object) -> bytes:
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"{kind} message of {len(data)} bytes is too large")
     return data
+
+
+def peer_message(kind: str, name: str, cert: bytes, subnet: str, endpoints: list[Endpoint],
+                 local: list[Endpoint]) -> bytes:
+    """A peer or punch message that its receiver accepts: at most MAX_ENDPOINTS
+    candidates, and the last ones dropped while the message is over MAX_MESSAGE bytes
+    (a certificate near MAX_CERT_BYTES leaves room for fewer)."""
+    endpoints = list(endpoints)[:MAX_ENDPOINTS]
+    while True:
+        kept = set(endpoints)
+        try:
+            return encode(kind, name=name, cert=cert, subnet=subnet, endpoints=endpoints,
+                          local=[e for e in local if e in kept])
+        except ValueError:
+            if not endpoints:
+                raise
+            endpoints.pop()
+
+
+def catalog_message(entries: list[dict], offset: int) -> bytes:
+    """The catalog page starting at `offset`: up to CATALOG_PAGE entries, fewer when
+    they would not fit in MAX_MESSAGE (long hosts and prefixes: a full page of them is
+    about 5 KB); `next` is the offset of the next page, or 0 after the last one."""
+    for size in range(CATALOG_PAGE, 0, -1):
+        page = entries[offset:offset + size]
+        nxt = offset + len(page) if offset + len(page) < len(entries) else 0
+        try:
+            return encode("catalog", services=page, next=nxt)
+        except ValueError:
+            continue
+    raise ValueError("one catalog entry does not fit in a message")  # bounded by _service: cannot happen
 
 
 def decode(data: bytes) -> tuple[str, dict]:

@@ -72,9 +72,16 @@ def decode(raw: bytes) -> tuple[Certificate, bytes, bytes]:
         outer = msgpack.unpackb(raw, raw=False)
         details, signature = outer["d"], outer["s"]
         d = msgpack.unpackb(details, raw=False)
-        cert = Certificate(name=str(d["name"]), key=bytes(d["key"]), groups=tuple(str(g) for g in d["groups"]),
-                           not_before=int(d["not_before"]), not_after=int(d["not_after"]),
-                           issuer=str(d["issuer"]), is_ca=bool(d.get("ca", False)), raw=bytes(raw),
+        # exact types before any conversion: this runs before the signature check, on
+        # bytes anyone who knows our public key can send (bytes(2**31) would allocate
+        # 2 GB, int(inf) raises OverflowError)
+        if not (isinstance(d, dict) and type(d.get("name")) is str and type(d.get("key")) is bytes
+                and type(d.get("groups")) is list and all(type(g) is str for g in d["groups"])
+                and type(d.get("not_before")) is int and type(d.get("not_after")) is int
+                and type(d.get("issuer")) is str and type(d.get("ca", False)) is bool):
+            raise ValueError
+        cert = Certificate(name=d["name"], key=d["key"], groups=tuple(d["groups"]), not_before=d["not_before"],
+                           not_after=d["not_after"], issuer=d["issuer"], is_ca=d.get("ca", False), raw=bytes(raw),
                            fingerprint=hashlib.sha256(details).hexdigest())
     except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         raise RemoteProtocolError("bad_cert", "malformed certificate") from None

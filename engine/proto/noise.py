@@ -115,6 +115,15 @@ class SymmetricState:
         k1, k2 = hkdf(self.ck, EMPTY, 2)
         return k1[:32], k2[:32]
 
+    def copy(self) -> SymmetricState:
+        """A working copy: a message is read into it and committed only once it
+        authenticated, so junk cannot spoil the real handshake (see read_message_*)."""
+        other = SymmetricState.__new__(SymmetricState)
+        other.h, other.ck = self.h, self.ck
+        other.cipher = CipherState(self.cipher.k)
+        other.cipher.n = self.cipher.n
+        return other
+
 
 class HandshakeIK:
     """One IK handshake, either role. After the second message, `split()` gives
@@ -156,12 +165,14 @@ class HandshakeIK:
         message = bytes(message)
         if len(message) < DHLEN + DHLEN + TAGLEN + TAGLEN:
             raise RemoteProtocolError("bad_handshake", "message 1 too short")
-        self.re = message[:DHLEN]
-        self.ss.mix_hash(self.re)
-        self.ss.mix_key(dh(self.s[0], self.re))
-        self.rs = self.ss.decrypt_and_hash(message[DHLEN:DHLEN + DHLEN + TAGLEN])
-        self.ss.mix_key(dh(self.s[0], self.rs))
-        return self.ss.decrypt_and_hash(message[DHLEN + DHLEN + TAGLEN:])
+        ss, re = self.ss.copy(), message[:DHLEN]
+        ss.mix_hash(re)
+        ss.mix_key(dh(self.s[0], re))
+        rs = ss.decrypt_and_hash(message[DHLEN:DHLEN + DHLEN + TAGLEN])
+        ss.mix_key(dh(self.s[0], rs))
+        payload = ss.decrypt_and_hash(message[DHLEN + DHLEN + TAGLEN:])
+        self.ss, self.re, self.rs = ss, re, rs  # authenticated: commit
+        return payload
 
     # <- e, ee, se
     def write_message_2(self, payload: bytes) -> bytes:
@@ -181,12 +192,14 @@ class HandshakeIK:
         message = bytes(message)
         if len(message) < DHLEN + TAGLEN:
             raise RemoteProtocolError("bad_handshake", "message 2 too short")
-        self.re = message[:DHLEN]
-        self.ss.mix_hash(self.re)
-        self.ss.mix_key(dh(self.e[0], self.re))
-        self.ss.mix_key(dh(self.s[0], self.re))
-        payload = self.ss.decrypt_and_hash(message[DHLEN:])
-        self.done = True
+        # anyone who saw our initiation knows the receiver index and can answer first:
+        # read into a copy, so a junk answer leaves the handshake as it was
+        ss, re = self.ss.copy(), message[:DHLEN]
+        ss.mix_hash(re)
+        ss.mix_key(dh(self.e[0], re))
+        ss.mix_key(dh(self.s[0], re))
+        payload = ss.decrypt_and_hash(message[DHLEN:])
+        self.ss, self.re, self.done = ss, re, True  # authenticated: commit
         return payload
 
     def split(self) -> tuple[bytes, bytes]:

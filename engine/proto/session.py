@@ -12,6 +12,7 @@ Rules:
 """
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import dataclass
 from typing import Callable
@@ -165,9 +166,12 @@ class PeerSession:
         sender, receiver = hsm.response_indexes(packet)
         if receiver != pending.local_index:
             raise RemoteProtocolError("unexpected_response", "stale receiver index")
-        # certificate validity is wall-clock time, not the monotonic `now`
-        hsm.consume_response(self.me, pending.hs, packet, self.peer_name, self._wall_ns() / 1e9)
-        send, receive = pending.hs.split()
+        # on a copy: a response that fails (junk under the right index, or a bad
+        # certificate) leaves the pending handshake able to take the real one.
+        # Certificate validity is wall-clock time, not the monotonic `now`.
+        hs = copy.copy(pending.hs)
+        hsm.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        send, receive = hs.split()
         self.pending = None
         self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), now)
 

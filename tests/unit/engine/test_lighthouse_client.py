@@ -3,6 +3,9 @@ import collections
 import ipaddress
 from types import SimpleNamespace
 
+import msgpack
+from hypothesis import given, settings, strategies as st
+
 from engine.lighthouse_client import DIRECT_RETRY, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
 from engine.log import Logger
 from lighthouse import wire
@@ -23,6 +26,7 @@ class FakeDevice:
         self.sent = []          # (peer name, decoded message)
         self.connects = []
         self.relays = []
+        self.relay_names = set()
         self.errors = collections.Counter()
         self.dp = SimpleNamespace(route_unpend=lambda r: None)
 
@@ -130,3 +134,61 @@ def test_service_refusals_from_the_lighthouse_reach_the_services_api(tmp_path):
                                       ttl=60), ("192.0.2.254", 4787), 11.0)
     assert reg.rejected() == [] and len(reg.routes(None)["routes"]) == 2
     assert client.errors == 0
+
+
+def test_lighthouses_may_relay():
+    ca, dev, lh, client, leases = setup()
+    assert dev.relay_names == {"lh"}
+
+
+def test_a_punch_to_addresses_nobody_should_be_sent_to_is_not_followed():
+    """issue 13 item 5, the engine's own check (an older or misbehaving lighthouse)."""
+    ca, dev, lh, client, leases = setup()
+    b = ca.identity("host-b")
+    bad = [("127.0.0.1", 22), ("169.254.169.254", 80), ("0.0.0.0", 1), ("239.1.1.1", 9), ("255.255.255.255", 9)]
+    client.on_message(lh, wire.encode("punch", name="host-b", cert=b.cert.raw, subnet="10.87.7.0/24",
+                                      endpoints=bad + [("172.16.2.2", 4787)], local=bad[:2]),
+                      ("192.0.2.254", 4787), 1.0)
+    peer = dev.peers["host-b"]
+    assert peer.endpoints == [("172.16.2.2", 4787)] and peer.extra["local"] == []
+    assert dev.errors["endpoint_refused"] == len(bad) and ("host-b", 1.0) in dev.connects
+
+
+def test_register_sends_at_most_max_local_usable_endpoints():
+    ca, dev, lh, client, leases = setup()
+    mine = [("169.254.1.1", 4787)] + [(f"10.0.{i}.1", 4787) for i in range(9)]
+    client.local_endpoints = lambda: mine
+    client.handle_timer(0.0)
+    kind, msg = dev.sent[-1][1]
+    assert kind == "register" and msg["endpoints"] == mine[1:1 + wire.MAX_LOCAL]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=1500),
+                 st.builds(lambda kind, fields: msgpack.packb({"t": kind, "v": 1, **fields}, use_bin_type=True),
+                           st.sampled_from(sorted(wire.SCHEMA)),
+                           st.dictionaries(st.sampled_from(["subnet", "network", "observed", "ttl", "name", "cert",
+                                                            "endpoints", "local", "services", "next", "code", "msg"]),
+                                           st.one_of(st.none(), st.floats(), st.integers(-2**63, 2**64 - 1),
+                                                     st.text(max_size=20), st.binary(max_size=40),
+                                                     st.lists(st.one_of(st.text(max_size=15), st.integers(0, 70000)),
+                                                              max_size=3)), max_size=8))))
+def test_any_decrypted_control_message_is_handled_or_a_counted_drop(data):
+    """Fuzz: whatever a lighthouse session delivers, the client handles it or counts
+    it (errors); no exception reaches the device's receive loop."""
+    ca, dev, lh, client, leases = setup()
+    before = client.errors
+    client.on_message(lh, data, ("192.0.2.254", 4787), 1.0)
+    assert client.errors in (before, before + 1)
+
+
+def test_a_catalog_gateway_nobody_should_be_sent_to_is_dropped():
+    ca, dev, lh, client, leases = setup()
+    client.services = SimpleNamespace(remote=[])
+    client.services.set_remote = lambda entries: setattr(client.services, "remote", entries)
+    entry = {"name": "web", "addr": "10.87.7.5", "port": 80, "node": "host-b"}
+    client.on_message(lh, wire.encode("catalog", services=[dict(entry, gateway=("169.254.169.254", 80)),
+                                                           dict(entry, name="api", gateway=("10.0.0.7", 80))], next=0),
+                      ("192.0.2.254", 4787), 1.0)
+    assert [s["gateway"] for s in client.services.remote] == [None, ("10.0.0.7", 80)]
+    assert dev.errors["endpoint_refused"] == 1

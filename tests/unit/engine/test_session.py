@@ -207,3 +207,44 @@ def test_dead_peer_triggers_a_new_handshake():
     p.a.note_traffic(last_tx=10.0, last_rx=1.0)  # we keep sending, nothing comes back
     p.a.handle_timer(21.5)
     assert p.a.pending is not None
+
+
+def test_a_junk_response_under_the_right_index_does_not_kill_the_pending_handshake():
+    """issue 13 item 4: anyone who saw the initiation knows the receiver index. A junk
+    response under it (here: a valid-looking curve point, garbage after it) is dropped,
+    and the real response that follows still completes the handshake."""
+    p = Pair()
+    p.a.want_keys(p.now)
+    [(init, _)] = p.a.datagrams_to_send()
+    sender = int.from_bytes(init[4:8], "little")
+    from engine.proto.noise import generate_keypair
+    junk = bytes([2, 0, 0, 0]) + (999).to_bytes(4, "little") + sender.to_bytes(4, "little") + \
+        generate_keypair()[1] + b"\x00" * 80
+    with pytest.raises(RemoteProtocolError):
+        p.a.receive_response(junk, p.now)
+    b_init = hsm.consume_initiation(p.b_id, init, p.wall() / 1e9)
+    p.b.receive_initiation(b_init, ("192.0.2.1", 4787), p.now)
+    [(resp, _)] = p.b.datagrams_to_send()
+    p.a.receive_response(resp, p.now)
+    assert p.a.state is State.ESTABLISHED
+    a_keys = next(e for e in events(p.a) if isinstance(e, KeysInstalled)).keys
+    b_keys = next(e for e in events(p.b) if isinstance(e, KeysInstalled)).keys
+    assert (a_keys.send, a_keys.receive) == (b_keys.receive, b_keys.send)
+
+
+def test_a_response_with_a_bad_certificate_leaves_the_handshake_pending():
+    """An authenticated response whose certificate is refused (here: the right key, but
+    presented after it expired) must not use up the pending handshake either."""
+    p = Pair()
+    p.a.want_keys(p.now)
+    [(init, _)] = p.a.datagrams_to_send()
+    b_init = hsm.consume_initiation(p.b_id, init, p.wall() / 1e9)
+    p.b.receive_initiation(b_init, ("192.0.2.1", 4787), p.now)
+    [(resp, _)] = p.b.datagrams_to_send()
+    wall = p.a._wall_ns
+    p.a._wall_ns = lambda: 2**62  # far future: b's certificate looks expired
+    with pytest.raises(RemoteProtocolError):
+        p.a.receive_response(resp, p.now)
+    p.a._wall_ns = wall
+    p.a.receive_response(resp, p.now)
+    assert p.a.state is State.ESTABLISHED

@@ -167,3 +167,151 @@ def test_the_same_name_twice_in_one_register(reg):
     refused = register_services(reg, "a", ("203.0.113.5", 1),
                                 [svc("wiki", "10.87.1.5"), svc("notes", "10.87.1.6", host="wiki")])
     assert refused == {"notes": "service 'notes': host 'wiki' (prefix '/') is used twice by this node"}
+
+
+# ---- issue 13 items 5 and 8: endpoints, limits, rates
+
+BAD_ENDPOINTS = [("127.0.0.1", 22), ("169.254.169.254", 80), ("0.0.0.0", 9), ("224.0.0.251", 5353),
+                 ("255.255.255.255", 9)]
+
+
+def test_endpoints_nobody_should_be_sent_to_never_reach_a_peer_or_punch(reg):
+    register(reg, "a", ("203.0.113.5", 40000), endpoints=BAD_ENDPOINTS + [("10.0.0.5", 4787)])
+    register(reg, "b", ("198.51.100.7", 50000), endpoints=[("172.16.2.2", 4787)])
+    assert reg.limited["endpoints_refused"] == len(BAD_ENDPOINTS)
+    out = dict(reg.handle("b", b"cert-b", wire.encode("query", name="a"), ("198.51.100.7", 50000), 1.0))
+    assert wire.decode(out["b"])[1]["endpoints"] == [("203.0.113.5", 40000), ("10.0.0.5", 4787)]
+    out = dict(reg.handle("a", b"cert-a", wire.encode("query", name="b"), ("203.0.113.5", 40000), 1.0))
+    punch = wire.decode(out["b"])[1]
+    assert punch["endpoints"] == [("203.0.113.5", 40000), ("10.0.0.5", 4787)] and punch["local"] == [("10.0.0.5", 4787)]
+
+
+def test_a_node_seen_on_loopback_is_not_handed_out_there(reg):
+    register(reg, "a", ("127.0.0.1", 40000), endpoints=[("10.0.0.5", 4787)])  # an engine on the lighthouse host
+    register(reg, "b", ("198.51.100.7", 50000))
+    out = dict(reg.handle("b", b"cert-b", wire.encode("query", name="a"), ("198.51.100.7", 50000), 1.0))
+    assert wire.decode(out["b"])[1]["endpoints"] == [("10.0.0.5", 4787)]
+
+
+def test_eight_own_endpoints_and_a_large_certificate_still_make_messages_the_receiver_accepts(reg):
+    """item 8: 8 own addresses + the observed one were 9 endpoints in a punch, which
+    wire.decode refuses (at most 8); a certificate near its size limit overflowed
+    MAX_MESSAGE. The lighthouse must never build a message its receiver refuses."""
+    eight = [(f"10.0.{i}.{200 + i}", 60000 + i) for i in range(8)]
+    big_cert = b"c" * 1024  # the largest certificate wire.decode takes
+    for name, src, cert in (("a" * 64, ("203.0.113.255", 65535), big_cert), ("b", ("198.51.100.7", 50000), b"cert-b")):
+        reg.handle(name, cert, wire.encode("register", endpoints=eight), src, 0.0)
+    for asker, target in (("b", "a" * 64), ("a" * 64, "b")):
+        for to, data in reg.handle(asker, b"x", wire.encode("query", name=target), ("198.51.100.7", 50000), 1.0):
+            kind, msg = wire.decode(data)  # raises if the receiver would refuse it
+            assert kind in ("peer", "punch") and 1 <= len(msg["endpoints"]) <= wire.MAX_ENDPOINTS
+            assert set(msg["local"]) <= set(msg["endpoints"])
+    assert len(wire.decode(reg.handle("a" * 64, b"x", wire.encode("query", name="b"), ("1.2.3.4", 5), 1.0)[0][1])[1]
+               ["endpoints"]) == wire.MAX_ENDPOINTS  # a small certificate: all 8 fit
+
+
+def test_queries_are_rate_limited_per_node(reg):
+    from lighthouse.registry import QUERY_BURST, QUERY_RATE
+    register(reg, "a", ("203.0.113.5", 1))
+    register(reg, "b", ("198.51.100.7", 2))
+    q = wire.encode("query", name="b")
+    for _ in range(int(QUERY_BURST)):
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 1.0)
+    with pytest.raises(RemoteProtocolError) as info:
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 1.0)
+    assert info.value.reason == "query_rate_limited" and reg.limited["queries"] == 1
+    reg.handle("b", b"cert-b", wire.encode("query", name="a"), ("198.51.100.7", 2), 1.0)  # others are not affected
+    for _ in range(int(QUERY_RATE)):  # one second later: QUERY_RATE more
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 2.0)
+    with pytest.raises(RemoteProtocolError):
+        reg.handle("a", b"cert-a", q, ("203.0.113.5", 1), 2.0)
+
+
+def test_punches_to_one_node_are_capped_but_askers_still_get_their_answer(reg):
+    from lighthouse.registry import PUNCH_BURST, PUNCH_RATE
+    register(reg, "target", ("198.51.100.7", 2))
+    punches = answers = 0
+    for i in range(int(PUNCH_BURST) + 20):
+        register(reg, f"n{i}", ("203.0.113.5", 1000 + i))
+        out = reg.handle(f"n{i}", b"c", wire.encode("query", name="target"), ("203.0.113.5", 1000 + i), 1.0)
+        answers += sum(1 for to, _ in out if to == f"n{i}")
+        punches += sum(1 for to, _ in out if to == "target")
+    assert answers == PUNCH_BURST + 20 and punches == PUNCH_BURST and reg.limited["punches"] == 20
+    out = reg.handle("n0", b"c", wire.encode("query", name="target"), ("203.0.113.5", 1000), 1.0 + 1 / PUNCH_RATE)
+    assert [to for to, _ in out] == ["n0", "target"]
+
+
+@pytest.mark.parametrize("fields", [{"t": "catalog_query", "offset": float("inf")},
+                                    {"t": "catalog_query", "offset": float("nan")},
+                                    {"t": "catalog_query", "offset": -1}, {"t": "catalog_query", "offset": True},
+                                    {"t": "catalog", "services": [], "next": float("-inf")},
+                                    {"t": "lease", "subnet": "10.87.1.0/24", "network": "10.87.0.0/16",
+                                     "observed": ["192.0.2.1", 1], "ttl": float("inf")},
+                                    {"t": "lease", "subnet": "10.87.1.0/24", "network": "10.87.0.0/16",
+                                     "observed": ["192.0.2.1", 1], "ttl": 10**30 % 2**64}])
+def test_non_integers_and_out_of_range_numbers_are_refused(fields):
+    """item 8: `inf` in offset/ttl escaped decode as OverflowError."""
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode(msgpack.packb({"v": 1, **fields}, use_bin_type=True))
+    assert info.value.reason == "bad_control"
+
+
+_ANY = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
+                              st.text(max_size=20), st.binary(max_size=40)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=9), st.dictionaries(st.text(max_size=10), inner,
+                                                                                       max_size=5)), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(wire.SCHEMA)),
+       st.dictionaries(st.sampled_from(["endpoints", "services", "gateway", "offset", "next", "subnet", "network",
+                                        "observed", "ttl", "addr", "name", "cert", "local", "code", "msg"]),
+                       _ANY, max_size=8))
+def test_every_message_type_with_any_field_values_decodes_or_is_a_counted_drop(kind, fields):
+    """Fuzz: any map under any message type (floats, inf, nan, nesting, huge ints)
+    is either a valid message or RemoteProtocolError, never another exception; and
+    what decodes encodes again within the limits."""
+    try:
+        kind2, msg = wire.decode(msgpack.packb({"t": kind, "v": 1, **fields}, use_bin_type=True))
+    except RemoteProtocolError:
+        return
+    assert kind2 == kind
+
+
+def test_a_gateway_address_nobody_should_be_sent_to_is_not_published(reg):
+    """Other hosts' gateways proxy HTTP to a node's published gateway: a node must not
+    point them at the metadata service (SSRF), as with punch endpoints."""
+    svc = [{"name": "web", "addr": "10.87.1.5", "port": 80}]
+    for gw, expected in ((("169.254.169.254", 80), None), (("127.0.0.1", 8080), None),
+                         (("192.168.1.10", 80), ("192.168.1.10", 80))):
+        reg.handle("a", b"cert-a", wire.encode("register", endpoints=[], services=svc, gateway=gw),
+                   ("203.0.113.5", 1), 0.0)
+        [(_, data)] = reg.handle("a", b"cert-a", wire.encode("catalog_query", offset=0), ("203.0.113.5", 1), 0.0)
+        [entry] = wire.decode(data)[1]["services"]
+        assert entry["gateway"] == expected
+    assert reg.limited["endpoints_refused"] == 2
+
+
+def test_a_catalog_of_long_entries_is_paged_to_fit_and_complete(reg):
+    """Each register fits in a message, but 8 long entries from several nodes made a
+    5 KB catalog page: encode raised ValueError in the lighthouse (no catalog for
+    anyone). Pages now shrink to fit, and paging still returns every entry."""
+    names = []
+    for n in range(4):
+        node = f"n{n}"
+        subnet = register(reg, node, ("203.0.113.5", 100 + n))[1]["subnet"]
+        svc = [{"name": f"s{n}-{i}", "addr": subnet[:-4] + "5", "port": 80, "host": f"{'h' * 60}.{'h' * 60}.n{n}-{i}{'h' * 56}",
+                "prefix": "/" + "p" * 150} for i in range(3)]
+        names += [s["name"] for s in svc]
+        reg.handle(node, b"cert-" + node.encode(), wire.encode("register", endpoints=[], services=svc),
+                   ("203.0.113.5", 100 + n), 0.0)
+    got, offset = [], 0
+    for _ in range(20):
+        [(_, data)] = reg.handle("n0", b"cert-n0", wire.encode("catalog_query", offset=offset), ("203.0.113.5", 100),
+                                 0.0)
+        kind, msg = wire.decode(data)
+        got += [s["name"] for s in msg["services"]]
+        offset = msg["next"]
+        if not offset:
+            break
+    assert sorted(got) == sorted(names)
