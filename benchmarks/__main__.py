@@ -1,4 +1,4 @@
-"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak} [options]"""
+"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak,flood} [options]"""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ SUITES = {
     "lighthouse": "benchmarks.bench_lighthouse",
     "gateway": "benchmarks.bench_gateway",
     "soak": "benchmarks.bench_soak",
+    "flood": "benchmarks.bench_flood",
 }
 
 

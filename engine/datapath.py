@@ -23,7 +23,9 @@ DROP_REASONS = {
     lib.FN_DROP_TUNWRITE: "tun_write_failed", lib.FN_DROP_NOTIPV4: "not_ipv4",
     lib.FN_DROP_KEY_EXHAUSTED: "key_exhausted", lib.FN_DROP_CTRL_FULL: "control_queue_full",
     lib.FN_DROP_TOO_BIG: "too_big", lib.FN_DROP_RATE_LIMITED: "handshake_rate_limited",
-    lib.FN_DROP_FIREWALL: "firewall",
+    lib.FN_DROP_FIREWALL: "firewall", lib.FN_DROP_VERSION: "wrong_version",
+    lib.FN_DROP_RESERVED: "reserved_not_zero", lib.FN_DROP_MAC1: "bad_mac1",
+    lib.FN_DROP_COOKIE: "under_load_cookie_sent",
 }
 IO_COUNTERS = {
     lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",
@@ -32,7 +34,8 @@ IO_COUNTERS = {
     lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
     lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held", lib.FN_IO_MODERATED: "moderation_pauses",
 }
-CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM = lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM
+CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION = (lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM,
+                                                   lib.FN_CTRL_VERSION)
 MAX_PEERS = lib.FN_MAX_PEERS
 RX_SLOTS = lib.FN_RX_SLOTS
 
@@ -145,6 +148,18 @@ class DataPath:
     def set_relay_mode(self, on: bool) -> None:
         """A relay forwards type-5 packets (in Python) instead of opening them."""
         lib.fn_set_relay_mode(self.ctx, int(on))
+
+    def set_identity(self, static_public: bytes) -> None:
+        """This node's static public key: handshake messages must carry the mac1 it
+        keys, or the data path drops them (engine/crypto/csrc/cookie.c)."""
+        if len(static_public) != 32:
+            raise ValueError("a static public key is 32 bytes")
+        lib.fn_set_identity(self.ctx, static_public)
+
+    def set_handshake_limit(self, per_second: int) -> None:
+        """Handshake messages per second from everyone together before the data path
+        asks for cookies (mac2); 0: always (tests)."""
+        lib.fn_set_handshake_limit(self.ctx, per_second)
 
     def set_spin(self, on: bool) -> None:
         lib.fn_set_spin(self.ctx, int(on))

@@ -14,12 +14,13 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, RX_SLOTS, ControlItem
+from engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS, ControlItem
 from engine.log import Logger
 from engine.proto import cert as certs
 from engine.proto import endpoint as endpoints_policy
+from engine.proto import cookie as cookies
 from engine.proto import handshake as hsm
-from engine.proto.constants import TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE
+from engine.proto.constants import TYPE_COOKIE, TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE, WIRE_VERSION
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
                                   SendKeepalive, State)
@@ -101,6 +102,8 @@ class Device:
         self.errors: collections.Counter[str] = collections.Counter()
         self.pinned: set[str] = set()      # peers never removed (the lighthouses the owner holds)
         self.revoked: dict[str, dict] = {}  # name -> what apply_revocations tore down (for status)
+        self.version_noted: collections.OrderedDict[tuple[str, int], int] = collections.OrderedDict()
+        datapath.set_identity(me.cert.key)  # handshakes to us must carry the mac1 it keys
 
     # ---- membership
     def add_peer(self, cert: certs.Certificate, subnet: ipaddress.IPv4Network | None,
@@ -144,7 +147,7 @@ class Device:
         """To the peer's current path: its relay, else its endpoint and the other candidates."""
         if peer.relay is not None and not direct_only:
             addr, relay_id = peer.relay
-            self.send(struct.pack("<B3xI", TYPE_RELAYED, relay_id) + packet, addr)
+            self.send(struct.pack("<BBHI", TYPE_RELAYED, WIRE_VERSION, 0, relay_id) + packet, addr)
             return
         targets = ([peer.endpoint] if peer.endpoint and peer.relay is None else []) + [
             e for e in peer.endpoints if e != peer.endpoint or peer.relay is not None]
@@ -271,11 +274,27 @@ class Device:
                 self.log.debug("packet_dropped", reason=exc.reason, detail=str(exc),
                                src=f"{item.addr[0]}:{item.addr[1]}" if item.addr else "-")
 
+    def _wrong_version(self, item: ControlItem) -> None:
+        """A handshake of another protocol version (the data path dropped and counted
+        it): one log line per address, so an operator sees why that peer fails."""
+        version = item.data[1] if len(item.data) > 1 else 0
+        if item.addr is None or self.version_noted.get(item.addr) == version:
+            return
+        self.version_noted[item.addr] = version
+        while len(self.version_noted) > 1024:
+            self.version_noted.popitem(last=False)
+        self.log.warning("peer_wrong_version", src=f"{item.addr[0]}:{item.addr[1]}",
+                         theirs="1 or older" if version == 0 else str(version), ours=str(WIRE_VERSION),
+                         hint="upgrade both nodes to the same Flatnet release")
+
     def _control(self, item: ControlItem, now: float) -> None:
         """Rules: no path, endpoint or relay changes before the packet asking for it is
         authenticated and found fresh (the C data path checked a roam's packet; a
         handshake is checked here, by its session), and a relay is only taken from an
         address relay_allowed() accepts."""
+        if item.kind == CTRL_VERSION:
+            self._wrong_version(item)
+            return
         if item.kind == CTRL_ROAM:
             peer = self.by_slot.get(item.peer)
             if peer is not None and item.addr is not None:
@@ -343,6 +362,13 @@ class Device:
             else:
                 self._learn_endpoint(peer, item.addr)
             self._apply(peer)
+        elif kind == TYPE_COOKIE:
+            # changes no path: it only keys mac2 of this peer's next handshake messages
+            owner = self.indexes.owner.get(cookies.reply_index(data))
+            peer = self.peers.get(owner) if owner else None
+            if peer is None:
+                raise RemoteProtocolError("unexpected_cookie", "unknown receiver index")
+            peer.session.receive_cookie_reply(data, now)
         else:
             raise RemoteProtocolError("unknown_type", str(kind))
 

@@ -17,7 +17,6 @@ from typing import Callable
 
 from engine.device import Device, Peer
 from engine.log import Logger
-from engine.proto import cert as certs
 from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Reassembly

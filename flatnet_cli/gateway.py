@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONF = os.path.join(REPO, "gateway-lua", "conf")
-LUA = os.path.join(REPO, "gateway-lua", "lib")
+from flatnet_cli.paths import data_dir
+
+CONF = os.path.join(data_dir("gateway-lua"), "conf")
+LUA = os.path.join(data_dir("gateway-lua"), "lib")
 DEBIAN_MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 TLS_BLOCK = """

@@ -13,6 +13,14 @@
     flatnet doctor [--gateway URL]            check this host and explain problems
     flatnet up [--hosts N] [--containers M]   a local test network in namespaces
     flatnet down
+    flatnet lighthouse status [--json]        the lighthouse on this machine
+    flatnet gateway render|run|stop           the HTTP gateway (nginx + gateway-lua)
+    flatnet systemd install|uninstall|render  the systemd units of this installation
+    flatnet install | uninstall               the host set-up around the venv (scripts/install.sh)
+    flatnet completion bash                   a bash completion script
+
+Exit codes (docs/cli.md): 0 success; 1 the command failed or `doctor` found a problem;
+2 bad usage (argparse).
 """
 from __future__ import annotations
 
@@ -184,15 +192,15 @@ def cmd_cert_show(a: argparse.Namespace) -> int:
     return 0
 
 
-def _api(sock: str, url: str) -> object:
+def _api(sock: str, url: str, what: str = "engine") -> object:
     from engine.io import control
     try:
         status, body = control.get(sock, url)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise SystemExit(f"flatnet: no engine answers on {sock} (is flatnet-engine running? "
-                         "systemctl status flatnet-engine)") from None
+        raise SystemExit(f"flatnet: no {what} answers on {sock} (is flatnet-{what} running? "
+                         f"systemctl status flatnet-{what})") from None
     if status != 200:
-        raise SystemExit(f"flatnet: engine answered {status}: {body.decode(errors='replace')}")
+        raise SystemExit(f"flatnet: {what} answered {status}: {body.decode(errors='replace')}")
     return json.loads(body)
 
 
@@ -311,7 +319,11 @@ def cmd_service(a: argparse.Namespace) -> int:
 def cmd_doctor(a: argparse.Namespace) -> int:
     from flatnet_cli import doctor
     findings, rc = doctor.run(a.socket, a.lease_file, a.gateway, not a.no_podman)
-    print(doctor.report(findings))
+    if a.json:
+        from dataclasses import asdict
+        print(json.dumps({"ok": rc == 0, "findings": [asdict(f) for f in findings]}, indent=1))
+    else:
+        print(doctor.report(findings))
     return rc
 
 
@@ -378,76 +390,188 @@ def cmd_down(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="flatnet", description="Flatnet: flat encrypted networking for Podman")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    ca = sub.add_parser("ca", help="network certificate authority").add_subparsers(dest="sub", required=True)
+LIGHTHOUSE_SOCKET = "/run/flatnet-lighthouse/lighthouse.sock"
+
+
+def cmd_lighthouse_status(a: argparse.Namespace) -> int:
+    st = _api(a.socket, "/status", "lighthouse")
+    if a.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    drops = {k: v for k, v in st.get("drops", {}).items() if v}
+    print(f"lighthouse {st['node']}\nnetwork    {st['network']}\nuptime     {st['uptime']} s\n"
+          f"nodes      {len(st['nodes'])} online, {len(st['leases'])} leases\n"
+          f"queries    {st['queries']}  relayed {st['relayed']}  rejected {st['rejected']}\n"
+          f"drops      {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+    rows = [[name, n["subnet"], ", ".join(n["endpoints"]) or "-", f"{n['last_seen']:.0f}s ago"]
+            for name, n in sorted(st["nodes"].items())]
+    if rows:
+        header = ["NODE", "SUBNET", "ENDPOINTS", "SEEN"]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        for row in [header] + rows:
+            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_gateway(a: argparse.Namespace) -> int:
+    from flatnet_cli import gateway
+    if a.sub == "stop":
+        gateway.stop(a.prefix, nginx=a.nginx)
+        print(f"gateway in {a.prefix} stopped")
+        return 0
+    tls = None
+    if a.tls_listen:
+        cert, key = (a.tls_cert, a.tls_key) if a.tls_cert else gateway.self_signed(a.prefix)
+        tls = (a.tls_listen, cert, key)
+    conf = gateway.render(a.prefix, a.listen, a.engine_socket, tls=tls, load_modules=not a.no_load_modules)
+    if a.sub == "run":
+        gateway.start(a.prefix, nginx=a.nginx)
+        print(f"gateway started: nginx -p {a.prefix} (listen {a.listen}{', ' + a.tls_listen + ' TLS' if tls else ''})")
+    else:
+        print(conf)
+    return 0
+
+
+def cmd_systemd(a: argparse.Namespace) -> int:
+    from flatnet_cli import units
+    if a.sub == "render":
+        lines = [f"wrote {p}" for p in units.render(a.unit_dir, a.bin_dir)]
+    elif a.sub == "install":
+        lines = units.install(a.unit_dir, a.bin_dir)
+        lines.append("start: systemctl enable --now flatnet-engine (flatnet-lighthouse, flatnet-gateway where they run)")
+    else:
+        lines = units.remove(a.unit_dir)
+    print("\n".join(lines) or "no flatnet units found")
+    return 0
+
+
+def cmd_completion(a: argparse.Namespace) -> int:
+    from flatnet_cli.completion import bash
+    print(bash(build_parser()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flatnet_cli import __version__
+    p = argparse.ArgumentParser(prog="flatnet", description="Flatnet: flat encrypted networking for Podman",
+                                epilog="exit codes: 0 ok, 1 failed (or doctor found a problem), 2 bad usage")
+    p.add_argument("--version", action="version", version=f"flatnet {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    ca = sub.add_parser("ca", help="network certificate authority").add_subparsers(dest="sub", required=True,
+                                                                                     metavar="ACTION")
     init = ca.add_parser("init", help="create the network CA")
-    init.add_argument("--dir", default="/etc/flatnet/pki")
-    init.add_argument("--name", default="flatnet-ca")
-    init.add_argument("--days", type=int, default=3650)
-    init.add_argument("--force", action="store_true")
+    init.add_argument("--dir", default="/etc/flatnet/pki", help="where ca.key and ca.crt go")
+    init.add_argument("--name", default="flatnet-ca", help="the CA's name in certificates")
+    init.add_argument("--days", type=int, default=3650, help="validity in days")
+    init.add_argument("--force", action="store_true", help="replace an existing CA (every node needs new certificates)")
     init.set_defaults(fn=cmd_ca_init)
-    cert = sub.add_parser("cert", help="node certificates").add_subparsers(dest="sub", required=True)
+    cert = sub.add_parser("cert", help="node certificates").add_subparsers(dest="sub", required=True,
+                                                                           metavar="ACTION")
     sign = cert.add_parser("sign", help="create a node key and certificate")
-    sign.add_argument("--ca-dir", default="/etc/flatnet/pki")
-    sign.add_argument("--name", required=True)
-    sign.add_argument("--groups", default="")
-    sign.add_argument("--out-dir")
-    sign.add_argument("--days", type=int, default=365)
+    sign.add_argument("--ca-dir", default="/etc/flatnet/pki", help="the CA's folder (ca.key, ca.crt)")
+    sign.add_argument("--name", required=True, help="the node's name (host or lighthouse)")
+    sign.add_argument("--groups", default="", help="comma-separated groups for firewall rules")
+    sign.add_argument("--out-dir", help="where NAME.key and NAME.crt go (default: the CA dir)")
+    sign.add_argument("--days", type=int, default=365, help="validity in days")
     sign.set_defaults(fn=cmd_cert_sign)
     renew = cert.add_parser("renew", help="a new certificate for an existing node key")
-    renew.add_argument("--ca-dir", default="/etc/flatnet/pki")
-    renew.add_argument("--name", required=True)
+    renew.add_argument("--ca-dir", default="/etc/flatnet/pki", help="the CA's folder (ca.key, ca.crt)")
+    renew.add_argument("--name", required=True, help="the node whose certificate to renew")
     renew.add_argument("--cert-dir", help="where NAME.crt is (default: the CA dir)")
-    renew.add_argument("--days", type=int, default=365)
+    renew.add_argument("--days", type=int, default=365, help="validity in days")
     renew.set_defaults(fn=cmd_cert_renew)
     revoke = cert.add_parser("revoke", help="revoke a node's certificates (writes the signed blocklist)")
-    revoke.add_argument("target", metavar="NAME|FINGERPRINT")
-    revoke.add_argument("--ca-dir", default="/etc/flatnet/pki")
+    revoke.add_argument("target", metavar="NAME|FINGERPRINT", help="a node name, or a certificate's fingerprint")
+    revoke.add_argument("--ca-dir", default="/etc/flatnet/pki", help="the CA's folder (ca.key, ca.crt)")
     revoke.add_argument("--out", help="the blocklist file (default: blocklist.bin in the CA dir)")
     revoke.set_defaults(fn=cmd_cert_revoke)
     show = cert.add_parser("show", help="print a certificate, with its fingerprint")
-    show.add_argument("file")
+    show.add_argument("file", help="the certificate file")
     show.add_argument("--ca-dir", help="also check it against this CA and its blocklist")
     show.set_defaults(fn=cmd_cert_show)
-    for name, fn in (("status", cmd_status), ("peers", cmd_peers)):
-        sp = sub.add_parser(name)
-        sp.add_argument("--json", action="store_true")
-        sp.add_argument("--socket", default=DEFAULT_SOCKET)
+    for name, fn, what in (("status", cmd_status, "this host's engine: node, subnet, drops, certificate"),
+                           ("peers", cmd_peers, "the peer table: state, path, endpoint, traffic")):
+        sp = sub.add_parser(name, help=what)
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("--socket", default=DEFAULT_SOCKET, help="the engine's control socket")
         sp.set_defaults(fn=fn)
     svc = sub.add_parser("service", help="publish container services to the gateways").add_subparsers(
-        dest="sub", required=True)
-    pub = svc.add_parser("publish")
-    pub.add_argument("name")
+        dest="sub", required=True, metavar="ACTION")
+    pub = svc.add_parser("publish", help="publish a container's port through the gateways")
+    pub.add_argument("name", help="the service name (the Host the gateways route)")
     which = pub.add_mutually_exclusive_group(required=True)
     which.add_argument("--container", help="a Podman container on the flatnet network")
     which.add_argument("--addr", help="the container's Flatnet IP")
-    pub.add_argument("--port", type=int, required=True)
+    pub.add_argument("--port", type=int, required=True, help="the container's port")
     pub.add_argument("--host", help="the Host name to route (default: NAME and NAME.<domain>)")
-    pub.add_argument("--prefix", default="/")
-    unp = svc.add_parser("unpublish")
-    unp.add_argument("name")
-    lst = svc.add_parser("list")
-    lst.add_argument("--json", action="store_true")
+    pub.add_argument("--prefix", default="/", help="route only this path prefix")
+    unp = svc.add_parser("unpublish", help="remove a published service")
+    unp.add_argument("name", help="the service name")
+    lst = svc.add_parser("list", help="the services published in the network")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
     for sp in (pub, unp, lst):
-        sp.add_argument("--socket", default=DEFAULT_SOCKET)
+        sp.add_argument("--socket", default=DEFAULT_SOCKET, help="the engine's control socket")
         sp.set_defaults(fn=cmd_service, json=getattr(sp, "json", False))
     doc = sub.add_parser("doctor", help="check this host end to end and explain problems")
-    doc.add_argument("--socket", default=DEFAULT_SOCKET)
-    doc.add_argument("--lease-file", default="/run/flatnet/lease.json")
+    doc.add_argument("--socket", default=DEFAULT_SOCKET, help="the engine's control socket")
+    doc.add_argument("--lease-file", default="/run/flatnet/lease.json", help="the lease file the CNI plugin reads")
     doc.add_argument("--gateway", help="also check the gateway at this URL, e.g. http://127.0.0.1")
     doc.add_argument("--no-podman", action="store_true", help="skip the Podman checks")
+    doc.add_argument("--json", action="store_true", help="machine-readable output (findings and ok)")
     doc.set_defaults(fn=cmd_doctor)
     up = sub.add_parser("up", help="bring up a local test network (hosts in network namespaces)")
-    up.add_argument("--hosts", type=int, default=3, choices=range(2, 10), metavar="N (2-9)")
-    up.add_argument("--containers", type=int, default=1)
-    up.add_argument("--dir", default=LAB_DIR)
+    up.add_argument("--hosts", type=int, default=3, choices=range(2, 10), metavar="N (2-9)", help="hosts")
+    up.add_argument("--containers", type=int, default=1, help="container namespaces per host")
+    up.add_argument("--dir", default=LAB_DIR, help="the lab's state folder")
     up.set_defaults(fn=cmd_up)
     down = sub.add_parser("down", help="remove the local test network")
-    down.add_argument("--dir", default=LAB_DIR)
+    down.add_argument("--dir", default=LAB_DIR, help="the lab's state folder")
     down.set_defaults(fn=cmd_down)
-    a = p.parse_args(argv)
+    lh = sub.add_parser("lighthouse", help="the lighthouse on this machine").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    lhs = lh.add_parser("status", help="nodes online, leases, relayed packets, drops")
+    lhs.add_argument("--json", action="store_true", help="machine-readable output")
+    lhs.add_argument("--socket", default=LIGHTHOUSE_SOCKET, help="the lighthouse's control socket")
+    lhs.set_defaults(fn=cmd_lighthouse_status)
+    gw = sub.add_parser("gateway", help="the HTTP gateway (nginx + gateway-lua) on this host").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    for name, what in (("render", "write PREFIX/nginx.conf only"), ("run", "write the config and start nginx"),
+                       ("stop", "stop the nginx started with this prefix")):
+        gp = gw.add_parser(name, help=what)
+        gp.add_argument("--prefix", default="/var/lib/flatnet-gateway", help="nginx's prefix: config, logs, pid")
+        gp.add_argument("--nginx", default="/usr/sbin/nginx", help="the nginx (or OpenResty) binary")
+        if name != "stop":
+            gp.add_argument("--listen", default="0.0.0.0:80", help="HTTP address, IP:PORT")
+            gp.add_argument("--engine-socket", default=DEFAULT_SOCKET, help="the engine's control socket")
+            gp.add_argument("--tls-listen", help="also serve HTTPS on this IP:PORT")
+            gp.add_argument("--tls-cert", help="certificate for --tls-listen (default: a self-signed one)")
+            gp.add_argument("--tls-key", help="key of --tls-cert")
+            gp.add_argument("--no-load-modules", action="store_true",
+                            help="OpenResty: the Lua module is built in, load no Debian modules")
+        gp.set_defaults(fn=cmd_gateway)
+    sd = sub.add_parser("systemd", help="systemd units for this installation").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    for name, what in (("install", "write the units and reload systemd"), ("uninstall", "stop and remove them"),
+                       ("render", "write the units into a folder (for review)")):
+        sp = sd.add_parser(name, help=what)
+        sp.add_argument("--unit-dir", default="/etc/systemd/system", help="where the units go")
+        if name != "uninstall":
+            sp.add_argument("--bin-dir", help="the folder of flatnet-engine etc. (default: this installation's)")
+        sp.set_defaults(fn=cmd_systemd)
+    from flatnet_cli import install
+    inst = sub.add_parser("install", help="set up this host around the venv (links, Podman, plugin, group)")
+    uninst = sub.add_parser("uninstall", help="remove all that `install` added, the units and the venv")
+    install.add_arguments(inst, uninst)
+    inst.set_defaults(fn=install.cmd_install)
+    uninst.set_defaults(fn=install.cmd_uninstall)
+    comp = sub.add_parser("completion", help="print a shell completion script")
+    comp.add_argument("shell", choices=["bash"], help="the shell")
+    comp.set_defaults(fn=cmd_completion)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
     except Exception as exc:  # noqa: BLE001 - an operator gets a sentence, not a traceback

@@ -4,9 +4,12 @@
 # CNI plugin) and show it working. `flatnet down` removes it all.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-bash "$here/scripts/install.sh"
+. "$here/scripts/lib.sh"
+FLATNET_LOG_TAG=demo
+bash "$here/scripts/install.sh" --dev
+apt_install iputils-ping  # the demo pings between containers
 cd "$here"
 if [ -f /var/lib/flatnet-lab/lab.json ]; then
-  python3 -m flatnet_cli down
+  "$FLATNET_PREFIX/bin/python3" -m flatnet_cli down
 fi
-exec python3 -m flatnet_cli up "$@"
+exec "$FLATNET_PREFIX/bin/python3" -m flatnet_cli up "$@"

@@ -9,6 +9,16 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def _src(name: str) -> str:
+    # setuptools >= 77 refuses absolute source paths: relative to the repository root when
+    # setup.py imports this module (the build runs there); absolute for the direct run
+    # below, where cffi compiles from its own temporary directory
+    path = os.path.join(CSRC, name)
+    return path if __name__ == "__main__" else os.path.relpath(path, ROOT)
+
 
 ffibuilder = FFI()
 with open(os.path.join(CSRC, "fastpath.h")) as f:
@@ -18,8 +28,8 @@ with open(os.path.join(CSRC, "fastpath.h")) as f:
 ffibuilder.set_source(
     "engine.crypto._fastpath",
     '#include "fastpath.h"',
-    sources=[os.path.join(CSRC, f) for f in ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c",
-                                                     "aead_small.c")],
+    sources=[_src(f) for f in ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c",
+                               "aead_small.c", "cookie.c")],
     include_dirs=[CSRC],
     libraries=["sodium"],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],

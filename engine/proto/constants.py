@@ -1,11 +1,13 @@
 """Protocol constants (DESIGN.md "Trust and sessions"; the timer values follow WireGuard's)."""
 
-PROLOGUE = b"flatnet/1"
+PROLOGUE = b"flatnet/2"
+WIRE_VERSION = 2                # byte 1 of every datagram; the 2 in PROLOGUE (docs/protocol-wire.md)
 TYPE_INITIATION = 1
 TYPE_RESPONSE = 2
 TYPE_DATA = 3
 TYPE_CONTROL = 4
 TYPE_RELAYED = 5
+TYPE_COOKIE = 6                 # cookie reply (engine/proto/cookie.py)
 
 REKEY_AFTER_TIME = 120.0        # the initiator of a session starts a new handshake
 REKEY_RESPONDER_SLACK = 10.0    # the responder waits this much longer, so both do not race
@@ -16,3 +18,4 @@ DEAD_PEER_TIMEOUT = 20.0        # sent, but nothing heard for this long: handsha
 HANDSHAKE_RETRY_FIRST = 1.0     # then doubles, up to HANDSHAKE_RETRY_MAX
 HANDSHAKE_RETRY_MAX = 8.0
 HANDSHAKE_GIVE_UP = 90.0        # stop retrying after this long with no answer
+COOKIE_LIFETIME = 120.0         # a cookie is used for mac2 this long (the secret behind it rotates as often)

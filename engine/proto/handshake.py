@@ -1,9 +1,13 @@
 """Handshake messages (types 1 and 2): Noise IK plus certificates and TAI64N.
 
-    initiation: type 1 · reserved(3) · sender index u32 LE · IK message 1
+    initiation: type 1 · version · reserved(2) · sender index u32 LE · IK message 1 · mac1 · mac2
                 payload = msgpack {"cert": initiator certificate, "ts": TAI64N}
-    response:   type 2 · reserved(3) · sender index u32 LE · receiver index u32 LE · IK message 2
+    response:   type 2 · version · reserved(2) · sender index u32 LE · receiver index u32 LE ·
+                IK message 2 · mac1 · mac2
                 payload = msgpack {"cert": responder certificate}
+
+create_* return the message without its macs (the session adds them: it holds the
+cookie, engine/proto/cookie.py); consume_* take it with them and check mac1.
 
 Each side checks the other's certificate against the CA, its validity window, the
 blocklist, and that the certified key is the Noise static key. create_* / consume_* pairs, as in
@@ -16,15 +20,23 @@ from dataclasses import dataclass
 
 import msgpack
 
-from engine.proto import cert as certs, tai64n
-from engine.proto.constants import PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE
+from engine.proto import cert as certs, cookie, tai64n
+from engine.proto.constants import PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE, WIRE_VERSION
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.noise import HandshakeIK
 from engine.proto.revocation import Revocations
 
-_INIT_HDR = struct.Struct("<B3xI")
-_RESP_HDR = struct.Struct("<B3xII")
-MAX_HANDSHAKE = 1400
+_INIT_HDR = struct.Struct("<BBHI")
+_RESP_HDR = struct.Struct("<BBHII")
+MAX_HANDSHAKE = 1400  # with the macs
+
+
+def _check_header(kind: int, version: int, reserved: int) -> None:
+    """The data path checked these already; the sans-IO code does not rely on it."""
+    if version != WIRE_VERSION:
+        raise RemoteProtocolError("wrong_version", f"protocol version {version}, we speak {WIRE_VERSION}")
+    if reserved:
+        raise RemoteProtocolError("reserved_not_zero", f"type {kind}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ def create_initiation(me: Identity, peer_static: bytes, sender_index: int, unix_
                       ephemeral: tuple[bytes, bytes] | None = None) -> tuple[HandshakeIK, bytes]:
     hs = HandshakeIK(True, me.static_private, PROLOGUE, remote_static=peer_static, ephemeral=ephemeral)
     payload = msgpack.packb({"cert": me.cert.raw, "ts": tai64n.encode(unix_ns)}, use_bin_type=True)
-    return hs, _INIT_HDR.pack(TYPE_INITIATION, sender_index) + hs.write_message_1(payload)
+    return hs, _INIT_HDR.pack(TYPE_INITIATION, WIRE_VERSION, 0, sender_index) + hs.write_message_1(payload)
 
 
 def _payload(raw: bytes, keys: tuple[str, ...]) -> dict:
@@ -72,9 +84,11 @@ def _payload(raw: bytes, keys: tuple[str, ...]) -> dict:
 def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
     if len(packet) > MAX_HANDSHAKE or len(packet) < _INIT_HDR.size:
         raise RemoteProtocolError("bad_handshake", "initiation of wrong size")
-    _, sender = _INIT_HDR.unpack_from(packet)
+    kind, version, reserved, sender = _INIT_HDR.unpack_from(packet)
+    _check_header(kind, version, reserved)
+    message = cookie.strip_macs(packet, me.cert.key)
     hs = HandshakeIK(False, me.static_private, PROLOGUE)
-    body = _payload(hs.read_message_1(packet[_INIT_HDR.size:]), ("cert", "ts"))
+    body = _payload(hs.read_message_1(message[_INIT_HDR.size:]), ("cert", "ts"))
     peer = me.verify_peer(body["cert"], now)
     if peer.key != hs.rs:
         raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")
@@ -88,20 +102,23 @@ def create_response(me: Identity, init: Initiation, sender_index: int,
     if ephemeral is not None:
         init.hs.e = ephemeral
     payload = msgpack.packb({"cert": me.cert.raw}, use_bin_type=True)
-    return _RESP_HDR.pack(TYPE_RESPONSE, sender_index, init.sender_index) + init.hs.write_message_2(payload)
+    return (_RESP_HDR.pack(TYPE_RESPONSE, WIRE_VERSION, 0, sender_index, init.sender_index)
+            + init.hs.write_message_2(payload))
 
 
 def response_indexes(packet: bytes) -> tuple[int, int]:
     """(sender index, receiver index) of a response, to find the waiting handshake."""
     if len(packet) < _RESP_HDR.size or len(packet) > MAX_HANDSHAKE:
         raise RemoteProtocolError("bad_handshake", "response of wrong size")
-    _, sender, receiver = _RESP_HDR.unpack_from(packet)
+    kind, version, reserved, sender, receiver = _RESP_HDR.unpack_from(packet)
+    _check_header(kind, version, reserved)
     return sender, receiver
 
 
 def consume_response(me: Identity, hs: HandshakeIK, packet: bytes, expected_name: str,
                      now: float) -> certs.Certificate:
-    body = _payload(hs.read_message_2(packet[_RESP_HDR.size:]), ("cert",))
+    message = cookie.strip_macs(packet, me.cert.key)
+    body = _payload(hs.read_message_2(message[_RESP_HDR.size:]), ("cert",))
     peer = me.verify_peer(body["cert"], now)
     if peer.key != hs.rs:
         raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")

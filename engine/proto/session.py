@@ -9,6 +9,9 @@ Rules:
   and failures; get_timer() says when handle_timer() wants to run next.
 - Keys: `current` sends and receives; `previous` only receives, until the next
   install, so packets in flight during a rekey are not lost.
+- Cookies: every handshake message leaves with mac1 and mac2 (engine/proto/cookie.py);
+  a cookie reply from the peer (under load) is kept COOKIE_LIFETIME and keys mac2 of
+  the next messages, the retries included. It does not trigger a send by itself.
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import enum
 from dataclasses import dataclass
 from typing import Callable
 
+from engine.proto import cookie as cookies
 from engine.proto import handshake as hsm
-from engine.proto.constants import (DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
+from engine.proto.constants import (COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
                                     HANDSHAKE_RETRY_MAX, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME,
                                     REKEY_AFTER_TIME, REKEY_RESPONDER_SLACK)
 from engine.proto.errors import LocalProtocolError, RemoteProtocolError
@@ -112,6 +116,8 @@ class PeerSession:
         self.rekeys = 0
         self._datagrams: list[tuple[bytes, tuple | None]] = []
         self._events: list[object] = []
+        self.last_mac1: bytes | None = None      # of the last handshake message sent
+        self.cookie: tuple[bytes, float] | None = None  # (cookie, when received)
 
     # ---- table
     def _move(self, what: Input) -> None:
@@ -154,7 +160,7 @@ class PeerSession:
             raise RemoteProtocolError("replayed_initiation", f"from {self.peer_name} at {addr}")
         self.last_initiation_ts = init.timestamp
         local = self._allocate()
-        packet = hsm.create_response(self.me, init, local)
+        packet = self._with_macs(hsm.create_response(self.me, init, local), now)
         send, receive = init.hs.split()
         self._datagrams.append((packet, addr))
         self._install(Keys(send, receive, local, init.sender_index, now, initiator=False), now)
@@ -174,6 +180,12 @@ class PeerSession:
         send, receive = hs.split()
         self.pending = None
         self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), now)
+
+    def receive_cookie_reply(self, packet: bytes, now: float) -> None:
+        """The peer is under load and wants mac2 keyed by this cookie from now on."""
+        if self.last_mac1 is None:
+            raise RemoteProtocolError("unexpected_cookie", f"from {self.peer_name}")
+        self.cookie = (cookies.open_reply(packet, self.peer_static, self.last_mac1), now)
 
     def handle_timer(self, now: float) -> None:
         p = self.pending
@@ -242,8 +254,16 @@ class PeerSession:
             self._release(self.pending.local_index)
         local = self._allocate()
         hs, packet = hsm.create_initiation(self.me, self.peer_static, local, self._wall_ns())
+        packet = self._with_macs(packet, now)
         self.pending = _Pending(hs, local, started, now + delay, delay)
         self._datagrams.append((packet, None))
+
+    def _with_macs(self, message: bytes, now: float) -> bytes:
+        if self.cookie is not None and now - self.cookie[1] >= COOKIE_LIFETIME:
+            self.cookie = None
+        packet, self.last_mac1 = cookies.add_macs(message, self.peer_static,
+                                                  self.cookie[0] if self.cookie else None)
+        return packet
 
     def _install(self, keys: Keys, now: float) -> None:
         retired = self.previous.local_index if self.previous is not None else None

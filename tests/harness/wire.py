@@ -2,6 +2,7 @@
 C code under test)."""
 from __future__ import annotations
 
+import hashlib
 import socket
 import struct
 
@@ -14,13 +15,38 @@ def ipv4_udp(src: str, dst: str, payload: bytes, sport: int = 1000, dport: int =
                        socket.inet_aton(src), socket.inet_aton(dst)) + udp
 
 
-def seal(key: bytes, receiver_index: int, counter: int, plaintext: bytes, kind: int = 3) -> bytes:
+WIRE_VERSION = 2  # written out, not imported: a change in the engine must show here
+
+
+def seal(key: bytes, receiver_index: int, counter: int, plaintext: bytes, kind: int = 3,
+         version: int = WIRE_VERSION) -> bytes:
+    """A transport packet: the 16-byte header is the associated data."""
     nonce = b"\0" * 4 + counter.to_bytes(8, "little")
-    header = struct.pack("<B3xIQ", kind, receiver_index, counter)
-    return header + sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, None, nonce, key)
+    header = struct.pack("<BBHIQ", kind, version, 0, receiver_index, counter)
+    return header + sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, header, nonce, key)
 
 
 def open_packet(key: bytes, packet: bytes) -> tuple[int, int, int, bytes]:
-    kind, index, counter = struct.unpack_from("<B3xIQ", packet)
+    kind, version, reserved, index, counter = struct.unpack_from("<BBHIQ", packet)
+    assert version == WIRE_VERSION and reserved == 0, packet[:4].hex()
     nonce = b"\0" * 4 + counter.to_bytes(8, "little")
-    return kind, index, counter, sodium.crypto_aead_chacha20poly1305_ietf_decrypt(packet[16:], None, nonce, key)
+    return kind, index, counter, sodium.crypto_aead_chacha20poly1305_ietf_decrypt(packet[16:], packet[:16], nonce,
+                                                                                  key)
+
+
+def mac1_key(receiver_static: bytes) -> bytes:
+    return hashlib.blake2b(b"mac1----" + receiver_static, digest_size=32).digest()
+
+
+def handshake(kind: int, sender_index: int, body: bytes, receiver_static: bytes, cookie: bytes | None = None,
+              version: int = WIRE_VERSION) -> bytes:
+    """A handshake-shaped message (type 1 or 2): header, `body`, mac1 for
+    `receiver_static`, mac2 keyed by `cookie` (zeros without one). Enough for the data
+    path's gate, which does not read the Noise part."""
+    msg = struct.pack("<BBHI", kind, version, 0, sender_index) + body
+    msg += hashlib.blake2b(msg, digest_size=16, key=mac1_key(receiver_static)).digest()
+    return msg + (hashlib.blake2b(msg, digest_size=16, key=cookie).digest() if cookie else bytes(16))
+
+
+def relayed(relay_id: int, inner: bytes) -> bytes:
+    return struct.pack("<BBHI", 5, WIRE_VERSION, 0, relay_id) + inner

@@ -195,7 +195,7 @@ def _initiation_from(lab, ca_dir: str, name: str, days_valid: int, b) -> None:
         import socket, time
         from nacl.signing import SigningKey
         from engine import pki
-        from engine.proto import cert as certs, handshake as hsm
+        from engine.proto import cert as certs, cookie, handshake as hsm
         from engine.proto.noise import generate_keypair
         ca_dir = "{ca_dir}"
         ca = pki.load_ca(ca_dir + "/ca.crt")
@@ -207,6 +207,7 @@ def _initiation_from(lab, ca_dir: str, name: str, days_valid: int, b) -> None:
         me = hsm.Identity(priv, certs.decode(raw)[0], ca)
         peer = pki.load_peer_cert("{lab.workdir}/pki/{b.name}.crt", pki.load_ca("{lab.workdir}/pki/ca.crt"), time.time())
         hs, packet = hsm.create_initiation(me, peer.key, 12345, time.time_ns())
+        packet = cookie.add_macs(packet, peer.key, None)[0]
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(packet, ("{b.underlay_ip}", 4787))
     """)
 

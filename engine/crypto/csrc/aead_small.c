@@ -183,16 +183,19 @@ static int open_(uint8_t *buf, size_t len, const uint8_t *ad, size_t adlen, cons
     return bad ? -1 : 0;
 }
 
-/* ---- the one place that decides which code seals and opens a length */
-void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
-    if (ptlen < AEAD_SMALL_MAX) seal(buf, ptlen, NULL, 0, nonce, key);
-    else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, NULL, 0, NULL, nonce, key);
+/* ---- the one place that decides which code seals and opens a length; the header
+ * before the payload is the associated data (a changed type, index or counter fails) */
+void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
+    uint8_t *buf = pkt + FN_HEADER;
+    if (ptlen < AEAD_SMALL_MAX) seal(buf, ptlen, pkt, FN_HEADER, nonce, key);
+    else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, pkt, FN_HEADER, NULL, nonce, key);
 }
 
-int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
+int aead_open(uint8_t *pkt, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
+    uint8_t *buf = pkt + FN_HEADER;
     if (len < FN_TAG) return -1;
-    if (len - FN_TAG < AEAD_SMALL_MAX) return open_(buf, len, NULL, 0, nonce, key);
-    return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, NULL, 0, nonce, key);
+    if (len - FN_TAG < AEAD_SMALL_MAX) return open_(buf, len, pkt, FN_HEADER, nonce, key);
+    return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, pkt, FN_HEADER, nonce, key);
 }
 
 /* for tests: any length, with associated data; the tag follows the ciphertext */

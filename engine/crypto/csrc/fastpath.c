@@ -62,6 +62,7 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     ctx->overlay_mask = prefix_mask(overlay_prefix);
     ctx->overlay_net = overlay_net & ctx->overlay_mask;
     ctx->mtu = mtu;
+    ctx->rl_global_rate = RL_GLOBAL;
     ctx->stride = (FN_HEADER + mtu + FN_TAG + 63) & ~63u;
     for (int i = 0; i < ROUTE_ENTRIES; i++) ctx->route[i] = -1;
     ctx->stage = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
@@ -83,6 +84,7 @@ void fn_free(fn_ctx *ctx) {
     if (!ctx) return;
     sodium_memzero(ctx->peers, sizeof(ctx->peers));
     sodium_memzero(ctx->rx, sizeof(ctx->rx));
+    sodium_memzero(ctx->cookie_secret, sizeof(ctx->cookie_secret));
     free(ctx->stage);
     free(ctx->out_arena);
     free(ctx->in_arena);
@@ -121,6 +123,12 @@ int fn_route_unpend(fn_ctx *ctx, int route) {
 }
 void fn_set_tun_uso(fn_ctx *ctx, int on) { ctx->tun_uso = on; }
 void fn_set_relay_mode(fn_ctx *ctx, int on) { ctx->relay_mode = on; }
+void fn_set_handshake_limit(fn_ctx *ctx, uint32_t per_second) {
+    pthread_mutex_lock(&ctx->rx_lock);
+    ctx->rl_global_rate = per_second;
+    ctx->rl_global.last_ns = 0;  /* refilled to the new burst at the next message */
+    pthread_mutex_unlock(&ctx->rx_lock);
+}
 
 void fn_io_stats(fn_ctx *ctx, uint64_t *out) {
     for (int i = 0; i < FN_NIO; i++) out[i] = ctx->io[i];
@@ -291,15 +299,16 @@ void fn_drops(fn_ctx *ctx, uint64_t *out) {
     for (int i = 0; i < FN_NDROPS; i++) out[i] = ctx->drops_in[i] + ctx->drops_out[i];
 }
 
-/* ---- sealing: header (type, reserved, receiver index, counter) then ciphertext+tag */
+/* ---- sealing: header (type, version, reserved, receiver index, counter), the
+ * associated data, then ciphertext+tag */
 void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen) {
     uint8_t nonce[12];
     uint64_t counter = p->tx_counter++;
-    pkt[0] = type; pkt[1] = pkt[2] = pkt[3] = 0;
+    put_type(pkt, type);
     put_le32(pkt + 4, p->tx_remote_index);
     put_le64(pkt + 8, counter);
     make_nonce(nonce, counter);
-    aead_seal(pkt + FN_HEADER, ptlen, nonce, p->tx_key);
+    aead_seal(pkt, ptlen, nonce, p->tx_key);
 }
 
 int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, uint8_t *out,
@@ -328,11 +337,11 @@ int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t 
     uint8_t nonce[12];
     for (int i = 0; i < n; i++) {
         uint8_t *pkt = buf + (size_t)i * stride;
-        pkt[0] = TYPE_DATA; pkt[1] = pkt[2] = pkt[3] = 0;
+        put_type(pkt, TYPE_DATA);
         put_le32(pkt + 4, 0);
         put_le64(pkt + 8, counter0 + i);
         make_nonce(nonce, counter0 + i);
-        aead_seal(pkt + FN_HEADER, lens[i], nonce, key);
+        aead_seal(pkt, lens[i], nonce, key);
     }
     return n;
 }
@@ -343,7 +352,7 @@ int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *l
     for (int i = 0; i < n; i++) {
         uint8_t *pkt = buf + (size_t)i * stride;
         make_nonce(nonce, get_le64(pkt + 8));
-        if (aead_open(pkt + FN_HEADER, lens[i], nonce, key) == 0) {
+        if (aead_open(pkt, lens[i], nonce, key) == 0) {
             lens[i] -= FN_TAG;
             ok++;
         } else {

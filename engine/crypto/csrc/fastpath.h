@@ -13,7 +13,8 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 13
+#define FN_VERSION 14
+#define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
@@ -24,7 +25,7 @@
 #define FN_BATCH 64
 #define FN_REPLAY_WORDS 64
 #define FN_CTRL_MAX 1500
-#define FN_NDROPS 16
+#define FN_NDROPS 20
 
 #define FN_DROP_SHORT 0
 #define FN_DROP_TYPE 1
@@ -42,6 +43,10 @@
 #define FN_DROP_TOO_BIG 13
 #define FN_DROP_RATE_LIMITED 14
 #define FN_DROP_FIREWALL 15
+#define FN_DROP_VERSION 16          /* byte 1 is another protocol version */
+#define FN_DROP_RESERVED 17         /* bytes 2-3 not zero */
+#define FN_DROP_MAC1 18             /* a handshake message without our mac1 */
+#define FN_DROP_COOKIE 19           /* under load, no valid mac2: answered with a cookie */
 #define FN_FW_MAX_RULES 64
 
 #define FN_NIO 13
@@ -62,6 +67,9 @@
 #define FN_CTRL_RAW 0
 #define FN_CTRL_DECRYPTED 1
 #define FN_CTRL_ROAM 2
+#define FN_CTRL_VERSION 3           /* a handshake of another protocol version: data = its first 4 bytes */
+#define FN_MAC 16
+#define FN_COOKIE_REPLY 64
 
 typedef struct fn_ctx fn_ctx;
 
@@ -99,6 +107,8 @@ void fn_set_spin(fn_ctx *ctx, int on);
 void fn_set_moderation(fn_ctx *ctx, uint32_t usec);
 void fn_set_tun_uso(fn_ctx *ctx, int on);
 void fn_set_relay_mode(fn_ctx *ctx, int on);
+void fn_set_identity(fn_ctx *ctx, const uint8_t *static_public);
+void fn_set_handshake_limit(fn_ctx *ctx, uint32_t per_second);
 int fn_route_unpend(fn_ctx *ctx, int route);
 int fn_firewall_set(fn_ctx *ctx, int default_allow, const uint8_t *protos, const uint16_t *port_lo,
                     const uint16_t *port_hi, const uint64_t *groups, const uint32_t *nets, const uint32_t *masks,

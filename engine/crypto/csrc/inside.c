@@ -197,7 +197,7 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
         }
         if (seglen == 0 || seglen > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; continue; }
         if (wrap) {
-            dgram[0] = TYPE_RELAYED; dgram[1] = dgram[2] = dgram[3] = 0;
+            put_type(dgram, TYPE_RELAYED);
             put_le32(dgram + 4, p->relay_id);
         }
         seal_locked(p, TYPE_DATA, inner, seglen);

@@ -18,6 +18,7 @@
 #define TYPE_DATA 3
 #define TYPE_CONTROL 4
 #define TYPE_RELAYED 5
+#define TYPE_COOKIE 6                 /* cookie reply (cookie.c) */
 #define RELAY_HEADER 8
 #define NOT_RELAYED 0xffffffffu
 
@@ -65,12 +66,23 @@ typedef struct {
 #define RL_BUCKETS 1024           /* handshake rate limit: buckets by source address */
 #define RL_PER_SOURCE 20          /* initiations per second from one address ... */
 #define RL_BURST 20               /* ... with this burst */
-#define RL_GLOBAL 2000            /* and from everyone together */
+#define RL_GLOBAL 2000            /* and from everyone together; when these run out the
+                                   * engine is under load and wants mac2 (cookie.c) */
+#define RL_COOKIE 20000           /* cookie replies per second, all together */
+#define COOKIE_Q 64               /* cookie replies queued for the end of a receive pass */
+#define COOKIE_SECRET_NS (120LL * 1000000000LL)
 
 typedef struct {
     uint32_t ip;
     int64_t milli_tokens, last_ns;
 } rate_bucket;
+
+typedef struct {
+    struct sockaddr_storage to;
+    socklen_t tolen;
+    uint32_t len;
+    uint8_t data[RELAY_HEADER + FN_COOKIE_REPLY];
+} cookie_out;
 
 #define HOLD_SLOTS 16                 /* packets kept while a peer is found or its keys made */
 #define HOLD_PER_ROUTE 4
@@ -146,6 +158,18 @@ struct fn_ctx {
                                             * a torn read can only miss an entry) */
     rate_bucket rl[RL_BUCKETS];            /* outside thread only */
     rate_bucket rl_global;
+    int64_t rl_global_rate;                /* fn_set_handshake_limit; RL_GLOBAL */
+    int under_load;                        /* cookie.c: mac2 wanted */
+    rate_bucket rl_cookie;
+    /* cookie.c (rx_lock): mac1 and cookie keys from our static public key */
+    int have_identity;
+    uint8_t mac1_key[32], cookie_key[32];
+    uint8_t cookie_secret[32];
+    int64_t cookie_secret_born;
+    uint8_t cookie_nonce[16];              /* random prefix of cookie reply nonces ... */
+    uint64_t cookie_nonce_counter;         /* ... and the counter after it */
+    cookie_out cookie_q[COOKIE_Q];
+    int ncookie;
     fn_ctrl pending[FN_PENDING];           /* control items received by a spin (rx_lock) */
     int npending;
     int64_t spin_backoff_until;            /* whoever spins (tx_lock side) */
@@ -193,10 +217,16 @@ static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
 /* aead_small.c: the compact code for payloads shorter than AEAD_SMALL_MAX (see there
  * why), libsodium for longer ones */
 #define AEAD_SMALL_MAX FN_AEAD_SMALL_MAX
-/* seal `ptlen` bytes in place, the tag after them */
-void aead_seal(uint8_t *buf, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);
-/* open `len` bytes (ciphertext and tag) in place: 0, or -1 when the tag does not match */
-int aead_open(uint8_t *buf, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]);
+/* seal the `ptlen` bytes after the FN_HEADER-byte header at `pkt` in place, the tag
+ * after them; the header is the associated data */
+void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);
+/* open the `len` bytes (ciphertext and tag) after the header at `pkt` in place: 0, or
+ * -1 when the tag does not match */
+int aead_open(uint8_t *pkt, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]);
+/* byte 0 the type, byte 1 the wire version, bytes 2-3 reserved (zero) */
+static inline void put_type(uint8_t *p, uint8_t type) {
+    p[0] = type; p[1] = FN_WIRE_VERSION; p[2] = p[3] = 0;
+}
 
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);
@@ -236,6 +266,12 @@ void idle_kick(fn_ctx *ctx, int role);
 void idle_yield(fn_ctx *ctx);
 int idle_parked(fn_ctx *ctx, int role);
 int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms);
+
+/* cookie.c */
+int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now);
+int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct sockaddr_storage *from,
+                   socklen_t fromlen, uint32_t relayed_from, int64_t now);
+void cookie_flush(fn_ctx *ctx, int udp_fd);
 
 /* firewall.c */
 void fw_track_outbound(fn_ctx *ctx, const uint8_t *ip, uint32_t len, int64_t now);

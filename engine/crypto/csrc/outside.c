@@ -5,7 +5,10 @@
  *   -> replay pre-check -> open in place -> replay update -> the inner source must lie
  *   in the peer's subnet (cryptokey routing) -> gro.c joins TCP segments of a flow
  *   into super-packets -> write(TUN).
- *   Handshakes, control and relayed packets are copied out to Python.
+ *   Every datagram starts type · version · reserved (zero): another version or
+ *   reserved bits are counted drops. Handshakes (also inside type 5) pass the
+ *   mac1 / rate limit / cookie gate (cookie.c) before they are copied out to Python;
+ *   so do control and relayed packets.
  */
 #include "internal.h"
 
@@ -39,55 +42,49 @@ static int same_addr(const struct sockaddr_storage *a, socklen_t alen, const pee
     return memcmp(a, &p->endpoint, alen) == 0;
 }
 
-static int take_token(rate_bucket *b, int64_t now, int64_t rate, int64_t burst) {
-    int64_t gained = (now - b->last_ns) * rate / 1000000;  /* milli-tokens since last time */
-    b->milli_tokens = b->milli_tokens + gained > burst * 1000 ? burst * 1000 : b->milli_tokens + gained;
-    b->last_ns = now;
-    if (b->milli_tokens < 1000) return 0;
-    b->milli_tokens -= 1000;
-    return 1;
-}
-
-/* A flood of handshake initiations must not starve forwarding: each costs Python two
- * X25519 operations. Token buckets per source address and for everyone together. */
-static int initiation_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now) {
-    uint32_t ip = from->ss_family == AF_INET ? ((const struct sockaddr_in *)from)->sin_addr.s_addr : 0;
-    rate_bucket *b = &ctx->rl[(ip * 2654435761u) >> 22 & (RL_BUCKETS - 1)];
-    if (b->ip != ip || b->last_ns == 0) {
-        b->ip = ip;
-        b->milli_tokens = RL_BURST * 1000;
-        b->last_ns = now;
-    }
-    if (ctx->rl_global.last_ns == 0) {
-        ctx->rl_global.milli_tokens = RL_GLOBAL * 1000;
-        ctx->rl_global.last_ns = now;
-    }
-    return take_token(b, now, RL_PER_SOURCE, RL_BURST) && take_token(&ctx->rl_global, now, RL_GLOBAL, RL_GLOBAL);
-}
-
 /* one datagram; returns how many control items it produced. relayed_from: the sender's
  * id at the relay when the datagram came wrapped in type 5, else NOT_RELAYED */
 static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const struct sockaddr_storage *from,
                    socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room, uint32_t relayed_from) {
     uint8_t nonce[12];
     int made = 0;
-    if (len < 1) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
+    if (len < 4) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
     uint8_t type = pkt[0];
-    if (type == TYPE_RELAYED && !ctx->relay_mode && relayed_from == NOT_RELAYED && len > RELAY_HEADER &&
-        (pkt[RELAY_HEADER] == TYPE_DATA || pkt[RELAY_HEADER] == TYPE_CONTROL)) {
-        /* data through a relay: open it here like any other; handshakes go up to Python */
+    if (pkt[1] != FN_WIRE_VERSION) {
+        /* another protocol version: Python logs it once per address; a peer that
+         * only sends data never handshook with us, so handshakes are enough */
+        ctx->drops_out[FN_DROP_VERSION]++;
+        if ((type == 1 || type == 2 || type == TYPE_RELAYED) && relayed_from == NOT_RELAYED && room > 0 &&
+            source_allowed(ctx, from, now))
+            return copy_ctrl(ctx, ctrl, FN_CTRL_VERSION, -1, pkt, 4, from, fromlen);
+        return 0;
+    }
+    if (pkt[2] | pkt[3]) { ctx->drops_out[FN_DROP_RESERVED]++; return 0; }
+    if (type == TYPE_RELAYED && !ctx->relay_mode && relayed_from == NOT_RELAYED) {
+        /* through a relay: the inner message is checked like a direct one (data opened
+         * here, handshakes gated by inner type) */
+        if (len <= RELAY_HEADER) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
         return receive(ctx, tun_fd, pkt + RELAY_HEADER, len - RELAY_HEADER, from, fromlen, now, ctrl, room,
                        get_le32(pkt + 4));
     }
-    if (type != TYPE_DATA && type != TYPE_CONTROL) {
-        if (type == 1 || type == 2 || type == 5) {
-            if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
-            if (type == 1 && !initiation_allowed(ctx, from, now)) { ctx->drops_out[FN_DROP_RATE_LIMITED]++; return 0; }
-            return copy_ctrl(ctx, ctrl, FN_CTRL_RAW, -1, pkt, len, from, fromlen);
-        }
-        ctx->drops_out[FN_DROP_TYPE]++;
-        return 0;
+    if (type == 1 || type == 2 || type == TYPE_COOKIE) {
+        if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
+        if (!handshake_gate(ctx, pkt, len, from, fromlen, relayed_from, now)) return 0;
+        /* a relayed one goes up whole, relay header included: pkt - RELAY_HEADER is it */
+        uint32_t wrap = relayed_from == NOT_RELAYED ? 0 : RELAY_HEADER;
+        return copy_ctrl(ctx, ctrl, FN_CTRL_RAW, -1, pkt - wrap, len + wrap, from, fromlen);
     }
+    if (type == TYPE_RELAYED && ctx->relay_mode && relayed_from == NOT_RELAYED) {
+        /* a relay forwards in Python: handshakes it carries count against the sender */
+        if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
+        uint8_t inner = len > RELAY_HEADER ? pkt[RELAY_HEADER] : 0;
+        if ((inner == 1 || inner == 2 || inner == TYPE_COOKIE) && !source_allowed(ctx, from, now)) {
+            ctx->drops_out[FN_DROP_RATE_LIMITED]++;
+            return 0;
+        }
+        return copy_ctrl(ctx, ctrl, FN_CTRL_RAW, -1, pkt, len, from, fromlen);
+    }
+    if (type != TYPE_DATA && type != TYPE_CONTROL) { ctx->drops_out[FN_DROP_TYPE]++; return 0; }
     if (len < FN_HEADER + FN_TAG) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
     uint32_t index = get_le32(pkt + 4);
     rx_t *rx = &ctx->rx[index & (FN_RX_SLOTS - 1)];
@@ -101,7 +98,7 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     }
     make_nonce(nonce, counter);
     uint32_t ptlen = len - FN_HEADER - FN_TAG;
-    if (aead_open(pkt + FN_HEADER, len - FN_HEADER, nonce, rx->key) != 0) {
+    if (aead_open(pkt, len - FN_HEADER, nonce, rx->key) != 0) {
         ctx->drops_out[FN_DROP_AUTH]++;
         p->rx_dropped++;
         return 0;
@@ -195,6 +192,7 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
         }
     }
     gro_flush(ctx, tun_fd);  /* nothing waits past the end of a receive batch */
+    cookie_flush(ctx, udp_fd);
     return n;
 }
 

@@ -10,11 +10,12 @@ import pytest
 
 from engine.crypto import ffi, lib
 from engine.datapath import CTRL_RAW, DataPath
-from tests.harness.wire import ipv4_udp, open_packet, seal
+from tests.harness.wire import handshake, ipv4_udp, open_packet, seal
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
 KEY_RX, KEY_TX = os.urandom(32), os.urandom(32)
 RX_INDEX = 0xABC00001  # low 12 bits: slot 1
+STATIC_PUBLIC = os.urandom(32)  # "our" static public key: handshakes need its mac1
 
 
 # ---- replay window (RFC 6479), at least 2048 counters
@@ -62,6 +63,7 @@ def dp():
     d = DataPath(NET, 1420)
     d.set_peer(1, ipaddress.IPv4Network("10.87.2.0/24"))
     d.add_rx(RX_INDEX, 1, KEY_RX)
+    d.set_identity(STATIC_PUBLIC)
     return d
 
 
@@ -112,7 +114,8 @@ def test_outside_opens_checks_source_and_counts(dp):
 
 
 def test_handshake_and_control_packets_go_up_to_python(dp):
-    _, controls = outside(dp, [b"\x01" + b"\0" * 100, b"\x02" + b"\0" * 50, seal(KEY_RX, RX_INDEX, 0, b"ctl", kind=4)])
+    _, controls = outside(dp, [handshake(1, 7, bytes(100), STATIC_PUBLIC), handshake(2, 8, bytes(50), STATIC_PUBLIC),
+                               seal(KEY_RX, RX_INDEX, 0, b"ctl", kind=4)])
     kinds = [k for k, _ in controls]
     assert kinds.count(CTRL_RAW) == 2
     assert (lib.FN_CTRL_DECRYPTED, b"ctl") in controls
@@ -205,17 +208,20 @@ def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp
     good = ipv4_udp("10.87.2.5", "10.87.1.9", b"still alive")
     inputs, counter, valid = [], 10, []
     for i in range(100_000):
-        shape = rng.randrange(6)
+        shape = rng.randrange(7)
         if shape == 0:
             p = rng.randbytes(rng.randrange(0, 300))
-        elif shape == 1:   # data/control header, wrong index
-            p = bytes([rng.choice((3, 4))]) + rng.randbytes(rng.randrange(0, 80))
+        elif shape == 1:   # data/control header, wrong index (or version, or reserved bytes)
+            p = bytes([rng.choice((3, 4)), rng.choice((2, 2, 2, 0, 1, 3))]) + rng.randbytes(rng.randrange(0, 80))
         elif shape == 2:   # right index, garbage ciphertext
-            p = bytes([3, 0, 0, 0]) + RX_INDEX.to_bytes(4, "little") + rng.randbytes(rng.randrange(0, 120))
+            p = bytes([3, 2, 0, 0]) + RX_INDEX.to_bytes(4, "little") + rng.randbytes(rng.randrange(0, 120))
         elif shape == 3:   # truncated real packet
             p = seal(KEY_RX, RX_INDEX, 5_000_000 + i, good)[:rng.randrange(0, 40)]
         elif shape == 4:   # unknown types
-            p = bytes([rng.randrange(6, 256)]) + rng.randbytes(rng.randrange(0, 64))
+            p = bytes([rng.randrange(7, 256), 2, 0, 0]) + rng.randbytes(rng.randrange(0, 64))
+        elif shape == 5:   # handshake, relayed and cookie-reply headers: the gate (cookie.c)
+            inner = bytes([rng.choice((1, 2, 3, 4, 5, 6)), 2, 0, 0]) + rng.randbytes(rng.choice((60, 4, 40, 100)))
+            p = inner if rng.random() < 0.5 else bytes([5, 2, 0, 0]) + rng.randbytes(4) + inner
         else:              # a valid packet now and then
             p = seal(KEY_RX, RX_INDEX, counter, good)
             counter += 1
@@ -223,7 +229,8 @@ def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp
         inputs.append(p)
     delivered, controls = outside(dp, inputs)
     assert len(delivered) == len(valid)
-    handed_up = [k for k, _ in controls if k != lib.FN_CTRL_ROAM]  # roaming notes are extra events
+    # roaming notes are extra events; version notes come with a counted drop
+    handed_up = [k for k, _ in controls if k not in (lib.FN_CTRL_ROAM, lib.FN_CTRL_VERSION)]
     assert sum(dp.drops().values()) + len(delivered) + len(handed_up) == len(inputs)
     # and afterwards a fresh packet still goes through
     assert outside(dp, [seal(KEY_RX, RX_INDEX, counter, good)])[0] == [good]
@@ -304,7 +311,7 @@ def test_uso_super_packet_is_cut_into_valid_datagrams():
 
 
 def test_a_flood_of_initiations_is_rate_limited(dp):
-    flood = [b"\x01" + os.urandom(150) for _ in range(1000)]
+    flood = [handshake(1, i, os.urandom(150), STATIC_PUBLIC) for i in range(1000)]
     _, controls = outside(dp, flood)
     handed_up = [k for k, _ in controls if k == CTRL_RAW]
     assert len(handed_up) <= 40  # the burst, plus what trickles in while the test runs

@@ -180,15 +180,16 @@ def test_any_handshake_or_relayed_packet_is_taken_or_a_counted_drop(net, kind, b
 def test_a_new_node_whose_initiation_is_refused_as_stale_is_not_added():
     """accept_any (the lighthouse, or an engine with lighthouses): a certified node
     connecting by itself is added only once its initiation passed the time check."""
-    from engine.proto import handshake as hsm
+    from engine.proto import cookie, handshake as hsm
     from engine.proto.noise import public_key
     n = Net()
     n.a.accept_any = True
     stranger = n.ca.identity("host-d")
     # a time before 1970 is below the "nothing accepted yet" mark: refused like a replay
-    _, stale = hsm.create_initiation(stranger, public_key(n.ids["host-a"].static_private), 5, -10**18)
-    n.to_a(stale, ATTACKER)
+    a_key = public_key(n.ids["host-a"].static_private)
+    _, stale = hsm.create_initiation(stranger, a_key, 5, -10**18)
+    n.to_a(cookie.add_macs(stale, a_key, None)[0], ATTACKER)
     assert "host-d" not in n.a.peers and n.a.errors["replayed_initiation"] == 1
-    _, fresh = hsm.create_initiation(stranger, public_key(n.ids["host-a"].static_private), 6, int(n.ca.now * 1e9))
-    n.to_a(fresh, ("10.9.9.9", 4787))
+    _, fresh = hsm.create_initiation(stranger, a_key, 6, int(n.ca.now * 1e9))
+    n.to_a(cookie.add_macs(fresh, a_key, None)[0], ("10.9.9.9", 4787))
     assert n.a.peers["host-d"].endpoint == ("10.9.9.9", 4787) and n.a.peers["host-d"].endpoints == [("10.9.9.9", 4787)]

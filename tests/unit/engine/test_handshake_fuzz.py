@@ -7,7 +7,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.proto import handshake as hsm, tai64n
+from engine.proto import cookie, handshake as hsm, tai64n
 from engine.proto.constants import PROLOGUE
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.noise import HandshakeIK, generate_keypair, public_key
@@ -17,6 +17,13 @@ CA = TestCA()
 RESPONDER = CA.identity("host-b")
 INITIATOR = CA.identity("host-a")
 NOW = CA.now
+R_KEY, I_KEY = public_key(RESPONDER.static_private), public_key(INITIATOR.static_private)
+
+
+def _macs(message: bytes, receiver: bytes) -> bytes:
+    """What the session sends: the message with a valid mac1 (anyone who knows the
+    receiver's public key can compute it) and no cookie."""
+    return cookie.add_macs(message, receiver, None)[0]
 
 _SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
                     st.text(max_size=12), st.binary(max_size=40))
@@ -55,7 +62,7 @@ def test_payload_parser(raw, keys):
 @given(_PAYLOAD)
 def test_an_initiation_with_any_payload_is_taken_or_refused(payload):
     hs = HandshakeIK(True, INITIATOR.static_private, PROLOGUE, remote_static=public_key(RESPONDER.static_private))
-    packet = b"\x01\x00\x00\x00" + (7).to_bytes(4, "little") + hs.write_message_1(payload)
+    packet = _macs(b"\x01\x02\x00\x00" + (7).to_bytes(4, "little") + hs.write_message_1(payload), R_KEY)
     try:
         init = hsm.consume_initiation(RESPONDER, packet, NOW)
     except RemoteProtocolError:
@@ -67,9 +74,9 @@ def test_an_initiation_with_any_payload_is_taken_or_refused(payload):
 @given(_PAYLOAD)
 def test_a_response_with_any_payload_is_taken_or_refused(payload):
     hs, init_packet = hsm.create_initiation(INITIATOR, public_key(RESPONDER.static_private), 7, int(NOW * 1e9))
-    init = hsm.consume_initiation(RESPONDER, init_packet, NOW)
-    packet = b"\x02\x00\x00\x00" + (9).to_bytes(4, "little") + (7).to_bytes(4, "little") + \
-        init.hs.write_message_2(payload)
+    init = hsm.consume_initiation(RESPONDER, _macs(init_packet, R_KEY), NOW)
+    packet = _macs(b"\x02\x02\x00\x00" + (9).to_bytes(4, "little") + (7).to_bytes(4, "little")
+                   + init.hs.write_message_2(payload), I_KEY)
     try:
         peer = hsm.consume_response(INITIATOR, hs, packet, "host-b", NOW)
     except RemoteProtocolError:
@@ -98,5 +105,6 @@ def test_a_certificate_with_huge_numbers_is_refused_without_allocating(field, va
     payload = msgpack.packb({"cert": cert, "ts": tai64n.encode(int(NOW * 1e9))}, use_bin_type=True)
     hs = HandshakeIK(True, generate_keypair()[0], PROLOGUE, remote_static=public_key(RESPONDER.static_private))
     with pytest.raises(RemoteProtocolError) as info:
-        hsm.consume_initiation(RESPONDER, b"\x01\x00\x00\x00\x07\x00\x00\x00" + hs.write_message_1(payload), NOW)
+        hsm.consume_initiation(RESPONDER, _macs(b"\x01\x02\x00\x00\x07\x00\x00\x00" + hs.write_message_1(payload), R_KEY),
+                               NOW)
     assert info.value.reason == "bad_cert"

@@ -202,7 +202,7 @@ def test_eight_own_endpoints_and_a_large_certificate_still_make_messages_the_rec
     for name, src, cert in (("a" * 64, ("203.0.113.255", 65535), big_cert), ("b", ("198.51.100.7", 50000), b"cert-b")):
         reg.handle(name, cert, wire.encode("register", endpoints=eight), src, 0.0)
     for asker, target in (("b", "a" * 64), ("a" * 64, "b")):
-        for to, data in reg.handle(asker, b"x", wire.encode("query", name=target), ("198.51.100.7", 50000), 1.0):
+        for _to, data in reg.handle(asker, b"x", wire.encode("query", name=target), ("198.51.100.7", 50000), 1.0):
             kind, msg = wire.decode(data)  # raises if the receiver would refuse it
             assert kind in ("peer", "punch") and 1 <= len(msg["endpoints"]) <= wire.MAX_ENDPOINTS
             assert set(msg["local"]) <= set(msg["endpoints"])

@@ -1,0 +1,24 @@
+"""Where the product's non-Python files are: in a checkout, the repository's folders
+(gateway-lua/, deploy/); in an installed wheel, the same files as package data under
+flatnet_cli/ (pyproject.toml maps them there)."""
+
+from __future__ import annotations
+
+import os
+
+PKG = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(PKG)
+
+
+def data_dir(name: str) -> str:
+    """The folder `name` ("gateway-lua" or "deploy"), installed copy first."""
+    installed = os.path.join(PKG, name.replace("-", "_"))
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(REPO, name)
+
+
+def docs_dir() -> str | None:
+    """The docs/ folder of a checkout; None for an installed wheel (no docs inside)."""
+    path = os.path.join(REPO, "docs")
+    return path if os.path.isdir(path) else None
