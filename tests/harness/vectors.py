@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from nacl.signing import SigningKey
 
 from engine.proto import cert as certs
-from engine.proto import constants
+from engine.proto import cookie
 from engine.proto import handshake as hsm
 from engine.proto import revocation, tai64n
-from engine.proto.constants import PROLOGUE
+from engine.proto.constants import PROLOGUE, WIRE_VERSION
 from engine.proto.noise import HandshakeIK, public_key
 from lighthouse import wire
 
@@ -68,21 +68,15 @@ class Node:
 
 
 # ---- engine calls
-try:  # protocol version 2 (branch wire, pending merge): mac1/mac2 and cookie replies
-    from engine.proto import cookie
-except ImportError:  # version 1: no macs. Delete this fallback once version 2 is merged.
-    cookie = None
-WIRE_VERSION = getattr(constants, "WIRE_VERSION", 1)
-MACS = cookie.MACS if cookie is not None else 0
-INITIATION_NOISE = slice(8, -MACS or None)   # the Noise message inside a type-1 packet
-RESPONSE_NOISE = slice(12, -MACS or None)    # ... inside a type-2 packet
-COOKIE = bytes(range(0xA0, 0xB0))            # version 2: a cookie, as a responder under load gives one
+INITIATION_NOISE = slice(8, -cookie.MACS)    # the Noise message inside a type-1 packet
+RESPONSE_NOISE = slice(12, -cookie.MACS)     # ... inside a type-2 packet
+COOKIE = bytes(range(0xA0, 0xB0))            # a cookie, as a responder under load gives one
 COOKIE_NONCE = bytes(range(0xB0, 0xC8))      # ... and the 24-byte nonce of its cookie reply
 
 
 def with_macs(message: bytes, receiver_static: bytes, cookie_value: bytes | None = None) -> bytes:
-    """A handshake message as it leaves: with mac1 and mac2 from version 2 on."""
-    return cookie.add_macs(message, receiver_static, cookie_value)[0] if cookie is not None else message
+    """A handshake message as it leaves: with mac1, and mac2 (zeros without a cookie)."""
+    return cookie.add_macs(message, receiver_static, cookie_value)[0]
 
 
 def make_ca() -> tuple[SigningKey, bytes, certs.Certificate]:
@@ -121,13 +115,12 @@ def handshake(a: Node, b: Node) -> dict[str, bytes]:
     out = {"initiation": initiation, "response": response, "initiator_send_key": a_send,
            "initiator_receive_key": a_receive, "handshake_hash": hs_a.handshake_hash,
            "initiation_payload": initiation_payload, "response_payload": response_payload}
-    if cookie is not None:
-        # host-b is under load: it answers the initiation with a cookie reply, and
-        # host-a's next initiation (here: the same message) carries mac2
-        reply = cookie.make_reply(initiation, b_pub, COOKIE, COOKIE_NONCE)
-        assert cookie.open_reply(reply, b_pub, initiation[-2 * cookie.MAC:-cookie.MAC]) == COOKIE
-        out["cookie_reply"] = reply
-        out["initiation_with_mac2"] = with_macs(message, b_pub, COOKIE)
+    # host-b is under load: it answers the initiation with a cookie reply, and host-a's
+    # next initiation (here: the same message) carries mac2
+    reply = cookie.make_reply(initiation, b_pub, COOKIE, COOKIE_NONCE)
+    assert cookie.open_reply(reply, b_pub, initiation[-2 * cookie.MAC:-cookie.MAC]) == COOKIE
+    out["cookie_reply"] = reply
+    out["initiation_with_mac2"] = with_macs(message, b_pub, COOKIE)
     return out
 
 
@@ -218,12 +211,10 @@ def compute() -> list[tuple[str, str]]:
         ("initiation", hs["initiation"].hex()),
         ("response_payload", hs["response_payload"].hex()),
         ("response", hs["response"].hex()),
-    ] + ([
         ("cookie", COOKIE.hex()),
         ("cookie_nonce", COOKIE_NONCE.hex()),
         ("cookie_reply", hs["cookie_reply"].hex()),
         ("initiation_with_mac2", hs["initiation_with_mac2"].hex()),
-    ] if cookie is not None else []) + [
         ("handshake_hash", hs["handshake_hash"].hex()),
         ("initiator_send_key", hs["initiator_send_key"].hex()),
         ("initiator_receive_key", hs["initiator_receive_key"].hex()),

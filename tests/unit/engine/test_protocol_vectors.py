@@ -17,6 +17,7 @@ from engine import pki
 from engine.datapath import DataPath
 from engine.proto import cert as certs
 from engine.proto import revocation
+from engine.proto.constants import WIRE_VERSION
 from tests.harness import vectors as vec
 from tests.unit.engine.test_datapath import outside
 
@@ -69,21 +70,14 @@ def test_handshake_vectors_are_plain_noise_ik(doc):
     assert bytes(b.write_message(doc["response_payload"])) == resp_noise
     assert bytes(a.read_message(resp_noise)) == doc["response_payload"]
     assert a.get_handshake_hash() == b.get_handshake_hash() == doc["handshake_hash"]
-    # the packet headers: type, version (zero in version 1), two zero bytes, the sender's
-    # (and receiver's) index
+    # the packet headers: type, version, two zero bytes, the sender's (and receiver's) index
     assert doc["initiation"][:8] == _prefix(1) + doc["a_sender_index"].to_bytes(4, "little")
     assert doc["response"][:12] == (_prefix(2) + doc["b_sender_index"].to_bytes(4, "little")
                                     + doc["a_sender_index"].to_bytes(4, "little"))
 
 
 def _prefix(kind: int) -> bytes:
-    return bytes([kind, vec.WIRE_VERSION if vec.WIRE_VERSION >= 2 else 0, 0, 0])
-
-
-def associated_data(header: bytes) -> bytes:
-    """What the transport AEAD authenticates besides the ciphertext (protocol.md,
-    "Transport"): the 16-byte header from version 2 on, nothing in version 1."""
-    return header if vec.WIRE_VERSION >= 2 else b""
+    return bytes([kind, WIRE_VERSION, 0, 0])
 
 
 def _blake2b(data: bytes, size: int, key: bytes = b"") -> bytes:
@@ -91,10 +85,8 @@ def _blake2b(data: bytes, size: int, key: bytes = b"") -> bytes:
 
 
 def test_macs_and_cookie_reply_follow_the_documented_rule(doc):
-    """Version 2 (pending merge of branch wire): mac1, mac2 and the cookie reply,
-    recomputed with hashlib and PyNaCl from the rules in protocol.md."""
-    if vec.cookie is None:
-        pytest.skip("protocol version 1 has no macs")
+    """mac1, mac2 and the cookie reply, recomputed with hashlib and PyNaCl from the
+    rules in protocol.md 5.5."""
     for name, receiver in (("initiation", "b_static_public"), ("response", "a_static_public")):
         packet = doc[name]
         mac1_key = _blake2b(b"mac1----" + doc[receiver], 32)
@@ -119,8 +111,8 @@ def test_transport_vectors_follow_the_documented_rule(doc):
         header, counter = packet[:16], int.from_bytes(packet[8:16], "little")
         assert header[:8] == _prefix(packet[0]) + doc["b_sender_index"].to_bytes(4, "little")
         nonce = b"\0" * 4 + counter.to_bytes(8, "little")
-        assert sodium.crypto_aead_chacha20poly1305_ietf_decrypt(packet[16:], associated_data(header), nonce,
-                                                                key) == plaintext, name
+        # protocol.md 6.1: the 16-byte header is the associated data
+        assert sodium.crypto_aead_chacha20poly1305_ietf_decrypt(packet[16:], header, nonce, key) == plaintext, name
 
 
 def test_a_receiver_accepts_the_transport_vectors(doc):
