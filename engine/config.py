@@ -69,6 +69,7 @@ class Config:
     cni_data_dir: str = "/var/lib/flatnet/ipam"
     firewall_default: str = "allow"
     firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
+    dead_after: float = 3.0            # [liveness]: a path silent this long while in use is unreachable
     blocklist: str = ""  # a CA-signed blocklist file to enforce (besides what lighthouses send)
 
     @property
@@ -95,6 +96,7 @@ _KNOWN = {
     "gateway": {"lan_address", "domain", "podman_labels"},
     "metrics": {"listen", "cni_data_dir"},
     "firewall": {"default", "inbound"},
+    "liveness": {"dead_after"},
     "peers": None,
     "lighthouses": None,
 }
@@ -205,6 +207,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     port = get("listen", "port", int, 4787)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{where('listen.port')}: {port} is not 0-65535")
+    dead_after = doc.get("liveness", {}).get("dead_after", 3.0)
+    if isinstance(dead_after, bool) or not isinstance(dead_after, (int, float)) or not 1 <= dead_after <= 60:
+        raise ConfigError(f"{where('liveness.dead_after')}: {dead_after!r}; expected seconds, 1 to 60")
     level = get("log", "level", str, "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where('log.level')}: {level!r}; expected debug, info, warning or error")
@@ -267,7 +272,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
 
     return Config(
-        path=path,
+        path=path, dead_after=float(dead_after),
         firewall_default=fw_default, firewall_rules=tuple(rules),
         ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/host.crt"),

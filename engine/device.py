@@ -20,6 +20,7 @@ from engine.proto import cert as certs
 from engine.proto import endpoint as endpoints_policy
 from engine.proto import cookie as cookies
 from engine.proto import handshake as hsm
+from engine.proto import liveness
 from engine.proto.constants import TYPE_COOKIE, TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE, WIRE_VERSION
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
@@ -44,6 +45,7 @@ class Peer:
     relay: tuple[tuple[str, int], int] | None = None  # (relay address, the peer's id there)
     path_reason: str = ""
     extra: dict = field(default_factory=dict)
+    live: liveness.Liveness = field(default_factory=liveness.Liveness)
 
 
 class IndexTable:
@@ -76,19 +78,23 @@ class IndexTable:
 class Device:
     def __init__(self, me: hsm.Identity, datapath, send: Callable[[bytes, tuple[str, int]], None],  # noqa: ANN001
                  wall_ns: Callable[[], int], log: Logger, rng: random.Random | None = None,
-                 accept_any: bool = False) -> None:
+                 accept_any: bool = False, dead_after: float = liveness.DEAD_AFTER) -> None:
         """accept_any: take handshakes from any node the CA certified (peers found through
         a lighthouse), not only the configured ones; such a peer starts with no subnet.
         Hooks the owner may set: on_relay(data, addr, now) for type-5 packets to forward
         (a relay), on_message(peer, data, addr, now) for decrypted control
         messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
-        on_new_peer(peer, now) when an unknown node connected."""
+        on_new_peer(peer, now) when an unknown node connected, on_path_dead(peer, now)
+        when the peer's path stopped answering (engine.proto.liveness; the owner may
+        move it to a relay)."""
         self.me = me
         self.accept_any = accept_any
         self.on_message: Callable[[Peer, bytes, tuple[str, int], float], None] | None = None
         self.on_unknown_route: Callable[[int, float], None] | None = None
         self.on_new_peer: Callable[[Peer, float], None] | None = None
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
+        self.on_path_dead: Callable[[Peer, float], None] | None = None
+        self.dead_after = dead_after
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
         self._relay_certified: set[str] = set()  # peers whose certificate has RELAY_GROUP
@@ -113,7 +119,7 @@ class Device:
         slot = next(i for i in range(1, 1 << 30) if i not in self.by_slot)
         session = PeerSession(self.me, cert.name, cert.key, lambda n=cert.name: self.indexes.allocate(n),
                               self.indexes.release, self.wall_ns)
-        peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session)
+        peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session, live=liveness.Liveness(self.dead_after))
         self.peers[peer.name] = peer
         self.revoked.pop(peer.name, None)  # re-enrolled: a new certificate the blocklist allows
         self.by_slot[slot] = peer
@@ -378,10 +384,30 @@ class Device:
             st = self.dp.stats(peer.slot)
             peer.session.note_traffic(st.last_tx, st.last_rx)
             peer.session.handle_timer(now)
+            self._check_path(peer, st.last_tx, now)
             self._apply(peer)
 
+    def _check_path(self, peer: Peer, last_tx: float | None, now: float) -> None:
+        """Liveness of the peer's path: probe it, say once when it dies (and let the
+        owner fall back to a relay), say once when it answers again."""
+        s = peer.session
+        heard = max((t for t in (s.last_rx, s.last_handshake) if t is not None), default=None)
+        for event in peer.live.update(last_tx, heard, now):
+            if isinstance(event, liveness.Probe):
+                # a handshake to every candidate endpoint, or through the relay; a session
+                # without keys (expired, or closed by a revocation) has its own retries
+                if s.current is not None:
+                    s.probe(now)
+            elif isinstance(event, liveness.PathDead):
+                self.log.warning("peer_unreachable", peer=peer.name, path=self.path_of(peer), reason=event.reason)
+                if self.on_path_dead is not None:
+                    self.on_path_dead(peer, now)
+            elif isinstance(event, liveness.PathBack):
+                self.log.info("peer_reachable", peer=peer.name, path=self.path_of(peer), down_for=event.down_for)
+
     def get_timer(self) -> float | None:
-        deadlines = [t for p in self.peers.values() if (t := p.session.get_timer()) is not None]
+        deadlines = [t for p in self.peers.values() for t in (p.session.get_timer(), p.live.get_timer())
+                     if t is not None]
         return min(deadlines) if deadlines else None
 
     def start_all(self, now: float) -> None:
@@ -449,6 +475,17 @@ class Device:
         # the lighthouse told us the peer's own addresses; anything else is its NAT's
         return "direct-LAN" if peer.endpoint in peer.extra["local"] else "direct-punched"
 
+    def mark_unreachable(self, doc: dict) -> dict:
+        """The gateway's route table (GET /routes), with each overlay upstream on a host
+        whose path is unreachable marked "down": the reason. The gateway's health check
+        reports that reason when its own connect fails too."""
+        for route in doc.get("routes", []):
+            peer = self.peers.get(route.get("node"))
+            if peer is not None and peer.live.state is liveness.PathState.UNREACHABLE:
+                route["upstreams"] = [dict(u, down=f"the engine cannot reach host {peer.name}: {peer.live.reason}")
+                                      if u.get("kind") == "overlay" else u for u in route["upstreams"]]
+        return doc
+
     def peer_table(self, now: float) -> list[dict]:
         rows = []
         for peer in self.peers.values():
@@ -457,7 +494,9 @@ class Device:
             rows.append({
                 "name": peer.name, "subnet": str(peer.subnet) if peer.subnet else None,
                 "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
-                "state": s.state.value, "path": self.path_of(peer),
+                "state": "unreachable" if peer.live.state is liveness.PathState.UNREACHABLE else s.state.value,
+                "unreachable_reason": peer.live.reason or None, "times_unreachable": peer.live.times_down,
+                "path": self.path_of(peer),
                 "path_reason": peer.path_reason or None,
                 "handshake_age": round(now - s.last_handshake, 1) if s.last_handshake is not None else None,
                 "handshakes": s.handshakes, "rekeys": s.rekeys,

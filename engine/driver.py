@@ -22,6 +22,7 @@ from engine.datapath import DataPath
 from engine.device import Device
 from engine.io import control, netlink, tun, udp
 from engine.lighthouse_client import LighthouseClient
+from engine.proto import liveness
 from engine.proto.revocation import Revocations
 from engine.services import ServiceRegistry
 from engine.log import Logger
@@ -166,7 +167,8 @@ class Engine:
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin,
                          "moderation_us": c.moderation_us}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
-        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses))
+        self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
+                             dead_after=c.dead_after)
         self._apply_firewall(c)
         self._poll_blocklists(time.monotonic())  # before any peer is added
         for p, cert in peers:
@@ -388,6 +390,8 @@ class Engine:
                 "listen_port": self.sock.getsockname()[1], "tun": c.tun_name, "bridge": c.bridge,
                 "uptime": round(time.monotonic() - self.started, 1), "peers": len(self.device.peers),
                 "peers_up": sum(1 for p in self.device.peers.values() if p.session.current is not None),
+                "peers_unreachable": sorted(p.name for p in self.device.peers.values()
+                                            if p.live.state is liveness.PathState.UNREACHABLE),
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors),
                 "offloads": self.offloads, "io": self.dp.io_stats(),
                 "lighthouses": {name: ("registered" if name in self.lighthouse.registered else "unregistered")
@@ -415,7 +419,8 @@ class Engine:
         if method == "GET" and path == "/services/rejected":
             return control.json_response(self.services.rejected())
         if method == "GET" and path == "/routes":
-            return control.json_response(self.services.routes(self.config.gateway_address))
+            return control.json_response(self.device.mark_unreachable(
+                self.services.routes(self.config.gateway_address)))
         if method == "POST" and path == "/services":
             try:
                 req = json.loads(body or b"{}")

@@ -72,6 +72,7 @@ class LighthouseClient:
         device.on_message = self.on_message
         device.on_unknown_route = self.on_unknown_route
         device.on_new_peer = self.on_new_peer
+        device.on_path_dead = self.on_path_dead
 
     # ---- timers
     def handle_timer(self, now: float) -> None:
@@ -134,6 +135,14 @@ class LighthouseClient:
             return
         self.pending[route] = now
         self._ask(wire.encode("query", addr=str(addr)))
+
+    def on_path_dead(self, peer: Peer, now: float) -> None:
+        """The peer's direct path stopped answering (engine.proto.liveness): fall back
+        to a relay at once; the direct candidates are tried again every DIRECT_RETRY."""
+        if peer.name in self.lighthouses or peer.relay is not None:
+            return
+        self.connecting.pop(peer.name, None)
+        self._relay(peer, now, "the direct path stopped answering")
 
     def on_new_peer(self, peer: Peer, now: float) -> None:
         if peer.name not in self.lighthouses:
@@ -208,7 +217,7 @@ class LighthouseClient:
             self.services.set_remote(self._catalog_pages)
             self._catalog_pages = []
 
-    def _relay(self, peer: Peer, now: float) -> None:
+    def _relay(self, peer: Peer, now: float, reason: str = "") -> None:
         relays = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint]
         if not relays or peer.subnet is None:
             self.log.warning("no_path", peer=peer.name, reason="no direct answer and no registered relay")
@@ -216,7 +225,7 @@ class LighthouseClient:
         relay = relays[0]
         block = (int(peer.subnet.network_address) - int(self.network.network_address)) >> 8
         tried = len(peer.endpoints)
-        self.device.use_relay(peer, relay.endpoint, block,
+        self.device.use_relay(peer, relay.endpoint, block, reason or
                               f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
                               f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
         self.device.rehandshake(peer, now)

@@ -55,7 +55,11 @@ class EngineCollector(Collector):
             "handshakes": CounterMetricFamily("flatnet_peer_handshakes", "Completed handshakes", labels=labels),
             "rekeys": CounterMetricFamily("flatnet_peer_rekeys", "Rekeys started", labels=labels),
         }
-        up = GaugeMetricFamily("flatnet_peer_up", "1 if the session has keys", labels=labels)
+        up = GaugeMetricFamily("flatnet_peer_up", "1 if the session has keys and its path answers", labels=labels)
+        reachable = GaugeMetricFamily("flatnet_peer_reachable", "0 while the peer's path is unreachable (it carried "
+                                      "traffic, then nothing came back for [liveness] dead_after)", labels=labels)
+        downs = CounterMetricFamily("flatnet_peer_unreachable", "Times the peer's path was marked unreachable",
+                                    labels=labels)
         path = GaugeMetricFamily("flatnet_peer_path", "The peer's current path (value 1)", labels=["peer", "path"])
         age = GaugeMetricFamily("flatnet_peer_handshake_age_seconds", "Seconds since the last handshake", labels=labels)
         expiry = GaugeMetricFamily("flatnet_peer_cert_expiry_seconds", "Seconds until the peer's certificate expires",
@@ -64,13 +68,15 @@ class EngineCollector(Collector):
             for key, fam in fams.items():
                 fam.add_metric([r["name"]], r[key])
             up.add_metric([r["name"]], 1 if r["state"] == "established" else 0)
+            reachable.add_metric([r["name"]], 0 if r["state"] == "unreachable" else 1)
+            downs.add_metric([r["name"]], r["times_unreachable"])
             kind = r["path"].split(" ")[0]
             path.add_metric([r["name"], kind], 1)
             if r["handshake_age"] is not None:
                 age.add_metric([r["name"]], r["handshake_age"])
             expiry.add_metric([r["name"]], r["cert_expires"] - time.time())
         yield from fams.values()
-        yield from (up, path, age, expiry)
+        yield from (up, reachable, downs, path, age, expiry)
         drops = CounterMetricFamily("flatnet_drops", "Packets dropped by the data path", labels=["reason"])
         for reason, n in e.dp.drops().items():
             drops.add_metric([reason], n)

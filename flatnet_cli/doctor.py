@@ -104,7 +104,8 @@ def check_peers(peers: list) -> list[Finding]:
             why = f" ({p['path_reason']})" if p["path"].startswith("relayed") else ""
             out.append(Finding(True, f"peer {p['name']}", f"{p['path']} via {p['endpoint']}{why}"))
         else:
-            out.append(Finding(False, f"peer {p['name']}", f"{p['state']}: " + (p["last_error"] or "no session yet"),
+            out.append(Finding(False, f"peer {p['name']}", f"{p['state']}: " + (p.get("unreachable_reason") or
+                                                                            p["last_error"] or "no session yet"),
                                "check that UDP 4787 is open between the hosts and the peer's engine runs"))
     return out
 

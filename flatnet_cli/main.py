@@ -220,7 +220,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     drops = {k: v for k, v in st["drops"].items() if v}
     print(f"node      {st['node']}\nsubnet    {st['subnet']} (network {st['network']})\n"
           f"listen    udp/{st['listen_port']}  tun {st['tun']}  bridge {st['bridge']}\n"
-          f"uptime    {st['uptime']} s\npeers     {st['peers_up']} up / {st['peers']} known\n"
+          f"uptime    {st['uptime']} s\npeers     {st['peers_up']} up / {st['peers']} known"
+          + (f", unreachable: {', '.join(st['peers_unreachable'])}" if st.get("peers_unreachable") else "") + "\n"
           f"drops     {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}\n"
           f"cert      expires in {st['cert_expires_in_days']} days")
     bl = st.get("blocklist")
@@ -244,7 +245,7 @@ def cmd_peers(a: argparse.Namespace) -> int:
               r["endpoint"] or "-",
               f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
               _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"],
-              r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
+              r.get("unreachable_reason") or r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)] if table else [len(h) for h in header]
     for row in [header] + table:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
@@ -413,25 +414,6 @@ def cmd_lighthouse_status(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_gateway(a: argparse.Namespace) -> int:
-    from flatnet_cli import gateway
-    if a.sub == "stop":
-        gateway.stop(a.prefix, nginx=a.nginx)
-        print(f"gateway in {a.prefix} stopped")
-        return 0
-    tls = None
-    if a.tls_listen:
-        cert, key = (a.tls_cert, a.tls_key) if a.tls_cert else gateway.self_signed(a.prefix)
-        tls = (a.tls_listen, cert, key)
-    conf = gateway.render(a.prefix, a.listen, a.engine_socket, tls=tls, load_modules=not a.no_load_modules)
-    if a.sub == "run":
-        gateway.start(a.prefix, nginx=a.nginx)
-        print(f"gateway started: nginx -p {a.prefix} (listen {a.listen}{', ' + a.tls_listen + ' TLS' if tls else ''})")
-    else:
-        print(conf)
-    return 0
-
-
 def cmd_systemd(a: argparse.Namespace) -> int:
     from flatnet_cli import units
     if a.sub == "render":
@@ -533,22 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     lhs.add_argument("--json", action="store_true", help="machine-readable output")
     lhs.add_argument("--socket", default=LIGHTHOUSE_SOCKET, help="the lighthouse's control socket")
     lhs.set_defaults(fn=cmd_lighthouse_status)
-    gw = sub.add_parser("gateway", help="the HTTP gateway (nginx + gateway-lua) on this host").add_subparsers(
-        dest="sub", required=True, metavar="ACTION")
-    for name, what in (("render", "write PREFIX/nginx.conf only"), ("run", "write the config and start nginx"),
-                       ("stop", "stop the nginx started with this prefix")):
-        gp = gw.add_parser(name, help=what)
-        gp.add_argument("--prefix", default="/var/lib/flatnet-gateway", help="nginx's prefix: config, logs, pid")
-        gp.add_argument("--nginx", default="/usr/sbin/nginx", help="the nginx (or OpenResty) binary")
-        if name != "stop":
-            gp.add_argument("--listen", default="0.0.0.0:80", help="HTTP address, IP:PORT")
-            gp.add_argument("--engine-socket", default=DEFAULT_SOCKET, help="the engine's control socket")
-            gp.add_argument("--tls-listen", help="also serve HTTPS on this IP:PORT")
-            gp.add_argument("--tls-cert", help="certificate for --tls-listen (default: a self-signed one)")
-            gp.add_argument("--tls-key", help="key of --tls-cert")
-            gp.add_argument("--no-load-modules", action="store_true",
-                            help="OpenResty: the Lua module is built in, load no Debian modules")
-        gp.set_defaults(fn=cmd_gateway)
+    from flatnet_cli import gateway
+    gateway.add_commands(sub)
     sd = sub.add_parser("systemd", help="systemd units for this installation").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     for name, what in (("install", "write the units and reload systemd"), ("uninstall", "stop and remove them"),

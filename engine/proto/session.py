@@ -146,6 +146,15 @@ class PeerSession:
         if self.pending is None:
             self._start(now)
 
+    def probe(self, now: float) -> None:
+        """Path liveness (engine.proto.liveness) wants an answer now: a new initiation,
+        even when one is out, whose retry timer may have backed off to 8 s."""
+        p = self.pending
+        if p is None:
+            self._start(now)
+        else:
+            self._send_initiation(now, started=p.started, delay=HANDSHAKE_RETRY_FIRST)
+
     def note_traffic(self, last_tx: float | None, last_rx: float | None) -> None:
         """Times of the last data sent and received, from the data path's counters."""
         if last_tx is not None and (self.last_tx is None or last_tx > self.last_tx):

@@ -4,7 +4,7 @@
 local here = arg[0]:match("^(.*)/spec/run%.lua$") or "."
 package.path = here .. "/lib/?.lua;" .. package.path
 
-local files = { "router_spec", "config_spec", "gateway_spec", "names_spec" }
+local files = { "router_spec", "config_spec", "gateway_spec", "names_spec", "health_spec" }
 local passed, failed = 0, 0
 for _, f in ipairs(files) do
     local cases = dofile(here .. "/spec/" .. f .. ".lua")

@@ -1,9 +1,14 @@
 -- Background work of one worker (worker 0): the route table from the engine's service
 -- registry (GET /routes on its control socket, every second: a change is live within
--- 2 s), and health checks of every upstream (a TCP connect, every second).
+-- 2 s), and health checks of every upstream (a TCP connect, every second; see
+-- flatnet.health). The engine marks an overlay upstream whose host it cannot reach
+-- ("down": the reason, from its path liveness): that reason is what the check reports
+-- when its own connect fails too. The connect decides: the moment the path carries
+-- packets again the upstream is back, without waiting for the engine to notice.
 
 local cjson = require "cjson.safe"
 local config = require "flatnet.config"
+local health = require "flatnet.health"
 
 local ngx = ngx
 local format = string.format
@@ -11,6 +16,15 @@ local format = string.format
 local _M = {}
 
 local function http_get(sock_path, path, timeout_ms)
+    -- nginx logs a failed connect() to a missing unix socket at "crit", once a
+    -- second while the engine is stopped: look first (opening a socket file fails
+    -- with ENXIO, a missing one with ENOENT)
+    local f, ferr = io.open(sock_path, "r")
+    if f then
+        f:close()
+    elseif ferr and ferr:find("No such file", 1, true) then
+        return nil, "cannot reach the engine at " .. sock_path .. ": no such socket (is flatnet-engine running?)"
+    end
     local sock = ngx.socket.tcp()
     sock:settimeout(timeout_ms or 1000)
     local ok, err = sock:connect("unix:" .. sock_path)
@@ -73,28 +87,38 @@ local function refresh_routes(opts)
     end
 end
 
-local function check(dict, addr, timeout_ms)
+local function check(dict, addr, timeout_ms, engine_says)
     local host, port = addr:match("^(.+):(%d+)$")
     local sock = ngx.socket.tcp()
     sock:settimeout(timeout_ms)
-    local ok = sock:connect(host, tonumber(port))
+    local ok, err = sock:connect(host, tonumber(port))
     if ok then
         sock:close()
-        dict:delete("down:" .. addr)
+        health.up(dict, addr)
     else
-        dict:set("down:" .. addr, true, 10)
+        health.down(dict, addr, engine_says or format("health check: connect %s", err or "failed"))
     end
 end
 
-local function health(opts)
+local function check_all(opts)
     local dict = ngx.shared[opts.dict]
-    local routes = config.validate(cjson.decode(dict:get("routes") or "{}") or {}) or {}
+    local raw = cjson.decode(dict:get("routes") or "{}") or {}
+    local routes = config.validate(raw) or {}
+    -- the engine's reason for an upstream on a host it cannot reach (not kept by validate)
+    local engine_says = {}
+    for _, r in ipairs(type(raw.routes) == "table" and raw.routes or {}) do
+        for _, u in ipairs(type(r) == "table" and type(r.upstreams) == "table" and r.upstreams or {}) do
+            if type(u) == "table" and type(u.addr) == "string" and type(u.down) == "string" then
+                engine_says[u.addr] = printable(u.down)
+            end
+        end
+    end
     local seen, threads = {}, {}
     for _, r in ipairs(routes) do
         for _, u in ipairs(r.upstreams) do
             if not seen[u.addr] then
                 seen[u.addr] = true
-                threads[#threads + 1] = ngx.thread.spawn(check, dict, u.addr, opts.check_timeout)
+                threads[#threads + 1] = ngx.thread.spawn(check, dict, u.addr, opts.check_timeout, engine_says[u.addr])
             end
         end
     end
@@ -117,7 +141,7 @@ function _M.start(opts)
             return
         end
         refresh_routes(opts)
-        health(opts)
+        check_all(opts)
     end
     ngx.timer.at(0, tick)
     ngx.timer.every(opts.interval, tick)

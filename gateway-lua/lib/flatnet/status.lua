@@ -19,7 +19,9 @@ function _M.api(opts)
     for _, r in ipairs(config.validate(doc) or {}) do
         local ups = {}
         for _, u in ipairs(r.upstreams) do
-            ups[#ups + 1] = { addr = u.addr, kind = u.kind, healthy = dict:get("down:" .. u.addr) == nil }
+            local why = dict:get("down:" .. u.addr)
+            ups[#ups + 1] = { addr = u.addr, kind = u.kind, healthy = why == nil,
+                              down_reason = type(why) == "string" and why or nil }
         end
         services[#services + 1] = { service = r.service, host = r.host, prefix = r.prefix, node = r.node,
                                     upstreams = ups }
@@ -77,7 +79,7 @@ async function tick(){
     document.getElementById("peers").innerHTML=rows;
     rows="<tr><th>service</th><th>host</th><th>node</th><th>upstreams</th></tr>";
     for(const s of (Array.isArray(d.services)?d.services:[])){
-      const ups=s.upstreams.map(u=>`<span class="${u.healthy?"ok":"bad"}">${esc(u.addr)} (${esc(u.kind)}, ${u.healthy?"healthy":"down"})</span>`).join("<br>");
+      const ups=s.upstreams.map(u=>`<span class="${u.healthy?"ok":"bad"}">${esc(u.addr)} (${esc(u.kind)}, ${u.healthy?"healthy":"down"+(u.down_reason?": "+esc(u.down_reason):"")})</span>`).join("<br>");
       rows+=`<tr><td>${esc(s.service)}</td><td>${esc(s.host)}${esc(s.prefix&&s.prefix!=="/"?s.prefix:"")}</td><td>${esc(s.node||"")}</td><td>${ups}</td></tr>`;}
     document.getElementById("services").innerHTML=rows;
     rows="<tr><th>service</th><th>host</th><th>where</th><th>reason</th></tr>";

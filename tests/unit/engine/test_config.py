@@ -16,6 +16,7 @@ def test_defaults():
     c = parse(BASE, "/etc/flatnet/config.toml")
     assert str(c.network) == "10.87.0.0/16" and c.listen_port == 4787 and c.tun_name == "flatnet0"
     assert str(c.subnet) == "10.87.1.0/24" and c.control_socket == "/run/flatnet/engine.sock"
+    assert c.dead_after == 3.0 and parse(BASE + "[liveness]\ndead_after = 5\n").dead_after == 5.0
 
 
 def test_peers():
@@ -25,6 +26,9 @@ def test_peers():
 
 @pytest.mark.parametrize("extra, words", [
     ("[tun]\nmtu = 100\n", "tun.mtu"),
+    ("[liveness]\ndead_after = 0.5\n", "liveness.dead_after: 0.5; expected seconds, 1 to 60"),
+    ("[liveness]\ndead_after = \"3s\"\n", "liveness.dead_after: '3s'; expected seconds"),
+    ("[liveness]\ndead_afer = 3\n", "liveness.dead_afer: unknown key"),
     ("[tun]\nmoderation_us = -1\n", "tun.moderation_us: -1 is outside 0..10000"),
     ("[tun]\nmoderation_us = 20000\n", "tun.moderation_us: 20000 is outside"),
     ("[tun]\nmoderation_us = \"fast\"\n", "tun.moderation_us: expected int"),

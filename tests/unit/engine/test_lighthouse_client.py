@@ -111,6 +111,27 @@ def test_a_peer_message_for_ourselves_or_a_foreign_subnet_is_refused():
     assert not dev.peers and client.errors == 2
 
 
+def test_a_direct_path_that_died_falls_back_to_the_relay_at_once():
+    ca, dev, lh, client, leases = setup()
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 0.0)
+    b = ca.identity("host-b")
+    client.on_message(lh, wire.encode("peer", name="host-b", cert=b.cert.raw, subnet="10.87.7.0/24",
+                                      endpoints=[("203.0.113.9", 40000)], local=[("172.16.2.2", 4787)]),
+                      ("192.0.2.254", 4787), 1.0)
+    peer = dev.peers["host-b"]
+    peer.session.current = object()  # connected directly
+    client.handle_timer(2.0)
+    assert not dev.relays
+    client.on_path_dead(peer, 30.0)
+    [(name, addr, relay_id, reason)] = dev.relays
+    assert name == "host-b" and reason == "the direct path stopped answering"
+    assert client.next_probe["host-b"] == 30.0 + DIRECT_RETRY
+    client.on_path_dead(peer, 31.0)  # already relayed: nothing more
+    client.on_path_dead(lh, 31.0)    # a lighthouse is never relayed through itself
+    assert len(dev.relays) == 1
+
+
 def test_service_refusals_from_the_lighthouse_reach_the_services_api(tmp_path):
     """The lighthouse refuses a taken name per service (error service_refused, after the
     lease): the engine lists it with the reason and does not route it; a later lease
