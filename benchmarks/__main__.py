@@ -1,4 +1,4 @@
-"""python -m benchmarks {cni,fastpath,tunnel,lighthouse,gateway,soak,flood} [options]"""
+"""python -m benchmarks {cni,podman5,fastpath,tunnel,lighthouse,gateway,soak,flood,fuzz} [options]"""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,14 @@ import sys
 
 SUITES = {
     "cni": "benchmarks.bench_cni",
+    "podman5": "benchmarks.bench_podman5",
     "fastpath": "benchmarks.bench_fastpath",
     "tunnel": "benchmarks.bench_tunnel",
     "lighthouse": "benchmarks.bench_lighthouse",
     "gateway": "benchmarks.bench_gateway",
     "soak": "benchmarks.bench_soak",
     "flood": "benchmarks.bench_flood",
+    "fuzz": "benchmarks.bench_fuzz",
 }
 
 

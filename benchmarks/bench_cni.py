@@ -20,7 +20,8 @@ def call(plugin: str, command: str, conf: dict, cid: str, netns: str) -> float:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
            "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": PLUGIN_DIR}
     t0 = time.perf_counter()
-    proc = subprocess.run([os.path.join(PLUGIN_DIR, plugin)], input=json.dumps(conf).encode(),
+    exe = plugin if os.path.isabs(plugin) else os.path.join(PLUGIN_DIR, plugin)
+    proc = subprocess.run([exe], input=json.dumps(conf).encode(),
                           env=env, capture_output=True, timeout=30)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -28,7 +29,7 @@ def call(plugin: str, command: str, conf: dict, cid: str, netns: str) -> float:
     return elapsed
 
 
-def plugin_latency(n: int, tmp: str, tag: str) -> dict:
+def plugin_latency(n: int, tmp: str, tag: str, flatnet: str = "flatnet") -> dict:
     confs = {
         "flatnet": {"cniVersion": "1.0.0", "name": f"bf{tag}", "type": "flatnet", "bridge": f"bf{tag}",
                     "subnet": "10.87.244.0/24", "dataDir": f"{tmp}/fl"},
@@ -44,7 +45,7 @@ def plugin_latency(n: int, tmp: str, tag: str) -> dict:
             subprocess.run(["ip", "netns", "add", ns], check=True)
             namespaces.append(ns)
             for name, conf in confs.items():  # interleaved: noise hits both alike
-                plugin = conf["type"]
+                plugin = flatnet if name == "flatnet" else conf["type"]
                 cid = uuid.uuid4().hex
                 results[name]["add"].append(call(plugin, "ADD", conf, cid, f"/run/netns/{ns}"))
                 results[name]["del"].append(call(plugin, "DEL", conf, cid, f"/run/netns/{ns}"))
@@ -93,13 +94,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("-n", type=int, default=50, help="ADD/DEL calls per plugin (>= 50)")
     p.add_argument("--podman-runs", type=int, default=10)
     p.add_argument("--json", help="write the numbers here")
+    p.add_argument("--flatnet", default="flatnet",
+                   help="the flatnet plugin to time (default: the installed one in /usr/lib/cni); "
+                        "e.g. a wrapper running a worktree's code")
     a = p.parse_args(argv)
     if not os.path.exists(os.path.join(PLUGIN_DIR, "bridge")):
         raise SystemExit("reference plugins missing: apt-get install containernetworking-plugins")
     tag = uuid.uuid4().hex[:4]
     tmp = tempfile.mkdtemp(prefix="fnbench-")
     try:
-        lat = plugin_latency(a.n, tmp, tag)
+        lat = plugin_latency(a.n, tmp, tag, a.flatnet)
         run = podman_run_time(a.podman_runs, tmp, tag) if a.podman_runs else {}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,8 +1,9 @@
 """ADD, DEL, CHECK, STATUS and GC.
 
-Rules: ADD registers an undo right after acquiring each resource (Undo) and
-keeps them only when the whole command succeeded; DEL is idempotent and best-effort
-(the netns may be gone, the veth may be gone, DEL may come twice); CHECK compares
+Rules: ADD and DEL are the CNI protocol around cni.core (shared with the netavark
+plugin): ADD registers an undo right after acquiring each resource (Undo) and keeps
+them only when the whole command succeeded; DEL is idempotent and best-effort (the
+netns may be gone, the veth may be gone, DEL may come twice); CHECK compares
 prevResult with the live state. The shared bridge is host infrastructure: ADD
 creates it once and DEL never removes it (docs/cni.md).
 """
@@ -12,83 +13,39 @@ import errno
 import os
 
 from cni import ipam
-from cni.conf import NetConf, parse_lease
-from cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NO_LEASE, NOT_AVAILABLE
-from cni.ipv4 import Subnet, format_ip
+from cni.conf import NetConf
+from cni.core import attach, detach, resolve_lease, with_netns
+from cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NOT_AVAILABLE
+from cni.ipv4 import format_ip
 from cni.netlink import Netlink
-from cni.netns import (VETH_PREFIX, attach_to_bridge, configure_container, create_veth, delete_link,
-                       enable_ip_forwarding, ensure_bridge, find_host_veth, free_host_veth_name,
-                       legacy_veth_name, netlink_in, open_netns, parse_owner, veth_owner)
+from cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in, open_netns,
+                       parse_owner, veth_owner)
 from cni.result import add_result, container_ip
 from cni.skel import CmdArgs
 from cni.store import FileStore
 from cni.undo import Undo
 
 
-def resolve_lease(conf: NetConf, store: FileStore) -> tuple[Subnet, int]:
-    """The subnet to allocate from: the conflist's, else the engine's lease file, else
-    the last lease this host used (so containers start while the engine is down)."""
-    if conf.subnet is not None:
-        assert conf.gateway is not None
-        return conf.subnet, conf.gateway
-    try:
-        with open(conf.lease_file) as f:
-            text = f.read()
-    except FileNotFoundError:
-        cached = store.read_cached_lease()
-        if cached is None:
-            raise CniError(NO_LEASE, f"no subnet lease: {conf.lease_file} does not exist and this host "
-                           "has never had a lease",
-                           "start flatnet-engine (it writes the lease), or set \"subnet\" in the "
-                           "conflist for standalone single-host mode") from None
-        return parse_lease(cached, store.dir + "/lease.json")
-    except OSError as exc:
-        raise CniError(NO_LEASE, f"cannot read lease file {conf.lease_file}: {exc.strerror}") from None
-    lease = parse_lease(text, conf.lease_file)
-    store.cache_lease(text)
-    return lease
-
-
 def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
-    netns_fd = open_netns(args.netns)
-    try:
-        with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl, \
-                netlink_in(netns_fd) as cnl, Undo() as undo:
-            subnet, gateway = resolve_lease(conf, store)
-            held = store.get_by_id(args.container_id, args.ifname)
-            ip = ipam.allocate(store, subnet, gateway, args.container_id, args.ifname)
-            if held != ip:
-                undo.callback(store.release, ip)
-            bridge = ensure_bridge(nl, conf.bridge, subnet, gateway, conf.mtu)
-            # a repeated ADD, or a container that died without DEL: re-plumb from scratch;
-            # a veth of another container under a similar name is never touched
-            old = find_host_veth(nl, args.container_id, args.ifname)
-            if old is not None:
-                delete_link(nl, old.name)
-            host_name = free_host_veth_name(nl, args.container_id, args.ifname)
-            host = create_veth(nl, host_name, args.ifname, netns_fd, conf.mtu,
-                               veth_owner(args.container_id, args.ifname))
-            undo.callback(delete_link, nl, host_name)
-            attach_to_bridge(nl, host, bridge)
-            container = configure_container(cnl, args.ifname, ip, subnet, gateway)
-            enable_ip_forwarding()
-            host = nl.link_get(host_name) or host
-            bridge = nl.link_get(conf.bridge) or bridge
-            result = add_result(conf.cni_version, bridge=(bridge.name, bridge.mac),
-                                host=(host.name, host.mac), container=(args.ifname, container.mac),
-                                sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway)
-            undo.pop_all()
-            return result
-    finally:
-        os.close(netns_fd)
+    with with_netns(args.netns) as netns_fd, FileStore(conf.data_dir, conf.name) as store, \
+            Netlink() as nl, Undo() as undo:
+        subnet, gateway = resolve_lease(conf, store)
+        held = store.get_by_id(args.container_id, args.ifname)
+        ip = ipam.allocate(store, subnet, gateway, args.container_id, args.ifname)
+        if held != ip:
+            undo.callback(store.release, ip)
+        made = attach(conf, nl, netns_fd, args.container_id, args.ifname, ip,
+                      subnet, gateway, undo)
+        result = add_result(conf.cni_version, bridge=(made.bridge.name, made.bridge.mac),
+                            host=(made.host.name, made.host.mac),
+                            container=(args.ifname, made.container.mac),
+                            sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway)
+        undo.pop_all()
+        return result
 
 
 def cmd_del(args: CmdArgs, conf: NetConf) -> None:
-    with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl:
-        host = find_host_veth(nl, args.container_id, args.ifname)
-        if host is not None:
-            delete_link(nl, host.name)
-        store.release_by_id(args.container_id, args.ifname)
+    detach(conf, args.container_id, args.ifname)
     return None
 
 

@@ -22,7 +22,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD 
 IFLA_IFALIAS = 20
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
@@ -211,7 +211,7 @@ class Netlink:
 
     # ---- routes
     def route_add(self, dst: int, prefix: int, *, gateway: int | None = None,
-                  oif: int | None = None) -> None:
+                  oif: int | None = None, metric: int | None = None) -> None:
         scope = RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK
         body = _RTMSG.pack(socket.AF_INET, prefix, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
         if prefix:
@@ -220,6 +220,8 @@ class Netlink:
             body += attr(RTA_GATEWAY, ip_bytes(gateway))
         if oif is not None:
             body += attr_u32(RTA_OIF, oif)
+        if metric is not None:
+            body += attr_u32(RTA_PRIORITY, metric)
         self.request(RTM_NEWROUTE, F_ACK | F_CREATE | F_EXCL, body)
 
     def routes(self) -> list[tuple[int, int, int | None, int]]:

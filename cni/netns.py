@@ -173,7 +173,11 @@ def attach_to_bridge(nl: Netlink, host: Link, bridge: Link) -> None:
         raise _kernel(f"cannot attach {host.name} to {bridge.name}", exc) from None
 
 
-def configure_container(cnl: Netlink, ifname: str, ip: int, subnet: Subnet, gateway: int) -> Link:
+def configure_container(cnl: Netlink, ifname: str, ip: int, subnet: Subnet, gateway: int,
+                        mac: bytes | None = None, metric: int | None = None) -> Link:
+    """Address, link up and a default route via the gateway. `mac` is set before the link
+    goes up. With `metric`, the default route is added beside any the container already
+    has (a second network: `podman network connect`); without it, as the only one."""
     link = cnl.link_get(ifname)
     if link is None:
         raise CniError(VETH_FAILURE, f"{ifname} did not appear in the container namespace")
@@ -181,12 +185,14 @@ def configure_container(cnl: Netlink, ifname: str, ip: int, subnet: Subnet, gate
         lo = cnl.link_get("lo")
         if lo is not None and not lo.up:
             cnl.link_set(lo.index, up=True)
+        if mac is not None:
+            cnl.link_set(link.index, mac=mac)
         cnl.addr_add(link.index, ip, subnet.prefix, subnet.broadcast)
         cnl.link_set(link.index, up=True)
-        cnl.route_add(0, 0, gateway=gateway, oif=link.index)
+        cnl.route_add(0, 0, gateway=gateway, oif=link.index, metric=metric)
     except NetlinkError as exc:
         raise _kernel(f"cannot configure {ifname} in the container", exc) from None
-    return link
+    return (cnl.link_get(ifname) or link) if mac is not None else link
 
 
 def delete_link(nl: Netlink, name: str) -> bool:

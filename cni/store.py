@@ -8,6 +8,8 @@ operator who knows that one can read this one):
                             freed address is not handed out again at once)
     lease.json              the last lease this host used (survives reboots, so
                             containers start while the engine is still down)
+    names/<ip>              (netavark plugin) the container's name and aliases, one a
+                            line, for a resolver; removed with the address
 Files live on disk, so reservations survive reboots.
 """
 from __future__ import annotations
@@ -82,10 +84,20 @@ class FileStore:
         return freed
 
     def release(self, ip: int) -> None:
-        try:
-            os.unlink(self._path(format_ip(ip)))
-        except FileNotFoundError:
-            pass
+        for path in (self._path(format_ip(ip)), self._path("names/" + format_ip(ip))):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def set_names(self, ip: int, names: list[str]) -> None:
+        """names/<ip>: the container's name and aliases, one a line, for the engine's resolver
+        (netavark passes them; released with the address)."""
+        os.makedirs(self._path("names"), exist_ok=True)
+        tmp = self._path(f"names/{format_ip(ip)}.tmp")
+        with open(tmp, "w") as f:
+            f.write("".join(n + "\n" for n in names))
+        os.replace(tmp, self._path("names/" + format_ip(ip)))
 
     def last_reserved(self) -> int | None:
         try:

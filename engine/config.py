@@ -58,6 +58,7 @@ class Config:
     offloads: bool = True
     spin: bool = True
     moderation_us: int = 100
+    compact_cipher: bool = True
     log_level: str = "info"
     log_format: str = "text"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
@@ -89,7 +90,7 @@ _KNOWN = {
     "pki": {"ca", "cert", "key", "blocklist"},
     "network": {"cidr", "subnet"},
     "listen": {"host", "port", "socket_buffer"},
-    "tun": {"name", "mtu", "offloads", "spin", "moderation_us"},
+    "tun": {"name", "mtu", "offloads", "spin", "moderation_us", "compact_cipher"},
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
     "log": {"level", "format"},
@@ -283,7 +284,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),
         tun_name=_ifname(get("tun", "name", str, "flatnet0"), where("tun.name")), mtu=mtu,
         offloads=get("tun", "offloads", bool, True), spin=get("tun", "spin", bool, True),
-        moderation_us=moderation,
+        moderation_us=moderation, compact_cipher=get("tun", "compact_cipher", bool, True),
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),

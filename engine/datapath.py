@@ -26,6 +26,7 @@ DROP_REASONS = {
     lib.FN_DROP_FIREWALL: "firewall", lib.FN_DROP_VERSION: "wrong_version",
     lib.FN_DROP_RESERVED: "reserved_not_zero", lib.FN_DROP_MAC1: "bad_mac1",
     lib.FN_DROP_COOKIE: "under_load_cookie_sent",
+    lib.FN_DROP_DESTINATION: "destination_not_allowed",
 }
 IO_COUNTERS = {
     lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",
@@ -88,6 +89,11 @@ class DataPath:
             self._check(lib.fn_peer_set(self.ctx, slot, 0, lib.FN_NO_SUBNET), "set peer")
         else:
             self._check(lib.fn_peer_set(self.ctx, slot, int(subnet.network_address), subnet.prefixlen), "set peer")
+
+    def set_local(self, subnet: ipaddress.IPv4Network) -> None:
+        """This host's lease: decrypted packets to any other destination are dropped
+        (counted as destination_not_allowed). Until set, all of them are."""
+        self._check(lib.fn_set_local(self.ctx, int(subnet.network_address), subnet.prefixlen), "set local subnet")
 
     def route_unpend(self, route: int) -> None:
         """Let packets to this overlay /24 be reported again (its owner was not found)."""
@@ -160,6 +166,17 @@ class DataPath:
         """Handshake messages per second from everyone together before the data path
         asks for cookies (mac2); 0: always (tests)."""
         lib.fn_set_handshake_limit(self.ctx, per_second)
+
+    @staticmethod
+    def set_compact_cipher(on: bool) -> None:
+        """Packets under 256 bytes sealed and opened by the compact ChaCha20-Poly1305
+        (aead_small.c) or, off, by libsodium like the rest. The output is the same;
+        one switch for the whole process."""
+        lib.fn_set_compact_cipher(int(on))
+
+    @staticmethod
+    def compact_cipher() -> bool:
+        return bool(lib.fn_compact_cipher())
 
     def set_spin(self, on: bool) -> None:
         lib.fn_set_spin(self.ctx, int(on))

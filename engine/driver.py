@@ -81,6 +81,7 @@ class Engine:
         """Kernel state and the lease file for the CNI plugin, for this host's /24."""
         c = self.config
         self.subnet = subnet
+        self.dp.set_local(subnet)  # decrypted packets may go to this lease only
         gateway = subnet.network_address + 1
         # pyroute2's sync API runs its own event loop: call it from a worker thread
         await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, subnet, c.bridge)
@@ -164,8 +165,10 @@ class Engine:
         self.dp.set_spin(c.spin)
         self.dp.set_moderation(c.moderation_us)
         self.dp.set_tun_uso(uso)
+        self.dp.set_compact_cipher(c.compact_cipher)
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin,
-                         "moderation_us": c.moderation_us}
+                         "moderation_us": c.moderation_us,
+                         "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium"}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
                              dead_after=c.dead_after)
@@ -230,6 +233,8 @@ class Engine:
         self._apply_firewall(new)
         self.dp.set_moderation(new.moderation_us)  # a value read every pass: safe to change live
         self.offloads["moderation_us"] = new.moderation_us
+        self.dp.set_compact_cipher(new.compact_cipher)  # both ciphers give the same bytes: safe live
+        self.offloads["cipher"] = "compact+libsodium" if self.dp.compact_cipher() else "libsodium"
         if me.cert.raw != self.me.cert.raw:
             if me.static_private != self.me.static_private:
                 self.config = old

@@ -51,7 +51,8 @@ class EngineCollector(Collector):
             "tx_packets": CounterMetricFamily("flatnet_peer_tx_packets", "Packets sent to the peer", labels=labels),
             "rx_packets": CounterMetricFamily("flatnet_peer_rx_packets", "Packets received from the peer", labels=labels),
             "rx_dropped": CounterMetricFamily("flatnet_peer_rx_dropped", "Packets from the peer dropped (replay, "
-                                              "authentication, source not allowed)", labels=labels),
+                                              "authentication, source or destination not allowed, "
+                                              "firewall)", labels=labels),
             "handshakes": CounterMetricFamily("flatnet_peer_handshakes", "Completed handshakes", labels=labels),
             "rekeys": CounterMetricFamily("flatnet_peer_rekeys", "Rekeys started", labels=labels),
         }

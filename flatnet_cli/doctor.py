@@ -1,7 +1,8 @@
 """flatnet doctor: check a host end to end and explain each problem in plain words,
 with the fix. Exit status 1 when something is wrong.
 
-Checks: kernel (TUN, IP forwarding), Podman (CNI backend, plugin, network), the
+Checks: kernel (TUN, IP forwarding), Podman (CNI on Podman 4 or netavark on Podman 5:
+backend, plugin, network), the
 engine (answers, lease, TUN route, bridge), the lighthouses, the path to each peer,
 and optionally a gateway."""
 from __future__ import annotations
@@ -38,15 +39,26 @@ def check_kernel() -> list[Finding]:
     return out
 
 
-def check_podman(plugin_dir: str = "/usr/lib/cni", net_dir: str = "/etc/cni/net.d") -> list[Finding]:
-    out = []
+def _podman_backend() -> str:
     try:
-        backend = subprocess.run(["podman", "info", "--format", "{{.Host.NetworkBackend}}"], capture_output=True,
-                                 text=True, timeout=30).stdout.strip()
+        return subprocess.run(["podman", "info", "--format", "{{.Host.NetworkBackend}}"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        backend = "unavailable"
-    out.append(Finding(backend == "cni", "Podman network backend", f"Podman uses {backend or 'unknown'}",
-                       'set network_backend = "cni" in /etc/containers/containers.conf (scripts/install.sh does)'))
+        return "unavailable"
+
+
+def check_podman(plugin_dir: str = "/usr/lib/cni", net_dir: str = "/etc/cni/net.d",
+                 netavark_dir: str = "/usr/local/libexec/netavark", backend: str | None = None,
+                 lease_file: str | None = None) -> list[Finding]:
+    """Podman 4 uses CNI (the CNI plugin and a conflist); Podman 5 uses netavark (the
+    netavark plugin and a `flatnet` network of driver flatnet). Either is fine."""
+    backend = _podman_backend() if backend is None else backend
+    ok = backend in ("cni", "netavark")
+    out = [Finding(ok, "Podman network backend", f"Podman uses {backend or 'unknown'}",
+                   "run the installer (python3 -m cni.install_netavark): it configures CNI for Podman 4 "
+                   "and netavark for Podman 5")]
+    if backend == "netavark":
+        return out + _check_netavark(netavark_dir, lease_file)
     plugin = os.path.join(plugin_dir, "flatnet")
     ok = os.access(plugin, os.X_OK)
     detail = f"{plugin} is installed" if ok else f"{plugin} is missing"
@@ -60,6 +72,43 @@ def check_podman(plugin_dir: str = "/usr/lib/cni", net_dir: str = "/etc/cni/net.
     ok = raw is not None and '"1.0.0"' in raw
     out.append(Finding(ok, "flatnet network", f"{conflist} {'is in place' if ok else 'is missing or not cniVersion 1.0.0'}",
                        "run scripts/install.sh (Podman 4.3 needs cniVersion 1.0.0)"))
+    return out
+
+
+def _check_netavark(plugin_dir: str, lease_file: str | None) -> list[Finding]:
+    out = []
+    plugin = os.path.join(plugin_dir, "flatnet")
+    ok = os.access(plugin, os.X_OK)
+    detail = f"{plugin} is missing"
+    if ok:
+        proc = subprocess.run([plugin, "info"], input=b"", capture_output=True, timeout=30)
+        ok = proc.returncode == 0 and b'"api_version"' in proc.stdout
+        detail = "the plugin answers info" if ok else f"the plugin fails: {proc.stdout.decode()[:200]}"
+    out.append(Finding(ok, "netavark plugin", detail,
+                       "run the installer; it also lists the directory in containers.conf.d "
+                       "(netavark_plugin_dirs)"))
+    try:
+        proc = subprocess.run(["podman", "network", "inspect", "flatnet"], capture_output=True, text=True, timeout=30)
+        net = json.loads(proc.stdout)[0] if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        net = None
+    if net is None or net.get("driver") != "flatnet":
+        out.append(Finding(False, "flatnet network", "Podman has no network 'flatnet' of driver flatnet",
+                           "start flatnet-engine (it writes the lease), then run the installer again"))
+        return out
+    subnet = (net.get("subnets") or [{}])[0].get("subnet", "?")
+    detail = f"network flatnet uses {subnet}"
+    ok = True
+    raw = _read(lease_file) if lease_file and (net.get("options") or {}).get("subnet_source") == "lease" else None
+    if raw:
+        try:
+            leased = json.loads(raw).get("subnet")
+        except ValueError:
+            leased = None
+        if leased and leased != subnet:
+            ok, detail = False, f"network flatnet uses {subnet} but this host's lease is {leased}"
+    out.append(Finding(ok, "flatnet network", detail,
+                       "stop its containers, podman network rm flatnet, and run the installer again"))
     return out
 
 
@@ -124,7 +173,7 @@ def check_gateway(url: str) -> list[Finding]:
 
 
 def run(socket: str, lease_file: str, gateway: str | None, podman: bool) -> tuple[list[Finding], int]:
-    findings = check_kernel() + (check_podman() if podman else [])
+    findings = check_kernel() + (check_podman(lease_file=lease_file) if podman else [])
     engine_findings, _, peers = check_engine(socket, lease_file)
     findings += engine_findings + check_peers(peers)
     if gateway:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
-from cni import install_podman
+from cni import install_netavark, install_podman
 
 MANIFEST = "flatnet-install.json"
 SCRIPTS = ("flatnet", "flatnet-engine", "flatnet-lighthouse", "flatnet-cni")
@@ -46,6 +46,7 @@ class Roots:
     completion: str = ""
     made_dirs: list[str] = field(default_factory=list)
     group_created: bool = False
+    netavark_files: list[str] = field(default_factory=list)  # Podman 5: plugin, drop-in, network
 
 
 def code_root() -> str:
@@ -88,11 +89,13 @@ def install(roots: Roots) -> list[str]:
         roots.links = [link for link in old.links if os.path.islink(link)]
         roots.completion = old.completion
         roots.made_dirs = old.made_dirs
+        roots.netavark_files = old.netavark_files
     dropin_dir = os.path.dirname(install_podman.dropin_path(roots.containers_dir))
     for d in (roots.bin_dir, roots.plugin_dir, roots.net_dir, dropin_dir, roots.completion_dir):
         if not os.path.isdir(d) and d not in roots.made_dirs:
             roots.made_dirs.append(d)
     log = install_podman.install(roots.containers_dir, roots.plugin_dir, roots.net_dir, python, code_root())
+    log += _netavark(roots, python)
     os.makedirs(roots.bin_dir, exist_ok=True)
     for name in SCRIPTS:
         link, target = os.path.join(roots.bin_dir, name), os.path.join(prefix, "bin", name)
@@ -128,6 +131,21 @@ def install(roots: Roots) -> list[str]:
     return log
 
 
+def _netavark(roots: Roots, python: str) -> list[str]:
+    """Podman 5 has no CNI: the netavark plugin, its drop-in and the `flatnet` network
+    (docs/podman5.md). Only for the host's own Podman (the default containers root)."""
+    major = install_netavark.podman_major("/")
+    if major is None or major < 5 or os.path.abspath(roots.containers_dir) != "/etc/containers":
+        return []
+    lines = install_netavark.install("/", python, code_root(), major=major)
+    for path in (os.path.join(install_netavark.PLUGIN_DIR, "flatnet"),
+                 os.path.join(install_netavark.CONF_D, install_netavark.DROP_IN),
+                 os.path.join(install_netavark.NETWORKS_DIR, f"{install_netavark.NETWORK}.json")):
+        if os.path.exists(path) and path not in roots.netavark_files:
+            roots.netavark_files.append(path)
+    return lines
+
+
 def uninstall(prefix: str, keep_venv: bool = False) -> list[str]:
     prefix = os.path.abspath(prefix)
     roots = load(prefix)
@@ -137,6 +155,10 @@ def uninstall(prefix: str, keep_venv: bool = False) -> list[str]:
 
     log = units.remove(roots.unit_dir)
     log += install_podman.uninstall(roots.containers_dir, roots.plugin_dir, roots.net_dir)
+    for path in roots.netavark_files:
+        if os.path.exists(path):
+            os.unlink(path)
+            log.append(f"removed {path}")
     for link in roots.links:
         if os.path.islink(link) and os.readlink(link).startswith(prefix + os.sep):
             os.unlink(link)

@@ -64,7 +64,7 @@ class Lab:
                  lighthouse: bool = False,
                  nat: dict[int, str] | None = None, gateways: bool = False,
                  groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None,
-                 lighthouses: int = 1) -> None:
+                 lighthouses: int = 1, compact_cipher: dict[int, bool] | None = None) -> None:
         """lighthouse: hosts find each other and take their /24 through a lighthouse
         (no static peers); nat: {host index: "cone" | "random"} puts that host behind
         a router namespace doing MASQUERADE (random: --random-fully)."""
@@ -74,6 +74,7 @@ class Lab:
         self.gateways = gateways
         self.groups = groups or {}              # host index -> certificate groups
         self.extra_config = extra_config or {}  # host index -> TOML appended to its config
+        self.compact_cipher = compact_cipher or {}  # host index -> [tun] compact_cipher
         self.lighthouse = lighthouse
         self.nat = nat or {}
         self.n_lighthouses = lighthouses if lighthouse else 0
@@ -292,6 +293,7 @@ class Lab:
             "[listen]", f"port = {PORT}", "[tun]", f"mtu = {self.mtu}",
             f"offloads = {'true' if self.offloads else 'false'}", f"spin = {'true' if self.spin else 'false'}",
             f"moderation_us = {self.moderation_us}",
+            f"compact_cipher = {'true' if self.compact_cipher.get(h.index, True) else 'false'}",
             "[paths]", f'run_dir = "{h.dir}/run"', f'state_dir = "{h.dir}/state"',
         ]
         # lab hosts share the machine's Podman: they must not publish its containers

@@ -222,6 +222,7 @@ def cmd_status(a: argparse.Namespace) -> int:
           f"listen    udp/{st['listen_port']}  tun {st['tun']}  bridge {st['bridge']}\n"
           f"uptime    {st['uptime']} s\npeers     {st['peers_up']} up / {st['peers']} known"
           + (f", unreachable: {', '.join(st['peers_unreachable'])}" if st.get("peers_unreachable") else "") + "\n"
+          f"cipher    {st.get('offloads', {}).get('cipher', '?')}\n"
           f"drops     {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}\n"
           f"cert      expires in {st['cert_expires_in_days']} days")
     bl = st.get("blocklist")

@@ -50,6 +50,7 @@ def test_engine_metrics_pass_promtool_and_say_what_happened(lab):
     assert re.search(r'flatnet_peer_path\{path="direct-LAN",peer="%s"\} 1.0' % b.name, body)
     assert re.search(r'flatnet_cni_operations_total\{command="ADD",network="flatnet",result="ok"\} 1.0', body)
     assert 'flatnet_drops_total{reason="replay"}' in body
+    assert 'flatnet_drops_total{reason="destination_not_allowed"}' in body
     assert "flatnet_cert_expiry_seconds" in body
 
 

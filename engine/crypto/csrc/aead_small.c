@@ -183,18 +183,24 @@ static int open_(uint8_t *buf, size_t len, const uint8_t *ad, size_t adlen, cons
     return bad ? -1 : 0;
 }
 
+/* `[tun] compact_cipher = false`: libsodium for every length. One switch for the
+ * process (an engine has one data path), read once per packet. */
+static int compact_on = 1;
+void fn_set_compact_cipher(int on) { __atomic_store_n(&compact_on, on != 0, __ATOMIC_RELAXED); }
+int fn_compact_cipher(void) { return __atomic_load_n(&compact_on, __ATOMIC_RELAXED); }
+
 /* ---- the one place that decides which code seals and opens a length; the header
  * before the payload is the associated data (a changed type, index or counter fails) */
 void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
     uint8_t *buf = pkt + FN_HEADER;
-    if (ptlen < AEAD_SMALL_MAX) seal(buf, ptlen, pkt, FN_HEADER, nonce, key);
+    if (ptlen < AEAD_SMALL_MAX && fn_compact_cipher()) seal(buf, ptlen, pkt, FN_HEADER, nonce, key);
     else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, pkt, FN_HEADER, NULL, nonce, key);
 }
 
 int aead_open(uint8_t *pkt, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
     uint8_t *buf = pkt + FN_HEADER;
     if (len < FN_TAG) return -1;
-    if (len - FN_TAG < AEAD_SMALL_MAX) return open_(buf, len, pkt, FN_HEADER, nonce, key);
+    if (len - FN_TAG < AEAD_SMALL_MAX && fn_compact_cipher()) return open_(buf, len, pkt, FN_HEADER, nonce, key);
     return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, pkt, FN_HEADER, nonce, key);
 }
 

@@ -49,6 +49,10 @@ int fn_replay_accept(fn_replay *r, uint64_t c) {
 }
 
 /* ---- context */
+/* aligned_alloc wants a size that is a multiple of the alignment (C11; ASan refuses
+ * others, glibc happens to accept them) */
+static void *alloc64(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
+
 fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     if (overlay_prefix < 8 || overlay_prefix > 24 || mtu < 576 || mtu > 9000) return NULL;
     fn_ctx *ctx = calloc(1, sizeof(*ctx));
@@ -63,14 +67,15 @@ fn_ctx *fn_new(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu) {
     ctx->overlay_net = overlay_net & ctx->overlay_mask;
     ctx->mtu = mtu;
     ctx->rl_global_rate = RL_GLOBAL;
-    ctx->stride = (FN_HEADER + mtu + FN_TAG + 63) & ~63u;
+    /* a receive slot without UDP GRO: a full-size packet may come wrapped in a relay header */
+    ctx->stride = (RELAY_HEADER + FN_HEADER + mtu + FN_TAG + 63) & ~63u;
     for (int i = 0; i < ROUTE_ENTRIES; i++) ctx->route[i] = -1;
-    ctx->stage = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
-    ctx->out_arena = aligned_alloc(64, OUT_ARENA);
-    ctx->in_arena = aligned_alloc(64, (size_t)GRO_SLOT * GRO_SLOTS);
+    ctx->stage = alloc64(VNET_HDR_LEN + MAX_SUPER + 64);
+    ctx->out_arena = alloc64(OUT_ARENA);
+    ctx->in_arena = alloc64((size_t)GRO_SLOT * GRO_SLOTS);
     if (!ctx->stage || !ctx->out_arena || !ctx->in_arena) { fn_free(ctx); return NULL; }
     for (int i = 0; i < GRO_ITEMS; i++) {
-        ctx->gro[i].buf = aligned_alloc(64, VNET_HDR_LEN + MAX_SUPER + 64);
+        ctx->gro[i].buf = alloc64(VNET_HDR_LEN + MAX_SUPER + 64);
         if (!ctx->gro[i].buf) { fn_free(ctx); return NULL; }
     }
     for (int i = 0; i < HOLD_SLOTS; i++) {
@@ -128,6 +133,19 @@ void fn_set_handshake_limit(fn_ctx *ctx, uint32_t per_second) {
     ctx->rl_global_rate = per_second;
     ctx->rl_global.last_ns = 0;  /* refilled to the new burst at the next message */
     pthread_mutex_unlock(&ctx->rx_lock);
+}
+
+/* This host's lease: a decrypted packet goes to the TUN only when its destination lies
+ * inside it. A peer may otherwise reach whatever this host routes (its LAN, other
+ * bridges, 169.254.169.254). Until it is set, every decrypted packet is dropped. */
+int fn_set_local(fn_ctx *ctx, uint32_t subnet, uint32_t prefix) {
+    if (prefix > 24 || route_index(ctx, subnet) < 0) return -EINVAL;
+    pthread_mutex_lock(&ctx->rx_lock);
+    ctx->local_mask = prefix_mask(prefix);
+    ctx->local_net = subnet & ctx->local_mask;
+    ctx->local_valid = 1;
+    pthread_mutex_unlock(&ctx->rx_lock);
+    return 0;
 }
 
 void fn_io_stats(fn_ctx *ctx, uint64_t *out) {

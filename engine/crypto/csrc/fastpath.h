@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 14
+#define FN_VERSION 15
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
@@ -25,7 +25,7 @@
 #define FN_BATCH 64
 #define FN_REPLAY_WORDS 64
 #define FN_CTRL_MAX 1500
-#define FN_NDROPS 20
+#define FN_NDROPS 21
 
 #define FN_DROP_SHORT 0
 #define FN_DROP_TYPE 1
@@ -47,6 +47,7 @@
 #define FN_DROP_RESERVED 17         /* bytes 2-3 not zero */
 #define FN_DROP_MAC1 18             /* a handshake message without our mac1 */
 #define FN_DROP_COOKIE 19           /* under load, no valid mac2: answered with a cookie */
+#define FN_DROP_DESTINATION 20      /* decrypted, but not for this host's lease */
 #define FN_FW_MAX_RULES 64
 
 #define FN_NIO 13
@@ -109,6 +110,9 @@ void fn_set_tun_uso(fn_ctx *ctx, int on);
 void fn_set_relay_mode(fn_ctx *ctx, int on);
 void fn_set_identity(fn_ctx *ctx, const uint8_t *static_public);
 void fn_set_handshake_limit(fn_ctx *ctx, uint32_t per_second);
+int fn_set_local(fn_ctx *ctx, uint32_t subnet, uint32_t prefix);
+void fn_set_compact_cipher(int on);
+int fn_compact_cipher(void);
 int fn_route_unpend(fn_ctx *ctx, int route);
 int fn_firewall_set(fn_ctx *ctx, int default_allow, const uint8_t *protos, const uint16_t *port_lo,
                     const uint16_t *port_hi, const uint64_t *groups, const uint32_t *nets, const uint32_t *masks,

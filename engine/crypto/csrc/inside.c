@@ -188,7 +188,7 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
         uint8_t *dgram = ctx->out_arena + b->pos, *inner = dgram + wrap;
         uint32_t seglen;
         if (count > 1 || (h && h->gso_type != VNET_GSO_NONE)) {
-            seglen = tso_segment(pkt, len, h, i, inner + FN_HEADER);
+            seglen = tso_segment(pkt, len, h, i, inner + FN_HEADER, ctx->mtu);  /* the room reserved */
         } else {
             if (len > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; return 0; }
             memcpy(inner + FN_HEADER, pkt, len);

@@ -134,6 +134,8 @@ struct fn_ctx {
     pthread_mutex_t tx_lock, rx_lock;
     volatile int stop;
     uint32_t overlay_net, overlay_mask;
+    uint32_t local_net, local_mask;        /* this host's lease: where decrypted packets may go */
+    int local_valid;                       /* 0 until fn_set_local: every packet is dropped */
     uint32_t mtu, stride;
     int vnet, udp_gso, udp_gro;            /* offloads in use (fn_set_offloads) */
     int spin;                              /* fn_set_spin */
@@ -242,7 +244,8 @@ typedef struct {
 } vnet_hdr_t;
 void vnet_parse(const uint8_t *raw, vnet_hdr_t *h);
 uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
-uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out);
+/* 0 when the segment is malformed or longer than `room` (nothing written then) */
+uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out, uint32_t room);
 int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
 
 /* inside.c */
@@ -250,6 +253,8 @@ int help_inside(fn_ctx *ctx, int tun_fd, int udp_fd);
 
 /* outside.c */
 int help_outside(fn_ctx *ctx, int udp_fd, int tun_fd);
+int outside_buffer(fn_ctx *ctx, int tun_fd, uint8_t *base, uint32_t total, uint32_t seg,
+                   const struct sockaddr_storage *from, socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room);
 void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd);
 
 /* idle.c */

@@ -64,8 +64,10 @@ uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h) {
     return payload == 0 ? 1 : (payload + h->gso_size - 1) / h->gso_size;
 }
 
-/* segment i of a GSO super-packet, as a complete IPv4 packet with checksums */
-uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out) {
+/* segment i of a GSO super-packet, as a complete IPv4 packet with checksums, written
+ * to `out` only when it fits in `room` bytes (gso_size comes from the vnet header) */
+uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out,
+                     uint32_t room) {
     uint32_t ihl, hl;
     int proto = gso_layout(pkt, len, h, &ihl, &hl);
     if (proto < 0) return 0;
@@ -73,6 +75,7 @@ uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint
     uint32_t count = payload == 0 ? 1 : (payload + mss - 1) / mss;
     if (i >= count) return 0;
     uint32_t n = payload - off < mss ? payload - off : mss;
+    if (hl + n > room) return 0;
     memcpy(out, pkt, hl);
     memcpy(out + hl, pkt + hl + off, n);
     /* IPv4: length, id, header checksum */
@@ -118,6 +121,9 @@ int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t
     }
     uint32_t count = tso_count(pkt, len, &h);
     if (count == 0 || (int)count > max) return -1;
-    for (uint32_t i = 0; i < count; i++) lens[i] = tso_segment(pkt, len, &h, i, out + (size_t)i * stride);
+    for (uint32_t i = 0; i < count; i++) {
+        lens[i] = tso_segment(pkt, len, &h, i, out + (size_t)i * stride, stride);
+        if (lens[i] == 0) return -1;  /* a segment longer than a slot */
+    }
     return (int)count;
 }

@@ -3,7 +3,8 @@
  *   poll(UDP) -> recvmmsg (with UDP GRO on, each buffer may hold many datagrams of one
  *   size, cut at the size the kernel reports) -> per datagram: type -> receiver index
  *   -> replay pre-check -> open in place -> replay update -> the inner source must lie
- *   in the peer's subnet (cryptokey routing) -> gro.c joins TCP segments of a flow
+ *   in the peer's subnet (cryptokey routing), the destination in this host's lease,
+ *   the inbound firewall (firewall.c) lets it in -> gro.c joins TCP segments of a flow
  *   into super-packets -> write(TUN).
  *   Every datagram starts type · version · reserved (zero): another version or
  *   reserved bits are counted drops. Handshakes (also inside type 5) pass the
@@ -128,8 +129,14 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     }
     if (ptlen == 0) return made;  /* keepalive */
     if (ptlen < 20 || (ip[0] >> 4) != 4) { ctx->drops_out[FN_DROP_NOTIPV4]++; return made; }
-    if ((get_be32(ip + 12) & p->mask) != p->subnet) {
+    /* a peer without a subnet (mask /32, subnet 0) owns no address, not even 0.0.0.0 */
+    if (p->mask == 0xffffffffu || (get_be32(ip + 12) & p->mask) != p->subnet) {
         ctx->drops_out[FN_DROP_SOURCE]++;
+        p->rx_dropped++;
+        return made;
+    }
+    if (!ctx->local_valid || (get_be32(ip + 16) & ctx->local_mask) != ctx->local_net) {
+        ctx->drops_out[FN_DROP_DESTINATION]++;
         p->rx_dropped++;
         return made;
     }
@@ -141,6 +148,21 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     p->rx_packets++;
     p->rx_bytes += ptlen;
     gro_receive(ctx, tun_fd, ip, ptlen);
+    return made;
+}
+
+/* One receive buffer: with UDP GRO, datagrams of `seg` bytes back to back (the last may
+ * be shorter). Returns how many control items it produced. */
+int outside_buffer(fn_ctx *ctx, int tun_fd, uint8_t *base, uint32_t total, uint32_t seg,
+                   const struct sockaddr_storage *from, socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room) {
+    int made = 0;
+    if (total == 0) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
+    if (seg == 0) seg = total;
+    for (uint32_t off = 0; off < total; off += seg) {
+        uint32_t len = total - off < seg ? total - off : seg;
+        ctx->io[FN_IO_UDP_DGRAMS_IN]++;
+        made += receive(ctx, tun_fd, base + off, len, from, fromlen, now, ctrl + made, room - made, NOT_RELAYED);
+    }
     return made;
 }
 
@@ -174,7 +196,6 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
     int64_t now = fn_now_ns();
     ctx->batch_id++;
     for (int i = 0; i < n; i++) {
-        uint8_t *base = iov[i].iov_base;
         uint32_t total = msgs[i].msg_len, seg = total;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
             if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
@@ -183,13 +204,10 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
                 if (g > 0) seg = (uint32_t)g;
             }
         }
-        if (total == 0) { ctx->drops_out[FN_DROP_SHORT]++; continue; }
-        for (uint32_t off = 0; off < total; off += seg) {
-            uint32_t len = total - off < seg ? total - off : seg;
-            ctx->io[FN_IO_UDP_DGRAMS_IN]++;
-            *nctrl += receive(ctx, tun_fd, base + off, len, &from[i], msgs[i].msg_hdr.msg_namelen, now,
-                              ctrl + *nctrl, max_ctrl - *nctrl, NOT_RELAYED);
-        }
+        /* longer than the slot: cut by the kernel, it cannot authenticate */
+        if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) { ctx->drops_out[FN_DROP_TOO_BIG]++; continue; }
+        *nctrl += outside_buffer(ctx, tun_fd, iov[i].iov_base, total, seg, &from[i], msgs[i].msg_hdr.msg_namelen,
+                                 now, ctrl + *nctrl, max_ctrl - *nctrl);
     }
     gro_flush(ctx, tun_fd);  /* nothing waits past the end of a receive batch */
     cookie_flush(ctx, udp_fd);

@@ -19,6 +19,11 @@ def test_defaults():
     assert c.dead_after == 3.0 and parse(BASE + "[liveness]\ndead_after = 5\n").dead_after == 5.0
 
 
+def test_compact_cipher_is_on_unless_turned_off():
+    assert parse(BASE).compact_cipher is True
+    assert parse(BASE + "[tun]\ncompact_cipher = false\n").compact_cipher is False
+
+
 def test_peers():
     c = parse(BASE + '[[peers]]\nname = "b"\ncert = "/p/b.crt"\nendpoints = ["192.0.2.2:4787"]\nsubnet = "10.87.2.0/24"\n')
     assert c.peers[0].endpoints == (("192.0.2.2", 4787),)
@@ -32,6 +37,8 @@ def test_peers():
     ("[tun]\nmoderation_us = -1\n", "tun.moderation_us: -1 is outside 0..10000"),
     ("[tun]\nmoderation_us = 20000\n", "tun.moderation_us: 20000 is outside"),
     ("[tun]\nmoderation_us = \"fast\"\n", "tun.moderation_us: expected int"),
+    ("[tun]\ncompact_cipher = \"no\"\n", "tun.compact_cipher: expected bool, got 'no'"),
+    ("[tun]\ncompact_cipher = 0\n", "tun.compact_cipher: expected bool, got 0"),
     ("[listen]\nport = 70000\n", "listen.port"),
     ("[listne]\nport = 1\n", "unknown section"),
     ("[tun]\nmtuu = 1\n", "tun.mtuu: unknown key"),

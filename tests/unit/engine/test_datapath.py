@@ -58,9 +58,13 @@ def test_replay_limit_of_messages():
 
 
 # ---- pipelines
+LEASE = ipaddress.IPv4Network("10.87.1.0/24")  # this host's
+
+
 @pytest.fixture
 def dp():
     d = DataPath(NET, 1420)
+    d.set_local(LEASE)
     d.set_peer(1, ipaddress.IPv4Network("10.87.2.0/24"))
     d.add_rx(RX_INDEX, 1, KEY_RX)
     d.set_identity(STATIC_PUBLIC)
@@ -319,3 +323,84 @@ def test_a_flood_of_initiations_is_rate_limited(dp):
     # data keeps flowing meanwhile
     good = ipv4_udp("10.87.2.5", "10.87.1.9", b"still here")
     assert outside(dp, [seal(KEY_RX, RX_INDEX, 99, good)])[0] == [good]
+
+
+# ---- issue 13: what an authenticated peer may send
+@pytest.mark.parametrize("dst", ["169.254.169.254", "192.168.1.10", "172.17.0.2", "127.0.0.1", "10.87.3.4",
+                                 "10.87.2.9", "255.255.255.255"])
+def test_a_peer_cannot_send_outside_this_hosts_lease(dp, dst):
+    """Metadata service, the LAN, other bridges, loopback, other overlay subnets: the
+    peer authenticates, yet the packet is dropped and counted; the lease still works."""
+    evil = ipv4_udp("10.87.2.5", dst, b"evil")
+    good = ipv4_udp("10.87.2.5", "10.87.1.9", b"container")
+    delivered, _ = outside(dp, [seal(KEY_RX, RX_INDEX, 0, evil), seal(KEY_RX, RX_INDEX, 1, good)])
+    assert delivered == [good]
+    assert dp.drops()["destination_not_allowed"] == 1
+    assert dp.stats(1).rx_dropped == 1
+
+
+def test_before_the_lease_is_known_nothing_is_delivered():
+    d = DataPath(NET, 1420)
+    d.set_peer(1, ipaddress.IPv4Network("10.87.2.0/24"))
+    d.add_rx(RX_INDEX, 1, KEY_RX)
+    delivered, _ = outside(d, [seal(KEY_RX, RX_INDEX, 0, ipv4_udp("10.87.2.5", "10.87.1.9", b"early"))])
+    assert delivered == [] and d.drops()["destination_not_allowed"] == 1
+    with pytest.raises(OSError):
+        d.set_local(ipaddress.IPv4Network("192.168.0.0/24"))  # outside the overlay
+
+
+def test_a_peer_without_a_subnet_cannot_inject_even_from_0_0_0_0(dp):
+    """A lighthouse (no lease) has keys but owns no address: 0.0.0.0 matched its
+    'subnet 0 / mask /32' before."""
+    lh_index = 0xABC00007
+    dp.set_peer(7, None)
+    dp.add_rx(lh_index, 7, KEY_TX)
+    packets = [seal(KEY_TX, lh_index, 0, ipv4_udp("0.0.0.0", "10.87.1.9", b"x")),
+               seal(KEY_TX, lh_index, 1, ipv4_udp("10.87.2.5", "10.87.1.9", b"y"))]
+    delivered, _ = outside(dp, packets)
+    assert delivered == [] and dp.drops()["source_not_allowed"] == 2
+
+
+def test_a_relayed_full_size_packet_fits_the_receive_slot_without_udp_gro():
+    """MTU 1440: header + MTU + tag fill 23 slots of 64 bytes exactly, so the 8 bytes of
+    a relay header made the kernel cut the datagram (then: auth_failed)."""
+    d = DataPath(NET, 1440)
+    d.set_local(LEASE)
+    d.set_peer(1, ipaddress.IPv4Network("10.87.2.0/24"))
+    d.add_rx(RX_INDEX, 1, KEY_RX)
+    full = ipv4_udp("10.87.2.5", "10.87.1.9", os.urandom(1440 - 28))
+    relayed = bytes([5, 2, 0, 0]) + (0x0A570200).to_bytes(4, "little") + seal(KEY_RX, RX_INDEX, 0, full)
+    delivered, _ = outside(d, [relayed])
+    assert delivered == [full]
+    assert sum(d.drops().values()) == 0
+
+
+def test_an_oversized_datagram_is_counted_as_too_big_not_as_a_forgery(dp):
+    big = seal(KEY_RX, RX_INDEX, 0, ipv4_udp("10.87.2.5", "10.87.1.9", os.urandom(3000)))
+    outside(dp, [big])
+    assert dp.drops()["too_big"] == 1 and dp.drops()["auth_failed"] == 0
+
+
+def test_a_tso_segment_longer_than_the_mtu_is_dropped_and_never_written_past_its_slot(dp, io):
+    """gso_size comes from the vnet header: a segment of gso_size bytes must not be
+    written into a slot sized for the MTU. The write itself (past the out arena's end
+    when the batch has filled it) shows under ASan: tests/unit/engine/test_fuzz.py."""
+    import struct as st
+    tun_fd, tun_in, udp, peer = io
+    dp.set_offloads(True, False, False)
+    dp.set_endpoint(1, peer.getsockname())
+    dp.set_tx_key(1, KEY_TX, 0x5555)
+    src, dst = socket.inet_aton("10.87.1.2"), socket.inet_aton("10.87.2.2")
+    payload = os.urandom(60_000)
+    tcp = st.pack("!HHIIBBHHH", 40000, 80, 1000, 0, 5 << 4, 0x10, 65535, 0, 0)
+    ip = st.pack("!BBHHHBBH4s4s", 0x45, 0, 0xFFFF, 1, 0x4000, 64, 6, 0, src, dst)
+    events = ffi.new("int32_t[]", 8)
+    tun_in.send(st.pack("<BBHHHH", 0, 1, 40, 20_000, 0, 0) + ip + tcp + payload)
+    lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8)
+    assert dp.drops()["too_big"] == 3
+    assert dp.stats(1).tx_packets == 0
+    # fn_tso_segment refuses segments longer than its slots (it wrote them across slots)
+    out = ffi.new("uint8_t[]", 4 * 1500)
+    lens = ffi.new("uint32_t[]", 4)
+    vnet = st.pack("<BBHHHH", 0, 1, 40, 3000, 0, 0)
+    assert lib.fn_tso_segment(vnet + ip + tcp + payload[:5000], 10 + 40 + 5000, out, 1500, lens, 4) == -1

@@ -28,6 +28,7 @@ GOOD = ipv4_udp("10.87.2.5", "10.87.1.9", b"hello")
 @pytest.fixture
 def dp():
     d = DataPath(NET, 1420)
+    d.set_local(ipaddress.IPv4Network("10.87.1.0/24"))  # this host's lease: GOOD goes to 10.87.1.9
     d.set_peer(1, ipaddress.IPv4Network("10.87.2.0/24"))
     d.add_rx(RX_INDEX, 1, KEY_RX)
     d.set_identity(OURS)
