@@ -119,8 +119,7 @@ def test_a_receiver_accepts_the_transport_vectors(doc):
     """host-b's C receive path with the responder's receive key (= initiator_send_key)."""
     dp = DataPath(vec.NETWORK, 1420)
     dp.set_peer(1, ipaddress.IPv4Network(vec.A_SUBNET))
-    if hasattr(dp, "set_local"):  # branch crobust (pending merge): only packets to our own lease pass
-        dp.set_local(vec.B_SUBNET)
+    dp.set_local(vec.B_SUBNET)  # decrypted packets pass only to this host's own lease
     dp.add_rx(doc["b_sender_index"], 1, doc["initiator_send_key"])
     packets = [doc["transport_keepalive"], doc["transport_control"], doc["transport_data"],
                doc["relayed_data_from_relay"]]
