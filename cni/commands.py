@@ -21,7 +21,7 @@ from cni.netlink import Netlink
 from cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in, open_netns,
                        parse_owner, veth_owner)
 from cni.result import add_result, container_ip
-from cni.skel import CmdArgs
+from cni.args import CmdArgs
 from cni.store import FileStore
 from cni.undo import Undo
 

@@ -24,7 +24,7 @@ ALIAS_PREFIX = "flatnet "
 
 def veth_owner(container_id: str, ifname: str) -> str:
     """The host veth's alias (IFLA_IFALIAS): which attachment owns it. A container id
-    has no '/' (skel.valid_container_id); the kernel keeps at most 255 bytes."""
+    has no '/' (args.valid_container_id); the kernel keeps at most 255 bytes."""
     return f"{ALIAS_PREFIX}{container_id[:200]}/{ifname}"
 
 

@@ -11,55 +11,13 @@ from cni import jsonlite as json
 import os
 
 from cni.conf import SUPPORTED_VERSIONS, load_netconf, parse_version
-from cni.errors import CniError, INVALID_ENV, IO_FAILURE, NOT_ROOT
+from cni.args import validate_env
+from cni.errors import CniError, IO_FAILURE, NOT_ROOT
 from cni.result import version_result
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from typing import BinaryIO, Callable, Mapping, TextIO
-
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-# which variables each verb needs (CNI spec, "Parameters")
-REQUIRED = {
-    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
-    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
-    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
-    "STATUS": (),
-    "GC": (),
-    "VERSION": (),
-}
-
-
-class CmdArgs:
-    def __init__(self, env: "Mapping[str, str]") -> None:
-        self.command = env.get("CNI_COMMAND", "")
-        self.container_id = env.get("CNI_CONTAINERID", "")
-        self.netns = env.get("CNI_NETNS", "")
-        self.ifname = env.get("CNI_IFNAME", "")
-        self.args = env.get("CNI_ARGS", "")
-        self.path = env.get("CNI_PATH", "")
-
-
-def valid_container_id(cid: str) -> bool:
-    return cid[:1].isalnum() and cid.isascii() and all(c in _ID_CHARS for c in cid)
-
-
-def validate_env(env: "Mapping[str, str]") -> CmdArgs:
-    args = CmdArgs(env)
-    if args.command not in REQUIRED:
-        raise CniError(INVALID_ENV, f"unknown CNI_COMMAND {args.command!r}; expected one of "
-                       + ", ".join(REQUIRED))
-    missing = [name for name in REQUIRED[args.command] if not env.get(name)]
-    if missing:
-        raise CniError(INVALID_ENV, f"{args.command} needs environment variable(s) {', '.join(missing)}")
-    if args.container_id and not valid_container_id(args.container_id):
-        raise CniError(INVALID_ENV, f"CNI_CONTAINERID {args.container_id!r} must start with a letter or "
-                       "digit and hold only letters, digits, '_', '.' and '-'")
-    if args.ifname and (len(args.ifname) > 15 or args.ifname in (".", "..")
-                        or any(c in args.ifname for c in "/: \t\n")):
-        raise CniError(INVALID_ENV, f"CNI_IFNAME {args.ifname!r} is not a valid interface name")
-    return args
-
 
 def _count(conf, command: str, result: str) -> None:  # noqa: ANN001
     if command in ("ADD", "DEL", "CHECK") and os.path.isdir(os.path.join(conf.data_dir, conf.name)):

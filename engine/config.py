@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from engine.proto import endpoint
+
 
 class ConfigError(Exception):
     pass
@@ -47,7 +49,7 @@ class Config:
     key: str
     network: ipaddress.IPv4Network
     subnet: ipaddress.IPv4Network | None
-    listen_host: str = "0.0.0.0"
+    listen_host: str = "::"
     listen_port: int = 4787
     tun_name: str = "flatnet0"
     mtu: int = 1420
@@ -68,6 +70,7 @@ class Config:
     podman_labels: bool = True
     metrics_listen: tuple[str, int] | None = None
     cni_data_dir: str = "/var/lib/flatnet/ipam"
+    hosts_file: str = ""  # /etc/hosts-style names for lighthouse endpoints, read before the system resolver
     firewall_default: str = "allow"
     firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
     dead_after: float = 3.0            # [liveness]: a path silent this long while in use is unreachable
@@ -100,6 +103,7 @@ _KNOWN = {
     "liveness": {"dead_after"},
     "peers": None,
     "lighthouses": None,
+    "resolve": {"hosts"},
 }
 
 
@@ -109,17 +113,22 @@ def _ifname(value: object, where: str) -> str:
     return value
 
 
-def _endpoint(value: object, where: str) -> tuple[str, int]:
-    if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(f"{where}: {value!r} is not HOST:PORT")
-    host, _, port = value.rpartition(":")
+def _endpoint(value: object, where: str, names: bool = False) -> tuple[str, int]:
+    """IP:PORT or [IPV6]:PORT (engine.proto.endpoint.parse); names: HOST:PORT too."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {value!r} is not a string \"HOST:PORT\"")
     try:
-        ipaddress.IPv4Address(host)
+        return endpoint.parse(value, names)
+    except endpoint.EndpointError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def listen_host(value: str, where: str) -> str:
+    """An address to listen on: "::" (dual-stack, the default), "0.0.0.0" or one address."""
+    try:
+        return str(ipaddress.ip_address(value))
     except ValueError:
-        raise ConfigError(f"{where}: {host!r} is not an IPv4 address") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{where}: port {port!r} is not 1-65535")
-    return host, int(port)
+        raise ConfigError(f"{where}: {value!r} is not an IP address (\"::\" listens on IPv6 and IPv4)") from None
 
 
 def read_toml(text: str, path: str, known: dict[str, set[str] | None]) -> dict:
@@ -190,9 +199,10 @@ def parse(text: str, path: str = "<config>") -> Config:
             if key not in lh:
                 raise ConfigError(f"{where(w + '.' + key)}: missing")
         if not isinstance(lh["endpoints"], list) or not lh["endpoints"]:
-            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
+            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"HOST:PORT\"")
         lighthouses.append(LighthouseConfig(str(lh["name"]), str(lh["cert"]),
-                                            tuple(_endpoint(e, where(f"{w}.endpoints")) for e in lh["endpoints"])))
+                                            tuple(_endpoint(e, where(f"{w}.endpoints"), names=True)
+                                                  for e in lh["endpoints"])))
     raw_subnet = get("network", "subnet", str, required=not lighthouses)
     subnet = None
     if raw_subnet is not None:
@@ -280,7 +290,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         key=get("pki", "key", str, "/etc/flatnet/pki/host.key"),
         blocklist=get("pki", "blocklist", str, ""),
         network=network, subnet=subnet,
-        listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
+        listen_host=listen_host(get("listen", "host", str, "::"), where("listen.host")), listen_port=port,
         socket_buffer=get("listen", "socket_buffer", int, 8 * 1024 * 1024),
         tun_name=_ifname(get("tun", "name", str, "flatnet0"), where("tun.name")), mtu=mtu,
         offloads=get("tun", "offloads", bool, True), spin=get("tun", "spin", bool, True),
@@ -296,6 +306,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         metrics_listen=_endpoint(doc["metrics"]["listen"], where("metrics.listen"))
         if doc.get("metrics", {}).get("listen") else None,
         cni_data_dir=get("metrics", "cni_data_dir", str, "/var/lib/flatnet/ipam"),
+        hosts_file=get("resolve", "hosts", str, ""),
     )
 
 

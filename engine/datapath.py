@@ -41,14 +41,26 @@ MAX_PEERS = lib.FN_MAX_PEERS
 RX_SLOTS = lib.FN_RX_SLOTS
 
 
-def sockaddr(addr: tuple[str, int]) -> bytes:
+def sockaddr(addr: tuple[str, int], family: int = socket.AF_INET) -> bytes:
+    """The C struct for an endpoint on a socket of `family`: sockaddr_in, or
+    sockaddr_in6 (an IPv4 endpoint as ::ffff:a.b.c.d, which is how a dual-stack socket
+    reports such a sender, so outside.c's same_addr compares like with like). An IPv6
+    endpoint on an IPv4-only socket stays sockaddr_in6: the kernel refuses to send there
+    and the data path counts it (send_failed); the peer's other candidates still work."""
+    if family == socket.AF_INET6 or ":" in addr[0]:
+        raw = socket.inet_pton(socket.AF_INET6, addr[0] if ":" in addr[0] else "::ffff:" + addr[0])
+        return struct.pack("<H", socket.AF_INET6) + struct.pack("!HI", addr[1], 0) + raw + bytes(4)
     return struct.pack("<H", socket.AF_INET) + struct.pack("!H", addr[1]) + socket.inet_aton(addr[0]) + bytes(8)
 
 
 def parse_sockaddr(raw: bytes) -> tuple[str, int] | None:
-    if len(raw) < 8 or struct.unpack_from("<H", raw)[0] != socket.AF_INET:
-        return None
-    return socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+    """An endpoint from a C sockaddr (::ffff:a.b.c.d as a.b.c.d); None if unknown."""
+    if len(raw) >= 8 and struct.unpack_from("<H", raw)[0] == socket.AF_INET:
+        return socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+    if len(raw) >= 24 and struct.unpack_from("<H", raw)[0] == socket.AF_INET6:
+        ip = ipaddress.IPv6Address(raw[8:24])  # the spelling engine.proto.endpoint.address gives
+        return str(ip.ipv4_mapped or ip), struct.unpack_from("!H", raw, 2)[0]
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,12 +85,14 @@ class ControlItem:
 
 
 class DataPath:
-    def __init__(self, network: ipaddress.IPv4Network, mtu: int) -> None:
+    def __init__(self, network: ipaddress.IPv4Network, mtu: int, family: int = socket.AF_INET) -> None:
+        """family: the UDP socket's (engine.io.udp.open_udp), for the endpoints given to C."""
         ctx = lib.fn_new(int(network.network_address), network.prefixlen, mtu)
         if ctx == ffi.NULL:
             raise ValueError(f"data path refuses network {network} / mtu {mtu}")
         self.ctx = ffi.gc(ctx, lib.fn_free)
         self.mtu = mtu
+        self.family = family
         self._threads: list[threading.Thread] = []
         self._stopping = False
 
@@ -103,7 +117,7 @@ class DataPath:
         self._check(lib.fn_peer_remove(self.ctx, slot), "remove peer")
 
     def set_endpoint(self, slot: int, addr: tuple[str, int]) -> None:
-        raw = sockaddr(addr)
+        raw = sockaddr(addr, self.family)
         self._check(lib.fn_peer_endpoint(self.ctx, slot, raw, len(raw)), "set endpoint")
 
     def set_tx_key(self, slot: int, key: bytes, remote_index: int) -> None:

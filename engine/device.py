@@ -217,7 +217,7 @@ class Device:
         peer.path_reason = reason
         self.dp.set_endpoint(peer.slot, relay_addr)
         self.dp.set_relay(peer.slot, relay_id)
-        self.log.info("path_relayed", peer=peer.name, relay=f"{relay_addr[0]}:{relay_addr[1]}", reason=reason)
+        self.log.info("path_relayed", peer=peer.name, relay=endpoints_policy.text(relay_addr), reason=reason)
 
     def relay_allowed(self, addr: tuple[str, int]) -> bool:
         """Whether type-5 packets from `addr` may move a peer's path: it must be an
@@ -237,21 +237,21 @@ class Device:
         why = endpoints_policy.refused(addr)
         if why is not None and addr not in peer.endpoints:
             self.errors["endpoint_refused"] += 1
-            self.log.debug("endpoint_refused", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", reason=why)
+            self.log.debug("endpoint_refused", peer=peer.name, endpoint=endpoints_policy.text(addr), reason=why)
             return
         self._set_endpoint(peer, addr)
 
     def _set_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
         if peer.relay is not None:  # a direct packet came: leave the relay
-            self.log.info("path_direct", peer=peer.name, endpoint=f"{addr[0]}:{addr[1]}", was="relayed")
+            self.log.info("path_direct", peer=peer.name, endpoint=endpoints_policy.text(addr), was="relayed")
             peer.relay = None
             peer.path_reason = "direct path answered"
             self.dp.set_relay(peer.slot, None)
             peer.endpoint = None
         if peer.endpoint != addr:
             if peer.endpoint is not None:
-                self.log.info("peer_endpoint", peer=peer.name, old=f"{peer.endpoint[0]}:{peer.endpoint[1]}",
-                              new=f"{addr[0]}:{addr[1]}")
+                self.log.info("peer_endpoint", peer=peer.name, old=endpoints_policy.text(peer.endpoint),
+                              new=endpoints_policy.text(addr))
             peer.endpoint = addr
             self.dp.set_endpoint(peer.slot, addr)
 
@@ -278,7 +278,7 @@ class Device:
             except RemoteProtocolError as exc:
                 self.errors[exc.reason] += 1
                 self.log.debug("packet_dropped", reason=exc.reason, detail=str(exc),
-                               src=f"{item.addr[0]}:{item.addr[1]}" if item.addr else "-")
+                               src=endpoints_policy.text(item.addr) if item.addr else "-")
 
     def _wrong_version(self, item: ControlItem) -> None:
         """A handshake of another protocol version (the data path dropped and counted
@@ -289,7 +289,7 @@ class Device:
         self.version_noted[item.addr] = version
         while len(self.version_noted) > 1024:
             self.version_noted.popitem(last=False)
-        self.log.warning("peer_wrong_version", src=f"{item.addr[0]}:{item.addr[1]}",
+        self.log.warning("peer_wrong_version", src=endpoints_policy.text(item.addr),
                          theirs="1 or older" if version == 0 else str(version), ours=str(WIRE_VERSION),
                          hint="upgrade both nodes to the same Flatnet release")
 
@@ -448,7 +448,7 @@ class Device:
                     self.dp.remove_rx(event.retired_index)
                 peer.handshake_failures = 0
                 self.log.info("handshake_done", peer=peer.name, role="initiator" if k.initiator else "responder",
-                              endpoint=f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else "-")
+                              endpoint=endpoints_policy.text(peer.endpoint) if peer.endpoint else "-")
             elif isinstance(event, KeysExpired):
                 for index in event.local_indexes:
                     self.dp.remove_rx(index)
@@ -493,7 +493,7 @@ class Device:
             s = peer.session
             rows.append({
                 "name": peer.name, "subnet": str(peer.subnet) if peer.subnet else None,
-                "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
+                "endpoint": endpoints_policy.text(peer.endpoint) if peer.endpoint else None,
                 "state": "unreachable" if peer.live.state is liveness.PathState.UNREACHABLE else s.state.value,
                 "unreachable_reason": peer.live.reason or None, "times_unreachable": peer.live.times_down,
                 "path": self.path_of(peer),

@@ -14,20 +14,22 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 
-from engine import metrics, pki, podman_labels
+from engine import metrics, pki, podman_labels, resolve
 from engine.config import Config
 from engine.datapath import DataPath
 from engine.device import Device
 from engine.io import control, netlink, tun, udp
 from engine.lighthouse_client import LighthouseClient
-from engine.proto import liveness
+from engine.proto import endpoint, liveness
 from engine.proto.revocation import Revocations
 from engine.services import ServiceRegistry
 from engine.log import Logger
 
 STATS_REFRESH = 1.0  # the timer also wakes this often to read the data path's counters
+RESOLVE_EVERY = 5.0  # while a lighthouse given by host name does not answer: look the name up again
 
 
 class Engine:
@@ -114,23 +116,51 @@ class Engine:
         return self._endpoints
 
     def _scan_endpoints(self) -> list[tuple[str, int]]:
-        """This host's own IPv4 addresses a peer might reach: no loopback, no container
-        bridges or veths, no overlay addresses."""
+        """This host's own addresses a peer might reach (IPv6 ones too when the socket is
+        dual-stack): no loopback or link-local, no container bridges or veths, no
+        overlay addresses. IPv4 first: the lighthouse keeps at most MAX_LOCAL."""
         from pyroute2 import IPRoute
         c = self.config
         skip = ("lo", c.tun_name, c.bridge)
         out = []
         with IPRoute() as ipr:
             names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
-            for a in ipr.get_addr(family=2):
+            families = (socket.AF_INET, socket.AF_INET6) if self.sock.family == socket.AF_INET6 else (socket.AF_INET,)
+            for a in [a for family in families for a in ipr.get_addr(family=family)]:
                 name = names.get(a["index"], "")
-                ip = ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS"))
+                ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
                 if name in skip or name.startswith(("fn-", "veth", "cni", "podman", "docker", "virbr")):
                     continue
-                if ip.is_loopback or ip in c.network:
+                if ip.is_loopback or ip.is_link_local or (ip.version == 4 and ip in c.network):
                     continue
                 out.append((str(ip), self.sock.getsockname()[1]))
         return out[:8]
+
+    async def _resolve(self, lh) -> list[tuple[str, int]]:  # noqa: ANN001
+        """A lighthouse's endpoints with host names looked up (engine.resolve)."""
+        ipv6 = self.sock.family == socket.AF_INET6
+        found, errors = await self.loop.run_in_executor(
+            None, resolve.endpoints, lh.endpoints, self.config.hosts_file, ipv6)
+        for e in errors:
+            self.log.warning("lighthouse_unresolved", lighthouse=lh.name, error=e)
+        return found
+
+    async def _watch_lighthouse_names(self, lighthouses: list) -> None:
+        """Look a lighthouse's host names up again while it does not answer (its
+        address may have moved), at most every RESOLVE_EVERY seconds."""
+        named = [lh for lh in lighthouses if resolve.has_names(lh.endpoints)]
+        while not self._stop.is_set():
+            await asyncio.sleep(RESOLVE_EVERY)
+            for lh in named:
+                peer = self.device.peers.get(lh.name)
+                if peer is None or self.lighthouse is None or lh.name in self.lighthouse.registered:
+                    continue
+                found = await self._resolve(lh)
+                if found and found != peer.endpoints:
+                    self.log.info("lighthouse_resolved", lighthouse=lh.name,
+                                  endpoints=",".join(endpoint.text(e) for e in found))
+                    self.device.set_endpoints(peer, found)
+                    self.device.connect(peer, time.monotonic())
 
     def _check_dirs(self) -> None:
         """State and runtime directories must not be writable by others: a local user
@@ -159,7 +189,7 @@ class Engine:
         self.services = ServiceRegistry(os.path.join(c.state_dir, "services.json"), self.me.cert.name, c.domain)
         self.tun_fd, vnet, uso = tun.open_tun(c.tun_name, offloads=c.offloads)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
-        self.dp = DataPath(c.network, c.mtu)
+        self.dp = DataPath(c.network, c.mtu, self.sock.family)
         gso, gro = udp.enable_offloads(self.sock, c.offloads)
         self.dp.set_offloads(vnet, gso, gro)
         self.dp.set_spin(c.spin)
@@ -183,7 +213,8 @@ class Engine:
         self._endpoints = await self.loop.run_in_executor(None, self._scan_endpoints)
         self.lighthouse = None
         if lighthouses:
-            lh_peers = [self.device.add_peer(cert, None, list(lh.endpoints)) for lh, cert in lighthouses]
+            found = [await self._resolve(lh) for lh, _ in lighthouses]
+            lh_peers = [self.device.add_peer(cert, None, eps) for (lh, cert), eps in zip(lighthouses, found)]
             self.device.pinned = {p.name for p in lh_peers}
             self.lighthouse = LighthouseClient(self.device, lh_peers, c.network, self.local_endpoints, self.log,
                                                self._on_lease, self.services, c.gateway_address,
@@ -197,9 +228,11 @@ class Engine:
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
         self.device.start_all(time.monotonic())
         self._arm()
+        if any(resolve.has_names(lh.endpoints) for lh, _ in lighthouses):
+            self.loop.create_task(self._watch_lighthouse_names([lh for lh, _ in lighthouses]))
         await self._apply_subnet(await self._obtain_subnet())
         self.log.info("engine_started", node=self.me.cert.name, subnet=str(self.subnet),
-                      listen=f"{c.listen_host}:{self.sock.getsockname()[1]}", peers=len(peers),
+                      listen=endpoint.text(self.sock.getsockname()[:2]), peers=len(peers),
                       lighthouses=len(lighthouses), tun=c.tun_name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
@@ -330,9 +363,9 @@ class Engine:
     # ---- events from the data path threads
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         try:
-            self.sock.sendto(packet, addr)
+            self.sock.sendto(packet, udp.to_socket(self.sock, addr))
         except OSError as exc:
-            self.log.debug("send_failed", to=f"{addr[0]}:{addr[1]}", error=exc.strerror)
+            self.log.debug("send_failed", to=endpoint.text(addr), error=exc.strerror)
 
     def _on_want(self, slots: list[int]) -> None:
         self.device.on_want(slots, time.monotonic())

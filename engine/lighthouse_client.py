@@ -258,7 +258,7 @@ class LighthouseClient:
         local = endpoints_policy.usable(msg["local"])[0]
         if refused:
             self.device.errors["endpoint_refused"] += len(refused)
-            self.log.warning("endpoints_refused", peer=cert.name, endpoints=",".join(f"{h}:{p}" for h, p in refused))
+            self.log.warning("endpoints_refused", peer=cert.name, endpoints=",".join(endpoints_policy.text(e) for e in refused))
         peer = self.device.peers.get(cert.name)
         if peer is None:
             peer = self.device.add_peer(cert, subnet, endpoints)
@@ -274,5 +274,5 @@ class LighthouseClient:
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),
-                      endpoints=",".join(f"{h}:{p}" for h, p in endpoints))
+                      endpoints=",".join(endpoints_policy.text(e) for e in endpoints))
         self.device.connect(peer, now)

@@ -75,7 +75,8 @@ def load(prefix: str) -> Roots | None:
     return Roots(**{k: v for k, v in doc.items() if k in known})
 
 
-def install(roots: Roots) -> list[str]:
+def install(roots: Roots, parser: argparse.ArgumentParser) -> list[str]:
+    """parser: the `flatnet` command's, for the bash completion script."""
     prefix = os.path.abspath(roots.prefix)
     python = os.path.join(prefix, "bin", "python3")
     missing = [s for s in SCRIPTS if not os.access(os.path.join(prefix, "bin", s), os.X_OK)]
@@ -113,11 +114,10 @@ def install(roots: Roots) -> list[str]:
     comp = os.path.join(roots.completion_dir, "flatnet")
     if not os.path.exists(comp) or roots.completion == comp:
         from flatnet_cli.completion import bash
-        from flatnet_cli.main import build_parser
 
         os.makedirs(roots.completion_dir, exist_ok=True)
         with open(comp, "w") as f:
-            f.write(bash(build_parser()))
+            f.write(bash(parser))
         if roots.completion != comp:
             log.append(f"completion: {comp}")
         roots.completion = comp
@@ -211,7 +211,7 @@ def cmd_install(a: argparse.Namespace) -> int:
         completion_dir=a.completion_dir,
         group=a.group,
     )
-    for line in install(roots):
+    for line in install(roots, a.parser):
         print(f"[install] {line}")
     return 0
 

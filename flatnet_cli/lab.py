@@ -23,6 +23,13 @@ PORT = 4787
 GATEWAY_PORT = 8080
 METRICS_PORT = 9587
 CLIENT_IP = f"{UNDERLAY}.200"  # the underlay bridge's own address: a "LAN client" in the lab
+UNDERLAY6 = "2001:db8:f1a7:"   # Lab(ipv6=True): host i is 2001:db8:f1a7::i, the lighthouse ::fe
+LIGHTHOUSE_NAME = "lighthouse.lab.invalid"  # Lab(lighthouse_by_name=True): the name in the hosts file
+
+
+def hostport(ip: str, port: int) -> str:
+    """An endpoint as configs write it: 192.0.2.1:4787, [2001:db8::1]:4787."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def sh(*cmd: str, ns: str | None = None, check: bool = True, timeout: float = 30,
@@ -64,10 +71,16 @@ class Lab:
                  lighthouse: bool = False,
                  nat: dict[int, str] | None = None, gateways: bool = False,
                  groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None,
-                 lighthouses: int = 1, compact_cipher: dict[int, bool] | None = None) -> None:
+                 lighthouses: int = 1, compact_cipher: dict[int, bool] | None = None,
+                 ipv6: bool = False, lighthouse_by_name: bool = False) -> None:
         """lighthouse: hosts find each other and take their /24 through a lighthouse
         (no static peers); nat: {host index: "cone" | "random"} puts that host behind
-        a router namespace doing MASQUERADE (random: --random-fully)."""
+        a router namespace doing MASQUERADE (random: --random-fully); ipv6: the underlay
+        has IPv6 addresses only (no IPv4 at all; not with nat or more lighthouses);
+        lighthouse_by_name: engines are given the lighthouse as LIGHTHOUSE_NAME:PORT and
+        a hosts file ([resolve] hosts) that maps it."""
+        self.ipv6 = ipv6
+        self.lighthouse_by_name = lighthouse_by_name
         self.offloads = offloads
         self.spin = spin
         self.moderation_us = moderation_us
@@ -87,7 +100,7 @@ class Lab:
         self.network = network
         self.mtu = mtu
         base = network.split(".")[:2]
-        self.hosts = [Host(i, f"{prefix}-h{i}", f"host-{i}", f"{UNDERLAY}.{i}",
+        self.hosts = [Host(i, f"{prefix}-h{i}", f"host-{i}", f"{UNDERLAY6}:{i}" if ipv6 else f"{UNDERLAY}.{i}",
                            f"{base[0]}.{base[1]}.{i}.0/24", os.path.join(self.workdir, f"host-{i}"))
                       for i in range(1, hosts + 1)]
         self.namespaces: list[str] = []
@@ -126,7 +139,10 @@ class Lab:
         self._netns(self.ul_ns)
         sh("ip", "-n", self.ul_ns, "link", "add", "ulbr", "type", "bridge")
         sh("ip", "-n", self.ul_ns, "link", "set", "ulbr", "up")
-        sh("ip", "-n", self.ul_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "ulbr")
+        if self.ipv6:
+            sh("ip", "-n", self.ul_ns, "addr", "add", f"{UNDERLAY6}:c8/64", "dev", "ulbr", "nodad")
+        else:
+            sh("ip", "-n", self.ul_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "ulbr")
         self._pki()
         if self.lighthouse:
             self._start_lighthouse()
@@ -138,7 +154,7 @@ class Lab:
             sh("ip", "link", "add", "ul0", "netns", uplink_ns, "type", "veth", "peer", "name", f"ul-{h.index}",
                "netns", self.ul_ns)
             sh("ip", "-n", self.ul_ns, "link", "set", f"ul-{h.index}", "master", "ulbr", "up")
-            sh("ip", "-n", uplink_ns, "addr", "add", f"{h.underlay_ip}/24", "dev", "ul0")
+            sh("ip", "-n", uplink_ns, "addr", "add", *self._underlay_addr(h.underlay_ip), "dev", "ul0")
             sh("ip", "-n", uplink_ns, "link", "set", "ul0", "mtu", "1500", "up")
             self._write_config(h)
         for h in self.hosts:
@@ -152,6 +168,14 @@ class Lab:
             for h in self.hosts:
                 self.start_gateway(h)
         self.save()
+
+    def _underlay_addr(self, ip: str) -> list[str]:
+        # nodad: usable at once (duplicate address detection would hold it ~2 s)
+        return [f"{ip}/64", "nodad"] if ":" in ip else [f"{ip}/24"]
+
+    @property
+    def lighthouse_ip(self) -> str:
+        return f"{UNDERLAY6}:fe" if self.ipv6 else f"{UNDERLAY}.254"
 
     # ---- gateways (nginx + gateway-lua) on each host's underlay address
     def gateway_prefix(self, h: Host) -> str:
@@ -192,7 +216,7 @@ class Lab:
         sh("ip", "link", "add", "ul0", "netns", self.lh_ns, "type", "veth", "peer", "name", "ul-lh", "netns",
            self.ul_ns)
         sh("ip", "-n", self.ul_ns, "link", "set", "ul-lh", "master", "ulbr", "up")
-        sh("ip", "-n", self.lh_ns, "addr", "add", f"{UNDERLAY}.254/24", "dev", "ul0")
+        sh("ip", "-n", self.lh_ns, "addr", "add", *self._underlay_addr(self.lighthouse_ip), "dev", "ul0")
         sh("ip", "-n", self.lh_ns, "link", "set", "ul0", "up")
         d = os.path.join(self.workdir, "lighthouse")
         os.makedirs(d, exist_ok=True)
@@ -299,12 +323,17 @@ class Lab:
         # lab hosts share the machine's Podman: they must not publish its containers
         lines += ["[gateway]", "podman_labels = false"]
         if self.gateways:
-            lines += [f'lan_address = "{h.underlay_ip}:{GATEWAY_PORT}"']
+            lines += [f'lan_address = "{hostport(h.underlay_ip, GATEWAY_PORT)}"']
         # metrics on the host namespace's own loopback; CNI counters from this host's IPAM dir
         lines += ["[metrics]", f'listen = "127.0.0.1:{METRICS_PORT}"', f'cni_data_dir = "{h.dir}/ipam"']
+        if self.lighthouse and self.lighthouse_by_name:
+            with open(os.path.join(h.dir, "hosts"), "w") as f:
+                f.write(f"# the lab's own names (not the machine's /etc/hosts)\n{self.lighthouse_ip} {LIGHTHOUSE_NAME}\n")
+            lines += ["[resolve]", f'hosts = "{h.dir}/hosts"']
         if self.lighthouse:
+            first = f"{LIGHTHOUSE_NAME}:{PORT}" if self.lighthouse_by_name else hostport(self.lighthouse_ip, PORT)
             lines += ["[[lighthouses]]", 'name = "lighthouse"', f'cert = "{pki}/lighthouse.crt"',
-                      f'endpoints = ["{UNDERLAY}.254:{PORT}"]']
+                      f'endpoints = ["{first}"]']
             for i in range(2, self.n_lighthouses + 1):
                 lines += ["[[lighthouses]]", f'name = "lighthouse-{i}"', f'cert = "{pki}/lighthouse-{i}.crt"',
                           f'endpoints = ["{UNDERLAY}.{255 - i}:{PORT}"]']
@@ -312,7 +341,7 @@ class Lab:
             for o in self.hosts:
                 if o is not h:
                     lines += ["[[peers]]", f'name = "{o.name}"', f'cert = "{pki}/{o.name}.crt"',
-                              f'endpoints = ["{o.underlay_ip}:{PORT}"]', f'subnet = "{o.subnet}"']
+                              f'endpoints = ["{hostport(o.underlay_ip, PORT)}"]', f'subnet = "{o.subnet}"']
         with open(h.config, "w") as f:
             f.write("\n".join(lines) + "\n" + self.extra_config.get(h.index, ""))
 

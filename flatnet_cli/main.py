@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     inst = sub.add_parser("install", help="set up this host around the venv (links, Podman, plugin, group)")
     uninst = sub.add_parser("uninstall", help="remove all that `install` added, the units and the venv")
     install.add_arguments(inst, uninst)
-    inst.set_defaults(fn=install.cmd_install)
+    inst.set_defaults(fn=install.cmd_install, parser=p)  # the completion script is made from it
     uninst.set_defaults(fn=install.cmd_uninstall)
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument("shell", choices=["bash"], help="the shell")

@@ -5,7 +5,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from engine.config import ConfigError, _endpoint, read_file, read_toml
+from engine.config import ConfigError, _endpoint, listen_host, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
           "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl"},
@@ -19,7 +19,7 @@ class LighthouseConfig:
     cert: str
     key: str
     network: ipaddress.IPv4Network
-    listen_host: str = "0.0.0.0"
+    listen_host: str = "::"
     listen_port: int = 4787
     state_dir: str = "/var/lib/flatnet-lighthouse"
     run_dir: str = "/run/flatnet-lighthouse"
@@ -70,7 +70,7 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
         path=path, ca=ca, blocklist=get("pki", "blocklist", str, os.path.join(os.path.dirname(ca), "blocklist.bin")),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/lighthouse.crt"),
         key=get("pki", "key", str, "/etc/flatnet/pki/lighthouse.key"), network=network,
-        listen_host=get("listen", "host", str, "0.0.0.0"), listen_port=port,
+        listen_host=listen_host(get("listen", "host", str, "::"), f"{path}: listen.host"), listen_port=port,
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet-lighthouse"),
         run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, log_format=log_format, ttl=float(ttl),
         metrics_listen=_endpoint(doc["metrics"]["listen"], f"{path}: metrics.listen")

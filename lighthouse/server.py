@@ -17,6 +17,7 @@ from engine.datapath import DataPath
 from engine.device import Device, Peer
 from engine.io import control, udp
 from engine.log import Logger
+from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Revocations
 from lighthouse.config import LighthouseConfig
@@ -45,7 +46,7 @@ class Lighthouse:
         self.leases = LeaseStore(c.database, c.network)
         self.registry = Registry(self.leases, c.ttl, self.revocations)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
-        self.dp = DataPath(c.network, 1420)
+        self.dp = DataPath(c.network, 1420, self.sock.family)
         self.dp.set_relay_mode(True)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
@@ -56,7 +57,7 @@ class Lighthouse:
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
         self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
-                      listen=f"{c.listen_host}:{c.listen_port}", leases=len(self.leases.all()))
+                      listen=endpoints_policy.text(self.sock.getsockname()[:2]), leases=len(self.leases.all()))
         self._tick()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
@@ -70,7 +71,7 @@ class Lighthouse:
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         try:
-            self.sock.sendto(packet, addr)
+            self.sock.sendto(packet, udp.to_socket(self.sock, addr))
         except OSError:
             pass
 
@@ -131,7 +132,7 @@ class Lighthouse:
         now = time.time()
         return {"node": self.device.me.cert.name, "network": str(self.config.network),
                 "uptime": round(time.monotonic() - self.started, 1),
-                "nodes": {n.name: {"subnet": str(n.subnet), "endpoints": [f"{h}:{p}" for h, p in n.endpoints()],
+                "nodes": {n.name: {"subnet": str(n.subnet), "endpoints": [endpoints_policy.text(e) for e in n.endpoints()],
                                    "last_seen": round(now - n.last_seen, 1)} for n in self.registry.nodes.values()},
                 "leases": {name: str(s) for name, s in self.leases.all().items()},
                 "blocklist": {"serial": bl.serial, "names": sorted(bl.names), "fingerprints": sorted(bl.fingerprints)}

@@ -20,6 +20,10 @@ authenticated by the Noise session between the node and the lighthouse).
              of the CA-signed blocklist: data = its bytes [offset, offset + len); the
              node verifies the whole before use; engine.proto.revocation)
 
+An endpoint [ip, port] is an IPv4 address in dotted form or (protocol version 2) an
+IPv6 address as text ("2001:db8::1", at most 45 characters; a mapped ::ffff:a.b.c.d is
+read as a.b.c.d), and a port 1-65535.
+
 Every message is a map with "t" (its type) and "v" (1). decode() checks types and
 sizes and raises RemoteProtocolError for anything else: a malformed message is
 dropped and counted, never trusted. Every field is bounded (limits below; integers
@@ -34,6 +38,7 @@ import ipaddress
 
 import msgpack
 
+from engine.proto import endpoint
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX
 
@@ -55,11 +60,10 @@ def _endpoints(raw: object) -> list[Endpoint]:
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int
                 and 0 < item[1] < 65536):
             raise RemoteProtocolError("bad_control", "bad endpoint")
-        try:
-            ipaddress.IPv4Address(item[0])
-        except ValueError:
+        try:  # IPv4 dotted or IPv6 text (protocol version 2), kept in its canonical spelling
+            out.append((endpoint.address(item[0]), item[1]))
+        except endpoint.EndpointError:
             raise RemoteProtocolError("bad_control", "bad endpoint address") from None
-        out.append((item[0], item[1]))
     return out
 
 

@@ -1,15 +1,31 @@
 """The engine's one UDP socket, with large buffers (the anchors lose packets at the
-208 KiB default)."""
+208 KiB default).
+
+Listening on "::" (the default) gives one dual-stack socket: IPv6 peers and IPv4 peers
+(seen as ::ffff:a.b.c.d) on the same port. On a host with IPv6 turned off it falls
+back to 0.0.0.0. An IPv4 address listens on IPv4 only, an IPv6 one on IPv6 only.
+"""
 from __future__ import annotations
 
+import errno
 import socket
+
+from engine.proto import endpoint
 
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 
 
 def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        if host != "::" or exc.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+            raise
+        host, sock = "0.0.0.0", socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # IPv6 is off on this host
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(host != "::"))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         try:  # root may exceed net.core.rmem_max; others get what the sysctl allows
@@ -20,9 +36,23 @@ def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on UDP {host}:{port}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"cannot listen on UDP {endpoint.text((host, port))}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+def to_socket(sock: socket.socket, addr: endpoint.Endpoint) -> tuple:
+    """The address `sendto` on `sock` takes for an endpoint: an IPv4 endpoint on a
+    dual-stack socket goes as ::ffff:a.b.c.d."""
+    if sock.family == socket.AF_INET6 and ":" not in addr[0]:
+        return "::ffff:" + addr[0], addr[1]
+    return addr
+
+
+def from_socket(addr: tuple) -> endpoint.Endpoint:
+    """An address `recvfrom` returned, as an endpoint (::ffff:a.b.c.d as a.b.c.d)."""
+    host = addr[0]
+    return (host[7:] if host.startswith("::ffff:") and "." in host else host), addr[1]
 
 
 UDP_SEGMENT = 103

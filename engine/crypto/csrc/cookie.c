@@ -13,7 +13,7 @@
  *        with a cookie reply (type 6) and dropped (FN_DROP_COOKIE). A sender that
  *        cannot receive at its address never gets a cookie, so spoofed floods stop here.
  *   cookie = BLAKE2b-128 keyed by a random secret (new every 120 s) over the source
- *   (IPv4 address, port; and the sender's relay id when it came through a relay).
+ *   (IPv4 or IPv6 address, port; and the sender's relay id when it came through a relay).
  *   cookie reply = type 6 header · receiver index · 24-byte nonce ·
  *   XChaCha20-Poly1305(key BLAKE2b-256("cookie--" || our static public key),
  *   AD = the mac1 it answers, plaintext = cookie).
@@ -47,9 +47,33 @@ static void bucket_start(rate_bucket *b, int64_t now, int64_t burst) {
     }
 }
 
+/* the bucket key of a source: its IPv4 address (also when a dual-stack socket reports
+ * it as ::ffff:a.b.c.d), or for IPv6 a keyed hash of its /64 (one site usually holds a
+ * whole /64: counting its addresses apart would give it 2^64 buckets). The hash key is
+ * random, so nobody can pick a /64 that shares a bucket with a given source. */
+static uint32_t source_key(fn_ctx *ctx, const struct sockaddr_storage *from) {
+    if (from->ss_family == AF_INET) return ((const struct sockaddr_in *)from)->sin_addr.s_addr;
+    if (from->ss_family != AF_INET6) return 0;
+    const uint8_t *a = ((const struct sockaddr_in6 *)from)->sin6_addr.s6_addr;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    uint32_t ip;
+    if (memcmp(a, mapped, 12) == 0) {
+        memcpy(&ip, a + 12, 4);
+        return ip;
+    }
+    if (!ctx->rl_keyed) {
+        randombytes_buf(ctx->rl_key, sizeof(ctx->rl_key));
+        ctx->rl_keyed = 1;
+    }
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, a, 8, ctx->rl_key);
+    memcpy(&ip, h, 4);
+    return ip;
+}
+
 /* one token from the source address's bucket */
 int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now) {
-    uint32_t ip = from->ss_family == AF_INET ? ((const struct sockaddr_in *)from)->sin_addr.s_addr : 0;
+    uint32_t ip = source_key(ctx, from);
     rate_bucket *b = &ctx->rl[(ip * 2654435761u) >> 22 & (RL_BUCKETS - 1)];
     if (b->ip != ip || b->last_ns == 0) {
         b->ip = ip;

@@ -73,7 +73,7 @@ typedef struct {
 #define COOKIE_SECRET_NS (120LL * 1000000000LL)
 
 typedef struct {
-    uint32_t ip;
+    uint32_t ip;                      /* cookie.c source_key */
     int64_t milli_tokens, last_ns;
 } rate_bucket;
 
@@ -160,6 +160,8 @@ struct fn_ctx {
                                             * a torn read can only miss an entry) */
     rate_bucket rl[RL_BUCKETS];            /* outside thread only */
     rate_bucket rl_global;
+    uint8_t rl_key[16];                    /* cookie.c source_key: hashes IPv6 /64s (outside thread) */
+    int rl_keyed;
     int64_t rl_global_rate;                /* fn_set_handshake_limit; RL_GLOBAL */
     int under_load;                        /* cookie.c: mac2 wanted */
     rate_bucket rl_cookie;

@@ -144,13 +144,16 @@ def test_a_relayed_data_packet_from_an_address_that_is_no_relay_does_not_move_th
 
 
 @pytest.mark.parametrize("addr", [("127.0.0.1", 22), ("169.254.169.254", 80), ("0.0.0.0", 1), ("224.0.0.1", 9),
-                                  ("255.255.255.255", 9)])
+                                  ("255.255.255.255", 9), ("::1", 22), ("fe80::1", 80), ("ff02::1", 9), ("::", 1),
+                                  ("::ffff:127.0.0.1", 22), ("::ffff:169.254.169.254", 80)])
 def test_a_roam_to_an_address_nobody_should_be_sent_to_is_refused(net, addr):
     before = net.a_state()
     net.to_a(b"", addr, CTRL_ROAM, net.pb.slot)
     assert net.a_state() == before and net.a.errors["endpoint_refused"] == 1
     net.to_a(b"", ("10.1.2.3", 4787), CTRL_ROAM, net.pb.slot)  # a private LAN address is fine
     assert net.pb.endpoint == ("10.1.2.3", 4787)
+    net.to_a(b"", ("fd00::3", 4787), CTRL_ROAM, net.pb.slot)  # and an IPv6 unique-local one
+    assert net.pb.endpoint == ("fd00::3", 4787)
 
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
