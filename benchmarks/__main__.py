@@ -1,4 +1,4 @@
-"""python -m benchmarks {cni,podman5,fastpath,tunnel,lighthouse,gateway,soak,flood,fuzz} [options]"""
+"""python -m benchmarks {cni,podman5,fastpath,tunnel,lighthouse,gateway,soak,flood,fuzz,relay} [options]"""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,7 @@ SUITES = {
     "soak": "benchmarks.bench_soak",
     "flood": "benchmarks.bench_flood",
     "fuzz": "benchmarks.bench_fuzz",
+    "relay": "benchmarks.bench_relay",
 }
 
 

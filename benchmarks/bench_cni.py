@@ -29,14 +29,20 @@ def call(plugin: str, command: str, conf: dict, cid: str, netns: str) -> float:
     return elapsed
 
 
-def plugin_latency(n: int, tmp: str, tag: str, flatnet: str = "flatnet") -> dict:
+def plugin_latency(n: int, tmp: str, tag: str, flatnet: str = "flatnet", compare: str | None = None,
+                   warm: str = "") -> dict:
     confs = {
         "flatnet": {"cniVersion": "1.0.0", "name": f"bf{tag}", "type": "flatnet", "bridge": f"bf{tag}",
-                    "subnet": "10.87.244.0/24", "dataDir": f"{tmp}/fl"},
+                    "subnet": "10.87.244.0/24", "dataDir": f"{tmp}/fl", "warmSocket": warm},
         "bridge+host-local": {"cniVersion": "1.0.0", "name": f"br{tag}", "type": "bridge", "bridge": f"br{tag}",
                               "isGateway": True, "ipam": {"type": "host-local", "subnet": "10.87.245.0/24",
                                                           "dataDir": f"{tmp}/hl"}},
     }
+    plugins = {"flatnet": flatnet, "bridge+host-local": "bridge"}
+    if compare:  # another build of the plugin (e.g. before a change), in the same interleaved run
+        confs["flatnet (compare)"] = {**confs["flatnet"], "name": f"bc{tag}", "bridge": f"bc{tag}",
+                                      "subnet": "10.87.248.0/24", "dataDir": f"{tmp}/fc", "warmSocket": ""}
+        plugins["flatnet (compare)"] = compare
     results: dict = {name: {"add": [], "del": []} for name in confs}
     namespaces = []
     try:
@@ -45,7 +51,7 @@ def plugin_latency(n: int, tmp: str, tag: str, flatnet: str = "flatnet") -> dict
             subprocess.run(["ip", "netns", "add", ns], check=True)
             namespaces.append(ns)
             for name, conf in confs.items():  # interleaved: noise hits both alike
-                plugin = flatnet if name == "flatnet" else conf["type"]
+                plugin = plugins[name]
                 cid = uuid.uuid4().hex
                 results[name]["add"].append(call(plugin, "ADD", conf, cid, f"/run/netns/{ns}"))
                 results[name]["del"].append(call(plugin, "DEL", conf, cid, f"/run/netns/{ns}"))
@@ -97,20 +103,30 @@ def main(argv: list[str]) -> int:
     p.add_argument("--flatnet", default="flatnet",
                    help="the flatnet plugin to time (default: the installed one in /usr/lib/cni); "
                         "e.g. a wrapper running a worktree's code")
+    p.add_argument("--compare", help="a second flatnet plugin executable (e.g. the code before a change), "
+                   "timed in the same interleaved run")
+    p.add_argument("--warm", default="", metavar="SOCKET",
+                   help="the flatnet row uses the warm daemon on SOCKET (flatnet-cni-warm --socket SOCKET); "
+                        "default: the cold path (warmSocket \"\"); the --compare row is always cold")
     a = p.parse_args(argv)
     if not os.path.exists(os.path.join(PLUGIN_DIR, "bridge")):
         raise SystemExit("reference plugins missing: apt-get install containernetworking-plugins")
     tag = uuid.uuid4().hex[:4]
     tmp = tempfile.mkdtemp(prefix="fnbench-")
     try:
-        lat = plugin_latency(a.n, tmp, tag, a.flatnet)
+        lat = plugin_latency(a.n, tmp, tag, a.flatnet, a.compare, a.warm)
         run = podman_run_time(a.podman_runs, tmp, tag) if a.podman_runs else {}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = [[name, f"{v['add']['p50_ms']:.1f}", f"{v['add']['p95_ms']:.1f}", f"{v['del']['p50_ms']:.1f}",
-             f"{v['del']['p95_ms']:.1f}", f"{run[name]['p50_ms']:.0f}" if run else "-"] for name, v in lat.items()]
+             f"{v['del']['p95_ms']:.1f}", f"{run[name]['p50_ms']:.0f}" if name in run else "-"] for name, v in lat.items()]
     print(table(["plugin", "ADD p50 ms", "ADD p95 ms", "DEL p50 ms", "DEL p95 ms", "podman run p50 ms"], rows))
     ratio = lat["flatnet"]["add"]["p50_ms"] / lat["bridge+host-local"]["add"]["p50_ms"]
-    print(f"\nflatnet ADD p50 / reference ADD p50 = {ratio:.2f} (goal <= 2.0), n={a.n}")
+    if a.warm:
+        print(f"(the flatnet row went through the warm daemon on {a.warm})")
+    print(f"\nflatnet ADD p50 / reference ADD p50 = {ratio:.2f} (goal <= 1.5), n={a.n}")
+    if a.compare:
+        print(f"compare ADD p50 / reference ADD p50 = "
+              f"{lat['flatnet (compare)']['add']['p50_ms'] / lat['bridge+host-local']['add']['p50_ms']:.2f}")
     write_json(a.json, "cni", {"plugin": lat, "podman_run": run, "add_ratio": ratio})
     return 0

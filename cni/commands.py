@@ -20,10 +20,46 @@ from cni.ipv4 import format_ip
 from cni.netlink import Netlink
 from cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in, open_netns,
                        parse_owner, veth_owner)
-from cni.result import add_result, container_ip
+from cni import jsonlite as json
+from cni.result import add_result, container_ip, lease_dns
 from cni.args import CmdArgs
 from cni.store import FileStore
 from cni.undo import Undo
+
+
+MAX_ALIASES = 32
+
+
+def _dns(conf: NetConf, store: FileStore) -> dict | None:
+    """The engine's DNS server from its lease (file, else the cached copy); none in
+    standalone mode (docs/cni.md, "Names")."""
+    if conf.subnet is not None:
+        return None
+    try:
+        with open(conf.lease_file) as f:
+            text: str | None = f.read()
+    except OSError:
+        text = store.read_cached_lease()
+    try:
+        return lease_dns(json.loads(text)) if text else None
+    except ValueError:
+        return None
+
+
+def container_names(args: CmdArgs, conf: NetConf) -> list[str]:
+    """The container's name (Podman 4.3 passes CNI_ARGS K8S_POD_NAME) and its network
+    aliases (runtimeConfig.aliases[<network name>], with the `aliases` capability), as
+    the store keeps them (one a line: printable, no spaces)."""
+    found = []
+    for item in args.args.split(";")[:64]:
+        key, _, value = item.partition("=")
+        if key == "K8S_POD_NAME":
+            found = [value]
+    runtime = conf.raw.get("runtimeConfig")
+    aliases = runtime.get("aliases") if isinstance(runtime, dict) else None
+    mine = aliases.get(conf.name) if isinstance(aliases, dict) else None
+    found += mine[:MAX_ALIASES] if isinstance(mine, list) else []
+    return [n for n in found if isinstance(n, str) and 0 < len(n) <= 253 and n.isprintable() and " " not in n]
 
 
 def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
@@ -39,7 +75,14 @@ def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
         result = add_result(conf.cni_version, bridge=(made.bridge.name, made.bridge.mac),
                             host=(made.host.name, made.host.mac),
                             container=(args.ifname, made.container.mac),
-                            sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway)
+                            sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway,
+                            dns=_dns(conf, store))
+        names = container_names(args, conf)
+        if names:
+            try:  # for the engine's DNS; removed with the address (store.release)
+                store.set_names(ip, names)
+            except OSError:
+                pass  # a convenience: the container is attached all the same
         undo.pop_all()
         return result
 

@@ -10,6 +10,7 @@ from cni import jsonlite as json
 from cni.errors import (CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
                         NO_LEASE)
 from cni.ipv4 import Subnet, parse_ip, parse_subnet
+from engine.confparse import type_problem
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 DEFAULT_BRIDGE = "flatnet-br0"
@@ -49,11 +50,12 @@ def _fail(key: str, msg: str) -> CniError:
 
 
 def _get(raw: dict, key: str, kind: type, default: object) -> object:
-    value = raw.get(key, default)
-    if value is default:
-        return value
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise _fail(key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    if key not in raw:
+        return default
+    value = raw[key]
+    problem = type_problem(value, kind)
+    if problem:
+        raise _fail(key, problem)
     return value
 
 

@@ -19,9 +19,9 @@ from cni.conf import NetConf, parse_lease
 from cni.errors import CniError, IP_CONFLICT, NO_LEASE
 from cni.ipv4 import Subnet, format_ip
 from cni.netlink import Link, Netlink
-from cni.netns import (attach_to_bridge, configure_container, create_veth, delete_link,
+from cni.netns import (configure_container, create_veth, delete_link,
                        enable_ip_forwarding, ensure_bridge, find_host_veth, free_host_veth_name,
-                       netlink_in, open_netns, veth_owner)
+                       netlink_in, open_netns, remove_link, veth_owner)
 from cni.store import FileStore
 from cni.undo import Undo
 
@@ -88,16 +88,16 @@ def attach(conf: NetConf, nl: Netlink, netns_fd: int, container_id: str, ifname:
     # a veth of another container under a similar name is never touched
     old = find_host_veth(nl, container_id, ifname)
     if old is not None:
-        delete_link(nl, old.name)
+        remove_link(nl, old)
     host_name = free_host_veth_name(nl, container_id, ifname)
-    host = create_veth(nl, host_name, ifname, netns_fd, conf.mtu, veth_owner(container_id, ifname))
+    host = create_veth(nl, host_name, ifname, netns_fd, conf.mtu, veth_owner(container_id, ifname),
+                       bridge)
     undo.callback(delete_link, nl, host_name)
-    attach_to_bridge(nl, host, bridge)
     with netlink_in(netns_fd) as cnl:
         container = configure_container(cnl, ifname, ip, subnet, gateway, mac, metric)
     enable_ip_forwarding()
-    host = nl.link_get(host_name) or host
-    bridge = nl.link_get(conf.bridge) or bridge
+    # no second look at the links: the bridge's MAC is pinned (ensure_bridge) and a veth
+    # keeps its MAC when it joins a bridge
     return Attached(bridge, host, container)
 
 
@@ -106,7 +106,7 @@ def detach(conf: NetConf, container_id: str, ifname: str) -> None:
     with FileStore(conf.data_dir, conf.name) as store, Netlink() as nl:
         host = find_host_veth(nl, container_id, ifname)
         if host is not None:
-            delete_link(nl, host.name)
+            remove_link(nl, host)
         store.release_by_id(container_id, ifname)
 
 

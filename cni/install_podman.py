@@ -43,7 +43,12 @@ CAP_SYS_RESOURCE = 24
 
 
 def conflist(name: str = "flatnet", **plugin: object) -> dict[str, object]:
-    return {"cniVersion": "1.0.0", "name": name, "plugins": [{"type": "flatnet", "bridge": "flatnet-br0", **plugin}]}
+    # aliases: Podman then passes --network-alias names in runtimeConfig (for the engine's DNS)
+    return {
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [{"type": "flatnet", "bridge": "flatnet-br0", "capabilities": {"aliases": True}, **plugin}],
+    }
 
 
 def _has_cap(cap: int) -> bool:

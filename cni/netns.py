@@ -6,16 +6,20 @@ to the namespace it was created in, so no further switching is needed).
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
 from cni.errors import (BRIDGE_CONFLICT, CONTAINER_UNKNOWN, CniError, NETLINK_FAILURE,
                         VETH_FAILURE)
 from cni.ipv4 import Subnet, format_ip
-from cni.netlink import Link, Netlink, NetlinkError, format_mac
+from cni.netlink import IFF_UP, Link, Netlink, NetlinkError, format_mac
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Callable
 
 CLONE_NEWNET = 0x40000000
+LOOPBACK_INDEX = 1  # every network namespace's lo has index 1 (the kernel's LOOPBACK_IFINDEX)
 
 
 VETH_PREFIX = "fn-"
@@ -83,18 +87,43 @@ def open_netns(path: str) -> int:
         raise CniError(CONTAINER_UNKNOWN, f"cannot open network namespace {path}: {exc.strerror}") from None
 
 
+def _libc_setns() -> "Callable[[int, int], int]":
+    """setns(2) through _ctypes, the C module under ctypes. Python 3.11 has no os.setns,
+    and `import ctypes` costs 2.5-3 ms of every container start (its Python half builds
+    dozens of classes); this is the few lines of it setns needs: a C function returning
+    int, called with two ints, errno saved (ctypes.CDLL(None, use_errno=True).setns)."""
+    import _ctypes
+
+    class CInt(_ctypes._SimpleCData):  # type: ignore[type-arg]
+        _type_ = "i"
+
+    class Fn(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = CInt
+
+    class Self:  # CFuncPtr((name, library)) reads library._handle
+        _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]  # None: the program itself
+
+    fn = Fn(("setns", Self()))  # type: ignore[arg-type]  # any object with _handle, as CDLL
+
+    def setns(fd: int, nstype: int) -> int:
+        """0, or the errno of a failed call."""
+        return 0 if fn(fd, nstype) == 0 else int(_ctypes.get_errno())
+    return setns
+
+
 def netlink_in(netns_fd: int) -> Netlink:
     """A netlink socket bound inside the namespace behind netns_fd."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    setns = _libc_setns()
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(netns_fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
+        err = setns(netns_fd, CLONE_NEWNET)
+        if err:
             raise CniError(CONTAINER_UNKNOWN, f"cannot enter network namespace: {os.strerror(err)}")
         try:
             return Netlink()
         finally:
-            if libc.setns(own, CLONE_NEWNET) != 0:  # cannot go home: stop before doing harm
+            if setns(own, CLONE_NEWNET) != 0:  # cannot go home: stop before doing harm
                 os._exit(70)
     finally:
         os.close(own)
@@ -145,7 +174,11 @@ def ensure_bridge(nl: Netlink, name: str, subnet: Subnet, gateway: int, mtu: int
     return link
 
 
-def create_veth(nl: Netlink, host_name: str, ifname: str, netns_fd: int, mtu: int, owner: str) -> Link:
+def create_veth(nl: Netlink, host_name: str, ifname: str, netns_fd: int, mtu: int, owner: str,
+                bridge: Link) -> Link:
+    """The veth pair, its host end named for its owner, enslaved to `bridge` and up.
+    The kernel ignores an alias in the create request; the alias, the master and the
+    up flag then go in one request (one round trip instead of three)."""
     try:
         nl.link_add_veth(host_name, ifname, netns_fd, mtu)
     except NetlinkError as exc:
@@ -157,20 +190,13 @@ def create_veth(nl: Netlink, host_name: str, ifname: str, netns_fd: int, mtu: in
     if link is None:
         raise CniError(VETH_FAILURE, f"veth {host_name} vanished right after creation")
     try:
-        nl.link_set(link.index, alias=owner)  # the kernel ignores an alias in the create request
+        nl.link_set(link.index, alias=owner, master=bridge.index, up=True)
     except NetlinkError as exc:
         nl.link_del(link.index)
-        raise _kernel(f"cannot record the owner of {host_name}", exc, VETH_FAILURE) from None
-    link.alias = owner
+        raise _kernel(f"cannot record the owner of {host_name} and attach it to {bridge.name}", exc,
+                      VETH_FAILURE) from None
+    link.alias, link.master, link.flags = owner, bridge.index, link.flags | IFF_UP
     return link
-
-
-def attach_to_bridge(nl: Netlink, host: Link, bridge: Link) -> None:
-    try:
-        nl.link_set(host.index, master=bridge.index)
-        nl.link_set(host.index, up=True)
-    except NetlinkError as exc:
-        raise _kernel(f"cannot attach {host.name} to {bridge.name}", exc) from None
 
 
 def configure_container(cnl: Netlink, ifname: str, ip: int, subnet: Subnet, gateway: int,
@@ -182,9 +208,7 @@ def configure_container(cnl: Netlink, ifname: str, ip: int, subnet: Subnet, gate
     if link is None:
         raise CniError(VETH_FAILURE, f"{ifname} did not appear in the container namespace")
     try:
-        lo = cnl.link_get("lo")
-        if lo is not None and not lo.up:
-            cnl.link_set(lo.index, up=True)
+        cnl.link_set(LOOPBACK_INDEX, up=True)  # a no-op when it is up already
         if mac is not None:
             cnl.link_set(link.index, mac=mac)
         cnl.addr_add(link.index, ip, subnet.prefix, subnet.broadcast)
@@ -197,13 +221,16 @@ def configure_container(cnl: Netlink, ifname: str, ip: int, subnet: Subnet, gate
 
 def delete_link(nl: Netlink, name: str) -> bool:
     link = nl.link_get(name)
-    if link is None:
-        return False
+    return False if link is None else remove_link(nl, link)
+
+
+def remove_link(nl: Netlink, link: Link) -> bool:
+    """Delete a link just looked up (no second lookup); gone already is fine."""
     try:
         nl.link_del(link.index)
     except NetlinkError as exc:
         if exc.errno not in (errno.ENODEV, errno.ENOENT):
-            raise _kernel(f"cannot delete {name}", exc) from None
+            raise _kernel(f"cannot delete {link.name}", exc) from None
         return False
     return True
 

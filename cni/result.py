@@ -6,8 +6,10 @@ from cni.ipv4 import Subnet, format_ip
 
 def add_result(version: str, *, bridge: tuple[str, str], host: tuple[str, str],
                container: tuple[str, str], sandbox: str, ip: int, subnet: Subnet,
-               gateway: int) -> dict:
-    """bridge/host/container are (name, mac) pairs; the container's ip is on interface 2."""
+               gateway: int, dns: dict | None = None) -> dict:
+    """bridge/host/container are (name, mac) pairs; the container's ip is on interface 2;
+    dns ({nameservers, search}) comes from the engine's lease (Podman writes it into the
+    container's resolv.conf)."""
     ip_entry: dict = {"address": f"{format_ip(ip)}/{subnet.prefix}",
                       "gateway": format_ip(gateway), "interface": 2}
     if version == "0.4.0":
@@ -21,7 +23,7 @@ def add_result(version: str, *, bridge: tuple[str, str], host: tuple[str, str],
         ],
         "ips": [ip_entry],
         "routes": [{"dst": "0.0.0.0/0", "gw": format_ip(gateway)}],
-        "dns": {},
+        "dns": dns or {},
     }
 
 
@@ -41,3 +43,17 @@ def container_ip(prev_result: dict | None) -> tuple[str, str | None] | None:
         if isinstance(entry.get("address"), str):
             return entry["address"], entry.get("gateway")
     return None
+
+
+def lease_dns(lease: dict) -> dict | None:
+    """The `dns` of an engine's lease file, if it is well formed: {"nameservers": [up
+    to 3 strings], "search": [up to 6 strings]} (the engine serves names on the gateway)."""
+    dns = lease.get("dns")
+    if not isinstance(dns, dict):
+        return None
+    servers, search = dns.get("nameservers"), dns.get("search", [])
+    if not isinstance(servers, list) or not isinstance(search, list) or not servers:
+        return None
+    if not all(isinstance(x, str) and 0 < len(x) <= 253 for x in servers[:3] + search[:6]):
+        return None
+    return {"nameservers": servers[:3], "search": search[:6]}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.proto import endpoint
+from engine.confparse import type_problem
 
 
 class ConfigError(Exception):
@@ -39,6 +40,8 @@ class LighthouseConfig:
     name: str
     cert: str
     endpoints: tuple[tuple[str, int], ...]
+    relay: bool = True  # may relay through this lighthouse (when its lease offers it)
+    tcp_port: int = 443  # its TCP relay, used when no UDP gets through (0: never)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class Config:
     firewall_rules: tuple[FirewallRule, ...] = field(default_factory=tuple)
     dead_after: float = 3.0            # [liveness]: a path silent this long while in use is unreachable
     blocklist: str = ""  # a CA-signed blocklist file to enforce (besides what lighthouses send)
+    masquerade: bool = True  # containers reach outside the overlay through the host's uplink
+    dns: bool = True         # answer DNS on the bridge gateway address
+    dns_domain: str = "flatnet"
+    dns_upstream: tuple[tuple[str, int], ...] | None = None  # None: the host's /etc/resolv.conf
+    dns_ttl: int = 5
 
     @property
     def control_socket(self) -> str:
@@ -91,7 +99,8 @@ class Config:
 
 _KNOWN = {
     "pki": {"ca", "cert", "key", "blocklist"},
-    "network": {"cidr", "subnet"},
+    "network": {"cidr", "subnet", "masquerade"},
+    "dns": {"enabled", "domain", "upstream", "ttl"},
     "listen": {"host", "port", "socket_buffer"},
     "tun": {"name", "mtu", "offloads", "spin", "moderation_us", "compact_cipher"},
     "bridge": {"name"},
@@ -173,11 +182,14 @@ def parse(text: str, path: str = "<config>") -> Config:
             if required:
                 raise ConfigError(f"{where(table + '.' + key)}: missing")
             return None
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise ConfigError(f"{where(table + '.' + key)}: expected {kind.__name__}, got {value!r}")
+        problem = type_problem(value, kind)
+        if problem:
+            raise ConfigError(f"{where(table + '.' + key)}: {problem}")
         return value
 
     def net(table: str, key: str, value: object) -> ipaddress.IPv4Network:
+        if not isinstance(value, str):  # ipaddress takes an int too: 5 would be 0.0.0.5/32
+            raise ConfigError(f"{where(table + '.' + key)}: {type_problem(value, str)}")
         try:
             return ipaddress.IPv4Network(value)
         except (ValueError, TypeError) as exc:
@@ -188,21 +200,29 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('network.cidr')}: prefix must be /8 to /24, got /{network.prefixlen}")
     lighthouses = []
     raw_lh = doc.get("lighthouses", [])
-    if not isinstance(raw_lh, list):
+    if not isinstance(raw_lh, list) or not all(isinstance(lh, dict) for lh in raw_lh):
         raise ConfigError(f"{where('lighthouses')}: use [[lighthouses]] tables")
     for i, lh in enumerate(raw_lh):
         w = f"lighthouses[{i}]"
-        unknown = set(lh) - {"name", "cert", "endpoints"}
+        unknown = set(lh) - {"name", "cert", "endpoints", "relay", "tcp_port"}
         if unknown:
             raise ConfigError(f"{where(w)}: unknown key(s) {', '.join(sorted(unknown))}")
         for key in ("name", "cert", "endpoints"):
             if key not in lh:
                 raise ConfigError(f"{where(w + '.' + key)}: missing")
+            if key != "endpoints" and not isinstance(lh[key], str):
+                raise ConfigError(f"{where(w + '.' + key)}: {type_problem(lh[key], str)}")
         if not isinstance(lh["endpoints"], list) or not lh["endpoints"]:
-            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"HOST:PORT\"")
+            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
+        tcp_port = lh.get("tcp_port", 443)
+        if type(tcp_port) is not int or not 0 <= tcp_port <= 65535:
+            raise ConfigError(f"{where(w + '.tcp_port')}: expected 0 (never) or a port 1-65535, got {tcp_port!r}")
+        if not isinstance(lh.get("relay", True), bool):
+            raise ConfigError(f"{where(w + '.relay')}: expected true or false, got {lh['relay']!r}")
         lighthouses.append(LighthouseConfig(str(lh["name"]), str(lh["cert"]),
                                             tuple(_endpoint(e, where(f"{w}.endpoints"), names=True)
-                                                  for e in lh["endpoints"])))
+                                                  for e in lh["endpoints"]),
+                                            relay=lh.get("relay", True), tcp_port=tcp_port))
     raw_subnet = get("network", "subnet", str, required=not lighthouses)
     subnet = None
     if raw_subnet is not None:
@@ -230,7 +250,7 @@ def parse(text: str, path: str = "<config>") -> Config:
 
     peers = []
     raw_peers = doc.get("peers", [])
-    if not isinstance(raw_peers, list):
+    if not isinstance(raw_peers, list) or not all(isinstance(p, dict) for p in raw_peers):
         raise ConfigError(f"{where('peers')}: use [[peers]] tables")
     names = set()
     for i, p in enumerate(raw_peers):
@@ -241,9 +261,11 @@ def parse(text: str, path: str = "<config>") -> Config:
         for key in ("name", "cert", "endpoints", "subnet"):
             if key not in p:
                 raise ConfigError(f"{where(w + '.' + key)}: missing")
+            if key in ("name", "cert") and not isinstance(p[key], str):
+                raise ConfigError(f"{where(w + '.' + key)}: {type_problem(p[key], str)}")
         if not isinstance(p["endpoints"], list) or not p["endpoints"]:
             raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
-        psub = net("peers", f"[{i}].subnet", p["subnet"])
+        psub = net(w, "subnet", p["subnet"])
         if not psub.subnet_of(network) or psub.prefixlen > 24:
             raise ConfigError(f"{where(w + '.subnet')}: {psub} must be a /24 (or larger) inside {network}")
         if subnet is not None and psub.overlaps(subnet):
@@ -259,6 +281,8 @@ def parse(text: str, path: str = "<config>") -> Config:
     if fw_default not in ("allow", "deny"):
         raise ConfigError(f"{where('firewall.default')}: {fw_default!r}; expected \"allow\" or \"deny\"")
     rules = []
+    if not isinstance(fw.get("inbound", []), list):
+        raise ConfigError(f"{where('firewall.inbound')}: use [[firewall.inbound]] tables")
     for i, r in enumerate(fw.get("inbound", [])):
         w = f"firewall.inbound[{i}]"
         if not isinstance(r, dict) or set(r) - {"proto", "port", "groups", "cidr"}:
@@ -277,13 +301,28 @@ def parse(text: str, path: str = "<config>") -> Config:
         groups = r.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
             raise ConfigError(f"{where(w + '.groups')}: a list of group names")
-        rules.append(FirewallRule(proto, lo, hi, tuple(groups), net("firewall", f"inbound[{i}].cidr",
-                                                                    r.get("cidr", "0.0.0.0/0"))))
+        rules.append(FirewallRule(proto, lo, hi, tuple(groups), net(w, "cidr", r.get("cidr", "0.0.0.0/0"))))
     if len({g for r in rules for g in r.groups}) > 64:
         raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
 
+    dns_domain = get("dns", "domain", str, "flatnet").lower().rstrip(".")
+    from engine.proto import names as name_rule
+    problem = name_rule.host_problem(dns_domain)
+    if problem:
+        raise ConfigError(f"{where('dns.domain')}: {dns_domain!r}: {problem}")
+    upstream = get("dns", "upstream", list, None)
+    if upstream is not None:
+        upstream = tuple(_endpoint(u if ":" in str(u) else f"{u}:53", where("dns.upstream")) for u in upstream)
+        if len(upstream) > 3:
+            raise ConfigError(f"{where('dns.upstream')}: at most 3 resolvers")
+    dns_ttl = get("dns", "ttl", int, 5)
+    if not 0 <= dns_ttl <= 3600:
+        raise ConfigError(f"{where('dns.ttl')}: {dns_ttl} is outside 0..3600 (seconds)")
+
     return Config(
         path=path, dead_after=float(dead_after),
+        masquerade=get("network", "masquerade", bool, True),
+        dns=get("dns", "enabled", bool, True), dns_domain=dns_domain, dns_upstream=upstream, dns_ttl=dns_ttl,
         firewall_default=fw_default, firewall_rules=tuple(rules),
         ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),
         cert=get("pki", "cert", str, "/etc/flatnet/pki/host.crt"),

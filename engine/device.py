@@ -29,6 +29,10 @@ from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, P
 # A node whose certificate has this group may relay (send us type-5 packets that move
 # a peer's path to it); lighthouses the engine was configured with may always.
 RELAY_GROUP = "relay"
+# A relayed packet does not take a peer off a direct path that an authenticated direct
+# packet confirmed this recently: with relay first, both copies of a handshake arrive,
+# and the relayed one must not undo the direct path the other just found.
+DIRECT_HOLD = 3.0
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Peer:
     last_error: str = ""
     relay: tuple[tuple[str, int], int] | None = None  # (relay address, the peer's id there)
     path_reason: str = ""
+    direct_seen: float | None = None  # when an authenticated packet last moved us to / kept a direct path
     extra: dict = field(default_factory=dict)
     live: liveness.Liveness = field(default_factory=liveness.Liveness)
 
@@ -97,6 +102,11 @@ class Device:
         self.dead_after = dead_after
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
+        # a relay's side of the TCP relay (lighthouse.tcp_relay): the loopback addresses of
+        # open connections, endpoints although loopback. An engine's own TCP relay is a
+        # candidate endpoint of its lighthouse instead; tcp_labels: what `flatnet peers` says
+        self.shim_addrs: set[tuple[str, int]] = set()
+        self.tcp_labels: dict[tuple[str, int], str] = {}
         self._relay_certified: set[str] = set()  # peers whose certificate has RELAY_GROUP
         self.dp = datapath
         self.send = send
@@ -150,20 +160,39 @@ class Device:
         return True
 
     def _send_to(self, peer: Peer, packet: bytes, direct_only: bool = False) -> None:
-        """To the peer's current path: its relay, else its endpoint and the other candidates."""
+        """To the peer's current path: its relay, else its endpoint and the other candidates.
+        An initiation to a relayed peer goes both ways: through the relay, which answers
+        at once, and to the direct candidates, so a direct path is found as soon as one
+        works. The responder takes whichever copy comes first; the second is a replay
+        to it (same TAI64N time) and changes nothing."""
         if peer.relay is not None and not direct_only:
             addr, relay_id = peer.relay
             self.send(struct.pack("<BBHI", TYPE_RELAYED, WIRE_VERSION, 0, relay_id) + packet, addr)
-            return
+            if packet[0] != TYPE_INITIATION:
+                return
         targets = ([peer.endpoint] if peer.endpoint and peer.relay is None else []) + [
             e for e in peer.endpoints if e != peer.endpoint or peer.relay is not None]
         for target in targets:
             self.send(packet, target)
 
     def probe_direct(self, peer: Peer, now: float) -> None:
-        """A relayed peer: try the direct candidates again with a fresh handshake."""
-        peer.session.rehandshake(now)
-        self._apply(peer, direct_only=True)
+        """A relayed peer: try the direct candidates. With keys, a keepalive under the
+        current session (no new handshake): a peer that gets it authenticated moves to
+        us directly and answers at once (_set_endpoint), which moves us too. Without
+        keys, a handshake to the direct candidates only."""
+        packet = self.dp.seal_control(peer.slot, b"") if peer.session.current is not None else None
+        if packet is None:
+            peer.session.rehandshake(now)
+            self._apply(peer, direct_only=True)
+            return
+        for target in peer.endpoints:
+            self.send(packet, target)
+
+    def handshake_now(self, peer: Peer, now: float) -> None:
+        """An initiation leaves now, also when one is out and its retry timer has backed
+        off (a path change must not wait up to 4 s for the next retry)."""
+        peer.session.probe(now)
+        self._apply(peer)
 
     def connect(self, peer: Peer, now: float) -> None:
         """Start a handshake now (to every candidate endpoint) unless keys exist."""
@@ -230,19 +259,29 @@ class Device:
                 return True
         return False
 
-    def _learn_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
+    def _relayed_to(self, peer: Peer, relay_addr: tuple[str, int], relay_id: int, reason: str, now: float) -> None:
+        """An authenticated, fresh packet came through an accepted relay: answer that way,
+        unless a direct packet confirmed the direct path within DIRECT_HOLD seconds."""
+        if peer.relay is None and peer.direct_seen is not None and now - peer.direct_seen < DIRECT_HOLD:
+            return
+        self.use_relay(peer, relay_addr, relay_id, reason)
+
+    def _learn_endpoint(self, peer: Peer, addr: tuple[str, int], now: float | None = None) -> None:
         """The source of an authenticated, fresh packet becomes the peer's endpoint,
         unless it is an address nobody should be sent to (engine.proto.endpoint) and
         not one the peer is known by (configured, or vetted when the lighthouse said it)."""
         why = endpoints_policy.refused(addr)
-        if why is not None and addr not in peer.endpoints:
+        if why is not None and addr not in peer.endpoints and addr not in self.shim_addrs:
             self.errors["endpoint_refused"] += 1
             self.log.debug("endpoint_refused", peer=peer.name, endpoint=endpoints_policy.text(addr), reason=why)
             return
+        if now is not None:
+            peer.direct_seen = now
         self._set_endpoint(peer, addr)
 
     def _set_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
-        if peer.relay is not None:  # a direct packet came: leave the relay
+        left_relay = peer.relay is not None
+        if left_relay:  # an authenticated direct packet came: leave the relay
             self.log.info("path_direct", peer=peer.name, endpoint=endpoints_policy.text(addr), was="relayed")
             peer.relay = None
             peer.path_reason = "direct path answered"
@@ -254,6 +293,12 @@ class Device:
                               new=endpoints_policy.text(addr))
             peer.endpoint = addr
             self.dp.set_endpoint(peer.slot, addr)
+        if left_relay:
+            # answer on the direct path at once: the peer moves too when it gets this
+            # (a keepalive under the session; nothing if we have no send key yet)
+            packet = self.dp.seal_control(peer.slot, b"")
+            if packet:
+                self.send(packet, addr)
 
     # ---- inputs from the data path
     def on_want(self, slots: list[int], now: float) -> None:
@@ -307,9 +352,10 @@ class Device:
                 if len(item.data) == 4:  # it came through a relay, under this id
                     if not self.relay_allowed(item.addr):
                         raise RemoteProtocolError("relay_refused", f"{item.addr[0]}:{item.addr[1]} may not relay")
-                    self.use_relay(peer, item.addr, struct.unpack("<I", item.data)[0], "peer reached us via the relay")
+                    self._relayed_to(peer, item.addr, struct.unpack("<I", item.data)[0], "peer reached us via the relay",
+                                     now)
                 else:
-                    self._learn_endpoint(peer, item.addr)
+                    self._learn_endpoint(peer, item.addr, now)
             return
         if item.kind == CTRL_DECRYPTED:
             peer = self.by_slot.get(item.peer)
@@ -348,9 +394,9 @@ class Device:
                     self.remove_peer(peer.name)
                 raise
             if via:
-                self.use_relay(peer, via[0], via[1], "peer reached us via the relay")
+                self._relayed_to(peer, via[0], via[1], "peer reached us via the relay", now)
             else:
-                self._learn_endpoint(peer, item.addr)
+                self._learn_endpoint(peer, item.addr, now)
                 if new and peer.endpoint == item.addr:
                     peer.endpoints = [item.addr]  # its only candidate until a lighthouse tells more
             if new and self.on_new_peer is not None:
@@ -364,9 +410,9 @@ class Device:
                 raise RemoteProtocolError("unexpected_response", "unknown receiver index")
             peer.session.receive_response(data, now)  # authenticated and fresh (it used up the pending handshake)
             if via:
-                self.use_relay(peer, via[0], via[1], "handshake answered via the relay")
+                self._relayed_to(peer, via[0], via[1], "handshake answered via the relay", now)
             else:
-                self._learn_endpoint(peer, item.addr)
+                self._learn_endpoint(peer, item.addr, now)
             self._apply(peer)
         elif kind == TYPE_COOKIE:
             # changes no path: it only keys mac2 of this peer's next handshake messages
@@ -465,8 +511,23 @@ class Device:
                 self.log.warning("handshake_failed", peer=peer.name, reason=event.reason)
 
     # ---- reporting
+    def move_endpoint(self, peer: Peer, addr: tuple[str, int]) -> None:
+        """The owner's decision (a TCP relay came up or went): send to this peer here."""
+        self._set_endpoint(peer, addr)
+
+    def send_message_to(self, peer: Peer, data: bytes, targets: list[tuple[str, int]]) -> bool:
+        """A control message under the peer's session to these addresses, whatever its
+        endpoint (a probe of a path not in use)."""
+        packet = self.dp.seal_control(peer.slot, data)
+        for target in targets if packet is not None else []:
+            self.send(packet, target)
+        return packet is not None
+
     def path_of(self, peer: Peer) -> str:
         if peer.relay is not None:
+            tcp = self.tcp_labels.get(peer.relay[0])
+            if tcp is not None:
+                return f"relayed over TCP via {tcp}: UDP blocked"
             return f"relayed via {peer.relay[0][0]}:{peer.relay[0][1]}"
         if peer.endpoint is None or peer.session.current is None:
             return "none"

@@ -17,18 +17,20 @@ import signal
 import socket
 import time
 
-from engine import metrics, pki, podman_labels, resolve
+from engine import container_names, metrics, pki, podman_labels, resolve
 from engine.config import Config
 from engine.datapath import DataPath
 from engine.device import Device
-from engine.io import control, netlink, tun, udp
+from engine.io import control, dnsserver, egress, netlink, tun, udp
 from engine.lighthouse_client import LighthouseClient
 from engine.proto import endpoint, liveness
+from engine.proto.dnsanswer import Responder
 from engine.proto.revocation import Revocations
 from engine.services import ServiceRegistry
 from engine.log import Logger
 
 STATS_REFRESH = 1.0  # the timer also wakes this often to read the data path's counters
+NAMES_SCAN = 0.25    # the CNI plugin's names files are looked at this often (a removed name: gone in 2 s)
 RESOLVE_EVERY = 5.0  # while a lighthouse given by host name does not answer: look the name up again
 
 
@@ -43,6 +45,11 @@ class Engine:
         self.subnet: ipaddress.IPv4Network | None = None
         self._lease_waiter: asyncio.Future | None = None
         self.lighthouse: LighthouseClient | None = None
+        self.dns: dnsserver.DnsServer | None = None
+        self.egress = "off"
+        self.responder = Responder(config.dns_domain, config.dns_ttl, config.network)
+        self.names = container_names.NameScanner(config.cni_data_dir)
+        self.remote_names: list[tuple[str, str, str]] = []
 
     # ---- set-up
     def _load_pki(self):  # noqa: ANN202
@@ -87,7 +94,27 @@ class Engine:
         gateway = subnet.network_address + 1
         # pyroute2's sync API runs its own event loop: call it from a worker thread
         await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, subnet, c.bridge)
+        try:
+            await self.loop.run_in_executor(None, egress.apply, c.network, subnet, c.bridge, c.tun_name, c.masquerade)
+            self.egress = "masquerade" if c.masquerade else "forward-only"
+        except (egress.EgressError, OSError) as exc:
+            self.egress = "failed"
+            self.log.error("egress_failed", error=str(exc), effect="containers cannot reach outside the overlay")
         lease = {"subnet": str(subnet), "gateway": str(gateway), "network": str(c.network), "node": self.me.cert.name}
+        if c.dns:
+            upstream = list(c.dns_upstream) if c.dns_upstream is not None else dnsserver.read_resolv_conf()
+            self.dns = dnsserver.DnsServer(self.responder, upstream, self.log, clients=c.network)
+            try:
+                await self.dns.start(str(gateway), 53)
+                # the CNI plugin puts this in its result: Podman writes it into resolv.conf
+                lease["dns"] = {"nameservers": [str(gateway)], "search": [c.dns_domain]}
+                self.log.info("dns_serving", listen=f"{gateway}:53", domain=c.dns_domain,
+                              upstream=",".join(f"{h}:{p}" for h, p in upstream) or "none")
+            except OSError as exc:
+                self.dns.close()
+                self.dns = None
+                self.log.error("dns_failed", listen=f"{gateway}:53", error=exc.strerror or str(exc),
+                               fix="free port 53 on the bridge address, or set [dns] enabled = false")
         self._write_json(c.lease_file, lease)
         self._write_json(c.lease_cache, lease)
 
@@ -220,7 +247,14 @@ class Engine:
                                                self._on_lease, self.services, c.gateway_address,
                                                remembered=self._remembered_peers(),
                                                on_peers_changed=self._remember_peers,
-                                               on_blocklist=self._take_blocklist)
+                                               on_blocklist=self._take_blocklist,
+                                               on_names=self._on_remote_names if c.dns else None,
+                                               no_relay={lh.name for lh, _ in lighthouses if not lh.relay},
+                                               tcp_ports={lh.name: lh.tcp_port for lh, _ in lighthouses})
+            self.tcp_bridges: dict = {}
+            self._tcp_failing = False
+            self.lighthouse.open_tcp = self._open_tcp
+            self.lighthouse.close_tcp = self._close_tcp
         self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
@@ -241,6 +275,8 @@ class Engine:
         self._label_services: set[str] = set()
         if c.podman_labels and shutil.which("podman"):
             self.loop.create_task(self._watch_labels())
+        if c.dns:
+            self.loop.create_task(self._watch_names())
         await self._stop.wait()
         await self.shutdown()
 
@@ -297,7 +333,8 @@ class Engine:
                 self.device.set_subnet(peer, p.subnet)
                 self.device.set_endpoints(peer, list(p.endpoints))
         restart = [k for k in ("network", "subnet", "listen_host", "listen_port", "socket_buffer", "tun_name",
-                               "bridge", "mtu", "offloads", "spin", "run_dir", "state_dir")
+                               "bridge", "mtu", "offloads", "spin", "run_dir", "state_dir", "masquerade", "dns",
+                               "dns_domain", "dns_upstream", "dns_ttl")
                    if getattr(new, k) != getattr(old, k)]
         if restart:
             self.log.warning("reload_needs_restart", changed=",".join(restart))
@@ -342,6 +379,29 @@ class Engine:
                 self.log.debug("label_scan_failed", error=str(exc))
             await asyncio.sleep(3)
 
+    async def _watch_names(self) -> None:
+        """The CNI plugin's names files: a change is in this host's answers at once and
+        sent to the lighthouses (docs/engine.md, "Names")."""
+        while not self._stop.is_set():
+            try:
+                if self.names.scan(self.subnet):
+                    self.log.info("names_changed", names=len(self.names.entries))
+                    if self.lighthouse is not None:
+                        self.lighthouse.set_local_names(self.names.entries)
+                self._refresh_names()
+            except (OSError, ValueError) as exc:
+                self.log.debug("names_scan_failed", error=str(exc))
+            await asyncio.sleep(NAMES_SCAN)
+
+    def _on_remote_names(self, entries: list[tuple[str, str, str]]) -> None:
+        self.remote_names = entries
+        self._refresh_names()
+
+    def _refresh_names(self) -> None:
+        services = self.services.catalog(self.config.gateway_address)
+        self.responder.set_table(container_names.build_table(self.config.dns_domain, self.names.entries,
+                                                             self.remote_names, services))
+
     def _check_expiry(self) -> None:
         """Warn ahead of time (30 days, then daily) before this node's certificate expires."""
         days = (self.me.cert.not_after - time.time()) / 86400
@@ -350,11 +410,54 @@ class Engine:
                              fix="flatnet cert renew, then systemctl reload flatnet-engine")
         self.loop.call_later(86400, self._check_expiry)
 
+    # ---- the TCP relay (engine.io.tcp_relay; when to use it: LighthouseClient)
+    def _open_tcp(self, name: str, server: tuple[str, int]) -> None:
+        self.loop.create_task(self._tcp_connect(name, server))
+
+    async def _tcp_connect(self, name: str, server: tuple[str, int]) -> None:
+        from engine.io import tcp_relay
+        label = f"{server[0]}:{server[1]}"
+        try:
+            bridge = await tcp_relay.connect(server, tcp_relay.loopback_of(self.config.listen_host,
+                                                                         self.sock.getsockname()[1]),
+                                             lambda b, why: self._tcp_gone(name, b, why))
+        except OSError as exc:
+            # said once per outage (a lighthouse that is down refuses TCP too; tried every 5 s)
+            (self.log.debug if self._tcp_failing else self.log.warning)(
+                "tcp_relay_failed", lighthouse=name, relay=label, error=str(exc))
+            self._tcp_failing = True
+            self.lighthouse.tcp_closed(name, str(exc), time.monotonic())
+            self._arm()
+            return
+        self.tcp_bridges[name] = bridge
+        self._tcp_failing = False
+        self.log.info("tcp_relay_up", lighthouse=name, relay=label)
+        self.lighthouse.tcp_up(name, bridge.addr, label, time.monotonic())
+        self._arm()
+
+    def _tcp_gone(self, name: str, bridge, why: str) -> None:  # noqa: ANN001
+        if self.tcp_bridges.get(name) is bridge:
+            del self.tcp_bridges[name]
+        self.log.info("tcp_relay_closed", lighthouse=name, reason=why, frames_in=bridge.frames_in,
+                      frames_out=bridge.frames_out, dropped=bridge.dropped)
+        if not self._stop.is_set():
+            self.lighthouse.tcp_closed(name, why, time.monotonic())
+            self._arm()
+
+    def _close_tcp(self, name: str) -> None:
+        bridge = self.tcp_bridges.get(name)
+        if bridge is not None:
+            bridge.close("UDP works again")
+
     async def shutdown(self) -> None:
         self.log.info("engine_stopping")
+        for bridge in list(getattr(self, "tcp_bridges", {}).values()):
+            bridge.close("engine stopping")
         if self._timer:
             self._timer.cancel()
         self.dp.stop()
+        if self.dns is not None:
+            self.dns.close()
         for s in self.servers:
             s.close()
         self.sock.close()
@@ -442,7 +545,12 @@ class Engine:
                 "cert_fingerprint": self.me.cert.fingerprint,
                 "cert_expires": self.me.cert.not_after,
                 "cert_expires_in_days": round((self.me.cert.not_after - time.time()) / 86400, 1),
-                "log_level": self.config.log_level}
+                "log_level": self.config.log_level,
+                "egress": self.egress,
+                "dns": {"listening": self.dns is not None, "domain": self.config.dns_domain,
+                        "names": len(self.responder.table), "local_names": len(self.names.entries),
+                        "skipped_names": self.names.skipped, **self.responder.counters,
+                        **(self.dns.counters if self.dns else {})}}
 
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
         path = url.split("?")[0]
@@ -452,6 +560,8 @@ class Engine:
             return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition(self.metrics)()
         if method == "GET" and path == "/peers":
             return control.json_response(self.device.peer_table(time.monotonic()))
+        if method == "GET" and path == "/names":
+            return control.json_response(self.responder.table)
         if method == "GET" and path == "/services":
             return control.json_response(self.services.catalog(self.config.gateway_address))
         if method == "GET" and path == "/services/rejected":
@@ -480,4 +590,4 @@ class Engine:
             return control.json_response({"unpublished": name})
         return control.json_response({"error": f"no such endpoint {method} {path}; try GET /status, /peers, "
                                                "/services, /services/rejected, /routes, POST /services, "
-                                               "DELETE /services/NAME"}, 404)
+                                               "DELETE /services/NAME, GET /names"}, 404)

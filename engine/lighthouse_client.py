@@ -6,9 +6,15 @@
 - on a `peer` answer or a `punch` (the lighthouse telling us someone is about to
   connect), adds or updates that peer and handshakes to all its candidate endpoints at
   once, so both sides open their NATs at the same moment (simultaneous open);
-- when no direct path answers within RELAY_AFTER seconds, sends through a lighthouse
-  as relay (type 5, which it cannot decrypt), and keeps trying the direct candidates
-  every DIRECT_RETRY seconds; a direct answer moves the peer back, keeping its session.
+- sends this host's container names (for DNS) in pages when they change and with every
+  register, and polls the network's names every NAMES_EVERY seconds (a version number
+  makes the poll one small message when nothing changed);
+- relay first: a new peer is sent to through a relay (a lighthouse that offers it,
+  type 5, which it cannot decrypt) from the first handshake on, while the same
+  initiations go to its direct candidates; a direct answer moves the peer to the
+  direct path under the same session. Direct candidates are tried again after
+  PROBE_DELAYS, then every DIRECT_RETRY seconds. Without a relay at that moment,
+  the peer is relayed when no direct path answered within RELAY_AFTER seconds.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from typing import Callable
 from engine.device import Device, Peer
 from engine.log import Logger
 from engine.proto import endpoint as endpoints_policy
+from engine.proto import names as names_rule
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Reassembly
 from lighthouse import wire
@@ -27,8 +34,13 @@ REGISTER_RETRY = 1.0     # until the first lease
 ANSWER_WITHIN = 3.0      # a register not answered by then: the session is stale, handshake again
 QUERY_TIMEOUT = 5.0      # then packets to that /24 may ask again
 CATALOG_EVERY = 1.0      # the network's services, for the gateway (changes live within 2 s)
+NAMES_EVERY = 0.5        # the network's container names, for DNS (a removed name is gone within 2 s)
 RELAY_AFTER = 3.0        # no direct path by then: go through a lighthouse acting as relay
-DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often
+DIRECT_RETRY = 10.0      # a relayed peer: try the direct candidates again this often ...
+PROBE_DELAYS = (0.5, 1.0, 2.0, 4.0)  # ... after these first (a punched NAT opens within a second)
+TCP_AFTER = 3.0          # no lighthouse answered over UDP this long: use a lighthouse's TCP relay
+TCP_RETRY = 5.0          # a TCP relay failed or closed: try again (the next lighthouse) after this
+UDP_PROBE = 5.0          # on TCP: try UDP to the lighthouse this often; an answer moves back
 
 
 class LighthouseClient:
@@ -37,7 +49,9 @@ class LighthouseClient:
                  on_lease: Callable[[ipaddress.IPv4Network], None], services=None,  # noqa: ANN001
                  gateway: tuple[str, int] | None = None, remembered: list[str] | None = None,
                  on_peers_changed: Callable[[list[str]], None] | None = None,
-                 on_blocklist: Callable[[bytes, str], None] | None = None) -> None:
+                 on_blocklist: Callable[[bytes, str], None] | None = None,
+                 on_names: Callable[[list[tuple[str, str, str]]], None] | None = None,
+                 no_relay: set[str] | None = None, tcp_ports: dict[str, int] | None = None) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
         even when the other side keeps sending under keys we lost.
@@ -57,6 +71,21 @@ class LighthouseClient:
         self.pending: dict[int, float] = {}      # route index -> when we asked
         self.connecting: dict[str, float] = {}   # peer -> when we started trying it directly
         self.next_probe: dict[str, float] = {}   # relayed peer -> next direct attempt
+        self.probes_done: dict[str, int] = {}    # relayed peer -> direct attempts so far
+        self.offers_relay: dict[str, bool] = {}  # lighthouse -> its lease's `relay` (absent: True)
+        self.no_relay = set(no_relay or ())      # [[lighthouses]] relay = false: never relay through these
+        # the TCP relay (UDP blocked): hooks the driver sets; state of this side
+        self.tcp_ports = {n: p for n, p in (tcp_ports or {}).items() if p}
+        self.udp_endpoints = {p.name: list(p.endpoints) for p in lighthouses if p.name in self.tcp_ports}
+        self.open_tcp: Callable[[str, tuple[str, int]], None] | None = None
+        self.close_tcp: Callable[[str], None] | None = None
+        self.tcp: dict[str, tuple[str, int]] = {}  # lighthouse -> its open TCP relay's shim address
+        self.tcp_opening: str | None = None
+        self.tcp_attempts = 0
+        self.tcp_tries = 0                         # in this outage (to log it once)
+        self.next_tcp = 0.0
+        self.udp_silent_since: float | None = None
+        self.next_udp_probe = 0.0
         self.errors = 0
         self.remembered = list(remembered or [])
         self.on_peers_changed = on_peers_changed
@@ -66,6 +95,14 @@ class LighthouseClient:
         self.next_catalog = 0.0
         self._catalog_pages: list[dict] = []
         self.on_blocklist = on_blocklist
+        # names: ours (sent), the network's (polled); on_names(entries) gets [(name, addr, node)]
+        self.on_names = on_names
+        self.local_names: list[tuple[str, str]] = []
+        self.names_gen = device.wall_ns() // 1000   # grows across restarts: the lighthouse drops older lists
+        self.names_version = 0
+        self.next_names = 0.0
+        self._names_pages: list[tuple[str, str, str]] = []
+        self._names_paging = 0                       # version of the pages being collected
         # one per lighthouse: pieces from one (even a broken one) never block another's
         self._blocklist = {name: Reassembly() for name in self.lighthouses}
         device.relay_names.update(self.lighthouses)  # a lighthouse may relay (Device.relay_allowed)
@@ -90,42 +127,178 @@ class LighthouseClient:
                 del self.connecting[name]
             elif now - since >= RELAY_AFTER:
                 del self.connecting[name]
-                self._relay(peer, now)
+                if peer.relay is not None:  # relayed from the start: say why it stays so
+                    peer.path_reason = self._why_relayed(peer)
+                else:
+                    self._relay(peer, now)
         for name, at in list(self.next_probe.items()):
             peer = self.device.peers.get(name)
             if peer is None or peer.relay is None:
                 del self.next_probe[name]
+                self.probes_done.pop(name, None)
             elif now >= at:
-                self.next_probe[name] = now + DIRECT_RETRY
+                done = self.probes_done[name] = self.probes_done.get(name, 0) + 1
+                self.next_probe[name] = now + (PROBE_DELAYS[done] - PROBE_DELAYS[done - 1]
+                                               if done < len(PROBE_DELAYS) else DIRECT_RETRY)
                 self.device.probe_direct(peer, now)
+        self._tcp_timer(now)
         if self.services is not None and now >= self.next_catalog and self.subnet is not None:
             self.next_catalog = now + CATALOG_EVERY
             self._catalog_pages = []
             self._ask(wire.encode("catalog_query", offset=0), one=True)
+        if self.on_names is not None and now >= self.next_names and self.subnet is not None:
+            self.next_names = now + NAMES_EVERY
+            self._names_pages, self._names_paging = [], 0
+            self._ask(wire.encode("names_query", version=self.names_version, offset=0), one=True)
         for route, asked in list(self.pending.items()):
             if now - asked >= QUERY_TIMEOUT:
                 del self.pending[route]
                 self.device.dp.route_unpend(route)
 
     def get_timer(self) -> float:
-        deadlines = ([self.next_register] + ([self.next_catalog] if self.services is not None else []) + [t + QUERY_TIMEOUT for t in self.pending.values()]
-                     + [t + ANSWER_WITHIN for t in self.awaiting.values()]
-                     + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
+        deadlines = ([self.next_udp_probe] if self.tcp else [])
+        deadlines += ([max(self.next_tcp, self.udp_silent_since + TCP_AFTER)]
+                      if self.udp_silent_since is not None and not self.tcp and self.open_tcp else [])
+        deadlines += ([self.next_register] + ([self.next_catalog] if self.services is not None else [])
+                      + ([self.next_names] if self.on_names is not None else [])
+                      + [t + QUERY_TIMEOUT for t in self.pending.values()]
+                      + [t + ANSWER_WITHIN for t in self.awaiting.values()]
+                      + [t + RELAY_AFTER for t in self.connecting.values()] + list(self.next_probe.values()))
         return min(deadlines)
 
-    def register(self, now: float) -> None:
+    # ---- the TCP relay: when no UDP gets through, not even to a lighthouse
+    def _tcp_timer(self, now: float) -> None:
+        if self.open_tcp is None or not self.tcp_ports:
+            return
+        if self.tcp:  # on TCP: keep trying UDP; an authenticated answer over UDP moves back
+            for name, shim in list(self.tcp.items()):
+                lh = self.lighthouses[name]
+                if lh.endpoint is not None and lh.endpoint != shim:
+                    self.log.info("udp_back", lighthouse=name, endpoint=f"{lh.endpoint[0]}:{lh.endpoint[1]}",
+                                  action="leaving the TCP relay")
+                    if self.close_tcp is not None:
+                        self.close_tcp(name)
+                elif now >= self.next_udp_probe:
+                    self.next_udp_probe = now + UDP_PROBE
+                    # a register under the session, over UDP: the lease answer comes back the
+                    # same way if UDP works (the data path then moves the lighthouse's endpoint)
+                    self.device.send_message_to(lh, self._register_message(), self.udp_endpoints[name])
+            return
+        if self.registered:
+            self.udp_silent_since = None
+            self.tcp_tries = 0
+            return
+        if self.udp_silent_since is None:
+            self.udp_silent_since = now
+        if self.tcp_opening is None and now - self.udp_silent_since >= TCP_AFTER and now >= self.next_tcp:
+            names = [n for n in self.lighthouses if n in self.tcp_ports]
+            name = names[self.tcp_attempts % len(names)]
+            self.tcp_attempts += 1
+            server = (self.udp_endpoints[name][0][0], self.tcp_ports[name])
+            self.tcp_opening = name
+            self.next_tcp = now + TCP_RETRY
+            self.tcp_tries += 1
+            (self.log.warning if self.tcp_tries == 1 else self.log.debug)(  # once per outage
+                "udp_blocked", reason=f"no lighthouse answered over UDP in {TCP_AFTER:.0f} s",
+                action=f"connecting to the TCP relay {server[0]}:{server[1]} of {name}")
+            self.open_tcp(name, server)
+
+    def tcp_up(self, name: str, shim: tuple[str, int], label: str, now: float) -> None:
+        """The driver connected the TCP relay of lighthouse `name`; `shim` is the
+        loopback address its datagrams come from and go to."""
+        self.tcp_opening = None
+        self.tcp[name] = shim
+        lh = self.lighthouses[name]
+        self.device.tcp_labels[shim] = label  # (a candidate endpoint of the lighthouse, below)
+        self.device.set_endpoints(lh, self.udp_endpoints[name] + [shim])
+        self.device.move_endpoint(lh, shim)
+        self.device.handshake_now(lh, now)  # a session over TCP: the lighthouse never heard us over UDP
+        self.awaiting.pop(name, None)
+        self.next_register = now
+        self.next_udp_probe = now + UDP_PROBE
+
+    def tcp_closed(self, name: str, why: str, now: float) -> None:
+        """The TCP relay of `name` closed (or could not connect). Peers relayed over it
+        go to the UDP relay if UDP is back, else wait for the next TCP relay."""
+        if self.tcp_opening == name:
+            self.tcp_opening = None
+        shim = self.tcp.pop(name, None)
+        self.next_tcp = now + TCP_RETRY
+        self.udp_silent_since = now if not self.registered else None
+        if shim is None:
+            return
+        lh = self.lighthouses[name]
+        self.device.tcp_labels.pop(shim, None)
+        self.device.set_endpoints(lh, self.udp_endpoints[name])
+        if lh.endpoint == shim:  # not moved by an answer over UDP: back to the configured address
+            self.device.move_endpoint(lh, self.udp_endpoints[name][0])
+            self.registered.pop(name, None)
+            self.udp_silent_since = now if not self.registered else None
+        for peer in list(self.device.peers.values()):
+            if peer.relay is not None and peer.relay[0] == shim:
+                if lh.endpoint != shim and name in self.registered:
+                    self.device.use_relay(peer, lh.endpoint, peer.relay[1], "UDP works again; direct being tried")
+                    self.next_probe[peer.name] = now  # and try the direct path at once
+                    self.probes_done[peer.name] = 0
+                else:
+                    self.device.use_relay(peer, self.udp_endpoints[name][0], peer.relay[1],
+                                          f"TCP relay closed ({why})")
+
+    def _register_message(self) -> bytes:
         published = list(self.services.local.values()) if self.services is not None else []
         # the lighthouse hands out our observed address first, then at most MAX_LOCAL of these
         mine = endpoints_policy.usable(self.local_endpoints())[0][:wire.MAX_LOCAL]
-        msg = wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
-                          blocklist=self._held())
+        return wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
+                           blocklist=self._held())
+
+    def register(self, now: float) -> None:
+        msg = self._register_message()
         for lh in self.lighthouses.values():
             if self.device.send_message(lh, msg):
                 self.awaiting.setdefault(lh.name, now)
             else:
                 self.device.connect(lh, now)   # no keys yet: the handshake comes first
+        if self.on_names is not None:  # a lost page or a restarted lighthouse: healed here
+            self._send_names()
         everyone = self.subnet is not None and len(self.registered) == len(self.lighthouses)
         self.next_register = now + (REGISTER_EVERY if everyone else REGISTER_RETRY)  # until all have answered
+
+    def set_local_names(self, entries: list[tuple[str, str]]) -> None:
+        """This host's (name, addr) list changed: send it to every lighthouse now."""
+        entries = sorted(set(entries))[:wire.MAX_NAMES]
+        if entries == self.local_names:
+            return
+        self.local_names = entries
+        self.names_gen += 1
+        self._send_names()
+
+    def _send_names(self) -> None:
+        for msg in wire.names_pages(self.names_gen, self.local_names):
+            for lh in self.lighthouses.values():
+                self.device.send_message(lh, msg)
+
+    def _names_page(self, msg: dict) -> None:
+        if self.on_names is None or msg["version"] == self.names_version:
+            return  # nothing changed since the last complete list
+        if self._names_paging and msg["version"] != self._names_paging:
+            self._names_pages, self._names_paging = [], 0  # changed while paging: the next poll starts over
+            return
+        self._names_paging = msg["version"]
+        if len(self._names_pages) + len(msg["names"]) > 64 * wire.MAX_NAMES:
+            raise RemoteProtocolError("bad_control", "names: too many pages")
+        # the lighthouse checked these; this side does not rely on it (an older or
+        # misbehaving one must not make our DNS answer 169.254.169.254 for "web")
+        good = [e for e in msg["names"] if not names_rule.name_problem(e[0])
+                and ipaddress.IPv4Address(e[1]) in self.network]
+        if len(good) != len(msg["names"]):
+            self.device.errors["names_refused"] += len(msg["names"]) - len(good)
+        self._names_pages += good
+        if msg["next"]:
+            self._ask(wire.encode("names_query", version=self.names_version, offset=msg["next"]), one=True)
+            return
+        self.names_version = msg["version"]
+        pages, self._names_pages, self._names_paging = self._names_pages, [], 0
+        self.on_names(pages)
 
     # ---- hooks from the device
     def on_unknown_route(self, route: int, now: float) -> None:
@@ -171,6 +344,8 @@ class LighthouseClient:
                 self._peer(msg, kind, now)
             elif kind == "catalog":
                 self._catalog(msg)
+            elif kind == "names_page":
+                self._names_page(msg)
             elif kind == "error" and msg["code"] == "service_refused" and msg["service"]:
                 self._refused(peer, msg)
             elif kind == "blocklist":
@@ -217,23 +392,42 @@ class LighthouseClient:
             self.services.set_remote(self._catalog_pages)
             self._catalog_pages = []
 
-    def _relay(self, peer: Peer, now: float, reason: str = "") -> None:
-        relays = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint]
+    def relays(self) -> list[Peer]:
+        """Lighthouses we may relay through now: registered (their lease answered and
+        no register is overdue), offering it, not turned off in our config; the one
+        that answered last first."""
+        ok = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint
+              and self.offers_relay.get(name, True) and name not in self.no_relay]
+        return sorted(ok, key=lambda lh: -self.registered[lh.name])
+
+    @staticmethod
+    def _why_relayed(peer: Peer) -> str:
+        tried = len(peer.endpoints)
+        return (f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
+                f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
+
+    def _relay(self, peer: Peer, now: float, reason: str = "") -> bool:
+        relays = self.relays()
         if not relays or peer.subnet is None:
             self.log.warning("no_path", peer=peer.name, reason="no direct answer and no registered relay")
-            return
-        relay = relays[0]
+            return False
         block = (int(peer.subnet.network_address) - int(self.network.network_address)) >> 8
-        tried = len(peer.endpoints)
-        self.device.use_relay(peer, relay.endpoint, block, reason or
-                              f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
-                              f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
-        self.device.rehandshake(peer, now)
-        self.next_probe[peer.name] = now + DIRECT_RETRY
+        self.device.use_relay(peer, relays[0].endpoint, block, reason or self._why_relayed(peer))
+        # at once, also when an initiation is out: waiting for its retry (backed off to
+        # 4 s) made a first reply take 7 s in 4 of 13 runs behind port-randomizing NATs
+        self.device.handshake_now(peer, now)
+        self._schedule_probes(peer, now)
+        return True
+
+    def _schedule_probes(self, peer: Peer, now: float) -> None:
+        if peer.name not in self.next_probe:
+            self.next_probe[peer.name] = now + PROBE_DELAYS[0]
+            self.probes_done[peer.name] = 0
 
     def _lease(self, lh: Peer, msg: dict, now: float) -> None:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         self.registered[lh.name] = now
+        self.offers_relay[lh.name] = msg["relay"]
         self.awaiting.pop(lh.name, None)
         self.observed = msg["observed"]
         if subnet != self.subnet:
@@ -271,6 +465,18 @@ class LighthouseClient:
         peer.extra["local"] = local
         if peer.session.current is None and peer.relay is None:
             self.connecting.setdefault(peer.name, now)
+            # relay first: the first packets go through the relay while the initiation
+            # below also goes to the direct candidates (Device._send_to)
+            n = len(endpoints)
+            if self.relays() and peer.subnet is not None:
+                self._relay(peer, now, f"relay first, while {n} direct endpoint{'s are' if n != 1 else ' is'} tried")
+                self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name,
+                              subnet=str(subnet), endpoints=",".join(f"{h}:{p}" for h, p in endpoints),
+                              path="relay first")
+                self.pending.pop((int(subnet.network_address) >> 8) & 0xFFFF, None)
+                return
+        elif peer.relay is not None:  # e.g. it reached us through the relay: look for a direct path
+            self._schedule_probes(peer, now)
         route = (int(subnet.network_address) >> 8) & 0xFFFF
         self.pending.pop(route, None)
         self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name, subnet=str(subnet),

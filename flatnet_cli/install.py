@@ -138,9 +138,11 @@ def _netavark(roots: Roots, python: str) -> list[str]:
     if major is None or major < 5 or os.path.abspath(roots.containers_dir) != "/etc/containers":
         return []
     lines = install_netavark.install("/", python, code_root(), major=major)
-    for path in (os.path.join(install_netavark.PLUGIN_DIR, "flatnet"),
-                 os.path.join(install_netavark.CONF_D, install_netavark.DROP_IN),
-                 os.path.join(install_netavark.NETWORKS_DIR, f"{install_netavark.NETWORK}.json")):
+    for path in (
+        os.path.join(install_netavark.PLUGIN_DIR, "flatnet"),
+        os.path.join(install_netavark.CONF_D, install_netavark.DROP_IN),
+        os.path.join(install_netavark.NETWORKS_DIR, f"{install_netavark.NETWORK}.json"),
+    ):
         if os.path.exists(path) and path not in roots.netavark_files:
             roots.netavark_files.append(path)
     return lines

@@ -410,28 +410,43 @@ class Lab:
         return {"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet", "mtu": self.mtu,
                 "leaseFile": os.path.join(h.dir, "run", "lease.json"), "dataDir": os.path.join(h.dir, "ipam")}
 
-    def cni(self, h: Host, command: str, cid: str, netns: str) -> dict | None:
+    def cni(self, h: Host, command: str, cid: str, netns: str, name: str = "",
+            aliases: tuple[str, ...] = ()) -> dict | None:
+        """name and aliases are passed as Podman 4.3 does (CNI_ARGS K8S_POD_NAME,
+        runtimeConfig.aliases)."""
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
                "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
-               "PYTHONPATH": REPO}
+               "PYTHONPATH": REPO, "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={name}" if name else ""}
+        conf = self.cni_conf(h)
+        if aliases:
+            conf["runtimeConfig"] = {"aliases": {conf["name"]: list(aliases)}}
         proc = subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-m", "cni"],
-                              input=json.dumps(self.cni_conf(h)).encode(), env=env, capture_output=True, timeout=30)
+                              input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=30)
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
         if proc.returncode != 0:
             raise RuntimeError(f"CNI {command} on {h.name}: {out}")
         return out
 
-    def add_container(self, h: Host) -> dict:
+    def add_container(self, h: Host, name: str = "", aliases: tuple[str, ...] = ()) -> dict:
         n = len(h.containers) + 1
         while f"{self.prefix}-c{h.index}-{n}" in self.namespaces:  # names stay unique under churn
             n += 1
         ns = self._netns(f"{self.prefix}-c{h.index}-{n}")
         cid = uuid.uuid4().hex + uuid.uuid4().hex  # like Podman's: the host veth is fn-<first 12>
-        result = self.cni(h, "ADD", cid, f"/run/netns/{ns}")
-        c = {"ns": ns, "id": cid, "ip": result["ips"][0]["address"].split("/")[0]}
+        result = self.cni(h, "ADD", cid, f"/run/netns/{ns}", name, aliases)
+        c = {"ns": ns, "id": cid, "ip": result["ips"][0]["address"].split("/")[0], "name": name,
+             "dns": result.get("dns") or {}}
         h.containers.append(c)
         self.save()
         return c
+
+    def remove_container(self, h: Host, c: dict) -> None:
+        """CNI DEL (as Podman on stop), then the namespace goes."""
+        self.cni(h, "DEL", c["id"], f"/run/netns/{c['ns']}")
+        h.containers.remove(c)
+        delete_netns(c["ns"])
+        self.namespaces.remove(c["ns"])
+        self.save()
 
     # ---- teardown
     def down(self) -> None:

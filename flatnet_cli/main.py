@@ -382,6 +382,14 @@ def cmd_up(a: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_egress_remove(a: argparse.Namespace) -> int:
+    """Remove the engine's egress rules (uninstall; the engine makes them again at start)."""
+    from engine.io import egress
+    removed = egress.remove()
+    print("removed " + ", ".join(removed) if removed else "no flatnet egress rules were present")
+    return 0
+
+
 def cmd_down(a: argparse.Namespace) -> int:
     from flatnet_cli.lab import Lab
     if not os.path.exists(os.path.join(a.dir, "lab.json")):
@@ -405,6 +413,9 @@ def cmd_lighthouse_status(a: argparse.Namespace) -> int:
           f"nodes      {len(st['nodes'])} online, {len(st['leases'])} leases\n"
           f"queries    {st['queries']}  relayed {st['relayed']}  rejected {st['rejected']}\n"
           f"drops      {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+    tcp = st.get("tcp_relay")  # the TCP relay for hosts without UDP (docs/lighthouse.md)
+    print(f"tcp relay  {tcp['listen']}: {tcp['connections']} connections, refused "
+          f"{', '.join(f'{k}={v}' for k, v in tcp['refused'].items()) or 'none'}" if tcp else "tcp relay  off")
     rows = [[name, n["subnet"], ", ".join(n["endpoints"]) or "-", f"{n['last_seen']:.0f}s ago"]
             for name, n in sorted(st["nodes"].items())]
     if rows:
@@ -507,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--containers", type=int, default=1, help="container namespaces per host")
     up.add_argument("--dir", default=LAB_DIR, help="the lab's state folder")
     up.set_defaults(fn=cmd_up)
+    eg = sub.add_parser("egress", help="the engine's egress (masquerade) rules").add_subparsers(dest="sub",
+                                                                                               required=True)
+    eg.add_parser("remove", help="remove the FLATNET-POSTROUTING and FLATNET-FORWARD chains (uninstall)"
+                  ).set_defaults(fn=cmd_egress_remove)
     down = sub.add_parser("down", help="remove the local test network")
     down.add_argument("--dir", default=LAB_DIR, help="the lab's state folder")
     down.set_defaults(fn=cmd_down)

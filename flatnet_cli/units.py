@@ -10,13 +10,14 @@ import sys
 
 from flatnet_cli.paths import data_dir, docs_dir
 
-UNITS = ("flatnet-engine.service", "flatnet-lighthouse.service", "flatnet-gateway.service")
+UNITS = ("flatnet-engine.service", "flatnet-lighthouse.service", "flatnet-gateway.service",
+         "flatnet-cni-warm.service")
 MARKER = "# flatnet: written by `flatnet systemd install`; `flatnet uninstall` removes it"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 
 
 def render(target_dir: str, bin_dir: str | None = None) -> list[str]:
-    """Write the three units into target_dir; returns their paths."""
+    """Write the units into target_dir; returns their paths."""
     bin_dir = bin_dir or os.path.dirname(sys.executable)
     docs = docs_dir()
     os.makedirs(target_dir, exist_ok=True)

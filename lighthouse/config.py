@@ -5,11 +5,12 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from engine.confparse import type_problem
 from engine.config import ConfigError, _endpoint, listen_host, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
           "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl"},
-          "metrics": {"listen"}}
+          "metrics": {"listen"}, "relay": {"enabled", "tcp_port"}}
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class LighthouseConfig:
     ttl: float = 60.0
     metrics_listen: tuple[str, int] | None = None
     blocklist: str = ""  # the CA-signed blocklist to enforce and hand out (default: beside the CA)
+    relay: bool = True   # forward type-5 packets between nodes (said in every lease)
+    tcp_port: int = 443  # the TCP relay for hosts without UDP (0: off; only with relay)
 
     @property
     def database(self) -> str:
@@ -41,10 +44,11 @@ class LighthouseConfig:
 def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     doc = read_toml(text, path, _KNOWN)
 
-    def get(table: str, key: str, kind: type, default: object) -> object:
+    def get(table: str, key: str, kind: type | tuple[type, ...], default: object) -> object:
         value = doc.get(table, {}).get(key, default)
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise ConfigError(f"{path}: {table}.{key}: expected {kind.__name__}, got {value!r}")
+        problem = type_problem(value, kind)
+        if problem:
+            raise ConfigError(f"{path}: {table}.{key}: {problem}")
         return value
 
     try:
@@ -56,6 +60,9 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
     port = get("listen", "port", int, 4787)
     if not 1 <= port <= 65535:
         raise ConfigError(f"{path}: listen.port: {port} is not 1-65535")
+    tcp_port = get("relay", "tcp_port", int, 443)
+    if not 0 <= tcp_port <= 65535:
+        raise ConfigError(f"{path}: relay.tcp_port: {tcp_port} is not 0 (off) or 1-65535")
     level = get("log", "level", str, "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{path}: log.level: {level!r}; expected debug, info, warning or error")
@@ -73,6 +80,7 @@ def parse(text: str, path: str = "<config>") -> LighthouseConfig:
         listen_host=listen_host(get("listen", "host", str, "::"), f"{path}: listen.host"), listen_port=port,
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet-lighthouse"),
         run_dir=get("paths", "run_dir", str, "/run/flatnet-lighthouse"), log_level=level, log_format=log_format, ttl=float(ttl),
+        relay=get("relay", "enabled", bool, True), tcp_port=tcp_port,
         metrics_listen=_endpoint(doc["metrics"]["listen"], f"{path}: metrics.listen")
         if doc.get("metrics", {}).get("listen") else None)
 

@@ -17,6 +17,13 @@ second (the asker still gets its `peer` answer). Time is the `now` passed in.
 Service names and hosts are unique across online nodes: the first node to register one
 holds it while it stays online (registers within 3 x ttl); another node's claim is
 refused per service with an error "service_refused" naming it (docs/gateway.md, "Names").
+
+Container names (`names`, for DNS; docs/lighthouse.md, "Names"): each node sends its
+whole list in pages of one generation; the list replaces the node's previous one when
+all its pages have arrived. Entries whose name breaks the rule or whose address is not
+in the node's subnet are dropped alone and counted. Names are not unique: two nodes may
+both have a "web" (DNS answers both addresses). `names_version` changes whenever the
+network's list changes (a list committed, a node gone), so engines poll cheaply.
 """
 from __future__ import annotations
 
@@ -47,6 +54,8 @@ QUERY_RATE = 4.0     # queries per second and asking node, after a burst of
 QUERY_BURST = 32.0   # (an engine asks once per unknown /24 per 5 s, and once per new peer)
 PUNCH_RATE = 8.0     # punches per second to one target node, after a burst of
 PUNCH_BURST = 32.0
+NAMES_RATE = 20.0    # names_query per second and asking node (an engine polls twice a second,
+NAMES_BURST = 64.0   # plus one query per page of a changed list), after a burst of
 
 
 class TokenBucket:
@@ -77,6 +86,9 @@ class Node:
     services: list[dict] = field(default_factory=list)
     gateway: Endpoint | None = None
     observed_ok: bool = True  # not an address nobody should be sent to (set at register)
+    names: list[tuple[str, str]] = field(default_factory=list)
+    names_gen: int = -1
+    names_pending: tuple[int, int, dict[int, list]] | None = None  # (gen, total, offset -> entries)
 
     def endpoints(self) -> list[Endpoint]:
         """Where others may try this node: the observed address (unless it is one
@@ -88,9 +100,11 @@ class Node:
 
 class Registry:
     def __init__(self, leases: LeaseStore, ttl: float = 60.0,
-                 revocations: revocation.Revocations | None = None) -> None:
+                 revocations: revocation.Revocations | None = None, relay: bool = True) -> None:
         """revocations: the network's blocklist; a node that registers holding an older
-        one gets the current one, and revoked nodes are dropped (drop_revoked)."""
+        one gets the current one, and revoked nodes are dropped (drop_revoked).
+        relay: this lighthouse forwards type-5 packets (said in every lease)."""
+        self.relay_enabled = relay
         self.leases = leases
         self.revocations = revocations
         self.ttl = ttl
@@ -103,7 +117,10 @@ class Registry:
         self.refused_services = 0
         self.query_limits: dict[str, TokenBucket] = {}
         self.punch_limits: dict[str, TokenBucket] = {}
-        self.limited = {"queries": 0, "punches": 0, "endpoints_refused": 0}
+        self.names_limits: dict[str, TokenBucket] = {}
+        self.limited = {"queries": 0, "punches": 0, "endpoints_refused": 0, "names_refused": 0, "names_queries": 0}
+        self.names_version = 1
+        self._online: set[str] = set()  # nodes whose names were in the last version
 
     def handle(self, name: str, cert: bytes, data: bytes, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
         kind, msg = wire.decode(data)
@@ -113,6 +130,10 @@ class Registry:
             return self._query(name, msg, now)
         if kind == "catalog_query":
             return self._catalog(name, msg["offset"], now)
+        if kind == "names":
+            return self._names(name, msg)
+        if kind == "names_query":
+            return self._names_query(name, msg, now)
         raise RemoteProtocolError("unexpected_control", f"{kind} is not for the lighthouse")
 
     def _register(self, name: str, cert: bytes, msg: dict, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
@@ -122,6 +143,8 @@ class Registry:
             return [(name, wire.encode("error", code="exhausted", msg=str(exc)))]
         node = self.nodes.get(name)
         if node is None or node.cert != cert:
+            if node is not None and node.names:
+                self.names_version += 1
             node = self.nodes[name] = Node(name, cert, subnet, src)
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
@@ -137,7 +160,7 @@ class Registry:
         node.gateway = gateway
         self.by_endpoint[src] = node
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
-                            ttl=int(self.ttl))
+                            ttl=int(self.ttl), relay=self.relay_enabled)
         # the lease first: the node clears its list of refusals on it, then reads these
         held = msg["blocklist"]
         newer = self.revocations is not None and held < self.revocations.serial
@@ -185,6 +208,59 @@ class Registry:
                         "while it is online")
         return None
 
+    def _names(self, name: str, msg: dict) -> list[tuple[str, bytes]]:
+        """One page of a node's list; the list is taken when its pages are all here.
+        Memory per node is bounded by wire.MAX_NAMES entries of one generation."""
+        node = self.nodes.get(name)
+        if node is None:
+            return [(name, wire.encode("error", code="unregistered", msg="register before sending names"))]
+        gen, total = msg["gen"], msg["total"]
+        if gen < node.names_gen:
+            return []  # an older list arriving late
+        pending = node.names_pending
+        if pending is None or pending[0] != gen or pending[1] != total:
+            pending = node.names_pending = (gen, total, {})
+        pending[2][msg["offset"]] = msg["names"]
+        got = sorted(pending[2].items())
+        if sum(len(v) for _, v in got) < total and total:
+            return []
+        entries, at = [], 0
+        for offset, page in got:
+            if offset != at:
+                return []  # overlapping pages: wait for a consistent set (the next register resends)
+            entries += page
+            at += len(page)
+        node.names_pending = None
+        kept = []
+        for n, addr in entries:
+            if names.name_problem(n) or ipaddress.IPv4Address(addr) not in node.subnet:
+                self.limited["names_refused"] += 1
+                continue
+            kept.append((n, addr))
+        kept = sorted(set(kept))
+        if kept != node.names:
+            self.names_version += 1
+        node.names, node.names_gen = kept, gen
+        return []
+
+    def _names_query(self, asker: str, msg: dict, now: float) -> list[tuple[str, bytes]]:
+        """A page of every other online node's names; nothing to send when the asker
+        already holds the current version."""
+        if asker not in self.nodes:
+            return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
+        if not self.names_limits.setdefault(asker, TokenBucket(NAMES_RATE, NAMES_BURST)).take(now):
+            self.limited["names_queries"] += 1
+            raise RemoteProtocolError("query_rate_limited", asker)
+        online = {n for n, node in self.nodes.items() if now - node.last_seen <= 3 * self.ttl}
+        if online != self._online:  # a node went quiet (or came back) without expire() yet
+            self._online = online
+            self.names_version += 1
+        if msg["offset"] == 0 and msg["version"] == self.names_version:
+            return [(asker, wire.encode("names_page", version=self.names_version, next=0, names=[]))]
+        entries = [(n, addr, node.name) for node in sorted(self.nodes.values(), key=lambda x: x.name)
+                   if node.name in online and node.name != asker for n, addr in node.names]
+        return [(asker, wire.names_page(self.names_version, entries, msg["offset"]))]
+
     def _release(self, name: str) -> None:
         for claim in self.claimed_by.pop(name, ()):
             if self.claims.get(claim) == name:
@@ -211,8 +287,11 @@ class Registry:
     def _forget(self, name: str) -> None:
         node = self.nodes.pop(name)
         self._release(name)
+        if node.names:
+            self.names_version += 1
         self.query_limits.pop(name, None)
         self.punch_limits.pop(name, None)
+        self.names_limits.pop(name, None)
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
 
@@ -253,6 +332,8 @@ class Registry:
         """A type-5 packet from a registered node: (the packet to send, where). The
         header's id names the target (its lease block) and is rewritten to the
         sender's, so the target knows whom to answer; the rest is forwarded blind."""
+        if not self.relay_enabled:
+            raise RemoteProtocolError("relay_disabled", "[relay] enabled = false")
         if len(packet) <= 8:
             raise RemoteProtocolError("short", "relayed packet")
         sender = self.by_endpoint.get(src)

@@ -16,6 +16,7 @@ from engine import metrics, pki
 from engine.datapath import DataPath
 from engine.device import Device, Peer
 from engine.io import control, udp
+from engine.io.tcp_relay import loopback_of
 from engine.log import Logger
 from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
@@ -44,7 +45,7 @@ class Lighthouse:
         self.blocklist_file = pki.BlocklistFile(c.blocklist)
         os.makedirs(c.state_dir, exist_ok=True)
         self.leases = LeaseStore(c.database, c.network)
-        self.registry = Registry(self.leases, c.ttl, self.revocations)
+        self.registry = Registry(self.leases, c.ttl, self.revocations, relay=c.relay)
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420, self.sock.family)
         self.dp.set_relay_mode(True)
@@ -54,6 +55,17 @@ class Lighthouse:
         self._poll_blocklist()  # before the first handshake: a revoked node never gets in
         self.metrics = metrics.serve(metrics.LighthouseCollector(self), c.metrics_listen)
         self.servers = await control.start(c.control_socket, self.handle_api)
+        self.tcp = None
+        if c.relay and c.tcp_port:
+            from lighthouse.tcp_relay import TcpRelayServer
+            self.tcp = TcpRelayServer((c.listen_host, c.tcp_port), loopback_of(c.listen_host, c.listen_port),
+                                      self.device.shim_addrs, lambda a: a in self.registry.by_endpoint, self.log)
+            try:
+                await self.tcp.start()
+            except OSError as exc:  # UDP relaying and everything else still work
+                self.log.error("tcp_relay_unavailable", port=c.tcp_port, error=exc.strerror or str(exc),
+                               fix="free the port, allow CAP_NET_BIND_SERVICE, or set [relay] tcp_port")
+                self.tcp = None
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
         self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
@@ -64,6 +76,8 @@ class Lighthouse:
         self.loop.add_signal_handler(signal.SIGHUP, self._poll_blocklist)
         await self._stop.wait()
         self.dp.stop()
+        if self.tcp is not None:
+            self.tcp.close()
         for s in self.servers:
             s.close()
         self.sock.close()
@@ -139,6 +153,7 @@ class Lighthouse:
                 if (bl := self.revocations.current) else None, "revoked_peers": dict(self.device.revoked),
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
                 "limited": dict(self.registry.limited),
+                "tcp_relay": self.tcp.status() if self.tcp is not None else None,
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
 
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:

@@ -7,7 +7,7 @@ authenticated by the Noise session between the node and the lighthouse).
     catalog_query {offset}                              node -> lighthouse
     catalog  {services: [...], next}                    lighthouse -> node (a page of
              every online node's services; next = offset of the next page, or 0)
-    lease    {subnet, network, observed: [ip, port], ttl} lighthouse -> node
+    lease    {subnet, network, observed: [ip, port], ttl, relay?} lighthouse -> node
     query    {addr: "10.87.3.5"} or {name: "host-3"}    node -> lighthouse
     peer     {name, cert, subnet, endpoints, local}      lighthouse -> node
     punch    {name, cert, subnet, endpoints, local}      lighthouse -> target node
@@ -19,6 +19,14 @@ authenticated by the Noise session between the node and the lighthouse).
     blocklist {serial, total, offset, data}              lighthouse -> node (one piece
              of the CA-signed blocklist: data = its bytes [offset, offset + len); the
              node verifies the whole before use; engine.proto.revocation)
+    names    {gen, total, offset, names: [[name, addr]...]}  node -> lighthouse (one page
+             of the node's container names: generation `gen` of its list holds `total`
+             entries, this page the ones from `offset`; a list is used once all its pages
+             arrived)
+    names_query {version, offset}                       node -> lighthouse
+    names_page  {version, next, names: [[name, addr, node]...]}  lighthouse -> node (a
+             page of every other online node's names; version changes whenever any
+             list changes; version equal to the asker's and offset 0: an empty page)
 
 An endpoint [ip, port] is an IPv4 address in dotted form or (protocol version 2) an
 IPv6 address as text ("2001:db8::1", at most 45 characters; a mapped ::ffff:a.b.c.d is
@@ -90,8 +98,48 @@ def _int(msg: dict, key: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _bool(msg: dict, key: str, default: bool) -> bool:
+    value = msg.get(key, default)
+    if type(value) is not bool:
+        raise RemoteProtocolError("bad_control", f"{key} must be a boolean")
+    return value
+
+
 MAX_SERVICES = 32
 CATALOG_PAGE = 8
+MAX_NAMES = 512      # names (container names and aliases) of one node
+NAMES_PAGE = 16      # entries in one names or names_page message (fewer if they do not fit)
+MAX_GEN = (1 << 63) - 1
+
+
+def _name_entries(raw: object, with_node: bool) -> list[tuple[str, ...]]:
+    """[name, addr(, node)] entries. The name rule (engine.proto.names) is applied per
+    entry by the receiver, so one bad name drops that entry alone."""
+    if not isinstance(raw, list) or len(raw) > NAMES_PAGE:
+        raise RemoteProtocolError("bad_control", f"names: a list of at most {NAMES_PAGE}")
+    out = []
+    for item in raw:
+        size = 3 if with_node else 2
+        if not isinstance(item, list) or len(item) != size or not all(isinstance(x, str) for x in item):
+            raise RemoteProtocolError("bad_control", "names entry")
+        if not item[0] or len(item[0]) > 63 or not 7 <= len(item[1]) <= 15:
+            raise RemoteProtocolError("bad_control", "names entry too long")
+        entry = (item[0].lower(), str(ipaddress.IPv4Address(item[1])))
+        if with_node:
+            if not item[2] or len(item[2]) > 64:
+                raise RemoteProtocolError("bad_control", "names entry node")
+            entry += (item[2],)
+        out.append(entry)
+    return out
+
+
+def _names(m: dict) -> dict:
+    total = _int(m, "total", 0, 0, MAX_NAMES)
+    offset = _int(m, "offset", 0, 0, MAX_NAMES)
+    entries = _name_entries(m.get("names", []), False)
+    if offset + len(entries) > total:
+        raise RemoteProtocolError("bad_control", "names page beyond total")
+    return {"gen": _int(m, "gen", 0, 0, MAX_GEN), "total": total, "offset": offset, "names": entries}
 
 
 def _service(raw: object, with_node: bool) -> dict:
@@ -129,7 +177,8 @@ SCHEMA = {
     "catalog": lambda m: {"services": _services(m.get("services", []), True),
                           "next": _int(m, "next", 0, 0, MAX_OFFSET)},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
-                        "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL)},
+                        "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL),
+                        "relay": _bool(m, "relay", True)},
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
@@ -138,6 +187,10 @@ SCHEMA = {
                         "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "error": lambda m: {"code": _str(m, "code", 32), "msg": _str(m, "msg", 400),
                         "service": _str(m, "service", 63) if m.get("service") else ""},
+    "names": _names,
+    "names_query": lambda m: {"version": _int(m, "version", 0, 0, MAX_GEN), "offset": _int(m, "offset", 0, 0, MAX_OFFSET)},
+    "names_page": lambda m: {"version": _int(m, "version", 0, 0, MAX_GEN), "next": _int(m, "next", 0, 0, MAX_OFFSET),
+                             "names": _name_entries(m.get("names", []), True)},
     "blocklist": lambda m: {"serial": _int(m, "serial", 0, 0, (1 << 63) - 1),
                             "total": _int(m, "total", 0, 0, BLOCKLIST_MAX),
                             "offset": _int(m, "offset", 0, 0, BLOCKLIST_MAX - 1), "data": _bytes(m, "data")},
@@ -160,6 +213,8 @@ def encode(kind: str, **fields: object) -> bytes:
             v = [list(e) for e in v]
         elif k in ("observed", "gateway") and v is not None:
             v = list(v)
+        elif k == "names":
+            v = [list(e) for e in v]
         elif k == "services":
             v = [dict(item, gateway=list(item["gateway"])) if item.get("gateway") else item for item in v]
         body[k] = v
@@ -198,6 +253,36 @@ def catalog_message(entries: list[dict], offset: int) -> bytes:
         except ValueError:
             continue
     raise ValueError("one catalog entry does not fit in a message")  # bounded by _service: cannot happen
+
+
+def names_pages(gen: int, entries: list[tuple[str, str]]) -> list[bytes]:
+    """A node's whole list (at most MAX_NAMES entries) as `names` messages; an empty
+    list is one message with total 0."""
+    entries = entries[:MAX_NAMES]
+    out, offset = [], 0
+    while True:
+        for size in range(NAMES_PAGE, 0, -1):
+            try:
+                out.append(encode("names", gen=gen, total=len(entries), offset=offset,
+                                  names=entries[offset:offset + size]))
+                break
+            except ValueError:
+                continue
+        offset += size
+        if offset >= len(entries):
+            return out
+
+
+def names_page(version: int, entries: list[tuple[str, str, str]], offset: int) -> bytes:
+    """The page of the network's names starting at `offset` (like catalog_message)."""
+    for size in range(NAMES_PAGE, 0, -1):
+        page = entries[offset:offset + size]
+        nxt = offset + len(page) if offset + len(page) < len(entries) else 0
+        try:
+            return encode("names_page", version=version, next=nxt, names=page)
+        except ValueError:
+            continue
+    raise ValueError("one names entry does not fit in a message")  # bounded by _name_entries: cannot happen
 
 
 def decode(data: bytes) -> tuple[str, dict]:

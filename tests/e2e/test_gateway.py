@@ -14,6 +14,7 @@ from engine.io import control
 from flatnet_cli import gateway
 from flatnet_cli.lab import CLIENT_IP, GATEWAY_PORT, REPO, Lab, sh
 from tests.harness.netns import RUN_PREFIX
+from tests.harness.wait import wait_for, wait_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,7 @@ SERVER = textwrap.dedent("""
 def start_server(ns: str, port: int, marker: str) -> subprocess.Popen:
     p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(port), marker],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.4)
+    wait_listening(ns, port)
     return p
 
 
@@ -55,17 +56,6 @@ def get(lab, host_ip: str, host: str, path: str = "/", scheme: str = "http", por
     """)
     out = sh(sys.executable, "-c", code, ns=lab.ul_ns, timeout=30).stdout.decode()
     return json.loads(out)
-
-
-def wait_for(fn, seconds: float, what: str):
-    end = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < end:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {seconds} s (last: {last})")
 
 
 def peer_row(h, name: str) -> dict:

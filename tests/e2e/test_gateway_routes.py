@@ -8,13 +8,13 @@ import socketserver
 import sys
 import textwrap
 import threading
-import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from flatnet_cli import gateway
 from tests.harness.netns import RUN_PREFIX
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="needs nginx")]
 
@@ -109,13 +109,7 @@ def test_one_bad_route_leaves_the_good_ones_served(gw):
     ns, prefix = gw
 
     def served(host):  # the feed reads the engine and checks upstreams every second
-        end, status = time.monotonic() + 10, None
-        while time.monotonic() < end:
-            status = get(ns, host)
-            if status[0] == 200:
-                break
-            time.sleep(0.3)
-        return status
+        return wait_for(lambda: (status := get(ns, host))[0] == 200 and status, 10, f"{host} served")
 
     assert served("wiki.office.lan") == [200, "wiki-upstream"]
     assert served("notes") == [200, "other-upstream"]

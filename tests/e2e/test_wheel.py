@@ -51,6 +51,7 @@ def test_wheel_holds_the_products_files(wheel):
         "flatnet_cli/deploy/systemd/flatnet-engine.service",
         "flatnet_cli/deploy/systemd/flatnet-lighthouse.service",
         "flatnet_cli/deploy/systemd/flatnet-gateway.service",
+        "flatnet_cli/deploy/systemd/flatnet-cni-warm.service",
         "cni/__main__.py",
         "lighthouse/__main__.py",
     ):

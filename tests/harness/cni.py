@@ -30,6 +30,8 @@ def run_plugin(command: str, conf: dict | bytes, *, container_id: str = "", netn
 
 
 def netconf(name: str, **plugin: object) -> dict:
-    conf = {"cniVersion": "1.0.0", "name": name, "type": "flatnet"}
+    # warmSocket "": the code under test does the work, never a warm daemon the machine
+    # may run from an installed version (tests of the warm path pass their own socket)
+    conf = {"cniVersion": "1.0.0", "name": name, "type": "flatnet", "warmSocket": ""}
     conf.update(plugin)
     return conf

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 from flatnet_cli.lab import REPO
+from tests.harness.wait import wait_listening
 
 SERVER = textwrap.dedent("""
     import hashlib, socket, sys
@@ -45,7 +45,7 @@ def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int, port: int = 9
     server = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", SERVER, str(port)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        time.sleep(0.5)
+        wait_listening(dst_ns, port)
         subprocess.run(["ip", "netns", "exec", src_ns, sys.executable, "-c", CLIENT, f.name, dst_ip, str(port),
                         str(chunk), str(gap)], check=True, timeout=120, cwd=REPO)
         out, _ = server.communicate(timeout=120)

@@ -14,6 +14,7 @@ import pytest
 from flatnet_cli.lab import REPO, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.traffic import tcp_transfer
+from tests.harness.wait import file_contains, wait_for, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def test_udp_burst_arrives_intact(lab):
             pass
         print(len(seen), bad)
     """)], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    wait_listening(b.containers[0]["ns"], 9100, "udp")
     py(a.containers[0]["ns"], f"""
         import hashlib, os, socket, time
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -108,7 +109,7 @@ def test_underlay_carries_only_encrypted_udp(lab):
     dump = subprocess.Popen(["ip", "netns", "exec", a.ns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", "ul0", "-U", "-n", "-w", pcap],
                             stdout=subprocess.DEVNULL, stderr=open(pcap + ".log", "w"))
     try:
-        time.sleep(1.0)
+        wait_for(lambda: file_contains(pcap + ".log", "listening on"), 10, "tcpdump capturing")
         marker = "FLATNET-PLAINTEXT-MARKER-7f3a"
         py(a.containers[0]["ns"], f"""
             import socket
@@ -117,7 +118,7 @@ def test_underlay_carries_only_encrypted_udp(lab):
                 s.sendto(b"{marker}" * 10, ("{b.containers[0]['ip']}", 9999))
         """)
         assert ping(a.containers[0]["ns"], b.containers[0]["ip"])
-        time.sleep(0.5)
+        wait_for(lambda: os.path.getsize(pcap) >= 20 * len(marker) * 10, 5, "tcpdump wrote the tunnelled packets")
     finally:
         dump.send_signal(signal.SIGINT)
         dump.wait(timeout=10)
@@ -135,11 +136,12 @@ def test_tampered_replayed_and_spoofed_packets_are_dropped_and_counted(lab):
     a, b = lab.hosts
     pcap = os.path.join(lab.workdir, "data.pcap")
     dump = subprocess.Popen(["ip", "netns", "exec", a.ns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", "ul0", "-U", "-n", "-w", pcap,
-                             "udp and dst host", b.underlay_ip], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "udp and dst host", b.underlay_ip], stdout=subprocess.DEVNULL, stderr=open(pcap + ".log", "w"))
     try:
-        time.sleep(1.0)
+        wait_for(lambda: file_contains(pcap + ".log", "listening on"), 10, "tcpdump capturing")
         assert ping(a.containers[0]["ns"], b.containers[0]["ip"], count=2)
-        time.sleep(0.3)
+        # two echo requests: two data packets of 16 + 84 + 16 bytes behind their headers
+        wait_for(lambda: os.path.getsize(pcap) >= 24 + 2 * (16 + 42 + 116), 5, "tcpdump wrote the data packets")
     finally:
         dump.send_signal(signal.SIGINT)
         dump.wait(timeout=10)
@@ -178,9 +180,10 @@ def test_tampered_replayed_and_spoofed_packets_are_dropped_and_counted(lab):
         for _ in range(3):
             s.sendto(hdr + udp, ("{b.containers[0]['ip']}", 0))
     """)
-    time.sleep(0.5)
-    after = status(lab, b)["drops"]
-    assert after["replay"] >= before["replay"] + 1, (before, after)
+    after = wait_for(lambda: (d := status(lab, b)["drops"])["replay"] >= before["replay"] + 1
+                     and d["auth_failed"] >= before["auth_failed"] + 1
+                     and d["source_not_allowed"] >= before["source_not_allowed"] + 3 and d, 5,
+                     f"the replayed, tampered and spoofed packets counted (before: {before})")
     from engine.io import control
     peer_row = json.loads(control.get(b.socket, "/peers")[1])[0]
     assert peer_row["rx_dropped"] >= 2  # the replayed and the tampered packet, counted against host-1
@@ -220,8 +223,8 @@ def test_foreign_ca_and_expired_certificate_are_rejected(lab, tmp_path):
     before = status(lab, b)["control_errors"].get("bad_cert", 0)
     _initiation_from(lab, str(other), "host-1", 1, b)          # right name, wrong CA
     _initiation_from(lab, f"{lab.workdir}/pki", "host-1", -1, b)  # right CA, expired
-    time.sleep(0.5)
-    assert status(lab, b)["control_errors"].get("bad_cert", 0) >= before + 2
+    wait_for(lambda: status(lab, b)["control_errors"].get("bad_cert", 0) >= before + 2, 5,
+             "both initiations counted as bad_cert")
     assert ping(a.containers[0]["ns"], b.containers[0]["ip"])  # the real session is untouched
 
 

@@ -142,6 +142,7 @@ def test_lighthouse_status_json_and_table(tmp_path, capsys):
     t.join(10)
     out = capsys.readouterr().out
     assert "lighthouse lh1" in out and "host-a" in out and "10.87.1.0/24" in out
+    assert "tcp relay  off" in out  # STATUS has no tcp_relay (an older lighthouse, or [relay] tcp_port = 0)
 
 
 def test_lighthouse_status_without_a_lighthouse_says_so(tmp_path):

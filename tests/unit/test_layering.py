@@ -28,10 +28,10 @@ def test_proto_imports_no_io():
 
 def test_cni_startup_stays_lean():
     # both front ends (CNI for Podman 4, netavark for Podman 5) and their shared core
-    code = ("import sys; sys.path.insert(0, %r); import cni.__main__, cni.commands, cni.netavark, cni.nvconf, "
+    code = ("import sys; sys.path.insert(0, %r); import cni.__main__, cni.warm, cni.commands, cni.netavark, cni.nvconf, "
             "cni.core; print(' '.join(sorted(sys.modules)))" % str(ROOT))
     mods = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
                               check=True).stdout.split())
     heavy = mods & {"pyroute2", "json", "re", "typing", "dataclasses", "socket", "enum", "msgpack", "nacl",
-                    "argparse", "subprocess", "datetime"}
+                    "argparse", "subprocess", "datetime", "ctypes"}
     assert not heavy, f"the container plugins import {heavy} on every container start"

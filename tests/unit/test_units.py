@@ -13,7 +13,7 @@ def stub_bin(tmp_path) -> str:
     """verify checks that ExecStart's program exists: stand-ins for the venv's commands."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("flatnet", "flatnet-engine", "flatnet-lighthouse"):
+    for name in ("flatnet", "flatnet-engine", "flatnet-lighthouse", "flatnet-cni-warm"):
         (bin_dir / name).write_text("#!/bin/sh\n")
         (bin_dir / name).chmod(0o755)
     return str(bin_dir)
@@ -32,7 +32,13 @@ def test_systemd_units_verify(tmp_path):
 def test_systemd_units_are_sandboxed(tmp_path):
     """systemd-analyze security's exposure (0 best, 10 worst); the units scored 9.6-9.7
     before their sandboxing. The limits leave room for a line more, not for losing it."""
-    limits = {"flatnet-engine.service": 3.5, "flatnet-lighthouse.service": 2.5, "flatnet-gateway.service": 3.5}
+    limits = {
+        "flatnet-engine.service": 3.5,
+        "flatnet-lighthouse.service": 2.5,
+        "flatnet-gateway.service": 3.5,
+        # no mount sandboxing possible: see the unit (measured 5.6)
+        "flatnet-cni-warm.service": 6.0,
+    }
     for unit in render(str(tmp_path / "units"), stub_bin(tmp_path)):
         proc = subprocess.run(
             ["systemd-analyze", "security", "--offline=true", unit], capture_output=True, text=True, timeout=60

@@ -114,3 +114,35 @@ def test_file_store_persists_and_releases(tmp_path):
         assert store.get_by_id("c1", "eth0") == ip
         assert store.release_by_id("c1", "eth0") == [ip]
         assert store.entries() == []
+
+
+def test_file_store_empty_entry_after_a_host_crash_is_skipped_and_collected(tmp_path):
+    # entries are written without fsync (docs/decisions.md): a crash of the whole host may
+    # leave one empty. It names no container: no ADD reuses it, the next address is handed
+    # out, and GC frees it.
+    subnet = parse_subnet("10.0.0.0/29", "subnet")
+    gateway = subnet.network + 1
+    with FileStore(str(tmp_path), "net") as store:
+        (tmp_path / "net" / format_ip(subnet.network + 2)).write_text("")
+        assert store.get_by_id("", "") == subnet.network + 2  # how it reads: owner ""
+        ip = ipam.allocate(store, subnet, gateway, "c1", "eth0")
+        assert ip != subnet.network + 2
+        freed = ipam.garbage_collect(store, {("c1", "eth0")})
+        assert freed == [subnet.network + 2]
+        assert [e[0] for e in store.entries()] == [ip]
+
+
+def test_file_store_write_failure_leaves_no_entry(tmp_path, monkeypatch):
+    import os
+
+    with FileStore(str(tmp_path), "net") as store:
+
+        def full(fd, data):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "write", full)
+        with pytest.raises(CniError) as err:
+            store.reserve(0x0A000002, "c1", "eth0")
+        monkeypatch.undo()
+        assert "No space left on device" in err.value.msg
+        assert store.entries() == []

@@ -10,19 +10,9 @@ import ipaddress
 from engine.datapath import CTRL_RAW, ControlItem
 from engine.device import Device
 from engine.log import Logger
+from engine.proto.constants import TYPE_DATA
+from tests.harness.fakedp import FakeDataPath
 from tests.harness.pki import TestCA
-
-
-class RecordingDataPath:
-    def __init__(self, log):
-        self.log = log
-
-    def __getattr__(self, name):
-        return lambda *args: self.log.append(name)
-
-    def seal_control(self, slot, payload):
-        self.log.append("seal_control")
-        return b"keepalive" if payload == b"" else None
 
 
 def test_the_responder_installs_its_receive_key_before_its_response_leaves():
@@ -31,7 +21,7 @@ def test_the_responder_installs_its_receive_key_before_its_response_leaves():
     log = []
     wire = []
     quiet = Logger("t", stream=open("/dev/null", "w"))
-    devs = {n: Device(ids[n], RecordingDataPath(log), lambda pkt, addr, n=n: (log.append(f"send:{n}"),
+    devs = {n: Device(ids[n], FakeDataPath(calls=log), lambda pkt, addr, n=n: (log.append(f"send:{n}"),
                                                                               wire.append((n, pkt))),
                       lambda: ca.now * 10**9, quiet) for n in ids}
     a, b = devs["host-a"], devs["host-b"]
@@ -52,4 +42,8 @@ def test_the_responder_installs_its_receive_key_before_its_response_leaves():
     del log[:]
     a.on_control([ControlItem(CTRL_RAW, -1, resp, ("192.0.2.2", 4787))], 0.2)
     assert log.index("add_rx") < log.index("set_tx_key") < log.index("seal_control") < log.index("send:host-a"), log
-    assert wire[-1] == ("host-a", b"keepalive")
+    assert wire[-1][0] == "host-a" and wire[-1][1][0] == TYPE_DATA and len(wire[-1][1]) == 32  # a keepalive
+    # and it opens under the responder's receive key, which puts the staged send key in use
+    assert not devs["host-b"].dp.stats(1).has_keys
+    devs["host-b"].dp.receive(wire[-1][1], ("192.0.2.1", 4787))
+    assert devs["host-b"].dp.stats(1).has_keys

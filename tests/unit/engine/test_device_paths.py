@@ -3,7 +3,7 @@ asking for it is authenticated and fresh, and a relay is taken only from a confi
 lighthouse or a node certified with the group "relay".
 
 Two Devices (a = the victim, b = its peer) over a fake wire, with a data path that
-records what the control plane pushes into it. The attacks:
+records what the control plane pushes into it (tests/harness/fakedp.py). The attacks:
 - an old initiation of b, wrapped in a type-5 header, sent from the attacker's own
   address, or bounced through the lighthouse (any registered node can make the
   lighthouse forward a type-5 packet to anyone);
@@ -18,32 +18,14 @@ import struct
 import pytest
 
 from engine.datapath import CTRL_RAW, CTRL_ROAM, ControlItem
-from engine.device import Device
+from engine.device import DIRECT_HOLD, Device
 from engine.log import Logger
 from engine.proto.constants import TYPE_RELAYED
+from tests.harness.fakedp import FakeDataPath
 from tests.harness.pki import TestCA
 
 A_ADDR, B_ADDR, LH_ADDR, C_ADDR = ("192.0.2.1", 4787), ("192.0.2.2", 4787), ("192.0.2.254", 4787), ("192.0.2.3", 4787)
 ATTACKER = ("198.51.100.66", 6666)
-
-
-class FakeDataPath:
-    """Remembers the endpoint and relay each slot was given; seals keepalives."""
-
-    def __init__(self):
-        self.endpoint, self.relay, self.calls = {}, {}, []
-
-    def __getattr__(self, name):
-        return lambda *args: self.calls.append(name)
-
-    def set_endpoint(self, slot, addr):
-        self.endpoint[slot] = addr
-
-    def set_relay(self, slot, relay_id):
-        self.relay[slot] = relay_id
-
-    def seal_control(self, slot, payload):
-        return b"keepalive" if payload == b"" else None
 
 
 class Net:
@@ -123,7 +105,7 @@ def test_a_fresh_relayed_initiation_from_an_address_that_is_no_relay_is_refused(
 
 
 def test_a_fresh_relayed_initiation_via_the_lighthouse_moves_the_peer_to_the_relay(net):
-    net.to_a(relayed(net.initiation_from_b(), 2), LH_ADDR)
+    net.to_a(relayed(net.initiation_from_b(), 2), LH_ADDR, now=1.0 + DIRECT_HOLD)
     assert net.pb.relay == (LH_ADDR, 2) and net.a.dp.relay[net.pb.slot] == 2
     assert net.pb.session.handshakes == 2
     [(src, resp, addr)] = [w for w in net.wire if w[1][0] == TYPE_RELAYED]
@@ -131,15 +113,28 @@ def test_a_fresh_relayed_initiation_via_the_lighthouse_moves_the_peer_to_the_rel
 
 
 def test_a_node_certified_as_relay_may_relay(net):
-    net.to_a(relayed(net.initiation_from_b(), 2), C_ADDR)
+    net.to_a(relayed(net.initiation_from_b(), 2), C_ADDR, now=1.0 + DIRECT_HOLD)
     assert net.pb.relay == (C_ADDR, 2)
+
+
+def test_a_relayed_copy_does_not_undo_a_direct_path_just_confirmed(net):
+    """Relay first sends each initiation both ways; the copy through the relay may come
+    after the direct one confirmed the direct path (at 1.0 in the fixture): it is
+    answered, on the direct path, and the path stays direct."""
+    net.to_a(relayed(net.initiation_from_b(), 2), LH_ADDR, now=1.0 + DIRECT_HOLD - 0.5)
+    assert net.pb.relay is None and net.pb.endpoint == B_ADDR and net.pb.session.handshakes == 2
+    assert [addr for _, p, addr in net.wire if p[0] == 2] == [B_ADDR]
+    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot, now=1.0 + DIRECT_HOLD - 0.4)  # relayed data
+    assert net.pb.relay is None
+    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot, now=1.0 + DIRECT_HOLD)
+    assert net.pb.relay == (LH_ADDR, 2)
 
 
 def test_a_relayed_data_packet_from_an_address_that_is_no_relay_does_not_move_the_path(net):
     before = net.a_state()
     net.to_a(struct.pack("<I", 2), ATTACKER, CTRL_ROAM, net.pb.slot)
     assert net.a_state() == before and net.a.errors["relay_refused"] == 1
-    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot)
+    net.to_a(struct.pack("<I", 2), LH_ADDR, CTRL_ROAM, net.pb.slot, now=1.0 + DIRECT_HOLD)
     assert net.pb.relay == (LH_ADDR, 2)
 
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import msgpack
 from hypothesis import given, settings, strategies as st
 
-from engine.lighthouse_client import DIRECT_RETRY, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
+from engine.lighthouse_client import DIRECT_RETRY, PROBE_DELAYS, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
 from engine.log import Logger
 from lighthouse import wire
 from tests.harness.pki import TestCA
@@ -26,6 +26,7 @@ class FakeDevice:
         self.sent = []          # (peer name, decoded message)
         self.connects = []
         self.relays = []
+        self.probes = 0
         self.relay_names = set()
         self.errors = collections.Counter()
         self.dp = SimpleNamespace(route_unpend=lambda r: None)
@@ -42,6 +43,12 @@ class FakeDevice:
         self.connects.append((peer.name, now))
 
     def rehandshake(self, peer, now):
+        self.connects.append((peer.name, now))
+
+    def probe_direct(self, peer, now):
+        self.probes += 1
+
+    def handshake_now(self, peer, now):
         self.connects.append((peer.name, now))
 
     def add_peer(self, cert, subnet, endpoints):
@@ -64,7 +71,7 @@ class FakeDevice:
 def setup():
     ca = TestCA()
     dev = FakeDevice(ca)
-    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=FakeSession(), relay=None)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), endpoints=[("192.0.2.254", 4787)], keys=True, session=FakeSession(), relay=None)
     leases = []
     client = LighthouseClient(dev, [lh], NET, lambda: [("192.0.2.1", 4787)], Logger("t", stream=open("/dev/null", "w")),
                               leases.append)
@@ -82,7 +89,7 @@ def test_registers_until_leased_then_every_10s():
     assert client.next_register == 1.0 + REGISTER_EVERY
 
 
-def test_unanswered_peer_goes_through_the_relay_and_is_probed_directly():
+def test_a_new_peer_goes_through_the_relay_at_once_and_is_probed_directly():
     ca, dev, lh, client, leases = setup()
     client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
                                       ttl=60), ("192.0.2.254", 4787), 0.0)
@@ -91,13 +98,35 @@ def test_unanswered_peer_goes_through_the_relay_and_is_probed_directly():
                                       endpoints=[("203.0.113.9", 40000)], local=[("172.16.2.2", 4787)]),
                       ("192.0.2.254", 4787), 1.0)
     assert ("host-b", 1.0) in dev.connects
+    [(name, addr, relay_id, reason)] = dev.relays
+    assert name == "host-b" and addr == ("192.0.2.254", 4787) and relay_id == 7
+    assert reason == "relay first, while 1 direct endpoint is tried"
+    assert client.next_probe["host-b"] == 1.0 + PROBE_DELAYS[0]
+    client.handle_timer(1.0 + RELAY_AFTER)
+    assert "no answer from 1 direct endpoint in 3 s" in dev.peers["host-b"].path_reason
+
+
+def test_without_a_registered_relay_the_peer_is_relayed_after_relay_after():
+    ca, dev, lh, client, leases = setup()
+    b = ca.identity("host-b")
+    client.on_message(lh, wire.encode("peer", name="host-b", cert=b.cert.raw, subnet="10.87.7.0/24",
+                                      endpoints=[("203.0.113.9", 40000)], local=[("172.16.2.2", 4787)]),
+                      ("192.0.2.254", 4787), 1.0)
+    assert not dev.relays
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 2.0)
     client.handle_timer(1.0 + RELAY_AFTER - 0.1)
     assert not dev.relays
     client.handle_timer(1.0 + RELAY_AFTER)
     [(name, addr, relay_id, reason)] = dev.relays
-    assert name == "host-b" and addr == ("192.0.2.254", 4787) and relay_id == 7
     assert "no answer from 1 direct endpoint in 3 s" in reason
-    assert client.next_probe["host-b"] == 1.0 + RELAY_AFTER + DIRECT_RETRY
+    assert client.next_probe["host-b"] == 1.0 + RELAY_AFTER + PROBE_DELAYS[0]
+    # then 1, 2, 4 s after the relay, then every DIRECT_RETRY
+    t = 1.0 + RELAY_AFTER
+    for delay in PROBE_DELAYS[1:] + (PROBE_DELAYS[-1] + DIRECT_RETRY,):
+        client.handle_timer(client.next_probe["host-b"])
+        assert client.next_probe["host-b"] == t + delay
+    assert dev.probes == 4
 
 
 def test_a_peer_message_for_ourselves_or_a_foreign_subnet_is_refused():
@@ -120,13 +149,15 @@ def test_a_direct_path_that_died_falls_back_to_the_relay_at_once():
                                       endpoints=[("203.0.113.9", 40000)], local=[("172.16.2.2", 4787)]),
                       ("192.0.2.254", 4787), 1.0)
     peer = dev.peers["host-b"]
-    peer.session.current = object()  # connected directly
+    peer.session.current = object()  # the direct path answered (relay first, then direct)
+    peer.relay = None
+    dev.relays.clear()
     client.handle_timer(2.0)
-    assert not dev.relays
+    assert not dev.relays and "host-b" not in client.next_probe
     client.on_path_dead(peer, 30.0)
     [(name, addr, relay_id, reason)] = dev.relays
     assert name == "host-b" and reason == "the direct path stopped answering"
-    assert client.next_probe["host-b"] == 30.0 + DIRECT_RETRY
+    assert client.next_probe["host-b"] == 30.0 + PROBE_DELAYS[0]
     client.on_path_dead(peer, 31.0)  # already relayed: nothing more
     client.on_path_dead(lh, 31.0)    # a lighthouse is never relayed through itself
     assert len(dev.relays) == 1
@@ -139,7 +170,7 @@ def test_service_refusals_from_the_lighthouse_reach_the_services_api(tmp_path):
     from engine.services import ServiceRegistry
     ca = TestCA()
     dev = FakeDevice(ca)
-    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), keys=True, session=FakeSession(), relay=None)
+    lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), endpoints=[("192.0.2.254", 4787)], keys=True, session=FakeSession(), relay=None)
     reg = ServiceRegistry(str(tmp_path / "services.json"), "host-a", "office.lan")
     client = LighthouseClient(dev, [lh], NET, lambda: [], Logger("t", stream=open("/dev/null", "w")),
                               lambda s: None, services=reg)

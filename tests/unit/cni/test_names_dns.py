@@ -1,0 +1,56 @@
+"""What the plugin learns from Podman for DNS (CNI_ARGS K8S_POD_NAME, runtimeConfig
+aliases), the names file it leaves for the engine, and the result's dns."""
+import json
+
+from cni.store import FileStore
+
+from cni import commands
+from cni.conf import load_netconf
+from cni.ipv4 import Subnet
+from cni.result import add_result, lease_dns
+from cni.args import CmdArgs
+
+# as measured from Podman 4.3.1 with a debug plugin (docs/cni.md, "Names")
+PODMAN_ARGS = "IgnoreUnknown=1;K8S_POD_NAME=web1"
+PODMAN_CONF = {"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet", "capabilities": {"aliases": True},
+               "runtimeConfig": {"aliases": {"flatnet": ["db", "054b6ecab7e9"]}}}
+
+
+def args(cni_args=PODMAN_ARGS, cid="054b6ecab7e9bb78"):
+    return CmdArgs({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_IFNAME": "eth0", "CNI_ARGS": cni_args})
+
+
+def conf(tmp_path, **extra):
+    return load_netconf(json.dumps({**PODMAN_CONF, "dataDir": str(tmp_path), **extra}).encode())
+
+
+def test_name_and_aliases_from_what_podman_passes(tmp_path):
+    assert commands.container_names(args(), conf(tmp_path)) == ["web1", "db", "054b6ecab7e9"]
+    other = conf(tmp_path, runtimeConfig={"aliases": {"othernet": ["x"]}})
+    assert commands.container_names(args(""), other) == []
+    odd = conf(tmp_path, runtimeConfig={"aliases": {"flatnet": [1, None, "", "two words", "a\nb", "ok"]
+                                                    + ["a"] * 100}})
+    assert commands.container_names(args(), odd) == ["web1", "ok"] + ["a"] * 26  # 32 aliases looked at
+
+
+def test_names_go_to_the_store_and_leave_with_the_address(tmp_path):
+    with FileStore(str(tmp_path), "flatnet") as store:
+        store.reserve(ip := (10 << 24) | (87 << 16) | (1 << 8) | 5, "054b6ecab7e9bb78", "eth0")
+        store.set_names(ip, commands.container_names(args(), conf(tmp_path)))
+        path = tmp_path / "flatnet" / "names" / "10.87.1.5"
+        assert path.read_text() == "web1\ndb\n054b6ecab7e9\n"
+        store.release_by_id("054b6ecab7e9bb78", "eth0")
+        assert not path.exists()
+
+
+def test_result_dns_comes_from_the_lease():
+    lease = {"subnet": "10.87.1.0/24", "dns": {"nameservers": ["10.87.1.1"], "search": ["flatnet"]}}
+    dns = lease_dns(lease)
+    assert dns == {"nameservers": ["10.87.1.1"], "search": ["flatnet"]}
+    assert lease_dns({"subnet": "10.87.1.0/24"}) is None
+    assert lease_dns({"dns": {"nameservers": [1]}}) is None
+    assert lease_dns({"dns": "x"}) is None
+    r = add_result("1.0.0", bridge=("b", "m"), host=("h", "m"), container=("eth0", "m"), sandbox="/x",
+                   ip=(10 << 24) | 5, subnet=Subnet(10 << 24, 24),
+                   gateway=(10 << 24) | 1, dns=dns)
+    assert r["dns"] == dns

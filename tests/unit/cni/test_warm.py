@@ -1,0 +1,79 @@
+"""The warm path's wire format and decisions (no daemon): bounded parsers that never raise,
+a caller judged by the kernel's view of it, the cold path whenever the warm one cannot answer."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cni import warm, warmd
+
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+       "CNI_PATH": "/usr/lib/cni"}
+
+
+def test_request_round_trip():
+    data = b'{"cniVersion": "1.0.0", "name": "n"}\0with a NUL in stdin'
+    env, stdin = warmd.parse_request(warm.encode_request(ENV, data))
+    assert (env, stdin) == (ENV, data)  # CNI_ARGS empty: left out, as an unset variable
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_never_raise(raw):
+    req = warmd.parse_request(raw)
+    assert req is None or req[0]["CNI_COMMAND"] in ("ADD", "DEL")
+    reply = warm.decode_reply(raw)
+    assert reply is None or reply[0] in (0, 1)
+    assert warmd.parse_request(warm.MAGIC + b"\0" + raw) is None or b"\0" in raw
+
+
+def test_only_add_and_del_are_taken():
+    for cmd in ("CHECK", "GC", "STATUS", "VERSION", "add", ""):
+        assert warmd.parse_request(warm.encode_request(dict(ENV, CNI_COMMAND=cmd), b"{}")) is None
+    assert warmd.handle(b"garbage") is None
+
+
+def test_refusal_judges_the_caller_by_the_kernel_view(monkeypatch):
+    import os
+    own = warmd.namespaces()
+    me = os.getpid()
+    monkeypatch.setattr(warmd, "effective_caps", lambda pid: warmd.NEEDED_CAPS)
+    assert warmd.refusal(me, 0, own) is None
+    assert "not root" in warmd.refusal(me, 1000, own)
+    assert "pid namespace" in warmd.refusal(0, 0, own)
+    assert "another mount or network namespace" in warmd.refusal(me, 0, ((1, 1), (1, 2)))
+    assert "cannot inspect" in warmd.refusal(2 ** 22 + 7, 0, own)  # no such process
+    monkeypatch.setattr(warmd, "effective_caps", lambda pid: 1 << warmd.CAP_NET_ADMIN)
+    assert "CAP_SYS_ADMIN" in warmd.refusal(me, 0, own)
+
+
+def test_the_answer_is_dispatch_output(monkeypatch):
+    def fake(env, stdin, out, err):
+        out.write('{"x": 1}\n')
+        err.write("trace")
+        return 1
+    monkeypatch.setattr(warmd, "dispatch", fake)
+    reply = warmd.handle(warm.encode_request(ENV, b"{}"))
+    assert warm.decode_reply(reply) == (1, b'{"x": 1}\n', b"trace")
+    assert warm.decode_reply(b"F") is None and warm.decode_reply(b"R\x07{}\0") is None
+
+
+@pytest.mark.parametrize("conf,expect", [
+    (b'{"name": "n"}', warm.DEFAULT_SOCKET),
+    (b'{"warmSocket": "/tmp/w.sock"}', "/tmp/w.sock"),
+    (b'{"warmSocket": ""}', ""),
+    (b'{"warmSocket": "relative.sock"}', ""),
+    (b'{"warmSocket": 5}', ""),
+    (b'{"warmSocket": "/' + b"a" * 200 + b'"}', ""),
+    (b'{"warm\\u0053ocket": ""}', ""),  # an escaped key is parsed, not missed
+    (b'{"warmSocket": ', ""),  # bad JSON: the cold path reports it
+    (b"{not json", warm.DEFAULT_SOCKET),  # cannot name a socket: the daemon reports it, as the cold path would
+    (b"[]", warm.DEFAULT_SOCKET),
+])
+def test_socket_path(conf, expect):
+    assert warm.socket_path(conf) == expect
+
+
+def test_cold_path_when_the_warm_one_cannot_answer(tmp_path):
+    conf = b'{"warmSocket": "%s"}' % str(tmp_path / "absent.sock").encode()
+    assert warm.call(ENV, conf) is None  # no socket
+    assert warm.call(dict(ENV, CNI_COMMAND="CHECK"), conf) is None  # not a warm command
+    assert warm.call(ENV, b" " * (warm.MAX_REQUEST + 1)) is None  # too large to send

@@ -1,0 +1,17 @@
+import pytest
+
+from tests.harness.simnet import Sim
+
+
+@pytest.fixture
+def make_sim(tmp_path):
+    """Sim(**options) in this test's directory (the lease databases live there)."""
+    sims = []
+
+    def make(**options):
+        sims.append(Sim(tmp_path / f"sim{len(sims)}", **options))
+        return sims[-1]
+    yield make
+    for sim in sims:
+        for lh in sim.lighthouses:
+            lh.leases.close()
