@@ -62,7 +62,9 @@ class LeaseStore(Store):
         out (block 0 is kept back: 10.87.0.0/24 stays free for the network's own use)."""
         if name in self._names:
             return self.subnet(self._names[name])
-        for _ in range(5):
+        # each lost race reloads the used blocks, so a retry only loses to an insert made
+        # since: with N writers at once, N rounds at most; 64 is room for many processes
+        for _ in range(64):
             row = self.db.execute("SELECT block FROM leases WHERE name=?", (name,)).fetchone()
             if row is not None:  # a renewal: nothing to write (liveness is kept in memory)
                 self._names[name], self._owners[row[0]] = row[0], name
