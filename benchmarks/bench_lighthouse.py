@@ -15,7 +15,7 @@ import time
 import tracemalloc
 
 from benchmarks.report import table, write_json
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
 

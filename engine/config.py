@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.proto import endpoint
-from engine.confparse import type_problem
+from engine.proto.confparse import type_problem
 
 
 class ConfigError(Exception):

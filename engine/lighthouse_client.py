@@ -33,7 +33,7 @@ from engine.proto import endpoint as endpoints_policy
 from engine.proto import names as names_rule
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Reassembly
-from lighthouse import wire
+from engine.proto import control as wire
 
 REGISTER_EVERY = 10.0
 REGISTER_RETRY = 1.0     # until the first lease

@@ -15,7 +15,7 @@ import socket
 from engine.proto import endpoint
 
 MAX_HOSTS_FILE = 1 << 20   # bytes read from a hosts file
-MAX_ADDRESSES = 8          # per name, as on the wire (lighthouse.wire.MAX_ENDPOINTS)
+MAX_ADDRESSES = 8          # per name, as on the wire (engine.proto.control.MAX_ENDPOINTS)
 
 
 class ResolveError(Exception):

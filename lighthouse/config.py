@@ -5,7 +5,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from engine.confparse import type_problem
+from engine.proto.confparse import type_problem
 from engine.config import ConfigError, _endpoint, listen_host, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},

@@ -9,11 +9,7 @@ from __future__ import annotations
 import ipaddress
 import sqlite3
 
-from lighthouse.store import Store
-
-
-class LeaseExhausted(Exception):
-    pass
+from lighthouse.store import LeaseExhausted, Store
 
 
 class LeaseStore(Store):

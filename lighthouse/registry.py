@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from engine.proto import cert as certs, names, revocation
 from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
-from lighthouse import wire
-from lighthouse.leases import LeaseExhausted
+from engine.proto import control as wire
+from lighthouse.store import LeaseExhausted
 from lighthouse.store import NodeRecord, Store, StoreUnavailable
 
 Endpoint = tuple[str, int]

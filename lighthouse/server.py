@@ -22,10 +22,12 @@ from engine.log import Logger
 from engine.proto import endpoint as endpoints_policy
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.revocation import Revocations
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.config import LighthouseConfig
 from lighthouse.registry import Registry
-from lighthouse.store import NodeRecord, open_store
+from lighthouse.leases import LeaseStore
+from lighthouse.store import NodeRecord, Store
+from lighthouse.store_etcd import EtcdStore
 
 TICK = 1.0
 LEASE_WORKERS = 8  # etcd: first leases allocated at once (each a transaction round trip)
@@ -208,3 +210,11 @@ class Lighthouse:
         if url.split("?")[0] == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition(self.metrics)()
         return control.json_response({"error": "try /status"}, 404)
+
+
+def open_store(config, me: str) -> Store:  # noqa: ANN001  (LighthouseConfig)
+    """The store `config` names, for the lighthouse whose certificate name is `me`."""
+    if config.store_backend == "etcd":
+        return EtcdStore(list(config.store_endpoints), config.network, me, prefix=config.store_prefix,
+                         ttl=config.ttl)
+    return LeaseStore(config.database, config.network)

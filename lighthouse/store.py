@@ -29,6 +29,10 @@ from typing import Callable
 Endpoint = tuple[str, int]
 
 
+
+class LeaseExhausted(Exception):
+    """No free /24 left in the network."""
+
 class StoreUnavailable(OSError):
     """The store cannot take a write now (etcd without quorum): the node is told
     `error {code: "unavailable"}` and registers again by itself."""
@@ -103,13 +107,3 @@ class Store:
 
     def close(self) -> None:
         pass
-
-
-def open_store(config, me: str) -> Store:  # noqa: ANN001  (LighthouseConfig)
-    """The store `config` names, for the lighthouse whose certificate name is `me`."""
-    if config.store_backend == "etcd":
-        from lighthouse.store_etcd import EtcdStore
-        return EtcdStore(list(config.store_endpoints), config.network, me, prefix=config.store_prefix,
-                         ttl=config.ttl)
-    from lighthouse.leases import LeaseStore
-    return LeaseStore(config.database, config.network)

@@ -32,9 +32,9 @@ import threading
 import time
 
 from engine.proto.errors import RemoteProtocolError
-from lighthouse import etcd, wire
-from lighthouse.leases import LeaseExhausted
-from lighthouse.store import NodeRecord, Store, StoreUnavailable
+from engine.proto import control as wire
+from lighthouse import etcd
+from lighthouse.store import LeaseExhausted, NodeRecord, Store, StoreUnavailable
 
 PUNCH_TTL = 10           # seconds a punch request may wait for its lighthouse
 WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader

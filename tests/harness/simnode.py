@@ -26,7 +26,7 @@ from engine.proto import cert as certs
 from engine.proto import cookie, handshake as hsm
 from engine.proto.handshake import Identity
 from engine.proto.noise import generate_keypair
-from lighthouse import wire
+from engine.proto import control as wire
 from tests.harness import wire as hwire
 
 DAY = 86400

@@ -44,7 +44,7 @@ TYPED = [
     "cni/store.py",
     "cni/warm.py",
     "cni/warmd.py",
-    "engine/confparse.py",
+    "engine/proto/confparse.py",
     "engine/proto/__init__.py",
     "engine/proto/constants.py",
     "engine/proto/errors.py",

@@ -4,7 +4,7 @@ import pytest
 
 from engine.config import ConfigError, parse as engine_parse
 from engine.proto.errors import RemoteProtocolError
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.config import parse as lighthouse_parse
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry

@@ -8,7 +8,7 @@ import pytest
 from cni.conf import load_netconf
 from cni.errors import CniError
 from engine import config as engine_config
-from engine.confparse import type_problem
+from engine.proto.confparse import type_problem
 from lighthouse import config as lighthouse_config
 
 PATH = "/etc/flatnet/x.toml"

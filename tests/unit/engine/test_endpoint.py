@@ -11,7 +11,7 @@ from engine.config import ConfigError, parse
 from engine.io import udp
 from engine.proto import endpoint
 from engine.proto.errors import RemoteProtocolError
-from lighthouse import wire
+from engine.proto import control as wire
 
 
 @pytest.mark.parametrize("text, want", [

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from engine.lighthouse_client import DIRECT_RETRY, PROBE_DELAYS, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
 from engine.log import Logger
-from lighthouse import wire
+from engine.proto import control as wire
 from tests.harness.pki import TestCA
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")

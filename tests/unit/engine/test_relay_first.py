@@ -20,7 +20,7 @@ from engine.device import Device
 from engine.lighthouse_client import PROBE_DELAYS, RELAY_AFTER, LighthouseClient
 from engine.log import Logger
 from engine.proto.constants import TYPE_INITIATION, TYPE_RELAYED
-from lighthouse import wire
+from engine.proto import control as wire
 from tests.harness.pki import TestCA
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")

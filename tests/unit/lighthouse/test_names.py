@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from engine.lighthouse_client import LighthouseClient
 from engine.log import Logger
 from engine.proto.errors import RemoteProtocolError
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
 from tests.harness.pki import TestCA

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine.proto.errors import RemoteProtocolError
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
 

@@ -5,7 +5,7 @@ import ipaddress
 
 import pytest
 
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
 

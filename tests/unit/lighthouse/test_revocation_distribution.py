@@ -13,7 +13,7 @@ from engine.proto import revocation as rv
 from engine.proto.errors import RemoteProtocolError
 from engine.proto.handshake import Identity
 from engine.lighthouse_client import LighthouseClient
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.leases import LeaseStore
 from lighthouse.registry import Registry
 from tests.harness.pki import TestCA

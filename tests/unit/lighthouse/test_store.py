@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from lighthouse import wire
+from engine.proto import control as wire
 from lighthouse.leases import LeaseExhausted, LeaseStore
 from lighthouse.registry import Registry
 from lighthouse.store import NodeRecord

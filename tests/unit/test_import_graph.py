@@ -1,0 +1,109 @@
+"""The import graph of the product: which part may depend on which, and no cycles.
+
+docs/architecture.md draws the same picture. Every import counts, also one inside a
+function (a lazy import is still a dependency). The rules:
+
+    engine.proto   pure protocol (sans-IO): imports nothing else of the project
+    cni            the CNI/netavark plugins: engine.proto only (pure and small: the plugin's
+                   start-up stays lean, tests/unit/test_layering.py)
+    engine         the per-host daemon: engine.proto, cni (the bridge's shape)
+    lighthouse     the lighthouse: engine.proto and engine (it is a node like any other)
+    cli            the `flatnet` command and the lab: anything
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CLI = "flatnet_cli"  # the `flatnet` command (its folder)
+PARTS = {"engine.proto": {"engine.proto"},
+         "cni": {"cni", "engine.proto"},
+         "engine": {"engine", "engine.proto", "cni"},
+         "lighthouse": {"lighthouse", "engine", "engine.proto"},
+         CLI: {CLI, "engine", "engine.proto", "cni", "lighthouse"}}
+
+
+def _module(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for top in ("engine", "cni", "lighthouse", CLI):
+        for path in (ROOT / top).rglob("*.py"):
+            if "__pycache__" not in path.parts and path.name != "_build.py":  # the build script is not imported
+                found[_module(path)] = path
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith(f"{CLI}.") and name.split(".")[1] in ("engine", "cni", "lighthouse"):
+                    name = name.removeprefix(f"{CLI}.")  # flatnet.engine.x lives in engine/x.py
+                while name and name not in mods:
+                    name = name.rpartition(".")[0]
+                if name and name != mod:
+                    deps.add(name)
+        graph[mod] = deps
+    return graph
+
+
+def _part(mod: str) -> str:
+    return "engine.proto" if mod == "engine.proto" or mod.startswith("engine.proto.") else mod.split(".")[0]
+
+
+def test_each_part_imports_only_what_it_may():
+    wrong = sorted(f"{mod} imports {dep}" for mod, deps in _graph().items() for dep in deps
+                   if _part(dep) not in PARTS[_part(mod)])
+    assert not wrong, "imports across the layering (docs/architecture.md):\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while (w := stack.pop()) != v:
+                comp.append(w)
+            if comp:
+                cycles.append(sorted(comp + [v]))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_graph_sees_the_tree():
+    """The rules above are only worth something if the walk finds the modules."""
+    graph = _graph()
+    assert {"engine.device", "engine.proto.handshake", "cni.commands", "lighthouse.registry"} <= set(graph)
+    assert "engine.proto.handshake" in graph["engine.device"]
