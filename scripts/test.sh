@@ -15,7 +15,7 @@ FLATNET_LOG_TAG=test
 
 TEST_PKGS=(busybox-static iputils-ping ethtool tcpdump procps psmisc luajit2 chromium prometheus
            nebula wireguard-go wireguard-tools wrk iperf3
-           debootstrap libasan8 libubsan1)  # the Podman 5 sandbox; the fuzz harness's sanitizers
+           debootstrap libasan8 libubsan1 etcd-server)  # the Podman 5 sandbox, the fuzz harness, the etcd store
 bash "$here/scripts/install.sh" --dev --extras test,bench --gateway || { echo "install failed" >&2; exit 1; }
 apt_install "${TEST_PKGS[@]}" || { echo "installing the test tools failed" >&2; exit 1; }
 cd "$here"
