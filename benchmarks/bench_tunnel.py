@@ -301,7 +301,7 @@ def _setup_wg(t: Topology, system: str, binary: str, port: int, net: str, letter
     target = f"{net}.2"
     t.wait_ping(target)
     buffers = {}
-    for n, p in zip("ab", t.procs[system]):
+    for n, p in zip("ab", t.procs[system], strict=True):
         # after `wg set listen-port`, which (re)binds the sockets
         buffers[n] = udp_buffers(p.pid, force=force_buf)
     return target, {"link": link_knobs(t.a, devs["a"]), "buffers_forced": force_buf, "buffers_after_force": buffers,
@@ -356,7 +356,7 @@ class Meter:
     def __exit__(self, *exc) -> None:
         d1, h1 = daemon_cpu_seconds(self.procs), host_cpu_ticks(open("/proc/stat").read())
         self.wall = time.monotonic() - self.t0
-        self.daemons = [b - a for a, b in zip(self.d0, d1)]
+        self.daemons = [b - a for a, b in zip(self.d0, d1, strict=True)]
         self.busy, self.steal = (h1[0] - self.h0[0]) / HZ, (h1[1] - self.h0[1]) / HZ
 
     def record(self, out: dict, test: str) -> None:
@@ -419,12 +419,13 @@ def derive(r: dict) -> dict:
     """Per-unit figures of one repetition: CPU seconds per GB (TCP), per million packets
     (UDP64), milliseconds per ping; Gbit moved per daemon CPU-second."""
     for test in ("tcp1", "tcp4"):
-        gb = r.get(f"{test}_bytes", 0) / 1e9
+        moved = r.get(f"{test}_bytes")   # None when the test failed: no figure, not a zero
+        gb = moved / 1e9 if moved else None
         r[f"{test}_daemon_s_per_gb"] = per_unit(r.get(f"{test}_cpu_daemon_s"), gb)
         r[f"{test}_host_s_per_gb"] = per_unit(r.get(f"{test}_cpu_host_s"), gb)
-        r[f"{test}_gbit_per_daemon_s"] = per_unit(8 * gb, r.get(f"{test}_cpu_daemon_s"))
-        r[f"{test}_gbit_per_host_s"] = per_unit(8 * gb, r.get(f"{test}_cpu_host_s"))
-    mpkt = r.get("udp64_rx_pkts", 0) / 1e6
+        r[f"{test}_gbit_per_daemon_s"] = per_unit(8 * gb if gb else None, r.get(f"{test}_cpu_daemon_s"))
+        r[f"{test}_gbit_per_host_s"] = per_unit(8 * gb if gb else None, r.get(f"{test}_cpu_host_s"))
+    mpkt = r["udp64_rx_pkts"] / 1e6 if r.get("udp64_rx_pkts") else None
     r["udp64_daemon_s_per_mpkt"] = per_unit(r.get("udp64_cpu_daemon_s"), mpkt)
     r["udp64_host_s_per_mpkt"] = per_unit(r.get("udp64_cpu_host_s"), mpkt)
     n = r.get("ping_replies")
@@ -529,7 +530,7 @@ def main(argv: list[str]) -> int:
             print(f"[tunnel] setting up {s}", file=sys.stderr, flush=True)
             targets[s], knobs[s] = SETUP[s](t, a)
         for s, procs in t.procs.items():  # what each daemon's UDP sockets got, once all run
-            knobs[s]["buffers"] = {n: udp_buffers(p.pid) for n, p in zip("ab", procs)}
+            knobs[s]["buffers"] = {n: udp_buffers(p.pid) for n, p in zip("ab", procs, strict=True)}
         for rep in range(a.reps):
             orders.append(rotation(systems, rep))
             for s in orders[-1]:

@@ -19,7 +19,7 @@ def bar_chart(path: str, summary: dict, labels: dict | None = None, subject: str
     names = [labels.get(s, s).replace(" (", "\n(") for s in systems]
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 4.6))
     colors = ["#1565c0" if s == subject else "#9e9e9e" for s in systems]
-    for ax, (key, title) in zip(axes, PANELS):
+    for ax, (key, title) in zip(axes, PANELS, strict=True):
         values = [summary[s].get(key) or 0 for s in systems]
         ax.bar(range(len(systems)), values, color=colors)
         ax.set_xticks(range(len(systems)))
