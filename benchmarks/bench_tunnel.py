@@ -218,11 +218,15 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
         t.start("flatnet", ns, [sys.executable, "-m", "engine", "--config", f"{d}/{n}.toml"], f"{d}/{n}.log")
     target = "10.87.2.1"
     t.wait_ping(target)
+    # the engine's own word that the firewall and the offloads are on (event=firewall, event=offloads)
+    logged = [line.strip()[:300] for line in open(f"{d}/a.log") if "firewall" in line or "offloads" in line]
+    if not any("firewall" in line for line in logged):
+        raise RuntimeError(f"flatnet did not log its firewall policy; see {d}/a.log")
     commit = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True, text=True,
                             timeout=10).stdout.strip() or "?"
     return target, {"label": f"flatnet {commit}", "version": commit, "cipher": "ChaCha20-Poly1305",
                     "firewall": "default deny + inbound any/any; outbound flows tracked",
-                    "config": open(f"{d}/a.toml").read(), "link": link_knobs(t.a, "flatnet0")}
+                    "config": open(f"{d}/a.toml").read(), "engine_log": logged, "link": link_knobs(t.a, "flatnet0")}
 
 
 def _setup_nebula(t: Topology, system: str, cipher: str, port: int, net: str, dev: str) -> tuple[str, dict]:
@@ -506,7 +510,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--subject", default=SUBJECT, help="the system the ratios are of (default flatnet)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--png", help="draw a chart here (matplotlib)")
+    p.add_argument("--report", metavar="JSON", help="print the tables of a saved run again (no measuring)")
     a = p.parse_args(argv)
+    if a.report:
+        with open(a.report) as f:
+            doc = json.load(f)["results"]
+        for k in ("reps", "time", "udp_time", "pings", "subject"):
+            setattr(a, k, doc["params"][k])
+        print(render(doc["summary"], {ref: {k: v["per_rep"] for k, v in r.items()} for ref, r in doc["ratios"].items()},
+                     doc["knobs"], a))
+        return 0
     systems = (a.systems or DEFAULT_SYSTEMS + (",wireguard-go-upstream" if a.wg_bin else "")).split(",")
     for s in systems:
         if s not in SETUP:
