@@ -222,8 +222,12 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
     logged = [line.strip()[:300] for line in open(f"{d}/a.log") if "firewall" in line or "offloads" in line]
     if not any("firewall" in line for line in logged):
         raise RuntimeError(f"flatnet did not log its firewall policy; see {d}/a.log")
-    commit = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True, text=True,
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             timeout=10).stdout.strip() or "?"
+    # "+changes" when the code that runs differs from that commit (docs being edited do not count)
+    if subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "engine", "flatnet_cli"], capture_output=True,
+                      text=True, timeout=10).stdout.strip():
+        commit += "+changes"
     return target, {"label": f"flatnet {commit}", "version": commit, "cipher": "ChaCha20-Poly1305",
                     "firewall": "default deny + inbound any/any; outbound flows tracked",
                     "config": open(f"{d}/a.toml").read(), "engine_log": logged, "link": link_knobs(t.a, "flatnet0")}
@@ -571,5 +575,5 @@ def main(argv: list[str]) -> int:
                    "systems": systems, "wg_bin": a.wg_bin, "argv": argv}})
     if a.png:
         from benchmarks.chart import bar_chart
-        bar_chart(a.png, summary, {s: knobs.get(s, {}).get("label", s) for s in systems}, a.subject)
+        bar_chart(a.png, summary, {s: knobs.get(s, {}).get("label", s) for s in systems}, a.subject, runs)
     return 0

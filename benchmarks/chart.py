@@ -10,7 +10,9 @@ PANELS = [("tcp1_gbps", "TCP 1 stream (Gbit/s)"), ("tcp1_gbit_per_daemon_s", "Gb
           ("udp64_rx_kpps", "UDP 64 B received (kpps)"), ("rtt_med_us", "ping RTT median\n(us, lower is better)")]
 
 
-def bar_chart(path: str, summary: dict, labels: dict | None = None, subject: str = "flatnet") -> None:
+def bar_chart(path: str, summary: dict, labels: dict | None = None, subject: str = "flatnet",
+              runs: dict | None = None) -> None:
+    """Bars are medians; with `runs` (per repetition), whiskers span min to max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -21,12 +23,19 @@ def bar_chart(path: str, summary: dict, labels: dict | None = None, subject: str
     colors = ["#1565c0" if s == subject else "#9e9e9e" for s in systems]
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         values = [summary[s].get(key) or 0 for s in systems]
-        ax.bar(range(len(systems)), values, color=colors)
+        err = None
+        if runs:
+            reps = [[r[key] for r in runs.get(s, []) if r.get(key) is not None] or [v] for s, v in zip(systems, values, strict=True)]
+            err = [[v - min(x) for v, x in zip(values, reps, strict=True)], [max(x) - v for v, x in zip(values, reps, strict=True)]]
+        ax.bar(range(len(systems)), values, color=colors, yerr=err, capsize=3, ecolor="#424242")
+        if key == "tcp1_gbps" and summary.get("underlay", {}).get(key):
+            title += f"\nunderlay: {summary['underlay'][key]:.1f}"
         ax.set_xticks(range(len(systems)))
         ax.set_xticklabels(names, fontsize=6.5, rotation=60, ha="right")
         ax.set_title(title, fontsize=9)
         for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.2f}" if v < 10 else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+            top = v + (err[1][i] if err else 0)  # above the whisker
+            ax.text(i, top, f"{v:.2f}" if v < 10 else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
     fig.suptitle("Tunnels tuned as their docs advise, one run (python -m benchmarks tunnel): medians", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -35,4 +44,5 @@ def bar_chart(path: str, summary: dict, labels: dict | None = None, subject: str
 if __name__ == "__main__":  # python -m benchmarks.chart results.json out.png
     with open(sys.argv[1]) as f:
         doc = json.load(f)["results"]
-    bar_chart(sys.argv[2], doc["summary"], doc.get("labels"), doc.get("params", {}).get("subject", "flatnet"))
+    bar_chart(sys.argv[2], doc["summary"], doc.get("labels"), doc.get("params", {}).get("subject", "flatnet"),
+              doc.get("runs"))
