@@ -13,6 +13,7 @@ paired per repetition and printed as median (min-max). --json writes every numbe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -375,7 +376,9 @@ class Meter:
         out[f"{test}_wall_s"] = self.wall
 
 
-def iperf(t: Topology, target: str, args: list[str], seconds: int) -> dict:
+@contextlib.contextmanager
+def iperf_server(t: Topology):
+    """A one-shot iperf3 server in host b, started before the meter runs."""
     server = subprocess.Popen(["ip", "netns", "exec", t.b, "iperf3", "-s", "-1", "-p", "5201"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -383,9 +386,7 @@ def iperf(t: Topology, target: str, args: list[str], seconds: int) -> dict:
             if ":5201" in sh("ss", "-Hltn", ns=t.b).stdout:
                 break
             time.sleep(0.1)
-        proc = sh("iperf3", "-c", target, "-p", "5201", "-t", str(seconds), "-J", *args, ns=t.a, check=False,
-                  timeout=seconds + 30)
-        return json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {"error": proc.stderr}
+        yield
     finally:
         try:
             server.wait(timeout=5)
@@ -394,14 +395,21 @@ def iperf(t: Topology, target: str, args: list[str], seconds: int) -> dict:
             server.wait()
 
 
+def iperf_client(t: Topology, target: str, args: list[str], seconds: int) -> dict:
+    proc = sh("iperf3", "-c", target, "-p", "5201", "-t", str(seconds), "-J", *args, ns=t.a, check=False,
+              timeout=seconds + 30)
+    return json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {"error": proc.stderr.strip()[:200]}
+
+
 def measure(t: Topology, system: str, target: str, a: argparse.Namespace) -> dict:
     procs = t.procs.get(system, [])
     out: dict = {"errors": []}
     for test, args, secs in (("tcp1", [], a.time), ("tcp4", ["-P", "4"], a.time),
                              ("udp64", ["-u", "-l", "64", "-b", "0"], a.udp_time)):
-        with Meter(procs) as m:
-            doc = iperf(t, target, args, secs)
+        with iperf_server(t), Meter(procs) as m:
+            doc = iperf_client(t, target, args, secs)
         m.record(out, test)
+        time.sleep(0.5)  # let queues drain before the next meter starts
         try:
             r = iperf_udp_received(doc) if test == "udp64" else iperf_tcp(doc)
         except ValueError as exc:
@@ -409,7 +417,6 @@ def measure(t: Topology, system: str, target: str, a: argparse.Namespace) -> dic
             continue
         for k, v in r.items():
             out[f"{test}_{k}"] = v
-        time.sleep(0.5)  # let queues drain before the next meter starts
     sh("ping", "-c", "5", "-i", "0.05", "-W", "1", target, ns=t.a, check=False)  # warm: ARP, handshakes
     with Meter(procs) as m:
         p = sh("ping", "-c", str(a.pings), "-i", "0.02", "-W", "1", target, ns=t.a, check=False,
@@ -419,6 +426,9 @@ def measure(t: Topology, system: str, target: str, a: argparse.Namespace) -> dic
     out["ping_replies"] = len(rtts)
     out["rtt_med_us"] = median(rtts)
     out["rtt_min_us"] = min(rtts) if rtts else None
+    for proc in procs:
+        if proc.poll() is not None:
+            out["errors"].append(f"daemon pid {proc.pid} exited ({proc.returncode})")
     derive(out)
     return out
 
