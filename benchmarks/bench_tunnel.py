@@ -370,6 +370,8 @@ class Meter:
 
     def record(self, out: dict, test: str) -> None:
         out[f"{test}_cpu_daemons_s"] = self.daemons
+        for host, sec in zip("ab", self.daemons, strict=False):  # a: iperf3 client side, b: server side
+            out[f"{test}_cpu_{host}_s"] = sec
         out[f"{test}_cpu_daemon_s"] = sum(self.daemons) if self.procs else None
         out[f"{test}_cpu_host_s"] = self.busy + self.steal   # busy + steal, all CPUs
         out[f"{test}_steal_s"] = self.steal
@@ -497,9 +499,10 @@ def render(summary: dict, rat: dict, knobs: dict, a: argparse.Namespace) -> str:
         rows.append([label[s]] + [f"{fmt(m.get(f'{t}_daemon_{u}'), d)} / {fmt(m.get(f'{t}_host_{u}'), d)}"
                                   for t, u, d in (("tcp1", "s_per_gb", 1), ("tcp4", "s_per_gb", 1),
                                                   ("udp64", "s_per_mpkt", 1), ("ping", "ms_per_ping", 2))]
-                    + [fmt(m.get("steal_pct"), 1)])
+                    + [f"{fmt(m.get('tcp1_cpu_a_s'))} / {fmt(m.get('tcp1_cpu_b_s'))}", fmt(m.get("steal_pct"), 1)])
     out += ["", "CPU in every test, daemons (both) / host (busy + steal), medians:", "",
-            table(["system", "TCPx1 s/GB", "TCPx4 s/GB", "UDP64 s per M pkts", "ping ms per ping", "steal %"], rows)]
+            table(["system", "TCPx1 s/GB", "TCPx4 s/GB", "UDP64 s per M pkts", "ping ms per ping",
+                   f"TCPx1 CPU-s sender / receiver daemon ({a.time} s)", "steal %"], rows)]
     if a.subject in summary:
         rows = [[label[ref]] + [fmt_ratio(r[k]) for k, _ in RATIO_KEYS] + [fmt_ratio(r["rtt_added"])]
                 for ref, r in rat.items()]
