@@ -42,6 +42,11 @@ TUN_MTU = 1420             # every tunnel: 1500 underlay - 80 (WireGuard's defau
 FLATNET_BUF = 8 << 20      # Flatnet's default [listen] socket_buffer
 NEBULA_BUF = 10 << 20      # listen.read_buffer / write_buffer as in Nebula's config reference
 WG_DEBIAN_BUF = 8 << 20    # forced by the harness on Debian's wireguard-go (it sets none itself)
+# TUN queue length of every tunnel. At the kernel's 500, Nebula 1.6.1 and Debian's
+# wireguard-go drop packets on the TUN in the TCP tests (each drop a TCP retransmit);
+# Nebula's docs advise raising tun.tx_queue then. One value for all, set where each
+# system sets it: Nebula's tun.tx_queue, `ip link ... txqueuelen` for the others.
+TUN_TXQLEN = 2000
 SUBJECT = "flatnet"
 
 
@@ -160,6 +165,12 @@ def link_knobs(ns: str, dev: str) -> dict:
     return {"dev": dev, "mtu": link.get("mtu"), "txqlen": link.get("txqlen"), "offloads": feats}
 
 
+def link_stats(ns: str, dev: str) -> dict:
+    link = json.loads(sh("ip", "-j", "-s", "link", "show", "dev", dev, ns=ns, check=False).stdout or "[{}]")[0]
+    st = link.get("stats64") or link.get("stats") or {}
+    return {d: {k: st.get(d, {}).get(k) for k in ("packets", "dropped", "errors")} for d in ("rx", "tx")}
+
+
 def _version(argv: list[str], pattern: str) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
@@ -192,7 +203,7 @@ def wg_build_label(binary: str) -> tuple[str, str]:
 # each setup returns its overlay target IP and what it was given (for the fairness table)
 def setup_underlay(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
     return UL_B, {"label": f"underlay (veth + bridge, kernel {platform.release()})", "version": platform.release(),
-                  "link": link_knobs(t.a, "ul0")}
+                  "link": link_knobs(t.a, "ul0"), "devs": {"a": "ul0", "b": "ul0"}}
 
 
 def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
@@ -219,6 +230,8 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
         t.start("flatnet", ns, [sys.executable, "-m", "engine", "--config", f"{d}/{n}.toml"], f"{d}/{n}.log")
     target = "10.87.2.1"
     t.wait_ping(target)
+    for ns in (t.a, t.b):  # Flatnet has no queue-length setting of its own
+        sh("ip", "link", "set", "dev", "flatnet0", "txqueuelen", str(TUN_TXQLEN), ns=ns)
     # the engine's own word that the firewall and the offloads are on (event=firewall, event=offloads)
     logged = [line.strip()[:300] for line in open(f"{d}/a.log") if "firewall" in line or "offloads" in line]
     if not any("firewall" in line for line in logged):
@@ -231,7 +244,8 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
         commit += "+changes"
     return target, {"label": f"flatnet {commit}", "version": commit, "cipher": "ChaCha20-Poly1305",
                     "firewall": "default deny + inbound any/any; outbound flows tracked",
-                    "config": open(f"{d}/a.toml").read(), "engine_log": logged, "link": link_knobs(t.a, "flatnet0")}
+                    "config": open(f"{d}/a.toml").read(), "engine_log": logged, "link": link_knobs(t.a, "flatnet0"),
+                    "devs": {"a": "flatnet0", "b": "flatnet0"}}
 
 
 def _setup_nebula(t: Topology, system: str, cipher: str, port: int, net: str, dev: str) -> tuple[str, dict]:
@@ -254,7 +268,7 @@ listen: {{host: 0.0.0.0, port: {port}, batch: 64, read_buffer: {NEBULA_BUF}, wri
 routines: 1
 punchy: {{punch: true}}
 cipher: {cipher}
-tun: {{disabled: false, dev: {dev}, drop_local_broadcast: false, drop_multicast: false, tx_queue: 500, mtu: {TUN_MTU}}}
+tun: {{disabled: false, dev: {dev}, drop_local_broadcast: false, drop_multicast: false, tx_queue: {TUN_TXQLEN}, mtu: {TUN_MTU}}}
 logging: {{level: info, format: text}}
 firewall:
   conntrack: {{tcp_timeout: 12m, udp_timeout: 3m, default_timeout: 10m}}
@@ -268,7 +282,7 @@ firewall:
     return target, {"label": f"nebula {ver} {cipher}", "version": f"{ver} (Debian {_deb_version('nebula')})",
                     "cipher": "AES-256-GCM" if cipher == "aes" else "ChaCha20-Poly1305",
                     "firewall": "outbound and inbound any/any (conntrack on every packet)",
-                    "config": open(f"{d}/a.yml").read(), "link": link_knobs(t.a, dev)}
+                    "config": open(f"{d}/a.yml").read(), "link": link_knobs(t.a, dev), "devs": {"a": dev, "b": dev}}
 
 
 def setup_nebula(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
@@ -306,14 +320,14 @@ def _setup_wg(t: Topology, system: str, binary: str, port: int, net: str, letter
         sh("wg", "set", dev, "listen-port", str(port), "private-key", f"{d}/{n}.key", "peer", keys[o], "endpoint",
            f"{o_ul}:{port}", "allowed-ips", f"{o_ip}/32", ns=ns)
         sh("ip", "addr", "add", f"{ip}/24", "dev", dev, ns=ns)
-        sh("ip", "link", "set", dev, "mtu", str(TUN_MTU), "up", ns=ns)
+        sh("ip", "link", "set", dev, "mtu", str(TUN_MTU), "txqueuelen", str(TUN_TXQLEN), "up", ns=ns)
     target = f"{net}.2"
     t.wait_ping(target)
     buffers = {}
     for n, p in zip("ab", t.procs[system], strict=True):
         # after `wg set listen-port`, which (re)binds the sockets
         buffers[n] = udp_buffers(p.pid, force=force_buf)
-    return target, {"link": link_knobs(t.a, devs["a"]), "buffers_forced": force_buf, "buffers_after_force": buffers,
+    return target, {"link": link_knobs(t.a, devs["a"]), "devs": devs, "buffers_forced": force_buf, "buffers_after_force": buffers,
                     "firewall": "none (cryptokey routing only)", "cipher": "ChaCha20-Poly1305"}
 
 
@@ -403,14 +417,22 @@ def iperf_client(t: Topology, target: str, args: list[str], seconds: int) -> dic
     return json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {"error": proc.stderr.strip()[:200]}
 
 
-def measure(t: Topology, system: str, target: str, a: argparse.Namespace) -> dict:
+def tun_tx_dropped(t: Topology, devs: dict) -> tuple[int, int]:
+    """Packets the kernel could not queue to each tunnel daemon (TUN tx drops), hosts a and b."""
+    return tuple(link_stats(ns, devs[h])["tx"]["dropped"] or 0 for h, ns in (("a", t.a), ("b", t.b)))
+
+
+def measure(t: Topology, system: str, target: str, a: argparse.Namespace, devs: dict) -> dict:
     procs = t.procs.get(system, [])
     out: dict = {"errors": []}
     for test, args, secs in (("tcp1", [], a.time), ("tcp4", ["-P", "4"], a.time),
                              ("udp64", ["-u", "-l", "64", "-b", "0"], a.udp_time)):
+        drops0 = tun_tx_dropped(t, devs)
         with iperf_server(t), Meter(procs) as m:
             doc = iperf_client(t, target, args, secs)
         m.record(out, test)
+        out[f"{test}_tun_drops_a"], out[f"{test}_tun_drops_b"] = (
+            y - x for x, y in zip(drops0, tun_tx_dropped(t, devs), strict=True))
         time.sleep(0.5)  # let queues drain before the next meter starts
         try:
             r = iperf_udp_received(doc) if test == "udp64" else iperf_tcp(doc)
@@ -490,9 +512,9 @@ def render(summary: dict, rat: dict, knobs: dict, a: argparse.Namespace) -> str:
     for s, m in summary.items():
         udp = f"{fmt(m.get('udp64_rx_kpps'), 1)} ({fmt(m.get('udp64_loss_pct'), 0)}%)"
         rows.append([label[s], fmt(m.get("tcp1_gbps")), fmt(m.get("tcp4_gbps")), udp, fmt(m.get("rtt_med_us"), 0),
-                     fmt(m.get("tcp1_retr"), 0), fmt(m.get("tcp1_gbit_per_daemon_s")),
+                     f"{fmt(m.get('tcp1_retr'), 0)} ({fmt(m.get('tcp1_tun_drops_a'), 0)})", fmt(m.get("tcp1_gbit_per_daemon_s")),
                      fmt(m.get("tcp1_daemon_s_per_gb"), 1), fmt(m.get("tcp1_host_s_per_gb"), 1)])
-    out = [table(["system", "TCPx1 Gbit/s", "TCPx4 Gbit/s", "UDP64 rx kpps (loss)", "RTT med us", "TCPx1 retr",
+    out = [table(["system", "TCPx1 Gbit/s", "TCPx4 Gbit/s", "UDP64 rx kpps (loss)", "RTT med us", "TCPx1 retr (TUN drops)",
                   "Gbit per daemon CPU-s", "daemon CPU-s/GB", "host CPU-s/GB"], rows)]
     rows = []
     for s, m in summary.items():
@@ -565,7 +587,9 @@ def main(argv: list[str]) -> int:
             orders.append(rotation(systems, rep))
             for s in orders[-1]:
                 print(f"[tunnel] rep {rep + 1}/{a.reps}: {s}", file=sys.stderr, flush=True)
-                runs[s].append(measure(t, s, targets[s], a))
+                runs[s].append(measure(t, s, targets[s], a, knobs[s]["devs"]))
+        for s in systems:  # drops on the tunnel interfaces over the whole run (e.g. a full TUN queue)
+            knobs[s]["link_stats"] = {h: link_stats(ns, knobs[s]["devs"][h]) for h, ns in (("a", t.a), ("b", t.b))}
     finally:
         t.down()
         shutil.rmtree(work, ignore_errors=True)
