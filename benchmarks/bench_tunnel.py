@@ -192,7 +192,8 @@ def wg_build_label(binary: str) -> tuple[str, str]:
         fields = dict(line.split(":", 1) for line in open(info) if ":" in line)
         commit = fields.get("commit", "").strip()
         if commit:
-            return commit[:7], f"commit {commit} ({fields.get('describe', '?').strip()}), {fields.get('go', '?').strip()}"
+            describe, go = fields.get("describe", "?").strip(), fields.get("go", "?").strip()
+            return commit[:7], f"commit {commit} ({describe}), {go}"
     with open(binary, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
     ver = _version([binary, "--version"], r"wireguard-go (\S+)")
@@ -268,7 +269,8 @@ listen: {{host: 0.0.0.0, port: {port}, batch: 64, read_buffer: {NEBULA_BUF}, wri
 routines: 1
 punchy: {{punch: true}}
 cipher: {cipher}
-tun: {{disabled: false, dev: {dev}, drop_local_broadcast: false, drop_multicast: false, tx_queue: {TUN_TXQLEN}, mtu: {TUN_MTU}}}
+tun: {{disabled: false, dev: {dev}, drop_local_broadcast: false, drop_multicast: false,
+      tx_queue: {TUN_TXQLEN}, mtu: {TUN_MTU}}}
 logging: {{level: info, format: text}}
 firewall:
   conntrack: {{tcp_timeout: 12m, udp_timeout: 3m, default_timeout: 10m}}
@@ -327,14 +329,16 @@ def _setup_wg(t: Topology, system: str, binary: str, port: int, net: str, letter
     for n, p in zip("ab", t.procs[system], strict=True):
         # after `wg set listen-port`, which (re)binds the sockets
         buffers[n] = udp_buffers(p.pid, force=force_buf)
-    return target, {"link": link_knobs(t.a, devs["a"]), "devs": devs, "buffers_forced": force_buf, "buffers_after_force": buffers,
-                    "firewall": "none (cryptokey routing only)", "cipher": "ChaCha20-Poly1305"}
+    return target, {"link": link_knobs(t.a, devs["a"]), "devs": devs, "buffers_forced": force_buf,
+                    "buffers_after_force": buffers, "firewall": "none (cryptokey routing only)",
+                    "cipher": "ChaCha20-Poly1305"}
 
 
 def setup_wireguard(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
     target, knobs = _setup_wg(t, "wireguard-go", "wireguard-go", 51820, "198.18.2", "d", WG_DEBIAN_BUF)
     ver = _version(["wireguard-go", "--version"], r"wireguard-go (\S+)")
-    knobs.update(label=f"wireguard-go {ver.lstrip('v')} (Debian)", version=f"{ver} (Debian {_deb_version('wireguard-go')})")
+    knobs.update(label=f"wireguard-go {ver.lstrip('v')} (Debian)",
+                 version=f"{ver} (Debian {_deb_version('wireguard-go')})")
     return target, knobs
 
 
@@ -511,11 +515,12 @@ def render(summary: dict, rat: dict, knobs: dict, a: argparse.Namespace) -> str:
     rows = []
     for s, m in summary.items():
         udp = f"{fmt(m.get('udp64_rx_kpps'), 1)} ({fmt(m.get('udp64_loss_pct'), 0)}%)"
+        retr = f"{fmt(m.get('tcp1_retr'), 0)} ({fmt(m.get('tcp1_tun_drops_a'), 0)})"
         rows.append([label[s], fmt(m.get("tcp1_gbps")), fmt(m.get("tcp4_gbps")), udp, fmt(m.get("rtt_med_us"), 0),
-                     f"{fmt(m.get('tcp1_retr'), 0)} ({fmt(m.get('tcp1_tun_drops_a'), 0)})", fmt(m.get("tcp1_gbit_per_daemon_s")),
+                     retr, fmt(m.get("tcp1_gbit_per_daemon_s")),
                      fmt(m.get("tcp1_daemon_s_per_gb"), 1), fmt(m.get("tcp1_host_s_per_gb"), 1)])
-    out = [table(["system", "TCPx1 Gbit/s", "TCPx4 Gbit/s", "UDP64 rx kpps (loss)", "RTT med us", "TCPx1 retr (TUN drops)",
-                  "Gbit per daemon CPU-s", "daemon CPU-s/GB", "host CPU-s/GB"], rows)]
+    out = [table(["system", "TCPx1 Gbit/s", "TCPx4 Gbit/s", "UDP64 rx kpps (loss)", "RTT med us",
+                  "TCPx1 retr (TUN drops)", "Gbit per daemon CPU-s", "daemon CPU-s/GB", "host CPU-s/GB"], rows)]
     rows = []
     for s, m in summary.items():
         rows.append([label[s]] + [f"{fmt(m.get(f'{t}_daemon_{u}'), d)} / {fmt(m.get(f'{t}_host_{u}'), d)}"
@@ -526,7 +531,7 @@ def render(summary: dict, rat: dict, knobs: dict, a: argparse.Namespace) -> str:
             table(["system", "TCPx1 s/GB", "TCPx4 s/GB", "UDP64 s per M pkts", "ping ms per ping",
                    f"TCPx1 CPU-s sender / receiver daemon ({a.time} s)", "steal %"], rows)]
     if a.subject in summary:
-        rows = [[label[ref]] + [fmt_ratio(r[k]) for k, _ in RATIO_KEYS] + [fmt_ratio(r["rtt_added"])]
+        rows = [[label[ref]] + [fmt_ratio(r.get(k, [])) for k, _ in RATIO_KEYS] + [fmt_ratio(r.get("rtt_added", []))]
                 for ref, r in rat.items()]
         out += ["", f"{label[a.subject]} against each system, paired per repetition: median (min-max):", "",
                 table(["against", *[n for _, n in RATIO_KEYS], "RTT added (lower wins)"], rows)]

@@ -25,8 +25,10 @@ def bar_chart(path: str, summary: dict, labels: dict | None = None, subject: str
         values = [summary[s].get(key) or 0 for s in systems]
         err = None
         if runs:
-            reps = [[r[key] for r in runs.get(s, []) if r.get(key) is not None] or [v] for s, v in zip(systems, values, strict=True)]
-            err = [[v - min(x) for v, x in zip(values, reps, strict=True)], [max(x) - v for v, x in zip(values, reps, strict=True)]]
+            reps = [[r[key] for r in runs.get(s, []) if r.get(key) is not None] or [v]
+                    for s, v in zip(systems, values, strict=True)]
+            err = [[v - min(x) for v, x in zip(values, reps, strict=True)],
+                   [max(x) - v for v, x in zip(values, reps, strict=True)]]
         ax.bar(range(len(systems)), values, color=colors, yerr=err, capsize=3, ecolor="#424242")
         if key == "tcp1_gbps" and summary.get("underlay", {}).get(key):
             title += f"\nunderlay: {summary['underlay'][key]:.1f}"

@@ -111,3 +111,20 @@ def test_cpu_per_unit_of_work():
     failed = derive({"tcp1_cpu_daemon_s": 1.0, "udp64_cpu_daemon_s": 1.0})
     assert failed["tcp1_daemon_s_per_gb"] is None and failed["tcp1_gbit_per_daemon_s"] is None
     assert failed["udp64_daemon_s_per_mpkt"] is None
+
+
+def test_the_report_names_each_version_and_prints_paired_ratios_with_their_spread():
+    import argparse
+
+    from benchmarks.bench_tunnel import render
+    summary = {"underlay": {"tcp1_gbps": 10.0, "rtt_med_us": 70.0},
+               "flatnet": {"tcp1_gbps": 3.0, "tcp1_retr": 0, "udp64_rx_kpps": 150.0, "udp64_loss_pct": 5.0},
+               "nebula": {"tcp1_gbps": 0.8}}
+    knobs = {"flatnet": {"label": "flatnet abc1234"}, "nebula": {"label": "nebula 1.6.1 aes"}}
+    rat = {"nebula": {"tcp1_gbps": [3.5, 3.9, 3.7], "rtt_added": [0.4]}, "underlay": {"tcp1_gbps": [0.3]}}
+    a = argparse.Namespace(reps=3, time=8, udp_time=5, pings=200, subject="flatnet")
+    text = render(summary, rat, knobs, a)
+    assert "| flatnet abc1234 " in text and "| nebula 1.6.1 aes " in text
+    assert "3.70x (3.50-3.90)" in text and "0.40x (0.40-0.40)" in text
+    assert "150.0 (5%)" in text  # received kpps and loss
+    assert "3 repetitions, system order rotated" in text
