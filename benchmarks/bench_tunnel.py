@@ -332,6 +332,8 @@ def _setup_wg(t: Topology, system: str, binary: str, port: int, net: str, letter
     for n, p in zip("ab", t.procs[system], strict=True):
         # after `wg set listen-port`, which (re)binds the sockets
         buffers[n] = udp_buffers(p.pid, force=force_buf)
+        if force_buf and (not buffers[n] or any(b["rcvbuf"] < 2 * force_buf for b in buffers[n])):
+            raise RuntimeError(f"{system}: could not raise the socket buffers of pid {p.pid}: {buffers[n]}")
     return target, {"link": link_knobs(t.a, devs["a"]), "devs": devs, "buffers_forced": force_buf,
                     "buffers_after_force": buffers, "firewall": "none (cryptokey routing only)",
                     "cipher": "ChaCha20-Poly1305"}
