@@ -238,7 +238,7 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
         sh("ip", "link", "set", "dev", "flatnet0", "txqueuelen", str(TUN_TXQLEN), ns=ns)
     # the engine's own word that the firewall and the offloads are on (event=firewall, event=offloads)
     logged = [line.strip()[:300] for line in open(f"{d}/a.log") if "firewall" in line or "offloads" in line]
-    if not any("firewall" in line for line in logged):
+    if not any("event=firewall" in line and "default=deny" in line and "rules=1" in line for line in logged):
         raise RuntimeError(f"flatnet did not log its firewall policy; see {d}/a.log")
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             timeout=10).stdout.strip() or "?"
