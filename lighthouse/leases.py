@@ -88,8 +88,9 @@ class LeaseStore(Store):
         row = self.db.execute("SELECT name FROM leases WHERE block=?", (block,)).fetchone()
         if row is None:
             return None
-        self._names[row[0]], self._owners[block] = block, row[0]
-        return row[0]
+        name: str = row[0]
+        self._names[name], self._owners[block] = block, name
+        return name
 
     def all(self) -> dict[str, ipaddress.IPv4Network]:
         return {name: self.subnet(block) for name, block in self.db.execute("SELECT name, block FROM leases")}

@@ -55,8 +55,20 @@ class TcpRelayServer:
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, self.listen[0], self.listen[1], backlog=128,
-                                                 reuse_address=True)
+        host, port = self.listen
+        # like the UDP socket (engine.io.udp): "::" is dual-stack. asyncio sets IPV6_V6ONLY
+        # on the sockets it makes, which would refuse every IPv4 client, so the socket is ours
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(host != "::"))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        self.server = await asyncio.start_server(self._accept, sock=sock, backlog=128)
         asyncio.get_running_loop().create_task(self._watch())
 
     def close(self) -> None:

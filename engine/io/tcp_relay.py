@@ -22,7 +22,8 @@ CONNECT_TIMEOUT = 5.0
 
 def loopback_of(host: str, port: int) -> tuple[str, int]:
     """Where a shim on this host sends to reach a socket bound to host:port."""
-    return ("127.0.0.1" if host in ("0.0.0.0", "") else host, port)
+    # the shim's socket is IPv4; a dual-stack socket bound to "::" takes IPv4 too
+    return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, port)
 
 
 class Bridge:
