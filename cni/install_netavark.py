@@ -45,22 +45,6 @@ def _under(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
 
-def _write(path: str, text: str, mode: int = 0o644) -> bool:
-    """Write atomically if the content differs; True when it changed."""
-    try:
-        with open(path) as f:
-            if f.read() == text:
-                return False
-    except OSError:
-        pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.chmod(path + ".tmp", mode)
-    os.replace(path + ".tmp", path)
-    return True
-
-
 def podman_major(root: str = "/") -> int | None:
     """The major version of the Podman in `root` (None: no Podman there)."""
     argv = ["podman", "--version"] if root == "/" else ["chroot", root, "podman", "--version"]
@@ -76,7 +60,7 @@ def podman_major(root: str = "/") -> int | None:
 
 def install_plugin(root: str, python: str, repo: str, plugin_dir: str = PLUGIN_DIR) -> str:
     path = _under(root, os.path.join(plugin_dir, "flatnet"))
-    _write(path, WRAPPER.format(python=python, repo=repo), 0o755)
+    install_podman._write_if_changed(path, WRAPPER.format(python=python, repo=repo), 0o755)
     return path
 
 
@@ -90,7 +74,7 @@ def drop_in_text(plugin_dir: str = PLUGIN_DIR) -> str:
 
 def install_drop_in(root: str, plugin_dir: str = PLUGIN_DIR, conf_d: str = CONF_D) -> str:
     path = _under(root, os.path.join(conf_d, DROP_IN))
-    _write(path, drop_in_text(plugin_dir))
+    install_podman._write_if_changed(path, drop_in_text(plugin_dir))
     return path
 
 
@@ -135,7 +119,7 @@ def install_network(root: str, name: str = NETWORK, subnet: str | None = None,
     doc = network_file(name, str(net), format_ip(gw), source, net_id, created)
     if old == doc:
         return path, "already in place"
-    _write(path, json.dumps(doc, indent=5) + "\n")
+    install_podman._write_if_changed(path, json.dumps(doc, indent=5) + "\n")
     return path, ("updated: restart containers on it" if old else "created")
 
 
