@@ -9,7 +9,7 @@ import time
 from nacl import bindings as sodium
 
 from benchmarks.report import table, write_json
-from engine.crypto import ffi, lib
+from flatnet.engine.crypto import ffi, lib
 
 
 def bench_c(size: int, batch: int, seconds: float) -> tuple[float, float]:

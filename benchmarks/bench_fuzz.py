@@ -56,7 +56,7 @@ def libasan() -> str:
 def module(rebuild: bool = False) -> str:
     """The sanitizer module's path, built first when missing or older than a C source."""
     sys.path.insert(0, ROOT)
-    from engine.crypto import _build
+    from flatnet.engine.crypto import _build
     path = _build.fuzz_module_path()
     newest = max(os.path.getmtime(os.path.join(CSRC, f)) for f in os.listdir(CSRC))
     if rebuild or path is None or os.path.getmtime(path) < newest:
@@ -77,7 +77,7 @@ def sanitized(code: str, timeout: float, rebuild: bool = False) -> Outcome:
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=87")
     prologue = (
         "import importlib.machinery, importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('engine.crypto._fastpath_fuzz', {path!r})\n"
+        f"spec = importlib.util.spec_from_file_location('flatnet.engine.crypto._fastpath_fuzz', {path!r})\n"
         "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
         "ffi, lib = mod.ffi, mod.lib\n"
         "assert lib.fn_init() >= 0\n"
@@ -129,7 +129,7 @@ print(json.dumps({{"result": {{
 
 def run(n: int, aead: int, seed: int = 1, timeout: float = 3600, rebuild: bool = False) -> tuple[Outcome, dict]:
     """n packet inputs and `aead` cipher cases; the child's figures ({} if it died)."""
-    from engine.datapath import DROP_REASONS
+    from flatnet.engine.datapath import DROP_REASONS
     code = CHILD.format(n=n, aead=aead, seed=seed, chunk=CHUNK, names=dict(DROP_REASONS))
     outcome = sanitized(code, timeout, rebuild)
     result: dict = {}

@@ -18,7 +18,7 @@ import threading
 import time
 
 from benchmarks.report import table, write_json
-from flatnet_cli import gateway
+from flatnet import gateway
 
 UPSTREAM, GATEWAY, PLAIN = 18901, 18902, 18903
 

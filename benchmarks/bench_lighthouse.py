@@ -15,9 +15,9 @@ import time
 import tracemalloc
 
 from benchmarks.report import table, write_json
-from engine.proto import control as wire
-from lighthouse.leases import LeaseStore
-from lighthouse.registry import Registry
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.registry import Registry
 
 
 def registry_bench(nodes: int, seconds: float) -> dict:
@@ -82,7 +82,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
         for ip in [E2E_IP] + E2E_ETCD:
             ns.run("ip", "addr", "add", f"{ip}/32", "dev", "lo")
         ns.run("ip", "addr", "add", E2E_NODES.format(0) + "/24", "dev", "lo")  # a local /24: bind to any of it
-        cli = [sys.executable, "-m", "flatnet_cli"]
+        cli = [sys.executable, "-m", "flatnet"]
         subprocess.run(cli + ["ca", "init", "--dir", f"{tmp}/pki"], check=True, capture_output=True, cwd=repo)
         subprocess.run(cli + ["cert", "sign", "--ca-dir", f"{tmp}/pki", "--name", "lh1"], check=True,
                        capture_output=True, cwd=repo)
@@ -98,7 +98,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
         profile = os.environ.get("FLATNET_BENCH_PROFILE")  # a cProfile of the lighthouse, written on exit
         lh = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable]
                               + (["-m", "cProfile", "-o", profile] if profile else [])
-                              + ["-m", "lighthouse", "--config", f"{tmp}/lh.toml"], cwd=repo, stdout=log, stderr=log,
+                              + ["-m", "flatnet.lighthouse", "--config", f"{tmp}/lh.toml"], cwd=repo, stdout=log, stderr=log,
                               start_new_session=True)
         end = time.monotonic() + 30
         while not os.path.exists(f"{tmp}/run/lighthouse.sock"):
@@ -137,7 +137,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
         if cpu.get("queries"):
             r["queries_per_cpu_s"] = r["queries_answered"] / cpu["queries"]
         r.update(backend=backend, lighthouse_rss_mb=_rss_mb(lh.pid), lighthouse_rss_idle_mb=rss_idle)
-        from engine.io import control
+        from flatnet.engine.io import control
         _, body = control.get(f"{tmp}/run/lighthouse.sock", "/status")
         st = json.loads(body)
         r["lighthouse"] = {"rejected": st["rejected"], "limited": st["limited"], "control_errors": st["control_errors"],
@@ -239,7 +239,7 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
 
 
 def first_packet_bench() -> dict:
-    from flatnet_cli.lab import Lab, sh
+    from flatnet.lab import Lab, sh
     out = {}
     for label, nat in (("direct", {}), ("relayed", {1: "cone", 2: "random"})):
         lab = Lab(f"fnbl{os.getpid() % 1000}", tempfile.mkdtemp(prefix="fnbl-"), hosts=2, lighthouse=True, nat=nat)

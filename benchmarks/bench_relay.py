@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from benchmarks.report import table, write_json
-from flatnet_cli.lab import Lab, sh
+from flatnet.lab import Lab, sh
 
 
 def iperf(lab: Lab, seconds: int) -> dict:

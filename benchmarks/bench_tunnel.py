@@ -32,8 +32,8 @@ import uuid
 from benchmarks.report import table, write_json
 from benchmarks.tunnel_stats import (fmt, fmt_ratio, host_cpu_ticks, iperf_tcp, iperf_udp_received, median, paired,
                                      per_unit, rotation, spread)
-from engine.io.udp import SO_RCVBUFFORCE, SO_SNDBUFFORCE
-from flatnet_cli.lab import delete_netns
+from flatnet.engine.io.udp import SO_RCVBUFFORCE, SO_SNDBUFFORCE
+from flatnet.lab import delete_netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HZ = os.sysconf("SC_CLK_TCK")
@@ -210,7 +210,7 @@ def setup_underlay(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
 def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
     d = os.path.join(t.work, "flatnet")
     os.makedirs(d)
-    cli = [sys.executable, "-m", "flatnet_cli"]
+    cli = [sys.executable, "-m", "flatnet"]
     subprocess.run(cli + ["ca", "init", "--dir", f"{d}/pki"], cwd=REPO, check=True, capture_output=True, timeout=60)
     for n in ("a", "b"):
         subprocess.run(cli + ["cert", "sign", "--ca-dir", f"{d}/pki", "--name", n], cwd=REPO, check=True,
@@ -231,7 +231,7 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
                     f'[firewall]\ndefault = "deny"\n[[firewall.inbound]]\nproto = "any"\nport = "any"\n'
                     f'[[peers]]\nname = "{o}"\ncert = "{d}/pki/{o}.crt"\nendpoints = ["{hosts[o][1]}:4787"]\n'
                     f'subnet = "{hosts[o][2]}"\n')
-        t.start("flatnet", ns, [sys.executable, "-m", "engine", "--config", f"{d}/{n}.toml"], f"{d}/{n}.log")
+        t.start("flatnet", ns, [sys.executable, "-m", "flatnet.engine", "--config", f"{d}/{n}.toml"], f"{d}/{n}.log")
     target = "10.87.2.1"
     t.wait_ping(target)
     for ns in (t.a, t.b):  # Flatnet has no queue-length setting of its own
@@ -243,7 +243,7 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             timeout=10).stdout.strip() or "?"
     # "+changes" when the code that runs differs from that commit (docs being edited do not count)
-    if subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "engine", "flatnet_cli"], capture_output=True,
+    if subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "engine", "flatnet"], capture_output=True,
                       text=True, timeout=10).stdout.strip():
         commit += "+changes"
     return target, {"label": f"flatnet {commit}", "version": commit, "cipher": "ChaCha20-Poly1305",

@@ -12,7 +12,7 @@ def main() -> int:
     if env.get("CNI_COMMAND") in ("ADD", "DEL"):
         # the warm path first (cni.warm): the same answer from a process that has the
         # plugin imported already; None: do it here, from the same input
-        from cni import warm
+        from flatnet.cni import warm
         data = sys.stdin.buffer.read(warm.MAX_REQUEST + 1)
         answer = warm.call(env, data)
         if answer is not None:
@@ -21,11 +21,11 @@ def main() -> int:
             sys.stderr.buffer.write(err)
             return status
         import io
-        from cni.jsonlite import MAX_INPUT
+        from flatnet.cni.jsonlite import MAX_INPUT
         stdin = io.BytesIO(data + sys.stdin.buffer.read(max(0, MAX_INPUT + 1 - len(data))))
     else:
         stdin = sys.stdin.buffer
-    from cni.skel import dispatch
+    from flatnet.cni.skel import dispatch
     return dispatch(env, stdin, sys.stdout, sys.stderr)
 
 

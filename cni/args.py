@@ -3,7 +3,7 @@ which container, which interface. Shared by the dispatcher (cni.skel) and the co
 (cni.commands), so neither imports the other's module for it."""
 from __future__ import annotations
 
-from cni.errors import CniError, INVALID_ENV
+from flatnet.cni.errors import CniError, INVALID_ENV
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:

@@ -12,19 +12,19 @@ from __future__ import annotations
 import errno
 import os
 
-from cni import ipam
-from cni.conf import NetConf
-from cni.core import attach, detach, resolve_lease, with_netns
-from cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NOT_AVAILABLE
-from cni.ipv4 import format_ip
-from cni.netlink import Netlink
-from cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in, open_netns,
+from flatnet.cni import ipam
+from flatnet.cni.conf import NetConf
+from flatnet.cni.core import attach, detach, resolve_lease, with_netns
+from flatnet.cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NOT_AVAILABLE
+from flatnet.cni.ipv4 import format_ip
+from flatnet.cni.netlink import Netlink
+from flatnet.cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in, open_netns,
                        parse_owner, veth_owner)
-from cni import jsonlite as json
-from cni.result import add_result, container_ip, lease_dns
-from cni.args import CmdArgs
-from cni.store import FileStore
-from cni.undo import Undo
+from flatnet.cni import jsonlite as json
+from flatnet.cni.result import add_result, container_ip, lease_dns
+from flatnet.cni.args import CmdArgs
+from flatnet.cni.store import FileStore
+from flatnet.cni.undo import Undo
 
 
 MAX_ALIASES = 32

@@ -5,12 +5,12 @@ failure names the key, the bad value and what would be accepted.
 """
 from __future__ import annotations
 
-from cni import jsonlite as json
+from flatnet.cni import jsonlite as json
 
-from cni.errors import (CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
+from flatnet.cni.errors import (CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
                         NO_LEASE)
-from cni.ipv4 import Subnet, parse_ip, parse_subnet
-from engine.proto.confparse import type_problem
+from flatnet.cni.ipv4 import Subnet, parse_ip, parse_subnet
+from flatnet.engine.proto.confparse import type_problem
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 DEFAULT_BRIDGE = "flatnet-br0"

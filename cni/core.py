@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import os
 
-from cni.conf import NetConf, parse_lease
-from cni.errors import CniError, IP_CONFLICT, NO_LEASE
-from cni.ipv4 import Subnet, format_ip
-from cni.netlink import Link, Netlink
-from cni.netns import (configure_container, create_veth, delete_link,
+from flatnet.cni.conf import NetConf, parse_lease
+from flatnet.cni.errors import CniError, IP_CONFLICT, NO_LEASE
+from flatnet.cni.ipv4 import Subnet, format_ip
+from flatnet.cni.netlink import Link, Netlink
+from flatnet.cni.netns import (configure_container, create_veth, delete_link,
                        enable_ip_forwarding, ensure_bridge, find_host_veth, free_host_veth_name,
                        netlink_in, open_netns, remove_link, veth_owner)
-from cni.store import FileStore
-from cni.undo import Undo
+from flatnet.cni.store import FileStore
+from flatnet.cni.undo import Undo
 
 
 def resolve_lease(conf: NetConf, store: FileStore) -> tuple[Subnet, int]:

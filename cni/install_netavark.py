@@ -8,7 +8,7 @@ network is a JSON file under /etc/containers/networks with driver "flatnet".
 Every path is under an explicit `root` (a chroot, an image being built, or "/"), so
 scripts/install.sh calls it the same way for the host and for tests:
 
-    python3 -m cni.install_netavark --root / --python /opt/flatnet/bin/python3 --repo SRC
+    python3 -m flatnet.cni.install_netavark --root / --python /opt/flatnet/bin/python3 --repo SRC
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import json
 import os
 import subprocess
 
-from cni import install_podman
-from cni.conf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_LEASE_FILE, NetConf
-from cni.errors import CniError, INVALID_CONFIG
+from flatnet.cni import install_podman
+from flatnet.cni.conf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_LEASE_FILE, NetConf
+from flatnet.cni.errors import CniError, INVALID_CONFIG
 
 PLUGIN_DIR = "/usr/local/libexec/netavark"
 # Podman's own defaults: a drop-in that sets the list replaces them, so they are kept
@@ -36,7 +36,7 @@ WRAPPER = """#!{python} -IS
 # -IS: no site, no environment, no current directory on the path: fast start-up.
 import sys
 sys.path.insert(0, {repo!r})
-from cni.netavark import main
+from flatnet.cni.netavark import main
 sys.exit(main())
 """
 
@@ -93,9 +93,9 @@ def install_network(root: str, name: str = NETWORK, subnet: str | None = None,
                     data_dir: str = DEFAULT_DATA_DIR) -> tuple[str, str]:
     """Write the `flatnet` network: the given subnet (standalone), else this host's lease.
     Returns (path, what happened). Raises CniError (NO_LEASE) when there is neither."""
-    from cni.core import resolve_lease
-    from cni.ipv4 import format_ip, parse_subnet
-    from cni.store import FileStore
+    from flatnet.cni.core import resolve_lease
+    from flatnet.cni.ipv4 import format_ip, parse_subnet
+    from flatnet.cni.store import FileStore
     if subnet is not None:
         net = parse_subnet(subnet, "--subnet")
         gw, source = net.first_host, "static"

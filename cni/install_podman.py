@@ -31,7 +31,7 @@ WRAPPER = """#!{python} -IS
 # path: the plugin imports only the standard library and its own package, from here.
 import sys
 sys.path.insert(0, {root!r})
-from cni.__main__ import main
+from flatnet.cni.__main__ import main
 sys.exit(main())
 """
 

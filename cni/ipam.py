@@ -6,12 +6,12 @@ just-freed address is not reused at once (stale ARP/conntrack entries elsewhere)
 """
 from __future__ import annotations
 
-from cni.errors import CniError, SUBNET_EXHAUSTED
-from cni.ipv4 import Subnet
+from flatnet.cni.errors import CniError, SUBNET_EXHAUSTED
+from flatnet.cni.ipv4 import Subnet
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms at start-up)
 if TYPE_CHECKING:
-    from cni.ports import Store
+    from flatnet.cni.ports import Store
 
 
 def allocate(store: "Store", subnet: Subnet, gateway: int, container_id: str, ifname: str) -> int:

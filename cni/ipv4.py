@@ -6,7 +6,7 @@ import struct
 
 import _socket as socket  # the C module: socket.py costs ~3 ms of start-up
 
-from cni.errors import CniError, INVALID_CONFIG
+from flatnet.cni.errors import CniError, INVALID_CONFIG
 
 
 def parse_ip(text: str, key: str) -> int:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from cni import jsonlite as json
-from cni.errors import CniError, INVALID_ENV, NOT_ROOT
+from flatnet.cni import jsonlite as json
+from flatnet.cni.errors import CniError, INVALID_ENV, NOT_ROOT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,9 +24,9 @@ USAGE = "usage: flatnet {create|setup NETNS|teardown NETNS|info} < JSON"
 
 
 def cmd_create(network: object) -> dict:
-    from cni.core import resolve_lease
-    from cni.nvconf import SOURCE_LEASE, SOURCE_STATIC, created_network, network_conf, parse_subnets
-    from cni.store import FileStore
+    from flatnet.cni.core import resolve_lease
+    from flatnet.cni.nvconf import SOURCE_LEASE, SOURCE_STATIC, created_network, network_conf, parse_subnets
+    from flatnet.cni.store import FileStore
     conf = network_conf(network)
     assert isinstance(network, dict)
     given = parse_subnets(network)
@@ -41,12 +41,12 @@ def cmd_create(network: object) -> dict:
 
 
 def cmd_setup(netns: str, body: object) -> dict:
-    from cni.core import attach, reserve_static, resolve_lease, with_netns
-    from cni.errors import NO_LEASE
-    from cni.netlink import Netlink
-    from cni.nvconf import SOURCE_LEASE, parse_exec, status_block
-    from cni.store import FileStore
-    from cni.undo import Undo
+    from flatnet.cni.core import attach, reserve_static, resolve_lease, with_netns
+    from flatnet.cni.errors import NO_LEASE
+    from flatnet.cni.netlink import Netlink
+    from flatnet.cni.nvconf import SOURCE_LEASE, parse_exec, status_block
+    from flatnet.cni.store import FileStore
+    from flatnet.cni.undo import Undo
     att = parse_exec(body, setup=True)
     conf = att.conf
     with with_netns(netns) as netns_fd, FileStore(conf.data_dir, conf.name) as store, \
@@ -55,7 +55,7 @@ def cmd_setup(netns: str, body: object) -> dict:
             # Podman allocated from the subnet `create` stored; the host's lease may have changed since
             subnet, gateway = resolve_lease(conf, store)
             if (subnet, gateway) != (att.subnet, att.gateway):
-                from cni.ipv4 import format_ip
+                from flatnet.cni.ipv4 import format_ip
                 raise CniError(NO_LEASE, f"network {conf.name} was created for subnet {att.subnet} but this "
                                f"host's lease is now {subnet} (gateway {format_ip(gateway)})",
                                f"recreate the network: podman network rm {conf.name} && "
@@ -71,8 +71,8 @@ def cmd_setup(netns: str, body: object) -> dict:
 
 
 def cmd_teardown(netns: str, body: object) -> None:
-    from cni.core import detach
-    from cni.nvconf import parse_exec
+    from flatnet.cni.core import detach
+    from flatnet.cni.nvconf import parse_exec
     att = parse_exec(body, setup=False)
     detach(att.conf, att.container_id, att.ifname)
 
@@ -82,9 +82,9 @@ def _count(body: object, command: str, result: str) -> None:
     network = body.get("network") if isinstance(body, dict) else None
     if not isinstance(network, dict):
         return
-    from cni.store import record
+    from flatnet.cni.store import record
     try:
-        from cni.nvconf import network_conf
+        from flatnet.cni.nvconf import network_conf
         conf = network_conf(network)
     except CniError:
         return
@@ -106,7 +106,7 @@ def dispatch(argv: list[str], stdin: "BinaryIO", stdout: "TextIO", stderr: "Text
         try:
             body = json.loads(stdin.read(json.MAX_INPUT + 1))
         except ValueError as exc:
-            from cni.errors import DECODE_FAILURE
+            from flatnet.cni.errors import DECODE_FAILURE
             raise CniError(DECODE_FAILURE, f"input is not valid JSON: {exc}") from None
         if os.geteuid() != 0:
             raise CniError(NOT_ROOT, "the flatnet netavark plugin must run as root (it needs CAP_NET_ADMIN)",
@@ -125,7 +125,7 @@ def dispatch(argv: list[str], stdin: "BinaryIO", stdout: "TextIO", stderr: "Text
             stdout.write(json.dumps(result))
         return 0
     except CniError as err:
-        from cni.nvconf import error_json
+        from flatnet.cni.nvconf import error_json
         stdout.write(json.dumps(error_json(err)))
         return 1
     except Exception as exc:  # our bug: still answer in netavark's format

@@ -9,10 +9,10 @@ from __future__ import annotations
 import errno
 import os
 
-from cni.errors import (BRIDGE_CONFLICT, CONTAINER_UNKNOWN, CniError, NETLINK_FAILURE,
+from flatnet.cni.errors import (BRIDGE_CONFLICT, CONTAINER_UNKNOWN, CniError, NETLINK_FAILURE,
                         VETH_FAILURE)
-from cni.ipv4 import Subnet, format_ip
-from cni.netlink import IFF_UP, Link, Netlink, NetlinkError, format_mac
+from flatnet.cni.ipv4 import Subnet, format_ip
+from flatnet.cni.netlink import IFF_UP, Link, Netlink, NetlinkError, format_mac
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:

@@ -8,10 +8,10 @@ network's Flatnet settings travel in its `options` (strings, as Podman stores th
 """
 from __future__ import annotations
 
-from cni.conf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_LEASE_FILE, DEFAULT_MTU, NetConf
-from cni.errors import CniError, DECODE_FAILURE, INVALID_CONFIG
-from cni.ipv4 import Subnet, format_ip, parse_ip, parse_subnet
-from cni.args import valid_container_id
+from flatnet.cni.conf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_LEASE_FILE, DEFAULT_MTU, NetConf
+from flatnet.cni.errors import CniError, DECODE_FAILURE, INVALID_CONFIG
+from flatnet.cni.ipv4 import Subnet, format_ip, parse_ip, parse_subnet
+from flatnet.cni.args import valid_container_id
 
 API_VERSION = "1.0.0"
 # options a flatnet network may carry (`podman network create -o KEY=VALUE`)

@@ -1,7 +1,7 @@
 """Build the CNI result for the cniVersion the runtime asked for (pure)."""
 from __future__ import annotations
 
-from cni.ipv4 import Subnet, format_ip
+from flatnet.cni.ipv4 import Subnet, format_ip
 
 
 def add_result(version: str, *, bridge: tuple[str, str], host: tuple[str, str],

@@ -7,13 +7,13 @@ way (code 999 would hide it; we use 5, I/O failure, and put the traceback in det
 """
 from __future__ import annotations
 
-from cni import jsonlite as json
+from flatnet.cni import jsonlite as json
 import os
 
-from cni.conf import SUPPORTED_VERSIONS, load_netconf, parse_version
-from cni.args import validate_env
-from cni.errors import CniError, IO_FAILURE, NOT_ROOT
-from cni.result import version_result
+from flatnet.cni.conf import SUPPORTED_VERSIONS, load_netconf, parse_version
+from flatnet.cni.args import validate_env
+from flatnet.cni.errors import CniError, IO_FAILURE, NOT_ROOT
+from flatnet.cni.result import version_result
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def _count(conf, command: str, result: str) -> None:  # noqa: ANN001
     if command in ("ADD", "DEL", "CHECK") and os.path.isdir(os.path.join(conf.data_dir, conf.name)):
-        from cni.store import record
+        from flatnet.cni.store import record
         record(conf.data_dir, conf.name, command, result)
 
 
@@ -40,7 +40,7 @@ def dispatch(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "TextIO", stde
             raise CniError(NOT_ROOT, "the flatnet CNI plugin must run as root (it needs CAP_NET_ADMIN)",
                            "run podman as root, or call the plugin with sudo")
         if commands is None:
-            from cni import commands as real
+            from flatnet.cni import commands as real
             commands = real.COMMANDS
         try:
             result = commands[args.command](args, conf)

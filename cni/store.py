@@ -21,8 +21,8 @@ import errno
 import fcntl
 import os
 
-from cni.errors import CniError, IO_FAILURE
-from cni.ipv4 import format_ip, parse_ip
+from flatnet.cni.errors import CniError, IO_FAILURE
+from flatnet.cni.ipv4 import format_ip, parse_ip
 
 
 class FileStore:
@@ -150,7 +150,7 @@ def record(data_dir: str, network: str, command: str, result: str) -> None:
         raw = b""
         while chunk := os.read(fd, 65536):
             raw += chunk
-        from cni import jsonlite
+        from flatnet.cni import jsonlite
         try:
             counts = jsonlite.loads(raw) if raw else {}
         except ValueError:

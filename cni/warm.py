@@ -37,7 +37,7 @@ def socket_path(data: bytes) -> str:
     loading the `_json` extension (the daemon parses it anyway)."""
     if b"warmSocket" not in data and b"\\u" not in data:
         return DEFAULT_SOCKET
-    from cni import jsonlite
+    from flatnet.cni import jsonlite
     try:
         raw = jsonlite.loads(data)
     except ValueError:

@@ -26,8 +26,8 @@ import socket
 import stat
 import struct
 
-from cni.skel import dispatch
-from cni.warm import DEFAULT_SOCKET, KEYS, MAGIC, MAX_REPLY, MAX_REQUEST
+from flatnet.cni.skel import dispatch
+from flatnet.cni.warm import DEFAULT_SOCKET, KEYS, MAGIC, MAX_REPLY, MAX_REQUEST
 
 log = logging.getLogger("flatnet.cni.warmd")
 RECV_TIMEOUT = 1.0

@@ -1,12 +1,12 @@
 """flatnet-engine --config /etc/flatnet/config.toml"""
 import sys
 
-from engine.config import load
-from engine.daemon import main as run_daemon
+from flatnet.engine.config import load
+from flatnet.engine.daemon import main as run_daemon
 
 
 def _engine(config, log):  # noqa: ANN001, ANN202 - the driver imports uvloop-side modules
-    from engine.driver import Engine
+    from flatnet.engine.driver import Engine
     return Engine(config, log)
 
 

@@ -10,8 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.proto import endpoint
-from engine.proto.confparse import type_problem
+from flatnet.engine.proto import endpoint
+from flatnet.engine.proto.confparse import type_problem
 
 
 class ConfigError(Exception):
@@ -306,7 +306,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
 
     dns_domain = get("dns", "domain", str, "flatnet").lower().rstrip(".")
-    from engine.proto import names as name_rule
+    from flatnet.engine.proto import names as name_rule
     problem = name_rule.host_problem(dns_domain)
     if problem:
         raise ConfigError(f"{where('dns.domain')}: {dns_domain!r}: {problem}")

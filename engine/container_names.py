@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from engine.proto import names as name_rule
+from flatnet.engine.proto import names as name_rule
 
 MAX_FILES = 1024          # attachments read per network (a /24 holds 253 containers)
 MAX_FILE = 16384          # bytes of one names file

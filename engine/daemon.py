@@ -7,9 +7,9 @@ import argparse
 import sys
 from typing import Callable
 
-from engine.config import ConfigError
-from engine.log import Logger
-from engine.pki import PkiError
+from flatnet.engine.config import ConfigError
+from flatnet.engine.log import Logger
+from flatnet.engine.pki import PkiError
 
 
 def main(prog: str, description: str, default_config: str, load: Callable, driver: Callable,

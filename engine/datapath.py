@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.crypto import ffi, lib
+from flatnet.engine.crypto import ffi, lib
 
 DROP_REASONS = {
     lib.FN_DROP_SHORT: "short", lib.FN_DROP_TYPE: "unknown_type", lib.FN_DROP_INDEX: "unknown_index",

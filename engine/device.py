@@ -14,16 +14,16 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS, ControlItem
-from engine.log import Logger
-from engine.proto import cert as certs
-from engine.proto import endpoint as endpoints_policy
-from engine.proto import cookie as cookies
-from engine.proto import handshake as hsm
-from engine.proto import liveness
-from engine.proto.constants import TYPE_COOKIE, TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE, WIRE_VERSION
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
+from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS, ControlItem
+from flatnet.engine.log import Logger
+from flatnet.engine.proto import cert as certs
+from flatnet.engine.proto import endpoint as endpoints_policy
+from flatnet.engine.proto import cookie as cookies
+from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto import liveness
+from flatnet.engine.proto.constants import TYPE_COOKIE, TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE, WIRE_VERSION
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
                                   SendKeepalive, State)
 
 # A node whose certificate has this group may relay (send us type-5 packets that move

@@ -17,17 +17,17 @@ import signal
 import socket
 import time
 
-from engine import container_names, metrics, pki, podman_labels, resolve
-from engine.config import Config
-from engine.datapath import DataPath
-from engine.device import Device
-from engine.io import control, dnsserver, egress, netlink, tun, udp
-from engine.lighthouse_client import LighthouseClient
-from engine.proto import endpoint, liveness
-from engine.proto.dnsanswer import Responder
-from engine.proto.revocation import Revocations
-from engine.services import ServiceRegistry
-from engine.log import Logger
+from flatnet.engine import container_names, metrics, pki, podman_labels, resolve
+from flatnet.engine.config import Config
+from flatnet.engine.datapath import DataPath
+from flatnet.engine.device import Device
+from flatnet.engine.io import control, dnsserver, egress, netlink, tun, udp
+from flatnet.engine.lighthouse_client import LighthouseClient
+from flatnet.engine.proto import endpoint, liveness
+from flatnet.engine.proto.dnsanswer import Responder
+from flatnet.engine.proto.revocation import Revocations
+from flatnet.engine.services import ServiceRegistry
+from flatnet.engine.log import Logger
 
 STATS_REFRESH = 1.0  # the timer also wakes this often to read the data path's counters
 NAMES_SCAN = 0.25    # the CNI plugin's names files are looked at this often (a removed name: gone in 2 s)
@@ -285,7 +285,7 @@ class Engine:
         session: log level, firewall, load moderation, a renewed certificate (same key),
         static peers added, removed or changed. Anything else is reported as needing a
         restart."""
-        from engine.config import ConfigError, load
+        from flatnet.engine.config import ConfigError, load
         old = self.config
         try:
             new = load(old.path)
@@ -415,7 +415,7 @@ class Engine:
         self.loop.create_task(self._tcp_connect(name, server))
 
     async def _tcp_connect(self, name: str, server: tuple[str, int]) -> None:
-        from engine.io import tcp_relay
+        from flatnet.engine.io import tcp_relay
         label = f"{server[0]}:{server[1]}"
         try:
             bridge = await tcp_relay.connect(server, tcp_relay.loopback_of(self.config.listen_host,

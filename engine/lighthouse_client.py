@@ -27,13 +27,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable
 
-from engine.device import Device, Peer
-from engine.log import Logger
-from engine.proto import endpoint as endpoints_policy
-from engine.proto import names as names_rule
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.revocation import Reassembly
-from engine.proto import control as wire
+from flatnet.engine.device import Device, Peer
+from flatnet.engine.log import Logger
+from flatnet.engine.proto import endpoint as endpoints_policy
+from flatnet.engine.proto import names as names_rule
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.revocation import Reassembly
+from flatnet.engine.proto import control as wire
 
 REGISTER_EVERY = 10.0
 REGISTER_RETRY = 1.0     # until the first lease

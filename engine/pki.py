@@ -6,10 +6,10 @@ import stat
 
 from nacl.signing import SigningKey
 
-from engine.proto import cert as certs
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.handshake import Identity
-from engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX, Revocations
+from flatnet.engine.proto import cert as certs
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.handshake import Identity
+from flatnet.engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX, Revocations
 
 
 class PkiError(Exception):
@@ -64,7 +64,7 @@ def load_ca(path: str) -> certs.Certificate:
 
 
 def load_identity(ca_path: str, cert_path: str, key_path: str, now: float) -> Identity:
-    from engine.proto.noise import public_key
+    from flatnet.engine.proto.noise import public_key
     ca = load_ca(ca_path)
     private = read_secret(key_path)
     try:

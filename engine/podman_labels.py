@@ -11,8 +11,8 @@ import json
 import subprocess
 from typing import Callable
 
-from engine.proto import names
-from engine.services import ServiceError
+from flatnet.engine.proto import names
+from flatnet.engine.services import ServiceError
 
 LABEL = "flatnet.publish"
 Runner = Callable[[list[str]], str]

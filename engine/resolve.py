@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 
-from engine.proto import endpoint
+from flatnet.engine.proto import endpoint
 
 MAX_HOSTS_FILE = 1 << 20   # bytes read from a hosts file
 MAX_ADDRESSES = 8          # per name, as on the wire (engine.proto.control.MAX_ENDPOINTS)

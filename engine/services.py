@@ -18,7 +18,7 @@ import ipaddress
 import json
 import os
 
-from engine.proto import names
+from flatnet.engine.proto import names
 
 
 class ServiceError(ValueError):

@@ -1,12 +1,12 @@
 """flatnet-lighthouse --config /etc/flatnet/lighthouse.toml"""
 import sys
 
-from engine.daemon import main as run_daemon
-from lighthouse.config import load
+from flatnet.engine.daemon import main as run_daemon
+from flatnet.lighthouse.config import load
 
 
 def _lighthouse(config, log):  # noqa: ANN001, ANN202
-    from lighthouse.server import Lighthouse
+    from flatnet.lighthouse.server import Lighthouse
     return Lighthouse(config, log)
 
 

@@ -5,8 +5,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from engine.proto.confparse import type_problem
-from engine.config import ConfigError, _endpoint, listen_host, read_file, read_toml
+from flatnet.engine.proto.confparse import type_problem
+from flatnet.engine.config import ConfigError, _endpoint, listen_host, read_file, read_toml
 
 _KNOWN = {"pki": {"ca", "cert", "key", "blocklist"}, "network": {"cidr"}, "listen": {"host", "port"},
           "paths": {"state_dir", "run_dir"}, "log": {"level", "format"}, "registry": {"ttl", "sessions"},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import sqlite3
 
-from lighthouse.store import LeaseExhausted, Store
+from flatnet.lighthouse.store import LeaseExhausted, Store
 
 
 class LeaseStore(Store):

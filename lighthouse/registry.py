@@ -30,12 +30,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from engine.proto import cert as certs, names, revocation
-from engine.proto import endpoint as endpoints_policy
-from engine.proto.errors import RemoteProtocolError
-from engine.proto import control as wire
-from lighthouse.store import LeaseExhausted
-from lighthouse.store import NodeRecord, Store, StoreUnavailable
+from flatnet.engine.proto import cert as certs, names, revocation
+from flatnet.engine.proto import endpoint as endpoints_policy
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.store import LeaseExhausted
+from flatnet.lighthouse.store import NodeRecord, Store, StoreUnavailable
 
 Endpoint = tuple[str, int]
 Claim = tuple[str, ...]    # ("name", name) or ("host", host, prefix)

@@ -13,21 +13,21 @@ import os
 import signal
 import time
 
-from engine import metrics, pki
-from engine.datapath import DataPath
-from engine.device import Device, Peer
-from engine.io import control, udp
-from engine.io.tcp_relay import loopback_of
-from engine.log import Logger
-from engine.proto import endpoint as endpoints_policy
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.revocation import Revocations
-from engine.proto import control as wire
-from lighthouse.config import LighthouseConfig
-from lighthouse.registry import Registry
-from lighthouse.leases import LeaseStore
-from lighthouse.store import NodeRecord, Store
-from lighthouse.store_etcd import EtcdStore
+from flatnet.engine import metrics, pki
+from flatnet.engine.datapath import DataPath
+from flatnet.engine.device import Device, Peer
+from flatnet.engine.io import control, udp
+from flatnet.engine.io.tcp_relay import loopback_of
+from flatnet.engine.log import Logger
+from flatnet.engine.proto import endpoint as endpoints_policy
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.revocation import Revocations
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.config import LighthouseConfig
+from flatnet.lighthouse.registry import Registry
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.store import NodeRecord, Store
+from flatnet.lighthouse.store_etcd import EtcdStore
 
 TICK = 1.0
 LEASE_WORKERS = 8  # etcd: first leases allocated at once (each a transaction round trip)
@@ -66,7 +66,7 @@ class Lighthouse:
         self.servers = await control.start(c.control_socket, self.handle_api)
         self.tcp = None
         if c.relay and c.tcp_port:
-            from lighthouse.tcp_relay import TcpRelayServer
+            from flatnet.lighthouse.tcp_relay import TcpRelayServer
             self.tcp = TcpRelayServer((c.listen_host, c.tcp_port), loopback_of(c.listen_host, c.listen_port),
                                       self.device.shim_addrs, lambda a: a in self.registry.by_endpoint, self.log)
             try:

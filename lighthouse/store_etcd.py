@@ -31,10 +31,10 @@ import json
 import threading
 import time
 
-from engine.proto.errors import RemoteProtocolError
-from engine.proto import control as wire
-from lighthouse import etcd
-from lighthouse.store import LeaseExhausted, NodeRecord, Store, StoreUnavailable
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse import etcd
+from flatnet.lighthouse.store import LeaseExhausted, NodeRecord, Store, StoreUnavailable
 
 PUNCH_TTL = 10           # seconds a punch request may wait for its lighthouse
 WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader

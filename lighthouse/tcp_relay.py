@@ -24,8 +24,8 @@ import collections
 import socket
 from typing import Callable
 
-from engine.io import tcp_relay
-from engine.log import Logger
+from flatnet.engine.io import tcp_relay
+from flatnet.engine.log import Logger
 
 MAX_CONNECTIONS = 1024
 MAX_PER_IP = 8

@@ -10,6 +10,6 @@ bash "$here/scripts/install.sh" --dev
 apt_install iputils-ping  # the demo pings between containers
 cd "$here"
 if [ -f /var/lib/flatnet-lab/lab.json ]; then
-  "$FLATNET_PREFIX/bin/python3" -m flatnet_cli down
+  "$FLATNET_PREFIX/bin/python3" -m flatnet down
 fi
-exec "$FLATNET_PREFIX/bin/python3" -m flatnet_cli up "$@"
+exec "$FLATNET_PREFIX/bin/python3" -m flatnet up "$@"

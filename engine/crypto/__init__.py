@@ -1,12 +1,12 @@
 """The only package that knows about cffi: the C data path and its thin wrappers."""
 from __future__ import annotations
 
-from engine.crypto._fastpath import ffi, lib
+from flatnet.engine.crypto._fastpath import ffi, lib
 
 EXPECTED_VERSION = 15
 
 if lib.fn_version() != EXPECTED_VERSION:  # a stale build would silently misbehave
-    raise ImportError(f"engine.crypto._fastpath is version {lib.fn_version()}, expected "
+    raise ImportError(f"flatnet.engine.crypto._fastpath is version {lib.fn_version()}, expected "
                       f"{EXPECTED_VERSION}: rebuild with `python engine/crypto/_build.py`")
 # libsodium stays on its slow portable code until sodium_init() has run
 if lib.fn_init() < 0:

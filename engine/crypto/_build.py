@@ -43,7 +43,7 @@ def make_builder(fuzz: bool = False) -> FFI:
     builder = FFI()
     builder.cdef(_cdef("fastpath.h") + (_cdef("fuzz.h") if fuzz else ""))
     builder.set_source(
-        "engine.crypto._fastpath_fuzz" if fuzz else "engine.crypto._fastpath",
+        "flatnet.engine.crypto._fastpath_fuzz" if fuzz else "flatnet.engine.crypto._fastpath",
         '#include "fastpath.h"\n' + ('#include "fuzz.h"\n' if fuzz else ""),
         sources=[_src(f, fuzz or __name__ == "__main__") for f in SOURCES + (("fuzz.c",) if fuzz else ())],
         include_dirs=[CSRC],
@@ -61,7 +61,7 @@ ffibuilder = make_builder()
 def fuzz_module_path() -> str | None:
     """The sanitizer module built by `--fuzz`, or None."""
     import glob
-    found = glob.glob(os.path.join(FUZZ_DIR, "engine", "crypto", "_fastpath_fuzz*.so"))
+    found = glob.glob(os.path.join(FUZZ_DIR, "flatnet", "engine", "crypto", "_fastpath_fuzz*.so"))
     return found[0] if found else None
 
 
@@ -73,10 +73,10 @@ def build_fuzz() -> str:
     work = tempfile.mkdtemp(prefix="work-", dir=FUZZ_DIR)
     try:
         make_builder(fuzz=True).compile(tmpdir=work, target=None, verbose=False)
-        built = glob.glob(os.path.join(work, "engine", "crypto", "_fastpath_fuzz*.so"))
+        built = glob.glob(os.path.join(work, "flatnet", "engine", "crypto", "_fastpath_fuzz*.so"))
         if not built:
             raise RuntimeError(f"the sanitizer build left no module in {work}")
-        target = os.path.join(FUZZ_DIR, "engine", "crypto", os.path.basename(built[0]))
+        target = os.path.join(FUZZ_DIR, "flatnet", "engine", "crypto", os.path.basename(built[0]))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(built[0], target)
         return target
@@ -89,9 +89,9 @@ if __name__ == "__main__":
         print(build_fuzz())
         sys.exit(0)
     ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"), target=None, verbose=False)
-    # compile() writes into tmpdir/engine/crypto: move the .so next to this file
+    # compile() writes into tmpdir/flatnet/engine/crypto: move the .so next to this file
     import glob, shutil
-    for so in glob.glob(os.path.join(ROOT, "build", "cffi", "engine", "crypto", "_fastpath*.so")):
+    for so in glob.glob(os.path.join(ROOT, "build", "cffi", "flatnet", "engine", "crypto", "_fastpath*.so")):
         # copy then rename: overwriting a loaded .so in place crashes its users
         target = os.path.join(HERE, os.path.basename(so))
         shutil.copy2(so, target + ".tmp")

@@ -17,7 +17,7 @@ import ipaddress
 import random
 import struct
 
-from engine.proto.dnsanswer import ANSWER, FORWARD, MAX_QUERY, Responder, formerr
+from flatnet.engine.proto.dnsanswer import ANSWER, FORWARD, MAX_QUERY, Responder, formerr
 
 MAX_OUTSTANDING = 256
 UPSTREAM_TIMEOUT = 2.0

@@ -10,8 +10,8 @@ import ipaddress
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cni.netlink import format_mac
-from cni.netns import bridge_mac
+from flatnet.cni.netlink import format_mac
+from flatnet.cni.netns import bridge_mac
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:

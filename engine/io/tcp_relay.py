@@ -14,7 +14,7 @@ import asyncio
 import socket
 from typing import Callable
 
-from engine.proto import tcpframe
+from flatnet.engine.proto import tcpframe
 
 MAX_QUEUED = 256 << 10  # bytes waiting for TCP: above it datagrams are dropped, as UDP would
 CONNECT_TIMEOUT = 5.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from engine.proto import endpoint
+from flatnet.engine.proto import endpoint
 
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32

@@ -18,7 +18,7 @@ import msgpack
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.errors import RemoteProtocolError
 
 MAX_CERT_BYTES = 1024
 

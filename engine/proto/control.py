@@ -46,9 +46,9 @@ import ipaddress
 
 import msgpack
 
-from engine.proto import endpoint
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX
+from flatnet.engine.proto import endpoint
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.revocation import MAX_BYTES as BLOCKLIST_MAX
 
 VERSION = 1
 MAX_MESSAGE = 1400

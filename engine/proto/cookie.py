@@ -27,8 +27,8 @@ import struct
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
-from engine.proto.constants import TYPE_COOKIE, WIRE_VERSION
-from engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.constants import TYPE_COOKIE, WIRE_VERSION
+from flatnet.engine.proto.errors import RemoteProtocolError
 
 MAC = 16
 MACS = 2 * MAC

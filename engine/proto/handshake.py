@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from engine.proto import cert as certs, cookie, tai64n
-from engine.proto.constants import PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE, WIRE_VERSION
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.noise import HandshakeIK
-from engine.proto.revocation import Revocations
+from flatnet.engine.proto import cert as certs, cookie, tai64n
+from flatnet.engine.proto.constants import PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE, WIRE_VERSION
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.noise import HandshakeIK
+from flatnet.engine.proto.revocation import Revocations
 
 _INIT_HDR = struct.Struct("<BBHI")
 _RESP_HDR = struct.Struct("<BBHII")

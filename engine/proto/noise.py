@@ -18,7 +18,7 @@ import hmac
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError, RuntimeError as NaclRuntimeError
 
-from engine.proto.errors import LocalProtocolError, RemoteProtocolError
+from flatnet.engine.proto.errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2b"
 HASHLEN = 64

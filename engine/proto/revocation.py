@@ -27,8 +27,8 @@ import msgpack
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from engine.proto import cert as certs
-from engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto import cert as certs
+from flatnet.engine.proto.errors import RemoteProtocolError
 
 VERSION = 1
 MAX_BYTES = 64 * 1024       # the whole signed file

@@ -20,13 +20,13 @@ import enum
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.proto import cookie as cookies
-from engine.proto import handshake as hsm
-from engine.proto.constants import (COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
+from flatnet.engine.proto import cookie as cookies
+from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto.constants import (COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
                                     HANDSHAKE_RETRY_MAX, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME,
                                     REKEY_AFTER_TIME, REKEY_RESPONDER_SLACK)
-from engine.proto.errors import LocalProtocolError, RemoteProtocolError
-from engine.proto.noise import HandshakeIK
+from flatnet.engine.proto.errors import LocalProtocolError, RemoteProtocolError
+from flatnet.engine.proto.noise import HandshakeIK
 
 
 class State(enum.Enum):

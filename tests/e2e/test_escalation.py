@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from flatnet_cli.lab import GATEWAY_PORT, REPO, Lab, sh
+from flatnet.lab import GATEWAY_PORT, REPO, Lab, sh
 from tests.e2e.test_gateway import get, peer_row, publish, start_server, wait_for
 from tests.harness.netns import RUN_PREFIX
 
@@ -70,7 +70,7 @@ def results(proc: subprocess.Popen, timeout: float) -> list:
 
 
 def gateway_cli(h, prefix: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-m", "flatnet_cli", "gateway", *args,
+    return subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-m", "flatnet", "gateway", *args,
                            "--prefix", prefix], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
@@ -125,7 +125,7 @@ def test_overlay_cut_every_request_answered_within_the_bound(lab):
             row = peer_row(a, b.name)
             if unreachable_at is None and row["state"] == "unreachable":
                 unreachable_at = time.monotonic()
-                shown = subprocess.run([sys.executable, "-m", "flatnet_cli", "peers", "--socket", a.socket],
+                shown = subprocess.run([sys.executable, "-m", "flatnet", "peers", "--socket", a.socket],
                                        capture_output=True, text=True, timeout=30, cwd=REPO).stdout
                 line = next(l for l in shown.splitlines() if l.startswith(b.name))
                 assert "unreachable" in line and "no answer for" in line, shown

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from engine.io import control
-from flatnet_cli import gateway
-from flatnet_cli.lab import CLIENT_IP, GATEWAY_PORT, REPO, Lab, sh
+from flatnet.engine.io import control
+from flatnet import gateway
+from flatnet.lab import CLIENT_IP, GATEWAY_PORT, REPO, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import wait_for, wait_listening
 

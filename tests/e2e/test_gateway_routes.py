@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from flatnet_cli import gateway
+from flatnet import gateway
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import wait_for
 

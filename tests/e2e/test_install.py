@@ -102,7 +102,7 @@ def test_venv_is_made_from_debians_python(installed):
         [
             os.path.join(prefix, "bin", "python3"),
             "-c",
-            "import sys, engine.crypto, flatnet_cli; print(sys.base_prefix, flatnet_cli.__file__)",
+            "import sys, flatnet.engine.crypto, flatnet; print(sys.base_prefix, flatnet.__file__)",
         ],
         capture_output=True,
         text=True,
@@ -112,7 +112,7 @@ def test_venv_is_made_from_debians_python(installed):
     ).stdout.split()
     assert out[0] == "/usr" and out[1].startswith(prefix + "/"), out  # the installed code, not the checkout
     # nothing went into Debian's Python
-    proc = subprocess.run([DEBIAN_PYTHON, "-I", "-c", "import flatnet_cli"], capture_output=True, cwd="/")
+    proc = subprocess.run([DEBIAN_PYTHON, "-I", "-c", "import flatnet"], capture_output=True, cwd="/")
     assert proc.returncode != 0
     assert "Debian" in installed["log"] and "ulimits:" in installed["log"]
 
@@ -122,7 +122,7 @@ def test_commands_are_linked_and_answer(installed):
     for name in SCRIPTS:
         link = os.path.join(env["FLATNET_BIN_DIR"], name)
         assert os.readlink(link) == os.path.join(env["FLATNET_PREFIX"], "bin", name)
-    from flatnet_cli import __version__
+    from flatnet import __version__
 
     out = subprocess.run(
         [os.path.join(env["FLATNET_BIN_DIR"], "flatnet"), "--version"],
@@ -164,7 +164,7 @@ def test_podman_runs_a_container_on_the_installed_plugin(installed, tmp_path, mo
     conf["network"].update(
         network_config_dir=env["FLATNET_CNI_CONF_DIR"], cni_plugin_dirs=[env["FLATNET_CNI_PLUGIN_DIR"]]
     )
-    from cni.install_podman import dump_toml
+    from flatnet.cni.install_podman import dump_toml
 
     (tmp_path / "containers.conf").write_text(dump_toml(conf, header="# test"))
     monkeypatch.setenv("CONTAINERS_CONF", str(tmp_path / "containers.conf"))

@@ -182,7 +182,7 @@ def test_network_connect_adds_a_second_interface(clean):
 
 
 def test_doctor_checks_the_netavark_backend(sb):
-    code = ("import json; from flatnet_cli.doctor import check_podman; "
+    code = ("import json; from flatnet.doctor import check_podman; "
             "print(json.dumps([f.__dict__ for f in check_podman(lease_file='/run/flatnet/lease.json')]))")
     found = {f["check"]: f for f in json.loads(sb.run(PYTHON, "-c", code).stdout)}
     assert found["Podman network backend"]["ok"] and "netavark" in found["Podman network backend"]["detail"]

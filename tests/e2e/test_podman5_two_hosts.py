@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from flatnet_cli.lab import Lab, sh
+from flatnet.lab import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.sandbox import IMAGE, PYTHON, SRC, Sandbox, import_busybox
 
@@ -22,7 +22,7 @@ def hosts(tmp_path_factory):
         a, b = lab.hosts
         lab.add_container(b)
         sb = Sandbox(WORKTREE, netns=a.ns, binds=((f"{a.dir}/run", "/run/flatnet"),))
-        sb.install_output = sb.run(PYTHON, "-m", "cni.install_netavark", "--root", "/", "--python", PYTHON,
+        sb.install_output = sb.run(PYTHON, "-m", "flatnet.cni.install_netavark", "--root", "/", "--python", PYTHON,
                                    "--repo", SRC).stdout
         import_busybox(sb)
         yield lab, sb

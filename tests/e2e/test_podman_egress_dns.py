@@ -19,8 +19,8 @@ import uuid
 
 import pytest
 
-from cni.install_podman import WRAPPER
-from engine.io import egress
+from flatnet.cni.install_podman import WRAPPER
+from flatnet.engine.io import egress
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.podman import HTTPD, IMAGE, LABEL, container_ip, ensure_image, podman
 
@@ -107,7 +107,7 @@ def setup(tmp_path_factory):
         pki = os.path.join(env["dir"], "pki")
         for args in (("ca", "init", "--dir", pki, "--name", f"{tag}-ca"),
                      ("cert", "sign", "--ca-dir", pki, "--name", "host-e2e")):
-            sh(sys.executable, "-m", "flatnet_cli", *args, timeout=60)
+            sh(sys.executable, "-m", "flatnet", *args, timeout=60)
         config = os.path.join(env["dir"], "config.toml")
         with open(config, "w") as f:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/host-e2e.crt"\nkey = "{pki}/host-e2e.key"\n'
@@ -117,7 +117,7 @@ def setup(tmp_path_factory):
                     f'[gateway]\npodman_labels = false\n[metrics]\ncni_data_dir = "{env["dir"]}/ipam"\n'
                     f'[dns]\nupstream = ["{INET}"]\n')
         log = open(os.path.join(env["dir"], "engine.log"), "w")
-        engine = subprocess.Popen([sys.executable, "-m", "engine", "--config", config], cwd=REPO, stdout=log,
+        engine = subprocess.Popen([sys.executable, "-m", "flatnet.engine", "--config", config], cwd=REPO, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(engine)
         lease = os.path.join(env["dir"], "run", "lease.json")

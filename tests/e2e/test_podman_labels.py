@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from engine import podman_labels
-from engine.services import ServiceRegistry
+from flatnet.engine import podman_labels
+from flatnet.engine.services import ServiceRegistry
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.podman import HTTPD, IMAGE, Network, ensure_image, podman
 

@@ -14,6 +14,8 @@ import zipfile
 
 import pytest
 
+from flatnet import __version__
+
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,19 +47,21 @@ def wheel(tmp_path_factory):
 def test_wheel_holds_the_products_files(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in (
-        "flatnet_cli/gateway_lua/conf/nginx.conf",
-        "flatnet_cli/gateway_lua/conf/flatnet-locations.conf",
-        "flatnet_cli/gateway_lua/lib/flatnet/gateway.lua",
-        "flatnet_cli/deploy/systemd/flatnet-engine.service",
-        "flatnet_cli/deploy/systemd/flatnet-lighthouse.service",
-        "flatnet_cli/deploy/systemd/flatnet-gateway.service",
-        "flatnet_cli/deploy/systemd/flatnet-cni-warm.service",
-        "cni/__main__.py",
-        "lighthouse/__main__.py",
+        "flatnet/gateway_lua/conf/nginx.conf",
+        "flatnet/gateway_lua/conf/flatnet-locations.conf",
+        "flatnet/gateway_lua/lib/flatnet/gateway.lua",
+        "flatnet/deploy/systemd/flatnet-engine.service",
+        "flatnet/deploy/systemd/flatnet-lighthouse.service",
+        "flatnet/deploy/systemd/flatnet-gateway.service",
+        "flatnet/deploy/systemd/flatnet-cni-warm.service",
+        "flatnet/cni/__main__.py",
+        "flatnet/lighthouse/__main__.py",
+        "flatnet/engine/__main__.py",
     ):
         assert path in names, path
-    assert any(n.startswith("engine/crypto/_fastpath") and n.endswith(".so") for n in names)
-    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert any(n.startswith("flatnet/engine/crypto/_fastpath") and n.endswith(".so") for n in names)
+    # one import namespace: nothing of the product lands beside other projects' packages
+    assert {n.split("/")[0] for n in names} == {"flatnet", f"flatnet-{__version__}.dist-info"}, sorted(names)[:20]
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Requires-Dist: prometheus-client" in meta
     assert "Provides-Extra: test" in meta and "Provides-Extra: bench" in meta
@@ -70,8 +74,6 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = run(os.path.join(venv, "bin", "python3"), "-m", "pip", "install", "-q", wheel)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from flatnet_cli import __version__
-
     out = run(os.path.join(venv, "bin", "flatnet"), "--version")
     assert out.returncode == 0 and out.stdout.strip() == f"flatnet {__version__}", out
     proc = run(os.path.join(venv, "bin", "flatnet-cni"), input="{}", env={"CNI_COMMAND": "VERSION"})
@@ -91,7 +93,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
         "127.0.0.1:18080",
     )
     assert proc.returncode == 0, proc.stderr
-    assert "site-packages/flatnet_cli/gateway_lua/lib" in (tmp_path / "gw" / "nginx.conf").read_text()
+    assert "site-packages/flatnet/gateway_lua/lib" in (tmp_path / "gw" / "nginx.conf").read_text()
     # the C data path loads from the installed wheel
-    proc = run(os.path.join(venv, "bin", "python3"), "-c", "import engine.crypto")
+    proc = run(os.path.join(venv, "bin", "python3"), "-c", "import flatnet.engine.crypto")
     assert proc.returncode == 0, proc.stderr

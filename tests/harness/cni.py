@@ -21,7 +21,7 @@ def run_plugin(command: str, conf: dict | bytes, *, container_id: str = "", netn
         env["CNI_IFNAME"] = ifname
     env.update(extra_env or {})
     data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-    argv = [sys.executable, "-m", "cni"]
+    argv = [sys.executable, "-m", "flatnet.cni"]
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] + argv
     proc = subprocess.run(argv, input=data, env=env, capture_output=True, timeout=30, cwd=REPO)

@@ -33,8 +33,8 @@ from typing import Callable
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
-from engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, ControlItem, PeerStats
-from engine.proto.constants import (TYPE_CONTROL, TYPE_COOKIE, TYPE_DATA, TYPE_INITIATION, TYPE_RELAYED,
+from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, ControlItem, PeerStats
+from flatnet.engine.proto.constants import (TYPE_CONTROL, TYPE_COOKIE, TYPE_DATA, TYPE_INITIATION, TYPE_RELAYED,
                                     TYPE_RESPONSE, WIRE_VERSION)
 
 Addr = tuple[str, int]

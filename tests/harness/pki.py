@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from nacl.signing import SigningKey
 
-from engine.proto import cert as certs
-from engine.proto.handshake import Identity
-from engine.proto.noise import generate_keypair
+from flatnet.engine.proto import cert as certs
+from flatnet.engine.proto.handshake import Identity
+from flatnet.engine.proto.noise import generate_keypair
 
 DAY = 86400
 

@@ -238,5 +238,5 @@ def install_flatnet(sb: Sandbox, lease_subnet: str) -> str:
     """Stand in for the engine (its lease file), then run the installer as install.sh does."""
     net = lease_subnet.rsplit(".", 1)[0]
     sb.write("/run/flatnet/lease.json", f'{{"subnet": "{lease_subnet}", "gateway": "{net}.1"}}')
-    return sb.run(PYTHON, "-m", "cni.install_netavark", "--root", "/", "--python", PYTHON,
+    return sb.run(PYTHON, "-m", "flatnet.cni.install_netavark", "--root", "/", "--python", PYTHON,
                   "--repo", SRC).stdout

@@ -27,12 +27,12 @@ import itertools
 import random
 from typing import Callable
 
-from engine.device import Device
-from engine.lighthouse_client import LighthouseClient
-from engine.log import Logger
-from engine.proto.revocation import Revocations
-from lighthouse.leases import LeaseStore
-from lighthouse.registry import Registry
+from flatnet.engine.device import Device
+from flatnet.engine.lighthouse_client import LighthouseClient
+from flatnet.engine.log import Logger
+from flatnet.engine.proto.revocation import Revocations
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.registry import Registry
 from tests.harness.fakedp import FakeDataPath
 from tests.harness.pki import TestCA
 
@@ -170,7 +170,7 @@ class SimLighthouse:
         self.sim.timer(self, self.sim.now + TICK)
 
     def _on_message(self, peer, data: bytes, addr: Addr, now: float) -> None:  # noqa: ANN001
-        from engine.proto.errors import RemoteProtocolError
+        from flatnet.engine.proto.errors import RemoteProtocolError
         try:
             replies = self.registry.handle(peer.name, peer.cert.raw, data, addr, self.sim.wall())
         except RemoteProtocolError:
@@ -181,7 +181,7 @@ class SimLighthouse:
                 self.device.send_message(dest, msg)
 
     def _on_relay(self, data: bytes, addr: Addr, now: float) -> None:
-        from engine.proto.errors import RemoteProtocolError
+        from flatnet.engine.proto.errors import RemoteProtocolError
         try:
             packet, dest = self.registry.relay(data, addr, self.sim.wall())
         except RemoteProtocolError:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
 
-from engine.proto import cert as certs
-from engine.proto import cookie, handshake as hsm
-from engine.proto.handshake import Identity
-from engine.proto.noise import generate_keypair
-from engine.proto import control as wire
+from flatnet.engine.proto import cert as certs
+from flatnet.engine.proto import cookie, handshake as hsm
+from flatnet.engine.proto.handshake import Identity
+from flatnet.engine.proto.noise import generate_keypair
+from flatnet.engine.proto import control as wire
 from tests.harness import wire as hwire
 
 DAY = 86400
@@ -184,7 +184,7 @@ class Swarm:
 def load(ca_dir: str, specs: list[str]) -> tuple[SigningKey, certs.Certificate, list[Lighthouse]]:
     """The CA (its signing key) and lighthouses NAME@HOST:PORT whose certificate is
     ca_dir/NAME.crt."""
-    from engine import pki
+    from flatnet.engine import pki
     ca = pki.load_ca(os.path.join(ca_dir, "ca.crt"))
     ca_key = SigningKey(pki.read_secret(os.path.join(ca_dir, "ca.key")))
     lhs = []

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from cni import warm, warmd
+from flatnet.cni import warm, warmd
 from tests.harness.cni import REPO, netconf, run_plugin
 from tests.harness.netns import RUN_PREFIX, leftover_links, sh
 
@@ -173,7 +173,7 @@ def test_a_root_caller_without_the_capabilities_is_not_served(net, daemon, netns
     # daemon must not act for it; the cold path then fails with the caller's own rights
     ns, c = netns_factory("p"), cid()
     proc = subprocess.run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable,
-                           "-m", "cni"], input=json.dumps(net).encode(), capture_output=True, timeout=30, cwd=REPO,
+                           "-m", "flatnet.cni"], input=json.dumps(net).encode(), capture_output=True, timeout=30, cwd=REPO,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": REPO, "CNI_COMMAND": "ADD",
                                "CNI_CONTAINERID": c, "CNI_NETNS": ns.path, "CNI_IFNAME": "eth0",
                                "CNI_PATH": "/usr/lib/cni"})
@@ -189,7 +189,7 @@ def test_a_caller_in_another_network_namespace_works_in_its_own(net, daemon, net
     host, ns, c = netns_factory("h"), netns_factory("k"), cid()
     env = ["env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={REPO}", "CNI_COMMAND=ADD",
            f"CNI_CONTAINERID={c}", f"CNI_NETNS={ns.path}", "CNI_IFNAME=eth0", "CNI_PATH=/usr/lib/cni"]
-    proc = subprocess.run(["ip", "netns", "exec", host.name, *env, sys.executable, "-m", "cni"],
+    proc = subprocess.run(["ip", "netns", "exec", host.name, *env, sys.executable, "-m", "flatnet.cni"],
                           input=json.dumps(net).encode(), capture_output=True, timeout=30, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert daemon.server.counts["refused"] == 1 and daemon.server.counts["ok"] == 0

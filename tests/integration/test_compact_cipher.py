@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from flatnet_cli.lab import Lab, sh
+from flatnet.lab import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.traffic import tcp_transfer
 
@@ -23,7 +23,7 @@ def lab(tmp_path_factory):
 
 
 def status(host) -> dict:
-    from engine.io import control
+    from flatnet.engine.io import control
     return json.loads(control.get(host.socket, "/status")[1])
 
 

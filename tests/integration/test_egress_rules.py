@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 CODE = """
 import ipaddress, sys
-from engine.io import egress
+from flatnet.engine.io import egress
 net, sub = ipaddress.IPv4Network("10.87.0.0/16"), ipaddress.IPv4Network("10.87.5.0/24")
 if sys.argv[1] == "remove":
     print(egress.remove())

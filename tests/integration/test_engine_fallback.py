@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from engine.io import control
-from flatnet_cli.lab import Lab, sh
+from flatnet.engine.io import control
+from flatnet.lab import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.traffic import tcp_transfer
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from flatnet_cli.lab import REPO, Lab, sh
+from flatnet.lab import REPO, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.traffic import tcp_transfer
 from tests.harness.wait import file_contains, wait_for, wait_listening
@@ -38,7 +38,7 @@ def py(ns: str, code: str, timeout: float = 60) -> str:
 
 
 def status(lab, host) -> dict:
-    from engine.io import control
+    from flatnet.engine.io import control
     return json.loads(control.get(host.socket, "/status")[1])
 
 
@@ -184,7 +184,7 @@ def test_tampered_replayed_and_spoofed_packets_are_dropped_and_counted(lab):
                      and d["auth_failed"] >= before["auth_failed"] + 1
                      and d["source_not_allowed"] >= before["source_not_allowed"] + 3 and d, 5,
                      f"the replayed, tampered and spoofed packets counted (before: {before})")
-    from engine.io import control
+    from flatnet.engine.io import control
     peer_row = json.loads(control.get(b.socket, "/peers")[1])[0]
     assert peer_row["rx_dropped"] >= 2  # the replayed and the tampered packet, counted against host-1
     assert after["auth_failed"] >= before["auth_failed"] + 1
@@ -197,9 +197,9 @@ def _initiation_from(lab, ca_dir: str, name: str, days_valid: int, b) -> None:
     py(lab.hosts[0].ns, f"""
         import socket, time
         from nacl.signing import SigningKey
-        from engine import pki
-        from engine.proto import cert as certs, cookie, handshake as hsm
-        from engine.proto.noise import generate_keypair
+        from flatnet.engine import pki
+        from flatnet.engine.proto import cert as certs, cookie, handshake as hsm
+        from flatnet.engine.proto.noise import generate_keypair
         ca_dir = "{ca_dir}"
         ca = pki.load_ca(ca_dir + "/ca.crt")
         ca_key = SigningKey(pki.read_secret(ca_dir + "/ca.key"))
@@ -218,7 +218,7 @@ def _initiation_from(lab, ca_dir: str, name: str, days_valid: int, b) -> None:
 def test_foreign_ca_and_expired_certificate_are_rejected(lab, tmp_path):
     a, b = lab.hosts
     other = tmp_path / "other-ca"
-    subprocess.run([sys.executable, "-m", "flatnet_cli", "ca", "init", "--dir", str(other)], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "flatnet", "ca", "init", "--dir", str(other)], cwd=REPO, check=True,
                    capture_output=True)
     before = status(lab, b)["control_errors"].get("bad_cert", 0)
     _initiation_from(lab, str(other), "host-1", 1, b)          # right name, wrong CA
@@ -251,7 +251,7 @@ def test_world_readable_key_is_refused(lab, tmp_path):
     os.chmod(key, 0o644)
     conf = tmp_path / "c.toml"
     conf.write_text(open(a.config).read().replace(f'{lab.workdir}/pki/{a.name}.key', str(key)))
-    proc = subprocess.run([sys.executable, "-m", "engine", "--config", str(conf)], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "flatnet.engine", "--config", str(conf)], cwd=REPO, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2
     assert "readable by group or others" in proc.stderr and "chmod 600" in proc.stderr
@@ -264,6 +264,6 @@ def test_world_writable_state_dir_is_refused(lab, tmp_path):
     os.chmod(state, 0o777)
     conf = tmp_path / "c.toml"
     conf.write_text(open(a.config).read().replace(f'state_dir = "{a.dir}/state"', f'state_dir = "{state}"'))
-    proc = subprocess.run([sys.executable, "-m", "engine", "--config", str(conf)], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "flatnet.engine", "--config", str(conf)], cwd=REPO, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "writable by everyone" in proc.stderr and "chmod o-w" in proc.stderr

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from engine.io import control
-from flatnet_cli.lab import Lab, sh
+from flatnet.engine.io import control
+from flatnet.lab import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import wait_for, wait_listening
 

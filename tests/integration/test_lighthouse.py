@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from flatnet_cli.lab import Lab, sh
+from flatnet.lab import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import tcp_established, wait_for, wait_listening
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from engine.io import control
+from flatnet.engine.io import control
 from tests.harness import etcd as etcd_harness
 from tests.harness.netns import Netns
 
@@ -38,7 +38,7 @@ class Site:
         for ip in ETCD_IPS + LH_IPS + [NODE_IP]:  # on lo: the kernel may not load the dummy module
             self.ns.run("ip", "addr", "add", f"{ip}/32", "dev", "lo")
         self.pki = os.path.join(tmp, "pki")
-        cli = [sys.executable, "-m", "flatnet_cli"]
+        cli = [sys.executable, "-m", "flatnet"]
         subprocess.run(cli + ["ca", "init", "--dir", self.pki], check=True, capture_output=True, cwd=REPO)
         for i in range(3):
             subprocess.run(cli + ["cert", "sign", "--ca-dir", self.pki, "--name", f"lh{i + 1}"], check=True,
@@ -67,7 +67,7 @@ class Site:
         if os.path.exists(sock):
             os.unlink(sock)
         log = open(os.path.join(d, "lighthouse.log"), "ab")
-        self.lh[i] = subprocess.Popen(["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "lighthouse",
+        self.lh[i] = subprocess.Popen(["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "flatnet.lighthouse",
                                        "--config", os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=log,
                                       stderr=log, start_new_session=True)
         log.close()
@@ -128,7 +128,7 @@ def site(tmp_path):
 def leases_in_etcd(site: Site) -> dict[str, int]:
     """name -> block straight from etcd (read inside the namespace), checked both ways
     (block -> name agrees)."""
-    script = ("import json, sys; from lighthouse import etcd; "
+    script = ("import json, sys; from flatnet.lighthouse import etcd; "
               f"kvs, _ = etcd.Client({site.cluster.endpoints!r}).range('/flatnet/lease/', prefix=True); "
               "print(json.dumps([[kv['key'], kv['value'].decode()] for kv in kvs]))")
     end = time.monotonic() + 15
@@ -172,7 +172,7 @@ def test_twenty_hosts_three_lighthouses_and_a_failure_of_each_kind(site):
     assert pair["answer"] == "peer" and pair["punch"] == "pair-a", pair
     health = site.status(1)["store"]
     assert health["healthy"] and [m["up"] for m in health["members"]] == [True, False, True]
-    out = subprocess.run([sys.executable, "-m", "flatnet_cli", "lighthouse", "status", "--socket",
+    out = subprocess.run([sys.executable, "-m", "flatnet", "lighthouse", "status", "--socket",
                           os.path.join(site.lh_dir(1), "run", "lighthouse.sock")], capture_output=True, text=True,
                          cwd=REPO)
     assert out.returncode == 0 and "store      etcd: healthy" in out.stdout, out.stdout + out.stderr
@@ -239,7 +239,7 @@ def test_engines_register_again_within_two_seconds_of_a_lighthouse_restart(tmp_p
     """Engines (real ones, a Lab) that noticed their lighthouse was gone register again
     within 2 s of it being back (before: a handshake backoff of 1, 2, 4, 8 s, up to
     7.6 s measured)."""
-    from flatnet_cli.lab import Lab
+    from flatnet.lab import Lab
     from tests.harness.netns import RUN_PREFIX
     lab = Lab(f"{RUN_PREFIX}r", str(tmp_path / "lab"), hosts=2, lighthouse=True)
     try:

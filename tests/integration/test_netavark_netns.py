@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def plugin(*argv: str, stdin: dict) -> tuple[int, dict | None]:
-    proc = subprocess.run([sys.executable, "-m", "cni.netavark", *argv], input=json.dumps(stdin).encode(),
+    proc = subprocess.run([sys.executable, "-m", "flatnet.cni.netavark", *argv], input=json.dumps(stdin).encode(),
                           capture_output=True, timeout=30, cwd=REPO,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": REPO})
     out = proc.stdout.decode().strip()

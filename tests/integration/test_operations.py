@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from engine.io import control
-from flatnet_cli.lab import METRICS_PORT, REPO, Lab, sh
+from flatnet.engine.io import control
+from flatnet.lab import METRICS_PORT, REPO, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import file_contains, wait_for
 
@@ -99,7 +99,7 @@ def test_sighup_reloads_without_dropping_sessions(lab):
     a, b = lab.hosts
     before = next(p for p in lab.peers(a) if p["name"] == b.name)
     # renew host-1's certificate (same key) and raise its log level, then SIGHUP
-    subprocess.run([sys.executable, "-m", "flatnet_cli", "cert", "renew", "--ca-dir",
+    subprocess.run([sys.executable, "-m", "flatnet", "cert", "renew", "--ca-dir",
                     os.path.join(lab.workdir, "pki"), "--name", a.name, "--days", "30"], cwd=REPO, check=True,
                    capture_output=True)
     with open(a.config) as f:
@@ -133,7 +133,7 @@ def test_sighup_reloads_without_dropping_sessions(lab):
 
 def test_doctor_explains_a_broken_host(lab):
     a = lab.hosts[0]
-    args = [sys.executable, "-m", "flatnet_cli", "doctor", "--socket", a.socket, "--lease-file",
+    args = [sys.executable, "-m", "flatnet", "doctor", "--socket", a.socket, "--lease-file",
             os.path.join(a.dir, "run", "lease.json"), "--no-podman"]
     healthy = subprocess.run(["ip", "netns", "exec", a.ns] + args, capture_output=True, text=True, cwd=REPO)
     assert healthy.returncode == 0, healthy.stdout

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from flatnet_cli.lab import Lab, sh
+from flatnet.lab import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flatnet_cli.lab import REPO, Lab, sh
+from flatnet.lab import REPO, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import file_contains, seconds_until, wait_for
 
@@ -25,7 +25,7 @@ def ping_until(src_ns: str, ip: str, seconds: float) -> float | None:
 
 
 def cli(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "flatnet_cli", *args], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "flatnet", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -60,7 +60,7 @@ def test_revoked_host_is_cut_off_within_seconds_and_rejoins_with_a_new_key(lab):
     assert st["revoked_peers"][b.name]["fingerprint"] == old_fp and st["blocklist"]["names"] == [b.name]
     with open(a.log) as f:
         assert "peer_revoked" in f.read()
-    from engine.io import control
+    from flatnet.engine.io import control
     metrics = control.get(a.socket, "/metrics")[1].decode()
     serial = next(line.split()[1] for line in metrics.splitlines() if line.startswith("flatnet_blocklist_serial "))
     assert float(serial) == st["blocklist"]["serial"]

@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-from flatnet_cli import __version__
-from flatnet_cli.completion import bash
-from flatnet_cli.main import build_parser, main
+from flatnet import __version__
+from flatnet.completion import bash
+from flatnet.main import build_parser, main
 
 
 def walk(parser: argparse.ArgumentParser, path: str = "flatnet"):
@@ -60,7 +60,7 @@ def test_doctor_json_without_an_engine_is_a_problem_and_exit_1(tmp_path):
         [
             sys.executable,
             "-m",
-            "flatnet_cli",
+            "flatnet",
             "doctor",
             "--json",
             "--no-podman",
@@ -78,7 +78,7 @@ def test_doctor_json_without_an_engine_is_a_problem_and_exit_1(tmp_path):
 
 
 def test_bad_usage_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "flatnet_cli", "no-such-command"], capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "flatnet", "no-such-command"], capture_output=True, timeout=60)
     assert proc.returncode == 2
 
 
@@ -147,7 +147,7 @@ def test_lighthouse_status_json_and_table(tmp_path, capsys):
 
 def test_lighthouse_status_without_a_lighthouse_says_so(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "flatnet_cli", "lighthouse", "status", "--socket", str(tmp_path / "none.sock")],
+        [sys.executable, "-m", "flatnet", "lighthouse", "status", "--socket", str(tmp_path / "none.sock")],
         capture_output=True,
         text=True,
         timeout=60,

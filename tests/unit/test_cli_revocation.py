@@ -3,9 +3,9 @@ blocklist in the CA directory (the operator's side of revocation)."""
 import os
 import time
 
-from engine import pki
-from engine.proto import cert as certs, revocation as rv
-from flatnet_cli.main import main
+from flatnet.engine import pki
+from flatnet.engine.proto import cert as certs, revocation as rv
+from flatnet.main import main
 
 
 def load(d, name):

@@ -1,7 +1,7 @@
 """`flatnet gateway run/stop`: the errors an operator sees, without starting nginx."""
 import os
 
-from flatnet_cli.main import main
+from flatnet.main import main
 
 
 def test_partial_tls_options_are_refused(tmp_path, capsys):

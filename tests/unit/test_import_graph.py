@@ -16,7 +16,7 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CLI = "flatnet_cli"  # the `flatnet` command (its folder)
+CLI = "flatnet"  # the `flatnet` command (its folder; also the import namespace of all parts)
 PARTS = {"engine.proto": {"engine.proto"},
          "cni": {"cni", "engine.proto"},
          "engine": {"engine", "engine.proto", "cni"},
@@ -40,6 +40,9 @@ def _modules() -> dict[str, pathlib.Path]:
     return found
 
 
+wrong_names: list[str] = []
+
+
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {}
@@ -55,6 +58,8 @@ def _graph() -> dict[str, set[str]]:
             for name in names:
                 if name.startswith(f"{CLI}.") and name.split(".")[1] in ("engine", "cni", "lighthouse"):
                     name = name.removeprefix(f"{CLI}.")  # flatnet.engine.x lives in engine/x.py
+                elif name.split(".")[0] in ("engine", "cni", "lighthouse"):
+                    wrong_names.append(f"{mod} imports {name} (not under the flatnet namespace)")
                 while name and name not in mods:
                     name = name.rpartition(".")[0]
                 if name and name != mod:
@@ -71,6 +76,15 @@ def test_each_part_imports_only_what_it_may():
     wrong = sorted(f"{mod} imports {dep}" for mod, deps in _graph().items() for dep in deps
                    if _part(dep) not in PARTS[_part(mod)])
     assert not wrong, "imports across the layering (docs/architecture.md):\n" + "\n".join(wrong)
+
+
+def test_every_import_uses_the_flatnet_namespace():
+    """Installed, the parts exist only as flatnet.engine, flatnet.cni, flatnet.lighthouse:
+    a bare `import engine` works in a checkout but not in a wheel (and would load a
+    second copy of the module)."""
+    wrong_names.clear()
+    _graph()
+    assert not wrong_names, "\n".join(wrong_names)
 
 
 def test_no_import_cycles():

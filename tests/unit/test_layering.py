@@ -7,7 +7,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FORBIDDEN = {"socket", "asyncio", "time", "select", "selectors", "subprocess", "threading", "uvloop",
-             "pyroute2", "engine.io", "engine.driver", "engine.datapath"}
+             "pyroute2", "flatnet.engine.io", "flatnet.engine.driver", "flatnet.engine.datapath"}
 
 
 def imported(path: pathlib.Path) -> set[str]:
@@ -28,8 +28,8 @@ def test_proto_imports_no_io():
 
 def test_cni_startup_stays_lean():
     # both front ends (CNI for Podman 4, netavark for Podman 5) and their shared core
-    code = ("import sys; sys.path.insert(0, %r); import cni.__main__, cni.warm, cni.commands, cni.netavark, cni.nvconf, "
-            "cni.core; print(' '.join(sorted(sys.modules)))" % str(ROOT))
+    code = ("import sys; sys.path.insert(0, %r); import flatnet.cni.__main__, flatnet.cni.warm, flatnet.cni.commands, "
+            "flatnet.cni.netavark, flatnet.cni.nvconf, flatnet.cni.core; print(' '.join(sorted(sys.modules)))" % str(ROOT))
     mods = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
                               check=True).stdout.split())
     heavy = mods & {"pyroute2", "json", "re", "typing", "dataclasses", "socket", "enum", "msgpack", "nacl",

@@ -2,12 +2,12 @@
 lease's `relay` field, and a lighthouse that does not relay."""
 import pytest
 
-from engine.config import ConfigError, parse as engine_parse
-from engine.proto.errors import RemoteProtocolError
-from engine.proto import control as wire
-from lighthouse.config import parse as lighthouse_parse
-from lighthouse.leases import LeaseStore
-from lighthouse.registry import Registry
+from flatnet.engine.config import ConfigError, parse as engine_parse
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.config import parse as lighthouse_parse
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.registry import Registry
 
 ENGINE = """
 [pki]

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from flatnet_cli.units import MARKER, remove, render
+from flatnet.units import MARKER, remove, render
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 
@@ -56,3 +56,11 @@ def test_remove_deletes_only_our_units(tmp_path):
     (units / "flatnet-gateway.service").write_text("[Service]\nExecStart=/bin/true\n")  # the operator's own
     remove(str(units))
     assert sorted(p.name for p in units.iterdir()) == ["flatnet-gateway.service"]
+
+
+def test_daemons_that_read_sighup_can_be_reloaded(tmp_path):
+    """docs/operations.md tells operators to `systemctl reload` the engine (config) and
+    the lighthouse (blocklist): a unit without ExecReload makes that command fail."""
+    units = {u.rsplit("/", 1)[-1]: open(u).read() for u in render(str(tmp_path / "units"), stub_bin(tmp_path))}
+    for name in ("flatnet-engine.service", "flatnet-lighthouse.service"):
+        assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in units[name], name

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from cni.conf import load_netconf, parse_lease
-from cni.errors import CniError
-from cni.ipv4 import format_ip
+from flatnet.cni.conf import load_netconf, parse_lease
+from flatnet.cni.errors import CniError
+from flatnet.cni.ipv4 import format_ip
 
 
 def conf(**kw) -> bytes:

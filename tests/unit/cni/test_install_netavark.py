@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from cni import install_netavark as inst
+from flatnet.cni import install_netavark as inst
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_podman5_gets_plugin_drop_in_and_network(root):
     plugin = root / "usr/local/libexec/netavark/flatnet"
     assert plugin.stat().st_mode & 0o777 == 0o755
     assert plugin.read_text().startswith("#!/opt/flatnet/bin/python3 -IS\n")
-    assert "from cni.netavark import main" in plugin.read_text()
+    assert "from flatnet.cni.netavark import main" in plugin.read_text()
     conf = tomllib.loads((root / "etc/containers/containers.conf.d/50-flatnet-netavark.conf").read_text())
     assert conf["network"]["network_backend"] == "netavark"
     assert conf["network"]["netavark_plugin_dirs"][0] == "/usr/local/libexec/netavark"
@@ -64,7 +64,7 @@ def test_foreign_network_is_not_overwritten(root):
 def test_podman4_gets_the_cni_plugin(root):
     lines = inst.install(str(root), "/opt/flatnet/bin/python3", "/opt/flatnet/src", major=4)
     assert lines[0] == "podman 4: CNI backend"
-    assert "from cni.__main__ import main" in (root / "usr/lib/cni/flatnet").read_text()
+    assert "from flatnet.cni.__main__ import main" in (root / "usr/lib/cni/flatnet").read_text()
     assert json.loads((root / "etc/cni/net.d/flatnet.conflist").read_text())["cniVersion"] == "1.0.0"
     assert not (root / "etc/containers/containers.conf.d/50-flatnet-netavark.conf").exists()
 

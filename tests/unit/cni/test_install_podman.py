@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tomllib
 
-from cni import install_podman as ip
+from flatnet.cni import install_podman as ip
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 

@@ -2,10 +2,10 @@ import multiprocessing
 
 import pytest
 
-from cni import ipam
-from cni.errors import CniError
-from cni.ipv4 import format_ip, parse_subnet
-from cni.store import FileStore
+from flatnet.cni import ipam
+from flatnet.cni.errors import CniError
+from flatnet.cni.ipv4 import format_ip, parse_subnet
+from flatnet.cni.store import FileStore
 
 
 class FakeStore:

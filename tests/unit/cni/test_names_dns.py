@@ -2,13 +2,13 @@
 aliases), the names file it leaves for the engine, and the result's dns."""
 import json
 
-from cni.store import FileStore
+from flatnet.cni.store import FileStore
 
-from cni import commands
-from cni.conf import load_netconf
-from cni.ipv4 import Subnet
-from cni.result import add_result, lease_dns
-from cni.args import CmdArgs
+from flatnet.cni import commands
+from flatnet.cni.conf import load_netconf
+from flatnet.cni.ipv4 import Subnet
+from flatnet.cni.result import add_result, lease_dns
+from flatnet.cni.args import CmdArgs
 
 # as measured from Podman 4.3.1 with a debug plugin (docs/cni.md, "Names")
 PODMAN_ARGS = "IgnoreUnknown=1;K8S_POD_NAME=web1"

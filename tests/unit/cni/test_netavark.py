@@ -5,10 +5,10 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cni import netavark
-from cni.errors import CniError
-from cni.nvconf import error_json, network_conf, parse_exec, parse_mac, status_block
-from cni.ipv4 import parse_ip, parse_subnet
+from flatnet.cni import netavark
+from flatnet.cni.errors import CniError
+from flatnet.cni.nvconf import error_json, network_conf, parse_exec, parse_mac, status_block
+from flatnet.cni.ipv4 import parse_ip, parse_subnet
 
 NETWORK = {"name": "flatnet", "id": "ab" * 32, "driver": "flatnet", "network_interface": "flatnet-br0",
            "subnets": [{"subnet": "10.87.31.0/24", "gateway": "10.87.31.1"}], "ipv6_enabled": False,

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from cni.result import add_result
-from cni.ipv4 import parse_ip, parse_subnet
-from cni.skel import dispatch
+from flatnet.cni.result import add_result
+from flatnet.cni.ipv4 import parse_ip, parse_subnet
+from flatnet.cni.skel import dispatch
 
 CONF = json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "flatnet"}).encode()
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/run/netns/x",
@@ -115,7 +115,7 @@ def test_hostile_stdin_is_cni_error_json_without_traceback(data):
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env = dict(ENV, PATH=os.environ.get("PATH", "/usr/bin:/bin"), PYTHONPATH=repo)
-    proc = subprocess.run([sys.executable, "-m", "cni"], input=data, env=env, capture_output=True, timeout=30,
+    proc = subprocess.run([sys.executable, "-m", "flatnet.cni"], input=data, env=env, capture_output=True, timeout=30,
                           cwd=repo)
     assert proc.returncode == 1
     assert b"Traceback" not in proc.stderr and b"RecursionError" not in proc.stdout + proc.stderr

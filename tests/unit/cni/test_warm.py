@@ -3,7 +3,7 @@ a caller judged by the kernel's view of it, the cold path whenever the warm one 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cni import warm, warmd
+from flatnet.cni import warm, warmd
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
        "CNI_PATH": "/usr/lib/cni"}

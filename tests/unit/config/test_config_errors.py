@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from cni.conf import load_netconf
-from cni.errors import CniError
-from engine import config as engine_config
-from engine.proto.confparse import type_problem
-from lighthouse import config as lighthouse_config
+from flatnet.cni.conf import load_netconf
+from flatnet.cni.errors import CniError
+from flatnet.engine import config as engine_config
+from flatnet.engine.proto.confparse import type_problem
+from flatnet.lighthouse import config as lighthouse_config
 
 PATH = "/etc/flatnet/x.toml"
 TOML_VALUES = ['"60"', "60", "6.5", "true", "[1, 2]", "{ a = 1 }", '""', "-1"]

@@ -7,7 +7,7 @@ import os
 from hypothesis import given, settings, strategies as st
 from nacl import bindings as sodium
 
-from engine.crypto import ffi, lib
+from flatnet.engine.crypto import ffi, lib
 from tests.harness.wire import seal as pynacl_seal
 
 AEAD_SMALL_MAX = lib.FN_AEAD_SMALL_MAX

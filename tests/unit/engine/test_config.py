@@ -1,6 +1,6 @@
 import pytest
 
-from engine.config import ConfigError, parse
+from flatnet.engine.config import ConfigError, parse
 
 BASE = """
 [pki]

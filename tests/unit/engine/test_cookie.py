@@ -8,14 +8,14 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.datapath import CTRL_RAW, CTRL_VERSION, ControlItem
-from engine.device import Device
-from engine.log import Logger
-from engine.proto import cookie as cookies
-from engine.proto import handshake as hsm
-from engine.proto.constants import COOKIE_LIFETIME
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.session import PeerSession
+from flatnet.engine.datapath import CTRL_RAW, CTRL_VERSION, ControlItem
+from flatnet.engine.device import Device
+from flatnet.engine.log import Logger
+from flatnet.engine.proto import cookie as cookies
+from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto.constants import COOKIE_LIFETIME
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.session import PeerSession
 from tests.harness.pki import TestCA
 
 

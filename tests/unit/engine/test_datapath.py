@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 import pytest
 
-from engine.crypto import ffi, lib
-from engine.datapath import CTRL_RAW, DataPath
+from flatnet.engine.crypto import ffi, lib
+from flatnet.engine.datapath import CTRL_RAW, DataPath
 from tests.harness.wire import handshake, ipv4_udp, open_packet, seal
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from engine.crypto import ffi, lib
-from engine.datapath import CTRL_RAW, CTRL_ROAM, DataPath, parse_sockaddr, sockaddr
+from flatnet.engine.crypto import ffi, lib
+from flatnet.engine.datapath import CTRL_RAW, CTRL_ROAM, DataPath, parse_sockaddr, sockaddr
 from tests.harness.wire import handshake, ipv4_udp, open_packet, seal
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")

@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 
-from engine.datapath import CTRL_RAW, ControlItem
-from engine.device import Device
-from engine.log import Logger
+from flatnet.engine.datapath import CTRL_RAW, ControlItem
+from flatnet.engine.device import Device
+from flatnet.engine.log import Logger
 from tests.harness.pki import TestCA
 from tests.unit.engine.test_device_paths import FakeDataPath
 

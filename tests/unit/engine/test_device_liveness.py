@@ -5,9 +5,9 @@ by itself when its packets flow again."""
 import io
 import ipaddress
 
-from engine.datapath import CTRL_RAW, ControlItem, PeerStats
-from engine.device import Device
-from engine.log import Logger
+from flatnet.engine.datapath import CTRL_RAW, ControlItem, PeerStats
+from flatnet.engine.device import Device
+from flatnet.engine.log import Logger
 from tests.harness.pki import TestCA
 
 

@@ -7,10 +7,10 @@ seen losing the first datagram in the first-packet integration test, the second 
 both hosts handshook at the same time."""
 import ipaddress
 
-from engine.datapath import CTRL_RAW, ControlItem
-from engine.device import Device
-from engine.log import Logger
-from engine.proto.constants import TYPE_DATA
+from flatnet.engine.datapath import CTRL_RAW, ControlItem
+from flatnet.engine.device import Device
+from flatnet.engine.log import Logger
+from flatnet.engine.proto.constants import TYPE_DATA
 from tests.harness.fakedp import FakeDataPath
 from tests.harness.pki import TestCA
 

@@ -17,10 +17,10 @@ import struct
 
 import pytest
 
-from engine.datapath import CTRL_RAW, CTRL_ROAM, ControlItem
-from engine.device import DIRECT_HOLD, Device
-from engine.log import Logger
-from engine.proto.constants import TYPE_RELAYED
+from flatnet.engine.datapath import CTRL_RAW, CTRL_ROAM, ControlItem
+from flatnet.engine.device import DIRECT_HOLD, Device
+from flatnet.engine.log import Logger
+from flatnet.engine.proto.constants import TYPE_RELAYED
 from tests.harness.fakedp import FakeDataPath
 from tests.harness.pki import TestCA
 
@@ -178,8 +178,8 @@ def test_any_handshake_or_relayed_packet_is_taken_or_a_counted_drop(net, kind, b
 def test_a_new_node_whose_initiation_is_refused_as_stale_is_not_added():
     """accept_any (the lighthouse, or an engine with lighthouses): a certified node
     connecting by itself is added only once its initiation passed the time check."""
-    from engine.proto import cookie, handshake as hsm
-    from engine.proto.noise import public_key
+    from flatnet.engine.proto import cookie, handshake as hsm
+    from flatnet.engine.proto.noise import public_key
     n = Net()
     n.a.accept_any = True
     stranger = n.ca.identity("host-d")

@@ -7,7 +7,7 @@ import dns.opcode
 import dns.rcode
 from hypothesis import given, settings, strategies as st
 
-from engine.proto.dnsanswer import ANSWER, DROP, FORWARD, MAX_QUERY, Responder, formerr
+from flatnet.engine.proto.dnsanswer import ANSWER, DROP, FORWARD, MAX_QUERY, Responder, formerr
 
 TABLE = {"web1.flatnet": ["10.87.1.2"], "web.flatnet": ["10.87.1.3", "10.87.2.3"]}
 

@@ -8,9 +8,9 @@ import struct
 import dns.message
 import dns.rrset
 
-from engine.io import dnsserver
-from engine.log import Logger
-from engine.proto.dnsanswer import Responder
+from flatnet.engine.io import dnsserver
+from flatnet.engine.log import Logger
+from flatnet.engine.proto.dnsanswer import Responder
 
 
 def free_port():

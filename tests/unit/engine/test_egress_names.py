@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from engine import container_names
-from engine.config import ConfigError, parse
-from engine.io import egress
+from flatnet.engine import container_names
+from flatnet.engine.config import ConfigError, parse
+from flatnet.engine.io import egress
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
 SUB = ipaddress.IPv4Network("10.87.3.0/24")

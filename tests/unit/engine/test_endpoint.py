@@ -6,12 +6,12 @@ import socket
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine import resolve
-from engine.config import ConfigError, parse
-from engine.io import udp
-from engine.proto import endpoint
-from engine.proto.errors import RemoteProtocolError
-from engine.proto import control as wire
+from flatnet.engine import resolve
+from flatnet.engine.config import ConfigError, parse
+from flatnet.engine.io import udp
+from flatnet.engine.proto import endpoint
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto import control as wire
 
 
 @pytest.mark.parametrize("text, want", [

@@ -7,10 +7,10 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.proto import cookie, handshake as hsm, tai64n
-from engine.proto.constants import PROLOGUE
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.noise import HandshakeIK, generate_keypair, public_key
+from flatnet.engine.proto import cookie, handshake as hsm, tai64n
+from flatnet.engine.proto.constants import PROLOGUE
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.noise import HandshakeIK, generate_keypair, public_key
 from tests.harness.pki import TestCA
 
 CA = TestCA()

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from engine.datapath import RX_SLOTS
-from engine.device import IndexTable
+from flatnet.engine.datapath import RX_SLOTS
+from flatnet.engine.device import IndexTable
 
 
 def test_indexes_are_unique_and_name_distinct_slots() -> None:

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import msgpack
 from hypothesis import given, settings, strategies as st
 
-from engine.lighthouse_client import DIRECT_RETRY, PROBE_DELAYS, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
-from engine.log import Logger
-from engine.proto import control as wire
+from flatnet.engine.lighthouse_client import DIRECT_RETRY, PROBE_DELAYS, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
+from flatnet.engine.log import Logger
+from flatnet.engine.proto import control as wire
 from tests.harness.pki import TestCA
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
@@ -169,7 +169,7 @@ def test_service_refusals_from_the_lighthouse_reach_the_services_api(tmp_path):
     """The lighthouse refuses a taken name per service (error service_refused, after the
     lease): the engine lists it with the reason and does not route it; a later lease
     without the refusal clears it."""
-    from engine.services import ServiceRegistry
+    from flatnet.engine.services import ServiceRegistry
     ca = TestCA()
     dev = FakeDevice(ca)
     lh = SimpleNamespace(name="lh", endpoint=("192.0.2.254", 4787), endpoints=[("192.0.2.254", 4787)], keys=True, session=FakeSession(), relay=None)

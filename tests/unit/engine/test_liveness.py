@@ -1,7 +1,7 @@
 """Path liveness on a virtual clock: a fake path that answers (or not) what we send."""
 import pytest
 
-from engine.proto.liveness import (PROBE_EVERY, PROBE_FAST_FOR, PROBE_SLOW, Liveness, PathBack, PathDead,
+from flatnet.engine.proto.liveness import (PROBE_EVERY, PROBE_FAST_FOR, PROBE_SLOW, Liveness, PathBack, PathDead,
                                    PathState, Probe)
 
 

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from engine.log import Logger, quote
+from flatnet.engine.log import Logger, quote
 
 
 def _line(fmt: str, **fields: object) -> str:

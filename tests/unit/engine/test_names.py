@@ -6,7 +6,7 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.proto import names
+from flatnet.engine.proto import names
 
 VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "gateway-lua", "spec", "names_vectors.json")
 DOC = json.load(open(VECTORS, encoding="utf-8"))

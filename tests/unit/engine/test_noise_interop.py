@@ -3,8 +3,8 @@ the handshake is real Noise and the split() keys carry transport messages both w
 from noise.connection import Keypair, NoiseConnection
 from nacl import bindings as sodium
 
-from engine.proto.constants import PROLOGUE
-from engine.proto.noise import HandshakeIK, generate_keypair
+from flatnet.engine.proto.constants import PROLOGUE
+from flatnet.engine.proto.noise import HandshakeIK, generate_keypair
 
 NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2b"
 

@@ -13,11 +13,11 @@ from nacl import bindings as sodium
 from nacl.signing import VerifyKey
 from noise.connection import Keypair, NoiseConnection
 
-from engine import pki
-from engine.datapath import DataPath
-from engine.proto import cert as certs
-from engine.proto import revocation
-from engine.proto.constants import WIRE_VERSION
+from flatnet.engine import pki
+from flatnet.engine.datapath import DataPath
+from flatnet.engine.proto import cert as certs
+from flatnet.engine.proto import revocation
+from flatnet.engine.proto.constants import WIRE_VERSION
 from tests.harness import vectors as vec
 from tests.unit.engine.test_datapath import outside
 

@@ -15,12 +15,12 @@ import itertools
 import struct
 from types import SimpleNamespace
 
-from engine.datapath import CTRL_ROAM, ControlItem
-from engine.device import Device
-from engine.lighthouse_client import PROBE_DELAYS, RELAY_AFTER, LighthouseClient
-from engine.log import Logger
-from engine.proto.constants import TYPE_INITIATION, TYPE_RELAYED
-from engine.proto import control as wire
+from flatnet.engine.datapath import CTRL_ROAM, ControlItem
+from flatnet.engine.device import Device
+from flatnet.engine.lighthouse_client import PROBE_DELAYS, RELAY_AFTER, LighthouseClient
+from flatnet.engine.log import Logger
+from flatnet.engine.proto.constants import TYPE_INITIATION, TYPE_RELAYED
+from flatnet.engine.proto import control as wire
 from tests.harness.pki import TestCA
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
@@ -148,7 +148,7 @@ def test_a_direct_probe_is_a_keepalive_under_the_session_and_the_peer_moves_and_
 
 
 def test_udp_blocked_the_tcp_relay_is_used_and_left_when_udp_answers():
-    from engine.lighthouse_client import TCP_AFTER, UDP_PROBE
+    from flatnet.engine.lighthouse_client import TCP_AFTER, UDP_PROBE
     ca = TestCA()
     tick = itertools.count(1)
     wire_out = []

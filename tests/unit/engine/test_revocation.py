@@ -8,12 +8,12 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.datapath import CTRL_RAW, ControlItem
-from engine.device import Device
-from engine.log import Logger
-from engine.proto import cert as certs, revocation as rv
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.handshake import Identity
+from flatnet.engine.datapath import CTRL_RAW, ControlItem
+from flatnet.engine.device import Device
+from flatnet.engine.log import Logger
+from flatnet.engine.proto import cert as certs, revocation as rv
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.handshake import Identity
 from tests.harness.pki import DAY, TestCA
 
 NOW = TestCA().now
@@ -193,7 +193,7 @@ class RecordingDataPath:
         return None
 
     def stats(self, slot):
-        from engine.datapath import PeerStats
+        from flatnet.engine.datapath import PeerStats
         return PeerStats(0, 0, 0, 0, 0, None, None, 0, False)
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from engine import podman_labels
-from engine.services import ServiceError, ServiceRegistry
+from flatnet.engine import podman_labels
+from flatnet.engine.services import ServiceError, ServiceRegistry
 
 SUBNET = ipaddress.IPv4Network("10.87.1.0/24")
 

@@ -3,10 +3,10 @@ import itertools
 
 import pytest
 
-from engine.proto import handshake as hsm
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.noise import public_key
-from engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
+from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.noise import public_key
+from flatnet.engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
                                   SendKeepalive, State)
 from tests.harness.pki import TestCA
 
@@ -217,7 +217,7 @@ def test_a_junk_response_under_the_right_index_does_not_kill_the_pending_handsha
     p.a.want_keys(p.now)
     [(init, _)] = p.a.datagrams_to_send()
     sender = int.from_bytes(init[4:8], "little")
-    from engine.proto.noise import generate_keypair
+    from flatnet.engine.proto.noise import generate_keypair
     junk = bytes([2, 0, 0, 0]) + (999).to_bytes(4, "little") + sender.to_bytes(4, "little") + \
         generate_keypair()[1] + b"\x00" * 80
     with pytest.raises(RemoteProtocolError):

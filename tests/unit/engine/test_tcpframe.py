@@ -3,7 +3,7 @@ preamble, a zero or oversized length, a FrameError; memory bounded by one frame.
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.proto.tcpframe import MAX_FRAME, PREAMBLE, Decoder, FrameError, encode
+from flatnet.engine.proto.tcpframe import MAX_FRAME, PREAMBLE, Decoder, FrameError, encode
 
 datagrams = st.lists(st.binary(min_size=1, max_size=MAX_FRAME), max_size=8)
 

@@ -10,11 +10,11 @@ import struct
 import pytest
 from nacl import bindings as sodium
 
-from engine.crypto import ffi, lib
-from engine.datapath import CTRL_RAW, DataPath
-from engine.proto import cookie as cookies
-from engine.proto import handshake as hsm
-from engine.proto.session import KeysInstalled, PeerSession
+from flatnet.engine.crypto import ffi, lib
+from flatnet.engine.datapath import CTRL_RAW, DataPath
+from flatnet.engine.proto import cookie as cookies
+from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto.session import KeysInstalled, PeerSession
 from tests.harness.pki import TestCA
 from tests.harness.wire import handshake, ipv4_udp, relayed, seal
 

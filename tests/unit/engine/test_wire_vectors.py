@@ -2,8 +2,8 @@
 C data path and engine/proto/cookie.py (so the document stays true)."""
 import struct
 
-from engine.crypto import ffi, lib
-from engine.proto import cookie
+from flatnet.engine.crypto import ffi, lib
+from flatnet.engine.proto import cookie
 from tests.harness.wire import handshake, seal
 
 KEY = bytes([0x42]) * 32

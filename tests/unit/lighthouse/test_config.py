@@ -1,8 +1,8 @@
 """The lighthouse's config: the store and session keys, and the errors that name them."""
 import pytest
 
-from engine.config import ConfigError
-from lighthouse.config import parse
+from flatnet.engine.config import ConfigError
+from flatnet.lighthouse.config import parse
 
 
 def test_defaults_are_sqlite_and_sessions_sized_for_the_network():

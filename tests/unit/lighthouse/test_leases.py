@@ -3,7 +3,7 @@ import multiprocessing
 
 import pytest
 
-from lighthouse.leases import LeaseExhausted, LeaseStore
+from flatnet.lighthouse.leases import LeaseExhausted, LeaseStore
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
 

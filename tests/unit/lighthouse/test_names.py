@@ -8,12 +8,12 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.lighthouse_client import LighthouseClient
-from engine.log import Logger
-from engine.proto.errors import RemoteProtocolError
-from engine.proto import control as wire
-from lighthouse.leases import LeaseStore
-from lighthouse.registry import Registry
+from flatnet.engine.lighthouse_client import LighthouseClient
+from flatnet.engine.log import Logger
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.registry import Registry
 from tests.harness.pki import TestCA
 from tests.unit.engine.test_lighthouse_client import FakeDevice
 

@@ -4,10 +4,10 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.proto.errors import RemoteProtocolError
-from engine.proto import control as wire
-from lighthouse.leases import LeaseStore
-from lighthouse.registry import Registry
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.registry import Registry
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
 
@@ -211,7 +211,7 @@ def test_eight_own_endpoints_and_a_large_certificate_still_make_messages_the_rec
 
 
 def test_queries_are_rate_limited_per_node(reg):
-    from lighthouse.registry import QUERY_BURST, QUERY_RATE
+    from flatnet.lighthouse.registry import QUERY_BURST, QUERY_RATE
     register(reg, "a", ("203.0.113.5", 1))
     register(reg, "b", ("198.51.100.7", 2))
     q = wire.encode("query", name="b")
@@ -228,7 +228,7 @@ def test_queries_are_rate_limited_per_node(reg):
 
 
 def test_punches_to_one_node_are_capped_but_askers_still_get_their_answer(reg):
-    from lighthouse.registry import PUNCH_BURST, PUNCH_RATE
+    from flatnet.lighthouse.registry import PUNCH_BURST, PUNCH_RATE
     register(reg, "target", ("198.51.100.7", 2))
     punches = answers = 0
     for i in range(int(PUNCH_BURST) + 20):

@@ -5,9 +5,9 @@ import ipaddress
 
 import pytest
 
-from engine.proto import control as wire
-from lighthouse.leases import LeaseStore
-from lighthouse.registry import Registry
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.registry import Registry
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
 

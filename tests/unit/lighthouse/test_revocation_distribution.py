@@ -8,14 +8,14 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.log import Logger
-from engine.proto import revocation as rv
-from engine.proto.errors import RemoteProtocolError
-from engine.proto.handshake import Identity
-from engine.lighthouse_client import LighthouseClient
-from engine.proto import control as wire
-from lighthouse.leases import LeaseStore
-from lighthouse.registry import Registry
+from flatnet.engine.log import Logger
+from flatnet.engine.proto import revocation as rv
+from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.handshake import Identity
+from flatnet.engine.lighthouse_client import LighthouseClient
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.leases import LeaseStore
+from flatnet.lighthouse.registry import Registry
 from tests.harness.pki import TestCA
 from tests.unit.engine.test_lighthouse_client import FakeDevice
 
@@ -120,8 +120,8 @@ def test_fuzz_blocklist_and_register_fields(fields, kind):
 
 
 def test_config_blocklist_paths():
-    from engine.config import parse as engine_parse
-    from lighthouse.config import parse as lighthouse_parse
+    from flatnet.engine.config import parse as engine_parse
+    from flatnet.lighthouse.config import parse as lighthouse_parse
     assert lighthouse_parse('[pki]\nca = "/srv/pki/ca.crt"\n').blocklist == "/srv/pki/blocklist.bin"  # beside the CA
     assert lighthouse_parse('[pki]\nblocklist = "/x/b.bin"\n').blocklist == "/x/b.bin"
     assert engine_parse('[network]\nsubnet = "10.87.1.0/24"\n').blocklist == ""                     # only if set

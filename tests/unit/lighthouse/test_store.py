@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 
-from engine.proto import control as wire
-from lighthouse.leases import LeaseExhausted, LeaseStore
-from lighthouse.registry import Registry
-from lighthouse.store import NodeRecord
+from flatnet.engine.proto import control as wire
+from flatnet.lighthouse.leases import LeaseExhausted, LeaseStore
+from flatnet.lighthouse.registry import Registry
+from flatnet.lighthouse.store import NodeRecord
 from tests.harness import etcd as etcd_harness
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
@@ -46,7 +46,7 @@ def open_store(request, tmp_path):
         prefix = f"/t-{uuid.uuid4().hex[:8]}/"
 
         def make(network=NET, me="lh-1", ttl=60.0):
-            from lighthouse.store_etcd import EtcdStore
+            from flatnet.lighthouse.store_etcd import EtcdStore
             made.append(EtcdStore(cluster.endpoints, network, me, prefix=prefix, ttl=ttl))
             return made[-1]
     make.backend = request.param
@@ -180,7 +180,7 @@ def test_a_query_through_another_lighthouse_answers_and_punches_through_the_firs
 
 
 def test_a_store_that_cannot_write_answers_unavailable(tmp_path):
-    from lighthouse.store import StoreUnavailable
+    from flatnet.lighthouse.store import StoreUnavailable
 
     class NoQuorum(LeaseStore):
         def lease_for(self, name, now):
@@ -194,13 +194,13 @@ def test_a_store_that_cannot_write_answers_unavailable(tmp_path):
 
 
 def test_no_etcd_member_answering_is_a_clear_start_error():
-    from lighthouse.store_etcd import EtcdStore
+    from flatnet.lighthouse.store_etcd import EtcdStore
     with pytest.raises(OSError, match=r"no member answered \(127.0.0.1:1: .*; 127.0.0.1:2: "):
         EtcdStore(["127.0.0.1:1", "127.0.0.1:2"], NET, "lh-1", timeout=0.5)
 
 
 def test_a_broken_record_from_another_lighthouse_is_ignored():
-    from lighthouse.store_etcd import _record, _record_json
+    from flatnet.lighthouse.store_etcd import _record, _record_json
     good = _record_json(record("host-a", services=[{"name": "web", "host": "", "prefix": "/", "addr": "10.87.1.5",
                                                       "port": 80}]), 0.0)
     assert _record(good).services[0]["name"] == "web"

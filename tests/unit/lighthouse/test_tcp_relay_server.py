@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from engine.log import Logger
-from engine.proto.tcpframe import MAX_FRAME, PREAMBLE, encode
-from lighthouse import tcp_relay
+from flatnet.engine.log import Logger
+from flatnet.engine.proto.tcpframe import MAX_FRAME, PREAMBLE, encode
+from flatnet.lighthouse import tcp_relay
 
 
 def run(coro):

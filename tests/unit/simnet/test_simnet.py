@@ -3,9 +3,9 @@ handshakes and lighthouse messages, NATs, loss and cuts, on a virtual clock. Eac
 is a property a user sees; none needs root, and together they run in a few seconds."""
 import pytest
 
-from engine import lighthouse_client as lc
-from engine.proto import liveness
-from engine.proto import revocation as rv
+from flatnet.engine import lighthouse_client as lc
+from flatnet.engine.proto import liveness
+from flatnet.engine.proto import revocation as rv
 from tests.harness.simnet import LATENCY
 
 

@@ -2,7 +2,7 @@
 which handle_timer() acts. On a virtual clock a deadline that does nothing re-arms at
 the same instant forever; the real driver spins on it until time.monotonic() moves on.
 tests/harness/simnet.py counts such runs in Sim.spins."""
-from engine.proto.liveness import Liveness, PathState, Probe
+from flatnet.engine.proto.liveness import Liveness, PathState, Probe
 
 
 def test_the_liveness_deadline_is_when_it_acts():

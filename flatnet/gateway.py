@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from flatnet_cli.paths import data_dir
+from flatnet.paths import data_dir
 
 PREFIX = "/var/lib/flatnet-gateway"
 NGINX = "/usr/sbin/nginx"
@@ -177,7 +177,7 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
-    """`flatnet gateway render|run|stop` (flatnet_cli/main.py registers them here)."""
+    """`flatnet gateway render|run|stop` (flatnet/main.py registers them here)."""
     gw = sub.add_parser("gateway", help="the HTTP gateway (nginx + gateway-lua) on this host").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     for name, what, fn in (("render", "write PREFIX/nginx.conf only", cmd_render),

@@ -182,12 +182,12 @@ class Lab:
         return os.path.join(h.dir, "gateway")
 
     def start_gateway(self, h: Host) -> None:
-        from flatnet_cli import gateway
+        from flatnet import gateway
         gateway.render(self.gateway_prefix(h), f"{h.underlay_ip}:{GATEWAY_PORT}", h.socket)
         gateway.start(self.gateway_prefix(h), netns=h.ns)
 
     def stop_gateways(self) -> None:
-        from flatnet_cli import gateway
+        from flatnet import gateway
         for h in self.hosts:
             if os.path.exists(os.path.join(self.gateway_prefix(h), "nginx.pid")):
                 gateway.stop(self.gateway_prefix(h), netns=h.ns)
@@ -243,7 +243,7 @@ class Lab:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse-{i}.crt"\nkey = "{pki}/lighthouse-{i}.key"\n'
                     f'[network]\ncidr = "{self.network}"\n[paths]\nstate_dir = "{first}/state"\nrun_dir = "{d}/run"\n')
         logf = open(os.path.join(d, "lighthouse.log"), "a")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "lighthouse", "--config",
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "flatnet.lighthouse", "--config",
                                  os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
@@ -253,7 +253,7 @@ class Lab:
     def start_lighthouse(self) -> None:
         d = os.path.join(self.workdir, "lighthouse")
         logf = open(os.path.join(d, "lighthouse.log"), "a")
-        proc = subprocess.Popen(["ip", "netns", "exec", self.lh_ns, sys.executable, "-m", "lighthouse", "--config",
+        proc = subprocess.Popen(["ip", "netns", "exec", self.lh_ns, sys.executable, "-m", "flatnet.lighthouse", "--config",
                                  os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
@@ -285,7 +285,7 @@ class Lab:
         self.save()
 
     def lighthouse_status(self) -> dict:
-        from engine.io import control
+        from flatnet.engine.io import control
         return json.loads(control.get(os.path.join(self.workdir, "lighthouse", "run", "lighthouse.sock"),
                                       "/status")[1])
 
@@ -302,7 +302,7 @@ class Lab:
                 self._cli("cert", "sign", "--ca-dir", pki, "--name", f"lighthouse-{i}")
 
     def _cli(self, *args: str) -> None:
-        proc = subprocess.run([sys.executable, "-m", "flatnet_cli", *args], cwd=REPO, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "flatnet", *args], cwd=REPO, capture_output=True,
                               timeout=60)
         if proc.returncode != 0:
             raise RuntimeError(f"flatnet {' '.join(args)}: {proc.stderr.decode()}")
@@ -348,7 +348,7 @@ class Lab:
     # ---- engines
     def start_engine(self, h: Host) -> None:
         logf = open(h.log, "a")
-        proc = subprocess.Popen(["ip", "netns", "exec", h.ns, sys.executable, "-m", "engine", "--config", h.config],
+        proc = subprocess.Popen(["ip", "netns", "exec", h.ns, sys.executable, "-m", "flatnet.engine", "--config", h.config],
                                 cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         h.pid = proc.pid
@@ -381,12 +381,12 @@ class Lab:
         self.save()
 
     def peers(self, h: Host) -> list[dict]:
-        from engine.io import control
+        from flatnet.engine.io import control
         status, body = control.get(h.socket, "/peers")
         return json.loads(body)
 
     def status(self, h: Host) -> dict:
-        from engine.io import control
+        from flatnet.engine.io import control
         return json.loads(control.get(h.socket, "/status")[1])
 
     def wait_peers(self, timeout: float) -> None:
@@ -420,7 +420,7 @@ class Lab:
         conf = self.cni_conf(h)
         if aliases:
             conf["runtimeConfig"] = {"aliases": {conf["name"]: list(aliases)}}
-        proc = subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-m", "cni"],
+        proc = subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-m", "flatnet.cni"],
                               input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=30)
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
         if proc.returncode != 0:

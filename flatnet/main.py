@@ -41,9 +41,9 @@ def _blocklist_path(ca_dir: str) -> str:
 
 def _read_blocklist(path: str, ca):  # noqa: ANN001, ANN202
     """The blocklist at path (checked against the CA), or None if there is none yet."""
-    from engine import pki
-    from engine.proto import revocation
-    from engine.proto.errors import RemoteProtocolError
+    from flatnet.engine import pki
+    from flatnet.engine.proto import revocation
+    from flatnet.engine.proto.errors import RemoteProtocolError
     if not os.path.exists(path):
         return None
     try:
@@ -62,8 +62,8 @@ def _not_before(name: str, ca_dir: str, ca, now: int) -> int:  # noqa: ANN001
 
 def cmd_ca_init(a: argparse.Namespace) -> int:
     from nacl.signing import SigningKey
-    from engine import pki
-    from engine.proto import cert as certs
+    from flatnet.engine import pki
+    from flatnet.engine.proto import cert as certs
     key_path, crt_path = os.path.join(a.dir, "ca.key"), os.path.join(a.dir, "ca.crt")
     if os.path.exists(key_path) and not a.force:
         print(f"flatnet: {key_path} exists; refusing to overwrite a CA (use --force to replace it)", file=sys.stderr)
@@ -82,9 +82,9 @@ def cmd_ca_init(a: argparse.Namespace) -> int:
 
 def cmd_cert_sign(a: argparse.Namespace) -> int:
     from nacl.signing import SigningKey
-    from engine import pki
-    from engine.proto import cert as certs
-    from engine.proto.noise import generate_keypair
+    from flatnet.engine import pki
+    from flatnet.engine.proto import cert as certs
+    from flatnet.engine.proto.noise import generate_keypair
     ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
     ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
     out = a.out_dir or a.ca_dir
@@ -111,8 +111,8 @@ def cmd_cert_sign(a: argparse.Namespace) -> int:
 def cmd_cert_renew(a: argparse.Namespace) -> int:
     """A new certificate for the same key (the node keeps its identity and sessions)."""
     from nacl.signing import SigningKey
-    from engine import pki
-    from engine.proto import cert as certs
+    from flatnet.engine import pki
+    from flatnet.engine.proto import cert as certs
     ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
     ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
     crt_path = os.path.join(a.cert_dir or a.ca_dir, f"{a.name}.crt")
@@ -136,8 +136,8 @@ def cmd_cert_renew(a: argparse.Namespace) -> int:
 def cmd_cert_revoke(a: argparse.Namespace) -> int:
     """Add a name or a fingerprint to the network's blocklist (signed by the CA, serial up)."""
     from nacl.signing import SigningKey
-    from engine import pki
-    from engine.proto import revocation
+    from flatnet.engine import pki
+    from flatnet.engine.proto import revocation
     ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
     ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
     path = a.out or _blocklist_path(a.ca_dir)
@@ -169,9 +169,9 @@ def cmd_cert_revoke(a: argparse.Namespace) -> int:
 
 
 def cmd_cert_show(a: argparse.Namespace) -> int:
-    from engine import pki
-    from engine.proto import cert as certs
-    from engine.proto.errors import RemoteProtocolError
+    from flatnet.engine import pki
+    from flatnet.engine.proto import cert as certs
+    from flatnet.engine.proto.errors import RemoteProtocolError
     try:
         cert, _, _ = certs.decode(pki.read_file(a.file, "certificate"))
     except RemoteProtocolError as exc:
@@ -193,7 +193,7 @@ def cmd_cert_show(a: argparse.Namespace) -> int:
 
 
 def _api(sock: str, url: str, what: str = "engine") -> object:
-    from engine.io import control
+    from flatnet.engine.io import control
     try:
         status, body = control.get(sock, url)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -268,7 +268,7 @@ def _container_ip(container: str) -> str:
 def _service_names(a: argparse.Namespace) -> None:
     """The one rule (engine.proto.names) before the engine is asked: a clear message here,
     and the canonical form (lowercase, Unicode as punycode) is what is sent."""
-    from engine.proto import names
+    from flatnet.engine.proto import names
     try:
         a.name = names.operator_name(a.name)
     except names.BadName as exc:
@@ -281,7 +281,7 @@ def _service_names(a: argparse.Namespace) -> None:
 
 
 def cmd_service(a: argparse.Namespace) -> int:
-    from engine.io import control
+    from flatnet.engine.io import control
     if a.sub in ("publish", "unpublish"):
         _service_names(a)
     rejected = []
@@ -319,7 +319,7 @@ def cmd_service(a: argparse.Namespace) -> int:
 
 
 def cmd_doctor(a: argparse.Namespace) -> int:
-    from flatnet_cli import doctor
+    from flatnet import doctor
     findings, rc = doctor.run(a.socket, a.lease_file, a.gateway, not a.no_podman)
     if a.json:
         from dataclasses import asdict
@@ -335,7 +335,7 @@ LAB_PREFIX = "fnlab"
 
 def cmd_up(a: argparse.Namespace) -> int:
     import subprocess
-    from flatnet_cli.lab import Lab
+    from flatnet.lab import Lab
     if os.path.exists(os.path.join(a.dir, "lab.json")):
         print(f"flatnet: a lab is already up (state in {a.dir}); run `flatnet down` first", file=sys.stderr)
         return 1
@@ -384,14 +384,14 @@ def cmd_up(a: argparse.Namespace) -> int:
 
 def cmd_egress_remove(a: argparse.Namespace) -> int:
     """Remove the engine's egress rules (uninstall; the engine makes them again at start)."""
-    from engine.io import egress
+    from flatnet.engine.io import egress
     removed = egress.remove()
     print("removed " + ", ".join(removed) if removed else "no flatnet egress rules were present")
     return 0
 
 
 def cmd_down(a: argparse.Namespace) -> int:
-    from flatnet_cli.lab import Lab
+    from flatnet.lab import Lab
     if not os.path.exists(os.path.join(a.dir, "lab.json")):
         print(f"no lab is up ({a.dir}/lab.json not found)")
         return 0
@@ -441,7 +441,7 @@ def cmd_lighthouse_status(a: argparse.Namespace) -> int:
 
 
 def cmd_systemd(a: argparse.Namespace) -> int:
-    from flatnet_cli import units
+    from flatnet import units
     if a.sub == "render":
         lines = [f"wrote {p}" for p in units.render(a.unit_dir, a.bin_dir)]
     elif a.sub == "install":
@@ -454,13 +454,13 @@ def cmd_systemd(a: argparse.Namespace) -> int:
 
 
 def cmd_completion(a: argparse.Namespace) -> int:
-    from flatnet_cli.completion import bash
+    from flatnet.completion import bash
     print(bash(build_parser()))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flatnet_cli import __version__
+    from flatnet import __version__
     p = argparse.ArgumentParser(prog="flatnet", description="Flatnet: flat encrypted networking for Podman",
                                 epilog="exit codes: 0 ok, 1 failed (or doctor found a problem), 2 bad usage")
     p.add_argument("--version", action="version", version=f"flatnet {__version__}")
@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     lhs.add_argument("--json", action="store_true", help="machine-readable output")
     lhs.add_argument("--socket", default=LIGHTHOUSE_SOCKET, help="the lighthouse's control socket")
     lhs.set_defaults(fn=cmd_lighthouse_status)
-    from flatnet_cli import gateway
+    from flatnet import gateway
     gateway.add_commands(sub)
     sd = sub.add_parser("systemd", help="systemd units for this installation").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "uninstall":
             sp.add_argument("--bin-dir", help="the folder of flatnet-engine etc. (default: this installation's)")
         sp.set_defaults(fn=cmd_systemd)
-    from flatnet_cli import install
+    from flatnet import install
     inst = sub.add_parser("install", help="set up this host around the venv (links, Podman, plugin, group)")
     uninst = sub.add_parser("uninstall", help="remove all that `install` added, the units and the venv")
     install.add_arguments(inst, uninst)
@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.fn(a)
     except Exception as exc:  # noqa: BLE001 - an operator gets a sentence, not a traceback
-        from engine.pki import PkiError
+        from flatnet.engine.pki import PkiError
         if isinstance(exc, (PkiError, OSError, ValueError)):
             print(f"flatnet: {exc}", file=sys.stderr)
             return 1

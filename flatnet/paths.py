@@ -1,6 +1,6 @@
 """Where the product's non-Python files are: in a checkout, the repository's folders
 (gateway-lua/, deploy/); in an installed wheel, the same files as package data under
-flatnet_cli/ (pyproject.toml maps them there)."""
+flatnet/ (pyproject.toml maps them there)."""
 
 from __future__ import annotations
 

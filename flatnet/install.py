@@ -25,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
-from cni import install_netavark, install_podman
+from flatnet.cni import install_netavark, install_podman
 
 MANIFEST = "flatnet-install.json"
 SCRIPTS = ("flatnet", "flatnet-engine", "flatnet-lighthouse", "flatnet-cni")
@@ -52,9 +52,9 @@ class Roots:
 def code_root() -> str:
     """The folder holding the `cni` package this interpreter imports: the venv's
     site-packages, or the checkout for a development (editable) install."""
-    import cni
+    import flatnet
 
-    return os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
+    return os.path.dirname(os.path.dirname(os.path.abspath(flatnet.__file__)))
 
 
 def _group_exists(name: str) -> bool:
@@ -113,7 +113,7 @@ def install(roots: Roots, parser: argparse.ArgumentParser) -> list[str]:
         log.append(f"link: {link} -> {target}")
     comp = os.path.join(roots.completion_dir, "flatnet")
     if not os.path.exists(comp) or roots.completion == comp:
-        from flatnet_cli.completion import bash
+        from flatnet.completion import bash
 
         os.makedirs(roots.completion_dir, exist_ok=True)
         with open(comp, "w") as f:
@@ -153,7 +153,7 @@ def uninstall(prefix: str, keep_venv: bool = False) -> list[str]:
     roots = load(prefix)
     if roots is None:
         raise ValueError(f"no flatnet installation in {prefix} ({MANIFEST} not found)")
-    from flatnet_cli import units
+    from flatnet import units
 
     log = units.remove(roots.unit_dir)
     log += install_podman.uninstall(roots.containers_dir, roots.plugin_dir, roots.net_dir)

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from flatnet_cli.paths import data_dir, docs_dir
+from flatnet.paths import data_dir, docs_dir
 
 UNITS = ("flatnet-engine.service", "flatnet-lighthouse.service", "flatnet-gateway.service",
          "flatnet-cni-warm.service")

@@ -55,7 +55,7 @@ def check_podman(plugin_dir: str = "/usr/lib/cni", net_dir: str = "/etc/cni/net.
     backend = _podman_backend() if backend is None else backend
     ok = backend in ("cni", "netavark")
     out = [Finding(ok, "Podman network backend", f"Podman uses {backend or 'unknown'}",
-                   "run the installer (python3 -m cni.install_netavark): it configures CNI for Podman 4 "
+                   "run the installer (python3 -m flatnet.cni.install_netavark): it configures CNI for Podman 4 "
                    "and netavark for Podman 5")]
     if backend == "netavark":
         return out + _check_netavark(netavark_dir, lease_file)
@@ -113,7 +113,7 @@ def _check_netavark(plugin_dir: str, lease_file: str | None) -> list[Finding]:
 
 
 def check_engine(socket: str, lease_file: str) -> tuple[list[Finding], dict | None, list]:
-    from engine.io import control
+    from flatnet.engine.io import control
     out = []
     try:
         status = json.loads(control.get(socket, "/status")[1])

@@ -1,0 +1,5 @@
+import sys
+
+from flatnet.main import main
+
+sys.exit(main())
