@@ -35,8 +35,11 @@ IO_COUNTERS = {
     lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
     lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held", lib.FN_IO_MODERATED: "moderation_pauses",
 }
-CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION = (lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM,
-                                                   lib.FN_CTRL_VERSION)
+CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION, CTRL_FORWARD = (
+    lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM, lib.FN_CTRL_VERSION, lib.FN_CTRL_FORWARD)
+# set_relay_mode: type 5 received (an engine); all forwarded (a lighthouse); forwarded
+# unless addressed to this node (an engine with [relay] enabled = true)
+RELAY_OFF, RELAY_ALL, RELAY_OTHERS = lib.FN_RELAY_OFF, lib.FN_RELAY_ALL, lib.FN_RELAY_OTHERS
 MAX_PEERS = lib.FN_MAX_PEERS
 RX_SLOTS = lib.FN_RX_SLOTS
 
@@ -171,9 +174,13 @@ class DataPath:
     def set_peer_groups(self, slot: int, bits: int) -> None:
         lib.fn_peer_groups(self.ctx, slot, bits)
 
-    def set_relay_mode(self, on: bool) -> None:
-        """A relay forwards type-5 packets (in Python) instead of opening them."""
-        lib.fn_set_relay_mode(self.ctx, int(on))
+    def set_relay_mode(self, mode: int) -> None:
+        """RELAY_ALL: every type-5 packet goes up to be forwarded (CTRL_FORWARD), none
+        is opened (a lighthouse). RELAY_OTHERS: those addressed to this node (a data
+        or control packet under one of its receive indexes, a handshake with its
+        mac1) are received as usual, the rest go up to be forwarded (a node relay).
+        RELAY_OFF: every type 5 is received."""
+        lib.fn_set_relay_mode(self.ctx, int(mode))
 
     def set_identity(self, static_public: bytes) -> None:
         """This node's static public key: handshake messages must carry the mac1 it

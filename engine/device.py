@@ -14,13 +14,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS, ControlItem
+from flatnet.engine.datapath import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS,
+                                     ControlItem)
 from flatnet.engine.log import Logger
 from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import endpoint as endpoints_policy
 from flatnet.engine.proto import cookie as cookies
 from flatnet.engine.proto import handshake as hsm
 from flatnet.engine.proto import liveness
+from flatnet.engine.proto import relay as relaying
 from flatnet.engine.proto.constants import TYPE_COOKIE, TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE, WIRE_VERSION
 from flatnet.engine.proto.errors import RemoteProtocolError
 from flatnet.engine.proto.session import (HandshakeFailed, KeysExpired, KeysInstalled, PeerSession,
@@ -87,8 +89,8 @@ class Device:
                  accept_any: bool = False, dead_after: float = liveness.DEAD_AFTER) -> None:
         """accept_any: take handshakes from any node the CA certified (peers found through
         a lighthouse), not only the configured ones; such a peer starts with no subnet.
-        Hooks the owner may set: on_relay(data, addr, now) for type-5 packets to forward
-        (a relay), on_message(peer, data, addr, now) for decrypted control
+        Hooks the owner may set: on_relay(data, addr, now) for type-5 packets the data
+        path hands up to be forwarded (CTRL_FORWARD: a relay), on_message(peer, data, addr, now) for decrypted control
         messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
         on_new_peer(peer, now) when an unknown node connected, on_path_dead(peer, now)
         when the peer's path stopped answering (engine.proto.liveness; the owner may
@@ -109,6 +111,10 @@ class Device:
         self.shim_addrs: set[tuple[str, int]] = set()
         self.tcp_labels: dict[tuple[str, int], str] = {}
         self._relay_certified: set[str] = set()  # peers whose certificate has RELAY_GROUP
+        # look-ups for relaying for others (engine.relay_node): a direct endpoint and an
+        # overlay subnet -> the peer's name; checked against the peer on use
+        self._at: dict[tuple[str, int], str] = {}
+        self._by_subnet: dict[ipaddress.IPv4Network, str] = {}
         self.dp = datapath
         self.send = send
         self.wall_ns = wall_ns
@@ -141,13 +147,18 @@ class Device:
         self.dp.set_peer_groups(slot, sum(self.group_bits.get(g, 0) for g in set(cert.groups)))
         if RELAY_GROUP in cert.groups:
             self._relay_certified.add(cert.name)
+        if subnet is not None:
+            self._by_subnet[subnet] = peer.name
         if endpoints:
             self._set_endpoint(peer, endpoints[0])
         return peer
 
     def set_subnet(self, peer: Peer, subnet: ipaddress.IPv4Network) -> None:
         if peer.subnet != subnet:
+            if peer.subnet is not None and self._by_subnet.get(peer.subnet) == peer.name:
+                del self._by_subnet[peer.subnet]
             peer.subnet = subnet
+            self._by_subnet[subnet] = peer.name
             self.dp.set_peer(peer.slot, subnet)
 
     def set_endpoints(self, peer: Peer, endpoints: list[tuple[str, int]]) -> None:
@@ -171,7 +182,7 @@ class Device:
         to it (same TAI64N time) and changes nothing."""
         if peer.relay is not None and not direct_only:
             addr, relay_id = peer.relay
-            self.send(struct.pack("<BBHI", TYPE_RELAYED, WIRE_VERSION, 0, relay_id) + packet, addr)
+            self.send(relaying.wrap(relay_id, packet), addr)
             if packet[0] != TYPE_INITIATION:
                 return
         targets = ([peer.endpoint] if peer.endpoint and peer.relay is None else []) + [
@@ -211,6 +222,10 @@ class Device:
         peer = self.peers.pop(name)
         del self.by_slot[peer.slot]
         self._relay_certified.discard(name)
+        if peer.endpoint is not None and self._at.get(peer.endpoint) == name:
+            del self._at[peer.endpoint]
+        if peer.subnet is not None and self._by_subnet.get(peer.subnet) == name:
+            del self._by_subnet[peer.subnet]
         peer.session.close()
         self._apply(peer)
         self.dp.remove_peer(peer.slot)
@@ -245,6 +260,8 @@ class Device:
         """Send to this peer through a relay (type 5 under relay_id); the session stays."""
         if peer.relay == (relay_addr, relay_id):
             return
+        if peer.endpoint is not None and self._at.get(peer.endpoint) == peer.name:
+            del self._at[peer.endpoint]
         peer.relay = (relay_addr, relay_id)
         peer.endpoint = relay_addr
         peer.path_reason = reason
@@ -262,6 +279,16 @@ class Device:
             if p is not None and (addr == p.endpoint or addr in p.endpoints):
                 return True
         return False
+
+    def peer_at(self, addr: tuple[str, int]) -> Peer | None:
+        """The peer whose current direct endpoint is `addr` (None: nobody's, or it is
+        a relay's address)."""
+        peer = self.peers.get(self._at.get(addr, ""))
+        return peer if peer is not None and peer.endpoint == addr and peer.relay is None else None
+
+    def peer_with_subnet(self, subnet: ipaddress.IPv4Network) -> Peer | None:
+        peer = self.peers.get(self._by_subnet.get(subnet, ""))
+        return peer if peer is not None and peer.subnet == subnet else None
 
     def _relayed_to(self, peer: Peer, relay_addr: tuple[str, int], relay_id: int, reason: str, now: float) -> None:
         """An authenticated, fresh packet came through an accepted relay: answer that way,
@@ -295,8 +322,11 @@ class Device:
             if peer.endpoint is not None:
                 self.log.info("peer_endpoint", peer=peer.name, old=endpoints_policy.text(peer.endpoint),
                               new=endpoints_policy.text(addr))
+            if peer.endpoint is not None and self._at.get(peer.endpoint) == peer.name:
+                del self._at[peer.endpoint]
             peer.endpoint = addr
             self.dp.set_endpoint(peer.slot, addr)
+        self._at[addr] = peer.name
         if left_relay:
             # answer on the direct path at once: the peer moves too when it gets this
             # (a keepalive under the session; nothing if we have no send key yet)
@@ -361,6 +391,14 @@ class Device:
                 else:
                     self._learn_endpoint(peer, item.addr, now)
             return
+        if item.kind == CTRL_FORWARD:  # a type 5 for another node (we relay: set_relay_mode)
+            assert item.addr is not None
+            if not self._cookie_for_us(item.data):
+                if self.on_relay is None:
+                    raise RemoteProtocolError("relay_disabled", "this node does not relay")
+                self.on_relay(item.data, item.addr, now)
+                return
+            item = ControlItem(CTRL_RAW, item.peer, item.data, item.addr)  # ours: as if received
         if item.kind == CTRL_DECRYPTED:
             peer = self.by_slot.get(item.peer)
             if peer is None or self.on_message is None or item.addr is None:
@@ -371,9 +409,6 @@ class Device:
         assert item.kind == CTRL_RAW and item.addr is not None
         data, via = item.data, None
         if data[0] == TYPE_RELAYED:
-            if self.on_relay is not None:  # we are the relay: forward it blind
-                self.on_relay(data, item.addr, now)
-                return
             if len(data) <= 8:
                 raise RemoteProtocolError("short", "relayed packet")
             if not self.relay_allowed(item.addr):  # before any cryptography: it is cheap
@@ -427,6 +462,13 @@ class Device:
             peer.session.receive_cookie_reply(data, now)
         else:
             raise RemoteProtocolError("unknown_type", str(kind))
+
+    def _cookie_for_us(self, data: bytes) -> bool:
+        """A relayed cookie reply that answers one of our handshakes: the data path of a
+        node relay cannot tell (the index is in our table, not its), so it asked to
+        forward it."""
+        return (len(data) == 8 + cookies.COOKIE_REPLY and data[8] == TYPE_COOKIE
+                and struct.unpack_from("<I", data, 12)[0] in self.indexes.owner)
 
     # ---- timers
     def handle_timer(self, now: float) -> None:
@@ -532,6 +574,9 @@ class Device:
             tcp = self.tcp_labels.get(peer.relay[0])
             if tcp is not None:
                 return f"relayed over TCP via {tcp}: UDP blocked"
+            node = self.peer_at(peer.relay[0])
+            if node is not None and node.name in self._relay_certified and node.name not in self.relay_names:
+                return f"relayed via {node.name} ({endpoints_policy.text(peer.relay[0])})"  # a node relay
             return f"relayed via {peer.relay[0][0]}:{peer.relay[0][1]}"
         if peer.endpoint is None or peer.session.current is None:
             return "none"

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from flatnet.engine.proto import cert as certs, names, revocation
 from flatnet.engine.proto import endpoint as endpoints_policy
+from flatnet.engine.proto import relay as relaying
 from flatnet.engine.proto.errors import RemoteProtocolError
 from flatnet.engine.proto import control as wire
 from flatnet.lighthouse.store import LeaseExhausted
@@ -57,6 +58,8 @@ PUNCH_RATE = 8.0     # punches per second to one target node, after a burst of
 PUNCH_BURST = 32.0
 NAMES_RATE = 20.0    # names_query per second and asking node (an engine polls twice a second,
 NAMES_BURST = 64.0   # plus one query per page of a changed list), after a burst of
+RELAYS_EVERY = 1.0   # the node relays named in leases are gathered again at most this often
+RELAY_GROUP = "relay"  # a node relays for others only with this group in its certificate
 
 
 class TokenBucket:
@@ -90,6 +93,7 @@ class Node:
     names: list[tuple[str, str]] = field(default_factory=list)
     names_gen: int = -1
     names_pending: tuple[int, int, dict[int, list]] | None = None  # (gen, total, offset -> entries)
+    relay: bool = False       # relays for others: asked in its register, and certified with the group
 
     def endpoints(self) -> list[Endpoint]:
         """Where others may try this node: the observed address (unless it is one
@@ -115,7 +119,7 @@ class Registry:
         self.nodes: dict[str, Node] = {}
         self.by_endpoint: dict[Endpoint, Node] = {}
         self.queries = 0
-        self.relayed = 0
+        self.forwarder = relaying.Forwarder(self._relay_sender, self._relay_target)
         self.claims: dict[Claim, str] = {}          # claim -> node name holding it
         self.claimed_by: dict[str, set[Claim]] = {}  # node name -> its claims
         self.refused_services = 0
@@ -125,6 +129,8 @@ class Registry:
         self.limited = {"queries": 0, "punches": 0, "endpoints_refused": 0, "names_refused": 0, "names_queries": 0}
         self.names_version = 1
         self._online: set[str] = set()  # nodes whose names were in the last version
+        self.relay_nodes: set[str] = set()  # nodes registered here that relay for others
+        self._relays: tuple[float, list[str]] = (float("-inf"), [])  # (gathered when, names)
 
     def handle(self, name: str, cert: bytes, data: bytes, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
         kind, msg = wire.decode(data)
@@ -165,10 +171,11 @@ class Registry:
             self.limited["endpoints_refused"] += 1
             gateway = None
         node.gateway = gateway
+        node.relay = self._offers_relay(node, msg["relay"])
         self.by_endpoint[src] = node
         self.leases.publish(self._record(node))
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
-                            ttl=int(self.ttl), relay=self.relay_enabled)
+                            ttl=int(self.ttl), relay=self.relay_enabled, relays=self.relays_for(name, now))
         # the lease first: the node clears its list of refusals on it, then reads these
         held = msg["blocklist"]
         newer = self.revocations is not None and held < self.revocations.serial
@@ -176,6 +183,32 @@ class Registry:
                                                       service=service[:63]))
                                    for service, reason in refused]
                 + ([(name, m) for m in self.blocklist_messages()] if newer else []))
+
+    def _offers_relay(self, node: Node, asked: bool) -> bool:
+        """Whether a registering node relays for others: it asks (register `relay`) and
+        its certificate has RELAY_GROUP, the group its peers check before they take
+        relayed packets from it. Without the group the offer is refused and counted."""
+        offers = asked and RELAY_GROUP in certs.decode(node.cert)[0].groups
+        if asked and not offers:
+            self.limited["relay_offers_refused"] = self.limited.get("relay_offers_refused", 0) + 1
+        if offers != (node.name in self.relay_nodes):
+            (self.relay_nodes.add if offers else self.relay_nodes.discard)(node.name)
+            self._relays = (float("-inf"), [])  # gathered again for the next lease
+        return offers
+
+    def relays_for(self, asker: str, now: float) -> list[str]:
+        """The node relays a lease names (lease `relays`): online ones registered here
+        or (etcd) through another lighthouse, the asker left out, in name order, at
+        most wire.MAX_RELAYS. Every node gets the same list, so two nodes that pick a
+        relay from it both hold a session with that relay. Gathered at most every
+        RELAYS_EVERY seconds (the remote ones are a scan of the store's cache)."""
+        at, names_ = self._relays
+        if not at <= now < at + RELAYS_EVERY:
+            local = {n for n in self.relay_nodes if now - self.nodes[n].last_seen <= 3 * self.ttl}
+            remote = {r.name for r in self.leases.remote_nodes() if r.relay and r.name not in self.nodes}
+            names_ = sorted(local | remote)[:wire.MAX_RELAYS + 1]
+            self._relays = (now, names_)
+        return [n for n in names_ if n != asker][:wire.MAX_RELAYS]
 
     def _claim(self, name: str, subnet: ipaddress.IPv4Network, services: list[dict],
                now: float) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -281,7 +314,7 @@ class Registry:
 
     def _record(self, node: Node) -> NodeRecord:
         return NodeRecord(node.name, node.cert, str(node.subnet), node.endpoints(), node.local, self.me,
-                          node.services, node.gateway)
+                          node.services, node.gateway, node.relay)
 
     def _release(self, name: str) -> None:
         for claim in self.claimed_by.pop(name, ()):
@@ -309,6 +342,9 @@ class Registry:
     def _forget(self, name: str) -> None:
         node = self.nodes.pop(name)
         self.leases.withdraw(name)
+        if name in self.relay_nodes:
+            self.relay_nodes.discard(name)
+            self._relays = (float("-inf"), [])
         self._release(name)
         if node.names:
             self.names_version += 1
@@ -374,23 +410,28 @@ class Registry:
         return [(asker, wire.catalog_message(entries, max(0, offset)))]
 
     def relay(self, packet: bytes, src: Endpoint, now: float) -> tuple[bytes, Endpoint]:
-        """A type-5 packet from a registered node: (the packet to send, where). The
-        header's id names the target (its lease block) and is rewritten to the
-        sender's, so the target knows whom to answer; the rest is forwarded blind."""
+        """A type-5 packet from a registered node: (the packet to send, where), by the
+        forwarder an engine relaying for others uses too (engine.proto.relay): the id
+        names the target (its lease block) and is rewritten to the sender's."""
         if not self.relay_enabled:
             raise RemoteProtocolError("relay_disabled", "[relay] enabled = false")
-        if len(packet) <= 8:
-            raise RemoteProtocolError("short", "relayed packet")
+        return self.forwarder.forward(packet, src, now)
+
+    @property
+    def relayed(self) -> int:
+        return self.forwarder.relayed
+
+    def _relay_sender(self, src: Endpoint, now: float) -> int | None:
+        """A node registered here within 3 x ttl, sending from its observed address."""
         sender = self.by_endpoint.get(src)
         if sender is None or now - sender.last_seen > 3 * self.ttl:
-            raise RemoteProtocolError("relay_refused", f"{src[0]}:{src[1]} is not a registered node")
-        target_block = int.from_bytes(packet[4:8], "little")
-        name = self.leases.name_of_block(target_block)
+            return None
+        return self.leases.block_of(sender.subnet)
+
+    def _relay_target(self, block: int) -> Endpoint | None:
+        name = self.leases.name_of_block(block)
         target = self.nodes.get(name) if name else None
-        if target is None or target is sender:
-            raise RemoteProtocolError("relay_unknown_target", str(target_block))
-        self.relayed += 1
-        return packet[:4] + self.leases.block_of(sender.subnet).to_bytes(4, "little") + packet[8:], target.observed
+        return target.observed if target is not None else None
 
     def expire(self, now: float) -> list[str]:
         gone = [n for n, node in self.nodes.items() if now - node.last_seen > 3 * self.ttl]

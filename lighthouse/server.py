@@ -14,7 +14,7 @@ import signal
 import time
 
 from flatnet.engine import metrics, pki
-from flatnet.engine.datapath import DataPath
+from flatnet.engine.datapath import RELAY_ALL, DataPath
 from flatnet.engine.device import Device, Peer
 from flatnet.engine.io import control, udp
 from flatnet.engine.io.tcp_relay import loopback_of
@@ -57,7 +57,7 @@ class Lighthouse:
         self._allocating: set[str] = set()
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420, self.sock.family, max_peers=c.sessions)
-        self.dp.set_relay_mode(True)
+        self.dp.set_relay_mode(RELAY_ALL)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
         self.device.on_relay = self._on_relay

@@ -49,6 +49,7 @@ class NodeRecord:
     lighthouse: str                   # the lighthouse holding its session (punches go there)
     services: list[dict] = field(default_factory=list)
     gateway: Endpoint | None = None
+    relay: bool = False               # it relays for others (registry: register `relay` + the group)
 
 
 class Store:

@@ -44,7 +44,7 @@ def _record_json(r: NodeRecord, now: float) -> bytes:
     return json.dumps({"name": r.name, "cert": etcd.b64(r.cert), "subnet": r.subnet,
                        "endpoints": [list(e) for e in r.endpoints], "local": [list(e) for e in r.local],
                        "lighthouse": r.lighthouse, "services": r.services,
-                       "gateway": list(r.gateway) if r.gateway else None, "at": round(now, 3)},
+                       "gateway": list(r.gateway) if r.gateway else None, "relay": r.relay, "at": round(now, 3)},
                       separators=(",", ":")).encode()
 
 
@@ -57,7 +57,8 @@ def _record(value: bytes) -> NodeRecord | None:
                           endpoints=[(str(h), int(p)) for h, p in d["endpoints"]][:8],
                           local=[(str(h), int(p)) for h, p in d["local"]][:8], lighthouse=str(d["lighthouse"]),
                           services=wire._services(d.get("services", [])),  # the register's own rules
-                          gateway=(str(d["gateway"][0]), int(d["gateway"][1])) if d.get("gateway") else None)
+                          gateway=(str(d["gateway"][0]), int(d["gateway"][1])) if d.get("gateway") else None,
+                          relay=d.get("relay") is True)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RemoteProtocolError):
         return None
 

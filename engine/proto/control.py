@@ -1,13 +1,15 @@
 """Lighthouse control messages: msgpack maps carried in type-4 packets (encrypted and
 authenticated by the Noise session between the node and the lighthouse).
 
-    register {endpoints: [[ip, port]...], services?, gateway?, blocklist?}  node -> lighthouse
+    register {endpoints: [[ip, port]...], services?, gateway?, blocklist?, relay?}  node -> lighthouse
              (services: what the node publishes; gateway: its HTTP gateway on the LAN;
-              blocklist: the serial of the blocklist the node enforces, 0 for none)
+              blocklist: the serial of the blocklist the node enforces, 0 for none;
+              relay: the node relays for others, [relay] enabled = true)
     catalog_query {offset}                              node -> lighthouse
     catalog  {services: [...], next}                    lighthouse -> node (a page of
              every online node's services; next = offset of the next page, or 0)
-    lease    {subnet, network, observed: [ip, port], ttl, relay?} lighthouse -> node
+    lease    {subnet, network, observed: [ip, port], ttl, relay?, relays?} lighthouse -> node
+             (relays: names of nodes online that relay for others, at most MAX_RELAYS)
     query    {addr: "10.87.3.5"} or {name: "host-3"}    node -> lighthouse
     peer     {name, cert, subnet, endpoints, local}      lighthouse -> node
     punch    {name, cert, subnet, endpoints, local}      lighthouse -> target node
@@ -56,6 +58,7 @@ MAX_ENDPOINTS = 8               # any endpoint list on the wire
 MAX_LOCAL = MAX_ENDPOINTS - 1   # a node's own addresses: the observed one comes first
 MAX_OFFSET = 1 << 20            # catalog paging (far above MAX_SERVICES x nodes in practice)
 MAX_TTL = 86400
+MAX_RELAYS = 8                  # node relays named in one lease
 
 Endpoint = tuple[str, int]
 
@@ -96,6 +99,17 @@ def _int(msg: dict, key: str, default: int, low: int, high: int) -> int:
     if type(value) is not int or not low <= value <= high:  # no bool, no float (inf, nan)
         raise RemoteProtocolError("bad_control", f"{key} must be an integer in [{low}, {high}]")
     return value
+
+
+def _names_list(msg: dict, key: str, limit: int) -> list[str]:
+    """A list of at most `limit` node names (strings of 1 to 64 characters)."""
+    value = msg.get(key, [])
+    if not isinstance(value, list) or len(value) > limit:
+        raise RemoteProtocolError("bad_control", f"{key}: a list of at most {limit} names")
+    for item in value:
+        if not isinstance(item, str) or not 0 < len(item) <= 64:
+            raise RemoteProtocolError("bad_control", f"{key}: a name is a string of 1 to 64 characters")
+    return list(value)
 
 
 def _bool(msg: dict, key: str, default: bool) -> bool:
@@ -172,13 +186,14 @@ SCHEMA = {
     "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", [])),
                            "services": _services(m.get("services", [])),
                            "gateway": _endpoints([m["gateway"]])[0] if m.get("gateway") else None,
-                           "blocklist": _int(m, "blocklist", 0, 0, (1 << 63) - 1)},
+                           "blocklist": _int(m, "blocklist", 0, 0, (1 << 63) - 1),
+                           "relay": _bool(m, "relay", False)},
     "catalog_query": lambda m: {"offset": _int(m, "offset", 0, 0, MAX_OFFSET)},
     "catalog": lambda m: {"services": _services(m.get("services", []), True),
                           "next": _int(m, "next", 0, 0, MAX_OFFSET)},
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
                         "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL),
-                        "relay": _bool(m, "relay", True)},
+                        "relay": _bool(m, "relay", True), "relays": _names_list(m, "relays", MAX_RELAYS)},
     "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),

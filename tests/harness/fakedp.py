@@ -8,10 +8,11 @@ does for the control plane, on the clock the test passes in:
 - seal_control: a type-4 control packet (type-3 keepalive for an empty payload) under
   the send key, with a counter; receive() opens type 3/4 with the receive key, checks
   replay, sets last_rx, promotes a staged key, and reports a roam note (CTRL_ROAM) when
-  the source or the relay id differs from the peer's; handshakes (types 1, 2, 6) and,
-  in relay mode, type 5 go up raw (CTRL_RAW); another protocol version becomes a
-  CTRL_VERSION note; a type 5 outside relay mode is unwrapped and its inner packet
-  checked as if direct, remembering the relay id;
+  the source or the relay id differs from the peer's; handshakes (types 1, 2, 6) go up
+  raw (CTRL_RAW); another protocol version becomes a CTRL_VERSION note; a type 5 is
+  unwrapped and its inner packet checked as if direct, remembering the relay id
+  (RELAY_OFF, or RELAY_OTHERS when addressed to this node), else it goes up whole to be
+  forwarded (CTRL_FORWARD);
 - data: send_ip() is the TUN side: a route lookup by peer subnet, packets held (and a
   "want" reported) while a peer has no keys or a /24 has no owner, sealed as type 3 and
   wrapped in type 5 when the peer is relayed; received data is kept in `delivered`
@@ -33,7 +34,10 @@ from typing import Callable
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
-from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, ControlItem, PeerStats
+from flatnet.engine.datapath import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RELAY_OFF,
+                                     RELAY_OTHERS, ControlItem, PeerStats)
+from flatnet.engine.proto import cookie as cookies
+from flatnet.engine.proto.errors import RemoteProtocolError
 from flatnet.engine.proto.constants import (TYPE_CONTROL, TYPE_COOKIE, TYPE_DATA, TYPE_INITIATION, TYPE_RELAYED,
                                     TYPE_RESPONSE, WIRE_VERSION)
 
@@ -78,7 +82,7 @@ class FakeDataPath:
         self.routes: dict[tuple[int, int], int] = {}  # (network, mask) as ints -> slot (the C route table)
         self.routes24: dict[int, int] = {}            # the /24 ones by network: one look-up
         self.rx: dict[int, tuple[int, bytes, set[int]]] = {}  # local index -> (slot, key, counters seen)
-        self.relay_mode = False
+        self.relay_mode = RELAY_OFF
         self.identity: bytes | None = None
         self.wants: list[int] = []           # for Device.on_want (slots; -(route + 1) for an unowned /24)
         self.pending_routes: set[int] = set()
@@ -105,9 +109,20 @@ class FakeDataPath:
         self.calls.append("set_identity")
         self.identity = static_public
 
-    def set_relay_mode(self, on: bool) -> None:
+    def set_relay_mode(self, mode: int) -> None:
         self.calls.append("set_relay_mode")
-        self.relay_mode = on
+        self.relay_mode = int(mode)
+
+    def _for_us(self, inner: bytes) -> bool:
+        """RELAY_OTHERS: what outside.c addressed_to_us() receives instead of forwarding."""
+        if len(inner) >= 4 and inner[0] in (TYPE_INITIATION, TYPE_RESPONSE):
+            try:
+                cookies.strip_macs(inner, self.identity or b"")
+                return True
+            except RemoteProtocolError:
+                return False
+        return len(inner) >= 32 and inner[0] in (TYPE_DATA, TYPE_CONTROL) and \
+            struct.unpack_from("<I", inner, 4)[0] in self.rx
 
     def set_peer(self, slot: int, subnet: ipaddress.IPv4Network | None) -> None:
         self.calls.append("set_peer")
@@ -224,16 +239,16 @@ class FakeDataPath:
         if packet[2] or packet[3]:
             self.drops["reserved_not_zero"] += 1
             return []
-        if kind == TYPE_RELAYED and not self.relay_mode and relayed_from is None:
+        if kind == TYPE_RELAYED and relayed_from is None:
             if len(packet) <= 8:
                 self.drops["short"] += 1
                 return []
-            return self.receive(packet[8:], src, struct.unpack_from("<I", packet, 4)[0])
+            if self.relay_mode == RELAY_OFF or (self.relay_mode == RELAY_OTHERS and self._for_us(packet[8:])):
+                return self.receive(packet[8:], src, struct.unpack_from("<I", packet, 4)[0])
+            return [ControlItem(CTRL_FORWARD, -1, packet, src)]
         if kind in (TYPE_INITIATION, TYPE_RESPONSE, TYPE_COOKIE):
             wrap = b"" if relayed_from is None else struct.pack("<BBHI", TYPE_RELAYED, WIRE_VERSION, 0, relayed_from)
             return [ControlItem(CTRL_RAW, -1, wrap + packet, src)]
-        if kind == TYPE_RELAYED and self.relay_mode and relayed_from is None:
-            return [ControlItem(CTRL_RAW, -1, packet, src)]
         if kind not in (TYPE_DATA, TYPE_CONTROL):
             self.drops["unknown_type"] += 1
             return []

@@ -27,6 +27,7 @@ import itertools
 import random
 from typing import Callable
 
+from flatnet.engine.datapath import RELAY_ALL
 from flatnet.engine.device import Device
 from flatnet.engine.lighthouse_client import LighthouseClient
 from flatnet.engine.log import Logger
@@ -143,7 +144,7 @@ class SimLighthouse:
         me = dataclasses.replace(self.identity, revocations=self.revocations)
         self.registry = Registry(self.leases, self.ttl, self.revocations)
         self.dp = FakeDataPath(self.sim.clock, self.sim.network)
-        self.dp.set_relay_mode(True)
+        self.dp.set_relay_mode(RELAY_ALL)
         self.device = Device(me, self.dp, lambda p, a: self.sim.router.send(self.addr, p, a), self.sim.wall_ns,
                              self.sim.log(self.name), rng=random.Random(self.sim.rng.random()), accept_any=True)
         self.device.on_message = self._on_message

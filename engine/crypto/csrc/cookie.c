@@ -154,6 +154,13 @@ static void cookie_reply(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const st
     o->tolen = fromlen;
 }
 
+/* 1 when a handshake message (type 1 or 2) carries the mac1 of this node's static
+ * key: it is addressed to us. A node relay tells its own relayed handshakes from
+ * those it forwards this way (outside.c). */
+int mac1_for_us(fn_ctx *ctx, const uint8_t *msg, uint32_t len) {
+    return len >= HS_MIN && ctx->have_identity && mac_ok(ctx->mac1_key, 32, msg, len - MACS, msg + len - MACS);
+}
+
 /* A handshake message (type 1, 2 or 6; header already checked): 1 = hand it to
  * Python, 0 = dropped and counted. */
 int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct sockaddr_storage *from,

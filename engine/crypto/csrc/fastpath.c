@@ -146,7 +146,9 @@ int fn_route_unpend(fn_ctx *ctx, int route) {
     return 0;
 }
 void fn_set_tun_uso(fn_ctx *ctx, int on) { ctx->tun_uso = on; }
-void fn_set_relay_mode(fn_ctx *ctx, int on) { ctx->relay_mode = on; }
+void fn_set_relay_mode(fn_ctx *ctx, int mode) {
+    ctx->relay_mode = mode == FN_RELAY_ALL || mode == FN_RELAY_OTHERS ? mode : FN_RELAY_OFF;
+}
 void fn_set_handshake_limit(fn_ctx *ctx, uint32_t per_second) {
     pthread_mutex_lock(&ctx->rx_lock);
     ctx->rl_global_rate = per_second;

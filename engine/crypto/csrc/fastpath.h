@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 15
+#define FN_VERSION 16
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
@@ -70,6 +70,10 @@
 #define FN_CTRL_DECRYPTED 1
 #define FN_CTRL_ROAM 2
 #define FN_CTRL_VERSION 3           /* a handshake of another protocol version: data = its first 4 bytes */
+#define FN_CTRL_FORWARD 4           /* relay mode: a type-5 packet for another node, to forward (whole) */
+#define FN_RELAY_OFF 0              /* fn_set_relay_mode: type 5 is unwrapped and received */
+#define FN_RELAY_ALL 1              /* every type 5 is forwarded (a lighthouse) */
+#define FN_RELAY_OTHERS 2           /* type 5 not addressed to this node is forwarded (a node relay) */
 #define FN_MAC 16
 #define FN_COOKIE_REPLY 64
 
@@ -110,7 +114,7 @@ void fn_set_offloads(fn_ctx *ctx, int vnet, int udp_gso, int udp_gro);
 void fn_set_spin(fn_ctx *ctx, int on);
 void fn_set_moderation(fn_ctx *ctx, uint32_t usec);
 void fn_set_tun_uso(fn_ctx *ctx, int on);
-void fn_set_relay_mode(fn_ctx *ctx, int on);
+void fn_set_relay_mode(fn_ctx *ctx, int mode);
 void fn_set_identity(fn_ctx *ctx, const uint8_t *static_public);
 void fn_set_handshake_limit(fn_ctx *ctx, uint32_t per_second);
 int fn_set_local(fn_ctx *ctx, uint32_t subnet, uint32_t prefix);

@@ -523,7 +523,8 @@ static void vary(fuzz_t *f) {
     ctx->vnet = below(f, 4) != 0;
     ctx->tun_uso = below(f, 2);
     ctx->udp_gso = below(f, 2);
-    ctx->relay_mode = below(f, 16) == 0;
+    uint32_t mode = below(f, 16);  /* mostly off; a lighthouse or a node relay now and then */
+    ctx->relay_mode = mode == 0 ? FN_RELAY_ALL : mode == 1 ? FN_RELAY_OTHERS : FN_RELAY_OFF;
     ctx->fw_active = below(f, 2);
     fn_set_compact_cipher(below(f, 4) != 0);
     set_keys(f, 4, below(f, 2));                      /* held packets go, or wait and expire */

@@ -141,7 +141,7 @@ struct fn_ctx {
     int spin;                              /* fn_set_spin */
     int64_t moderation_ns;                 /* fn_set_moderation: pause after a loaded pass */
     int tun_uso;                           /* the TUN takes UDP GSO writes (USO) */
-    int relay_mode;                        /* a relay: every type-5 packet goes up to be forwarded */
+    int relay_mode;                        /* FN_RELAY_*: which type-5 packets go up to be forwarded */
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
     peer_t *peers;                         /* max_peers of them (fn_new_sized) */
     int max_peers;
@@ -278,6 +278,7 @@ int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms);
 
 /* cookie.c */
 int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now);
+int mac1_for_us(fn_ctx *ctx, const uint8_t *msg, uint32_t len);
 int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct sockaddr_storage *from,
                    socklen_t fromlen, uint32_t relayed_from, int64_t now);
 void cookie_flush(fn_ctx *ctx, int udp_fd);

@@ -43,6 +43,20 @@ static int same_addr(const struct sockaddr_storage *a, socklen_t alen, const pee
     return memcmp(a, &p->endpoint, alen) == 0;
 }
 
+/* A node relay (FN_RELAY_OTHERS) receives what is addressed to it and forwards the
+ * rest: a data or control packet under one of our receive indexes, or a handshake
+ * message with our mac1. A cookie reply goes up to be forwarded; Python keeps it when
+ * it answers one of our handshakes (its index is in Python's table, not in rx). */
+static int addressed_to_us(fn_ctx *ctx, const uint8_t *pkt, uint32_t len) {
+    if (len < 4) return 0;
+    if (pkt[0] == 1 || pkt[0] == 2) return mac1_for_us(ctx, pkt, len);
+    if ((pkt[0] == TYPE_DATA || pkt[0] == TYPE_CONTROL) && len >= FN_HEADER + FN_TAG) {
+        uint32_t index = get_le32(pkt + 4);
+        return index != 0 && ctx->rx[index & ctx->rx_mask].index == index;
+    }
+    return 0;
+}
+
 /* one datagram; returns how many control items it produced. relayed_from: the sender's
  * id at the relay when the datagram came wrapped in type 5, else NOT_RELAYED */
 static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const struct sockaddr_storage *from,
@@ -61,12 +75,23 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
         return 0;
     }
     if (pkt[2] | pkt[3]) { ctx->drops_out[FN_DROP_RESERVED]++; return 0; }
-    if (type == TYPE_RELAYED && !ctx->relay_mode && relayed_from == NOT_RELAYED) {
-        /* through a relay: the inner message is checked like a direct one (data opened
-         * here, handshakes gated by inner type) */
+    if (type == TYPE_RELAYED && relayed_from == NOT_RELAYED) {
         if (len <= RELAY_HEADER) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
-        return receive(ctx, tun_fd, pkt + RELAY_HEADER, len - RELAY_HEADER, from, fromlen, now, ctrl, room,
-                       get_le32(pkt + 4));
+        uint8_t *inner = pkt + RELAY_HEADER;
+        if (ctx->relay_mode == FN_RELAY_OFF ||
+            (ctx->relay_mode == FN_RELAY_OTHERS && addressed_to_us(ctx, inner, len - RELAY_HEADER))) {
+            /* through a relay, to us: the inner message is checked like a direct one
+             * (data opened here, handshakes gated by inner type) */
+            return receive(ctx, tun_fd, inner, len - RELAY_HEADER, from, fromlen, now, ctrl, room, get_le32(pkt + 4));
+        }
+        /* for another node: a relay forwards in Python; handshakes it carries count
+         * against the sender */
+        if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
+        if ((inner[0] == 1 || inner[0] == 2 || inner[0] == TYPE_COOKIE) && !source_allowed(ctx, from, now)) {
+            ctx->drops_out[FN_DROP_RATE_LIMITED]++;
+            return 0;
+        }
+        return copy_ctrl(ctx, ctrl, FN_CTRL_FORWARD, -1, pkt, len, from, fromlen);
     }
     if (type == 1 || type == 2 || type == TYPE_COOKIE) {
         if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
@@ -74,16 +99,6 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
         /* a relayed one goes up whole, relay header included: pkt - RELAY_HEADER is it */
         uint32_t wrap = relayed_from == NOT_RELAYED ? 0 : RELAY_HEADER;
         return copy_ctrl(ctx, ctrl, FN_CTRL_RAW, -1, pkt - wrap, len + wrap, from, fromlen);
-    }
-    if (type == TYPE_RELAYED && ctx->relay_mode && relayed_from == NOT_RELAYED) {
-        /* a relay forwards in Python: handshakes it carries count against the sender */
-        if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
-        uint8_t inner = len > RELAY_HEADER ? pkt[RELAY_HEADER] : 0;
-        if ((inner == 1 || inner == 2 || inner == TYPE_COOKIE) && !source_allowed(ctx, from, now)) {
-            ctx->drops_out[FN_DROP_RATE_LIMITED]++;
-            return 0;
-        }
-        return copy_ctrl(ctx, ctrl, FN_CTRL_RAW, -1, pkt, len, from, fromlen);
     }
     if (type != TYPE_DATA && type != TYPE_CONTROL) { ctx->drops_out[FN_DROP_TYPE]++; return 0; }
     if (len < FN_HEADER + FN_TAG) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }

@@ -257,3 +257,33 @@ def test_a_relay_rate_limits_the_handshakes_it_forwards_by_inner_type(dp, wire):
     assert len(got) <= 30 and dp.drops()["handshake_rate_limited"] >= 470
     data = [relayed(0x40, seal(os.urandom(32), 5, i, b"x" * 100)) for i in range(100)]
     assert len(wire.deliver(dp, data)) == 100
+
+
+def test_a_node_relay_receives_what_is_addressed_to_it_and_forwards_the_rest(dp, wire):
+    """A node with [relay] enabled (RELAY_OTHERS) is an engine and a relay at once:
+    a relayed data packet under one of its receive indexes and a relayed handshake
+    with its mac1 are received as if it were not a relay (the handshake keeps its
+    relay header, so the answer goes back the same way); anything else goes up as
+    CTRL_FORWARD, whole, with the handshakes inside rate-limited per sender."""
+    from flatnet.engine.datapath import CTRL_FORWARD, RELAY_OTHERS
+    dp.set_relay_mode(RELAY_OTHERS)
+    ours = relayed(2, seal(KEY_RX, RX_INDEX, 1, GOOD))
+    got = wire.deliver(dp, [ours])
+    assert [k for k, _ in got if k == CTRL_FORWARD] == [] and wire.tun_out.recv(2048) == GOOD
+    hs_ours = relayed(2, handshake(1, 7, os.urandom(100), OURS))
+    assert wire.deliver(dp, [hs_ours]) == [(CTRL_RAW, hs_ours)]
+    other_hs = relayed(3, handshake(1, 8, os.urandom(100), os.urandom(32)))
+    other_data = relayed(3, seal(os.urandom(32), RX_INDEX ^ 0x100000, 1, GOOD))  # an index that is not ours
+    cookie = relayed(3, bytes([6, 2, 0, 0]) + os.urandom(60))
+    assert wire.deliver(dp, [other_hs, other_data, cookie]) == [
+        (CTRL_FORWARD, other_hs), (CTRL_FORWARD, other_data), (CTRL_FORWARD, cookie)]
+    assert wire.deliver(dp, [relayed(3, b"")]) == [] and dp.drops()["short"] >= 1
+
+
+def test_a_lighthouse_forwards_every_relayed_packet_even_under_its_own_index(dp, wire):
+    """RELAY_ALL (a lighthouse): nothing inside a type 5 is opened, not even a packet
+    that happens to carry one of its receive indexes."""
+    from flatnet.engine.datapath import CTRL_FORWARD, RELAY_ALL
+    dp.set_relay_mode(RELAY_ALL)
+    packets = [relayed(2, seal(KEY_RX, RX_INDEX, 1, GOOD)), relayed(2, handshake(1, 7, os.urandom(100), OURS))]
+    assert wire.deliver(dp, packets) == [(CTRL_FORWARD, p) for p in packets]
