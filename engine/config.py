@@ -83,6 +83,7 @@ class Config:
     dns_domain: str = "flatnet"
     dns_upstream: tuple[tuple[str, int], ...] | None = None  # None: the host's /etc/resolv.conf
     dns_ttl: int = 5
+    relay: bool = False      # [relay] enabled: forward type-5 packets for other nodes (needs the group "relay")
 
     @property
     def control_socket(self) -> str:
@@ -113,6 +114,7 @@ _KNOWN = {
     "peers": None,
     "lighthouses": None,
     "resolve": {"hosts"},
+    "relay": {"enabled"},
 }
 
 
@@ -321,7 +323,7 @@ def parse(text: str, path: str = "<config>") -> Config:
 
     return Config(
         path=path, dead_after=float(dead_after),
-        masquerade=get("network", "masquerade", bool, True),
+        masquerade=get("network", "masquerade", bool, True), relay=get("relay", "enabled", bool, False),
         dns=get("dns", "enabled", bool, True), dns_domain=dns_domain, dns_upstream=upstream, dns_ttl=dns_ttl,
         firewall_default=fw_default, firewall_rules=tuple(rules),
         ca=get("pki", "ca", str, "/etc/flatnet/pki/ca.crt"),

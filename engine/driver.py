@@ -19,10 +19,11 @@ import time
 
 from flatnet.engine import container_names, metrics, pki, podman_labels, resolve
 from flatnet.engine.config import Config
-from flatnet.engine.datapath import DataPath
-from flatnet.engine.device import Device
+from flatnet.engine.datapath import RELAY_OTHERS, DataPath
+from flatnet.engine.device import RELAY_GROUP, Device
 from flatnet.engine.io import control, dnsserver, egress, netlink, tun, udp
 from flatnet.engine.lighthouse_client import LighthouseClient
+from flatnet.engine.relay_node import NodeRelay
 from flatnet.engine.proto import endpoint, liveness
 from flatnet.engine.proto.dnsanswer import Responder
 from flatnet.engine.proto.revocation import Revocations
@@ -206,6 +207,11 @@ class Engine:
         self._check_dirs()
         self._lease_waiter = self.loop.create_future()
         self.me, peers, lighthouses = self._load_pki()
+        if c.relay and RELAY_GROUP not in self.me.cert.groups:
+            # its peers would refuse what it forwards (docs/engine.md, Paths): say so now
+            raise pki.PkiError(f"{c.path}: relay.enabled = true needs a certificate with the group "
+                               f"\"{RELAY_GROUP}\" ({c.cert} has {', '.join(self.me.cert.groups) or 'none'}); "
+                               f"sign one with: flatnet cert sign --name {self.me.cert.name} --groups {RELAY_GROUP}")
         # the blocklist: what a lighthouse sent before (kept in state_dir) and the
         # operator's file, polled by the timer
         self.revocations = Revocations(self.me.ca)
@@ -230,6 +236,10 @@ class Engine:
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
                              dead_after=c.dead_after)
         self._apply_firewall(c)
+        self.node_relay: NodeRelay | None = None
+        if c.relay:
+            self.dp.set_relay_mode(RELAY_OTHERS)
+            self.node_relay = NodeRelay(self.device, c.network, self._send)
         self._poll_blocklists(time.monotonic())  # before any peer is added
         for p, cert in peers:
             if self.revocations.reason(cert):
@@ -250,6 +260,7 @@ class Engine:
                                                on_blocklist=self._take_blocklist,
                                                on_names=self._on_remote_names if c.dns else None,
                                                no_relay={lh.name for lh, _ in lighthouses if not lh.relay},
+                                               offer_relay=c.relay,
                                                tcp_ports={lh.name: lh.tcp_port for lh, _ in lighthouses})
             self.tcp_bridges: dict = {}
             self._tcp_failing = False
@@ -334,7 +345,7 @@ class Engine:
                 self.device.set_endpoints(peer, list(p.endpoints))
         restart = [k for k in ("network", "subnet", "listen_host", "listen_port", "socket_buffer", "tun_name",
                                "bridge", "mtu", "offloads", "spin", "run_dir", "state_dir", "masquerade", "dns",
-                               "dns_domain", "dns_upstream", "dns_ttl")
+                               "dns_domain", "dns_upstream", "dns_ttl", "relay")
                    if getattr(new, k) != getattr(old, k)]
         if restart:
             self.log.warning("reload_needs_restart", changed=",".join(restart))
@@ -547,6 +558,7 @@ class Engine:
                 "cert_expires_in_days": round((self.me.cert.not_after - time.time()) / 86400, 1),
                 "log_level": self.config.log_level,
                 "egress": self.egress,
+                "relay": self.node_relay.status() if self.node_relay is not None else None,
                 "dns": {"listening": self.dns is not None, "domain": self.config.dns_domain,
                         "names": len(self.responder.table), "local_names": len(self.names.entries),
                         "skipped_names": self.names.skipped, **self.responder.counters,

@@ -15,20 +15,29 @@
 - sends this host's container names (for DNS) in pages when they change and with every
   register, and polls the network's names every NAMES_EVERY seconds (a version number
   makes the poll one small message when nothing changed);
-- relay first: a new peer is sent to through a relay (a lighthouse that offers it,
-  type 5, which it cannot decrypt) from the first handshake on, while the same
+- relay first: a new peer is sent to through a relay (a node that relays for others,
+  named in the lease, or a lighthouse that offers it; type 5, which it cannot
+  decrypt) from the first handshake on, while the same
   initiations go to its direct candidates; a direct answer moves the peer to the
   direct path under the same session. Direct candidates are tried again after
   PROBE_DELAYS, then every DIRECT_RETRY seconds. Without a relay at that moment,
   the peer is relayed when no direct path answered within RELAY_AFTER seconds.
+  A relayed peer that does not answer within RELAY_AFTER, or whose relay stops
+  answering, is moved to the next relay (at most MAX_RELAY_MOVES times in a row);
+- node relays (lease `relays`): this engine looks each up, handshakes with it and
+  keeps the session (a keepalive with every register), so that it can relay
+  through it and be reached through it. A node certified with the group `relay`
+  relays only through lighthouses: node relays never forward for each other.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Callable
 
-from flatnet.engine.device import Device, Peer
+from flatnet.engine.device import RELAY_GROUP, Device, Peer
 from flatnet.engine.log import Logger
+from flatnet.engine.proto import liveness
 from flatnet.engine.proto import endpoint as endpoints_policy
 from flatnet.engine.proto import names as names_rule
 from flatnet.engine.proto.errors import RemoteProtocolError
@@ -51,6 +60,7 @@ TCP_RETRY = 5.0          # a TCP relay failed or closed: try again (the next lig
 UDP_PROBE = 5.0          # on TCP: try UDP to the lighthouse this often; an answer moves back
 LOOKUP_RETRY = 1.0       # a peer that reached us has no subnet yet: ask again after this,
 LOOKUP_RETRY_MAX = 16.0  # doubling up to this (the lighthouse allows 4 queries/s per node)
+MAX_RELAY_MOVES = 4      # a relayed peer that does not answer: the next relay, this many times in a row
 
 
 class LighthouseClient:
@@ -61,7 +71,8 @@ class LighthouseClient:
                  on_peers_changed: Callable[[list[str]], None] | None = None,
                  on_blocklist: Callable[[bytes, str], None] | None = None,
                  on_names: Callable[[list[tuple[str, str, str]]], None] | None = None,
-                 no_relay: set[str] | None = None, tcp_ports: dict[str, int] | None = None) -> None:
+                 no_relay: set[str] | None = None, tcp_ports: dict[str, int] | None = None,
+                 offer_relay: bool = False) -> None:
         """remembered: peers this host talked to before a restart; they are looked up
         and connected at once after the first lease, so traffic resumes within seconds
         even when the other side keeps sending under keys we lost.
@@ -91,6 +102,11 @@ class LighthouseClient:
         self.lookups: dict[str, tuple[float, float]] = {}  # peer without a subnet -> (next ask, backoff)
         self.offers_relay: dict[str, bool] = {}  # lighthouse -> its lease's `relay` (absent: True)
         self.no_relay = set(no_relay or ())      # [[lighthouses]] relay = false: never relay through these
+        self.offer_relay = offer_relay           # this node relays for others (register `relay`)
+        self.node_relays: list[str] = []         # the last lease's `relays`: nodes that relay for others
+        # a relay node's packets are never forwarded by another node relay (engine.relay_node)
+        self.use_node_relays = RELAY_GROUP not in device.me.cert.groups
+        self.relay_moves: dict[str, int] = {}    # relayed peer -> relays tried without an answer
         # the TCP relay (UDP blocked): hooks the driver sets; state of this side
         self.tcp_ports = {n: p for n, p in (tcp_ports or {}).items() if p}
         self.udp_endpoints = {p.name: list(p.endpoints) for p in lighthouses if p.name in self.tcp_ports}
@@ -153,9 +169,16 @@ class LighthouseClient:
             peer = self.device.peers.get(name)
             if peer is None or (peer.session.current is not None and peer.relay is None):
                 del self.connecting[name]
+                self.relay_moves.pop(name, None)
             elif now - since >= RELAY_AFTER:
                 del self.connecting[name]
-                if peer.relay is not None:  # relayed from the start: say why it stays so
+                if peer.relay is not None and peer.session.current is None and \
+                        self.relay_moves.get(name, 0) < MAX_RELAY_MOVES and \
+                        self._relay(peer, now, "no answer through the relay", avoid=peer.relay[0]):
+                    self.relay_moves[name] = self.relay_moves.get(name, 0) + 1
+                    self.connecting[name] = now  # the next relay gets its RELAY_AFTER too
+                elif peer.relay is not None:  # relayed from the start: say why it stays so
+                    self.relay_moves.pop(name, None)
                     peer.path_reason = self._why_relayed(peer)
                 else:
                     self._relay(peer, now)
@@ -297,8 +320,9 @@ class LighthouseClient:
         published = list(self.services.local.values()) if self.services is not None else []
         # the lighthouse hands out our observed address first, then at most MAX_LOCAL of these
         mine = endpoints_policy.usable(self.local_endpoints())[0][:wire.MAX_LOCAL]
+        extra = {"relay": True} if self.offer_relay else {}  # absent: false (older lighthouses ignore it)
         return wire.encode("register", endpoints=mine, services=published, gateway=self.gateway,
-                           blocklist=self._held())
+                           blocklist=self._held(), **extra)
 
     def register(self, now: float) -> None:
         msg = self._register_message()
@@ -318,8 +342,23 @@ class LighthouseClient:
                 self.device.connect(lh, now)   # no keys yet: the handshake comes first
         if self.on_names is not None:  # a lost page or a restarted lighthouse: healed here
             self._send_names()
+        self._keep_node_relays(now)
         everyone = self.subnet is not None and len(self.registered) == len(self.lighthouses)
         self.next_register = now + (REGISTER_EVERY if everyone else REGISTER_RETRY)  # until all have answered
+
+    def _keep_node_relays(self, now: float) -> None:
+        """Every node relay of the lease: looked up until known, handshaken with until
+        keys, then kept with a keepalive (with every register: keys rekey as they age,
+        and a NAT between keeps its mapping)."""
+        for name in self.node_relays:
+            peer = self.device.peers.get(name)
+            if peer is None:
+                if name not in self.queries:
+                    self._query(name, wire.encode("query", name=name), now)
+            elif peer.session.current is None:
+                self.device.connect(peer, now)
+            elif peer.relay is None and peer.endpoint is not None:
+                self.device.send_message_to(peer, b"", [peer.endpoint])
 
     def set_local_names(self, entries: list[tuple[str, str]]) -> None:
         """This host's (name, addr) list changed: send it to every lighthouse now."""
@@ -378,7 +417,10 @@ class LighthouseClient:
     def on_path_dead(self, peer: Peer, now: float) -> None:
         """The peer's direct path stopped answering (engine.proto.liveness): fall back
         to a relay at once; the direct candidates are tried again every DIRECT_RETRY."""
-        if peer.name in self.lighthouses or peer.relay is not None:
+        if peer.name in self.lighthouses:
+            return
+        if peer.relay is not None:  # the relay stopped answering: another one, if there is one
+            self._relay(peer, now, "the relay stopped answering", avoid=peer.relay[0])
             return
         self.connecting.pop(peer.name, None)
         self._relay(peer, now, "the direct path stopped answering")
@@ -481,13 +523,25 @@ class LighthouseClient:
             self.services.set_remote(self._catalog_pages)
             self._catalog_pages = []
 
-    def relays(self) -> list[Peer]:
-        """Lighthouses we may relay through now: registered (their lease answered and
-        no register is overdue), offering it, not turned off in our config; the one
-        that answered last first."""
+    def relays(self, target: Peer | None = None) -> list[Peer]:
+        """Relays we may use now (for `target`), best first:
+        - node relays the lease named, with keys on a direct path an authenticated
+          packet confirmed, not unreachable (none for a node certified `relay`); in an
+          order of their own per target (rendezvous hashing), so the load spreads;
+        - lighthouses: registered (their lease answered and no register is overdue),
+          offering it, not turned off in our config; the one that answered last first."""
+        nodes = []
+        for name in self.node_relays if self.use_node_relays else []:
+            p = self.device.peers.get(name)
+            if p is not None and p is not target and p.session.current is not None and p.relay is None \
+                    and p.endpoint is not None and p.direct_seen is not None \
+                    and p.live.state is not liveness.PathState.UNREACHABLE:
+                nodes.append(p)
+        if target is not None:
+            nodes.sort(key=lambda p: hashlib.blake2b(f"{target.name}/{p.name}".encode(), digest_size=8).digest())
         ok = [lh for name, lh in self.lighthouses.items() if name in self.registered and lh.endpoint
               and self.offers_relay.get(name, True) and name not in self.no_relay]
-        return sorted(ok, key=lambda lh: -self.registered[lh.name])
+        return nodes + sorted(ok, key=lambda lh: -self.registered[lh.name])
 
     @staticmethod
     def _why_relayed(peer: Peer) -> str:
@@ -495,8 +549,10 @@ class LighthouseClient:
         return (f"no answer from {tried} direct endpoint{'s' if tried != 1 else ''} in "
                 f"{RELAY_AFTER:.0f} s (NAT looks port-randomizing or filtered)")
 
-    def _relay(self, peer: Peer, now: float, reason: str = "") -> bool:
-        relays = self.relays()
+    def _relay(self, peer: Peer, now: float, reason: str = "", avoid: tuple[str, int] | None = None) -> bool:
+        relays = [r for r in self.relays(peer) if r.endpoint != avoid]
+        if avoid is not None and not relays:
+            return False  # no other relay: stay on this one
         if not relays or peer.subnet is None:
             self.log.warning("no_path", peer=peer.name, reason="no direct answer and no registered relay")
             return False
@@ -517,6 +573,7 @@ class LighthouseClient:
         subnet = ipaddress.IPv4Network(msg["subnet"])
         self.registered[lh.name] = now
         self.offers_relay[lh.name] = msg["relay"]
+        self._set_node_relays(msg["relays"], now)
         self.awaiting.pop(lh.name, None)
         self.lost.pop(lh.name, None)
         self.observed = msg["observed"]
@@ -528,6 +585,14 @@ class LighthouseClient:
             for name in self.remembered:  # reconnect to whom we talked to before a restart
                 self._query(name, wire.encode("query", name=name), now)
             self.remembered = []
+
+    def _set_node_relays(self, names: list[str], now: float) -> None:
+        me = self.device.me.cert.name
+        names = [n for n in names if n != me and n not in self.lighthouses][:wire.MAX_RELAYS]
+        if names != self.node_relays:
+            self.log.info("node_relays", relays=",".join(names) or "none")
+            self.node_relays = names
+            self._keep_node_relays(now)
 
     def _peer(self, msg: dict, kind: str, now: float) -> None:
         cert = self.device.me.verify_peer(msg["cert"], self.device.wall_ns() / 1e9)
@@ -558,7 +623,7 @@ class LighthouseClient:
             # relay first: the first packets go through the relay while the initiation
             # below also goes to the direct candidates (Device._send_to)
             n = len(endpoints)
-            if self.relays() and peer.subnet is not None:
+            if self.relays(peer) and peer.subnet is not None:
                 self._relay(peer, now, f"relay first, while {n} direct endpoint{'s are' if n != 1 else ' is'} tried")
                 self.log.info("peer_found" if kind == "peer" else "punch_requested", peer=cert.name,
                               subnet=str(subnet), endpoints=",".join(f"{h}:{p}" for h, p in endpoints),

@@ -27,10 +27,11 @@ import itertools
 import random
 from typing import Callable
 
-from flatnet.engine.datapath import RELAY_ALL
+from flatnet.engine.datapath import RELAY_ALL, RELAY_OTHERS
 from flatnet.engine.device import Device
 from flatnet.engine.lighthouse_client import LighthouseClient
 from flatnet.engine.log import Logger
+from flatnet.engine.relay_node import NodeRelay
 from flatnet.engine.proto.revocation import Revocations
 from flatnet.lighthouse.leases import LeaseStore
 from flatnet.lighthouse.registry import Registry
@@ -129,8 +130,8 @@ class SimLighthouse:
     """A lighthouse as lighthouse/server.py wires it, minus sockets: restart() loses
     everything but the lease store (the SQLite file)."""
 
-    def __init__(self, sim: "Sim", name: str, addr: Addr, ttl: float = 60.0) -> None:
-        self.sim, self.name, self.addr, self.ttl = sim, name, addr, ttl
+    def __init__(self, sim: "Sim", name: str, addr: Addr, ttl: float = 60.0, relay: bool = True) -> None:
+        self.sim, self.name, self.addr, self.ttl, self.relay = sim, name, addr, ttl, relay
         self.identity = sim.ca.identity(name)
         self.leases = LeaseStore(str(sim.tmp / f"{name}.db"), sim.network)
         self.up = False
@@ -142,7 +143,7 @@ class SimLighthouse:
         if self.sim.blocklist is not None:
             self.revocations.offer(self.sim.blocklist)
         me = dataclasses.replace(self.identity, revocations=self.revocations)
-        self.registry = Registry(self.leases, self.ttl, self.revocations)
+        self.registry = Registry(self.leases, self.ttl, self.revocations, relay=self.relay)
         self.dp = FakeDataPath(self.sim.clock, self.sim.network)
         self.dp.set_relay_mode(RELAY_ALL)
         self.device = Device(me, self.dp, lambda p, a: self.sim.router.send(self.addr, p, a), self.sim.wall_ns,
@@ -205,9 +206,11 @@ class SimLighthouse:
 class SimEngine:
     """An engine's control plane as engine/driver.py wires it with lighthouses."""
 
-    def __init__(self, sim: "Sim", name: str, addr: Addr, lan: int | None, dead_after: float = 3.0) -> None:
+    def __init__(self, sim: "Sim", name: str, addr: Addr, lan: int | None, dead_after: float = 3.0,
+                 relay: bool = False, groups: list[str] | None = None) -> None:
+        """relay: relays for others ([relay] enabled = true; engine.relay_node)."""
         self.sim, self.name, self.addr = sim, name, addr
-        self.identity = sim.ca.identity(name)
+        self.identity = sim.ca.identity(name, groups)
         self.revocations = Revocations(sim.ca.cert)
         me = dataclasses.replace(self.identity, revocations=self.revocations)
         self.dp = FakeDataPath(sim.clock, sim.network)
@@ -218,8 +221,12 @@ class SimEngine:
         lhs = [self.device.add_peer(lh.identity.cert, None, [lh.addr]) for lh in sim.lighthouses]
         self.device.pinned = {p.name for p in lhs}
         self.subnet: ipaddress.IPv4Network | None = None
+        self.node_relay = None
+        if relay:
+            self.dp.set_relay_mode(RELAY_OTHERS)
+            self.node_relay = NodeRelay(self.device, sim.network, self.dp.send)
         self.client = LighthouseClient(self.device, lhs, sim.network, lambda: [addr], Logger(name, stream=self.out),
-                                       self._on_lease, on_blocklist=self._on_blocklist)
+                                       self._on_lease, on_blocklist=self._on_blocklist, offer_relay=relay)
         sim.router.attach(addr, lan, self.receive)
         self.device.start_all(sim.now)
         self.sim.timer(self, sim.now)
@@ -290,7 +297,7 @@ class SimEngine:
 
 class Sim:
     def __init__(self, tmp, seed: int = 1, loss: float = 0.0, network: str = "10.87.0.0/16",  # noqa: ANN001
-                 lighthouses: int = 1) -> None:
+                 lighthouses: int = 1, lighthouse_relay: bool = True) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(seed)
@@ -304,7 +311,7 @@ class Sim:
         self.armed: dict[str, float] = {}
         self.spins: collections.Counter[str] = collections.Counter()  # node -> timer runs that found nothing due
         self.router = Router(self, loss)
-        self.lighthouses = [SimLighthouse(self, f"lighthouse-{i}", (f"203.0.113.{i + 1}", PORT))
+        self.lighthouses = [SimLighthouse(self, f"lighthouse-{i}", (f"203.0.113.{i + 1}", PORT), relay=lighthouse_relay)
                             for i in range(lighthouses)]
         self.engines: dict[str, SimEngine] = {}
         self._lans = itertools.count(1)
@@ -358,15 +365,18 @@ class Sim:
         return self.now - start
 
     # ---- building the network
-    def engine(self, name: str, nat: str | None = "cone", dead_after: float = 3.0) -> SimEngine:
-        """A host in a LAN of its own behind a NAT of kind `nat` ("cone", "random", None: public)."""
+    def engine(self, name: str, nat: str | None = "cone", dead_after: float = 3.0, relay: bool = False,
+               groups: list[str] | None = None) -> SimEngine:
+        """A host in a LAN of its own behind a NAT of kind `nat` ("cone", "random", None:
+        public); relay: it relays for others (certified with the group "relay" too)."""
         lan = next(self._lans)
         if nat is None:
             addr, lan_id = (f"203.0.113.{100 + lan}", PORT), None
         else:
             self.router.add_lan(lan, nat)
             addr, lan_id = (f"10.{lan}.0.2", PORT), lan
-        e = self.engines[name] = SimEngine(self, name, addr, lan_id, dead_after)
+        groups = list(groups or []) + (["relay"] if relay and "relay" not in (groups or []) else [])
+        e = self.engines[name] = SimEngine(self, name, addr, lan_id, dead_after, relay, groups)
         return e
 
     def registered(self, *engines: SimEngine) -> bool:
