@@ -20,10 +20,10 @@ import time
 from flatnet.engine import container_names, metrics, pki, podman_labels, resolve
 from flatnet.engine.config import Config
 from flatnet.engine.datapath import RELAY_OTHERS, DataPath
-from flatnet.engine.device import RELAY_GROUP, Device
+from flatnet.engine.device import Device
 from flatnet.engine.io import control, dnsserver, egress, netlink, tun, udp
 from flatnet.engine.lighthouse_client import LighthouseClient
-from flatnet.engine.relay_node import NodeRelay
+from flatnet.engine.relay_node import NodeRelay, certificate_problem
 from flatnet.engine.proto import endpoint, liveness
 from flatnet.engine.proto.dnsanswer import Responder
 from flatnet.engine.proto.revocation import Revocations
@@ -207,11 +207,9 @@ class Engine:
         self._check_dirs()
         self._lease_waiter = self.loop.create_future()
         self.me, peers, lighthouses = self._load_pki()
-        if c.relay and RELAY_GROUP not in self.me.cert.groups:
-            # its peers would refuse what it forwards (docs/engine.md, Paths): say so now
-            raise pki.PkiError(f"{c.path}: relay.enabled = true needs a certificate with the group "
-                               f"\"{RELAY_GROUP}\" ({c.cert} has {', '.join(self.me.cert.groups) or 'none'}); "
-                               f"sign one with: flatnet cert sign --name {self.me.cert.name} --groups {RELAY_GROUP}")
+        problem = certificate_problem(c.path, c.cert, self.me.cert) if c.relay else None
+        if problem:
+            raise pki.PkiError(problem)
         # the blocklist: what a lighthouse sent before (kept in state_dir) and the
         # operator's file, polled by the timer
         self.revocations = Revocations(self.me.ca)

@@ -103,6 +103,16 @@ class EngineCollector(Collector):
         for (net, command, result), n in sorted(cni_counters(self.cni_data_dir).items()):
             cni.add_metric([net, command, result], n)
         yield cni
+        relay = getattr(e, "node_relay", None)
+        if relay is not None:  # [relay] enabled: what this host forwarded for others
+            c = CounterMetricFamily("flatnet_relayed_packets", "Packets relayed for other nodes")
+            c.add_metric([], relay.forwarder.relayed)
+            yield c
+            refused = CounterMetricFamily("flatnet_relay_refused", "Packets not relayed for other nodes",
+                                          labels=["reason"])
+            for reason, n in relay.refused.items():
+                refused.add_metric([reason], n)
+            yield refused
 
 
 class LighthouseCollector(Collector):

@@ -22,11 +22,23 @@ import ipaddress
 from typing import Callable
 
 from flatnet.engine.device import RELAY_GROUP, Device, Peer
+from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import liveness
 from flatnet.engine.proto import relay as relaying
 from flatnet.engine.proto.errors import RemoteProtocolError
 
 Endpoint = tuple[str, int]
+
+
+def certificate_problem(config_path: str, cert_path: str, cert: certs.Certificate) -> str | None:
+    """Why this node may not relay for others with this certificate, or None. Its peers
+    take relayed packets only from a node certified with RELAY_GROUP (Device.relay_allowed):
+    without it, what it forwards would be refused, so the engine does not start."""
+    if RELAY_GROUP in cert.groups:
+        return None
+    return (f"{config_path}: relay.enabled = true needs a certificate with the group \"{RELAY_GROUP}\" "
+            f"({cert_path} has {', '.join(cert.groups) or 'no groups'}); sign one with: "
+            f"flatnet cert sign --name {cert.name} --groups {','.join(list(cert.groups) + [RELAY_GROUP])}")
 
 
 class NodeRelay:

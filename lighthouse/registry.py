@@ -188,7 +188,10 @@ class Registry:
         """Whether a registering node relays for others: it asks (register `relay`) and
         its certificate has RELAY_GROUP, the group its peers check before they take
         relayed packets from it. Without the group the offer is refused and counted."""
-        offers = asked and RELAY_GROUP in certs.decode(node.cert)[0].groups
+        try:
+            offers = asked and RELAY_GROUP in certs.decode(node.cert)[0].groups
+        except (RemoteProtocolError, ValueError):  # the session checked it; still, never a traceback
+            offers = False
         if asked and not offers:
             self.limited["relay_offers_refused"] = self.limited.get("relay_offers_refused", 0) + 1
         if offers != (node.name in self.relay_nodes):

@@ -200,6 +200,7 @@ class Lighthouse:
                 "blocklist": {"serial": bl.serial, "names": sorted(bl.names), "fingerprints": sorted(bl.fingerprints)}
                 if (bl := self.revocations.current) else None, "revoked_peers": dict(self.device.revoked),
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
+                "relay_nodes": sorted(self.registry.relay_nodes),
                 "limited": dict(self.registry.limited), "store": self.leases.health(),
                 "tcp_relay": self.tcp.status() if self.tcp is not None else None,
                 "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}

@@ -265,7 +265,8 @@ _ANY = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**6
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(sorted(wire.SCHEMA)),
        st.dictionaries(st.sampled_from(["endpoints", "services", "gateway", "offset", "next", "subnet", "network",
-                                        "observed", "ttl", "addr", "name", "cert", "local", "code", "msg"]),
+                                        "observed", "ttl", "addr", "name", "cert", "local", "code", "msg",
+                                        "relay", "relays"]),
                        _ANY, max_size=8))
 def test_every_message_type_with_any_field_values_decodes_or_is_a_counted_drop(kind, fields):
     """Fuzz: any map under any message type (floats, inf, nan, nesting, huge ints)
@@ -315,3 +316,53 @@ def test_a_catalog_of_long_entries_is_paged_to_fit_and_complete(reg):
         if not offset:
             break
     assert sorted(got) == sorted(names)
+
+
+# ---- node relays (register `relay`, lease `relays`; docs/lighthouse.md "Relays")
+from tests.harness.pki import TestCA  # noqa: E402
+
+_CA = TestCA()
+
+
+def register_as(reg, name, src, now=0.0, groups=(), relay=False):
+    cert = _CA.identity(name, list(groups)).cert.raw
+    extra = {"relay": True} if relay else {}
+    replies = reg.handle(name, cert, wire.encode("register", endpoints=[], **extra), src, now)
+    return wire.decode(replies[0][1])[1]
+
+
+def test_a_lease_names_the_online_nodes_certified_to_relay_that_asked(reg):
+    register_as(reg, "relay-b", ("203.0.113.2", 4787), groups=["relay"], relay=True)
+    register_as(reg, "relay-a", ("203.0.113.1", 4787), groups=["relay"], relay=True)
+    register_as(reg, "quiet", ("203.0.113.3", 4787), groups=["relay"])           # certified, does not ask
+    register_as(reg, "pretender", ("203.0.113.4", 4787), relay=True, now=1.5)     # asks, not certified
+    assert reg.limited["relay_offers_refused"] == 1
+    lease = register_as(reg, "host", ("198.51.100.9", 4787), now=2.0)
+    assert lease["relays"] == ["relay-a", "relay-b"]           # the same list, in name order, for everyone
+    assert register_as(reg, "relay-a", ("203.0.113.1", 4787), groups=["relay"], relay=True,
+                       now=2.1)["relays"] == ["relay-b"]       # never itself
+    register_as(reg, "relay-b", ("203.0.113.2", 4787), groups=["relay"], now=2.2)  # stops offering
+    assert register_as(reg, "host", ("198.51.100.9", 4787), now=2.3)["relays"] == ["relay-a"]
+    reg.expire(1000.0)                                         # gone offline: gone from leases
+    assert reg.relay_nodes == set()
+
+
+def test_a_lease_names_at_most_eight_relays(reg):
+    for i in range(12):
+        register_as(reg, f"relay-{i:02d}", ("203.0.113.1", 5000 + i), groups=["relay"], relay=True)
+    relays = register_as(reg, "host", ("198.51.100.9", 4787), now=2.0)["relays"]
+    assert relays == [f"relay-{i:02d}" for i in range(wire.MAX_RELAYS)]
+    assert register_as(reg, "relay-00", ("203.0.113.1", 5000), groups=["relay"], relay=True,
+                       now=2.0)["relays"] == [f"relay-{i:02d}" for i in range(1, wire.MAX_RELAYS + 1)]
+
+
+@pytest.mark.parametrize("fields", [{"relays": "relay-a"}, {"relays": [""]}, {"relays": ["x" * 65]},
+                                    {"relays": [f"r{i}" for i in range(9)]}, {"relays": [1]}, {"relay": 1}])
+def test_relay_fields_out_of_their_limits_are_refused(fields):
+    base = {"t": "lease", "v": 1, "subnet": "10.87.1.0/24", "network": "10.87.0.0/16",
+            "observed": ["192.0.2.1", 4787], "relay": True}
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode(msgpack.packb({**base, **fields}, use_bin_type=True))
+    assert info.value.reason == "bad_control"
+    with pytest.raises(RemoteProtocolError):
+        wire.decode(msgpack.packb({"t": "register", "v": 1, "relay": "yes"}, use_bin_type=True))
