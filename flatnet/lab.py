@@ -72,15 +72,18 @@ class Lab:
                  nat: dict[int, str] | None = None, gateways: bool = False,
                  groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None,
                  lighthouses: int = 1, compact_cipher: dict[int, bool] | None = None,
-                 ipv6: bool = False, lighthouse_by_name: bool = False, lighthouse_relay: bool = True) -> None:
+                 ipv6: bool = False, lighthouse_by_name: bool = False, lighthouse_relay: bool = True,
+                 lighthouse_config: str = "") -> None:
         """lighthouse: hosts find each other and take their /24 through a lighthouse
         (no static peers); nat: {host index: "cone" | "random"} puts that host behind
         a router namespace doing MASQUERADE (random: --random-fully); ipv6: the underlay
         has IPv6 addresses only (no IPv4 at all; not with nat or more lighthouses);
         lighthouse_by_name: engines are given the lighthouse as LIGHTHOUSE_NAME:PORT and
         a hosts file ([resolve] hosts) that maps it; lighthouse_relay: false writes
-        `[relay] enabled = false` for the lighthouses (only node relays relay)."""
+        `[relay] enabled = false` for the lighthouses (only node relays relay);
+        lighthouse_config: TOML appended to every lighthouse's config (e.g. a [store])."""
         self.lighthouse_relay = lighthouse_relay
+        self.lighthouse_config = lighthouse_config
         self.ipv6 = ipv6
         self.lighthouse_by_name = lighthouse_by_name
         self.offloads = offloads
@@ -226,7 +229,7 @@ class Lab:
         with open(os.path.join(d, "lighthouse.toml"), "w") as f:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
                     f'[network]\ncidr = "{self.network}"\n[paths]\nstate_dir = "{d}/state"\nrun_dir = "{d}/run"\n'
-                    + ("" if self.lighthouse_relay else "[relay]\nenabled = false\n"))
+                    + ("" if self.lighthouse_relay else "[relay]\nenabled = false\n") + self.lighthouse_config)
         self.start_lighthouse()
         for i in range(2, self.n_lighthouses + 1):
             self._extra_lighthouse(i)
@@ -245,7 +248,7 @@ class Lab:
         with open(os.path.join(d, "lighthouse.toml"), "w") as f:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse-{i}.crt"\nkey = "{pki}/lighthouse-{i}.key"\n'
                     f'[network]\ncidr = "{self.network}"\n[paths]\nstate_dir = "{first}/state"\nrun_dir = "{d}/run"\n'
-                    + ("" if self.lighthouse_relay else "[relay]\nenabled = false\n"))
+                    + ("" if self.lighthouse_relay else "[relay]\nenabled = false\n") + self.lighthouse_config)
         logf = open(os.path.join(d, "lighthouse.log"), "a")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "flatnet.lighthouse", "--config",
                                  os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=logf,

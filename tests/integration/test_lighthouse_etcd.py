@@ -257,3 +257,67 @@ def test_engines_register_again_within_two_seconds_of_a_lighthouse_restart(tmp_p
         assert took is not None and took <= 2.0, f"registered again after {took} s"
     finally:
         lab.down()
+
+
+@pytest.mark.slow
+def test_engines_keep_forwarding_when_a_lighthouse_and_an_etcd_member_die(tmp_path):
+    """Real engines (a Lab) with three lighthouses on a three-member etcd cluster (on the
+    lab's underlay). Host-1 and host-2 cannot reach each other over UDP, so their
+    traffic goes through a lighthouse's relay. Kill that lighthouse and one etcd member:
+    the ping between their containers comes back within a few seconds (the engines
+    move to another lighthouse's relay; issue 18: existing paths keep forwarding), and
+    a direct path (host-1 to host-3) never stops."""
+    from flatnet.lab import UNDERLAY, Lab, sh
+    from tests.harness.netns import RUN_PREFIX
+    hosts = [f"{UNDERLAY}.{201 + i}" for i in range(3)]
+    members = ", ".join(f'"{h}:{23790 + 2 * i}"' for i, h in enumerate(hosts))  # the harness's ports in a namespace
+    clusters = []
+
+    class EtcdLab(Lab):
+        def _start_lighthouse(self) -> None:  # the cluster first, on the underlay bridge
+            for h in hosts:
+                sh("ip", "-n", self.ul_ns, "addr", "add", f"{h}/24", "dev", "ulbr")
+            clusters.append(etcd_harness.EtcdCluster(str(tmp_path / "etcd"), hosts=hosts, ns=self.ul_ns))
+            clusters[0].start()
+            super()._start_lighthouse()
+
+    if not etcd_harness.available():
+        pytest.fail("etcd is not installed (apt-get install etcd-server)")
+    lab = EtcdLab(f"{RUN_PREFIX}k", str(tmp_path / "lab"), hosts=3, lighthouse=True, lighthouses=3,
+                  lighthouse_config=f'[store]\nbackend = "etcd"\nendpoints = [{members}]\n')
+    try:
+        lab.up(containers_per_host=1, wait=30)
+        a, b, c = lab.hosts
+        for chain, flag in (("OUTPUT", "-d"), ("INPUT", "-s")):
+            sh("iptables", "-A", chain, flag, b.underlay_ip, "-p", "udp", "-j", "DROP", ns=a.ns)
+        end = time.monotonic() + 20
+        while not all(set(lab.status(h)["lighthouses"].values()) == {"registered"} for h in lab.hosts):
+            assert time.monotonic() < end, [lab.status(h)["lighthouses"] for h in lab.hosts]
+            time.sleep(0.2)
+
+        def ping(src, dst, wait=1):
+            return sh("ping", "-c", "1", "-W", str(wait), dst.containers[0]["ip"], ns=src.containers[0]["ns"],
+                      check=False).returncode == 0
+
+        assert ping(a, b, 5) and ping(a, c, 5)
+        row = next(p for p in lab.peers(a) if p["name"] == b.name)
+        assert row["path"].startswith("relayed via 192.0.2.25"), row
+        used = 255 - int(row["path"].split(":")[0].rsplit(".", 1)[1])  # 192.0.2.254 is lighthouse 1
+        lab.stop_lighthouse(signal.SIGKILL, i=used)
+        clusters[0].kill_member(clusters[0].members[1])
+        t0 = time.monotonic()
+        direct_lost = 0
+        while not ping(a, b):
+            direct_lost += not ping(a, c)
+            assert time.monotonic() - t0 < 15, "the relayed path did not come back within 15 s"
+        took = time.monotonic() - t0
+        assert took < 8, f"relayed traffic came back after {took:.1f} s"
+        assert direct_lost == 0, "the direct path lost packets while a lighthouse and an etcd member were down"
+        assert sum(ping(a, b) for _ in range(10)) >= 9
+        row = next(p for p in lab.peers(a) if p["name"] == b.name)
+        assert row["path"].startswith("relayed via 192.0.2.25") and str(255 - used) not in row["path"], row
+        print(f"relayed traffic back after {took:.1f} s through {row['path']}")
+    finally:
+        lab.down()
+        for cluster in clusters:
+            cluster.stop()
