@@ -27,7 +27,8 @@
 - node relays (lease `relays`): this engine looks each up, handshakes with it and
   keeps the session (a keepalive with every register), so that it can relay
   through it and be reached through it. A node certified with the group `relay`
-  relays only through lighthouses: node relays never forward for each other.
+  relays, and is relayed to, only through lighthouses: node relays never forward
+  for each other.
 """
 from __future__ import annotations
 
@@ -526,12 +527,15 @@ class LighthouseClient:
     def relays(self, target: Peer | None = None) -> list[Peer]:
         """Relays we may use now (for `target`), best first:
         - node relays the lease named, with keys on a direct path an authenticated
-          packet confirmed, not unreachable (none for a node certified `relay`); in an
+          packet confirmed, not unreachable (none when this node or the target is
+          certified `relay`: its answers could not come back that way); in an
           order of their own per target (rendezvous hashing), so the load spreads;
         - lighthouses: registered (their lease answered and no register is overdue),
           offering it, not turned off in our config; the one that answered last first."""
         nodes = []
-        for name in self.node_relays if self.use_node_relays else []:
+        # a node relay forwards neither for nor (answering) from a node certified `relay`
+        ours = self.use_node_relays and (target is None or RELAY_GROUP not in target.cert.groups)
+        for name in self.node_relays if ours else []:
             p = self.device.peers.get(name)
             if p is not None and p is not target and p.session.current is not None and p.relay is None \
                     and p.endpoint is not None and p.direct_seen is not None \

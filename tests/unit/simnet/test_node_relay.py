@@ -79,10 +79,13 @@ def test_node_relays_never_forward_for_each_other(make_sim):
     relays)."""
     sim = make_sim(lighthouse_relay=False)
     r1, r2 = sim.engine("relay-1", nat=None, relay=True), sim.engine("relay-2", nat=None, relay=True)
-    sim.run_until(lambda: sim.registered(r1, r2), 5, "registered")
+    a = sim.engine("host-a", nat="cone")
+    ready(sim, r1, r2, a)
     sim.run(3)
     assert r1.client.relays() == [] and r2.client.relays() == []
     assert r1.node_relay._sender(r2.addr, sim.now) is None
+    assert [p.name for p in a.client.relays()] in (["relay-1", "relay-2"], ["relay-2", "relay-1"])
+    assert a.client.relays(a.device.peers["relay-1"]) == []  # its answer could not come back through relay-2
 
 
 def test_a_peer_whose_node_relay_dies_moves_to_another_relay(make_sim):
