@@ -114,7 +114,7 @@ class Device:
         # look-ups for relaying for others (engine.relay_node): a direct endpoint and an
         # overlay subnet -> the peer's name; checked against the peer on use
         self._at: dict[tuple[str, int], str] = {}
-        self._by_subnet: dict[ipaddress.IPv4Network, str] = {}
+        self._by_subnet: dict[int, str] = {}  # keyed by the subnet's address as an int: cheap to hash
         self.dp = datapath
         self.send = send
         self.wall_ns = wall_ns
@@ -148,17 +148,17 @@ class Device:
         if RELAY_GROUP in cert.groups:
             self._relay_certified.add(cert.name)
         if subnet is not None:
-            self._by_subnet[subnet] = peer.name
+            self._by_subnet[int(subnet.network_address)] = peer.name
         if endpoints:
             self._set_endpoint(peer, endpoints[0])
         return peer
 
     def set_subnet(self, peer: Peer, subnet: ipaddress.IPv4Network) -> None:
         if peer.subnet != subnet:
-            if peer.subnet is not None and self._by_subnet.get(peer.subnet) == peer.name:
-                del self._by_subnet[peer.subnet]
+            if peer.subnet is not None and self._by_subnet.get(int(peer.subnet.network_address)) == peer.name:
+                del self._by_subnet[int(peer.subnet.network_address)]
             peer.subnet = subnet
-            self._by_subnet[subnet] = peer.name
+            self._by_subnet[int(subnet.network_address)] = peer.name
             self.dp.set_peer(peer.slot, subnet)
 
     def set_endpoints(self, peer: Peer, endpoints: list[tuple[str, int]]) -> None:
@@ -224,8 +224,8 @@ class Device:
         self._relay_certified.discard(name)
         if peer.endpoint is not None and self._at.get(peer.endpoint) == name:
             del self._at[peer.endpoint]
-        if peer.subnet is not None and self._by_subnet.get(peer.subnet) == name:
-            del self._by_subnet[peer.subnet]
+        if peer.subnet is not None and self._by_subnet.get(int(peer.subnet.network_address)) == name:
+            del self._by_subnet[int(peer.subnet.network_address)]
         peer.session.close()
         self._apply(peer)
         self.dp.remove_peer(peer.slot)
@@ -286,9 +286,13 @@ class Device:
         peer = self.peers.get(self._at.get(addr, ""))
         return peer if peer is not None and peer.endpoint == addr and peer.relay is None else None
 
-    def peer_with_subnet(self, subnet: ipaddress.IPv4Network) -> Peer | None:
-        peer = self.peers.get(self._by_subnet.get(subnet, ""))
-        return peer if peer is not None and peer.subnet == subnet else None
+    def peer_with_subnet(self, address: int, prefixlen: int = 24) -> Peer | None:
+        """The peer whose subnet is `address`/`prefixlen` (the address as an int)."""
+        peer = self.peers.get(self._by_subnet.get(address, ""))
+        if peer is None or peer.subnet is None or peer.subnet.prefixlen != prefixlen \
+                or int(peer.subnet.network_address) != address:
+            return None
+        return peer
 
     def _relayed_to(self, peer: Peer, relay_addr: tuple[str, int], relay_id: int, reason: str, now: float) -> None:
         """An authenticated, fresh packet came through an accepted relay: answer that way,

@@ -49,6 +49,10 @@ class NodeRelay:
         self.send = send
         self.forwarder = relaying.Forwarder(self._sender, self._target)
         self.refused: dict[str, int] = {}  # reason -> packets not forwarded
+        # per packet, blocks and subnets are plain ints: making (or hashing) an
+        # IPv4Network costs microseconds
+        self._base = int(network.network_address)
+        self._blocks = 1 << (24 - network.prefixlen)
         device.on_relay = self.on_relay
 
     def _usable(self, peer: Peer | None) -> bool:
@@ -59,7 +63,7 @@ class NodeRelay:
                 and peer.live.state is not liveness.PathState.UNREACHABLE)
 
     def _block(self, subnet: ipaddress.IPv4Network) -> int:
-        return (int(subnet.network_address) - int(self.network.network_address)) >> 8
+        return (int(subnet.network_address) - self._base) >> 8
 
     def _sender(self, src: Endpoint, now: float) -> int | None:
         peer = self.device.peer_at(src)
@@ -68,10 +72,9 @@ class NodeRelay:
         return self._block(peer.subnet)  # type: ignore[union-attr,arg-type]
 
     def _target(self, block: int) -> Endpoint | None:
-        if not 0 < block < 1 << (24 - self.network.prefixlen):
+        if not 0 < block < self._blocks:
             return None
-        subnet = ipaddress.IPv4Network((int(self.network.network_address) + (block << 8), 24))
-        peer = self.device.peer_with_subnet(subnet)
+        peer = self.device.peer_with_subnet(self._base + (block << 8), 24)
         return peer.endpoint if self._usable(peer) else None  # type: ignore[union-attr]
 
     def on_relay(self, data: bytes, addr: Endpoint, now: float) -> None:
