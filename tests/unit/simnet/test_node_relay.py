@@ -107,3 +107,24 @@ def test_a_peer_whose_node_relay_dies_moves_to_another_relay(make_sim):
     assert a.path(b) == b.path(a) == f"relayed via {lh[0]}:{lh[1]}"
     # dead_after (3 s) to notice, then a handshake through the lighthouse
     assert sim.now - cut_at < 6
+
+
+def test_a_target_without_a_session_with_the_node_relay_is_still_reached_at_once(make_sim):
+    """host-b cannot reach the node relay (a filter drops their packets), so host-a's
+    first handshake through it is refused there (relay_unknown_target). The punch
+    the lighthouse sends host-b makes it handshake through a relay it can use (the
+    lighthouse's), and host-a follows that path: no wait for a timer."""
+    sim = make_sim()
+    r = sim.engine("relay-1", nat=None, relay=True)
+    a, b = sim.engine("host-a", nat="random"), sim.engine("host-b", nat="random")
+    b_public = "198.51.100.3"  # host-b's NAT (its LAN is the third made)
+    sim.router.drop_if = lambda p, s, d: (s[0] == b.addr[0] and d[0] == r.addr[0]) or (
+        s[0] == r.addr[0] and d[0] == b_public)
+    ready(sim, r, a)
+    sim.run_until(lambda: sim.registered(b), 5, "host-b registered")
+    start = sim.now
+    a.send_to(b)
+    sim.run_until(lambda: bool(b.received_from(a)), 5, "host-a's first packet delivered")
+    assert sim.now - start < FIRST_REPLY_WITHIN
+    lh = sim.lighthouses[0].addr
+    assert a.path(b) == b.path(a) == f"relayed via {lh[0]}:{lh[1]}"
