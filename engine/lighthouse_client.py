@@ -25,7 +25,7 @@
   A relayed peer that does not answer within RELAY_AFTER, or whose relay stops
   answering, is moved to the next relay (at most MAX_RELAY_MOVES times in a row);
 - node relays (lease `relays`): this engine looks each up, handshakes with it and
-  keeps the session (a keepalive with every register), so that it can relay
+  keeps the session (a handshake when not heard from for RELAY_KEEP), so that it can relay
   through it and be reached through it. A node certified with the group `relay`
   relays, and is relayed to, only through lighthouses: node relays never forward
   for each other.
@@ -62,6 +62,7 @@ UDP_PROBE = 5.0          # on TCP: try UDP to the lighthouse this often; an answ
 LOOKUP_RETRY = 1.0       # a peer that reached us has no subnet yet: ask again after this,
 LOOKUP_RETRY_MAX = 16.0  # doubling up to this (the lighthouse allows 4 queries/s per node)
 MAX_RELAY_MOVES = 4      # a relayed peer that does not answer: the next relay, this many times in a row
+RELAY_KEEP = 20.0        # a node relay not heard from this long: a handshake (fresh keys, NAT mapping kept)
 
 
 class LighthouseClient:
@@ -348,9 +349,13 @@ class LighthouseClient:
         self.next_register = now + (REGISTER_EVERY if everyone else REGISTER_RETRY)  # until all have answered
 
     def _keep_node_relays(self, now: float) -> None:
-        """Every node relay of the lease: looked up until known, handshaken with until
-        keys, then kept with a keepalive (with every register: keys rekey as they age,
-        and a NAT between keeps its mapping)."""
+        """Every node relay of the lease (looked at with every register): looked up
+        until known, handshaken with until keys; then, when nothing was heard from it
+        for RELAY_KEEP seconds, handshaken with again. A handshake, not a keepalive: a
+        keepalive gets no answer, so the path's liveness would probe it with a
+        handshake 1.5 s later anyway (simnet, an idle relay session: 18 handshakes in
+        120 s with a keepalive every 10 s; this way about one every 20 s, none while
+        the relay is heard from). The answer keeps the keys fresh and the NAT mapping open."""
         for name in self.node_relays:
             peer = self.device.peers.get(name)
             if peer is None:
@@ -358,8 +363,11 @@ class LighthouseClient:
                     self._query(name, wire.encode("query", name=name), now)
             elif peer.session.current is None:
                 self.device.connect(peer, now)
-            elif peer.relay is None and peer.endpoint is not None:
-                self.device.send_message_to(peer, b"", [peer.endpoint])
+            elif peer.relay is None and peer.session.pending is None:
+                s = peer.session
+                heard = max((t for t in (s.last_rx, s.last_handshake) if t is not None), default=None)
+                if heard is None or now - heard >= RELAY_KEEP:
+                    self.device.handshake_now(peer, now)
 
     def set_local_names(self, entries: list[tuple[str, str]]) -> None:
         """This host's (name, addr) list changed: send it to every lighthouse now."""

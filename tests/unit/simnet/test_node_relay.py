@@ -128,3 +128,21 @@ def test_a_target_without_a_session_with_the_node_relay_is_still_reached_at_once
     assert sim.now - start < FIRST_REPLY_WITHIN
     lh = sim.lighthouses[0].addr
     assert a.path(b) == b.path(a) == f"relayed via {lh[0]}:{lh[1]}"
+
+
+def test_an_idle_session_with_a_node_relay_stays_usable_at_a_bounded_cost(make_sim):
+    """Keys expire after 180 s without a handshake and NAT mappings close: the engine
+    handshakes with a relay it heard nothing from for RELAY_KEEP seconds (not a
+    keepalive every register: liveness then probed each with a handshake)."""
+    sim = make_sim(lighthouse_relay=False)
+    r = sim.engine("relay-1", nat=None, relay=True)
+    a, b = sim.engine("host-a", nat="random"), sim.engine("host-b", nat="random")
+    ready(sim, r, a, b)
+    p = a.device.peers["relay-1"]
+    before = p.session.handshakes
+    sim.run(400)
+    assert p in a.client.relays() and p.session.current is not None
+    # both roles count: about two per exchange, one exchange per RELAY_KEEP (+ a register tick)
+    assert p.session.handshakes - before <= 2 * 400 / lc.RELAY_KEEP + 4
+    ping_until(sim, a, b, 2, "traffic through the relay after 400 s idle")
+    assert a.path(b).startswith("relayed via relay-1")
