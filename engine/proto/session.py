@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from flatnet.engine.proto import cookie as cookies
-from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto import handshake
 from flatnet.engine.proto.constants import (COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
                                     HANDSHAKE_RETRY_MAX, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME,
                                     REKEY_AFTER_TIME, REKEY_RESPONDER_SLACK)
@@ -96,7 +96,7 @@ class _Pending:
 
 
 class PeerSession:
-    def __init__(self, me: hsm.Identity, peer_name: str, peer_static: bytes,
+    def __init__(self, me: handshake.Identity, peer_name: str, peer_static: bytes,
                  allocate_index: Callable[[], int], release_index: Callable[[int], None],
                  wall_ns: Callable[[], int]) -> None:
         self.me = me
@@ -164,14 +164,14 @@ class PeerSession:
         if last_rx is not None and (self.last_rx is None or last_rx > self.last_rx):
             self.last_rx = last_rx
 
-    def receive_initiation(self, init: hsm.Initiation, addr: tuple, now: float) -> None:
+    def receive_initiation(self, init: handshake.Initiation, addr: tuple, now: float) -> None:
         if init.peer.name != self.peer_name:
             raise LocalProtocolError("initiation routed to the wrong session")
         if init.timestamp <= self.last_initiation_ts:
             raise RemoteProtocolError("replayed_initiation", f"from {self.peer_name} at {addr}")
         self.last_initiation_ts = init.timestamp
         local = self._allocate()
-        packet = self._with_macs(hsm.create_response(self.me, init, local), now)
+        packet = self._with_macs(handshake.create_response(self.me, init, local), now)
         send, receive = init.hs.split()
         self._datagrams.append((packet, addr))
         self._install(Keys(send, receive, local, init.sender_index, now, initiator=False), now)
@@ -180,14 +180,14 @@ class PeerSession:
         pending = self.pending
         if pending is None:
             raise RemoteProtocolError("unexpected_response", f"from {self.peer_name}")
-        sender, receiver = hsm.response_indexes(packet)
+        sender, receiver = handshake.response_indexes(packet)
         if receiver != pending.local_index:
             raise RemoteProtocolError("unexpected_response", "stale receiver index")
         # on a copy: a response that fails (junk under the right index, or a bad
         # certificate) leaves the pending handshake able to take the real one.
         # Certificate validity is wall-clock time, not the monotonic `now`.
         hs = copy.copy(pending.hs)
-        hsm.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
         send, receive = hs.split()
         self.pending = None
         self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), now)
@@ -264,7 +264,7 @@ class PeerSession:
         if self.pending is not None:
             self._release(self.pending.local_index)
         local = self._allocate()
-        hs, packet = hsm.create_initiation(self.me, self.peer_static, local, self._wall_ns())
+        hs, packet = handshake.create_initiation(self.me, self.peer_static, local, self._wall_ns())
         packet = self._with_macs(packet, now)
         self.pending = _Pending(hs, local, started, now + delay, delay)
         self._datagrams.append((packet, None))
