@@ -199,6 +199,10 @@ class PeerSession:
         self.cookie = (cookies.open_reply(packet, self.peer_static, self.last_mac1), now)
 
     def handle_timer(self, now: float) -> None:
+        # Rules: each test below is `now >= deadline`, with the very sum get_timer()
+        # returns. `now - start >= timeout` can be false at start + timeout (float
+        # rounding): a timer that fires and does nothing, a busy spin on a real clock
+        # (the same edge engine/proto/liveness.py had; tests/unit/simnet counts spins).
         p = self.pending
         if p is not None and now >= p.next_retry:
             if now - p.started >= HANDSHAKE_GIVE_UP:
@@ -215,14 +219,12 @@ class PeerSession:
         if cur is None:
             return
         if self.pending is None:
-            age = now - cur.created
-            if age >= REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK):
+            if now >= self._rekey_at(cur):
                 self.rekeys += 1
                 self._start(now)
-            elif (self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx
-                  and now - self._heard() >= DEAD_PEER_TIMEOUT):
+            elif self._unanswered() and now >= self._heard() + DEAD_PEER_TIMEOUT:
                 self._start(now)  # we keep sending and hear nothing: the peer may have restarted
-        if self.current is not None and now - (self.last_tx or cur.created) >= KEEPALIVE_TIMEOUT:
+        if self.current is not None and now >= self._keepalive_at(cur):
             self.last_tx = now
             self._events.append(SendKeepalive())
 
@@ -236,11 +238,22 @@ class PeerSession:
         cur = self.current
         if cur is not None:
             if self.pending is None:
-                deadlines.append(cur.created + REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK))
-                if self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx:
+                deadlines.append(self._rekey_at(cur))
+                if self._unanswered():
                     deadlines.append(self._heard() + DEAD_PEER_TIMEOUT)
-            deadlines.append((self.last_tx or cur.created) + KEEPALIVE_TIMEOUT)
+            deadlines.append(self._keepalive_at(cur))
         return min(deadlines) if deadlines else None
+
+    @staticmethod
+    def _rekey_at(cur: Keys) -> float:
+        return cur.created + REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK)
+
+    def _keepalive_at(self, cur: Keys) -> float:
+        return (self.last_tx or cur.created) + KEEPALIVE_TIMEOUT
+
+    def _unanswered(self) -> bool:
+        """We sent after we last heard from the peer."""
+        return self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx
 
     def close(self) -> None:
         """Forget everything (peer removed): release indexes, tell the data path."""
@@ -295,7 +308,7 @@ class PeerSession:
 
     @staticmethod
     def _expired(keys: Keys, now: float) -> bool:
-        return now - keys.created >= REJECT_AFTER_TIME
+        return now >= keys.created + REJECT_AFTER_TIME  # get_timer()'s sum (see handle_timer)
 
     def _expire(self, keys: Keys) -> None:
         self._release(keys.local_index)
