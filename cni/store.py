@@ -17,7 +17,6 @@ names no container, so no ADD reuses it and GC frees it (docs/decisions.md).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 
@@ -131,10 +130,6 @@ class FileStore:
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, self._path(name))
-
-
-def is_enoent(exc: OSError) -> bool:
-    return exc.errno == errno.ENOENT
 
 
 def record(data_dir: str, network: str, command: str, result: str) -> None:

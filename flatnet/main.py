@@ -13,6 +13,7 @@
     flatnet doctor [--gateway URL]            check this host and explain problems
     flatnet up [--hosts N] [--containers M]   a local test network in namespaces
     flatnet down
+    flatnet egress remove                     remove the engine's egress chains (uninstall)
     flatnet lighthouse status [--json]        the lighthouse on this machine
     flatnet gateway render|run|stop           the HTTP gateway (nginx + gateway-lua)
     flatnet systemd install|uninstall|render  the systemd units of this installation
