@@ -52,7 +52,9 @@ class Peer:
     relay: tuple[tuple[str, int], int] | None = None  # (relay address, the peer's id there)
     path_reason: str = ""
     direct_seen: float | None = None  # when an authenticated packet last moved us to / kept a direct path
-    extra: dict = field(default_factory=dict)
+    # the addresses a lighthouse said are the peer's own (not its NAT's); None for a
+    # configured peer. path_of() tells a LAN path from a punched one by them
+    own_endpoints: list[tuple[str, int]] | None = None
     live: liveness.Liveness = field(default_factory=liveness.Liveness)
 
 
@@ -538,10 +540,10 @@ class Device:
             return f"relayed via {peer.relay[0][0]}:{peer.relay[0][1]}"
         if peer.endpoint is None or peer.session.current is None:
             return "none"
-        if "local" not in peer.extra:  # a configured peer
+        if peer.own_endpoints is None:  # a configured peer
             return "direct"
         # the lighthouse told us the peer's own addresses; anything else is its NAT's
-        return "direct-LAN" if peer.endpoint in peer.extra["local"] else "direct-punched"
+        return "direct-LAN" if peer.endpoint in peer.own_endpoints else "direct-punched"
 
     def mark_unreachable(self, doc: dict) -> dict:
         """The gateway's route table (GET /routes), with each overlay upstream on a host
