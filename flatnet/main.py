@@ -336,7 +336,7 @@ LAB_PREFIX = "fnlab"
 
 def cmd_up(a: argparse.Namespace) -> int:
     import subprocess
-    from flatnet.lab import Lab
+    from flatnet.demo import Lab
     if os.path.exists(os.path.join(a.dir, "lab.json")):
         print(f"flatnet: a lab is already up (state in {a.dir}); run `flatnet down` first", file=sys.stderr)
         return 1
@@ -392,7 +392,7 @@ def cmd_egress_remove(a: argparse.Namespace) -> int:
 
 
 def cmd_down(a: argparse.Namespace) -> int:
-    from flatnet.lab import Lab
+    from flatnet.demo import Lab
     if not os.path.exists(os.path.join(a.dir, "lab.json")):
         print(f"no lab is up ({a.dir}/lab.json not found)")
         return 0

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from flatnet.lab import Lab, sh
+from flatnet.demo import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.sandbox import IMAGE, PYTHON, SRC, Sandbox, import_busybox
 
