@@ -118,7 +118,9 @@ def created_network(network: dict, subnet: Subnet, gateway: int, source: str, br
     out["subnets"] = [{"subnet": str(subnet), "gateway": format_ip(gateway)}]
     out["network_interface"] = bridge
     out["options"] = {**(network.get("options") or {}), "subnet_source": source}
-    out["dns_enabled"] = False  # no resolver in the plugin: the engine's comes with names
+    # netavark's own resolver (aardvark-dns) serves only its bridge driver: setup names
+    # the engine's resolver in the StatusBlock instead (docs/podman5.md, "Names (DNS)")
+    out["dns_enabled"] = False
     return out
 
 
@@ -207,11 +209,15 @@ def parse_exec(body: object, setup: bool) -> Attachment:
                       source=options.get("subnet_source", SOURCE_STATIC))
 
 
-def status_block(ifname: str, mac: str, ip: int, subnet: Subnet, gateway: int) -> dict:
-    """setup's answer: Podman shows it in `podman inspect` (NetworkSettings)."""
+def status_block(ifname: str, mac: str, ip: int, subnet: Subnet, gateway: int,
+                 dns: dict | None = None) -> dict:
+    """setup's answer: Podman shows it in `podman inspect` (NetworkSettings), and writes
+    dns_server_ips and dns_search_domains into the container's resolv.conf. dns is the
+    engine's resolver from the lease (cni.conf.lease_dns: IPv4 addresses and checked
+    domain names); None: no DNS server (standalone mode, or the engine serves none)."""
     return {
-        "dns_search_domains": [],
-        "dns_server_ips": [],
+        "dns_search_domains": list(dns["search"]) if dns else [],
+        "dns_server_ips": list(dns["nameservers"]) if dns else [],
         "interfaces": {ifname: {"mac_address": mac, "subnets": [
             {"ipnet": f"{format_ip(ip)}/{subnet.prefix}", "gateway": format_ip(gateway)}]}},
     }
