@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     sb = Sandbox(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        install_flatnet(sb, "10.87.31.0/24")
+        install_flatnet(sb, "10.87.31.0/24", dns=True)  # as with an engine serving names: setup reads its dns
         import_busybox(sb)
         plugin = json.loads(sb.run(PYTHON, "-c", SETUP, str(a.n), timeout=600).stdout)
         runs: dict = {"none": [], "flatnet": [], "podman": []}  # podman: netavark's own bridge driver

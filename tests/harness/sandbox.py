@@ -244,9 +244,10 @@ def lease_json(subnet: str, dns: bool = False) -> str:
     return json.dumps(lease)
 
 
-def install_flatnet(sb: Sandbox, lease_subnet: str) -> str:
-    """Stand in for the engine (its lease file), then run the installer as install.sh does."""
-    sb.write("/run/flatnet/lease.json", lease_json(lease_subnet))
+def install_flatnet(sb: Sandbox, lease_subnet: str, dns: bool = False) -> str:
+    """Stand in for the engine (its lease file; dns: as while it serves names), then run
+    the installer as install.sh does."""
+    sb.write("/run/flatnet/lease.json", lease_json(lease_subnet, dns))
     return sb.run(PYTHON, "-m", "flatnet.cni.install_netavark", "--root", "/", "--python", PYTHON,
                   "--repo", SRC).stdout
 
