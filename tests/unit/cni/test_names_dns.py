@@ -2,11 +2,13 @@
 aliases), the names file it leaves for the engine, and the result's dns."""
 import json
 
+from hypothesis import given, settings, strategies as st
+
 from flatnet.cni.store import FileStore
 
 from flatnet.cni import commands
 from flatnet.cni.conf import load_netconf
-from flatnet.cni.ipv4 import Subnet
+from flatnet.cni.ipv4 import Subnet, format_ip, parse_ip
 from flatnet.cni.conf import lease_dns, parse_lease_dns
 from flatnet.cni.result import add_result
 from flatnet.cni.args import CmdArgs
@@ -81,3 +83,21 @@ def test_lease_and_its_dns_come_from_one_parse():
     assert (str(subnet), gateway, dns) == ("10.87.1.0/24", (10 << 24) | (87 << 16) | (1 << 8) | 1,
                                            {"nameservers": ["10.87.1.1"], "search": ["flatnet"]})
     assert parse_lease_dns('{"subnet": "10.87.1.0/24", "dns": {"nameservers": ["bad"]}}', "x")[2] is None
+
+
+_TEXT = st.text(alphabet=st.sampled_from("0123456789.abcFLATnet- \n\t:;x"), max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.text(max_size=5), st.fixed_dictionaries({}, optional={
+    "nameservers": st.one_of(st.lists(st.one_of(_TEXT, st.integers(), st.none()), max_size=5), _TEXT),
+    "search": st.one_of(st.lists(st.one_of(_TEXT, st.integers()), max_size=8), _TEXT)})))
+def test_lease_dns_fuzz_gives_none_or_what_resolv_conf_can_hold(dns):
+    got = lease_dns({"dns": dns})
+    if got is None:
+        return
+    assert 1 <= len(got["nameservers"]) <= 3 and len(got["search"]) <= 6
+    for server in got["nameservers"]:
+        assert format_ip(parse_ip(server, "x")) == server
+    for domain in got["search"]:
+        assert domain and domain == domain.lower() and not set(domain) - set("abcdefghijklmnopqrstuvwxyz0123456789-.")
