@@ -10,8 +10,6 @@ within WARM_TIMEOUT) returns None and the caller does the work itself (cold path
 Imports: only `_socket` beyond what the interpreter has loaded (this runs before the
 rest of the plugin is imported). The wire format is in docs/cni.md, "Warm path".
 """
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from typing import Mapping
@@ -46,7 +44,12 @@ def socket_path(data: bytes) -> str:
     return path if isinstance(path, str) and 0 < len(path) < 108 and path.startswith("/") else ""
 
 
-def call(env: "Mapping[str, str]", data: bytes, timeout: float = WARM_TIMEOUT) -> tuple[int, bytes, bytes] | None:
+def environ(raw: "Mapping[bytes, bytes]") -> dict[str, str]:
+    """The request's variables from posix.environ (bytes), decoded as os.environ does."""
+    return {k: v.decode("utf-8", "surrogateescape") for k in KEYS if (v := raw.get(k.encode())) is not None}
+
+
+def call(env: "Mapping[str, str]", data: bytes, timeout: float = WARM_TIMEOUT) -> "tuple[int, bytes, bytes] | None":
     """(exit status, stdout, stderr) from the daemon, or None: do the command here."""
     if env.get("CNI_COMMAND") not in COMMANDS or len(data) > MAX_REQUEST:
         return None
@@ -71,7 +74,7 @@ def call(env: "Mapping[str, str]", data: bytes, timeout: float = WARM_TIMEOUT) -
     return decode_reply(reply)
 
 
-def decode_reply(reply: bytes) -> tuple[int, bytes, bytes] | None:
+def decode_reply(reply: bytes) -> "tuple[int, bytes, bytes] | None":
     """b"R" + status byte + stdout + NUL + stderr; anything else (b"F": the daemon would
     not act for this caller) means the cold path."""
     if len(reply) < 2 or reply[:1] != b"R" or reply[1] > 1:

@@ -77,3 +77,23 @@ def test_cold_path_when_the_warm_one_cannot_answer(tmp_path):
     assert warm.call(ENV, conf) is None  # no socket
     assert warm.call(dict(ENV, CNI_COMMAND="CHECK"), conf) is None  # not a warm command
     assert warm.call(ENV, b" " * (warm.MAX_REQUEST + 1)) is None  # too large to send
+
+
+def test_environ_takes_the_request_variables_from_posix_environ():
+    raw = {b"CNI_COMMAND": b"ADD", b"CNI_NETNS": b"/run/netns/\xff", b"PATH": b"/bin", b"CNI_ARGS": b""}
+    assert warm.environ(raw) == {"CNI_COMMAND": "ADD", "CNI_NETNS": "/run/netns/\udcff", "CNI_ARGS": ""}
+    assert warm.encode_request(warm.environ(raw), b"{}").split(b"\0")[3] == b"/run/netns/\xff"
+
+
+def test_the_warm_path_imports_no_os_module():
+    # the client's start-up is most of a warm ADD: `os` (not loaded under -IS) costs 1-2 ms
+    # (docs/performance.md, "CNI start-up"); the flatnet package's __init__ counts too
+    import pathlib
+    import subprocess
+    import sys
+    root = str(pathlib.Path(warm.__file__).resolve().parents[1])
+    code = ("import sys; sys.path.insert(0, %r); import flatnet.cni.__main__, flatnet.cni.warm, _socket; "
+            "import flatnet.cni.warm as w; w.socket_path(b'{\"name\": \"n\"}'); "
+            "print(sorted(m for m in sys.modules if m in ('os', 'typing', '__future__', 'json')))" % root)
+    out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
