@@ -136,8 +136,9 @@ def dispatch(argv: list[str], stdin: "BinaryIO", stdout: "TextIO", stderr: "Text
 
 
 def main() -> int:
-    import sys
-    return dispatch(sys.argv, sys.stdin.buffer, sys.stdout, sys.stderr)
+    # the installed plugin calls flatnet.cni.__main__.netavark directly (lean imports)
+    from flatnet.cni.__main__ import netavark
+    return netavark()
 
 
 if __name__ == "__main__":

@@ -93,7 +93,51 @@ def test_the_warm_path_imports_no_os_module():
     import sys
     root = str(pathlib.Path(warm.__file__).resolve().parents[1])
     code = ("import sys; sys.path.insert(0, %r); import flatnet.cni.__main__, flatnet.cni.warm, _socket; "
-            "import flatnet.cni.warm as w; w.socket_path(b'{\"name\": \"n\"}'); "
+            "import flatnet.cni.warm as w; w.socket_path(b'{\"name\": \"n\"}'); w.netavark_socket_path(b'{}'); "
             "print(sorted(m for m in sys.modules if m in ('os', 'typing', '__future__', 'json')))" % root)
     out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_netavark_request_round_trip():
+    body = b'{"network": {"name": "n"}}\0\xff'
+    assert warmd.parse_netavark_request(warm.encode_netavark_request("setup", "/run/netns/x", body)) == \
+        (["flatnet", "setup", "/run/netns/x"], body)
+    for verb, netns in (("create", "/run/netns/x"), ("info", "/x"), ("setup", "relative"), ("setup", "")):
+        assert warmd.parse_netavark_request(warm.encode_netavark_request(verb, netns, b"{}")) is None
+        assert warm.call_netavark(verb, netns, b"{}") is None  # not sent at all
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_netavark_parser_never_raises(raw):
+    assert warmd.parse_netavark_request(raw) is None or raw.startswith(warm.NV_MAGIC + b"\0")
+    warmd.parse_netavark_request(warm.NV_MAGIC + b"\0" + raw)
+
+
+def test_a_netavark_answer_is_netavark_dispatch_output(monkeypatch):
+    seen = []
+
+    def fake(argv, stdin, stdout, stderr):
+        seen.append((argv, stdin.read()))
+        stdout.write('{"error": "x"}')
+        return 1
+    monkeypatch.setattr(warmd, "netavark_dispatch", fake)
+    reply = warmd.handle(warm.encode_netavark_request("teardown", "/run/netns/y", b"{}"))
+    assert warm.decode_reply(reply) == (1, b'{"error": "x"}', b"")
+    assert seen == [(["flatnet", "teardown", "/run/netns/y"], b"{}")]
+    assert warmd.handle(warm.NV_MAGIC + b"\0setup\0/x") is None  # no body separator: dropped
+
+
+@pytest.mark.parametrize("body,expect", [
+    (b'{"network": {"name": "n", "options": {"mtu": "1400"}}}', warm.DEFAULT_SOCKET),
+    (b'{"network": {"name": "n"}}', warm.DEFAULT_SOCKET),
+    (b'{"network": {"options": {"warm_socket": "/tmp/w.sock"}}}', "/tmp/w.sock"),
+    (b'{"network": {"options": {"warm_socket": ""}}}', ""),
+    (b'{"network": {"options": {"warm_socket": "rel"}}}', ""),
+    (b'{"network": {"options": ["warm_socket"]}}', ""),  # invalid: the cold path reports it
+    (b'{"network": "warm_socket"}', ""),
+    (b'{"warm_socket": ', ""),
+])
+def test_netavark_socket_path(body, expect):
+    assert warm.netavark_socket_path(body) == expect
