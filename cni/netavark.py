@@ -136,9 +136,10 @@ def dispatch(argv: list[str], stdin: "BinaryIO", stdout: "TextIO", stderr: "Text
 
 
 def main() -> int:
-    # the installed plugin calls flatnet.cni.__main__.netavark directly (lean imports)
-    from flatnet.cni.__main__ import netavark
-    return netavark()
+    """`python -m flatnet.cni.netavark`: always the cold path. The installed plugin enters
+    at flatnet.cni.__main__.netavark, which tries the warm daemon first."""
+    import sys
+    return dispatch(sys.argv, sys.stdin.buffer, sys.stdout, sys.stderr)
 
 
 if __name__ == "__main__":

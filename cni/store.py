@@ -14,6 +14,8 @@ Files live on disk, so reservations survive reboots. An entry is written without
 fsync (as host-local does): fsync cost 1-27 ms of a loaded host's ADD, and what it
 guarded is small. A crash of the whole host can leave an entry empty; an empty entry
 names no container, so no ADD reuses it and GC frees it (docs/decisions.md).
+last_reserved_ip and stats.json are rewritten in place, never truncated or renamed
+over: on ext4 each of those cost 0.25 ms idle and 2 ms on a busy host (decision 44).
 """
 from __future__ import annotations
 

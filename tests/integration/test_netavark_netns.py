@@ -26,10 +26,7 @@ def plugin(*argv: str, stdin: dict) -> tuple[int, dict | None]:
 def network(tmp_path):
     tag = uuid.uuid4().hex[:6]
     net = {"name": f"{RUN_PREFIX}{tag}", "id": "ab" * 32, "driver": "flatnet", "network_interface": f"fv{tag}",
-           "subnets": [{"subnet": "10.87.238.0/24"}],
-           # warm_socket "": the code under test does the work, never a warm daemon the
-           # machine may run from an installed version (test_cni_warm.py tests that path)
-           "options": {"data_dir": str(tmp_path / "ipam"), "warm_socket": ""}}
+           "subnets": [{"subnet": "10.87.238.0/24"}], "options": {"data_dir": str(tmp_path / "ipam")}}
     rc, created = plugin("create", stdin=net)
     assert rc == 0, created
     yield created
@@ -89,8 +86,7 @@ def test_lease_change_is_reported(tmp_path, netns_factory):
     tag = uuid.uuid4().hex[:6]
     rc, net = plugin("create", stdin={"name": f"{RUN_PREFIX}{tag}", "id": "ab" * 32, "driver": "flatnet",
                                       "network_interface": f"fl{tag}",
-                                      "options": {"data_dir": str(tmp_path / "ipam"), "lease_file": str(lease),
-                                                  "warm_socket": ""}})
+                                      "options": {"data_dir": str(tmp_path / "ipam"), "lease_file": str(lease)}})
     assert rc == 0, net
     lease.write_text('{"subnet": "10.87.237.0/24", "gateway": "10.87.237.1"}')
     ns = netns_factory("nvl")

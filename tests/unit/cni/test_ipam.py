@@ -174,6 +174,7 @@ def test_stats_are_counted_in_place_and_a_corrupt_file_is_replaced(tmp_path):
     import json
 
     from flatnet.cni.store import record
+
     (tmp_path / "net").mkdir()
     stats = tmp_path / "net" / "stats.json"
     stats.write_text("x" * 200)  # corrupt and longer than what replaces it

@@ -85,20 +85,6 @@ def test_environ_takes_the_request_variables_from_posix_environ():
     assert warm.encode_request(warm.environ(raw), b"{}").split(b"\0")[3] == b"/run/netns/\xff"
 
 
-def test_the_warm_path_imports_no_os_module():
-    # the client's start-up is most of a warm ADD: `os` (not loaded under -IS) costs 1-2 ms
-    # (docs/performance.md, "CNI start-up"); the flatnet package's __init__ counts too
-    import pathlib
-    import subprocess
-    import sys
-    root = str(pathlib.Path(warm.__file__).resolve().parents[1])
-    code = ("import sys; sys.path.insert(0, %r); import flatnet.cni.__main__, flatnet.cni.warm, _socket; "
-            "import flatnet.cni.warm as w; w.socket_path(b'{\"name\": \"n\"}'); w.netavark_socket_path(b'{}'); "
-            "print(sorted(m for m in sys.modules if m in ('os', 'typing', '__future__', 'json')))" % root)
-    out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
-
-
 def test_netavark_request_round_trip():
     body = b'{"network": {"name": "n"}}\0\xff'
     assert warmd.parse_netavark_request(warm.encode_netavark_request("setup", "/run/netns/x", body)) == \
