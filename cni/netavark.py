@@ -137,6 +137,8 @@ def dispatch(argv: list[str], stdin: "BinaryIO", stdout: "TextIO", stderr: "Text
 
 
 def main() -> int:
+    """`python -m flatnet.cni.netavark`: always the cold path. The installed plugin enters
+    at flatnet.cni.__main__.netavark, which tries the warm daemon first."""
     import sys
     return dispatch(sys.argv, sys.stdin.buffer, sys.stdout, sys.stderr)
 

@@ -15,7 +15,7 @@ from flatnet.cni.args import valid_container_id
 
 API_VERSION = "1.0.0"
 # options a flatnet network may carry (`podman network create -o KEY=VALUE`)
-OPTIONS = ("mtu", "metric", "lease_file", "data_dir", "subnet_source")
+OPTIONS = ("mtu", "metric", "lease_file", "data_dir", "warm_socket", "subnet_source")  # the last: set by `create`
 SOURCE_LEASE, SOURCE_STATIC = "lease", "static"
 MAX_ALIASES = 64
 DEFAULT_METRIC = 100  # netavark's bridge driver uses 100 too: a second network adds 1 per ethN
@@ -61,7 +61,7 @@ def parse_options(network: dict) -> dict:
     for key, value in options.items():
         if key not in OPTIONS:
             raise _fail("network.options", f"unknown option {key!r}"[:200] + "; flatnet accepts "
-                        + ", ".join(OPTIONS[:4]))
+                        + ", ".join(OPTIONS[:-1]))
         if not isinstance(value, str) or len(value) > 4096:
             raise _fail(f"network.options.{key}", "must be a string of at most 4096 characters")
     if options.get("subnet_source", SOURCE_STATIC) not in (SOURCE_LEASE, SOURCE_STATIC):
