@@ -30,7 +30,7 @@ def call(plugin: str, command: str, conf: dict, cid: str, netns: str) -> float:
 
 
 def plugin_latency(n: int, tmp: str, tag: str, flatnet: str = "flatnet", compare: str | None = None,
-                   warm: str = "") -> dict:
+                   warm: str = "", compare_warm: str = "") -> dict:
     confs = {
         "flatnet": {"cniVersion": "1.0.0", "name": f"bf{tag}", "type": "flatnet", "bridge": f"bf{tag}",
                     "subnet": "10.87.244.0/24", "dataDir": f"{tmp}/fl", "warmSocket": warm},
@@ -41,7 +41,7 @@ def plugin_latency(n: int, tmp: str, tag: str, flatnet: str = "flatnet", compare
     plugins = {"flatnet": flatnet, "bridge+host-local": "bridge"}
     if compare:  # another build of the plugin (e.g. before a change), in the same interleaved run
         confs["flatnet (compare)"] = {**confs["flatnet"], "name": f"bc{tag}", "bridge": f"bc{tag}",
-                                      "subnet": "10.87.248.0/24", "dataDir": f"{tmp}/fc", "warmSocket": ""}
+                                      "subnet": "10.87.248.0/24", "dataDir": f"{tmp}/fc", "warmSocket": compare_warm}
         plugins["flatnet (compare)"] = compare
     results: dict = {name: {"add": [], "del": []} for name in confs}
     namespaces = []
@@ -107,14 +107,17 @@ def main(argv: list[str]) -> int:
                    "timed in the same interleaved run")
     p.add_argument("--warm", default="", metavar="SOCKET",
                    help="the flatnet row uses the warm daemon on SOCKET (flatnet-cni-warm --socket SOCKET); "
-                        "default: the cold path (warmSocket \"\"); the --compare row is always cold")
+                        "default: the cold path (warmSocket \"\")")
+    p.add_argument("--compare-warm", default="", metavar="SOCKET",
+                   help="the --compare row uses the warm daemon on SOCKET (e.g. one started from the "
+                        "code before a change); default: cold")
     a = p.parse_args(argv)
     if not os.path.exists(os.path.join(PLUGIN_DIR, "bridge")):
         raise SystemExit("reference plugins missing: apt-get install containernetworking-plugins")
     tag = uuid.uuid4().hex[:4]
     tmp = tempfile.mkdtemp(prefix="fnbench-")
     try:
-        lat = plugin_latency(a.n, tmp, tag, a.flatnet, a.compare, a.warm)
+        lat = plugin_latency(a.n, tmp, tag, a.flatnet, a.compare, a.warm, a.compare_warm)
         run = podman_run_time(a.podman_runs, tmp, tag) if a.podman_runs else {}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -126,6 +129,8 @@ def main(argv: list[str]) -> int:
         print(f"(the flatnet row went through the warm daemon on {a.warm})")
     print(f"\nflatnet ADD p50 / reference ADD p50 = {ratio:.2f} (goal <= 1.5), n={a.n}")
     if a.compare:
+        print(f"(the compare row went through the warm daemon on {a.compare_warm})" if a.compare_warm else
+              "(the compare row took the cold path)")
         print(f"compare ADD p50 / reference ADD p50 = "
               f"{lat['flatnet (compare)']['add']['p50_ms'] / lat['bridge+host-local']['add']['p50_ms']:.2f}")
     write_json(a.json, "cni", {"plugin": lat, "podman_run": run, "add_ratio": ratio})

@@ -14,36 +14,19 @@ import os
 
 from flatnet.cni import ipam
 from flatnet.cni.conf import NetConf
-from flatnet.cni.core import attach, detach, resolve_lease, with_netns
+from flatnet.cni.core import attach, detach, resolve_lease, resolve_lease_dns, with_netns
 from flatnet.cni.errors import CHECK_FAILED, CniError, INVALID_CONFIG, NOT_AVAILABLE
 from flatnet.cni.ipv4 import format_ip
 from flatnet.cni.netlink import Netlink
 from flatnet.cni.netns import (VETH_PREFIX, find_host_veth, legacy_veth_name, netlink_in, open_netns,
                        parse_owner, veth_owner)
-from flatnet.cni import jsonlite as json
-from flatnet.cni.result import add_result, container_ip, lease_dns
+from flatnet.cni.result import add_result, container_ip
 from flatnet.cni.args import CmdArgs
 from flatnet.cni.store import FileStore
 from flatnet.cni.undo import Undo
 
 
 MAX_ALIASES = 32
-
-
-def _dns(conf: NetConf, store: FileStore) -> dict | None:
-    """The engine's DNS server from its lease (file, else the cached copy); none in
-    standalone mode (docs/cni.md, "Names")."""
-    if conf.subnet is not None:
-        return None
-    try:
-        with open(conf.lease_file) as f:
-            text: str | None = f.read()
-    except OSError:
-        text = store.read_cached_lease()
-    try:
-        return lease_dns(json.loads(text)) if text else None
-    except ValueError:
-        return None
 
 
 def container_names(args: CmdArgs, conf: NetConf) -> list[str]:
@@ -65,7 +48,7 @@ def container_names(args: CmdArgs, conf: NetConf) -> list[str]:
 def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
     with with_netns(args.netns) as netns_fd, FileStore(conf.data_dir, conf.name) as store, \
             Netlink() as nl, Undo() as undo:
-        subnet, gateway = resolve_lease(conf, store)
+        subnet, gateway, dns = resolve_lease_dns(conf, store)
         held = store.get_by_id(args.container_id, args.ifname)
         ip = ipam.allocate(store, subnet, gateway, args.container_id, args.ifname)
         if held != ip:
@@ -76,7 +59,7 @@ def cmd_add(args: CmdArgs, conf: NetConf) -> dict:
                             host=(made.host.name, made.host.mac),
                             container=(args.ifname, made.container.mac),
                             sandbox=args.netns, ip=ip, subnet=subnet, gateway=gateway,
-                            dns=_dns(conf, store))
+                            dns=dns)
         names = container_names(args, conf)
         if names:
             try:  # for the engine's DNS; removed with the address (store.release)

@@ -9,7 +9,7 @@ from flatnet.cni import jsonlite as json
 
 from flatnet.cni.errors import (CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
                         NO_LEASE)
-from flatnet.cni.ipv4 import Subnet, parse_ip, parse_subnet
+from flatnet.cni.ipv4 import Subnet, format_ip, parse_ip, parse_subnet
 from flatnet.engine.proto.confparse import type_problem
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
@@ -137,6 +137,12 @@ def load_netconf(stdin: bytes) -> NetConf:
 
 def parse_lease(text: str, source: str) -> tuple[Subnet, int]:
     """The engine's lease file: {"subnet": "10.87.N.0/24", "gateway": "10.87.N.1"}."""
+    subnet, gateway, _ = parse_lease_dns(text, source)
+    return subnet, gateway
+
+
+def parse_lease_dns(text: str, source: str) -> tuple[Subnet, int, dict | None]:
+    """parse_lease, and the lease's `dns` (lease_dns) from the same parse."""
     try:
         raw = json.loads(text)
         subnet = parse_subnet(raw["subnet"], "subnet")
@@ -146,4 +152,32 @@ def parse_lease(text: str, source: str) -> tuple[Subnet, int]:
                        "restart flatnet-engine to rewrite it") from None
     if not subnet.contains_host(gateway):
         raise CniError(NO_LEASE, f"lease file {source}: gateway outside {subnet}")
-    return subnet, gateway
+    return subnet, gateway, lease_dns(raw)
+
+
+MAX_NAMESERVERS, MAX_SEARCH = 3, 6  # what resolv.conf readers (glibc, musl) use at most
+
+
+def lease_dns(lease: dict) -> dict | None:
+    """The `dns` of an engine's lease file: {"nameservers": [1..3 IPv4 addresses],
+    "search": [0..6 domain names]}, as the engine writes it while it serves DNS on the
+    gateway address. None when absent or malformed: then the runtime keeps its own
+    resolv.conf. Strict on purpose: Podman writes these strings into resolv.conf (a
+    newline would add a line), and netavark refuses a StatusBlock whose dns_server_ips
+    are not IP addresses."""
+    from flatnet.engine.proto.names import host_problem
+    dns = lease.get("dns")
+    if not isinstance(dns, dict):
+        return None
+    servers, search = dns.get("nameservers"), dns.get("search", [])
+    if not isinstance(servers, list) or not isinstance(search, list) or not servers:
+        return None
+    servers, search = servers[:MAX_NAMESERVERS], search[:MAX_SEARCH]
+    if not all(isinstance(s, str) for s in servers) or any(host_problem(d) for d in search):
+        return None
+    try:  # canonical dotted quads only: inet_aton also takes "10.87.1.1 junk" and octal
+        if any(format_ip(parse_ip(s, "dns.nameservers")) != s for s in servers):
+            return None
+    except CniError:
+        return None
+    return {"nameservers": servers, "search": [d.lower() for d in search]}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from flatnet.cni.conf import NetConf, parse_lease
+from flatnet.cni.conf import NetConf, parse_lease_dns
 from flatnet.cni.errors import CniError, IP_CONFLICT, NO_LEASE
 from flatnet.cni.ipv4 import Subnet, format_ip
 from flatnet.cni.netlink import Link, Netlink
@@ -29,9 +29,19 @@ from flatnet.cni.undo import Undo
 def resolve_lease(conf: NetConf, store: FileStore) -> tuple[Subnet, int]:
     """The subnet to allocate from: the configuration's, else the engine's lease file,
     else the last lease this host used (so containers start while the engine is down)."""
+    subnet, gateway, _ = resolve_lease_dns(conf, store)
+    return subnet, gateway
+
+
+def resolve_lease_dns(conf: NetConf, store: FileStore) -> tuple[Subnet, int, dict | None]:
+    """resolve_lease, and the engine's DNS server from the same lease, read once:
+    {"nameservers": ["10.87.A.1"], "search": ["flatnet"]} while the engine serves names
+    (cni.conf.lease_dns). None in standalone mode (a subnet in the configuration: no
+    engine) and while the lease has no `dns`. Both plugins hand it to Podman, which
+    writes it into the container's resolv.conf (docs/engine.md, "Names")."""
     if conf.subnet is not None:
         assert conf.gateway is not None
-        return conf.subnet, conf.gateway
+        return conf.subnet, conf.gateway, None
     try:
         with open(conf.lease_file) as f:
             text = f.read()
@@ -42,10 +52,10 @@ def resolve_lease(conf: NetConf, store: FileStore) -> tuple[Subnet, int]:
                            "has never had a lease",
                            "start flatnet-engine (it writes the lease), or give the network a subnet "
                            "for standalone single-host mode") from None
-        return parse_lease(cached, store.dir + "/lease.json")
+        return parse_lease_dns(cached, store.dir + "/lease.json")
     except OSError as exc:
         raise CniError(NO_LEASE, f"cannot read lease file {conf.lease_file}: {exc.strerror}") from None
-    lease = parse_lease(text, conf.lease_file)
+    lease = parse_lease_dns(text, conf.lease_file)
     store.cache_lease(text)
     return lease
 

@@ -36,8 +36,8 @@ WRAPPER = """#!{python} -IS
 # -IS: no site, no environment, no current directory on the path: fast start-up.
 import sys
 sys.path.insert(0, {repo!r})
-from flatnet.cni.netavark import main
-sys.exit(main())
+from flatnet.cni.__main__ import netavark
+sys.exit(netavark())
 """
 
 

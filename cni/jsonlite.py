@@ -4,8 +4,6 @@ Why: `import json` pulls in `re` (and `re` pulls in `enum`): ~9 ms of the plugin
 ~25 ms start-up on this machine. `_json` holds the same C scanner and encoder that
 the json module uses, so parsing and output are the json module's own.
 """
-from __future__ import annotations
-
 # Bounds on what the plugin parses: a runtime's config plus prevResult is a few KiB.
 # Deeper or larger input is refused as a decoding failure, never a RecursionError.
 MAX_INPUT = 1 << 20
@@ -37,7 +35,10 @@ def loads(data: bytes | str) -> object:
     """Parse JSON of at most MAX_INPUT bytes and MAX_DEPTH levels; ValueError otherwise."""
     if len(data) > MAX_INPUT:
         raise ValueError(f"input of {len(data)} bytes is larger than the {MAX_INPUT} byte limit")
-    text = data.decode("utf-8-sig") if isinstance(data, (bytes, bytearray)) else data
+    if isinstance(data, (bytes, bytearray)):  # a BOM is allowed; "utf-8-sig" would load one more codec
+        text = data[3:].decode() if data[:3] == b"\xef\xbb\xbf" else data.decode()
+    else:
+        text = data
     try:
         obj = _parse(text)
     except RecursionError:  # the parser stopped itself: deeper than the interpreter allows

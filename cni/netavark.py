@@ -41,7 +41,7 @@ def cmd_create(network: object) -> dict:
 
 
 def cmd_setup(netns: str, body: object) -> dict:
-    from flatnet.cni.core import attach, reserve_static, resolve_lease, with_netns
+    from flatnet.cni.core import attach, reserve_static, resolve_lease_dns, with_netns
     from flatnet.cni.errors import NO_LEASE
     from flatnet.cni.netlink import Netlink
     from flatnet.cni.nvconf import SOURCE_LEASE, parse_exec, status_block
@@ -51,9 +51,10 @@ def cmd_setup(netns: str, body: object) -> dict:
     conf = att.conf
     with with_netns(netns) as netns_fd, FileStore(conf.data_dir, conf.name) as store, \
             Netlink() as nl, Undo() as undo:
+        dns = None  # standalone (a static subnet): no engine, so no resolver to name
         if att.source == SOURCE_LEASE:
             # Podman allocated from the subnet `create` stored; the host's lease may have changed since
-            subnet, gateway = resolve_lease(conf, store)
+            subnet, gateway, dns = resolve_lease_dns(conf, store)
             if (subnet, gateway) != (att.subnet, att.gateway):
                 from flatnet.cni.ipv4 import format_ip
                 raise CniError(NO_LEASE, f"network {conf.name} was created for subnet {att.subnet} but this "
@@ -67,7 +68,7 @@ def cmd_setup(netns: str, body: object) -> dict:
         made = attach(conf, nl, netns_fd, att.container_id, att.ifname, att.ip, att.subnet, att.gateway,
                       undo, mac=att.mac, metric=att.metric)
         undo.pop_all()
-    return status_block(att.ifname, made.container.mac, att.ip, att.subnet, att.gateway)
+    return status_block(att.ifname, made.container.mac, att.ip, att.subnet, att.gateway, dns)
 
 
 def cmd_teardown(netns: str, body: object) -> None:
@@ -136,6 +137,8 @@ def dispatch(argv: list[str], stdin: "BinaryIO", stdout: "TextIO", stderr: "Text
 
 
 def main() -> int:
+    """`python -m flatnet.cni.netavark`: always the cold path. The installed plugin enters
+    at flatnet.cni.__main__.netavark, which tries the warm daemon first."""
     import sys
     return dispatch(sys.argv, sys.stdin.buffer, sys.stdout, sys.stderr)
 

@@ -15,7 +15,7 @@ from flatnet.cni.args import valid_container_id
 
 API_VERSION = "1.0.0"
 # options a flatnet network may carry (`podman network create -o KEY=VALUE`)
-OPTIONS = ("mtu", "metric", "lease_file", "data_dir", "subnet_source")
+OPTIONS = ("mtu", "metric", "lease_file", "data_dir", "warm_socket", "subnet_source")  # the last: set by `create`
 SOURCE_LEASE, SOURCE_STATIC = "lease", "static"
 MAX_ALIASES = 64
 DEFAULT_METRIC = 100  # netavark's bridge driver uses 100 too: a second network adds 1 per ethN
@@ -61,7 +61,7 @@ def parse_options(network: dict) -> dict:
     for key, value in options.items():
         if key not in OPTIONS:
             raise _fail("network.options", f"unknown option {key!r}"[:200] + "; flatnet accepts "
-                        + ", ".join(OPTIONS[:4]))
+                        + ", ".join(OPTIONS[:-1]))
         if not isinstance(value, str) or len(value) > 4096:
             raise _fail(f"network.options.{key}", "must be a string of at most 4096 characters")
     if options.get("subnet_source", SOURCE_STATIC) not in (SOURCE_LEASE, SOURCE_STATIC):
@@ -118,7 +118,9 @@ def created_network(network: dict, subnet: Subnet, gateway: int, source: str, br
     out["subnets"] = [{"subnet": str(subnet), "gateway": format_ip(gateway)}]
     out["network_interface"] = bridge
     out["options"] = {**(network.get("options") or {}), "subnet_source": source}
-    out["dns_enabled"] = False  # no resolver in the plugin: the engine's comes with names
+    # netavark's own resolver (aardvark-dns) serves only its bridge driver: setup names
+    # the engine's resolver in the StatusBlock instead (docs/podman5.md, "Names (DNS)")
+    out["dns_enabled"] = False
     return out
 
 
@@ -207,11 +209,15 @@ def parse_exec(body: object, setup: bool) -> Attachment:
                       source=options.get("subnet_source", SOURCE_STATIC))
 
 
-def status_block(ifname: str, mac: str, ip: int, subnet: Subnet, gateway: int) -> dict:
-    """setup's answer: Podman shows it in `podman inspect` (NetworkSettings)."""
+def status_block(ifname: str, mac: str, ip: int, subnet: Subnet, gateway: int,
+                 dns: dict | None = None) -> dict:
+    """setup's answer: Podman shows it in `podman inspect` (NetworkSettings), and writes
+    dns_server_ips and dns_search_domains into the container's resolv.conf. dns is the
+    engine's resolver from the lease (cni.conf.lease_dns: IPv4 addresses and checked
+    domain names); None: no DNS server (standalone mode, or the engine serves none)."""
     return {
-        "dns_search_domains": [],
-        "dns_server_ips": [],
+        "dns_search_domains": list(dns["search"]) if dns else [],
+        "dns_server_ips": list(dns["nameservers"]) if dns else [],
         "interfaces": {ifname: {"mac_address": mac, "subnets": [
             {"ipnet": f"{format_ip(ip)}/{subnet.prefix}", "gateway": format_ip(gateway)}]}},
     }

@@ -44,16 +44,3 @@ def container_ip(prev_result: dict | None) -> tuple[str, str | None] | None:
             return entry["address"], entry.get("gateway")
     return None
 
-
-def lease_dns(lease: dict) -> dict | None:
-    """The `dns` of an engine's lease file, if it is well formed: {"nameservers": [up
-    to 3 strings], "search": [up to 6 strings]} (the engine serves names on the gateway)."""
-    dns = lease.get("dns")
-    if not isinstance(dns, dict):
-        return None
-    servers, search = dns.get("nameservers"), dns.get("search", [])
-    if not isinstance(servers, list) or not isinstance(search, list) or not servers:
-        return None
-    if not all(isinstance(x, str) and 0 < len(x) <= 253 for x in servers[:3] + search[:6]):
-        return None
-    return {"nameservers": servers[:3], "search": search[:6]}

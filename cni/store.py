@@ -14,10 +14,11 @@ Files live on disk, so reservations survive reboots. An entry is written without
 fsync (as host-local does): fsync cost 1-27 ms of a loaded host's ADD, and what it
 guarded is small. A crash of the whole host can leave an entry empty; an empty entry
 names no container, so no ADD reuses it and GC frees it (docs/decisions.md).
+last_reserved_ip and stats.json are rewritten in place, never truncated or renamed
+over: on ext4 each of those cost 0.25 ms idle and 2 ms on a busy host (decision 45).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 
@@ -113,7 +114,11 @@ class FileStore:
             return None
 
     def set_last_reserved(self, ip: int) -> None:
-        self._write_atomic("last_reserved_ip", format_ip(ip))
+        # rewritten in place, padded to one length: truncating or renaming over a file
+        # makes ext4 allocate and flush at once (auto_da_alloc), 0.3 ms idle and 2 ms on
+        # a busy host. Only holders of the lock read it; a torn write (host crash) reads
+        # as "no start", so the search starts at the subnet's beginning
+        write_in_place(self._path("last_reserved_ip"), format_ip(ip).ljust(LAST_RESERVED_WIDTH).encode() + b"\n")
 
     def read_cached_lease(self) -> str | None:
         try:
@@ -133,8 +138,18 @@ class FileStore:
         os.replace(tmp, self._path(name))
 
 
-def is_enoent(exc: OSError) -> bool:
-    return exc.errno == errno.ENOENT
+LAST_RESERVED_WIDTH = 15  # the longest dotted quad
+
+
+def write_in_place(path: str, data: bytes) -> None:
+    """Overwrite the start of a small file, cutting off only a longer old tail."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        if os.fstat(fd).st_size > len(data):
+            os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 def record(data_dir: str, network: str, command: str, result: str) -> None:
@@ -160,9 +175,9 @@ def record(data_dir: str, network: str, command: str, result: str) -> None:
         key = f"{command}:{result}"
         counts[key] = int(counts.get(key, 0)) + 1
         data = jsonlite.dumps(counts).encode()
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        os.write(fd, data)
+        os.pwrite(fd, data, 0)  # in place: counts only grow, so no truncate (see set_last_reserved)
+        if len(data) < len(raw):
+            os.ftruncate(fd, len(data))
     except OSError:
         pass
     finally:

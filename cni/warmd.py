@@ -1,5 +1,6 @@
-"""The warm daemon: runs the plugin's ADD and DEL for callers of cni.warm, with every
-module imported already (`flatnet-cni-warm`, unit deploy/systemd/flatnet-cni-warm.service).
+"""The warm daemon: runs the CNI plugin's ADD and DEL and the netavark plugin's setup and
+teardown for callers of cni.warm, with every module imported already
+(`flatnet-cni-warm`, unit deploy/systemd/flatnet-cni-warm.service).
 
 Rules:
 - the daemon never does what its caller could not do itself (no confused deputy). The
@@ -9,8 +10,9 @@ Rules:
   mount and network namespaces (so the paths and the host network are the caller's).
   A caller that fails the check gets b"F" and does the work itself, with its own
   rights, exactly as without the daemon;
-- it then runs `cni.skel.dispatch` on the request exactly as the plugin would: the same
-  validation before any change, the same undo on failure, the same answer;
+- it then runs `cni.skel.dispatch` (a netavark request: `cni.netavark.dispatch`) on the
+  request exactly as the plugin would: the same validation before any change, the same
+  undo on failure, the same answer;
 - one request at a time, each read bounded in size and time (RECV_TIMEOUT): a caller
   that connects and stalls delays others by that much, and they fall back after
   cni.warm.WARM_TIMEOUT anyway. Bad input is counted and logged, never answered with
@@ -26,8 +28,9 @@ import socket
 import stat
 import struct
 
+from flatnet.cni.netavark import dispatch as netavark_dispatch
 from flatnet.cni.skel import dispatch
-from flatnet.cni.warm import DEFAULT_SOCKET, KEYS, MAGIC, MAX_REPLY, MAX_REQUEST
+from flatnet.cni.warm import DEFAULT_SOCKET, KEYS, MAGIC, MAX_REPLY, MAX_REQUEST, NV_MAGIC, NV_VERBS
 
 log = logging.getLogger("flatnet.cni.warmd")
 RECV_TIMEOUT = 1.0
@@ -86,14 +89,32 @@ def parse_request(msg: bytes) -> tuple[dict[str, str], bytes] | None:
     return env, parts[-1]
 
 
+def parse_netavark_request(msg: bytes) -> tuple[list[str], bytes] | None:
+    """(argv as netavark gives it to the plugin, stdin) or None for a malformed request."""
+    parts = msg.split(b"\0", 3)
+    if len(parts) != 4 or parts[0] != NV_MAGIC:
+        return None
+    verb, netns = (p.decode("utf-8", "surrogateescape") for p in parts[1:3])
+    if verb not in NV_VERBS or not netns.startswith("/"):
+        return None
+    return ["flatnet", verb, netns], parts[3]
+
+
 def handle(msg: bytes) -> bytes | None:
     """The answer to one request of a caller `refusal` passed; None: drop it."""
-    req = parse_request(msg)
-    if req is None:
-        return None
-    env, data = req
     out, err = io.StringIO(), io.StringIO()
-    rc = dispatch(env, io.BytesIO(data), out, err)
+    if msg.startswith(NV_MAGIC + b"\0"):
+        nv = parse_netavark_request(msg)
+        if nv is None:
+            return None
+        argv, data = nv
+        rc = netavark_dispatch(argv, io.BytesIO(data), out, err)
+    else:
+        req = parse_request(msg)
+        if req is None:
+            return None
+        env, data = req
+        rc = dispatch(env, io.BytesIO(data), out, err)
     reply = b"R" + bytes([rc]) + out.getvalue().encode() + b"\0" + err.getvalue().encode()
     return reply if len(reply) <= MAX_REPLY else None
 
@@ -160,7 +181,8 @@ class Server:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flatnet-cni-warm",
-                                description="answer the flatnet CNI plugin's ADD and DEL from a warm process")
+                                description="answer the flatnet CNI plugin's ADD and DEL and the netavark "
+                                "plugin's setup and teardown from a warm process")
     p.add_argument("--socket", default=DEFAULT_SOCKET)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

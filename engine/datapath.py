@@ -11,10 +11,12 @@ import ipaddress
 import socket
 import struct
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
 from flatnet.engine.crypto import ffi, lib
+from flatnet.engine.datapath_port import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW, CTRL_ROAM,  # noqa: F401
+                                          CTRL_VERSION, RELAY_ALL, RELAY_OFF, RELAY_OTHERS, RX_SLOTS, ControlItem,
+                                          PeerStats)
 
 DROP_REASONS = {
     lib.FN_DROP_SHORT: "short", lib.FN_DROP_TYPE: "unknown_type", lib.FN_DROP_INDEX: "unknown_index",
@@ -35,13 +37,13 @@ IO_COUNTERS = {
     lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
     lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held", lib.FN_IO_MODERATED: "moderation_pauses",
 }
-CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION, CTRL_FORWARD = (
-    lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM, lib.FN_CTRL_VERSION, lib.FN_CTRL_FORWARD)
-# set_relay_mode: type 5 received (an engine); all forwarded (a lighthouse); forwarded
-# unless addressed to this node (an engine with [relay] enabled = true)
-RELAY_OFF, RELAY_ALL, RELAY_OTHERS = lib.FN_RELAY_OFF, lib.FN_RELAY_ALL, lib.FN_RELAY_OTHERS
+# the control plane's copy of the C header's numbers (engine/device.py imports no C)
+if (CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION, CTRL_FORWARD, RX_SLOTS, RELAY_OFF, RELAY_ALL, RELAY_OTHERS) != (
+        lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM, lib.FN_CTRL_VERSION, lib.FN_CTRL_FORWARD,
+        lib.FN_RX_SLOTS, lib.FN_RELAY_OFF, lib.FN_RELAY_ALL, lib.FN_RELAY_OTHERS):
+    raise ImportError("engine/datapath_port.py and engine/crypto/csrc/fastpath.h disagree on "
+                      "FN_CTRL_*/FN_RX_SLOTS/FN_RELAY_*")
 MAX_PEERS = lib.FN_MAX_PEERS
-RX_SLOTS = lib.FN_RX_SLOTS
 
 
 def sockaddr(addr: tuple[str, int], family: int = socket.AF_INET) -> bytes:
@@ -64,27 +66,6 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int] | None:
         ip = ipaddress.IPv6Address(raw[8:24])  # the spelling engine.proto.endpoint.address gives
         return str(ip.ipv4_mapped or ip), struct.unpack_from("!H", raw, 2)[0]
     return None
-
-
-@dataclass(frozen=True)
-class PeerStats:
-    tx_packets: int
-    tx_bytes: int
-    rx_packets: int
-    rx_bytes: int
-    rx_dropped: int
-    last_tx: float | None  # monotonic seconds, as time.monotonic()
-    last_rx: float | None
-    tx_counter: int
-    has_keys: bool
-
-
-@dataclass(frozen=True)
-class ControlItem:
-    kind: int
-    peer: int
-    data: bytes
-    addr: tuple[str, int] | None
 
 
 class DataPath:

@@ -7,6 +7,7 @@ would otherwise write and test ourselves.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -27,6 +28,9 @@ def cni_counters(data_dir: str) -> dict[tuple[str, str, str], int]:
     for net in networks:
         try:
             with open(os.path.join(data_dir, net, "stats.json")) as f:
+                # the plugin rewrites the file in place under LOCK_EX (flatnet.cni.store.record);
+                # held (a few microseconds): skip this network for one scrape, never wait
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 for key, count in json.load(f).items():
                     command, _, result = key.partition(":")
                     out[(net, command, result)] = int(count)

@@ -6,7 +6,8 @@ import pathlib
 
 import pytest
 
-from tests.harness.sandbox import IMAGE, PYTHON, Sandbox, import_busybox, install_flatnet
+from tests.harness.sandbox import (IMAGE, PYTHON, Sandbox, import_busybox, install_flatnet, lease_json,
+                                   resolv_conf)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -87,6 +88,26 @@ def test_container_gets_its_address_mac_and_mtu(clean):
     assert names[0] == "fixed" and "www" in names
     sb.podman("rm", "-f", "-t", "0", "fixed")
     assert sb.run("ls", f"{STORE}/names").stdout.split() == []
+
+
+def test_resolv_conf_names_the_engines_resolver_while_it_serves_names(clean):
+    """The lease says the engine serves names (its `dns`): setup's StatusBlock names it,
+    and Podman writes it into the container's resolv.conf, with the search domain. A
+    standalone network (--subnet: no engine) and a lease without `dns` name nothing."""
+    sb = clean
+    sb.write("/run/flatnet/lease.json", lease_json(LEASE, dns=True))
+    sb.podman("network", "create", "-d", "flatnet", "--subnet", "10.87.35.0/24", "--interface-name",
+              "flatnet-br3", "alone")
+    try:
+        servers, search = resolv_conf(run(sb, "--rm", IMAGE, "cat", "/etc/resolv.conf").stdout)
+        assert servers == ["10.87.31.1"] and search[0] == "flatnet", (servers, search)
+        alone = resolv_conf(run(sb, "--rm", IMAGE, "cat", "/etc/resolv.conf", network="alone").stdout)
+        assert "10.87.35.1" not in alone[0] and "flatnet" not in alone[1], alone
+    finally:
+        sb.write("/run/flatnet/lease.json", lease_json(LEASE))
+        sb.podman("network", "rm", "alone", check=False)
+    servers, search = resolv_conf(run(sb, "--rm", IMAGE, "cat", "/etc/resolv.conf").stdout)
+    assert "10.87.31.1" not in servers and "flatnet" not in search, (servers, search)
 
 
 def test_three_containers_reach_each_other_and_the_sandbox_host(clean):
@@ -190,13 +211,13 @@ def test_doctor_checks_the_netavark_backend(sb):
     assert found["flatnet network"] == {"ok": True, "check": "flatnet network",
                                         "detail": f"network flatnet uses {LEASE}", "fix": found["flatnet network"]["fix"]}
     # the host's lease moved: the doctor says the network is stale and how to fix it
-    sb.write("/run/flatnet/lease.json", '{"subnet": "10.87.33.0/24", "gateway": "10.87.33.1"}')
+    sb.write("/run/flatnet/lease.json", lease_json("10.87.33.0/24"))
     try:
         found = {f["check"]: f for f in json.loads(sb.run(PYTHON, "-c", code).stdout)}
         assert not found["flatnet network"]["ok"]
         assert "lease is 10.87.33.0/24" in found["flatnet network"]["detail"]
     finally:
-        sb.write("/run/flatnet/lease.json", f'{{"subnet": "{LEASE}", "gateway": "10.87.31.1"}}')
+        sb.write("/run/flatnet/lease.json", lease_json(LEASE))
 
 
 def test_failure_after_the_veth_exists_is_undone(clean):

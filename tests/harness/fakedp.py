@@ -1,4 +1,5 @@
-"""A fake of engine.datapath.DataPath for control-plane tests without root or threads.
+"""A fake of engine.datapath.DataPath for control-plane tests without root, threads or C
+(the interface the Device uses: engine/datapath_port.py DataPathPort).
 
 It models what the C data path (engine/crypto/csrc/outside.c, inside.c, fastpath.c)
 does for the control plane, on the clock the test passes in:
@@ -34,8 +35,8 @@ from typing import Callable
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
-from flatnet.engine.datapath import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RELAY_OFF,
-                                     RELAY_OTHERS, ControlItem, PeerStats)
+from flatnet.engine.datapath_port import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RELAY_OFF,
+                                          RELAY_OTHERS, ControlItem, PeerStats)
 from flatnet.engine.proto import cookie as cookies
 from flatnet.engine.proto.errors import RemoteProtocolError
 from flatnet.engine.proto.constants import (TYPE_CONTROL, TYPE_COOKIE, TYPE_DATA, TYPE_INITIATION, TYPE_RELAYED,

@@ -14,6 +14,7 @@ mirror during the first build only.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -234,9 +235,30 @@ def import_busybox(sb: Sandbox) -> str:
     return IMAGE
 
 
-def install_flatnet(sb: Sandbox, lease_subnet: str) -> str:
-    """Stand in for the engine (its lease file), then run the installer as install.sh does."""
-    net = lease_subnet.rsplit(".", 1)[0]
-    sb.write("/run/flatnet/lease.json", f'{{"subnet": "{lease_subnet}", "gateway": "{net}.1"}}')
+def lease_json(subnet: str, dns: bool = False) -> str:
+    """A lease file as the engine writes it; dns: as while it serves names on the gateway."""
+    gateway = subnet.rsplit(".", 1)[0] + ".1"
+    lease: dict = {"subnet": subnet, "gateway": gateway}
+    if dns:
+        lease["dns"] = {"nameservers": [gateway], "search": ["flatnet"]}
+    return json.dumps(lease)
+
+
+def install_flatnet(sb: Sandbox, lease_subnet: str, dns: bool = False) -> str:
+    """Stand in for the engine (its lease file; dns: as while it serves names), then run
+    the installer as install.sh does."""
+    sb.write("/run/flatnet/lease.json", lease_json(lease_subnet, dns))
     return sb.run(PYTHON, "-m", "flatnet.cni.install_netavark", "--root", "/", "--python", PYTHON,
                   "--repo", SRC).stdout
+
+
+def resolv_conf(text: str) -> tuple[list[str], list[str]]:
+    """(nameservers, search domains) of a resolv.conf, in order."""
+    servers, search = [], []
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] == "nameserver" and len(words) > 1:
+            servers.append(words[1])
+        elif words and words[0] == "search":
+            search += words[1:]
+    return servers, search

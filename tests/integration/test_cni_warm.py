@@ -211,3 +211,49 @@ def test_a_stalled_caller_delays_the_daemon_by_at_most_its_read_timeout(net, dae
     assert daemon.server.counts["io_error"] >= 1  # the staller, dropped after RECV_TIMEOUT
     assert daemon.server.counts["ok"] == 1  # and the plugin's request was run after it
     assert run_plugin("DEL", net, container_id=c, netns=ns.path) == (0, None)
+
+
+def netavark(*argv: str, stdin: dict) -> tuple[int, dict | None]:
+    """The netavark plugin as netavark runs it: the installed wrapper's entry point."""
+    code = "import sys; from flatnet.cni.__main__ import netavark; sys.exit(netavark())"
+    proc = subprocess.run([sys.executable, "-c", code, *argv], input=json.dumps(stdin).encode(),
+                          capture_output=True, timeout=30, cwd=REPO,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": REPO})
+    out = proc.stdout.decode().strip()
+    assert "Traceback" not in proc.stderr.decode()
+    return proc.returncode, (json.loads(out) if out else None)
+
+
+def test_netavark_setup_and_teardown_warm_and_cold_give_the_same_answer(tmp_path, netns_factory):
+    tag = uuid.uuid4().hex[:6]
+    sock = str(tmp_path / "warm.sock")
+    d = Daemon(sock)
+    network = {"name": f"{RUN_PREFIX}{tag}", "id": "ab" * 32, "driver": "flatnet", "network_interface": f"fn{tag}",
+               "subnets": [{"subnet": "10.87.235.0/24"}],
+               "options": {"data_dir": str(tmp_path / "ipam"), "warm_socket": sock}}
+    try:
+        rc, created = netavark("create", stdin=network)
+        assert rc == 0 and d.server.counts["ok"] == 0, created  # create is not a warm verb
+        cold_net = dict(created, options=dict(created["options"], warm_socket=""))
+        ns, c = netns_factory("nw"), cid()
+
+        def body(net, **opts):
+            return {"container_id": c, "container_name": "t", "port_mappings": None, "network": net,
+                    "network_options": {"interface_name": "eth0", "static_ips": ["10.87.235.7"], **opts}}
+        rc, warm_out = netavark("setup", ns.path, stdin=body(created, static_mac="02:12:34:56:78:9b"))
+        assert rc == 0 and d.server.counts["ok"] == 1, warm_out
+        rc, cold_out = netavark("setup", ns.path, stdin=body(cold_net, static_mac="02:12:34:56:78:9b"))
+        assert rc == 0 and d.server.counts["ok"] == 1
+        assert warm_out == cold_out and warm_out["interfaces"]["eth0"]["subnets"][0]["ipnet"] == "10.87.235.7/24"
+        assert sh("ping", "-c", "1", "-W", "2", "10.87.235.7", check=False).returncode == 0
+        # errors are the same too (an address outside the subnet)
+        bad = dict(body(created), network_options={"interface_name": "eth0", "static_ips": ["10.9.9.9"]})
+        rc_w, err_w = netavark("setup", ns.path, stdin=bad)
+        rc_c, err_c = netavark("setup", ns.path, stdin=dict(bad, network=cold_net))
+        assert (rc_w, err_w) == (rc_c, err_c) and rc_w == 1 and d.server.counts["ok"] == 2
+        for net in (created, cold_net):  # teardown, warm then cold: idempotent either way
+            assert netavark("teardown", ns.path, stdin=body(net)) == (0, None)
+        assert d.server.counts["ok"] == 3 and leftover_links("fn-" + c[:12]) == []
+    finally:
+        d.stop()
+        subprocess.run(["ip", "link", "del", network["network_interface"]], capture_output=True)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from flatnet.engine.io import control
-from flatnet.lab import Lab, sh
+from flatnet.demo import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import wait_for, wait_listening
 

@@ -239,7 +239,7 @@ def test_engines_register_again_within_two_seconds_of_a_lighthouse_restart(tmp_p
     """Engines (real ones, a Lab) that noticed their lighthouse was gone register again
     within 2 s of it being back (before: a handshake backoff of 1, 2, 4, 8 s, up to
     7.6 s measured)."""
-    from flatnet.lab import Lab
+    from flatnet.demo import Lab
     from tests.harness.netns import RUN_PREFIX
     lab = Lab(f"{RUN_PREFIX}r", str(tmp_path / "lab"), hosts=2, lighthouse=True)
     try:
@@ -267,7 +267,7 @@ def test_engines_keep_forwarding_when_a_lighthouse_and_an_etcd_member_die(tmp_pa
     the ping between their containers comes back within a few seconds (the engines
     move to another lighthouse's relay; issue 18: existing paths keep forwarding), and
     a direct path (host-1 to host-3) never stops."""
-    from flatnet.lab import UNDERLAY, Lab, sh
+    from flatnet.demo import UNDERLAY, Lab, sh
     from tests.harness.netns import RUN_PREFIX
     hosts = [f"{UNDERLAY}.{201 + i}" for i in range(3)]
     members = ", ".join(f'"{h}:{23790 + 2 * i}"' for i, h in enumerate(hosts))  # the harness's ports in a namespace

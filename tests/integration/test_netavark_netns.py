@@ -93,3 +93,36 @@ def test_lease_change_is_reported(tmp_path, netns_factory):
     rc, out = plugin("setup", ns.path, stdin=exec_body(net, uuid.uuid4().hex, ip="10.87.236.5"))
     assert rc == 1 and "this host's lease is now 10.87.237.0/24" in out["error"]
     assert "podman network rm" in out["error"]
+
+
+def test_setup_names_the_engines_resolver_from_the_lease(tmp_path, netns_factory):
+    """A lease-based network: setup's StatusBlock carries the lease's `dns` (the engine's
+    resolver on the gateway address), which Podman writes into resolv.conf. A lease
+    without `dns` (the engine serves no names) and a standalone network give none."""
+    lease = tmp_path / "lease.json"
+    lease.write_text('{"subnet": "10.87.235.0/24", "gateway": "10.87.235.1", '
+                     '"dns": {"nameservers": ["10.87.235.1"], "search": ["flatnet"]}}')
+    tag = uuid.uuid4().hex[:6]
+    rc, net = plugin("create", stdin={"name": f"{RUN_PREFIX}{tag}", "id": "ab" * 32, "driver": "flatnet",
+                                      "network_interface": f"fd{tag}",
+                                      "options": {"data_dir": str(tmp_path / "ipam"), "lease_file": str(lease)}})
+    assert rc == 0, net
+    try:
+        ns, cid = netns_factory("nvd"), uuid.uuid4().hex * 2
+        for lease_dns, want in ((True, (["10.87.235.1"], ["flatnet"])), (False, ([], []))):
+            if not lease_dns:
+                lease.write_text('{"subnet": "10.87.235.0/24", "gateway": "10.87.235.1"}')
+            rc, out = plugin("setup", ns.path, stdin=exec_body(net, cid, ip="10.87.235.7"))
+            assert rc == 0, out
+            assert (out["dns_server_ips"], out["dns_search_domains"]) == want
+            assert plugin("teardown", ns.path, stdin=exec_body(net, cid))[0] == 0
+    finally:
+        subprocess.run(["ip", "link", "del", f"fd{tag}"], capture_output=True)
+
+
+def test_standalone_network_names_no_resolver(network, netns_factory):
+    ns, cid = netns_factory("nvs"), uuid.uuid4().hex * 2
+    rc, out = plugin("setup", ns.path, stdin=exec_body(network, cid))
+    assert rc == 0, out
+    assert out["dns_server_ips"] == [] and out["dns_search_domains"] == []
+    assert plugin("teardown", ns.path, stdin=exec_body(network, cid))[0] == 0

@@ -35,3 +35,15 @@ def test_cni_startup_stays_lean():
     heavy = mods & {"pyroute2", "json", "re", "typing", "dataclasses", "socket", "enum", "msgpack", "nacl",
                     "argparse", "subprocess", "datetime", "ctypes"}
     assert not heavy, f"the container plugins import {heavy} on every container start"
+
+
+def test_the_warm_path_loads_no_os():
+    # a warm ADD (or netavark setup) is mostly the client's start-up: `os`, not loaded under
+    # -IS, costs it 1-2 ms (docs/performance.md, "CNI start-up"); flatnet/__init__.py counts too
+    code = ("import sys; sys.path.insert(0, %r); import flatnet.cni.__main__, flatnet.cni.warm as w, _socket; "
+            "w.socket_path(b'{\"name\": \"n\"}'); w.netavark_socket_path(b'{}'); "
+            "print(' '.join(sorted(sys.modules)))" % str(ROOT))
+    mods = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
+                              check=True).stdout.split())
+    extra = mods & {"os", "posixpath", "stat", "_collections_abc", "__future__", "typing", "json", "_json"}
+    assert not extra, f"the warm path loads {extra} before it asks the daemon"

@@ -24,7 +24,7 @@ def test_podman5_gets_plugin_drop_in_and_network(root):
     plugin = root / "usr/local/libexec/netavark/flatnet"
     assert plugin.stat().st_mode & 0o777 == 0o755
     assert plugin.read_text().startswith("#!/opt/flatnet/bin/python3 -IS\n")
-    assert "from flatnet.cni.netavark import main" in plugin.read_text()
+    assert "from flatnet.cni.__main__ import netavark" in plugin.read_text()
     conf = tomllib.loads((root / "etc/containers/containers.conf.d/50-flatnet-netavark.conf").read_text())
     assert conf["network"]["network_backend"] == "netavark"
     assert conf["network"]["netavark_plugin_dirs"][0] == "/usr/local/libexec/netavark"

@@ -146,3 +146,41 @@ def test_file_store_write_failure_leaves_no_entry(tmp_path, monkeypatch):
         monkeypatch.undo()
         assert "No space left on device" in err.value.msg
         assert store.entries() == []
+
+
+def test_last_reserved_is_rewritten_in_place_and_reads_back(tmp_path):
+    # in place, padded to one length (no truncate or rename: docs/performance.md): a long
+    # address, then a short one, then a long one again, each reads back exactly
+    with FileStore(str(tmp_path), "net") as store:
+        assert store.last_reserved() is None
+        for text in ("10.87.255.254", "10.0.0.2", "192.168.100.200"):
+            ip = parse_subnet(text + "/32", "s").network
+            store.set_last_reserved(ip)
+            assert store.last_reserved() == ip
+            assert len((tmp_path / "net" / "last_reserved_ip").read_bytes()) == 16
+
+
+def test_last_reserved_garbage_is_no_start_and_a_longer_tail_is_cut(tmp_path):
+    path = tmp_path / "net" / "last_reserved_ip"
+    with FileStore(str(tmp_path), "net") as store:
+        path.write_text("not an address, and longer than sixteen bytes\n")
+        assert store.last_reserved() is None  # e.g. a write torn by a host crash
+        store.set_last_reserved(0x0A000005)
+        assert path.read_text() == "10.0.0.5".ljust(15) + "\n"
+        assert store.last_reserved() == 0x0A000005
+
+
+def test_stats_are_counted_in_place_and_a_corrupt_file_is_replaced(tmp_path):
+    import json
+
+    from flatnet.cni.store import record
+
+    (tmp_path / "net").mkdir()
+    stats = tmp_path / "net" / "stats.json"
+    stats.write_text("x" * 200)  # corrupt and longer than what replaces it
+    record(str(tmp_path), "net", "ADD", "ok")
+    assert json.loads(stats.read_text()) == {"ADD:ok": 1}
+    for _ in range(11):
+        record(str(tmp_path), "net", "ADD", "ok")
+    record(str(tmp_path), "net", "DEL", "ok")
+    assert json.loads(stats.read_text()) == {"ADD:ok": 12, "DEL:ok": 1}

@@ -53,3 +53,11 @@ def test_any_bracket_soup_parses_or_is_a_value_error(parts):
         jsonlite.loads(text)
     except ValueError:
         pass
+
+
+def test_a_byte_order_mark_is_allowed_and_bad_utf8_is_a_value_error():
+    # as json.loads on bytes; without loading the utf-8-sig codec when there is no BOM
+    assert jsonlite.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    assert jsonlite.loads('{"a": "\u00e9"}'.encode()) == {"a": "\u00e9"}
+    with pytest.raises(ValueError):
+        jsonlite.loads(b'{"a": "\xff"}')

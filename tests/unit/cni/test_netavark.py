@@ -90,6 +90,11 @@ def test_status_block_is_what_podman_reads():
                          parse_subnet("10.87.31.0/24", "x"), parse_ip("10.87.31.1", "x"))
     assert block == {"dns_search_domains": [], "dns_server_ips": [], "interfaces": {"eth0": {
         "mac_address": "02:aa:bb:cc:dd:01", "subnets": [{"ipnet": "10.87.31.5/24", "gateway": "10.87.31.1"}]}}}
+    # the engine's resolver from the lease: Podman writes it into the container's resolv.conf
+    block = status_block("eth0", "02:aa:bb:cc:dd:01", parse_ip("10.87.31.5", "x"),
+                         parse_subnet("10.87.31.0/24", "x"), parse_ip("10.87.31.1", "x"),
+                         {"nameservers": ["10.87.31.1"], "search": ["flatnet"]})
+    assert block["dns_server_ips"] == ["10.87.31.1"] and block["dns_search_domains"] == ["flatnet"]
 
 
 def test_errors_are_netavark_json_with_exit_1():

@@ -77,3 +77,53 @@ def test_cold_path_when_the_warm_one_cannot_answer(tmp_path):
     assert warm.call(ENV, conf) is None  # no socket
     assert warm.call(dict(ENV, CNI_COMMAND="CHECK"), conf) is None  # not a warm command
     assert warm.call(ENV, b" " * (warm.MAX_REQUEST + 1)) is None  # too large to send
+
+
+def test_environ_takes_the_request_variables_from_posix_environ():
+    raw = {b"CNI_COMMAND": b"ADD", b"CNI_NETNS": b"/run/netns/\xff", b"PATH": b"/bin", b"CNI_ARGS": b""}
+    assert warm.environ(raw) == {"CNI_COMMAND": "ADD", "CNI_NETNS": "/run/netns/\udcff", "CNI_ARGS": ""}
+    assert warm.encode_request(warm.environ(raw), b"{}").split(b"\0")[3] == b"/run/netns/\xff"
+
+
+def test_netavark_request_round_trip():
+    body = b'{"network": {"name": "n"}}\0\xff'
+    assert warmd.parse_netavark_request(warm.encode_netavark_request("setup", "/run/netns/x", body)) == \
+        (["flatnet", "setup", "/run/netns/x"], body)
+    for verb, netns in (("create", "/run/netns/x"), ("info", "/x"), ("setup", "relative"), ("setup", "")):
+        assert warmd.parse_netavark_request(warm.encode_netavark_request(verb, netns, b"{}")) is None
+        assert warm.call_netavark(verb, netns, b"{}") is None  # not sent at all
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_netavark_parser_never_raises(raw):
+    assert warmd.parse_netavark_request(raw) is None or raw.startswith(warm.NV_MAGIC + b"\0")
+    warmd.parse_netavark_request(warm.NV_MAGIC + b"\0" + raw)
+
+
+def test_a_netavark_answer_is_netavark_dispatch_output(monkeypatch):
+    seen = []
+
+    def fake(argv, stdin, stdout, stderr):
+        seen.append((argv, stdin.read()))
+        stdout.write('{"error": "x"}')
+        return 1
+    monkeypatch.setattr(warmd, "netavark_dispatch", fake)
+    reply = warmd.handle(warm.encode_netavark_request("teardown", "/run/netns/y", b"{}"))
+    assert warm.decode_reply(reply) == (1, b'{"error": "x"}', b"")
+    assert seen == [(["flatnet", "teardown", "/run/netns/y"], b"{}")]
+    assert warmd.handle(warm.NV_MAGIC + b"\0setup\0/x") is None  # no body separator: dropped
+
+
+@pytest.mark.parametrize("body,expect", [
+    (b'{"network": {"name": "n", "options": {"mtu": "1400"}}}', warm.DEFAULT_SOCKET),
+    (b'{"network": {"name": "n"}}', warm.DEFAULT_SOCKET),
+    (b'{"network": {"options": {"warm_socket": "/tmp/w.sock"}}}', "/tmp/w.sock"),
+    (b'{"network": {"options": {"warm_socket": ""}}}', ""),
+    (b'{"network": {"options": {"warm_socket": "rel"}}}', ""),
+    (b'{"network": {"options": ["warm_socket"]}}', ""),  # invalid: the cold path reports it
+    (b'{"network": "warm_socket"}', ""),
+    (b'{"warm_socket": ', ""),
+])
+def test_netavark_socket_path(body, expect):
+    assert warm.netavark_socket_path(body) == expect
