@@ -184,3 +184,15 @@ def test_reapplying_rules_keeps_the_session_certificates_groups(groups):
     net.a.group_bits = {"web": 1, "db": 2}
     net.a.apply_groups(net.peer_b)
     assert net.a_groups() == (2 if groups else 0)
+
+
+def test_a_newer_blocklist_revoking_the_session_certificate_ends_the_session_at_once():
+    """The live teardown (Device.apply_revocations) checks the certificate of the current
+    session: revoking only the renewed certificate by fingerprint removes the peer now,
+    not at its next handshake."""
+    net = Net(["db"])
+    net.b_initiates(1.0)
+    net.start_b(renewed(net.ca, net.b_id, ["db"]))
+    net.b_initiates(2.0)
+    assert net.revocations.offer(rv.create(net.ca.key, net.ca.cert, 1, net.ca.now, {}, [net.b_id.cert.fingerprint]))
+    assert net.a.apply_revocations(3.0) == ["host-b"] and "host-b" not in net.a.peers
