@@ -1,6 +1,6 @@
 """Legitimate traffic during a flood of junk handshake initiations (issue 13).
 
-Two hosts in namespaces (flatnet.lab), one container each. A sender in the lab's
+Two hosts in namespaces (flatnet.demo), one container each. A sender in the lab's
 underlay namespace owns 254 addresses (a `local` route) with --ports sockets each and
 sends --rate junk initiations a second to host B's engine for --seconds, then stops.
 Each junk message carries a valid mac1 for B's key (the worst case: the attacker knows
@@ -25,8 +25,10 @@ import time
 
 from benchmarks.report import table, write_json
 from flatnet.engine import pki
-from flatnet.lab import CLIENT_IP, PORT, REPO, Lab, sh
+from flatnet.demo import CLIENT_IP, PORT, Lab, sh
 from tests.harness.traffic import tcp_transfer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SOURCES = "10.250.0.0/24"
 PING_GAP = 0.02

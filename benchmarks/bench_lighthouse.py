@@ -239,7 +239,7 @@ def client(pki: str, nodes: int, seconds: float, budget: float) -> dict:
 
 
 def first_packet_bench() -> dict:
-    from flatnet.lab import Lab, sh
+    from flatnet.demo import Lab, sh
     out = {}
     for label, nat in (("direct", {}), ("relayed", {1: "cone", 2: "random"})):
         lab = Lab(f"fnbl{os.getpid() % 1000}", tempfile.mkdtemp(prefix="fnbl-"), hosts=2, lighthouse=True, nat=nat)

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from benchmarks.report import table, write_json
-from flatnet.lab import Lab, sh
+from flatnet.demo import Lab, sh
 
 
 def iperf(lab: Lab, seconds: int) -> dict:

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from benchmarks.report import table, write_json
-from flatnet.lab import Lab, sh
+from flatnet.demo import Lab, sh
 from tests.harness.traffic import tcp_transfer
 
 

@@ -33,7 +33,7 @@ from benchmarks.report import table, write_json
 from benchmarks.tunnel_stats import (fmt, fmt_ratio, host_cpu_ticks, iperf_tcp, iperf_udp_received, median, paired,
                                      per_unit, rotation, spread)
 from flatnet.engine.io.udp import SO_RCVBUFFORCE, SO_SNDBUFFORCE
-from flatnet.lab import delete_netns
+from flatnet.demo import delete_netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HZ = os.sysconf("SC_CLK_TCK")

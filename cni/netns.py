@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import os
 
+from flatnet.cni.bridge import ADD_ADDRESS, SET_MAC, SET_UP, BridgeSpec, conflict, repairs
 from flatnet.cni.errors import (BRIDGE_CONFLICT, CONTAINER_UNKNOWN, CniError, NETLINK_FAILURE,
                         VETH_FAILURE)
 from flatnet.cni.ipv4 import Subnet, format_ip
-from flatnet.cni.netlink import IFF_UP, Link, Netlink, NetlinkError, format_mac
+from flatnet.cni.netlink import IFF_UP, Link, Netlink, NetlinkError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -133,44 +134,37 @@ def _kernel(what: str, exc: NetlinkError, code: int = NETLINK_FAILURE) -> CniErr
     return CniError(code, f"{what}: {exc.strerror}")
 
 
-def bridge_mac(gateway: int) -> bytes:
-    """The bridge's MAC address, fixed and derived from its gateway address (locally
-    administered: 02:00 + the IPv4 address). A bridge without a set address takes the
-    lowest address of its ports and changes it as containers come and go; every other
-    container then talks to a stale gateway MAC until its ARP entry is probed again
-    (the soak measured gaps of up to 33 s). The engine and the plugin use this one."""
-    return b"\x02\x00" + gateway.to_bytes(4, "big")
-
-
 def ensure_bridge(nl: Netlink, name: str, subnet: Subnet, gateway: int, mtu: int) -> Link:
+    """The bridge as cni.bridge says it must be (made, or put right)."""
+    spec = BridgeSpec(name, gateway, subnet.prefix, mtu)
     link = nl.link_get(name)
-    mac = bridge_mac(gateway)
     if link is None:
         try:
-            nl.link_add_bridge(name, mtu, mac)
+            nl.link_add_bridge(name, mtu, spec.mac)
         except NetlinkError as exc:
             if exc.errno != errno.EEXIST:  # another ADD won the race: fine
                 raise _kernel(f"cannot create bridge {name}", exc, BRIDGE_CONFLICT) from None
         link = nl.link_get(name)
         assert link is not None
-    if link.kind != "bridge":
-        raise CniError(BRIDGE_CONFLICT,
-                       f"interface {name} exists but is a {link.kind or 'non-bridge'} device, not a bridge",
+    why = conflict(spec, link.kind)
+    if why is not None:
+        raise CniError(BRIDGE_CONFLICT, why,
                        f"remove it (ip link del {name}) or set \"bridge\" in the conflist to another name")
-    if not any(ip == gateway for _, ip, _ in nl.addresses(link.index)):
-        try:
-            nl.addr_add(link.index, gateway, subnet.prefix, subnet.broadcast)
-        except NetlinkError as exc:
-            if exc.errno != errno.EEXIST:
-                raise _kernel(f"cannot add {format_ip(gateway)} to bridge {name}", exc) from None
-    if link.mac != format_mac(mac):  # made by an older version: pin it
-        try:
-            nl.link_set(link.index, mac=mac)
-        except NetlinkError as exc:
-            raise _kernel(f"cannot set the address of bridge {name}", exc) from None
-        link = nl.link_get(name) or link
-    if not link.up:
-        nl.link_set(link.index, up=True)
+    for step in repairs(spec, link.mac, [ip for _, ip, _ in nl.addresses(link.index)], link.up):
+        if step == ADD_ADDRESS:
+            try:
+                nl.addr_add(link.index, gateway, spec.prefix, spec.broadcast)
+            except NetlinkError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise _kernel(f"cannot add {format_ip(gateway)} to bridge {name}", exc) from None
+        elif step == SET_MAC:
+            try:
+                nl.link_set(link.index, mac=spec.mac)
+            except NetlinkError as exc:
+                raise _kernel(f"cannot set the address of bridge {name}", exc) from None
+            link = nl.link_get(name) or link
+        elif step == SET_UP:
+            nl.link_set(link.index, up=True)
     return link
 
 

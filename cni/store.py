@@ -19,7 +19,6 @@ over: on ext4 each of those cost 0.25 ms idle and 2 ms on a busy host (decision 
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 
@@ -151,10 +150,6 @@ def write_in_place(path: str, data: bytes) -> None:
             os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
-
-
-def is_enoent(exc: OSError) -> bool:
-    return exc.errno == errno.ENOENT
 
 
 def record(data_dir: str, network: str, command: str, result: str) -> None:

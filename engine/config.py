@@ -170,36 +170,41 @@ def read_file(path: str, parse_text: "Callable[[str, str], object]") -> object:
     return parse_text(text, path)
 
 
-def parse(text: str, path: str = "<config>") -> Config:
-    doc = read_toml(text, path, _KNOWN)
+class _Doc:
+    """The parsed TOML of one file, read key by key: every error names the file and key."""
 
-    def where(key: str) -> str:
-        return f"{path}: {key}"
+    def __init__(self, text: str, path: str) -> None:
+        self.doc = read_toml(text, path, _KNOWN)
+        self.path = path
 
-    def get(table: str, key: str, kind: type, default: object = None, required: bool = False):
-        value = doc.get(table, {}).get(key, default)
+    def where(self, key: str) -> str:
+        return f"{self.path}: {key}"
+
+    def get(self, table: str, key: str, kind: type, default: object = None, required: bool = False):  # noqa: ANN201
+        value = self.doc.get(table, {}).get(key, default)
         if value is None:
             if required:
-                raise ConfigError(f"{where(table + '.' + key)}: missing")
+                raise ConfigError(f"{self.where(table + '.' + key)}: missing")
             return None
         problem = type_problem(value, kind)
         if problem:
-            raise ConfigError(f"{where(table + '.' + key)}: {problem}")
+            raise ConfigError(f"{self.where(table + '.' + key)}: {problem}")
         return value
 
-    def net(table: str, key: str, value: object) -> ipaddress.IPv4Network:
+    def net(self, table: str, key: str, value: object) -> ipaddress.IPv4Network:
         if not isinstance(value, str):  # ipaddress takes an int too: 5 would be 0.0.0.5/32
-            raise ConfigError(f"{where(table + '.' + key)}: {type_problem(value, str)}")
+            raise ConfigError(f"{self.where(table + '.' + key)}: {type_problem(value, str)}")
         try:
             return ipaddress.IPv4Network(value)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{where(table + '.' + key)}: {value!r} is not an IPv4 CIDR ({exc})") from None
+            raise ConfigError(f"{self.where(table + '.' + key)}: {value!r} is not an IPv4 CIDR ({exc})") from None
 
-    network = net("network", "cidr", get("network", "cidr", str, "10.87.0.0/16"))
-    if not 8 <= network.prefixlen <= 24:
-        raise ConfigError(f"{where('network.cidr')}: prefix must be /8 to /24, got /{network.prefixlen}")
+
+def _lighthouses(d: _Doc) -> list[LighthouseConfig]:
+    """[[lighthouses]]"""
+    where = d.where
     lighthouses = []
-    raw_lh = doc.get("lighthouses", [])
+    raw_lh = d.doc.get("lighthouses", [])
     if not isinstance(raw_lh, list) or not all(isinstance(lh, dict) for lh in raw_lh):
         raise ConfigError(f"{where('lighthouses')}: use [[lighthouses]] tables")
     for i, lh in enumerate(raw_lh):
@@ -223,6 +228,102 @@ def parse(text: str, path: str = "<config>") -> Config:
                                             tuple(_endpoint(e, where(f"{w}.endpoints"), names=True)
                                                   for e in lh["endpoints"]),
                                             relay=lh.get("relay", True), tcp_port=tcp_port))
+    return lighthouses
+
+
+def _peers(d: _Doc, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network | None) -> list[PeerConfig]:
+    """[[peers]]: configured peers, each with a /24 (or larger) of the network not ours."""
+    where = d.where
+    peers = []
+    raw_peers = d.doc.get("peers", [])
+    if not isinstance(raw_peers, list) or not all(isinstance(p, dict) for p in raw_peers):
+        raise ConfigError(f"{where('peers')}: use [[peers]] tables")
+    names = set()
+    for i, p in enumerate(raw_peers):
+        w = f"peers[{i}]"
+        unknown = set(p) - {"name", "cert", "endpoints", "subnet"}
+        if unknown:
+            raise ConfigError(f"{where(w)}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("name", "cert", "endpoints", "subnet"):
+            if key not in p:
+                raise ConfigError(f"{where(w + '.' + key)}: missing")
+            if key in ("name", "cert") and not isinstance(p[key], str):
+                raise ConfigError(f"{where(w + '.' + key)}: {type_problem(p[key], str)}")
+        if not isinstance(p["endpoints"], list) or not p["endpoints"]:
+            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
+        psub = d.net(w, "subnet", p["subnet"])
+        if not psub.subnet_of(network) or psub.prefixlen > 24:
+            raise ConfigError(f"{where(w + '.subnet')}: {psub} must be a /24 (or larger) inside {network}")
+        if subnet is not None and psub.overlaps(subnet):
+            raise ConfigError(f"{where(w + '.subnet')}: {psub} overlaps this host's subnet {subnet}")
+        if p["name"] in names:
+            raise ConfigError(f"{where(w + '.name')}: duplicate peer {p['name']!r}")
+        names.add(p["name"])
+        peers.append(PeerConfig(str(p["name"]), str(p["cert"]),
+                                tuple(_endpoint(e, where(f"{w}.endpoints")) for e in p["endpoints"]), psub))
+    return peers
+
+
+def _firewall(d: _Doc) -> tuple[str, list[FirewallRule]]:
+    """[firewall]: the default and the [[firewall.inbound]] rules."""
+    where = d.where
+    fw = d.doc.get("firewall", {})
+    fw_default = fw.get("default", "allow")
+    if fw_default not in ("allow", "deny"):
+        raise ConfigError(f"{where('firewall.default')}: {fw_default!r}; expected \"allow\" or \"deny\"")
+    rules = []
+    if not isinstance(fw.get("inbound", []), list):
+        raise ConfigError(f"{where('firewall.inbound')}: use [[firewall.inbound]] tables")
+    for i, r in enumerate(fw.get("inbound", [])):
+        w = f"firewall.inbound[{i}]"
+        if not isinstance(r, dict) or set(r) - {"proto", "port", "groups", "cidr"}:
+            raise ConfigError(f"{where(w)}: keys are proto, port, groups, cidr")
+        proto = r.get("proto", "any")
+        if proto not in ("any", "tcp", "udp", "icmp"):
+            raise ConfigError(f"{where(w + '.proto')}: {proto!r}; expected any, tcp, udp or icmp")
+        ports = str(r.get("port", "any"))
+        if ports == "any":
+            lo, hi = 0, 65535
+        else:
+            a, _, b = ports.partition("-")
+            if not a.isdigit() or (b and not b.isdigit()) or not 0 < int(a) <= int(b or a) <= 65535:
+                raise ConfigError(f"{where(w + '.port')}: {ports!r}; expected any, 80 or 8000-8100")
+            lo, hi = int(a), int(b or a)
+        groups = r.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise ConfigError(f"{where(w + '.groups')}: a list of group names")
+        rules.append(FirewallRule(proto, lo, hi, tuple(groups), d.net(w, "cidr", r.get("cidr", "0.0.0.0/0"))))
+    if len({g for r in rules for g in r.groups}) > 64:
+        raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
+    return fw_default, rules
+
+
+def _dns(d: _Doc) -> tuple[str, tuple[tuple[str, int], ...] | None, int]:
+    """[dns]: the domain, the upstream resolvers (None: resolv.conf's), the TTL."""
+    where, get = d.where, d.get
+    dns_domain = get("dns", "domain", str, "flatnet").lower().rstrip(".")
+    from flatnet.engine.proto import names as name_rule
+    problem = name_rule.host_problem(dns_domain)
+    if problem:
+        raise ConfigError(f"{where('dns.domain')}: {dns_domain!r}: {problem}")
+    upstream = get("dns", "upstream", list, None)
+    if upstream is not None:
+        upstream = tuple(_endpoint(u if ":" in str(u) else f"{u}:53", where("dns.upstream")) for u in upstream)
+        if len(upstream) > 3:
+            raise ConfigError(f"{where('dns.upstream')}: at most 3 resolvers")
+    dns_ttl = get("dns", "ttl", int, 5)
+    if not 0 <= dns_ttl <= 3600:
+        raise ConfigError(f"{where('dns.ttl')}: {dns_ttl} is outside 0..3600 (seconds)")
+    return dns_domain, upstream, dns_ttl
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    d = _Doc(text, path)
+    doc, where, get, net = d.doc, d.where, d.get, d.net
+    network = net("network", "cidr", get("network", "cidr", str, "10.87.0.0/16"))
+    if not 8 <= network.prefixlen <= 24:
+        raise ConfigError(f"{where('network.cidr')}: prefix must be /8 to /24, got /{network.prefixlen}")
+    lighthouses = _lighthouses(d)
     raw_subnet = get("network", "subnet", str, required=not lighthouses)
     subnet = None
     if raw_subnet is not None:
@@ -248,76 +349,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     if log_format not in ("text", "json"):
         raise ConfigError(f"{where('log.format')}: {log_format!r}; expected text or json")
 
-    peers = []
-    raw_peers = doc.get("peers", [])
-    if not isinstance(raw_peers, list) or not all(isinstance(p, dict) for p in raw_peers):
-        raise ConfigError(f"{where('peers')}: use [[peers]] tables")
-    names = set()
-    for i, p in enumerate(raw_peers):
-        w = f"peers[{i}]"
-        unknown = set(p) - {"name", "cert", "endpoints", "subnet"}
-        if unknown:
-            raise ConfigError(f"{where(w)}: unknown key(s) {', '.join(sorted(unknown))}")
-        for key in ("name", "cert", "endpoints", "subnet"):
-            if key not in p:
-                raise ConfigError(f"{where(w + '.' + key)}: missing")
-            if key in ("name", "cert") and not isinstance(p[key], str):
-                raise ConfigError(f"{where(w + '.' + key)}: {type_problem(p[key], str)}")
-        if not isinstance(p["endpoints"], list) or not p["endpoints"]:
-            raise ConfigError(f"{where(w + '.endpoints')}: a non-empty list of \"IP:PORT\"")
-        psub = net(w, "subnet", p["subnet"])
-        if not psub.subnet_of(network) or psub.prefixlen > 24:
-            raise ConfigError(f"{where(w + '.subnet')}: {psub} must be a /24 (or larger) inside {network}")
-        if subnet is not None and psub.overlaps(subnet):
-            raise ConfigError(f"{where(w + '.subnet')}: {psub} overlaps this host's subnet {subnet}")
-        if p["name"] in names:
-            raise ConfigError(f"{where(w + '.name')}: duplicate peer {p['name']!r}")
-        names.add(p["name"])
-        peers.append(PeerConfig(str(p["name"]), str(p["cert"]),
-                                tuple(_endpoint(e, where(f"{w}.endpoints")) for e in p["endpoints"]), psub))
-
-    fw = doc.get("firewall", {})
-    fw_default = fw.get("default", "allow")
-    if fw_default not in ("allow", "deny"):
-        raise ConfigError(f"{where('firewall.default')}: {fw_default!r}; expected \"allow\" or \"deny\"")
-    rules = []
-    if not isinstance(fw.get("inbound", []), list):
-        raise ConfigError(f"{where('firewall.inbound')}: use [[firewall.inbound]] tables")
-    for i, r in enumerate(fw.get("inbound", [])):
-        w = f"firewall.inbound[{i}]"
-        if not isinstance(r, dict) or set(r) - {"proto", "port", "groups", "cidr"}:
-            raise ConfigError(f"{where(w)}: keys are proto, port, groups, cidr")
-        proto = r.get("proto", "any")
-        if proto not in ("any", "tcp", "udp", "icmp"):
-            raise ConfigError(f"{where(w + '.proto')}: {proto!r}; expected any, tcp, udp or icmp")
-        ports = str(r.get("port", "any"))
-        if ports == "any":
-            lo, hi = 0, 65535
-        else:
-            a, _, b = ports.partition("-")
-            if not a.isdigit() or (b and not b.isdigit()) or not 0 < int(a) <= int(b or a) <= 65535:
-                raise ConfigError(f"{where(w + '.port')}: {ports!r}; expected any, 80 or 8000-8100")
-            lo, hi = int(a), int(b or a)
-        groups = r.get("groups", [])
-        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
-            raise ConfigError(f"{where(w + '.groups')}: a list of group names")
-        rules.append(FirewallRule(proto, lo, hi, tuple(groups), net(w, "cidr", r.get("cidr", "0.0.0.0/0"))))
-    if len({g for r in rules for g in r.groups}) > 64:
-        raise ConfigError(f"{where('firewall.inbound')}: at most 64 different groups")
-
-    dns_domain = get("dns", "domain", str, "flatnet").lower().rstrip(".")
-    from flatnet.engine.proto import names as name_rule
-    problem = name_rule.host_problem(dns_domain)
-    if problem:
-        raise ConfigError(f"{where('dns.domain')}: {dns_domain!r}: {problem}")
-    upstream = get("dns", "upstream", list, None)
-    if upstream is not None:
-        upstream = tuple(_endpoint(u if ":" in str(u) else f"{u}:53", where("dns.upstream")) for u in upstream)
-        if len(upstream) > 3:
-            raise ConfigError(f"{where('dns.upstream')}: at most 3 resolvers")
-    dns_ttl = get("dns", "ttl", int, 5)
-    if not 0 <= dns_ttl <= 3600:
-        raise ConfigError(f"{where('dns.ttl')}: {dns_ttl} is outside 0..3600 (seconds)")
+    peers = _peers(d, network, subnet)
+    fw_default, rules = _firewall(d)
+    dns_domain, upstream, dns_ttl = _dns(d)
 
     return Config(
         path=path, dead_after=float(dead_after),

@@ -11,10 +11,11 @@ import ipaddress
 import socket
 import struct
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
 from flatnet.engine.crypto import ffi, lib
+from flatnet.engine.datapath_port import (CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS,  # noqa: F401
+                                          ControlItem, PeerStats)
 
 DROP_REASONS = {
     lib.FN_DROP_SHORT: "short", lib.FN_DROP_TYPE: "unknown_type", lib.FN_DROP_INDEX: "unknown_index",
@@ -35,10 +36,11 @@ IO_COUNTERS = {
     lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
     lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held", lib.FN_IO_MODERATED: "moderation_pauses",
 }
-CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION = (lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM,
-                                                   lib.FN_CTRL_VERSION)
+# the control plane's copy of the C header's numbers (engine/device.py imports no C)
+if (CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION, RX_SLOTS) != (
+        lib.FN_CTRL_RAW, lib.FN_CTRL_DECRYPTED, lib.FN_CTRL_ROAM, lib.FN_CTRL_VERSION, lib.FN_RX_SLOTS):
+    raise ImportError("engine/datapath_port.py and engine/crypto/csrc/fastpath.h disagree on FN_CTRL_*/FN_RX_SLOTS")
 MAX_PEERS = lib.FN_MAX_PEERS
-RX_SLOTS = lib.FN_RX_SLOTS
 
 
 def sockaddr(addr: tuple[str, int], family: int = socket.AF_INET) -> bytes:
@@ -61,27 +63,6 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int] | None:
         ip = ipaddress.IPv6Address(raw[8:24])  # the spelling engine.proto.endpoint.address gives
         return str(ip.ipv4_mapped or ip), struct.unpack_from("!H", raw, 2)[0]
     return None
-
-
-@dataclass(frozen=True)
-class PeerStats:
-    tx_packets: int
-    tx_bytes: int
-    rx_packets: int
-    rx_bytes: int
-    rx_dropped: int
-    last_tx: float | None  # monotonic seconds, as time.monotonic()
-    last_rx: float | None
-    tx_counter: int
-    has_keys: bool
-
-
-@dataclass(frozen=True)
-class ControlItem:
-    kind: int
-    peer: int
-    data: bytes
-    addr: tuple[str, int] | None
 
 
 class DataPath:

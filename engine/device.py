@@ -2,7 +2,9 @@
 the demultiplexing of what the data path hands up.
 
 No sockets or clocks here: the driver passes `now` and gives a `send(packet, addr)`
-function and the DataPath (or a fake of it) at construction.
+function and the data path at construction: engine.datapath.DataPath, or a fake
+(tests/harness/fakedp.py). This file imports only its interface
+(engine/datapath_port.py), never the compiled C module (tests/unit/test_import_graph.py).
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS, ControlItem
+from flatnet.engine.datapath_port import (CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, RX_SLOTS, ControlItem,
+                                          DataPathPort)
 from flatnet.engine.log import Logger
 from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import endpoint as endpoints_policy
 from flatnet.engine.proto import cookie as cookies
-from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto import handshake
 from flatnet.engine.proto import liveness
 from flatnet.engine.proto.constants import TYPE_COOKIE, TYPE_INITIATION, TYPE_RELAYED, TYPE_RESPONSE, WIRE_VERSION
 from flatnet.engine.proto.errors import RemoteProtocolError
@@ -51,7 +54,9 @@ class Peer:
     relay: tuple[tuple[str, int], int] | None = None  # (relay address, the peer's id there)
     path_reason: str = ""
     direct_seen: float | None = None  # when an authenticated packet last moved us to / kept a direct path
-    extra: dict = field(default_factory=dict)
+    # the addresses a lighthouse said are the peer's own (not its NAT's); None for a
+    # configured peer. path_of() tells a LAN path from a punched one by them
+    own_endpoints: list[tuple[str, int]] | None = None
     live: liveness.Liveness = field(default_factory=liveness.Liveness)
 
 
@@ -84,7 +89,7 @@ class IndexTable:
 
 
 class Device:
-    def __init__(self, me: hsm.Identity, datapath, send: Callable[[bytes, tuple[str, int]], None],  # noqa: ANN001
+    def __init__(self, me: handshake.Identity, datapath: DataPathPort, send: Callable[[bytes, tuple[str, int]], None],
                  wall_ns: Callable[[], int], log: Logger, rng: random.Random | None = None,
                  accept_any: bool = False, dead_after: float = liveness.DEAD_AFTER) -> None:
         """accept_any: take handshakes from any node the CA certified (peers found through
@@ -405,7 +410,7 @@ class Device:
             via, data = (item.addr, struct.unpack_from("<I", data, 4)[0]), data[8:]
         kind = data[0]
         if kind == TYPE_INITIATION:
-            init = hsm.consume_initiation(self.me, data, self.wall_ns() / 1e9)
+            init = handshake.consume_initiation(self.me, data, self.wall_ns() / 1e9)
             peer, new = self.peers.get(init.peer.name), False
             if peer is None and self.accept_any and init.peer.name != self.me.cert.name:
                 peer, new = self.add_peer(init.peer, None, []), True
@@ -431,7 +436,7 @@ class Device:
                 self.on_new_peer(peer, now)
             self._apply(peer)
         elif kind == TYPE_RESPONSE:
-            _, receiver = hsm.response_indexes(data)
+            _, receiver = handshake.response_indexes(data)
             owner = self.indexes.owner.get(receiver)
             peer = self.peers.get(owner) if owner else None
             if peer is None:
@@ -562,10 +567,10 @@ class Device:
             return f"relayed via {peer.relay[0][0]}:{peer.relay[0][1]}"
         if peer.endpoint is None or peer.session.current is None:
             return "none"
-        if "local" not in peer.extra:  # a configured peer
+        if peer.own_endpoints is None:  # a configured peer
             return "direct"
         # the lighthouse told us the peer's own addresses; anything else is its NAT's
-        return "direct-LAN" if peer.endpoint in peer.extra["local"] else "direct-punched"
+        return "direct-LAN" if peer.endpoint in peer.own_endpoints else "direct-punched"
 
     def mark_unreachable(self, doc: dict) -> dict:
         """The gateway's route table (GET /routes), with each overlay upstream on a host

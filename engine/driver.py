@@ -53,13 +53,13 @@ class Engine:
 
     # ---- set-up
     def _load_pki(self):  # noqa: ANN202
-        c = self.config
-        me = pki.load_identity(c.ca, c.cert, c.key, time.time())
-        peers = [(p, pki.load_peer_cert(p.cert, me.ca, time.time())) for p in c.peers]
-        lighthouses = [(lh, pki.load_peer_cert(lh.cert, me.ca, time.time())) for lh in c.lighthouses]
+        config = self.config
+        me = pki.load_identity(config.ca, config.cert, config.key, time.time())
+        peers = [(p, pki.load_peer_cert(p.cert, me.ca, time.time())) for p in config.peers]
+        lighthouses = [(lh, pki.load_peer_cert(lh.cert, me.ca, time.time())) for lh in config.lighthouses]
         for p, cert in peers + lighthouses:
             if cert.name != p.name:
-                raise pki.PkiError(f"{c.path}: {p.name!r} has certificate {p.cert} for {cert.name!r}")
+                raise pki.PkiError(f"{config.path}: {p.name!r} has certificate {p.cert} for {cert.name!r}")
         return me, peers, lighthouses
 
     def _write_json(self, path: str, doc: object) -> None:
@@ -88,35 +88,38 @@ class Engine:
 
     async def _apply_subnet(self, subnet: ipaddress.IPv4Network) -> None:
         """Kernel state and the lease file for the CNI plugin, for this host's /24."""
-        c = self.config
+        config = self.config
         self.subnet = subnet
         self.dp.set_local(subnet)  # decrypted packets may go to this lease only
         gateway = subnet.network_address + 1
         # pyroute2's sync API runs its own event loop: call it from a worker thread
-        await self.loop.run_in_executor(None, netlink.setup, c.tun_name, c.mtu, c.network, subnet, c.bridge)
+        await self.loop.run_in_executor(None, netlink.setup, config.tun_name, config.mtu, config.network, subnet,
+                                        config.bridge)
         try:
-            await self.loop.run_in_executor(None, egress.apply, c.network, subnet, c.bridge, c.tun_name, c.masquerade)
-            self.egress = "masquerade" if c.masquerade else "forward-only"
+            await self.loop.run_in_executor(None, egress.apply, config.network, subnet, config.bridge, config.tun_name,
+                                            config.masquerade)
+            self.egress = "masquerade" if config.masquerade else "forward-only"
         except (egress.EgressError, OSError) as exc:
             self.egress = "failed"
             self.log.error("egress_failed", error=str(exc), effect="containers cannot reach outside the overlay")
-        lease = {"subnet": str(subnet), "gateway": str(gateway), "network": str(c.network), "node": self.me.cert.name}
-        if c.dns:
-            upstream = list(c.dns_upstream) if c.dns_upstream is not None else dnsserver.read_resolv_conf()
-            self.dns = dnsserver.DnsServer(self.responder, upstream, self.log, clients=c.network)
+        lease = {"subnet": str(subnet), "gateway": str(gateway), "network": str(config.network),
+                 "node": self.me.cert.name}
+        if config.dns:
+            upstream = list(config.dns_upstream) if config.dns_upstream is not None else dnsserver.read_resolv_conf()
+            self.dns = dnsserver.DnsServer(self.responder, upstream, self.log, clients=config.network)
             try:
                 await self.dns.start(str(gateway), 53)
                 # the CNI plugin puts this in its result: Podman writes it into resolv.conf
-                lease["dns"] = {"nameservers": [str(gateway)], "search": [c.dns_domain]}
-                self.log.info("dns_serving", listen=f"{gateway}:53", domain=c.dns_domain,
+                lease["dns"] = {"nameservers": [str(gateway)], "search": [config.dns_domain]}
+                self.log.info("dns_serving", listen=f"{gateway}:53", domain=config.dns_domain,
                               upstream=",".join(f"{h}:{p}" for h, p in upstream) or "none")
             except OSError as exc:
                 self.dns.close()
                 self.dns = None
                 self.log.error("dns_failed", listen=f"{gateway}:53", error=exc.strerror or str(exc),
                                fix="free port 53 on the bridge address, or set [dns] enabled = false")
-        self._write_json(c.lease_file, lease)
-        self._write_json(c.lease_cache, lease)
+        self._write_json(config.lease_file, lease)
+        self._write_json(config.lease_cache, lease)
 
     def _on_lease(self, subnet: ipaddress.IPv4Network) -> None:
         if self._lease_waiter is not None and not self._lease_waiter.done():
@@ -126,16 +129,16 @@ class Engine:
                            fix="restart the engine to take the new lease")
 
     async def _obtain_subnet(self) -> ipaddress.IPv4Network:
-        c = self.config
-        if c.subnet is not None:
-            return c.subnet
+        config = self.config
+        if config.subnet is not None:
+            return config.subnet
         cached = self._cached_lease()
         try:  # a cached lease lets the host come up while no lighthouse answers
             return await asyncio.wait_for(asyncio.shield(self._lease_waiter), 3.0 if cached else 15.0)
         except asyncio.TimeoutError:
             if cached is None:
                 raise OSError(110, "no lease: no lighthouse answered in 15 s and this host has no cached lease "
-                              f"({c.lease_cache}); check [[lighthouses]] endpoints and UDP reachability") from None
+                              f"({config.lease_cache}); check [[lighthouses]] endpoints and UDP reachability") from None
             self.log.warning("lease_from_cache", subnet=str(cached), reason="no lighthouse answered yet")
             return cached
 
@@ -147,8 +150,8 @@ class Engine:
         dual-stack): no loopback or link-local, no container bridges or veths, no
         overlay addresses. IPv4 first: the lighthouse keeps at most MAX_LOCAL."""
         from pyroute2 import IPRoute
-        c = self.config
-        skip = ("lo", c.tun_name, c.bridge)
+        config = self.config
+        skip = ("lo", config.tun_name, config.bridge)
         out = []
         with IPRoute() as ipr:
             names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
@@ -158,7 +161,7 @@ class Engine:
                 ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
                 if name in skip or name.startswith(("fn-", "veth", "cni", "podman", "docker", "virbr")):
                     continue
-                if ip.is_loopback or ip.is_link_local or (ip.version == 4 and ip in c.network):
+                if ip.is_loopback or ip.is_link_local or (ip.version == 4 and ip in config.network):
                     continue
                 out.append((str(ip), self.sock.getsockname()[1]))
         return out[:8]
@@ -201,7 +204,7 @@ class Engine:
                                    f"run: chmod o-w {path}")
 
     async def run(self) -> None:
-        c = self.config
+        config = self.config
         self.loop = asyncio.get_running_loop()
         self._check_dirs()
         self._lease_waiter = self.loop.create_future()
@@ -210,26 +213,27 @@ class Engine:
         # operator's file, polled by the timer
         self.revocations = Revocations(self.me.ca)
         self.me = dataclasses.replace(self.me, revocations=self.revocations)
-        self._blocklist_copy = os.path.join(c.state_dir, "blocklist.bin")
-        self._blocklist_files = [pki.BlocklistFile(p) for p in (self._blocklist_copy, c.blocklist) if p]
+        self._blocklist_copy = os.path.join(config.state_dir, "blocklist.bin")
+        self._blocklist_files = [pki.BlocklistFile(p) for p in (self._blocklist_copy, config.blocklist) if p]
         self._next_blocklist_poll = 0.0
-        self.services = ServiceRegistry(os.path.join(c.state_dir, "services.json"), self.me.cert.name, c.domain)
-        self.tun_fd, vnet, uso = tun.open_tun(c.tun_name, offloads=c.offloads)
-        self.sock = udp.open_udp(c.listen_host, c.listen_port, c.socket_buffer)
-        self.dp = DataPath(c.network, c.mtu, self.sock.family)
-        gso, gro = udp.enable_offloads(self.sock, c.offloads)
+        self.services = ServiceRegistry(os.path.join(config.state_dir, "services.json"), self.me.cert.name,
+                                        config.domain)
+        self.tun_fd, vnet, uso = tun.open_tun(config.tun_name, offloads=config.offloads)
+        self.sock = udp.open_udp(config.listen_host, config.listen_port, config.socket_buffer)
+        self.dp = DataPath(config.network, config.mtu, self.sock.family)
+        gso, gro = udp.enable_offloads(self.sock, config.offloads)
         self.dp.set_offloads(vnet, gso, gro)
-        self.dp.set_spin(c.spin)
-        self.dp.set_moderation(c.moderation_us)
+        self.dp.set_spin(config.spin)
+        self.dp.set_moderation(config.moderation_us)
         self.dp.set_tun_uso(uso)
-        self.dp.set_compact_cipher(c.compact_cipher)
-        self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin,
-                         "moderation_us": c.moderation_us,
+        self.dp.set_compact_cipher(config.compact_cipher)
+        self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": config.spin,
+                         "moderation_us": config.moderation_us,
                          "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium"}
-        self.log.info("offloads", requested=c.offloads, **self.offloads)
+        self.log.info("offloads", requested=config.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
-                             dead_after=c.dead_after)
-        self._apply_firewall(c)
+                             dead_after=config.dead_after)
+        self._apply_firewall(config)
         self._poll_blocklists(time.monotonic())  # before any peer is added
         for p, cert in peers:
             if self.revocations.reason(cert):
@@ -243,20 +247,20 @@ class Engine:
             found = [await self._resolve(lh) for lh, _ in lighthouses]
             lh_peers = [self.device.add_peer(cert, None, eps) for (lh, cert), eps in zip(lighthouses, found)]
             self.device.pinned = {p.name for p in lh_peers}
-            self.lighthouse = LighthouseClient(self.device, lh_peers, c.network, self.local_endpoints, self.log,
-                                               self._on_lease, self.services, c.gateway_address,
+            self.lighthouse = LighthouseClient(self.device, lh_peers, config.network, self.local_endpoints, self.log,
+                                               self._on_lease, self.services, config.gateway_address,
                                                remembered=self._remembered_peers(),
                                                on_peers_changed=self._remember_peers,
                                                on_blocklist=self._take_blocklist,
-                                               on_names=self._on_remote_names if c.dns else None,
+                                               on_names=self._on_remote_names if config.dns else None,
                                                no_relay={lh.name for lh, _ in lighthouses if not lh.relay},
                                                tcp_ports={lh.name: lh.tcp_port for lh, _ in lighthouses})
             self.tcp_bridges: dict = {}
             self._tcp_failing = False
             self.lighthouse.open_tcp = self._open_tcp
             self.lighthouse.close_tcp = self._close_tcp
-        self.metrics = metrics.serve(metrics.EngineCollector(self, c.cni_data_dir), c.metrics_listen)
-        self.servers = await control.start(c.control_socket, self.handle_api)
+        self.metrics = metrics.serve(metrics.EngineCollector(self, config.cni_data_dir), config.metrics_listen)
+        self.servers = await control.start(config.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
                       lambda slots: self.loop.call_soon_threadsafe(self._on_want, slots),
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
@@ -267,15 +271,15 @@ class Engine:
         await self._apply_subnet(await self._obtain_subnet())
         self.log.info("engine_started", node=self.me.cert.name, subnet=str(self.subnet),
                       listen=endpoint.text(self.sock.getsockname()[:2]), peers=len(peers),
-                      lighthouses=len(lighthouses), tun=c.tun_name)
+                      lighthouses=len(lighthouses), tun=config.tun_name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
         self._check_expiry()
         self._label_services: set[str] = set()
-        if c.podman_labels and shutil.which("podman"):
+        if config.podman_labels and shutil.which("podman"):
             self.loop.create_task(self._watch_labels())
-        if c.dns:
+        if config.dns:
             self.loop.create_task(self._watch_names())
         await self._stop.wait()
         await self.shutdown()
@@ -526,9 +530,9 @@ class Engine:
 
     # ---- control API
     def status(self) -> dict:
-        c = self.config
-        return {"node": self.me.cert.name, "subnet": str(self.subnet), "network": str(c.network),
-                "listen_port": self.sock.getsockname()[1], "tun": c.tun_name, "bridge": c.bridge,
+        config = self.config
+        return {"node": self.me.cert.name, "subnet": str(self.subnet), "network": str(config.network),
+                "listen_port": self.sock.getsockname()[1], "tun": config.tun_name, "bridge": config.bridge,
                 "uptime": round(time.monotonic() - self.started, 1), "peers": len(self.device.peers),
                 "peers_up": sum(1 for p in self.device.peers.values() if p.session.current is not None),
                 "peers_unreachable": sorted(p.name for p in self.device.peers.values()

@@ -552,7 +552,7 @@ class LighthouseClient:
             raise RemoteProtocolError("bad_cert", f"{cert.name} changed its key")
         self.device.set_subnet(peer, subnet)
         self.device.set_endpoints(peer, endpoints)
-        peer.extra["local"] = local
+        peer.own_endpoints = local
         if peer.session.current is None and peer.relay is None:
             self.connecting.setdefault(peer.name, now)
             # relay first: the first packets go through the relay while the initiation

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import stat
 
-from nacl.signing import SigningKey
 
 from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto.errors import RemoteProtocolError
@@ -81,10 +80,6 @@ def load_peer_cert(path: str, ca: certs.Certificate, now: float) -> certs.Certif
         return certs.verify_node(read_file(path, "peer certificate"), ca, now)
     except RemoteProtocolError as exc:
         raise PkiError(f"{path}: {exc}") from None
-
-
-def new_signing_key() -> SigningKey:
-    return SigningKey.generate()
 
 
 class BlocklistFile:

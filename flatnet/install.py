@@ -26,6 +26,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from flatnet.cni import install_netavark, install_podman
+from flatnet.paths import code_root
 
 MANIFEST = "flatnet-install.json"
 SCRIPTS = ("flatnet", "flatnet-engine", "flatnet-lighthouse", "flatnet-cni")
@@ -47,14 +48,6 @@ class Roots:
     made_dirs: list[str] = field(default_factory=list)
     group_created: bool = False
     netavark_files: list[str] = field(default_factory=list)  # Podman 5: plugin, drop-in, network
-
-
-def code_root() -> str:
-    """The folder holding the `cni` package this interpreter imports: the venv's
-    site-packages, or the checkout for a development (editable) install."""
-    import flatnet
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(flatnet.__file__)))
 
 
 def _group_exists(name: str) -> bool:

@@ -13,6 +13,7 @@
     flatnet doctor [--gateway URL]            check this host and explain problems
     flatnet up [--hosts N] [--containers M]   a local test network in namespaces
     flatnet down
+    flatnet egress remove                     remove the engine's egress chains (uninstall)
     flatnet lighthouse status [--json]        the lighthouse on this machine
     flatnet gateway render|run|stop           the HTTP gateway (nginx + gateway-lua)
     flatnet systemd install|uninstall|render  the systemd units of this installation
@@ -336,7 +337,7 @@ LAB_PREFIX = "fnlab"
 
 def cmd_up(a: argparse.Namespace) -> int:
     import subprocess
-    from flatnet.lab import Lab
+    from flatnet.demo import Lab
     if os.path.exists(os.path.join(a.dir, "lab.json")):
         print(f"flatnet: a lab is already up (state in {a.dir}); run `flatnet down` first", file=sys.stderr)
         return 1
@@ -392,7 +393,7 @@ def cmd_egress_remove(a: argparse.Namespace) -> int:
 
 
 def cmd_down(a: argparse.Namespace) -> int:
-    from flatnet.lab import Lab
+    from flatnet.demo import Lab
     if not os.path.exists(os.path.join(a.dir, "lab.json")):
         print(f"no lab is up ({a.dir}/lab.json not found)")
         return 0
@@ -466,6 +467,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="exit codes: 0 ok, 1 failed (or doctor found a problem), 2 bad usage")
     p.add_argument("--version", action="version", version=f"flatnet {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _add_pki_commands(sub)
+    _add_engine_commands(sub)
+    _add_lab_commands(sub)
+    lh = sub.add_parser("lighthouse", help="the lighthouse on this machine").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    lhs = lh.add_parser("status", help="nodes online, leases, the store (members, health), relayed packets, drops")
+    lhs.add_argument("--json", action="store_true", help="machine-readable output")
+    lhs.add_argument("--socket", default=LIGHTHOUSE_SOCKET, help="the lighthouse's control socket")
+    lhs.set_defaults(fn=cmd_lighthouse_status)
+    from flatnet import gateway
+    gateway.add_commands(sub)
+    _add_host_commands(sub, p)
+    return p
+
+
+def _add_pki_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """flatnet ca init, flatnet cert sign|renew|revoke|show"""
     ca = sub.add_parser("ca", help="network certificate authority").add_subparsers(dest="sub", required=True,
                                                                                      metavar="ACTION")
     init = ca.add_parser("init", help="create the network CA")
@@ -500,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file", help="the certificate file")
     show.add_argument("--ca-dir", help="also check it against this CA and its blocklist")
     show.set_defaults(fn=cmd_cert_show)
+
+
+def _add_engine_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """What asks this host's engine: status, peers, service, doctor, egress"""
     for name, fn, what in (("status", cmd_status, "this host's engine: node, subnet, drops, certificate"),
                            ("peers", cmd_peers, "the peer table: state, path, endpoint, traffic")):
         sp = sub.add_parser(name, help=what)
@@ -530,26 +552,27 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--no-podman", action="store_true", help="skip the Podman checks")
     doc.add_argument("--json", action="store_true", help="machine-readable output (findings and ok)")
     doc.set_defaults(fn=cmd_doctor)
+    eg = sub.add_parser("egress", help="the engine's egress (masquerade) rules").add_subparsers(dest="sub",
+                                                                                               required=True)
+    eg.add_parser("remove", help="remove the FLATNET-POSTROUTING and FLATNET-FORWARD chains (uninstall)"
+                  ).set_defaults(fn=cmd_egress_remove)
+
+
+def _add_lab_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """flatnet up | down: the local test network"""
     up = sub.add_parser("up", help="bring up a local test network (hosts in network namespaces)")
     up.add_argument("--hosts", type=int, default=3, choices=range(2, 10), metavar="N (2-9)", help="hosts")
     up.add_argument("--containers", type=int, default=1, help="container namespaces per host")
     up.add_argument("--dir", default=LAB_DIR, help="the lab's state folder")
     up.set_defaults(fn=cmd_up)
-    eg = sub.add_parser("egress", help="the engine's egress (masquerade) rules").add_subparsers(dest="sub",
-                                                                                               required=True)
-    eg.add_parser("remove", help="remove the FLATNET-POSTROUTING and FLATNET-FORWARD chains (uninstall)"
-                  ).set_defaults(fn=cmd_egress_remove)
     down = sub.add_parser("down", help="remove the local test network")
     down.add_argument("--dir", default=LAB_DIR, help="the lab's state folder")
     down.set_defaults(fn=cmd_down)
-    lh = sub.add_parser("lighthouse", help="the lighthouse on this machine").add_subparsers(
-        dest="sub", required=True, metavar="ACTION")
-    lhs = lh.add_parser("status", help="nodes online, leases, the store (members, health), relayed packets, drops")
-    lhs.add_argument("--json", action="store_true", help="machine-readable output")
-    lhs.add_argument("--socket", default=LIGHTHOUSE_SOCKET, help="the lighthouse's control socket")
-    lhs.set_defaults(fn=cmd_lighthouse_status)
-    from flatnet import gateway
-    gateway.add_commands(sub)
+
+
+def _add_host_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]",
+                       p: argparse.ArgumentParser) -> None:
+    """The host set-up: systemd units, install, uninstall, shell completion"""
     sd = sub.add_parser("systemd", help="systemd units for this installation").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     for name, what in (("install", "write the units and reload systemd"), ("uninstall", "stop and remove them"),
@@ -568,7 +591,6 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument("shell", choices=["bash"], help="the shell")
     comp.set_defaults(fn=cmd_completion)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

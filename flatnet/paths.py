@@ -18,6 +18,15 @@ def data_dir(name: str) -> str:
     return os.path.join(REPO, name)
 
 
+def code_root() -> str:
+    """The folder from which this interpreter imports the `flatnet` package: the venv's
+    site-packages, or the checkout for a development (editable) install. Child
+    processes started with it as cwd or PYTHONPATH run this same code."""
+    import flatnet
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(flatnet.__file__)))
+
+
 def docs_dir() -> str | None:
     """The docs/ folder of a checkout; None for an installed wheel (no docs inside)."""
     path = os.path.join(REPO, "docs")

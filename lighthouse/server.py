@@ -42,43 +42,44 @@ class Lighthouse:
         self.rejected: dict[str, int] = {}
 
     async def run(self) -> None:
-        c = self.config
+        config = self.config
         self.loop = asyncio.get_running_loop()
-        me = pki.load_identity(c.ca, c.cert, c.key, time.time())
+        me = pki.load_identity(config.ca, config.cert, config.key, time.time())
         self.revocations = Revocations(me.ca)
         me = dataclasses.replace(me, revocations=self.revocations)
-        self.blocklist_file = pki.BlocklistFile(c.blocklist)
-        os.makedirs(c.state_dir, exist_ok=True)
+        self.blocklist_file = pki.BlocklistFile(config.blocklist)
+        os.makedirs(config.state_dir, exist_ok=True)
         # etcd: blocks until a member answers (a lighthouse without its store serves nobody)
-        self.leases = open_store(c, me.cert.name)
+        self.leases = open_store(config, me.cert.name)
         self.leases.on_punch = lambda target, asker: self.loop.call_soon_threadsafe(self._punch, target, asker)
-        self.registry = Registry(self.leases, c.ttl, self.revocations, relay=c.relay, me=me.cert.name)
+        self.registry = Registry(self.leases, config.ttl, self.revocations, relay=config.relay, me=me.cert.name)
         self.lease_pool = concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="lease")
         self._allocating: set[str] = set()
-        self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
-        self.dp = DataPath(c.network, 1420, self.sock.family, max_peers=c.sessions)
+        self.sock = udp.open_udp(config.listen_host, config.listen_port, 4 * 1024 * 1024)
+        self.dp = DataPath(config.network, 1420, self.sock.family, max_peers=config.sessions)
         self.dp.set_relay_mode(True)
         self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
         self.device.on_message = self._on_message
         self.device.on_relay = self._on_relay
         self._poll_blocklist()  # before the first handshake: a revoked node never gets in
-        self.metrics = metrics.serve(metrics.LighthouseCollector(self), c.metrics_listen)
-        self.servers = await control.start(c.control_socket, self.handle_api)
+        self.metrics = metrics.serve(metrics.LighthouseCollector(self), config.metrics_listen)
+        self.servers = await control.start(config.control_socket, self.handle_api)
         self.tcp = None
-        if c.relay and c.tcp_port:
+        if config.relay and config.tcp_port:
             from flatnet.lighthouse.tcp_relay import TcpRelayServer
-            self.tcp = TcpRelayServer((c.listen_host, c.tcp_port), loopback_of(c.listen_host, c.listen_port),
+            self.tcp = TcpRelayServer((config.listen_host, config.tcp_port),
+                                      loopback_of(config.listen_host, config.listen_port),
                                       self.device.shim_addrs, lambda a: a in self.registry.by_endpoint, self.log)
             try:
                 await self.tcp.start()
             except OSError as exc:  # UDP relaying and everything else still work
-                self.log.error("tcp_relay_unavailable", port=c.tcp_port, error=exc.strerror or str(exc),
+                self.log.error("tcp_relay_unavailable", port=config.tcp_port, error=exc.strerror or str(exc),
                                fix="free the port, allow CAP_NET_BIND_SERVICE, or set [relay] tcp_port")
                 self.tcp = None
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
                       lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
-        self.log.info("lighthouse_started", node=me.cert.name, network=str(c.network),
-                      listen=endpoints_policy.text(self.sock.getsockname()[:2]), store=c.store_backend,
+        self.log.info("lighthouse_started", node=me.cert.name, network=str(config.network),
+                      listen=endpoints_policy.text(self.sock.getsockname()[:2]), store=config.store_backend,
                       leases=len(self.leases.all()))
         self._tick()
         for sig in (signal.SIGTERM, signal.SIGINT):

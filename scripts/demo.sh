@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main command: install what is missing, then bring up Flatnet on this
 # machine (hosts in network namespaces, engines, container namespaces attached by the
-# CNI plugin) and show it working. `flatnet down` removes it all.
+# CNI plugin) and show it working (flatnet/demo.py). `flatnet down` removes it all.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/scripts/lib.sh"

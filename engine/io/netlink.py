@@ -1,7 +1,8 @@
 """Kernel state the engine owns, reconciled idempotently: TUN up with MTU, the overlay
 route through the TUN (source = this host's gateway address, so host-originated
-traffic carries an address from this host's lease), the bridge with the gateway
-address, IP forwarding. pyroute2: the engine is long-lived, its import cost is paid once.
+traffic carries an address from this host's lease), the bridge (what it must look
+like: cni/bridge.py, shared with the CNI plugin), IP forwarding. pyroute2: the engine
+is long-lived, its import cost is paid once.
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import ipaddress
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from flatnet.cni.bridge import ADD_ADDRESS, SET_MAC, SET_UP, BridgeSpec, conflict, repairs
 from flatnet.cni.netlink import format_mac
-from flatnet.cni.netns import bridge_mac
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:
@@ -20,25 +21,30 @@ def _index(ipr: IPRoute, name: str) -> int | None:
 
 
 def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, prefix: int, mtu: int) -> int:
+    """The bridge as cni.bridge says it must be (made, or put right); its index."""
+    spec = BridgeSpec(name, int(gateway), prefix, mtu)
     idx = _index(ipr, name)
-    mac = format_mac(bridge_mac(int(gateway)))  # fixed: see cni.netns.bridge_mac
     if idx is None:
         try:
-            ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=mac)
+            ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=format_mac(spec.mac))
         except NetlinkError as exc:
-            if exc.code != 17:
+            if exc.code != 17:  # EEXIST: a CNI ADD made it just now
                 raise
         idx = _index(ipr, name)
     link = ipr.get_links(idx)[0]
-    kind = link.get_attr("IFLA_LINKINFO")
-    if kind is None or kind.get_attr("IFLA_INFO_KIND") != "bridge":
-        raise RuntimeError(f"interface {name} exists but is not a bridge; remove it or set [bridge] name")
-    if link.get_attr("IFLA_ADDRESS") != mac:
-        ipr.link("set", index=idx, address=mac)
-    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
-    if str(gateway) not in have:
-        ipr.addr("add", index=idx, address=str(gateway), prefixlen=prefix)
-    ipr.link("set", index=idx, state="up")
+    info = link.get_attr("IFLA_LINKINFO")
+    why = conflict(spec, info.get_attr("IFLA_INFO_KIND") if info is not None else None)
+    if why is not None:
+        raise RuntimeError(f"{why}; remove it or set [bridge] name")
+    have = [int(ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS"))) for a in ipr.get_addr(index=idx, family=2)]
+    for step in repairs(spec, link.get_attr("IFLA_ADDRESS"), have, bool(link["flags"] & 1)):  # IFF_UP
+        if step == ADD_ADDRESS:
+            ipr.addr("add", index=idx, address=str(gateway), prefixlen=prefix,
+                     broadcast=str(ipaddress.IPv4Address(spec.broadcast)))
+        elif step == SET_MAC:
+            ipr.link("set", index=idx, address=format_mac(spec.mac))
+        elif step == SET_UP:
+            ipr.link("set", index=idx, state="up")
     return idx
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import cookie as cookies
-from flatnet.engine.proto import handshake as hsm
+from flatnet.engine.proto import handshake
 from flatnet.engine.proto.constants import (COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
                                     HANDSHAKE_RETRY_MAX, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME,
                                     REKEY_AFTER_TIME, REKEY_RESPONDER_SLACK)
@@ -100,7 +100,7 @@ class _Pending:
 
 
 class PeerSession:
-    def __init__(self, me: hsm.Identity, peer_name: str, peer_static: bytes,
+    def __init__(self, me: handshake.Identity, peer_name: str, peer_static: bytes,
                  allocate_index: Callable[[], int], release_index: Callable[[int], None],
                  wall_ns: Callable[[], int]) -> None:
         self.me = me
@@ -168,14 +168,14 @@ class PeerSession:
         if last_rx is not None and (self.last_rx is None or last_rx > self.last_rx):
             self.last_rx = last_rx
 
-    def receive_initiation(self, init: hsm.Initiation, addr: tuple, now: float) -> None:
+    def receive_initiation(self, init: handshake.Initiation, addr: tuple, now: float) -> None:
         if init.peer.name != self.peer_name:
             raise LocalProtocolError("initiation routed to the wrong session")
         if init.timestamp <= self.last_initiation_ts:
             raise RemoteProtocolError("replayed_initiation", f"from {self.peer_name} at {addr}")
         self.last_initiation_ts = init.timestamp
         local = self._allocate()
-        packet = self._with_macs(hsm.create_response(self.me, init, local), now)
+        packet = self._with_macs(handshake.create_response(self.me, init, local), now)
         send, receive = init.hs.split()
         self._datagrams.append((packet, addr))
         self._install(Keys(send, receive, local, init.sender_index, now, initiator=False), init.peer, now)
@@ -184,14 +184,14 @@ class PeerSession:
         pending = self.pending
         if pending is None:
             raise RemoteProtocolError("unexpected_response", f"from {self.peer_name}")
-        sender, receiver = hsm.response_indexes(packet)
+        sender, receiver = handshake.response_indexes(packet)
         if receiver != pending.local_index:
             raise RemoteProtocolError("unexpected_response", "stale receiver index")
         # on a copy: a response that fails (junk under the right index, or a bad
         # certificate) leaves the pending handshake able to take the real one.
         # Certificate validity is wall-clock time, not the monotonic `now`.
         hs = copy.copy(pending.hs)
-        cert = hsm.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        cert = handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
         send, receive = hs.split()
         self.pending = None
         self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), cert, now)
@@ -203,6 +203,10 @@ class PeerSession:
         self.cookie = (cookies.open_reply(packet, self.peer_static, self.last_mac1), now)
 
     def handle_timer(self, now: float) -> None:
+        # Rules: each test below is `now >= deadline`, with the very sum get_timer()
+        # returns. `now - start >= timeout` can be false at start + timeout (float
+        # rounding): a timer that fires and does nothing, a busy spin on a real clock
+        # (the same edge engine/proto/liveness.py had; tests/unit/simnet counts spins).
         p = self.pending
         if p is not None and now >= p.next_retry:
             if now - p.started >= HANDSHAKE_GIVE_UP:
@@ -219,14 +223,12 @@ class PeerSession:
         if cur is None:
             return
         if self.pending is None:
-            age = now - cur.created
-            if age >= REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK):
+            if now >= self._rekey_at(cur):
                 self.rekeys += 1
                 self._start(now)
-            elif (self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx
-                  and now - self._heard() >= DEAD_PEER_TIMEOUT):
+            elif self._unanswered() and now >= self._heard() + DEAD_PEER_TIMEOUT:
                 self._start(now)  # we keep sending and hear nothing: the peer may have restarted
-        if self.current is not None and now - (self.last_tx or cur.created) >= KEEPALIVE_TIMEOUT:
+        if self.current is not None and now >= self._keepalive_at(cur):
             self.last_tx = now
             self._events.append(SendKeepalive())
 
@@ -240,11 +242,22 @@ class PeerSession:
         cur = self.current
         if cur is not None:
             if self.pending is None:
-                deadlines.append(cur.created + REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK))
-                if self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx:
+                deadlines.append(self._rekey_at(cur))
+                if self._unanswered():
                     deadlines.append(self._heard() + DEAD_PEER_TIMEOUT)
-            deadlines.append((self.last_tx or cur.created) + KEEPALIVE_TIMEOUT)
+            deadlines.append(self._keepalive_at(cur))
         return min(deadlines) if deadlines else None
+
+    @staticmethod
+    def _rekey_at(cur: Keys) -> float:
+        return cur.created + REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK)
+
+    def _keepalive_at(self, cur: Keys) -> float:
+        return (self.last_tx or cur.created) + KEEPALIVE_TIMEOUT
+
+    def _unanswered(self) -> bool:
+        """We sent after we last heard from the peer."""
+        return self.last_rx is not None and self.last_tx is not None and self.last_tx > self.last_rx
 
     def close(self) -> None:
         """Forget everything (peer removed): release indexes, tell the data path."""
@@ -268,7 +281,7 @@ class PeerSession:
         if self.pending is not None:
             self._release(self.pending.local_index)
         local = self._allocate()
-        hs, packet = hsm.create_initiation(self.me, self.peer_static, local, self._wall_ns())
+        hs, packet = handshake.create_initiation(self.me, self.peer_static, local, self._wall_ns())
         packet = self._with_macs(packet, now)
         self.pending = _Pending(hs, local, started, now + delay, delay)
         self._datagrams.append((packet, None))
@@ -299,7 +312,7 @@ class PeerSession:
 
     @staticmethod
     def _expired(keys: Keys, now: float) -> bool:
-        return now - keys.created >= REJECT_AFTER_TIME
+        return now >= keys.created + REJECT_AFTER_TIME  # get_timer()'s sum (see handle_timer)
 
     def _expire(self, keys: Keys) -> None:
         self._release(keys.local_index)

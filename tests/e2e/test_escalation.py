@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from flatnet.lab import GATEWAY_PORT, REPO, Lab, sh
+from flatnet.demo import GATEWAY_PORT, Lab, sh
+from tests.harness.cni import REPO
 from tests.e2e.test_gateway import get, peer_row, publish, start_server, wait_for
 from tests.harness.netns import RUN_PREFIX
 

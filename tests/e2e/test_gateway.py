@@ -12,7 +12,8 @@ import pytest
 
 from flatnet.engine.io import control
 from flatnet import gateway
-from flatnet.lab import CLIENT_IP, GATEWAY_PORT, REPO, Lab, sh
+from flatnet.demo import CLIENT_IP, GATEWAY_PORT, Lab, sh
+from tests.harness.cni import REPO
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import wait_for, wait_listening
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flatnet.lab import Lab, sh
+from flatnet.demo import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.sandbox import IMAGE, PYTHON, SRC, Sandbox, import_busybox, resolv_conf
 

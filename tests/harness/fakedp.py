@@ -1,4 +1,5 @@
-"""A fake of engine.datapath.DataPath for control-plane tests without root or threads.
+"""A fake of engine.datapath.DataPath for control-plane tests without root, threads or C
+(the interface the Device uses: engine/datapath_port.py DataPathPort).
 
 It models what the C data path (engine/crypto/csrc/outside.c, inside.c, fastpath.c)
 does for the control plane, on the clock the test passes in:
@@ -33,7 +34,7 @@ from typing import Callable
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
-from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, ControlItem, PeerStats
+from flatnet.engine.datapath_port import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM, CTRL_VERSION, ControlItem, PeerStats
 from flatnet.engine.proto.constants import (TYPE_CONTROL, TYPE_COOKIE, TYPE_DATA, TYPE_INITIATION, TYPE_RELAYED,
                                     TYPE_RESPONSE, WIRE_VERSION)
 

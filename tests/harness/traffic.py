@@ -8,7 +8,7 @@ import sys
 import tempfile
 import textwrap
 
-from flatnet.lab import REPO
+from tests.harness.cni import REPO
 from tests.harness.wait import wait_listening
 
 SERVER = textwrap.dedent("""

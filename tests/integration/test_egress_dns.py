@@ -18,7 +18,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from flatnet.lab import CLIENT_IP, Lab, sh
+from flatnet.demo import CLIENT_IP, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

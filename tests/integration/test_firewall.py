@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from flatnet.engine.io import control
-from flatnet.lab import REPO, Lab, sh
+from flatnet.demo import Lab, sh
+from tests.harness.cni import REPO
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import wait_for, wait_listening
 

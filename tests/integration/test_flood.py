@@ -5,7 +5,7 @@ control plane as a handshake (issue 13). The long run is `python -m benchmarks f
 import pytest
 
 from benchmarks import bench_flood
-from flatnet.lab import Lab
+from flatnet.demo import Lab
 from tests.harness.netns import RUN_PREFIX
 
 pytestmark = pytest.mark.integration

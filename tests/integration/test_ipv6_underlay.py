@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flatnet.lab import LIGHTHOUSE_NAME, Lab, sh
+from flatnet.demo import LIGHTHOUSE_NAME, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.traffic import tcp_transfer
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from flatnet.lab import Lab, sh
+from flatnet.demo import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import tcp_established, wait_for, wait_listening
 

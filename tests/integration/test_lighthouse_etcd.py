@@ -239,7 +239,7 @@ def test_engines_register_again_within_two_seconds_of_a_lighthouse_restart(tmp_p
     """Engines (real ones, a Lab) that noticed their lighthouse was gone register again
     within 2 s of it being back (before: a handshake backoff of 1, 2, 4, 8 s, up to
     7.6 s measured)."""
-    from flatnet.lab import Lab
+    from flatnet.demo import Lab
     from tests.harness.netns import RUN_PREFIX
     lab = Lab(f"{RUN_PREFIX}r", str(tmp_path / "lab"), hosts=2, lighthouse=True)
     try:

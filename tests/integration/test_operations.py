@@ -11,7 +11,8 @@ import time
 import pytest
 
 from flatnet.engine.io import control
-from flatnet.lab import METRICS_PORT, REPO, Lab, sh
+from flatnet.demo import METRICS_PORT, Lab, sh
+from tests.harness.cni import REPO
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import file_contains, wait_for
 

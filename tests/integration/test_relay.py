@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from flatnet.lab import Lab, sh
+from flatnet.demo import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from flatnet.lab import REPO, Lab, sh
+from flatnet.demo import Lab, sh
+from tests.harness.cni import REPO
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import file_contains, seconds_until, wait_for
 

@@ -9,6 +9,10 @@ function (a lazy import is still a dependency). The rules:
     engine         the per-host daemon: engine.proto, cni (the bridge's shape)
     lighthouse     the lighthouse: engine.proto and engine (it is a node like any other)
     cli            the `flatnet` command and the lab: anything
+
+and, inside engine, the sans-IO modules in NO_C never reach the compiled data path
+(engine.crypto, engine.datapath), directly or through another module: they take a data
+path at construction (engine/datapath_port.py) and are tested against a fake.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ PARTS = {"engine.proto": {"engine.proto"},
          "engine": {"engine", "engine.proto", "cni"},
          "lighthouse": {"lighthouse", "engine", "engine.proto"},
          CLI: {CLI, "engine", "engine.proto", "cni", "lighthouse"}}
+
+NO_C = ("engine.device",)
+C_MODULES = ("engine.crypto", "engine.datapath")
 
 
 def _module(path: pathlib.Path) -> str:
@@ -121,3 +128,19 @@ def test_the_graph_sees_the_tree():
     graph = _graph()
     assert {"engine.device", "engine.proto.handshake", "cni.commands", "lighthouse.registry"} <= set(graph)
     assert "engine.proto.handshake" in graph["engine.device"]
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_sans_io_modules_do_not_reach_the_c_module():
+    graph = _graph()
+    wrong = sorted(f"{mod} reaches {dep}" for mod in NO_C for dep in _reachable(graph, mod)
+                   if dep in C_MODULES or dep.startswith(tuple(m + "." for m in C_MODULES)))
+    assert not wrong, "the device is sans-IO: it takes its data path at construction\n" + "\n".join(wrong)

@@ -5,8 +5,9 @@
  *     -> mac1: BLAKE2b-128 keyed by BLAKE2b-256("mac1----" || our static public key)
  *        over the message up to mac1; wrong = dropped (FN_DROP_MAC1). Costs ~1 us and
  *        proves the sender knows whom it talks to, nothing more.
- *     -> not under load (the global token bucket has a token): the per-source and
- *        global buckets as before, then up to Python.
+ *     -> not under load (the global token bucket has a token): it takes a token from
+ *        its source's bucket (none left: dropped, FN_DROP_RATE_LIMITED) and one from
+ *        the global bucket, then goes up to Python.
  *     -> under load (from the moment the global bucket is empty until it is full
  *        again; messages without mac2 keep draining it): only a message whose mac2 is keyed by the cookie of its source
  *        address goes up (per-source bucket still applies); the others are answered

@@ -18,8 +18,8 @@
  *   POLL_BOTH / PARKED    PARKED / POLL_BOTH
  *
  * Every fd is always covered: a PARKED thread's fd is polled by a POLL_BOTH thread or
- * tried after every pass by an ACTIVE one. `[tun] spin = false` turns this off (each
- * thread polls its own fd, as before).
+ * tried after every pass by an ACTIVE one. `[tun] spin = false` turns this off: each
+ * thread then polls its own fd.
  */
 #include "internal.h"
 

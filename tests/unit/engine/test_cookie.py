@@ -8,7 +8,7 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from flatnet.engine.datapath import CTRL_RAW, CTRL_VERSION, ControlItem
+from flatnet.engine.datapath_port import CTRL_RAW, CTRL_VERSION, ControlItem
 from flatnet.engine.device import Device
 from flatnet.engine.log import Logger
 from flatnet.engine.proto import cookie as cookies

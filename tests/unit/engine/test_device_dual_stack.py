@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from flatnet.engine.datapath import CTRL_RAW, ControlItem
+from flatnet.engine.datapath_port import CTRL_RAW, ControlItem
 from flatnet.engine.device import Device
 from flatnet.engine.log import Logger
 from tests.harness.pki import TestCA

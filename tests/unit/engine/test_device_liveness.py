@@ -5,7 +5,7 @@ by itself when its packets flow again."""
 import io
 import ipaddress
 
-from flatnet.engine.datapath import CTRL_RAW, ControlItem, PeerStats
+from flatnet.engine.datapath_port import CTRL_RAW, ControlItem, PeerStats
 from flatnet.engine.device import Device
 from flatnet.engine.log import Logger
 from tests.harness.pki import TestCA

@@ -7,7 +7,7 @@ seen losing the first datagram in the first-packet integration test, the second 
 both hosts handshook at the same time."""
 import ipaddress
 
-from flatnet.engine.datapath import CTRL_RAW, ControlItem
+from flatnet.engine.datapath_port import CTRL_RAW, ControlItem
 from flatnet.engine.device import Device
 from flatnet.engine.log import Logger
 from flatnet.engine.proto.constants import TYPE_DATA

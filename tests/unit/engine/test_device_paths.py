@@ -17,7 +17,7 @@ import struct
 
 import pytest
 
-from flatnet.engine.datapath import CTRL_RAW, CTRL_ROAM, ControlItem
+from flatnet.engine.datapath_port import CTRL_RAW, CTRL_ROAM, ControlItem
 from flatnet.engine.device import DIRECT_HOLD, Device
 from flatnet.engine.log import Logger
 from flatnet.engine.proto.constants import TYPE_RELAYED

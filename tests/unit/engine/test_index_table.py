@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from flatnet.engine.datapath import RX_SLOTS
+from flatnet.engine.datapath_port import RX_SLOTS
 from flatnet.engine.device import IndexTable
 
 

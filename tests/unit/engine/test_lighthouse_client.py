@@ -204,7 +204,7 @@ def test_a_punch_to_addresses_nobody_should_be_sent_to_is_not_followed():
                                       endpoints=bad + [("172.16.2.2", 4787)], local=bad[:2]),
                       ("192.0.2.254", 4787), 1.0)
     peer = dev.peers["host-b"]
-    assert peer.endpoints == [("172.16.2.2", 4787)] and peer.extra["local"] == []
+    assert peer.endpoints == [("172.16.2.2", 4787)] and peer.own_endpoints == []
     assert dev.errors["endpoint_refused"] == len(bad) and ("host-b", 1.0) in dev.connects
 
 

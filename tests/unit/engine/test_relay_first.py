@@ -15,7 +15,7 @@ import itertools
 import struct
 from types import SimpleNamespace
 
-from flatnet.engine.datapath import CTRL_ROAM, ControlItem
+from flatnet.engine.datapath_port import CTRL_ROAM, ControlItem
 from flatnet.engine.device import Device
 from flatnet.engine.lighthouse_client import PROBE_DELAYS, RELAY_AFTER, LighthouseClient
 from flatnet.engine.log import Logger

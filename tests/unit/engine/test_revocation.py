@@ -8,7 +8,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from flatnet.engine.datapath import CTRL_RAW, ControlItem
+from flatnet.engine.datapath_port import CTRL_RAW, ControlItem
 from flatnet.engine.device import Device
 from flatnet.engine.log import Logger
 from flatnet.engine.proto import cert as certs, revocation as rv
@@ -193,7 +193,7 @@ class RecordingDataPath:
         return None
 
     def stats(self, slot):
-        from flatnet.engine.datapath import PeerStats
+        from flatnet.engine.datapath_port import PeerStats
         return PeerStats(0, 0, 0, 0, 0, None, None, 0, False)
 
 

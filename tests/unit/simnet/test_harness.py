@@ -3,7 +3,7 @@ path refuses what the C one refuses (so a passing simnet test is not a fake's gi
 import ipaddress
 import random
 
-from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM
+from flatnet.engine.datapath_port import CTRL_DECRYPTED, CTRL_RAW, CTRL_ROAM
 from tests.harness.fakedp import FakeDataPath, ipv4
 from tests.harness.simnet import Nat
 

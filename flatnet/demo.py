@@ -1,9 +1,12 @@
-"""A Flatnet network on one machine: hosts are network namespaces on an underlay bridge,
-each running flatnet-engine, with container namespaces attached by the CNI plugin.
+"""The demo and test lab, not an operator's tool: a Flatnet network on one machine.
+Hosts are network namespaces on an underlay bridge, each running flatnet-engine, with
+container namespaces attached by the CNI plugin.
 
-Used by `flatnet up` / `flatnet down`, the integration tests and the benchmarks. All
-traffic stays inside namespaces made here (the underlay has no route out). State is
-written to <workdir>/lab.json so `flatnet down` can remove everything later.
+Used by `flatnet up` / `flatnet down` (scripts/demo.sh), the integration and e2e tests
+and the benchmarks. All traffic stays inside namespaces made here (the underlay has no
+route out). State is written to <workdir>/lab.json so `flatnet down` can remove
+everything later. It runs the code this interpreter imports (flatnet.paths.code_root),
+from a checkout or an installed wheel alike.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from flatnet.paths import code_root
+
 UNDERLAY = "192.0.2"
 PORT = 4787
 GATEWAY_PORT = 8080
@@ -244,7 +248,7 @@ class Lab:
                     f'[network]\ncidr = "{self.network}"\n[paths]\nstate_dir = "{first}/state"\nrun_dir = "{d}/run"\n')
         logf = open(os.path.join(d, "lighthouse.log"), "a")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "flatnet.lighthouse", "--config",
-                                 os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=logf,
+                                 os.path.join(d, "lighthouse.toml")], cwd=code_root(), stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         self.lh_pids[i] = proc.pid
@@ -254,7 +258,7 @@ class Lab:
         d = os.path.join(self.workdir, "lighthouse")
         logf = open(os.path.join(d, "lighthouse.log"), "a")
         proc = subprocess.Popen(["ip", "netns", "exec", self.lh_ns, sys.executable, "-m", "flatnet.lighthouse", "--config",
-                                 os.path.join(d, "lighthouse.toml")], cwd=REPO, stdout=logf,
+                                 os.path.join(d, "lighthouse.toml")], cwd=code_root(), stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         self.lh_pid = proc.pid
@@ -302,7 +306,7 @@ class Lab:
                 self._cli("cert", "sign", "--ca-dir", pki, "--name", f"lighthouse-{i}")
 
     def _cli(self, *args: str) -> None:
-        proc = subprocess.run([sys.executable, "-m", "flatnet", *args], cwd=REPO, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "flatnet", *args], cwd=code_root(), capture_output=True,
                               timeout=60)
         if proc.returncode != 0:
             raise RuntimeError(f"flatnet {' '.join(args)}: {proc.stderr.decode()}")
@@ -349,7 +353,7 @@ class Lab:
     def start_engine(self, h: Host) -> None:
         logf = open(h.log, "a")
         proc = subprocess.Popen(["ip", "netns", "exec", h.ns, sys.executable, "-m", "flatnet.engine", "--config", h.config],
-                                cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=code_root(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         h.pid = proc.pid
         self.save()
@@ -416,7 +420,7 @@ class Lab:
         runtimeConfig.aliases)."""
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
                "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
-               "PYTHONPATH": REPO, "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={name}" if name else ""}
+               "PYTHONPATH": code_root(), "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={name}" if name else ""}
         conf = self.cni_conf(h)
         if aliases:
             conf["runtimeConfig"] = {"aliases": {conf["name"]: list(aliases)}}
