@@ -153,7 +153,9 @@ class DataPath:
                                         ffi.new("uint32_t[]", list(cols[5]) or [0]), n), "set firewall")
 
     def set_peer_groups(self, slot: int, bits: int) -> None:
-        lib.fn_peer_groups(self.ctx, slot, bits)
+        """The peer's firewall group bits; set before a new session's add_rx, so its
+        packets are judged by its certificate's groups (firewall.c fn_peer_groups)."""
+        self._check(lib.fn_peer_groups(self.ctx, slot, bits), "set peer groups")
 
     def set_relay_mode(self, mode: int) -> None:
         """RELAY_ALL: every type-5 packet goes up to be forwarded (CTRL_FORWARD), none

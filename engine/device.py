@@ -44,6 +44,8 @@ class Peer:
     name: str
     slot: int
     subnet: ipaddress.IPv4Network | None
+    # the certificate of the current session's handshake (verified; its groups are the
+    # firewall's); before the first handshake, the configured or lighthouse-given one
     cert: certs.Certificate
     endpoints: list[tuple[str, int]]
     session: PeerSession
@@ -148,14 +150,36 @@ class Device:
         self.revoked.pop(peer.name, None)  # re-enrolled: a new certificate the blocklist allows
         self.by_slot[slot] = peer
         self.dp.set_peer(slot, subnet)
-        self.dp.set_peer_groups(slot, sum(self.group_bits.get(g, 0) for g in set(cert.groups)))
-        if RELAY_GROUP in cert.groups:
-            self._relay_certified.add(cert.name)
+        self.apply_groups(peer)
         if subnet is not None:
             self._by_subnet[int(subnet.network_address)] = peer.name
         if endpoints:
             self._set_endpoint(peer, endpoints[0])
         return peer
+
+    def apply_groups(self, peer: Peer) -> None:
+        """The firewall group bits and the relay right of `peer.cert` into effect (after
+        a new certificate, or new rules: group_bits)."""
+        self.dp.set_peer_groups(peer.slot, sum(self.group_bits.get(g, 0) for g in set(peer.cert.groups)))
+        if RELAY_GROUP in peer.cert.groups:
+            self._relay_certified.add(peer.name)
+        else:
+            self._relay_certified.discard(peer.name)
+
+    def _take_session_cert(self, peer: Peer, cert: certs.Certificate) -> None:
+        """A handshake finished (authenticated and fresh): the certificate the peer
+        presented in it, verified (CA, validity, blocklist, its name and Noise key are
+        the peer's), becomes the peer's certificate. Its groups and relay right apply
+        from now on; the caller does this before the new keys reach the data path, so
+        no packet under them is judged by an older certificate's groups."""
+        old = peer.cert
+        if cert.fingerprint == old.fingerprint:
+            return
+        peer.cert = cert
+        self.apply_groups(peer)
+        self.log.info("peer_certificate", peer=peer.name, fingerprint=cert.fingerprint[:16],
+                      groups=",".join(cert.groups) or "-", previous_groups=",".join(old.groups) or "-",
+                      expires=cert.not_after)
 
     def set_subnet(self, peer: Peer, subnet: ipaddress.IPv4Network) -> None:
         if peer.subnet != subnet:
@@ -524,6 +548,9 @@ class Device:
         while (event := s.next_event()) is not None:
             events.append(event)
             if isinstance(event, KeysInstalled):
+                # the groups of the certificate presented in this handshake go in before
+                # its receive key: no packet under the new keys meets the old groups
+                self._take_session_cert(peer, event.peer_cert)
                 # the receive key goes in before the response leaves: the initiator sends
                 # its held packets the moment the response arrives
                 self.dp.add_rx(event.keys.local_index, peer.slot, event.keys.receive)

@@ -356,7 +356,7 @@ class Engine:
 
     def _apply_firewall(self, c: Config) -> None:
         """Inbound rules into the data path; group names become bits (a peer's bits come
-        from its certificate's groups)."""
+        from the groups of the certificate it presented in its current session's handshake)."""
         names = sorted({g for r in c.firewall_rules for g in r.groups})
         self.device.group_bits = {g: 1 << i for i, g in enumerate(names)}
         protos = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
@@ -364,7 +364,7 @@ class Engine:
             (protos[r.proto], r.port_lo, r.port_hi, sum(self.device.group_bits[g] for g in r.groups),
              int(r.cidr.network_address), int(r.cidr.netmask)) for r in c.firewall_rules])
         for peer in self.device.peers.values():
-            self.dp.set_peer_groups(peer.slot, sum(self.device.group_bits.get(g, 0) for g in set(peer.cert.groups)))
+            self.device.apply_groups(peer)
         if c.firewall_rules or c.firewall_default != "allow":
             self.log.info("firewall", default=c.firewall_default, rules=len(c.firewall_rules))
 

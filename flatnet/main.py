@@ -2,7 +2,7 @@
 
     flatnet ca init   --dir DIR [--name N] [--days D]
     flatnet cert sign --ca-dir DIR --name N [--groups a,b] [--out-dir DIR] [--days D]
-    flatnet cert renew --ca-dir DIR --name N [--cert-dir DIR] [--days D]
+    flatnet cert renew --ca-dir DIR --name N [--cert-dir DIR] [--days D] [--groups a,b]
     flatnet cert revoke NAME|FINGERPRINT [--ca-dir DIR] [--out FILE]
     flatnet cert show FILE [--ca-dir DIR]
     flatnet status [--json] [--socket PATH]
@@ -124,13 +124,14 @@ def cmd_cert_renew(a: argparse.Namespace) -> int:
               f"{old.name}.key and issue a new key with `flatnet cert sign --name {old.name}`", file=sys.stderr)
         return 1
     now = int(time.time())
-    raw = certs.sign_node(ca_key, ca, old.name, old.key, list(old.groups), _not_before(old.name, a.ca_dir, ca, now),
+    groups = list(old.groups) if a.groups is None else [g for g in a.groups.split(",") if g]
+    raw = certs.sign_node(ca_key, ca, old.name, old.key, groups, _not_before(old.name, a.ca_dir, ca, now),
                           now + a.days * DAY)
     if os.path.exists(crt_path):
         os.replace(crt_path, crt_path + ".old")
     pki.write_public(crt_path, raw)
-    print(f"node {old.name!r}: renewed {crt_path} for {a.days} days (old one kept as {crt_path}.old); "
-          "reload the engine: systemctl reload flatnet-engine (or kill -HUP)")
+    print(f"node {old.name!r}: renewed {crt_path} for {a.days} days, groups {groups or '-'} "
+          f"(old one kept as {crt_path}.old); reload the engine: systemctl reload flatnet-engine (or kill -HUP)")
     return 0
 
 
@@ -505,6 +506,8 @@ def _add_pki_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     renew.add_argument("--name", required=True, help="the node whose certificate to renew")
     renew.add_argument("--cert-dir", help="where NAME.crt is (default: the CA dir)")
     renew.add_argument("--days", type=int, default=365, help="validity in days")
+    renew.add_argument("--groups", help="comma-separated groups for firewall rules (default: the old certificate's; "
+                                        "\"\" for none)")
     renew.set_defaults(fn=cmd_cert_renew)
     revoke = cert.add_parser("revoke", help="revoke a node's certificates (writes the signed blocklist)")
     revoke.add_argument("target", metavar="NAME|FINGERPRINT", help="a node name, or a certificate's fingerprint")

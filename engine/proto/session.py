@@ -20,6 +20,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable
 
+from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import cookie as cookies
 from flatnet.engine.proto import handshake
 from flatnet.engine.proto.constants import (COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
@@ -69,6 +70,9 @@ class Keys:
 class KeysInstalled:
     keys: Keys
     retired_index: int | None  # a receive index the data path must forget
+    # the certificate the peer presented in the handshake that made these keys, verified
+    # (CA, validity, blocklist, the Noise static key): its groups are the session's
+    peer_cert: certs.Certificate
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ class PeerSession:
         packet = self._with_macs(handshake.create_response(self.me, init, local), now)
         send, receive = init.hs.split()
         self._datagrams.append((packet, addr))
-        self._install(Keys(send, receive, local, init.sender_index, now, initiator=False), now)
+        self._install(Keys(send, receive, local, init.sender_index, now, initiator=False), init.peer, now)
 
     def receive_response(self, packet: bytes, now: float) -> None:
         pending = self.pending
@@ -187,10 +191,10 @@ class PeerSession:
         # certificate) leaves the pending handshake able to take the real one.
         # Certificate validity is wall-clock time, not the monotonic `now`.
         hs = copy.copy(pending.hs)
-        handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        cert = handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
         send, receive = hs.split()
         self.pending = None
-        self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), now)
+        self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), cert, now)
 
     def receive_cookie_reply(self, packet: bytes, now: float) -> None:
         """The peer is under load and wants mac2 keyed by this cookie from now on."""
@@ -289,7 +293,7 @@ class PeerSession:
                                                   self.cookie[0] if self.cookie else None)
         return packet
 
-    def _install(self, keys: Keys, now: float) -> None:
+    def _install(self, keys: Keys, peer_cert: certs.Certificate, now: float) -> None:
         retired = self.previous.local_index if self.previous is not None else None
         if retired is not None:
             self._release(retired)
@@ -297,7 +301,7 @@ class PeerSession:
         self.last_handshake = now
         self.handshakes += 1
         self._move(Input.KEYS)
-        self._events.append(KeysInstalled(keys, retired))
+        self._events.append(KeysInstalled(keys, retired, peer_cert))
 
     def _heard(self) -> float:
         """When the peer last gave word: data, or a finished handshake. Counting the

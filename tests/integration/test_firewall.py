@@ -2,6 +2,7 @@
 connections the host opened come back in; everything else from peers is dropped and
 counted."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import pytest
 
 from flatnet.engine.io import control
 from flatnet.demo import Lab, sh
+from tests.harness.cni import REPO
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.wait import wait_for, wait_listening
 
@@ -77,6 +79,89 @@ def test_rules_groups_and_replies(tmp_path):
                          "the refused connect from outside group web counted as a firewall drop")
         assert sh("ping", "-c", "1", "-W", "1", target["ip"], ns=web.containers[0]["ns"], check=False).returncode
         wait_for(lambda: firewall_drops(guarded) > drops, 5, "the refused ping counted as a firewall drop")
+    finally:
+        for s in servers:
+            s.kill()
+        lab.down()
+
+
+GROUP_DB = """
+[firewall]
+default = "deny"
+[[firewall.inbound]]
+proto = "tcp"
+port = "8000"
+groups = ["db"]
+[[firewall.inbound]]
+proto = "tcp"
+port = "9000"
+"""
+
+
+def peer_row(lab, host, name: str) -> dict:  # noqa: ANN001
+    return next(p for p in lab.peers(host) if p["name"] == name)
+
+
+def restart_renewed(lab, host, groups: str, guarded) -> None:  # noqa: ANN001
+    """`flatnet cert renew --groups` for `host` (same name, key, address) and a restart
+    of its engine only; returns once `guarded` finished a handshake with the new certificate
+    (a new fingerprint in its peer table: the engine without the fix keeps the old one)."""
+    old = peer_row(lab, guarded, host.name)
+    proc = subprocess.run([sys.executable, "-m", "flatnet", "cert", "renew", "--ca-dir",
+                           os.path.join(lab.workdir, "pki"), "--name", host.name, "--groups", groups],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lab.stop_engine(host)
+    lab.start_engine(host)
+    lab.wait_engine(host)
+
+    def handshook() -> bool:
+        try:  # the restarted engine's socket may not answer yet
+            return (peer_row(lab, guarded, host.name)["handshakes"] > old["handshakes"]
+                    and peer_row(lab, host, guarded.name)["state"] == "established")
+        except (OSError, ValueError, StopIteration):
+            return False
+    wait_for(handshook, 15, f"{guarded.name} finished a handshake with the restarted {host.name}")
+
+
+def check_db_access(lab, client: dict, target: dict, guarded, in_db: bool) -> None:  # noqa: ANN001
+    """tcp/8000 passes exactly when host-1 is in group db; tcp/9000 (no group) proves
+    the path and the listener first, and a refusal must count as a firewall drop."""
+    assert connect(client["ns"], target["ip"], 9000)
+    if in_db:
+        assert connect(client["ns"], target["ip"], 8000), "tcp/8000 closed to host-1 although it is in group db"
+        return
+    drops = firewall_drops(guarded)
+    assert not connect(client["ns"], target["ip"], 8000), "tcp/8000 open to host-1 although it left group db"
+    wait_for(lambda: firewall_drops(guarded) > drops, 5, "the refused connect to 8000 counted as a firewall drop")
+
+
+@pytest.mark.parametrize("first", [["db"], []], ids=["db-removed-then-added", "db-added-then-removed"])
+def test_groups_follow_the_certificate_presented_in_the_current_handshake(tmp_path, first):
+    """host-2 lets tcp/8000 in for group db only (tcp/9000 for all). host-1's
+    certificate changes group db twice, each time by `flatnet cert renew --groups` and
+    a restart of host-1 only (same name, key and address); host-2 keeps running and
+    judges by the certificate host-1 presented in the latest handshake (decision 42)."""
+    lab = Lab(f"{RUN_PREFIX}g", str(tmp_path / "lab"), hosts=2, groups={1: first}, extra_config={2: GROUP_DB})
+    servers = []
+    try:
+        lab.up(containers_per_host=1)
+        member, guarded = lab.hosts
+        target, client = guarded.containers[0], member.containers[0]
+        servers += [listen(target["ns"], 8000), listen(target["ns"], 9000)]
+        wait_listening(target["ns"], 8000)
+        wait_listening(target["ns"], 9000)
+        guarded_pid = guarded.pid
+        in_db = bool(first)
+        check_db_access(lab, client, target, guarded, in_db)  # the twin of what the renewal changes
+        for _ in range(2):
+            in_db = not in_db
+            restart_renewed(lab, member, "db" if in_db else "", guarded)
+            check_db_access(lab, client, target, guarded, in_db)
+            assert peer_row(lab, guarded, member.name)["groups"] == (["db"] if in_db else [])
+        assert guarded.pid == guarded_pid  # host-2 was never restarted
+        with open(guarded.log) as f:
+            assert f.read().count("peer_certificate") >= 2
     finally:
         for s in servers:
             s.kill()

@@ -69,3 +69,20 @@ def test_a_bad_target_is_explained(tmp_path, capsys):
     main(["ca", "init", "--dir", d])
     assert main(["cert", "revoke", "x" * 65, "--ca-dir", d]) == 1
     assert "neither a node name" in capsys.readouterr().err
+
+
+def test_renew_keeps_or_changes_the_groups(tmp_path, capsys):
+    """`cert renew` keeps the groups unless --groups is given ("" removes them all); the
+    key and name stay (docs/engine.md, which certificate's groups count)."""
+    d = str(tmp_path / "pki")
+    main(["ca", "init", "--dir", d])
+    main(["cert", "sign", "--ca-dir", d, "--name", "host-4", "--groups", "web,db"])
+    first = load(d, "host-4")
+    assert main(["cert", "renew", "--ca-dir", d, "--name", "host-4"]) == 0
+    assert load(d, "host-4").groups == ("web", "db")
+    assert main(["cert", "renew", "--ca-dir", d, "--name", "host-4", "--groups", "web"]) == 0
+    assert "groups ['web']" in capsys.readouterr().out
+    renewed = load(d, "host-4")
+    assert (renewed.groups, renewed.key, renewed.name) == (("web",), first.key, "host-4")
+    assert main(["cert", "renew", "--ca-dir", d, "--name", "host-4", "--groups", ""]) == 0
+    assert load(d, "host-4").groups == ()

@@ -93,8 +93,13 @@ int fn_firewall_set(fn_ctx *ctx, int default_allow, const uint8_t *protos, const
     return 0;
 }
 
+/* Under rx_lock, which every receive pass holds: a pass judges all its packets by one
+ * value, and the control plane sets a new session's groups before its receive key
+ * (fn_rx_add, same lock), so no packet under the new key meets the old groups. */
 int fn_peer_groups(fn_ctx *ctx, int slot, uint64_t groups) {
     if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
+    pthread_mutex_lock(&ctx->rx_lock);
     ctx->peers[slot].groups = groups;
+    pthread_mutex_unlock(&ctx->rx_lock);
     return 0;
 }
