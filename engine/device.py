@@ -84,9 +84,14 @@ class IndexTable:
 class Device:
     def __init__(self, me: hsm.Identity, datapath, send: Callable[[bytes, tuple[str, int]], None],  # noqa: ANN001
                  wall_ns: Callable[[], int], log: Logger, rng: random.Random | None = None,
-                 accept_any: bool = False, dead_after: float = liveness.DEAD_AFTER) -> None:
+                 accept_any: bool = False, dead_after: float = liveness.DEAD_AFTER, judge_paths: bool = True) -> None:
         """accept_any: take handshakes from any node the CA certified (peers found through
         a lighthouse), not only the configured ones; such a peer starts with no subnet.
+        judge_paths: probe a path that does not answer what we sent (engine.proto.liveness).
+        A lighthouse passes False: what it sends are answers (a lease, a peer, a punch),
+        which nobody answers in turn, so a probe would follow every query it served (a
+        handshake per answer: with 10,000 nodes a storm that starved the queries); each
+        node watches its own path to the lighthouse and moves away when it dies.
         Hooks the owner may set: on_relay(data, addr, now) for type-5 packets to forward
         (a relay), on_message(peer, data, addr, now) for decrypted control
         messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
@@ -101,6 +106,7 @@ class Device:
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
         self.on_path_dead: Callable[[Peer, float], None] | None = None
         self.dead_after = dead_after
+        self.judge_paths = judge_paths
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
         # a relay's side of the TCP relay (lighthouse.tcp_relay): the loopback addresses of
@@ -434,7 +440,8 @@ class Device:
             st = self.dp.stats(peer.slot)
             peer.session.note_traffic(st.last_tx, st.last_rx)
             peer.session.handle_timer(now)
-            self._check_path(peer, st.last_tx, now)
+            if self.judge_paths:
+                self._check_path(peer, st.last_tx, now)
             self._apply(peer)
 
     def _check_path(self, peer: Peer, last_tx: float | None, now: float) -> None:

@@ -58,7 +58,8 @@ class Lighthouse:
         self.sock = udp.open_udp(c.listen_host, c.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(c.network, 1420, self.sock.family, max_peers=c.sessions)
         self.dp.set_relay_mode(True)
-        self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True)
+        self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True,
+                             judge_paths=False)
         self.device.on_message = self._on_message
         self.device.on_relay = self._on_relay
         self._poll_blocklist()  # before the first handshake: a revoked node never gets in

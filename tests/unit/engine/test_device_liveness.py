@@ -111,3 +111,23 @@ def test_a_session_without_keys_is_not_probed():
         a.handle_timer(t)
     assert a.peer_table(7.0)[0]["state"] == "unreachable"
     assert not [w for w in wire if w[1][0] == 1]
+
+
+def test_a_device_that_does_not_judge_paths_sends_no_probe():
+    """A lighthouse's Device (judge_paths=False): what it sends are answers that nobody
+    answers in turn; silence after them is normal and must not start a handshake per
+    answer (10,000 nodes queried once each made 10,000 handshakes a second, retried for
+    a minute, and the lighthouse stopped answering queries)."""
+    a, b, pa, dp, wire, out = setup()
+    a.judge_paths = False
+    dp.last_rx, dp.last_tx = 1.0, 2.0  # an answer went out, nothing came back
+    for t in (2.0, 3.6, 5.0, 6.0, 7.0, 12.0):
+        a.handle_timer(t)
+    assert not [w for w in wire if w[1][0] == 1]
+    assert a.peer_table(12.0)[0]["state"] == "established" and "peer_unreachable" not in out.getvalue()
+
+
+def test_the_lighthouse_builds_its_device_without_path_judging():
+    import inspect
+    from flatnet.lighthouse import server
+    assert "judge_paths=False" in inspect.getsource(server.Lighthouse.run)
