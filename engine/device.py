@@ -7,6 +7,7 @@ function and the DataPath (or a fake of it) at construction.
 from __future__ import annotations
 
 import collections
+import errno
 import heapq
 import ipaddress
 import random
@@ -51,6 +52,7 @@ class Peer:
     direct_seen: float | None = None  # when an authenticated packet last moved us to / kept a direct path
     extra: dict = field(default_factory=dict)
     live: liveness.Liveness = field(default_factory=liveness.Liveness)
+    due: float = 0.0  # without path judging, handle_timer skips the peer until then
 
 
 class IndexTable:
@@ -168,6 +170,29 @@ class Device:
             return False
         self._send_to(peer, packet)
         return True
+
+    def send_messages(self, messages: list[tuple[Peer, bytes]]) -> list[Peer]:
+        """Control messages to many peers at once (a lighthouse's answers): those to a
+        peer whose only address is its endpoint go sealed and sent in one data-path
+        call (DataPath.send_controls, one sendmmsg); the others (relayed, several
+        candidate endpoints) as send_message does. Returns the peers that had no keys."""
+        batch, slow, failed = [], [], []
+        for peer, data in messages:
+            if peer.relay is None and peer.endpoint is not None and all(e == peer.endpoint for e in peer.endpoints):
+                batch.append((peer, data))
+            else:
+                slow.append((peer, data))
+        if batch:
+            results = self.dp.send_controls([(peer.slot, data) for peer, data in batch])
+            for (peer, data), rc in zip(batch, results):
+                if rc == -errno.ENOKEY or rc == -errno.EKEYEXPIRED:
+                    failed.append(peer)
+                elif rc:  # the path changed under us: the general way
+                    slow.append((peer, data))
+        for peer, data in slow:
+            if not self.send_message(peer, data):
+                failed.append(peer)
+        return failed
 
     def _send_to(self, peer: Peer, packet: bytes, direct_only: bool = False) -> None:
         """To the peer's current path: its relay, else its endpoint and the other candidates.
@@ -436,13 +461,24 @@ class Device:
 
     # ---- timers
     def handle_timer(self, now: float) -> None:
+        """Without path judging (a lighthouse, 10,000 sessions) a peer is looked at only
+        when its session's own deadline has come: traffic since the last look can only
+        move the session's deadlines later (a send starts the 20 s dead-peer wait from
+        the last word heard, never before the 15 s keepalive deadline already taken),
+        and every other change to a session passes _apply, which clears `due`. A tick
+        then costs a comparison per peer, not a data-path read and a timer run each."""
         for peer in self.peers.values():
+            if now < peer.due:
+                continue
             st = self.dp.stats(peer.slot)
             peer.session.note_traffic(st.last_tx, st.last_rx)
             peer.session.handle_timer(now)
             if self.judge_paths:
                 self._check_path(peer, st.last_tx, now)
             self._apply(peer)
+            if not self.judge_paths:
+                due = peer.session.get_timer()
+                peer.due = float("inf") if due is None else due
 
     def _check_path(self, peer: Peer, last_tx: float | None, now: float) -> None:
         """Liveness of the peer's path: probe it, say once when it dies (and let the
@@ -476,6 +512,7 @@ class Device:
 
     # ---- outputs of a session, applied to the data path and the wire
     def _apply(self, peer: Peer, direct_only: bool = False) -> None:
+        peer.due = 0.0  # the session may have changed: the next tick looks at it
         s = peer.session
         events = []
         while (event := s.next_event()) is not None:
