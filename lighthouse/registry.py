@@ -90,6 +90,9 @@ class Node:
     names: list[tuple[str, str]] = field(default_factory=list)
     names_gen: int = -1
     names_pending: tuple[int, int, dict[int, list]] | None = None  # (gen, total, offset -> entries)
+    # "peer" and "punch" about this node, encoded once per registration: every query for
+    # it (and every punch of it as the asker) sends the same bytes until it registers again
+    encoded: dict[str, bytes] = field(default_factory=dict)
 
     def endpoints(self) -> list[Endpoint]:
         """Where others may try this node: the observed address (unless it is one
@@ -158,6 +161,7 @@ class Registry:
         local, bad_endpoints = endpoints_policy.usable(msg["endpoints"])
         self.limited["endpoints_refused"] += len(bad_endpoints)
         node.observed, node.local, node.last_seen, node.subnet = src, local[:wire.MAX_LOCAL], now, subnet
+        node.encoded.clear()  # what a peer or punch message says about it may have changed
         node.observed_ok = endpoints_policy.refused(src) is None
         node.services, refused = self._claim(name, subnet, msg["services"], now)
         gateway = msg["gateway"]  # other hosts' gateways proxy HTTP to it: the same rule as endpoints
@@ -328,7 +332,7 @@ class Registry:
             raise RemoteProtocolError("query_rate_limited", asker)
         self.queries += 1
         if "addr" in msg:
-            target_name = self.leases.by_address(ipaddress.IPv4Address(msg["addr"]))
+            target_name = self.leases.by_address(wire.ipv4_int(msg["addr"]))
         else:
             target_name = msg["name"]
         target = self.nodes.get(target_name) if target_name else None
@@ -342,14 +346,21 @@ class Registry:
             self.leases.request_punch(remote.lighthouse, remote.name, self._record(me))
             return [(asker, wire.peer_message("peer", remote.name, remote.cert, remote.subnet, remote.endpoints,
                                               remote.local))]
-        out = [(asker, wire.peer_message("peer", target.name, target.cert, str(target.subnet), target.endpoints(),
-                                         target.local))]
+        out = [(asker, self._about(target, "peer"))]
         if self.punch_limits.setdefault(target.name, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
-            out.append((target.name, wire.peer_message("punch", me.name, me.cert, str(me.subnet), me.endpoints(),
-                                                       me.local)))
+            out.append((target.name, self._about(me, "punch")))
         else:
             self.limited["punches"] += 1
         return out
+
+    @staticmethod
+    def _about(node: Node, kind: str) -> bytes:
+        """The `peer` or `punch` message about a node (encoded once per registration)."""
+        msg = node.encoded.get(kind)
+        if msg is None:
+            msg = node.encoded[kind] = wire.peer_message(kind, node.name, node.cert, str(node.subnet),
+                                                         node.endpoints(), node.local)
+        return msg
 
     def punch(self, target: str, asker: NodeRecord, now: float) -> list[tuple[str, bytes]]:
         """Another lighthouse answered `asker`'s query for `target`, a node registered

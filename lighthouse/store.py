@@ -64,12 +64,14 @@ class Store:
     def block_of(self, subnet: ipaddress.IPv4Network) -> int:
         return (int(subnet.network_address) - int(self.network.network_address)) >> 8
 
-    def block_of_address(self, addr: ipaddress.IPv4Address) -> int | None:
-        if addr not in self.network:
+    def block_of_address(self, addr: ipaddress.IPv4Address | int) -> int | None:
+        """The block holding an address (an IPv4Address, or its int), None outside the network."""
+        offset = int(addr) - int(self.network.network_address)
+        if not 0 <= offset < self.network.num_addresses:
             return None
-        return (int(addr) - int(self.network.network_address)) >> 8
+        return offset >> 8
 
-    def by_address(self, addr: ipaddress.IPv4Address) -> str | None:
+    def by_address(self, addr: ipaddress.IPv4Address | int) -> str | None:
         block = self.block_of_address(addr)
         return None if block is None else self.name_of_block(block)
 
