@@ -163,6 +163,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
         st = json.loads(body)
         r["lighthouse"] = {"rejected": st["rejected"], "limited": st["limited"], "control_errors": st["control_errors"],
                            "drops": {k: v for k, v in st["drops"].items() if v}, "queries": st["queries"],
+                           "io": {k: v for k, v in st["io"].items() if v},
                            "store": {k: v for k, v in st["store"].items() if k != "members"}}
         r["lighthouse_log_tail"] = open(f"{tmp}/lh.log").read()[-1500:]
         return r

@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from flatnet.engine.crypto import ffi, lib
 
@@ -77,8 +77,9 @@ class PeerStats:
     has_keys: bool
 
 
-@dataclass(frozen=True)
-class ControlItem:
+class ControlItem(NamedTuple):
+    """What the data path hands up (a NamedTuple: one is made per control message, and a
+    frozen dataclass costs twice as much to build)."""
     kind: int
     peer: int
     data: bytes

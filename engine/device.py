@@ -178,7 +178,8 @@ class Device:
         candidate endpoints) as send_message does. Returns the peers that had no keys."""
         batch, slow, failed = [], [], []
         for peer, data in messages:
-            if peer.relay is None and peer.endpoint is not None and all(e == peer.endpoint for e in peer.endpoints):
+            if peer.relay is None and peer.endpoint is not None and (peer.endpoints == [peer.endpoint]
+                                                                     or not peer.endpoints):
                 batch.append((peer, data))
             else:
                 slow.append((peer, data))

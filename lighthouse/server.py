@@ -217,7 +217,7 @@ class Lighthouse:
                 "queries": self.registry.queries, "relayed": self.registry.relayed, "rejected": self.rejected,
                 "limited": dict(self.registry.limited), "store": self.leases.health(),
                 "tcp_relay": self.tcp.status() if self.tcp is not None else None,
-                "drops": self.dp.drops(), "control_errors": dict(self.device.errors)}
+                "drops": self.dp.drops(), "io": self.dp.io_stats(), "control_errors": dict(self.device.errors)}
 
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
         if url.split("?")[0] == "/status":
