@@ -76,6 +76,15 @@ class TokenBucket:
         return True
 
 
+def _bucket(buckets: dict[str, TokenBucket], name: str, rate: float, burst: float) -> TokenBucket:
+    """The node's bucket, made on first use (not one made and thrown away per message,
+    as dict.setdefault would)."""
+    bucket = buckets.get(name)
+    if bucket is None:
+        bucket = buckets[name] = TokenBucket(rate, burst)
+    return bucket
+
+
 @dataclass
 class Node:
     name: str
@@ -266,7 +275,7 @@ class Registry:
         already holds the current version."""
         if asker not in self.nodes:
             return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
-        if not self.names_limits.setdefault(asker, TokenBucket(NAMES_RATE, NAMES_BURST)).take(now):
+        if not _bucket(self.names_limits, asker, NAMES_RATE, NAMES_BURST).take(now):
             self.limited["names_queries"] += 1
             raise RemoteProtocolError("query_rate_limited", asker)
         online = {n for n, node in self.nodes.items() if now - node.last_seen <= 3 * self.ttl}
@@ -327,7 +336,7 @@ class Registry:
         if me is None:
             return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
         # a bucket per registered node only: expire() forgets it with the node
-        if not self.query_limits.setdefault(asker, TokenBucket(QUERY_RATE, QUERY_BURST)).take(now):
+        if not _bucket(self.query_limits, asker, QUERY_RATE, QUERY_BURST).take(now):
             self.limited["queries"] += 1
             raise RemoteProtocolError("query_rate_limited", asker)
         self.queries += 1
@@ -347,7 +356,7 @@ class Registry:
             return [(asker, wire.peer_message("peer", remote.name, remote.cert, remote.subnet, remote.endpoints,
                                               remote.local))]
         out = [(asker, self._about(target, "peer"))]
-        if self.punch_limits.setdefault(target.name, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
+        if _bucket(self.punch_limits, target.name, PUNCH_RATE, PUNCH_BURST).take(now):
             out.append((target.name, self._about(me, "punch")))
         else:
             self.limited["punches"] += 1
@@ -368,7 +377,7 @@ class Registry:
         node = self.nodes.get(target)
         if node is None or now - node.last_seen > 3 * self.ttl or asker.name == target:
             return []
-        if not self.punch_limits.setdefault(target, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
+        if not _bucket(self.punch_limits, target, PUNCH_RATE, PUNCH_BURST).take(now):
             self.limited["punches"] += 1
             return []
         return [(target, wire.peer_message("punch", asker.name, asker.cert, asker.subnet, asker.endpoints,
