@@ -3,7 +3,6 @@ the peer's only address is its endpoint; relayed peers and peers with other cand
 endpoints take the general way (send_message), peers without keys are returned."""
 import errno
 import io
-import ipaddress
 
 from flatnet.engine.device import Device
 from flatnet.engine.log import Logger
