@@ -55,6 +55,7 @@ class Store:
     """The shared part: a store that keeps no node registry (SQLite) inherits these."""
 
     network: ipaddress.IPv4Network
+    blocks: int  # the /24s of the network
     backend = "none"
     on_punch: Callable[[str, NodeRecord], None] | None = None  # (target, asker), from any thread
 
@@ -67,9 +68,8 @@ class Store:
     def block_of_address(self, addr: ipaddress.IPv4Address | int) -> int | None:
         """The block holding an address (an IPv4Address, or its int), None outside the network."""
         offset = int(addr) - int(self.network.network_address)
-        if not 0 <= offset < self.network.num_addresses:
-            return None
-        return offset >> 8
+        block = offset >> 8
+        return block if 0 <= offset and block < self.blocks else None
 
     def by_address(self, addr: ipaddress.IPv4Address | int) -> str | None:
         block = self.block_of_address(addr)
