@@ -65,6 +65,26 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
+def _py_spy(spy, phase_name: str, pid: int):  # noqa: ANN001, ANN202 - a Popen or None
+    """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during the query phase
+    only (collapsed stacks, one line each, to FILE; `py-spy` on PATH)."""
+    import shutil
+    import signal
+    import subprocess
+    out = os.environ.get("FLATNET_BENCH_PYSPY")
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(30)
+        return None
+    if not out or phase_name != "queries":
+        return None
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise RuntimeError("FLATNET_BENCH_PYSPY is set but py-spy is not on PATH (pip install py-spy)")
+    return subprocess.Popen([exe, "record", "--nonblocking", "--rate", "250", "--format", "raw", "--output", out,
+                             "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
     """One lighthouse in a namespace (SQLite, or etcd with 3 members there), driven by
     a swarm process in the same namespace; the lighthouse's RSS after registration."""
@@ -113,7 +133,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
                                   "--budget", str(budget)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
         cpu: dict[str, float] = {}
-        last = None
+        last = spy = None
         try:
             for line in swarm.stdout:
                 if line.startswith("PHASE "):
@@ -121,6 +141,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
                     if last is not None:
                         cpu[last[0]] = now_cpu - last[1]
                     last = (line.split()[1], now_cpu)
+                    spy = _py_spy(spy, last[0], lh.pid)
                 elif line.startswith("{"):
                     r = json.loads(line)
             swarm.wait(timeout=budget + 120)
@@ -138,10 +159,11 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
             r["queries_per_cpu_s"] = r["queries_answered"] / cpu["queries"]
         r.update(backend=backend, lighthouse_rss_mb=_rss_mb(lh.pid), lighthouse_rss_idle_mb=rss_idle)
         from flatnet.engine.io import control
-        _, body = control.get(f"{tmp}/run/lighthouse.sock", "/status")
+        _, body = control.get(f"{tmp}/run/lighthouse.sock", "/status", timeout=30)  # 10,000 nodes listed
         st = json.loads(body)
         r["lighthouse"] = {"rejected": st["rejected"], "limited": st["limited"], "control_errors": st["control_errors"],
                            "drops": {k: v for k, v in st["drops"].items() if v}, "queries": st["queries"],
+                           "io": {k: v for k, v in st["io"].items() if v},
                            "store": {k: v for k, v in st["store"].items() if k != "members"}}
         r["lighthouse_log_tail"] = open(f"{tmp}/lh.log").read()[-1500:]
         return r

@@ -7,6 +7,7 @@ peer arrived. Per-packet work never runs in Python.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -84,6 +85,7 @@ class DataPath:
         self.mtu = mtu
         self.family = family
         self._threads: list[threading.Thread] = []
+        self._udp_fd: int | None = None  # start(): the socket send_controls uses
         self._stopping = False
 
     # ---- peers and keys (control plane; any thread)
@@ -218,6 +220,23 @@ class DataPath:
         n = lib.fn_seal_control(self.ctx, slot, payload, len(payload), out, len(payload) + 32)
         return ffi.buffer(out, n)[:] if n > 0 else None
 
+    def send_controls(self, messages: list[tuple[int, bytes]]) -> list[int]:
+        """Control messages [(slot, payload)] sealed and sent to each peer's endpoint in
+        one C call (one sendmmsg, inside.c fn_send_control) on the socket given to
+        start(). Per message 0, or -errno: ENOKEY (no send key), EXDEV (the peer is
+        relayed: the caller wraps it), EDESTADDRREQ (no endpoint), EMSGSIZE, EINVAL."""
+        n = len(messages)
+        if not n:
+            return []
+        if self._udp_fd is None:
+            raise OSError(errno.ENOTCONN, "data path: send_controls before start()")
+        results = ffi.new("int32_t[]", n)
+        rc = lib.fn_send_control(self.ctx, self._udp_fd, ffi.new("int32_t[]", [slot for slot, _ in messages]),
+                                 b"".join([m for _, m in messages]), ffi.new("uint32_t[]", [len(m) for _, m in messages]),
+                                 n, results)
+        self._check(rc, "send control")
+        return ffi.unpack(results, n)
+
     @staticmethod
     def _check(rc: int, what: str) -> None:
         if rc < 0:
@@ -227,6 +246,7 @@ class DataPath:
     def start(self, tun_fd: int | None, udp_fd: int, on_want: Callable[[list[int]], None],
               on_control: Callable[[list[ControlItem]], None]) -> None:
         """tun_fd None: receive side only (a lighthouse has no TUN)."""
+        self._udp_fd = udp_fd
         self._threads = [threading.Thread(target=self._outside, args=(udp_fd, -1 if tun_fd is None else tun_fd,
                                                                        on_control), name="outside", daemon=True)]
         if tun_fd is not None:

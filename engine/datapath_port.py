@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # the kinds of ControlItem the data path hands up
 CTRL_RAW = 0        # a handshake or relayed packet, as received
@@ -38,8 +38,10 @@ class PeerStats:
     has_keys: bool
 
 
-@dataclass(frozen=True)
-class ControlItem:
+class ControlItem(NamedTuple):
+    """What the data path hands up (a NamedTuple: one is made per control message, and a
+    frozen dataclass costs twice as much to build)."""
+
     kind: int
     peer: int
     data: bytes

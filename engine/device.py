@@ -9,6 +9,7 @@ function and the data path at construction: engine.datapath.DataPath, or a fake
 from __future__ import annotations
 
 import collections
+import errno
 import heapq
 import ipaddress
 import random
@@ -59,6 +60,7 @@ class Peer:
     # configured peer. path_of() tells a LAN path from a punched one by them
     own_endpoints: list[tuple[str, int]] | None = None
     live: liveness.Liveness = field(default_factory=liveness.Liveness)
+    due: float = 0.0  # without path judging, handle_timer skips the peer until then
 
 
 class IndexTable:
@@ -92,9 +94,14 @@ class IndexTable:
 class Device:
     def __init__(self, me: handshake.Identity, datapath: DataPathPort, send: Callable[[bytes, tuple[str, int]], None],
                  wall_ns: Callable[[], int], log: Logger, rng: random.Random | None = None,
-                 accept_any: bool = False, dead_after: float = liveness.DEAD_AFTER) -> None:
+                 accept_any: bool = False, dead_after: float = liveness.DEAD_AFTER, judge_paths: bool = True) -> None:
         """accept_any: take handshakes from any node the CA certified (peers found through
         a lighthouse), not only the configured ones; such a peer starts with no subnet.
+        judge_paths: probe a path that does not answer what we sent (engine.proto.liveness).
+        A lighthouse passes False: what it sends are answers (a lease, a peer, a punch),
+        which nobody answers in turn, so a probe would follow every query it served (a
+        handshake per answer: with 10,000 nodes a storm that starved the queries); each
+        node watches its own path to the lighthouse and moves away when it dies.
         Hooks the owner may set: on_relay(data, addr, now) for type-5 packets the data
         path hands up to be forwarded (CTRL_FORWARD: a relay), on_message(peer, data, addr, now) for decrypted control
         messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
@@ -109,6 +116,7 @@ class Device:
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
         self.on_path_dead: Callable[[Peer, float], None] | None = None
         self.dead_after = dead_after
+        self.judge_paths = judge_paths
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
         self.relay_names: set[str] = set()  # peers that may relay whatever their groups (lighthouses)
         # a relay's side of the TCP relay (lighthouse.tcp_relay): the loopback addresses of
@@ -201,6 +209,30 @@ class Device:
             return False
         self._send_to(peer, packet)
         return True
+
+    def send_messages(self, messages: list[tuple[Peer, bytes]]) -> list[Peer]:
+        """Control messages to many peers at once (a lighthouse's answers): those to a
+        peer whose only address is its endpoint go sealed and sent in one data-path
+        call (DataPath.send_controls, one sendmmsg); the others (relayed, several
+        candidate endpoints) as send_message does. Returns the peers that had no keys."""
+        batch, slow, failed = [], [], []
+        for peer, data in messages:
+            if peer.relay is None and peer.endpoint is not None and (peer.endpoints == [peer.endpoint]
+                                                                     or not peer.endpoints):
+                batch.append((peer, data))
+            else:
+                slow.append((peer, data))
+        if batch:
+            results = self.dp.send_controls([(peer.slot, data) for peer, data in batch])
+            for (peer, data), rc in zip(batch, results):
+                if rc == -errno.ENOKEY or rc == -errno.EKEYEXPIRED:
+                    failed.append(peer)
+                elif rc:  # the path changed under us: the general way
+                    slow.append((peer, data))
+        for peer, data in slow:
+            if not self.send_message(peer, data):
+                failed.append(peer)
+        return failed
 
     def _send_to(self, peer: Peer, packet: bytes, direct_only: bool = False) -> None:
         """To the peer's current path: its relay, else its endpoint and the other candidates.
@@ -504,12 +536,24 @@ class Device:
 
     # ---- timers
     def handle_timer(self, now: float) -> None:
+        """Without path judging (a lighthouse, 10,000 sessions) a peer is looked at only
+        when its session's own deadline has come: traffic since the last look can only
+        move the session's deadlines later (a send starts the 20 s dead-peer wait from
+        the last word heard, never before the 15 s keepalive deadline already taken),
+        and every other change to a session passes _apply, which clears `due`. A tick
+        then costs a comparison per peer, not a data-path read and a timer run each."""
         for peer in self.peers.values():
+            if now < peer.due:
+                continue
             st = self.dp.stats(peer.slot)
             peer.session.note_traffic(st.last_tx, st.last_rx)
             peer.session.handle_timer(now)
-            self._check_path(peer, st.last_tx, now)
+            if self.judge_paths:
+                self._check_path(peer, st.last_tx, now)
             self._apply(peer)
+            if not self.judge_paths:
+                due = peer.session.get_timer()
+                peer.due = float("inf") if due is None else due
 
     def _check_path(self, peer: Peer, last_tx: float | None, now: float) -> None:
         """Liveness of the peer's path: probe it, say once when it dies (and let the
@@ -543,6 +587,7 @@ class Device:
 
     # ---- outputs of a session, applied to the data path and the wire
     def _apply(self, peer: Peer, direct_only: bool = False) -> None:
+        peer.due = 0.0  # the session may have changed: the next tick looks at it
         s = peer.session
         events = []
         while (event := s.next_event()) is not None:

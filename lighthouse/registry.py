@@ -79,6 +79,15 @@ class TokenBucket:
         return True
 
 
+def _bucket(buckets: dict[str, TokenBucket], name: str, rate: float, burst: float) -> TokenBucket:
+    """The node's bucket, made on first use (not one made and thrown away per message,
+    as dict.setdefault would)."""
+    bucket = buckets.get(name)
+    if bucket is None:
+        bucket = buckets[name] = TokenBucket(rate, burst)
+    return bucket
+
+
 @dataclass
 class Node:
     name: str
@@ -94,6 +103,9 @@ class Node:
     names_gen: int = -1
     names_pending: tuple[int, int, dict[int, list]] | None = None  # (gen, total, offset -> entries)
     relay: bool = False       # relays for others: asked in its register, and certified with the group
+    # "peer" and "punch" about this node, encoded once per registration: every query for
+    # it (and every punch of it as the asker) sends the same bytes until it registers again
+    encoded: dict[str, bytes] = field(default_factory=dict)
 
     def endpoints(self) -> list[Endpoint]:
         """Where others may try this node: the observed address (unless it is one
@@ -164,6 +176,7 @@ class Registry:
         local, bad_endpoints = endpoints_policy.usable(msg["endpoints"])
         self.limited["endpoints_refused"] += len(bad_endpoints)
         node.observed, node.local, node.last_seen, node.subnet = src, local[:wire.MAX_LOCAL], now, subnet
+        node.encoded.clear()  # what a peer or punch message says about it may have changed
         node.observed_ok = endpoints_policy.refused(src) is None
         node.services, refused = self._claim(name, subnet, msg["services"], now)
         gateway = msg["gateway"]  # other hosts' gateways proxy HTTP to it: the same rule as endpoints
@@ -298,7 +311,7 @@ class Registry:
         already holds the current version."""
         if asker not in self.nodes:
             return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
-        if not self.names_limits.setdefault(asker, TokenBucket(NAMES_RATE, NAMES_BURST)).take(now):
+        if not _bucket(self.names_limits, asker, NAMES_RATE, NAMES_BURST).take(now):
             self.limited["names_queries"] += 1
             raise RemoteProtocolError("query_rate_limited", asker)
         online = {n for n, node in self.nodes.items() if now - node.last_seen <= 3 * self.ttl}
@@ -362,12 +375,12 @@ class Registry:
         if me is None:
             return [(asker, wire.encode("error", code="unregistered", msg="register before querying"))]
         # a bucket per registered node only: expire() forgets it with the node
-        if not self.query_limits.setdefault(asker, TokenBucket(QUERY_RATE, QUERY_BURST)).take(now):
+        if not _bucket(self.query_limits, asker, QUERY_RATE, QUERY_BURST).take(now):
             self.limited["queries"] += 1
             raise RemoteProtocolError("query_rate_limited", asker)
         self.queries += 1
         if "addr" in msg:
-            target_name = self.leases.by_address(ipaddress.IPv4Address(msg["addr"]))
+            target_name = self.leases.by_address(wire.ipv4_int(msg["addr"]))
         else:
             target_name = msg["name"]
         target = self.nodes.get(target_name) if target_name else None
@@ -381,14 +394,21 @@ class Registry:
             self.leases.request_punch(remote.lighthouse, remote.name, self._record(me))
             return [(asker, wire.peer_message("peer", remote.name, remote.cert, remote.subnet, remote.endpoints,
                                               remote.local))]
-        out = [(asker, wire.peer_message("peer", target.name, target.cert, str(target.subnet), target.endpoints(),
-                                         target.local))]
-        if self.punch_limits.setdefault(target.name, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
-            out.append((target.name, wire.peer_message("punch", me.name, me.cert, str(me.subnet), me.endpoints(),
-                                                       me.local)))
+        out = [(asker, self._about(target, "peer"))]
+        if _bucket(self.punch_limits, target.name, PUNCH_RATE, PUNCH_BURST).take(now):
+            out.append((target.name, self._about(me, "punch")))
         else:
             self.limited["punches"] += 1
         return out
+
+    @staticmethod
+    def _about(node: Node, kind: str) -> bytes:
+        """The `peer` or `punch` message about a node (encoded once per registration)."""
+        msg = node.encoded.get(kind)
+        if msg is None:
+            msg = node.encoded[kind] = wire.peer_message(kind, node.name, node.cert, str(node.subnet),
+                                                         node.endpoints(), node.local)
+        return msg
 
     def punch(self, target: str, asker: NodeRecord, now: float) -> list[tuple[str, bytes]]:
         """Another lighthouse answered `asker`'s query for `target`, a node registered
@@ -396,7 +416,7 @@ class Registry:
         node = self.nodes.get(target)
         if node is None or now - node.last_seen > 3 * self.ttl or asker.name == target:
             return []
-        if not self.punch_limits.setdefault(target, TokenBucket(PUNCH_RATE, PUNCH_BURST)).take(now):
+        if not _bucket(self.punch_limits, target, PUNCH_RATE, PUNCH_BURST).take(now):
             self.limited["punches"] += 1
             return []
         return [(target, wire.peer_message("punch", asker.name, asker.cert, asker.subnet, asker.endpoints,

@@ -56,6 +56,7 @@ class Store:
     """The shared part: a store that keeps no node registry (SQLite) inherits these."""
 
     network: ipaddress.IPv4Network
+    blocks: int  # the /24s of the network
     backend = "none"
     on_punch: Callable[[str, NodeRecord], None] | None = None  # (target, asker), from any thread
 
@@ -65,12 +66,13 @@ class Store:
     def block_of(self, subnet: ipaddress.IPv4Network) -> int:
         return (int(subnet.network_address) - int(self.network.network_address)) >> 8
 
-    def block_of_address(self, addr: ipaddress.IPv4Address) -> int | None:
-        if addr not in self.network:
-            return None
-        return (int(addr) - int(self.network.network_address)) >> 8
+    def block_of_address(self, addr: ipaddress.IPv4Address | int) -> int | None:
+        """The block holding an address (an IPv4Address, or its int), None outside the network."""
+        offset = int(addr) - int(self.network.network_address)
+        block = offset >> 8
+        return block if 0 <= offset and block < self.blocks else None
 
-    def by_address(self, addr: ipaddress.IPv4Address) -> str | None:
+    def by_address(self, addr: ipaddress.IPv4Address | int) -> str | None:
         block = self.block_of_address(addr)
         return None if block is None else self.name_of_block(block)
 

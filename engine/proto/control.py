@@ -85,6 +85,31 @@ def _str(msg: dict, key: str, limit: int = 253) -> str:
     return value
 
 
+_OCTETS = {str(i): i for i in range(256)}  # the only spellings of an octet ipaddress accepts
+
+
+def ipv4_int(text: str) -> int:
+    """A dotted-quad IPv4 address as an int, as strictly as ipaddress.IPv4Address reads
+    it (four octets "0" to "255" in ASCII digits, no leading zeros; else ValueError),
+    at a fraction of its cost: every query a lighthouse answers has one."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        raise ValueError(f"{text[:20]!r} is not an IPv4 address")
+    value = 0
+    for p in parts:
+        octet = _OCTETS.get(p)
+        if octet is None:
+            raise ValueError(f"{text[:20]!r} is not an IPv4 address")
+        value = value << 8 | octet
+    return value
+
+
+def _ipv4(msg: dict, key: str) -> str:
+    text = _str(msg, key, 15)
+    ipv4_int(text)  # the only spelling it accepts is the canonical one: `text` is it
+    return text
+
+
 def _net(msg: dict, key: str) -> str:
     value = _str(msg, key, 18)
     try:
@@ -194,7 +219,7 @@ SCHEMA = {
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
                         "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL),
                         "relay": _bool(m, "relay", True), "relays": _names_list(m, "relays", MAX_RELAYS)},
-    "query": lambda m: ({"addr": str(ipaddress.IPv4Address(_str(m, "addr", 15)))} if "addr" in m
+    "query": lambda m: ({"addr": _ipv4(m, "addr")} if "addr" in m
                         else {"name": _str(m, "name", 64)}),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
                        "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},

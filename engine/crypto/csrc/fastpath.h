@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 16
+#define FN_VERSION 17
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
@@ -144,6 +144,9 @@ void fn_drops(fn_ctx *ctx, uint64_t *out);
 
 int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen,
                     uint8_t *out, uint32_t outlen);
+/* n control messages sealed and sent in one sendmmsg (inside.c): results[i] 0 or -errno */
+int fn_send_control(fn_ctx *ctx, int udp_fd, const int32_t *slots, const uint8_t *payloads, const uint32_t *lens,
+                    int n, int32_t *results);
 
 int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *events, int max_events);
 int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl);

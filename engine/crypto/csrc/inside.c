@@ -279,3 +279,46 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
     }
     return nevents;
 }
+
+/* Control messages from Python (a lighthouse's answers), sealed under each peer's
+ * send key into the out arena and sent by the same batch as the data path's packets
+ * (append/flush: one sendmmsg for the lot) instead of a seal call and a sendto each.
+ * payloads: the n messages back to back, lens[i] bytes each. results[i]: 0 sent (or
+ * counted as send_failed by flush), -ENOKEY no send key, -EKEYEXPIRED counter used up,
+ * -EDESTADDRREQ no endpoint, -EXDEV the peer is relayed (the caller wraps those),
+ * -EINVAL bad slot, -EMSGSIZE too long. Returns the number sent, or -EINVAL. */
+int fn_send_control(fn_ctx *ctx, int udp_fd, const int32_t *slots, const uint8_t *payloads, const uint32_t *lens,
+                    int n, int32_t *results) {
+    if (n < 0 || udp_fd < 0) return -EINVAL;
+    out_batch b = {.n = 0, .pos = 0};
+    int sent = 0;
+    size_t off = 0;
+    pthread_mutex_lock(&ctx->tx_lock);
+    int64_t now = fn_now_ns();
+    for (int i = 0; i < n; i++) {
+        const uint8_t *pt = payloads + off;
+        uint32_t ptlen = lens[i];
+        off += ptlen;
+        int slot = slots[i];
+        if (slot < 0 || slot >= ctx->max_peers) { results[i] = -EINVAL; continue; }
+        if (ptlen > FN_CTRL_MAX) { results[i] = -EMSGSIZE; continue; }
+        peer_t *p = &ctx->peers[slot];
+        tx_promote(p);
+        if (!p->tx_valid) { results[i] = -ENOKEY; continue; }
+        if (p->tx_counter >= REJECT_AFTER_MESSAGES) { results[i] = -EKEYEXPIRED; continue; }
+        if (p->relay) { results[i] = -EXDEV; continue; }
+        if (!p->endpoint_len) { results[i] = -EDESTADDRREQ; continue; }
+        uint32_t dlen = FN_HEADER + ptlen + FN_TAG;
+        reserve(ctx, udp_fd, &b, dlen);
+        uint8_t *pkt = ctx->out_arena + b.pos;
+        memcpy(pkt + FN_HEADER, pt, ptlen);
+        seal_locked(p, ptlen ? TYPE_CONTROL : TYPE_DATA, pkt, ptlen);
+        p->last_tx_ns = now;
+        append(ctx, &b, slot, p, dlen);
+        results[i] = 0;
+        sent++;
+    }
+    if (b.n) flush(ctx, udp_fd, &b);
+    pthread_mutex_unlock(&ctx->tx_lock);
+    return sent;
+}

@@ -1,5 +1,6 @@
 """The C data path, driven directly: replay window edges, routing and sealing (inside),
 opening, cryptokey routing and counting (outside), and 100k malformed inputs."""
+import errno
 import ipaddress
 import os
 import random
@@ -404,3 +405,38 @@ def test_a_tso_segment_longer_than_the_mtu_is_dropped_and_never_written_past_its
     lens = ffi.new("uint32_t[]", 4)
     vnet = st.pack("<BBHHHH", 0, 1, 40, 3000, 0, 0)
     assert lib.fn_tso_segment(vnet + ip + tcp + payload[:5000], 10 + 40 + 5000, out, 1500, lens, 4) == -1
+
+
+def test_send_controls_seals_each_under_its_peers_key_in_one_sendmmsg(io):
+    """A lighthouse's answers: one C call seals each message under its peer's send key
+    (its own counter) and sends them all with one sendmmsg; a peer without keys, a
+    relayed one or one without an endpoint is reported, not sent."""
+    tun_fd, tun_in, udp, peer = io
+    d = DataPath(NET, 1420, max_peers=8)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(2)
+    try:
+        for slot, sock, key, remote in ((1, peer, KEY_TX, 0x1111), (2, other, KEY_RX, 0x2222)):
+            d.set_peer(slot, None)
+            d.set_endpoint(slot, sock.getsockname())
+            d.set_tx_key(slot, key, remote)
+        d.set_peer(3, None)                      # no keys
+        d.set_peer(4, None)
+        d.set_endpoint(4, peer.getsockname())
+        d.set_tx_key(4, KEY_TX, 0x4444)
+        d.set_relay(4, 9)                        # relayed: the caller wraps it
+        with pytest.raises(OSError):
+            d.send_controls([(1, b"x")])         # before start(): no socket
+        d._udp_fd = udp.fileno()
+        sends = d.io_stats()["udp_sends"]
+        rc = d.send_controls([(1, b"lease"), (2, b"peer"), (1, b"punch"), (3, b"nokey"), (4, b"relayed"),
+                              (99, b"bad slot"), (1, bytes(2000))])
+        assert rc == [0, 0, 0, -errno.ENOKEY, -errno.EXDEV, -errno.EINVAL, -errno.EMSGSIZE]
+        assert d.io_stats()["udp_sends"] == sends + 1 and d.io_stats()["udp_datagrams_out"] == 3
+        assert [open_packet(KEY_TX, peer.recv(2048)) for _ in range(2)] == [(4, 0x1111, 0, b"lease"),
+                                                                           (4, 0x1111, 1, b"punch")]
+        assert open_packet(KEY_RX, other.recv(2048)) == (4, 0x2222, 0, b"peer")
+        assert d.send_controls([]) == []
+    finally:
+        other.close()

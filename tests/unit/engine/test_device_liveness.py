@@ -111,3 +111,62 @@ def test_a_session_without_keys_is_not_probed():
         a.handle_timer(t)
     assert a.peer_table(7.0)[0]["state"] == "unreachable"
     assert not [w for w in wire if w[1][0] == 1]
+
+
+def test_a_device_that_does_not_judge_paths_sends_no_probe():
+    """A lighthouse's Device (judge_paths=False): what it sends are answers that nobody
+    answers in turn; silence after them is normal and must not start a handshake per
+    answer (10,000 nodes queried once each made 10,000 handshakes a second, retried for
+    a minute, and the lighthouse stopped answering queries)."""
+    a, b, pa, dp, wire, out = setup()
+    a.judge_paths = False
+    dp.last_rx, dp.last_tx = 1.0, 2.0  # an answer went out, nothing came back
+    for t in (2.0, 3.6, 5.0, 6.0, 7.0, 12.0):
+        a.handle_timer(t)
+    assert not [w for w in wire if w[1][0] == 1]
+    assert a.peer_table(12.0)[0]["state"] == "established" and "peer_unreachable" not in out.getvalue()
+
+
+def test_the_lighthouse_builds_its_device_without_path_judging():
+    import inspect
+    from flatnet.lighthouse import server
+    assert "judge_paths=False" in inspect.getsource(server.Lighthouse.run)
+
+
+class CountingStats:
+    def __init__(self, stats):
+        self.stats, self.calls = stats, 0
+
+    def __call__(self, slot):
+        self.calls += 1
+        return self.stats(slot)
+
+
+def test_without_path_judging_a_tick_skips_peers_until_their_deadline_and_sends_the_same():
+    """A lighthouse's tick looks at a session only when its deadline has come (10,000
+    sessions made each tick a fifth of a second of CPU). Driven with the same traffic,
+    it sends the same packets at the same ticks as a device that looks at every
+    session every tick (keepalives, the dead-peer handshake, rekeys)."""
+    import random
+    runs = []
+    for skip in (True, False):
+        a, b, pa, dp, wire, out = setup()
+        a.judge_paths = False
+        dp.stats = CountingStats(dp.stats)
+        rng = random.Random(7)
+        sent = []
+        for t in range(1, 400):
+            if rng.random() < 0.05:
+                dp.last_tx = t - 0.5  # an answer went out
+            if rng.random() < 0.03:
+                dp.last_rx = t - 0.5  # the node said something
+            if not skip:
+                pa.due = 0.0
+            a.handle_timer(float(t))
+            sent += [(t, pkt[0], len(pkt)) for src, pkt, _ in wire if src == "host-a"]
+            wire.clear()
+        runs.append((sent, dp.stats.calls))
+    (fast, fast_reads), (full, full_reads) = runs
+    assert [(t, k) for t, k, _ in fast] == [(t, k) for t, k, _ in full] and fast
+    assert {k for _, k, _ in fast} >= {1}  # the run includes handshakes (rekey or dead peer)
+    assert fast_reads < full_reads / 3

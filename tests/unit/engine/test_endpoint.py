@@ -188,3 +188,27 @@ def test_dual_stack_socket_and_address_helpers():
 def test_read_hosts_takes_any_text(text):
     for name, addrs in resolve.read_hosts(text).items():
         assert endpoint.hostname(name) == name and all(endpoint.address(a) == a for a in addrs)
+
+
+_OCTET_TEXT = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "0x1", " 1", "1 ", "+1", "-1",
+                                                                       "", "٣", "１", "1e2", "255", "256"]))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(st.lists(_OCTET_TEXT, min_size=1, max_size=6).map(".".join), st.text(max_size=20)))
+def test_ipv4_int_reads_exactly_what_ipaddress_reads(text):
+    """The lighthouse's fast reader of a query's address (control.ipv4_int) accepts
+    exactly the spellings ipaddress.IPv4Address accepts, with the same value, and
+    those are the canonical ones (so the decoded text is kept as it came)."""
+    import ipaddress
+    try:
+        want = int(ipaddress.IPv4Address(text))
+    except ValueError:
+        want = None
+    try:
+        got = wire.ipv4_int(text)
+    except ValueError:
+        got = None
+    assert got == want
+    if got is not None:
+        assert str(ipaddress.IPv4Address(got)) == text

@@ -49,3 +49,21 @@ def test_many_nodes_registering_at_once_never_overlap(tmp_path):
     with multiprocessing.get_context("fork").Pool(8) as pool:
         subnets = pool.map(_lease, [(db, f"node-{i}") for i in range(200)])
     assert len(set(subnets)) == 200
+
+
+@pytest.mark.parametrize(
+    "addr, block",
+    [
+        ("10.87.0.0", 0),
+        ("10.87.2.9", 2),
+        ("10.87.255.255", 255),
+        ("10.86.255.255", None),
+        ("10.88.0.0", None),
+        ("0.0.0.0", None),
+        ("255.255.255.255", None),
+    ],
+)
+def test_the_block_of_an_address_and_the_edges_of_the_network(tmp_path, addr, block):
+    store = LeaseStore(str(tmp_path / "l.db"), NET)
+    assert store.block_of_address(ipaddress.IPv4Address(addr)) == block
+    assert store.block_of_address(int(ipaddress.IPv4Address(addr))) == block  # the registry passes an int
