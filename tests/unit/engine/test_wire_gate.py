@@ -287,3 +287,17 @@ def test_a_lighthouse_forwards_every_relayed_packet_even_under_its_own_index(dp,
     dp.set_relay_mode(RELAY_ALL)
     packets = [relayed(2, seal(KEY_RX, RX_INDEX, 1, GOOD)), relayed(2, handshake(1, 7, os.urandom(100), OURS))]
     assert wire.deliver(dp, packets) == [(CTRL_FORWARD, p) for p in packets]
+
+
+def test_one_sender_behind_a_relay_cannot_use_up_the_handshakes_of_the_others(dp, wire):
+    """Relayed handshakes all come from the relay's address. Keyed by that address
+    alone, one node behind a node relay (any certificate holder: no spoofing needed)
+    sending 20 initiations a second, which the relay lets through, used up the bucket
+    of every node relayed to us through it: their rekeys were dropped. The bucket is
+    per sender behind the relay (address and relay id)."""
+    flood = [relayed(0x40, handshake(1, i, os.urandom(150), OURS)) for i in range(100)]
+    assert len(wire.deliver(dp, flood)) <= 25 and dp.drops()["handshake_rate_limited"] >= 75
+    other = relayed(0x41, handshake(1, 7, os.urandom(150), OURS))  # another node, same relay
+    assert wire.deliver(dp, [other]) == [(CTRL_RAW, other)]
+    # the flooding sender itself stays limited
+    assert wire.deliver(dp, [relayed(0x40, handshake(1, 8, os.urandom(150), OURS))]) == []
