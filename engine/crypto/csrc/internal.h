@@ -145,6 +145,12 @@ struct fn_ctx {
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
     peer_t *peers;                         /* max_peers of them (fn_new_sized) */
     int max_peers;
+    /* FN_RELAY_OTHERS: peer slots by direct endpoint (open addressing, -1 empty), so a
+     * type 5 from an address no peer sends from is dropped in C, not handed to Python.
+     * Rebuilt by the outside thread when senders_dirty (set on endpoint/relay changes). */
+    int32_t *senders;
+    uint32_t senders_mask;
+    int senders_dirty;
     rx_t *rx;                              /* rx_mask + 1 of them, a power of two */
     uint32_t rx_mask;
     uint64_t drops_in[FN_NDROPS], drops_out[FN_NDROPS];
