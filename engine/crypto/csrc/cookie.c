@@ -88,6 +88,13 @@ int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now
     return key_allowed(ctx, source_key(ctx, from), now);
 }
 
+/* A handshake a relay forwards (its mac1 is for another node, so junk passes too):
+ * a bucket per source address apart from the handshakes addressed to us, so that
+ * junk under a peer's (spoofed) address cannot block that peer's own handshakes. */
+int forward_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now) {
+    return key_allowed(ctx, source_key(ctx, from) ^ 0x5bd1e995u, now);
+}
+
 /* A handshake's sender: its address, and behind a relay also its relay id. Every
  * relayed handshake comes from the relay's address: one bucket for all would let one
  * node behind a relay use up the handshakes of every other node relayed through it. */

@@ -284,6 +284,7 @@ int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms);
 
 /* cookie.c */
 int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now);
+int forward_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now);
 int mac1_for_us(fn_ctx *ctx, const uint8_t *msg, uint32_t len);
 int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct sockaddr_storage *from,
                    socklen_t fromlen, uint32_t relayed_from, int64_t now);

@@ -126,7 +126,7 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
             return 0;
         }
         if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
-        if ((inner[0] == 1 || inner[0] == 2 || inner[0] == TYPE_COOKIE) && !source_allowed(ctx, from, now)) {
+        if ((inner[0] == 1 || inner[0] == 2 || inner[0] == TYPE_COOKIE) && !forward_allowed(ctx, from, now)) {
             ctx->drops_out[FN_DROP_RATE_LIMITED]++;
             return 0;
         }

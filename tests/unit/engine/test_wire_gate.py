@@ -322,3 +322,19 @@ def test_a_node_relay_hands_up_to_forward_only_what_comes_from_a_peers_direct_en
     assert len(wire.deliver(dp, junk[:1])) == 1
     dp.remove_peer(1)
     assert wire.deliver(dp, junk[:1]) == [] and dp.drops()["relay_unknown_sender"] == 204
+
+
+def test_handshakes_a_node_relay_forwards_do_not_use_up_those_addressed_to_it(dp, wire):
+    """A node relay cannot check the mac1 of a handshake it forwards (it is for another
+    node), so junk passes its per-address limit as well as a real one. Before, both
+    counted in one bucket with the handshakes addressed to the relay itself: anyone
+    knowing a peer's address (and spoofing it; no key needed) blocked that peer's own
+    handshakes with the relay at 20 junk packets a second. They are two buckets now."""
+    from flatnet.engine.datapath import CTRL_FORWARD, RELAY_OTHERS
+    dp.set_relay_mode(RELAY_OTHERS)
+    dp.set_endpoint(1, wire.sender.getsockname())
+    junk = [relayed(3, bytes([1, 2, 0, 0]) + os.urandom(144)) for _ in range(100)]
+    got = wire.deliver(dp, junk)
+    assert 0 < len(got) <= 25 and {k for k, _ in got} == {CTRL_FORWARD}
+    ours = handshake(1, 7, os.urandom(150), OURS)  # the peer's own initiation to the relay
+    assert wire.deliver(dp, [ours]) == [(CTRL_RAW, ours)]
