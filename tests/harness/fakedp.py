@@ -20,7 +20,8 @@ does for the control plane, on the clock the test passes in:
   after the inner source was checked against the peer's subnet (cryptokey routing);
 - stats(slot): counters, last_tx / last_rx in the clock's seconds.
 
-Not modelled: the mac1/cookie gate, GRO/GSO, the firewall, key-exhaustion counters.
+Not modelled: the mac1/cookie gate, GRO/GSO, the firewall, key-exhaustion counters,
+a node relay's forwarding budget per sender (RELAY_PER_SENDER).
 The AEAD is ChaCha20-Poly1305 from libsodium (as in C), over a header of the same shape.
 Every call is also appended to `calls` (its name), which tests use to check order.
 """

@@ -95,6 +95,13 @@ int forward_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t no
     return key_allowed(ctx, source_key(ctx, from) ^ 0x5bd1e995u, now);
 }
 
+/* one packet from the forwarding budget of the peer in `slot` (a node relay) */
+int forward_budget(fn_ctx *ctx, int slot, int64_t now) {
+    rate_bucket *b = &ctx->forward_rl[slot];
+    bucket_start(b, now, RELAY_BURST);  /* zeroed (a new peer): full */
+    return take_token(b, now, RELAY_PER_SENDER, RELAY_BURST);
+}
+
 /* A handshake's sender: its address, and behind a relay also its relay id. Every
  * relayed handshake comes from the relay's address: one bucket for all would let one
  * node behind a relay use up the handshakes of every other node relayed through it. */

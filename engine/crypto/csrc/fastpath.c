@@ -78,7 +78,8 @@ fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu
     ctx->senders = malloc(ctx->senders_mask * sizeof(int32_t));
     ctx->senders_mask -= 1;
     ctx->senders_dirty = 1;
-    if (!ctx->peers || !ctx->rx || !ctx->senders) { fn_free(ctx); return NULL; }
+    ctx->forward_rl = calloc((size_t)max_peers, sizeof(rate_bucket));  /* zero: a full bucket */
+    if (!ctx->peers || !ctx->rx || !ctx->senders || !ctx->forward_rl) { fn_free(ctx); return NULL; }
     pthread_mutex_init(&ctx->tx_lock, NULL);
     pthread_mutex_init(&ctx->rx_lock, NULL);
     pthread_mutex_init(&ctx->idle_lock, NULL);
@@ -114,6 +115,7 @@ void fn_free(fn_ctx *ctx) {
     free(ctx->peers);
     free(ctx->rx);
     free(ctx->senders);
+    free(ctx->forward_rl);
     sodium_memzero(ctx->cookie_secret, sizeof(ctx->cookie_secret));
     free(ctx->stage);
     free(ctx->out_arena);
@@ -224,6 +226,7 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
     for (uint32_t i = 0; i <= ctx->rx_mask; i++)
         if (ctx->rx[i].index && ctx->rx[i].peer == slot) sodium_memzero(&ctx->rx[i], sizeof(rx_t));
     sodium_memzero(p, sizeof(*p));
+    memset(&ctx->forward_rl[slot], 0, sizeof(rate_bucket));
     __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ctx->rx_lock);
     pthread_mutex_unlock(&ctx->tx_lock);

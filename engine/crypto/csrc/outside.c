@@ -56,11 +56,11 @@ static uint32_t addr_hash(const struct sockaddr_storage *a) {
     return (h * 0x9e3779b1u) ^ (h >> 15);
 }
 
-/* Whether `from` is the direct endpoint of one of our peers (FN_RELAY_OTHERS): only
+/* The slot of the peer whose direct endpoint is `from`, or -1 (FN_RELAY_OTHERS): only
  * then may a type 5 go up to be forwarded (Python checks the rest: keys, lease, group).
  * The table is rebuilt here, after any endpoint or relay change; a change during the
  * rebuild marks it dirty again. */
-static int known_sender(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t fromlen) {
+static int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t fromlen) {
     uint32_t m = ctx->senders_mask;
     if (__atomic_exchange_n(&ctx->senders_dirty, 0, __ATOMIC_ACQ_REL)) {
         for (uint32_t i = 0; i <= m; i++) ctx->senders[i] = -1;
@@ -73,8 +73,8 @@ static int known_sender(fn_ctx *ctx, const struct sockaddr_storage *from, sockle
         }
     }
     for (uint32_t i = addr_hash(from) & m; ctx->senders[i] >= 0; i = (i + 1) & m)
-        if (same_addr(from, fromlen, &ctx->peers[ctx->senders[i]])) return 1;
-    return 0;
+        if (same_addr(from, fromlen, &ctx->peers[ctx->senders[i]])) return ctx->senders[i];
+    return -1;
 }
 
 /* A node relay (FN_RELAY_OTHERS) receives what is addressed to it and forwards the
@@ -121,9 +121,10 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
         /* for another node: a relay forwards in Python; handshakes it carries count
          * against the sender. A node relay forwards only for peers at their direct
          * endpoint: a flood from other (spoofed) addresses stops here, in C. */
-        if (ctx->relay_mode == FN_RELAY_OTHERS && !known_sender(ctx, from, fromlen)) {
-            ctx->drops_out[FN_DROP_RELAY_SENDER]++;
-            return 0;
+        if (ctx->relay_mode == FN_RELAY_OTHERS) {
+            int sender = sender_slot(ctx, from, fromlen);
+            if (sender < 0) { ctx->drops_out[FN_DROP_RELAY_SENDER]++; return 0; }
+            if (!forward_budget(ctx, sender, now)) { ctx->drops_out[FN_DROP_RELAY_RATE]++; return 0; }
         }
         if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
         if ((inner[0] == 1 || inner[0] == 2 || inner[0] == TYPE_COOKIE) && !forward_allowed(ctx, from, now)) {

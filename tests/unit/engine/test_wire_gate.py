@@ -6,6 +6,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 
 import pytest
 from nacl import bindings as sodium
@@ -338,3 +339,21 @@ def test_handshakes_a_node_relay_forwards_do_not_use_up_those_addressed_to_it(dp
     assert 0 < len(got) <= 25 and {k for k, _ in got} == {CTRL_FORWARD}
     ours = handshake(1, 7, os.urandom(150), OURS)  # the peer's own initiation to the relay
     assert wire.deliver(dp, [ours]) == [(CTRL_RAW, ours)]
+
+
+def test_a_node_relay_forwards_a_bounded_rate_for_one_sender(dp, wire):
+    """Forwarding runs in Python (a few microseconds a packet, and the data path
+    thread waits on it). Before, a certified peer could have any number of packets
+    a second forwarded and take the CPU the relay's own traffic needs; now C keeps
+    one budget per sender (RELAY_PER_SENDER a second after a burst of RELAY_BURST)."""
+    from flatnet.engine.datapath import CTRL_FORWARD, RELAY_OTHERS
+    dp.set_relay_mode(RELAY_OTHERS)
+    dp.set_endpoint(1, wire.sender.getsockname())
+    packet = relayed(3, seal(os.urandom(32), 77, 1, GOOD))
+    t0 = time.monotonic()
+    got = wire.deliver(dp, [packet] * 8000)
+    allowed = 2000 + 20000 * (time.monotonic() - t0) + 64  # (on this box: ~5,000 of the 8,000)
+    assert {k for k, _ in got} == {CTRL_FORWARD} and len(got) <= allowed
+    assert dp.drops()["relay_rate_limited"] == 8000 - len(got)
+    time.sleep(0.05)  # the budget fills again
+    assert len(wire.deliver(dp, [packet] * 10)) == 10
