@@ -238,6 +238,8 @@ int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sa, uint32_t len) {
     pthread_mutex_lock(&ctx->tx_lock);
     memcpy(&ctx->peers[slot].endpoint, sa, len);
     ctx->peers[slot].endpoint_len = len;
+    if (slot >= __atomic_load_n(&ctx->senders_high, __ATOMIC_RELAXED))
+        __atomic_store_n(&ctx->senders_high, slot + 1, __ATOMIC_RELAXED);
     __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;

@@ -156,6 +156,7 @@ struct fn_ctx {
     int32_t *senders;
     uint32_t senders_mask;
     int senders_dirty;
+    int senders_high;                      /* slots below this ever had an endpoint: the rebuild scans these */
     rate_bucket *forward_rl;               /* per peer slot: what a node relay forwards for it */
     rx_t *rx;                              /* rx_mask + 1 of them, a power of two */
     uint32_t rx_mask;

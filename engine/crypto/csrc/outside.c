@@ -64,7 +64,8 @@ static int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen
     uint32_t m = ctx->senders_mask;
     if (__atomic_exchange_n(&ctx->senders_dirty, 0, __ATOMIC_ACQ_REL)) {
         for (uint32_t i = 0; i <= m; i++) ctx->senders[i] = -1;
-        for (int s = 0; s < ctx->max_peers; s++) {
+        int high = __atomic_load_n(&ctx->senders_high, __ATOMIC_RELAXED);
+        for (int s = 0; s < high; s++) {
             const peer_t *p = &ctx->peers[s];
             if (p->relay || p->endpoint_len == 0) continue;
             uint32_t i = addr_hash(&p->endpoint) & m;
