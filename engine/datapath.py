@@ -30,6 +30,7 @@ DROP_REASONS = {
     lib.FN_DROP_RESERVED: "reserved_not_zero", lib.FN_DROP_MAC1: "bad_mac1",
     lib.FN_DROP_COOKIE: "under_load_cookie_sent",
     lib.FN_DROP_DESTINATION: "destination_not_allowed",
+    lib.FN_DROP_RELAY_SENDER: "relay_unknown_sender", lib.FN_DROP_RELAY_RATE: "relay_rate_limited",
 }
 IO_COUNTERS = {
     lib.FN_IO_TUN_READS: "tun_reads", lib.FN_IO_TSO_SUPER: "tso_super_packets", lib.FN_IO_UDP_SENDS: "udp_sends",

@@ -13,14 +13,15 @@ does for the control plane, on the clock the test passes in:
   raw (CTRL_RAW); another protocol version becomes a CTRL_VERSION note; a type 5 is
   unwrapped and its inner packet checked as if direct, remembering the relay id
   (RELAY_OFF, or RELAY_OTHERS when addressed to this node), else it goes up whole to be
-  forwarded (CTRL_FORWARD);
+  forwarded (CTRL_FORWARD; RELAY_OTHERS: only from a peer's direct endpoint);
 - data: send_ip() is the TUN side: a route lookup by peer subnet, packets held (and a
   "want" reported) while a peer has no keys or a /24 has no owner, sealed as type 3 and
   wrapped in type 5 when the peer is relayed; received data is kept in `delivered`
   after the inner source was checked against the peer's subnet (cryptokey routing);
 - stats(slot): counters, last_tx / last_rx in the clock's seconds.
 
-Not modelled: the mac1/cookie gate, GRO/GSO, the firewall, key-exhaustion counters.
+Not modelled: the mac1/cookie gate, GRO/GSO, the firewall, key-exhaustion counters,
+a node relay's forwarding budget per sender (RELAY_PER_SENDER).
 The AEAD is ChaCha20-Poly1305 from libsodium (as in C), over a header of the same shape.
 Every call is also appended to `calls` (its name), which tests use to check order.
 """
@@ -246,6 +247,10 @@ class FakeDataPath:
                 return []
             if self.relay_mode == RELAY_OFF or (self.relay_mode == RELAY_OTHERS and self._for_us(packet[8:])):
                 return self.receive(packet[8:], src, struct.unpack_from("<I", packet, 4)[0])
+            if self.relay_mode == RELAY_OTHERS and not any(st.endpoint == src and st.relay_id is None
+                                                           for st in self.slots.values()):
+                self.drops["relay_unknown_sender"] += 1  # a node relay forwards only for its peers
+                return []
             return [ControlItem(CTRL_FORWARD, -1, packet, src)]
         if kind in (TYPE_INITIATION, TYPE_RESPONSE, TYPE_COOKIE):
             wrap = b"" if relayed_from is None else struct.pack("<BBHI", TYPE_RELAYED, WIRE_VERSION, 0, relayed_from)

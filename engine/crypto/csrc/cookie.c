@@ -72,9 +72,8 @@ static uint32_t source_key(fn_ctx *ctx, const struct sockaddr_storage *from) {
     return ip;
 }
 
-/* one token from the source address's bucket */
-int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now) {
-    uint32_t ip = source_key(ctx, from);
+/* one token from the bucket of `key` */
+static int key_allowed(fn_ctx *ctx, uint32_t ip, int64_t now) {
     rate_bucket *b = &ctx->rl[(ip * 2654435761u) >> 22 & (RL_BUCKETS - 1)];
     if (b->ip != ip || b->last_ns == 0) {
         b->ip = ip;
@@ -82,6 +81,34 @@ int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now
         b->last_ns = now;
     }
     return take_token(b, now, RL_PER_SOURCE, RL_BURST);
+}
+
+/* one token from the source address's bucket */
+int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now) {
+    return key_allowed(ctx, source_key(ctx, from), now);
+}
+
+/* A handshake a relay forwards (its mac1 is for another node, so junk passes too):
+ * a bucket per source address apart from the handshakes addressed to us, so that
+ * junk under a peer's (spoofed) address cannot block that peer's own handshakes. */
+int forward_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now) {
+    return key_allowed(ctx, source_key(ctx, from) ^ 0x5bd1e995u, now);
+}
+
+/* one packet from the forwarding budget of the peer in `slot` (a node relay) */
+int forward_budget(fn_ctx *ctx, int slot, int64_t now) {
+    rate_bucket *b = &ctx->forward_rl[slot];
+    bucket_start(b, now, RELAY_BURST);  /* zeroed (a new peer): full */
+    return take_token(b, now, RELAY_PER_SENDER, RELAY_BURST);
+}
+
+/* A handshake's sender: its address, and behind a relay also its relay id. Every
+ * relayed handshake comes from the relay's address: one bucket for all would let one
+ * node behind a relay use up the handshakes of every other node relayed through it. */
+static int sender_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, uint32_t relayed_from, int64_t now) {
+    uint32_t key = source_key(ctx, from);
+    if (relayed_from != NOT_RELAYED) key ^= (relayed_from + 1) * 0x9e3779b1u;
+    return key_allowed(ctx, key, now);
 }
 
 void fn_set_identity(fn_ctx *ctx, const uint8_t *static_public) {
@@ -169,7 +196,7 @@ int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct s
     bucket_start(&ctx->rl_global, now, ctx->rl_global_rate);
     if (msg[0] == TYPE_COOKIE) {  /* cheap for Python, but still not unlimited */
         if (len != FN_COOKIE_REPLY) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
-        if (!source_allowed(ctx, from, now)) { ctx->drops_out[FN_DROP_RATE_LIMITED]++; return 0; }
+        if (!sender_allowed(ctx, from, relayed_from, now)) { ctx->drops_out[FN_DROP_RATE_LIMITED]++; return 0; }
         return 1;
     }
     if (len < HS_MIN) { ctx->drops_out[FN_DROP_SHORT]++; return 0; }
@@ -187,7 +214,7 @@ int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct s
     if (ctx->under_load && g->milli_tokens >= rate * 1000) ctx->under_load = 0;
     if (!ctx->under_load) {
         if (g->milli_tokens >= 1000) {
-            if (!source_allowed(ctx, from, now)) { ctx->drops_out[FN_DROP_RATE_LIMITED]++; return 0; }
+            if (!sender_allowed(ctx, from, relayed_from, now)) { ctx->drops_out[FN_DROP_RATE_LIMITED]++; return 0; }
             g->milli_tokens -= 1000;
             return 1;
         }
@@ -202,7 +229,7 @@ int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct s
         sodium_memzero(cookie, sizeof(cookie));
     }
     if (proven) {
-        if (source_allowed(ctx, from, now)) return 1;
+        if (sender_allowed(ctx, from, relayed_from, now)) return 1;
         ctx->drops_out[FN_DROP_RATE_LIMITED]++;
         return 0;
     }

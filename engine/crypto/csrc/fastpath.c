@@ -73,7 +73,13 @@ fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu
     ctx->rx = calloc(rx_slots, sizeof(rx_t));
     ctx->max_peers = max_peers;
     ctx->rx_mask = rx_slots - 1;
-    if (!ctx->peers || !ctx->rx) { fn_free(ctx); return NULL; }
+    ctx->senders_mask = 1;
+    while (ctx->senders_mask < (uint32_t)max_peers * 2) ctx->senders_mask <<= 1;
+    ctx->senders = malloc(ctx->senders_mask * sizeof(int32_t));
+    ctx->senders_mask -= 1;
+    ctx->senders_dirty = 1;
+    ctx->forward_rl = calloc((size_t)max_peers, sizeof(rate_bucket));  /* zero: a full bucket */
+    if (!ctx->peers || !ctx->rx || !ctx->senders || !ctx->forward_rl) { fn_free(ctx); return NULL; }
     pthread_mutex_init(&ctx->tx_lock, NULL);
     pthread_mutex_init(&ctx->rx_lock, NULL);
     pthread_mutex_init(&ctx->idle_lock, NULL);
@@ -108,6 +114,8 @@ void fn_free(fn_ctx *ctx) {
     if (ctx->rx) sodium_memzero(ctx->rx, ((size_t)ctx->rx_mask + 1) * sizeof(rx_t));
     free(ctx->peers);
     free(ctx->rx);
+    free(ctx->senders);
+    free(ctx->forward_rl);
     sodium_memzero(ctx->cookie_secret, sizeof(ctx->cookie_secret));
     free(ctx->stage);
     free(ctx->out_arena);
@@ -218,6 +226,8 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
     for (uint32_t i = 0; i <= ctx->rx_mask; i++)
         if (ctx->rx[i].index && ctx->rx[i].peer == slot) sodium_memzero(&ctx->rx[i], sizeof(rx_t));
     sodium_memzero(p, sizeof(*p));
+    memset(&ctx->forward_rl[slot], 0, sizeof(rate_bucket));
+    __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ctx->rx_lock);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
@@ -228,6 +238,9 @@ int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sa, uint32_t len) {
     pthread_mutex_lock(&ctx->tx_lock);
     memcpy(&ctx->peers[slot].endpoint, sa, len);
     ctx->peers[slot].endpoint_len = len;
+    if (slot >= __atomic_load_n(&ctx->senders_high, __ATOMIC_RELAXED))
+        __atomic_store_n(&ctx->senders_high, slot + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
 }
@@ -296,6 +309,7 @@ int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id) {
     pthread_mutex_lock(&ctx->tx_lock);
     ctx->peers[slot].relay = on;
     ctx->peers[slot].relay_id = relay_id;
+    __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
 }

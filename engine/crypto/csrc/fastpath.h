@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 17
+#define FN_VERSION 18
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
@@ -26,7 +26,7 @@
 #define FN_BATCH 64
 #define FN_REPLAY_WORDS 64
 #define FN_CTRL_MAX 1500
-#define FN_NDROPS 21
+#define FN_NDROPS 23
 
 #define FN_DROP_SHORT 0
 #define FN_DROP_TYPE 1
@@ -49,6 +49,8 @@
 #define FN_DROP_MAC1 18             /* a handshake message without our mac1 */
 #define FN_DROP_COOKIE 19           /* under load, no valid mac2: answered with a cookie */
 #define FN_DROP_DESTINATION 20      /* decrypted, but not for this host's lease */
+#define FN_DROP_RELAY_SENDER 21     /* node relay: a type 5 to forward from no peer's direct endpoint */
+#define FN_DROP_RELAY_RATE 22       /* node relay: over one sender's forwarding budget */
 #define FN_FW_MAX_RULES 64
 
 #define FN_NIO 13

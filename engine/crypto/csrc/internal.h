@@ -68,6 +68,11 @@ typedef struct {
 #define RL_BURST 20               /* ... with this burst */
 #define RL_GLOBAL 2000            /* and from everyone together; when these run out the
                                    * engine is under load and wants mac2 (cookie.c) */
+/* a node relay forwards at most this many packets a second for one sender (about
+ * 220 Mbit/s of 1,400-byte packets), after a burst: forwarding runs in Python, and a
+ * certified sender must not take the CPU the relay's own traffic needs */
+#define RELAY_PER_SENDER 20000
+#define RELAY_BURST 2000
 #define RL_COOKIE 20000           /* cookie replies per second, all together */
 #define COOKIE_Q 64               /* cookie replies queued for the end of a receive pass */
 #define COOKIE_SECRET_NS (120LL * 1000000000LL)
@@ -145,6 +150,14 @@ struct fn_ctx {
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
     peer_t *peers;                         /* max_peers of them (fn_new_sized) */
     int max_peers;
+    /* FN_RELAY_OTHERS: peer slots by direct endpoint (open addressing, -1 empty), so a
+     * type 5 from an address no peer sends from is dropped in C, not handed to Python.
+     * Rebuilt by the outside thread when senders_dirty (set on endpoint/relay changes). */
+    int32_t *senders;
+    uint32_t senders_mask;
+    int senders_dirty;
+    int senders_high;                      /* slots below this ever had an endpoint: the rebuild scans these */
+    rate_bucket *forward_rl;               /* per peer slot: what a node relay forwards for it */
     rx_t *rx;                              /* rx_mask + 1 of them, a power of two */
     uint32_t rx_mask;
     uint64_t drops_in[FN_NDROPS], drops_out[FN_NDROPS];
@@ -278,6 +291,8 @@ int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms);
 
 /* cookie.c */
 int source_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now);
+int forward_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t now);
+int forward_budget(fn_ctx *ctx, int slot, int64_t now);
 int mac1_for_us(fn_ctx *ctx, const uint8_t *msg, uint32_t len);
 int handshake_gate(fn_ctx *ctx, const uint8_t *msg, uint32_t len, const struct sockaddr_storage *from,
                    socklen_t fromlen, uint32_t relayed_from, int64_t now);

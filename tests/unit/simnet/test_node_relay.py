@@ -69,7 +69,8 @@ def test_a_node_relay_forwards_only_between_registered_nodes_it_holds_sessions_w
     sim.router.send(a.addr, relaying.wrap(250, inner), r.addr)                         # nobody's block
     sim.router.send(a.addr, relaying.wrap(block_a, inner), r.addr)                     # to itself
     sim.run(0.1)
-    assert r.node_relay.refused == {"relay_refused": 1, "relay_unknown_target": 2}
+    # the stranger is dropped in the data path already (relay_unknown_sender), never handed up
+    assert r.node_relay.refused == {"relay_unknown_target": 2} and r.dp.drops["relay_unknown_sender"] == 1
     assert r.node_relay.forwarder.relayed == 0
 
 
