@@ -89,7 +89,7 @@ def test_first_reply_through_port_randomizing_nats_comes_through_the_relay_at_on
         assert max(times) <= FIRST_REPLY_LIMIT, times
         a, b = lab.hosts
         # no direct answer within RELAY_AFTER (3 s): the reason changes to say why it stays relayed
-        row = wait_for(lambda: (r := path_of(lab, a, b, "relayed", 0)) and "port-randomizing" in (r["path_reason"] or "")
+        row = wait_for(lambda: "port-randomizing" in ((r := path_of(lab, a, b, "relayed", 0))["path_reason"] or "")
                        and r, 10, "the relayed path's reason names the port-randomizing NAT")
         assert row["path"].startswith("relayed via 192.0.2.254"), row
     finally:
