@@ -113,6 +113,8 @@ def test_overlay_cut_every_request_answered_within_the_bound(lab):
     a, b = lab.hosts
     cut_for, before, after = 15.0, 3.0, 7.0
     proc = client(lab, a.underlay_ip, "wiki", before + cut_for + after)
+    # 3 s of traffic over the overlay first (the client's start-up included), so the way into
+    # the cut starts from the steady state; checked below: answers over the overlay before it
     time.sleep(before)
     # everything the engine of host-1 sends or receives (UDP): the direct path and the
     # relay; the LAN (TCP to host-2's gateway) still works
@@ -151,6 +153,7 @@ def test_overlay_cut_every_request_answered_within_the_bound(lab):
     assert len(rows) > (before + cut_for + after) / 0.05 * 0.6  # the client kept its pace
     bad = [r for r in rows if r[2] != 200]
     assert not bad, bad[:3]
+    assert any(r[3] == "overlay" for r in rows if r[0] + r[1] < cut), "no answer over the overlay before the cut"
     worst = max(rows, key=lambda r: r[1])
     during = [r for r in rows if cut + BOUND + 1 < r[0] < restored]
     back = min((r[0] for r in rows if r[0] > restored and r[3] == "overlay"), default=None)
@@ -184,15 +187,20 @@ def test_killed_upstream_named_503_then_served_again(lab):
     a, b = lab.hosts
     wait_for(lambda: get(lab, a.underlay_ip, "wiki")[0] == 200, 10, "served")
     procs = {name: client(lab, ip, "wiki", 9.0) for name, ip in (("remote", a.underlay_ip), ("local", b.underlay_ip))}
+    # 2 s served before the kill (the clients' start-up included; checked below: 200s before
+    # it), so the 503s after it are the kill's doing
     time.sleep(2.0)
     lab.wiki.kill()
     lab.wiki.wait()
     killed = time.monotonic()
+    # 3 s down: about 60 requests per client meet the dead upstream, from the first failed
+    # connect through the health check (every 1 s) marking it down; each must be the named 503
     time.sleep(3.0)
     restart = time.monotonic()
     lab.wiki = start_server(b.containers[0]["ns"], 8000, "remote-wiki")
     for name, proc in procs.items():
         rows = results(proc, 150)
+        assert any(r[2] == 200 for r in rows if r[0] + r[1] < killed), (name, "not served before the kill")
         after_kill = [r for r in rows if killed < r[0] < restart]
         assert after_kill
         generic = [r for r in after_kill if r[2] != 503 or "Service wiki is unavailable" not in r[4]

@@ -10,6 +10,7 @@ import pytest
 from flatnet.demo import LIGHTHOUSE_NAME, Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.traffic import tcp_transfer
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,14 @@ def test_ipv6_only_underlay_with_a_lighthouse_by_name(lab):
         assert LIGHTHOUSE_NAME in f.read()
 
 
+def lighthouse_endpoint(lab, h) -> str | None:
+    """The endpoint `h`'s engine has for the lighthouse; None while its socket does not answer."""
+    try:
+        return next(p for p in lab.peers(h) if p["name"] == "lighthouse")["endpoint"]
+    except (OSError, StopIteration):
+        return None
+
+
 def test_lighthouse_name_is_looked_up_again_while_it_does_not_answer(lab):
     a, _ = lab.hosts
     hosts = f"{a.dir}/hosts"
@@ -58,7 +67,10 @@ def test_lighthouse_name_is_looked_up_again_while_it_does_not_answer(lab):
     lab.start_lighthouse()
     lab.start_engine(a)
     lab.wait_engine(a)  # the cached lease lets it start
-    time.sleep(2)
+    # the new engine answers and has looked the name up: its lighthouse is at the address
+    # nobody holds (so the unregistered below is the name's doing, not an engine not up yet)
+    wait_for(lambda: lighthouse_endpoint(lab, a) == "[2001:db8:f1a7::99]:4787", 15,
+             "the restarted engine's lighthouse at the address the hosts file gives")
     assert lab.status(a)["lighthouses"] == {"lighthouse": "unregistered"}
     with open(hosts, "w") as f:  # the name moves to the lighthouse's real address
         f.write(f"{lab.lighthouse_ip} {LIGHTHOUSE_NAME}\n")

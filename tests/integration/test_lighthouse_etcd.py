@@ -22,6 +22,7 @@ import pytest
 from flatnet.engine.io import control
 from tests.harness import etcd as etcd_harness
 from tests.harness.netns import Netns
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -157,10 +158,10 @@ def test_twenty_hosts_three_lighthouses_and_a_failure_of_each_kind(site):
     assert len(set(got.values())) == 20
     before = leases_in_etcd(site)
     assert len(before) == 20
-    # every lighthouse sees every lease within a second (watched caches)
-    time.sleep(1.0)
-    for i in range(3):
-        assert site.status(i)["store"]["leases"] == 20
+    # every lighthouse sees every lease: its cache follows the etcd watch (nothing else
+    # fills it); about a second, 10 s allowed on a loaded machine
+    wait_for(lambda: [site.status(i)["store"]["leases"] for i in range(3)] == [20] * 3, 10,
+             "all 20 leases in the cache of every lighthouse")
 
     # kill one lighthouse and one etcd member
     site.kill_lighthouse(0)
@@ -188,8 +189,9 @@ def test_twenty_hosts_three_lighthouses_and_a_failure_of_each_kind(site):
     assert len(set(after.values())) == len(after) == 23
     again = site.nodes("register", names[:6], [0, 1, 2])
     assert again == {n: got[n] for n in names[:6]}
-    time.sleep(1.0)
-    assert site.status(0)["leases"] == site.status(2)["leases"]
+    # the restarted lighthouse's cache and another's hold the same 23 leases (watch caught up)
+    wait_for(lambda: (l0 := site.status(0)["leases"]) == site.status(2)["leases"] and len(l0) == 23, 10,
+             "lh1 (restarted) and lh3 agree on all 23 leases")
 
 
 @pytest.mark.slow
@@ -245,7 +247,12 @@ def test_engines_register_again_within_two_seconds_of_a_lighthouse_restart(tmp_p
     try:
         lab.up(containers_per_host=0)
         lab.stop_lighthouse()
-        time.sleep(14)  # registers every 10 s, unanswered after 3 s: both engines noticed
+        # a register every 10 s, unanswered after 3 s: at most 13 s until both engines noticed
+        wait_for(lambda: all(lab.status(h)["lighthouses"] == {"lighthouse": "unregistered"} for h in lab.hosts),
+                 20, "both engines noticed the lighthouse is gone")
+        # down 8 s more: a handshake backoff (the old 1, 2, 4, 8 s: tries 0, 1, 3, 7, 15 s after
+        # noticing) would have the restart fall into its longest wait, so it would show
+        time.sleep(8)
         lab.start_lighthouse()   # returns when its control socket is up: it serves from then on
         t0 = time.monotonic()
         took = None

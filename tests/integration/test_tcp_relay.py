@@ -10,6 +10,7 @@ import pytest
 from flatnet.demo import Lab, sh
 from tests.harness.netns import RUN_PREFIX
 from tests.harness.traffic import tcp_transfer
+from tests.harness.wait import tcp_established, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +59,11 @@ def test_udp_blocked_host_goes_over_tcp_and_back_to_direct_with_a_stream_intact(
             a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 4 << 20, chunk=16 << 10,
             gap=0.05)))  # about 13 s
         stream.start()
-        time.sleep(2)
+        # the stream is connected and carried over the TCP relay before UDP comes back
+        wait_for(lambda: tcp_established(b.containers[0]["ns"], 9000), 20, "the stream's TCP connection established")
+        frames = lab.lighthouse_status()["tcp_relay"]["frames_in"]
+        wait_for(lambda: lab.lighthouse_status()["tcp_relay"]["frames_in"] >= frames + 50, 10,
+                 "the stream's packets through the TCP relay")
         sh("iptables", "-D", "FORWARD", "-p", "udp", "-j", "DROP", ns=routers[0])
         t0 = time.monotonic()
         row = wait_path(lab, a, b, "direct", 20)

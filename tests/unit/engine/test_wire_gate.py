@@ -245,6 +245,8 @@ def test_under_load_lasts_while_the_flood_does_and_ends_when_it_stops(dp, wire):
         time.sleep(0.1)
     assert len([k for k, _ in got if k == CTRL_RAW]) == 10  # the burst only
     assert dp.drops()["under_load_cookie_sent"] == 80
+    # the quiet second is the input, not a wait to poll (a probe would be flood and drain the
+    # bucket again): the C clock refills 10/s, so 1 s fills it from empty; 0.1 s margin
     time.sleep(1.1)
     assert wire.deliver(dp, [handshake(1, 999, os.urandom(100), OURS)])[0][0] == CTRL_RAW
 
