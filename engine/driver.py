@@ -225,7 +225,8 @@ class Engine:
         self.dp.set_compact_cipher(c.compact_cipher)
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": c.spin,
                          "moderation_us": c.moderation_us,
-                         "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium"}
+                         "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium",
+                         "cipher_long": "openssl" if self.dp.large_cipher() else "libsodium"}
         self.log.info("offloads", requested=c.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
                              dead_after=c.dead_after)

@@ -223,6 +223,13 @@ static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
 /* aead_small.c: the compact code for payloads shorter than AEAD_SMALL_MAX (see there
  * why), libsodium for longer ones */
 #define AEAD_SMALL_MAX FN_AEAD_SMALL_MAX
+/* aead_large.c: OpenSSL's libcrypto for payloads of AEAD_LARGE_MIN bytes and more */
+#define AEAD_LARGE_MIN FN_AEAD_LARGE_MIN
+void aead_large_init(void);
+int aead_large_seal(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adlen, const uint8_t nonce[12],
+                    const uint8_t key[32]);
+int aead_large_open(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adlen, const uint8_t nonce[12],
+                    const uint8_t key[32]);
 /* seal the `ptlen` bytes after the FN_HEADER-byte header at `pkt` in place, the tag
  * after them; the header is the associated data */
 void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);
