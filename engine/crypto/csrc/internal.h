@@ -266,7 +266,7 @@ int help_inside(fn_ctx *ctx, int tun_fd, int udp_fd);
 int help_outside(fn_ctx *ctx, int udp_fd, int tun_fd);
 int outside_buffer(fn_ctx *ctx, int tun_fd, uint8_t *base, uint32_t total, uint32_t seg,
                    const struct sockaddr_storage *from, socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room);
-void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd);
+void spin_for_answer(fn_ctx *ctx, int role, int udp_fd, int tun_fd);
 
 /* idle.c */
 void idle_moderate(fn_ctx *ctx, int packets);
