@@ -191,6 +191,13 @@ class DataPath:
     def compact_cipher() -> bool:
         return bool(lib.fn_compact_cipher())
 
+    @staticmethod
+    def large_cipher() -> bool:
+        """Packets of FN_AEAD_LARGE_MIN (576) bytes and more go through OpenSSL's
+        libcrypto (aead_large.c, same bytes, faster here); False: OpenSSL's
+        ChaCha20-Poly1305 was not found and libsodium takes them."""
+        return bool(lib.fn_large_cipher())
+
     def set_spin(self, on: bool) -> None:
         lib.fn_set_spin(self.ctx, int(on))
 

@@ -233,7 +233,8 @@ class Engine:
         self.dp.set_compact_cipher(config.compact_cipher)
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": config.spin,
                          "moderation_us": config.moderation_us,
-                         "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium"}
+                         "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium",
+                         "cipher_long": "openssl" if self.dp.large_cipher() else "libsodium"}
         self.log.info("offloads", requested=config.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
                              dead_after=config.dead_after)

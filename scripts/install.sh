@@ -5,7 +5,7 @@
 #   bash scripts/install.sh --uninstall
 #
 # 1. Debian packages the product needs at run time (Podman, runc, iproute2, iptables) and
-#    to build its C module (gcc, libsodium-dev, python3.X-dev, python3.X-venv);
+#    to build its C module (gcc, libsodium-dev, libssl-dev, python3.X-dev, python3.X-venv);
 #    --gateway adds nginx with the Lua module. Test and benchmark tools are not here:
 #    scripts/test.sh installs them.
 # 2. A virtual environment made from the system's Python (Debian's /usr/bin/python3;
@@ -61,11 +61,11 @@ if [ -r /etc/debian_version ]; then
     *) log "Debian $debian: tested on Debian 12 and 13 only; going on" ;;
   esac
 else
-  log "not Debian (no /etc/debian_version): install Podman, runc, gcc, libsodium and Python's venv yourself"
+  log "not Debian (no /etc/debian_version): install Podman, runc, gcc, libsodium, OpenSSL (libcrypto) and Python's venv yourself"
   FLATNET_NO_APT=1
 fi
 
-pkgs=(podman runc containernetworking-plugins iproute2 iptables ca-certificates gcc libc6-dev libsodium-dev)
+pkgs=(podman runc containernetworking-plugins iproute2 iptables ca-certificates gcc libc6-dev libsodium-dev libssl-dev)
 [ "$gateway" = 1 ] && pkgs+=(nginx libnginx-mod-http-lua lua-resty-core lua-cjson openssl)
 PY=${FLATNET_PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || { [ "$PY" = /usr/bin/python3 ] && apt_install python3; }

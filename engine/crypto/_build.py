@@ -1,4 +1,5 @@
-"""cffi (API mode) build of the data-path C module, linked to the system libsodium.
+"""cffi (API mode) build of the data-path C module, linked to the system libsodium and
+OpenSSL's libcrypto (aead_large.c).
 
 Used by setup.py (cffi_modules) and runnable directly: `python engine/crypto/_build.py`
 builds engine/crypto/_fastpath*.so in place.
@@ -28,7 +29,7 @@ def _src(name: str, absolute: bool) -> str:
 
 
 SOURCES = ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c", "aead_small.c",
-           "cookie.c")
+           "aead_large.c", "cookie.c")
 FUZZ_DIR = os.path.join(ROOT, "build", "fuzz")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 
@@ -47,7 +48,7 @@ def make_builder(fuzz: bool = False) -> FFI:
         '#include "fastpath.h"\n' + ('#include "fuzz.h"\n' if fuzz else ""),
         sources=[_src(f, fuzz or __name__ == "__main__") for f in SOURCES + (("fuzz.c",) if fuzz else ())],
         include_dirs=[CSRC],
-        libraries=["sodium"],
+        libraries=["sodium", "crypto"],
         extra_compile_args=(["-O1", "-g", "-DFN_FUZZ"] + SANITIZE if fuzz else ["-O2"])
         + ["-Wall", "-Wno-unused-function"],
         extra_link_args=SANITIZE if fuzz else [],

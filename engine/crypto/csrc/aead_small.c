@@ -189,18 +189,26 @@ static int compact_on = 1;
 void fn_set_compact_cipher(int on) { __atomic_store_n(&compact_on, on != 0, __ATOMIC_RELAXED); }
 int fn_compact_cipher(void) { return __atomic_load_n(&compact_on, __ATOMIC_RELAXED); }
 
-/* ---- the one place that decides which code seals and opens a length; the header
- * before the payload is the associated data (a changed type, index or counter fails) */
+/* ---- the one place that decides which code seals and opens a length: the compact
+ * code under AEAD_SMALL_MAX, OpenSSL (aead_large.c) from AEAD_LARGE_MIN, libsodium in
+ * between and whenever OpenSSL cannot. The header before the payload is the associated
+ * data (a changed type, index or counter fails) */
 void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]) {
     uint8_t *buf = pkt + FN_HEADER;
     if (ptlen < AEAD_SMALL_MAX && fn_compact_cipher()) seal(buf, ptlen, pkt, FN_HEADER, nonce, key);
-    else crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, pkt, FN_HEADER, NULL, nonce, key);
+    else if (ptlen < AEAD_LARGE_MIN || !fn_large_cipher() ||
+             aead_large_seal(buf, ptlen, pkt, FN_HEADER, nonce, key) < 0)
+        crypto_aead_chacha20poly1305_ietf_encrypt(buf, NULL, buf, ptlen, pkt, FN_HEADER, NULL, nonce, key);
 }
 
 int aead_open(uint8_t *pkt, uint32_t len, const uint8_t nonce[12], const uint8_t key[32]) {
     uint8_t *buf = pkt + FN_HEADER;
     if (len < FN_TAG) return -1;
     if (len - FN_TAG < AEAD_SMALL_MAX && fn_compact_cipher()) return open_(buf, len, pkt, FN_HEADER, nonce, key);
+    if (len - FN_TAG >= AEAD_LARGE_MIN && fn_large_cipher()) {
+        int r = aead_large_open(buf, len, pkt, FN_HEADER, nonce, key);
+        if (r != -2) return r;
+    }
     return crypto_aead_chacha20poly1305_ietf_decrypt(buf, NULL, NULL, buf, len, pkt, FN_HEADER, nonce, key);
 }
 

@@ -13,13 +13,14 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 18
+#define FN_VERSION 19
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
 #define FN_TAG 16
 #define FN_KEY 32
 #define FN_AEAD_SMALL_MAX 256     /* shorter payloads: the compact cipher (aead_small.c) */
+#define FN_AEAD_LARGE_MIN 576     /* longer payloads: OpenSSL's libcrypto (aead_large.c) */
 #define FN_MAX_PEERS 4096
 #define FN_RX_SLOTS 4096
 #define FN_MAX_PEERS_LIMIT 262144    /* fn_new_sized: a lighthouse of a large network */
@@ -122,6 +123,9 @@ void fn_set_handshake_limit(fn_ctx *ctx, uint32_t per_second);
 int fn_set_local(fn_ctx *ctx, uint32_t subnet, uint32_t prefix);
 void fn_set_compact_cipher(int on);
 int fn_compact_cipher(void);
+/* OpenSSL for long payloads (aead_large.c): 1 when it is found and on */
+void fn_set_large_cipher(int on);
+int fn_large_cipher(void);
 int fn_route_unpend(fn_ctx *ctx, int route);
 int fn_firewall_set(fn_ctx *ctx, int default_allow, const uint8_t *protos, const uint16_t *port_lo,
                     const uint16_t *port_hi, const uint64_t *groups, const uint32_t *nets, const uint32_t *masks,

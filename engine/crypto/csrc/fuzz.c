@@ -527,6 +527,7 @@ static void vary(fuzz_t *f) {
     ctx->relay_mode = mode == 0 ? FN_RELAY_ALL : mode == 1 ? FN_RELAY_OTHERS : FN_RELAY_OFF;
     ctx->fw_active = below(f, 2);
     fn_set_compact_cipher(below(f, 4) != 0);
+    fn_set_large_cipher(below(f, 4) != 0);
     set_keys(f, 4, below(f, 2));                      /* held packets go, or wait and expire */
     ctx->nev_pending = 0;                             /* Python took the events */
     for (uint32_t i = 0; i < 4; i++) fn_route_unpend(ctx, (int)(((UNOWNED >> 8) + i) & 0xffff));
@@ -550,17 +551,47 @@ int fn_fuzz_packets(uint64_t seed, uint64_t n, fn_fuzz_stats *st) {
     }
     if (rc == 0) { gro_flush(f.ctx, f.tun_w); drain_tun(&f); }
     fn_set_compact_cipher(1);
+    fn_set_large_cipher(1);
     teardown(&f);
     return rc;
 }
 
-/* ---- the compact cipher against libsodium */
+#define LARGE_CASE_MAX 2048
+
+/* aead_large.c against libsodium: one random length from AEAD_LARGE_MIN up, both ways,
+ * and one bit flipped (rejected, and the buffer wiped). Returns 1 on a mismatch. */
+static int large_case(fuzz_t *f, uint8_t *a, uint8_t *b) {
+    uint8_t key[32], nonce[12], ad[FN_HEADER];
+    uint32_t len = AEAD_LARGE_MIN + below(f, LARGE_CASE_MAX - AEAD_LARGE_MIN + 1);
+    unsigned long long blen, olen;
+    fill(f, key, sizeof(key));
+    fill(f, nonce, sizeof(nonce));
+    fill(f, ad, sizeof(ad));
+    fill(f, a, len);
+    crypto_aead_chacha20poly1305_ietf_encrypt(b, &blen, a, len, ad, sizeof(ad), NULL, nonce, key);
+    if (aead_large_seal(a, len, ad, sizeof(ad), nonce, key) != 0 || blen != len + FN_TAG || memcmp(a, b, blen))
+        return 1;
+    if (crypto_aead_chacha20poly1305_ietf_decrypt(b, &olen, NULL, a, blen, ad, sizeof(ad), nonce, key) != 0 ||
+        olen != len || aead_large_open(a, (uint32_t)blen, ad, sizeof(ad), nonce, key) != 0 || memcmp(a, b, len))
+        return 1;
+    /* a is the plaintext again: seal it, flip one bit, expect a rejection and zeros */
+    if (aead_large_seal(a, len, ad, sizeof(ad), nonce, key) != 0) return 1;
+    uint32_t where = below(f, len + FN_TAG);
+    a[where] ^= (uint8_t)(1u << below(f, 8));
+    if (aead_large_open(a, (uint32_t)blen, ad, sizeof(ad), nonce, key) != -1) return 1;
+    for (uint32_t i = 0; i < len; i++)
+        if (a[i]) return 1;
+    return 0;
+}
+
+/* ---- the compact cipher (and OpenSSL's, large_case) against libsodium */
 int fn_fuzz_aead(uint64_t seed, uint64_t n, fn_fuzz_stats *st) {
     fuzz_t f;
     memset(&f, 0, sizeof(f));
     f.rng = seed;
     f.st = st;
     uint8_t key[32], nonce[12], ad[70], pt[300], a[300 + FN_TAG], b[300 + FN_TAG], keep[300 + FN_TAG];
+    static uint8_t big_a[LARGE_CASE_MAX + FN_TAG], big_b[LARGE_CASE_MAX + FN_TAG];
     unsigned long long blen;
     for (uint64_t i = 0; i < n; i++) {
         uint32_t len = below(&f, 301), adlen = below(&f, 71);
@@ -588,6 +619,8 @@ int fn_fuzz_aead(uint64_t seed, uint64_t n, fn_fuzz_stats *st) {
                   crypto_aead_chacha20poly1305_ietf_decrypt(b, &olen, NULL, a, (unsigned long long)alen, ad, adlen,
                                                            nonce, key) == 0;
         }
+        /* and OpenSSL's code for long payloads (aead_large.c), a second case each round */
+        if (!bad && fn_large_cipher()) bad = large_case(&f, big_a, big_b);
         st->aead_cases++;
         if (bad) {
             st->aead_mismatches++;

@@ -261,9 +261,14 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
         pthread_mutex_lock(&ctx->tx_lock);
         /* what another thread found for the control plane goes up first */
         nevents = take_queued(events, ctx->ev_pending, &ctx->nev_pending, max_events, sizeof(int32_t));
+        uint64_t sent = ctx->io[FN_IO_UDP_DGRAMS_OUT];
         int reads = inside_pass(ctx, tun_fd, udp_fd, events, &nevents, max_events);
+        sent = ctx->io[FN_IO_UDP_DGRAMS_OUT] - sent;
         pthread_mutex_unlock(&ctx->tx_lock);
-        if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, udp_fd, tun_fd);
+        /* a small batch waits awake for its answer; a few TSO super-packets are not a
+         * small batch (each is up to 45 datagrams of a bulk transfer) */
+        if (reads > 0 && reads <= SPIN_MAX_READS && sent <= SPIN_MAX_READS)
+            spin_for_answer(ctx, ROLE_IN, udp_fd, tun_fd);
         idle_moderate(ctx, reads);
         int helped = idle_parked(ctx, ROLE_OUT) ? help_outside(ctx, udp_fd, tun_fd) : 0;
         if (helped > 0 && helped <= SPIN_MAX_READS) idle_yield(ctx);

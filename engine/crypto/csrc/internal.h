@@ -236,6 +236,13 @@ static inline void make_nonce(uint8_t nonce[12], uint64_t counter) {
 /* aead_small.c: the compact code for payloads shorter than AEAD_SMALL_MAX (see there
  * why), libsodium for longer ones */
 #define AEAD_SMALL_MAX FN_AEAD_SMALL_MAX
+/* aead_large.c: OpenSSL's libcrypto for payloads of AEAD_LARGE_MIN bytes and more */
+#define AEAD_LARGE_MIN FN_AEAD_LARGE_MIN
+void aead_large_init(void);
+int aead_large_seal(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adlen, const uint8_t nonce[12],
+                    const uint8_t key[32]);
+int aead_large_open(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adlen, const uint8_t nonce[12],
+                    const uint8_t key[32]);
 /* seal the `ptlen` bytes after the FN_HEADER-byte header at `pkt` in place, the tag
  * after them; the header is the associated data */
 void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);
@@ -272,7 +279,7 @@ int help_inside(fn_ctx *ctx, int tun_fd, int udp_fd);
 int help_outside(fn_ctx *ctx, int udp_fd, int tun_fd);
 int outside_buffer(fn_ctx *ctx, int tun_fd, uint8_t *base, uint32_t total, uint32_t seg,
                    const struct sockaddr_storage *from, socklen_t fromlen, int64_t now, fn_ctrl *ctrl, int room);
-void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd);
+void spin_for_answer(fn_ctx *ctx, int role, int udp_fd, int tun_fd);
 
 /* idle.c */
 void idle_moderate(fn_ctx *ctx, int packets);

@@ -12,12 +12,20 @@ void vnet_parse(const uint8_t *raw, vnet_hdr_t *h) {
     h->csum_offset = get_le16(raw + 8);
 }
 
-/* one's complement sum of native-order words; byte order cancels out (RFC 1071 2.B) */
+/* one's complement sum of native-order words; byte order cancels out (RFC 1071 2.B).
+ * 8 bytes at a time into a 128-bit sum (an add and an add-with-carry each), folded to
+ * 64 bits with the end-around carry: the same value modulo 0xffff as 16-bit words, and
+ * never 0 for a non-zero sum, so fold() gives what a 16-bit loop gives. It runs over
+ * every byte of every TSO segment the inside thread cuts (4 bytes a step took 3% of
+ * the engines' CPU in one TCP stream). */
 static uint64_t sum_words(const uint8_t *p, uint32_t len, uint64_t acc) {
-    while (len >= 4) { uint32_t w; memcpy(&w, p, 4); acc += w; p += 4; len -= 4; }
-    if (len >= 2) { uint16_t w; memcpy(&w, p, 2); acc += w; p += 2; len -= 2; }
-    if (len) { uint16_t w = 0; memcpy(&w, p, 1); acc += w; }
-    return acc;
+    unsigned __int128 wide = acc;
+    while (len >= 8) { uint64_t w; memcpy(&w, p, 8); wide += w; p += 8; len -= 8; }
+    if (len >= 4) { uint32_t w; memcpy(&w, p, 4); wide += w; p += 4; len -= 4; }
+    if (len >= 2) { uint16_t w; memcpy(&w, p, 2); wide += w; p += 2; len -= 2; }
+    if (len) { uint16_t w = 0; memcpy(&w, p, 1); wide += w; }
+    uint64_t lo = (uint64_t)wide, hi = (uint64_t)(wide >> 64), s = lo + hi;
+    return s + (s < lo);
 }
 static uint16_t fold(uint64_t acc) {
     while (acc >> 16) acc = (acc & 0xffff) + (acc >> 16);

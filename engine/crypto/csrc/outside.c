@@ -292,10 +292,14 @@ int help_outside(fn_ctx *ctx, int udp_fd, int tun_fd) {
 /* After a small batch went out (a ping, a request): its answer usually comes back
  * within a round trip. Waiting for it awake, up to SPIN_NS, saves a wake-up on the
  * latency path; after a wait that caught nothing (one-way traffic), no waiting for
- * SPIN_BACKOFF_NS. */
-void spin_for_answer(fn_ctx *ctx, int udp_fd, int tun_fd) {
+ * SPIN_BACKOFF_NS. `role`: the caller's. The inside thread does not wait while the
+ * outside thread is at work: that one takes the answer itself, and the spin would only
+ * burn a CPU the applications need (the TCP receiver's inside thread, sending ACKs, spent
+ * ~2% of the engines' CPU so in one stream). */
+void spin_for_answer(fn_ctx *ctx, int role, int udp_fd, int tun_fd) {
     int64_t now = fn_now_ns();
     if (!ctx->spin || udp_fd < 0 || now < ctx->spin_backoff_until) return;
+    if (role == ROLE_IN && __atomic_load_n(&ctx->st[ROLE_OUT], __ATOMIC_RELAXED) == ST_ACTIVE) return;
     ctx->io[FN_IO_SPINS]++;
     int64_t until = now + SPIN_NS;
     while (!ctx->stop && fn_now_ns() < until) {
@@ -332,7 +336,7 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
         if (w == 0) return nctrl;  /* timeout: back to Python */
         if (w & IDLE_OTHER) {  /* a local request: wait for its answer as the inside thread would */
             int reads = help_inside(ctx, tun_fd, udp_fd);
-            if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, udp_fd, tun_fd);
+            if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, ROLE_OUT, udp_fd, tun_fd);
         }
     }
     return nctrl;
