@@ -117,7 +117,12 @@ def test_sighup_reloads_without_dropping_sessions(lab):
     assert st["log_level"] == "debug" and st["cert_expires_in_days"] <= 30.1
     assert st["offloads"]["moderation_us"] == 250 and st["offloads"]["spin"] is True
     after = next(p for p in lab.peers(a) if p["name"] == b.name)
-    assert after["handshakes"] == before["handshakes"]  # the session was not dropped
+    # the peer and its session were kept: their counters go on (a dropped peer starts
+    # again from zero). Not equality: on a loaded machine the session's own timers may
+    # make a handshake meanwhile (a liveness probe), which is not the reload's doing.
+    assert before["handshakes"] <= after["handshakes"] <= before["handshakes"] + 1, (before, after)
+    assert after["tx_packets"] >= before["tx_packets"] and after["rx_packets"] >= before["rx_packets"]
+    assert after["fingerprint"] == before["fingerprint"]  # b's certificate, as before
     assert sh("ping", "-c", "1", "-W", "2", b.containers[0]["ip"], ns=a.containers[0]["ns"], check=False).returncode == 0
     log = open(a.log).read()
     assert "certificate_reloaded" in log and "reloaded" in log
