@@ -58,6 +58,7 @@ class Session:
     hs: object = None
     started: float = 0.0
     index: int = 0        # our receiver index
+    slot: int = -1        # Swarm.attach: its slot in the C data path
 
 
 @dataclass
@@ -69,8 +70,6 @@ class Node:
     error: str | None = None
     answers: list = field(default_factory=list)                  # (kind, msg) received
     registered_at: float = 0.0                                   # when we last sent a register
-    slot: int = -1                                               # Swarm.attach: the node's data path slot
-    number: int = 0                                              # its place in Swarm.nodes
 
 
 class Lighthouse:
@@ -107,8 +106,9 @@ class Swarm:
         self.sel = selectors.DefaultSelector()
         for s in self.socks:
             self.sel.register(s, selectors.EVENT_READ)
-        self.nodes = [Node(make_identity(ca_key, ca, n), self.socks[i % sockets], number=i)
-                      for i, n in enumerate(names)]
+        self.nodes = [Node(make_identity(ca_key, ca, n), self.socks[i % sockets]) for i, n in enumerate(names)]
+        self._handshakes = 0
+        self._keep: dict[str, int] = {}  # keep_registered's place, per lighthouse
         self.by_index: dict[int, tuple[Node, str]] = {}
         self.rng = random.Random()
         self.counts = {"handshakes": 0, "messages": 0, "bad": 0, "peer": 0, "punch": 0, "error": 0}
@@ -126,31 +126,35 @@ class Swarm:
     # ---- sending
     def handshake(self, node: Node, lh: str) -> None:
         target = self.lighthouses[lh]
-        # the low 16 bits are the node's number: unique in the C data path's receive
-        # table (indexed by the low bits, engine/crypto/csrc/fastpath.c fn_rx_add)
-        index = (self.rng.getrandbits(16) or 1) << 16 | (node.number & 0xFFFF)
+        # the low 16 bits count handshakes: unique in attach()'s receive table of 65,536
+        # (indexed by the low bits, engine/crypto/csrc/fastpath.c fn_rx_add)
+        index = (self.rng.getrandbits(16) or 1) << 16 | (self._handshakes & 0xFFFF)
+        self._handshakes += 1
         hs, msg = hsm.create_initiation(node.ident, target.static, index, time.time_ns())
         packet, _ = cookie.add_macs(msg, target.static, None)
         node.sessions[lh] = Session(hs=hs, started=time.monotonic(), index=index)
         self.by_index[index] = (node, lh)
         node.sock.sendto(packet, target.addr)
 
-    def attach(self, lh: str) -> int:
-        """The sessions with `lh` made so far go to a C data path (one slot per node;
-        its send key, the lighthouse as endpoint, its receive key under its index):
-        from now on their messages are sealed and sent by `flush`, and `pump` opens
-        the answers in C. Before any type-4 message: C counts from 0. Nodes attached."""
-        target = self.lighthouses[lh]
-        ready = [n for n in self.nodes if n.sessions.get(lh) and n.sessions[lh].send and n.sessions[lh].counter == 0]
-        self.dp = DataPath(ipaddress.IPv4Network("10.0.0.0/8"), 1400, max_peers=max(1, len(ready)))
+    def attach(self) -> int:
+        """The sessions made so far (with any lighthouse) go to a C data path, once:
+        one slot per session (its send key, the lighthouse as endpoint, its receive key
+        under its index). From now on their messages are sealed and sent by `flush`,
+        and `pump` opens the answers in C. Before any type-4 message: C counts from 0.
+        Returns the sessions attached."""
+        if self.dp is not None:
+            raise RuntimeError("the swarm is attached already")
+        ready = [(n, lh) for n in self.nodes for lh, s in n.sessions.items() if s.send and s.counter == 0]
+        # 21,846 slots or more: a receive table of 65,536, one entry per handshake's low 16 bits
+        self.dp = DataPath(ipaddress.IPv4Network("10.0.0.0/8"), 1400, max_peers=max(21846, len(ready)))
         self._ctrl = ffi.new("fn_ctrl[]", 64)
-        for slot, n in enumerate(ready):
+        for slot, (n, lh) in enumerate(ready):
             s = n.sessions[lh]
             self.dp.set_peer(slot, None)
-            self.dp.set_endpoint(slot, target.addr)
+            self.dp.set_endpoint(slot, self.lighthouses[lh].addr)
             self.dp.set_tx_key(slot, s.send, s.remote)
             self.dp.add_rx(s.index, slot, s.receive)
-            n.slot = slot
+            s.slot = slot
             self.by_slot.append((n, lh))
         return len(ready)
 
@@ -167,8 +171,8 @@ class Swarm:
         s = node.sessions.get(lh)
         if s is None or not s.send:
             return False
-        if node.slot >= 0:
-            self.outbox.setdefault(node.sock.fileno(), []).append((node.slot, msg))
+        if s.slot >= 0:
+            self.outbox.setdefault(node.sock.fileno(), []).append((s.slot, msg))
             return True
         node.sock.sendto(hwire.seal(s.send, s.remote, s.counter, msg, kind=4), self.lighthouses[lh].addr)
         s.counter += 1
@@ -181,14 +185,14 @@ class Swarm:
     def keep_registered(self, lh: str, every: float = 10.0, batch: int = 500) -> None:
         """Register again like an engine does (every 10 s): a lighthouse that hears
         nothing for 20 s after answering starts a handshake of its own, which these
-        nodes do not answer. Looks at `batch` nodes per call, in turn."""
+        nodes do not answer. Looks at `batch` nodes per call, in turn (a turn per lighthouse)."""
         now = time.monotonic()
-        start = self._keep = getattr(self, "_keep", 0) % max(1, len(self.nodes))
+        start = self._keep.get(lh, 0) % max(1, len(self.nodes))
         for n in self.nodes[start:start + batch]:
             s = n.sessions.get(lh)
             if s is not None and s.send and now - n.registered_at >= every:
                 self.register(n, lh)
-        self._keep = start + batch
+        self._keep[lh] = start + batch
 
     # ---- receiving
     def pump(self, timeout: float) -> int:
