@@ -228,18 +228,21 @@ class DataPath:
         n = lib.fn_seal_control(self.ctx, slot, payload, len(payload), out, len(payload) + 32)
         return ffi.buffer(out, n)[:] if n > 0 else None
 
-    def send_controls(self, messages: list[tuple[int, bytes]]) -> list[int]:
+    def send_controls(self, messages: list[tuple[int, bytes]], fd: int | None = None) -> list[int]:
         """Control messages [(slot, payload)] sealed and sent to each peer's endpoint in
         one C call (one sendmmsg, inside.c fn_send_control) on the socket given to
-        start(). Per message 0, or -errno: ENOKEY (no send key), EXDEV (the peer is
-        relayed: the caller wraps it), EDESTADDRREQ (no endpoint), EMSGSIZE, EINVAL."""
+        start(), or on `fd` (a load generator without the pipeline threads, whose
+        simulated nodes have a socket each: tests/harness/simnode.py). Per message 0,
+        or -errno: ENOKEY (no send key), EXDEV (the peer is relayed: the caller wraps
+        it), EDESTADDRREQ (no endpoint), EMSGSIZE, EINVAL."""
         n = len(messages)
         if not n:
             return []
-        if self._udp_fd is None:
+        fd = self._udp_fd if fd is None else fd
+        if fd is None:
             raise OSError(errno.ENOTCONN, "data path: send_controls before start()")
         results = ffi.new("int32_t[]", n)
-        rc = lib.fn_send_control(self.ctx, self._udp_fd, ffi.new("int32_t[]", [slot for slot, _ in messages]),
+        rc = lib.fn_send_control(self.ctx, fd, ffi.new("int32_t[]", [slot for slot, _ in messages]),
                                  b"".join([m for _, m in messages]), ffi.new("uint32_t[]", [len(m) for _, m in messages]),
                                  n, results)
         self._check(rc, "send control")

@@ -14,6 +14,11 @@ register and counted; each node may ask QUERY_BURST queries at once, then QUERY_
 a second; each node receives at most PUNCH_BURST punches at once, then PUNCH_RATE a
 second (the asker still gets its `peer` answer). Time is the `now` passed in.
 
+A query about a node registered through another lighthouse (a shared store: etcd) is
+answered from the store's watched cache; the punch request it writes for that
+lighthouse passes the same per-target punch limit here first, so etcd sees at most
+PUNCH_RATE of them a second per target from each lighthouse, not one per query.
+
 Service names and hosts are unique across online nodes: the first node to register one
 holds it while it stays online (registers within 3 x ttl); another node's claim is
 refused per service with an error "service_refused" naming it (docs/gateway.md, "Names").
@@ -137,6 +142,10 @@ class Registry:
         self.refused_services = 0
         self.query_limits: dict[str, TokenBucket] = {}
         self.punch_limits: dict[str, TokenBucket] = {}
+        # nodes registered through another lighthouse: their punch limit here, and their
+        # `peer` message (encoded once per record the watch delivers); expire() prunes
+        self.remote_punch_limits: dict[str, TokenBucket] = {}
+        self.remote_encoded: dict[str, tuple[NodeRecord, bytes]] = {}
         self.names_limits: dict[str, TokenBucket] = {}
         self.limited = {"queries": 0, "punches": 0, "endpoints_refused": 0, "names_refused": 0, "names_queries": 0}
         self.names_version = 1
@@ -391,9 +400,11 @@ class Registry:
             what = msg.get("addr") or msg.get("name")
             return [(asker, wire.encode("error", code="unknown", msg=f"no node online for {what}"))]
         if target is None:  # registered through another lighthouse: that one punches it
-            self.leases.request_punch(remote.lighthouse, remote.name, self._record(me))
-            return [(asker, wire.peer_message("peer", remote.name, remote.cert, remote.subnet, remote.endpoints,
-                                              remote.local))]
+            if _bucket(self.remote_punch_limits, remote.name, PUNCH_RATE, PUNCH_BURST).take(now):
+                self.leases.request_punch(remote.lighthouse, remote.name, self._record(me))
+            else:
+                self.limited["punches"] += 1
+            return [(asker, self._about_remote(remote))]
         out = [(asker, self._about(target, "peer"))]
         if _bucket(self.punch_limits, target.name, PUNCH_RATE, PUNCH_BURST).take(now):
             out.append((target.name, self._about(me, "punch")))
@@ -408,6 +419,16 @@ class Registry:
         if msg is None:
             msg = node.encoded[kind] = wire.peer_message(kind, node.name, node.cert, str(node.subnet),
                                                          node.endpoints(), node.local)
+        return msg
+
+    def _about_remote(self, remote: NodeRecord) -> bytes:
+        """The `peer` message about a node registered elsewhere: encoded again only when
+        the watch brought a new record (the store replaces the record object)."""
+        held = self.remote_encoded.get(remote.name)
+        if held is not None and held[0] is remote:
+            return held[1]
+        msg = wire.peer_message("peer", remote.name, remote.cert, remote.subnet, remote.endpoints, remote.local)
+        self.remote_encoded[remote.name] = (remote, msg)
         return msg
 
     def punch(self, target: str, asker: NodeRecord, now: float) -> list[tuple[str, bytes]]:
@@ -460,4 +481,7 @@ class Registry:
         gone = [n for n, node in self.nodes.items() if now - node.last_seen > 3 * self.ttl]
         for n in gone:
             self._forget(n)
+        for held in (self.remote_punch_limits, self.remote_encoded):  # nodes no longer registered elsewhere
+            for n in [n for n in held if self.leases.remote(n) is None]:
+                del held[n]
         return gone

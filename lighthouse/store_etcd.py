@@ -63,6 +63,18 @@ def _record(value: bytes) -> NodeRecord | None:
         return None
 
 
+def _last_per_key(ops: list[dict]) -> list[dict]:
+    """One write per key, the last one queued: etcd refuses a whole transaction that
+    names a key twice ("duplicate key given in txn request"), and two punch requests
+    for one node, or a record published twice, are queued within one pass."""
+    last: dict[str, dict] = {}
+    for op in ops:
+        body = op.get("request_put") or op.get("request_delete_range") or {}
+        last.pop(body.get("key", ""), None)  # re-inserted: the order of the last writes is kept
+        last[body.get("key", "")] = op
+    return list(last.values())
+
+
 class EtcdStore(Store):
     backend = "etcd"
 
@@ -214,6 +226,7 @@ class EtcdStore(Store):
             self._wake.clear()
             with self._lock:
                 ops, self._queue = self._queue, []
+            ops = _last_per_key(ops)
             for i in range(0, len(ops), etcd.MAX_TXN_OPS):
                 try:
                     self.client.txn([], ops[i:i + etcd.MAX_TXN_OPS])

@@ -4,12 +4,20 @@ then msgpack control messages sealed as type-4 packets (tests.harness.wire, PyNa
 Thousands of them share a few sockets; replies find their node by receiver index.
 Used by the lighthouse benchmark (10,000 nodes) and the etcd cluster tests.
 
+A load generator must cost less than what it measures: after the handshakes,
+`Swarm.attach` hands the nodes' keys to the engine's C data path (engine/datapath.py,
+the same code an engine runs), which seals the nodes' messages in batches (one
+sendmmsg per socket) and opens the answers in batches (recvmmsg). Answers are then
+counted by their type (read from the msgpack header, after C authenticated them);
+leases and errors are decoded in full, and one answer in CHECK_EVERY of the others.
+
     python3 -m tests.harness.simnode --ca-dir D --lighthouse NAME@HOST:PORT ... \
         register --names a,b,c [--bind IP]     -> JSON {name: subnet or "error: ..."}
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import random
@@ -29,7 +37,16 @@ from flatnet.engine.proto.noise import generate_keypair
 from flatnet.engine.proto import control as wire
 from tests.harness import wire as hwire
 
+try:  # the C data path (Swarm.attach); without it the swarm seals and opens in Python
+    from flatnet.engine.crypto import ffi, lib
+    from flatnet.engine.datapath import CTRL_DECRYPTED, CTRL_RAW, DataPath
+except ImportError:
+    ffi = lib = DataPath = None
+
 DAY = 86400
+# attached: one peer or punch in this many is decoded in full (with its certificate:
+# about 80 us in Python, more than C's receive and open of all 64); the rest are counted
+CHECK_EVERY = 64
 
 
 @dataclass
@@ -40,6 +57,8 @@ class Session:
     counter: int = 0
     hs: object = None
     started: float = 0.0
+    index: int = 0        # our receiver index
+    slot: int = -1        # Swarm.attach: its slot in the C data path
 
 
 @dataclass
@@ -88,10 +107,17 @@ class Swarm:
         for s in self.socks:
             self.sel.register(s, selectors.EVENT_READ)
         self.nodes = [Node(make_identity(ca_key, ca, n), self.socks[i % sockets]) for i, n in enumerate(names)]
+        self._handshakes = 0
+        self._keep: dict[str, int] = {}  # keep_registered's place, per lighthouse
         self.by_index: dict[int, tuple[Node, str]] = {}
         self.rng = random.Random()
         self.counts = {"handshakes": 0, "messages": 0, "bad": 0, "peer": 0, "punch": 0, "error": 0}
         self.keep_answers = True  # False: only count them (a benchmark of many queries)
+        self.dp = None            # attach(): the C data path holding the nodes' sessions
+        self.by_slot: list[tuple[Node, str]] = []
+        self.outbox: dict[int, list[tuple[int, bytes]]] = {}  # socket fd -> [(slot, payload)]
+        self._ctrl = None
+        self._seen = 0
 
     def close(self) -> None:
         for s in self.socks:
@@ -100,17 +126,54 @@ class Swarm:
     # ---- sending
     def handshake(self, node: Node, lh: str) -> None:
         target = self.lighthouses[lh]
-        index = self.rng.getrandbits(32) or 1
+        # the low 16 bits count handshakes: unique in attach()'s receive table of 65,536
+        # (indexed by the low bits, engine/crypto/csrc/fastpath.c fn_rx_add)
+        index = (self.rng.getrandbits(16) or 1) << 16 | (self._handshakes & 0xFFFF)
+        self._handshakes += 1
         hs, msg = hsm.create_initiation(node.ident, target.static, index, time.time_ns())
         packet, _ = cookie.add_macs(msg, target.static, None)
-        node.sessions[lh] = Session(hs=hs, started=time.monotonic())
+        node.sessions[lh] = Session(hs=hs, started=time.monotonic(), index=index)
         self.by_index[index] = (node, lh)
         node.sock.sendto(packet, target.addr)
+
+    def attach(self) -> int:
+        """The sessions made so far (with any lighthouse) go to a C data path, once:
+        one slot per session (its send key, the lighthouse as endpoint, its receive key
+        under its index). From now on their messages are sealed and sent by `flush`,
+        and `pump` opens the answers in C. Before any type-4 message: C counts from 0.
+        Returns the sessions attached."""
+        if self.dp is not None:
+            raise RuntimeError("the swarm is attached already")
+        ready = [(n, lh) for n in self.nodes for lh, s in n.sessions.items() if s.send and s.counter == 0]
+        # 21,846 slots or more: a receive table of 65,536, one entry per handshake's low 16 bits
+        self.dp = DataPath(ipaddress.IPv4Network("10.0.0.0/8"), 1400, max_peers=max(21846, len(ready)))
+        self._ctrl = ffi.new("fn_ctrl[]", 64)
+        for slot, (n, lh) in enumerate(ready):
+            s = n.sessions[lh]
+            self.dp.set_peer(slot, None)
+            self.dp.set_endpoint(slot, self.lighthouses[lh].addr)
+            self.dp.set_tx_key(slot, s.send, s.remote)
+            self.dp.add_rx(s.index, slot, s.receive)
+            s.slot = slot
+            self.by_slot.append((n, lh))
+        return len(ready)
+
+    def flush(self) -> None:
+        """Attached: what `send` queued goes out, one C call (one sendmmsg) per socket."""
+        for fd, msgs in self.outbox.items():
+            if msgs:
+                for rc in self.dp.send_controls(msgs, fd=fd):
+                    if rc:
+                        self.counts["send_failed"] = self.counts.get("send_failed", 0) + 1
+                msgs.clear()
 
     def send(self, node: Node, lh: str, msg: bytes) -> bool:
         s = node.sessions.get(lh)
         if s is None or not s.send:
             return False
+        if s.slot >= 0:
+            self.outbox.setdefault(node.sock.fileno(), []).append((s.slot, msg))
+            return True
         node.sock.sendto(hwire.seal(s.send, s.remote, s.counter, msg, kind=4), self.lighthouses[lh].addr)
         s.counter += 1
         return True
@@ -122,20 +185,25 @@ class Swarm:
     def keep_registered(self, lh: str, every: float = 10.0, batch: int = 500) -> None:
         """Register again like an engine does (every 10 s): a lighthouse that hears
         nothing for 20 s after answering starts a handshake of its own, which these
-        nodes do not answer. Looks at `batch` nodes per call, in turn."""
+        nodes do not answer. Looks at `batch` nodes per call, in turn (a turn per lighthouse)."""
         now = time.monotonic()
-        start = self._keep = getattr(self, "_keep", 0) % max(1, len(self.nodes))
+        start = self._keep.get(lh, 0) % max(1, len(self.nodes))
         for n in self.nodes[start:start + batch]:
             s = n.sessions.get(lh)
             if s is not None and s.send and now - n.registered_at >= every:
                 self.register(n, lh)
-        self._keep = start + batch
+        self._keep[lh] = start + batch
 
     # ---- receiving
     def pump(self, timeout: float) -> int:
         """Read what arrived (waiting up to `timeout` for the first); handled count."""
         handled = 0
+        if self.dp is not None:
+            self.flush()
         for key, _ in self.sel.select(timeout):
+            if self.dp is not None:
+                handled += self._pump_c(key.fileobj.fileno())
+                continue
             for _ in range(256):
                 try:
                     data, _addr = key.fileobj.recvfrom(2048)
@@ -144,6 +212,62 @@ class Swarm:
                 handled += 1
                 self._on_datagram(data)
         return handled
+
+    def _pump_c(self, fd: int) -> int:
+        """Attached: up to 4 batches of 64 from this socket, received and opened by C
+        (recvmmsg; a packet that fails authentication or replay is dropped there)."""
+        handled = 0
+        ctrl, ctx = self._ctrl, self.dp.ctx
+        for _ in range(4):
+            n = lib.fn_outside(ctx, fd, -1, 0, ctrl, 64)
+            if n <= 0:
+                break
+            handled += n
+            for i in range(n):
+                c = ctrl[i]
+                if c.kind == CTRL_DECRYPTED:
+                    self._on_plain(c.peer, ffi.buffer(c.data, c.len))
+                elif c.kind == CTRL_RAW:  # a late handshake answer
+                    self._on_datagram(ffi.buffer(c.data, c.len)[:])
+            if n < 64:
+                break
+        return handled
+
+    def _on_plain(self, slot: int, data) -> None:  # noqa: ANN001 - a cffi buffer
+        """An answer C opened. Its type is the msgpack header control.encode writes
+        ({"t": kind, ...}, "t" first); leases and errors are decoded in full (they carry
+        state), one in CHECK_EVERY of the rest too, and must say what the header said."""
+        head = data[0:20]
+        kind = None
+        if head[1:3] == b"\xa1t" and 0xa0 <= head[3] <= 0xbf:
+            kind = head[4:4 + (head[3] & 0x1F)].decode("ascii", "replace")
+        self._seen += 1
+        if kind not in ("peer", "punch") or self.keep_answers or self._seen % CHECK_EVERY == 0:
+            node, _ = self.by_slot[slot]
+            try:
+                full, msg = wire.decode(data[:])
+            except Exception:  # noqa: BLE001 - a benchmark counts what it could not read
+                self.counts["bad"] += 1
+                return
+            if kind is not None and kind != full:
+                self.counts["bad"] += 1
+                return
+            self.counts["checked"] = self.counts.get("checked", 0) + 1
+            self._on_message(node, full, msg)
+            return
+        self.counts["messages"] += 1
+        self.counts[kind] += 1
+
+    def _on_message(self, node: Node, kind: str, msg: dict) -> None:
+        self.counts["messages"] += 1
+        if kind == "lease":
+            node.lease = msg["subnet"]
+        elif kind == "error" and msg["code"] in ("exhausted", "unregistered"):
+            node.error = f"{msg['code']}: {msg['msg']}"
+        else:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            if self.keep_answers:
+                node.answers.append((kind, msg))
 
     def _on_datagram(self, data: bytes) -> None:
         try:
@@ -160,15 +284,7 @@ class Swarm:
                 node, lh = self.by_index[index]
                 _, _, _, plain = hwire.open_packet(node.sessions[lh].receive, data)
                 kind, msg = wire.decode(plain)
-                self.counts["messages"] += 1
-                if kind == "lease":
-                    node.lease = msg["subnet"]
-                elif kind == "error" and msg["code"] in ("exhausted", "unregistered"):
-                    node.error = f"{msg['code']}: {msg['msg']}"
-                else:
-                    self.counts[kind] = self.counts.get(kind, 0) + 1
-                    if self.keep_answers:
-                        node.answers.append((kind, msg))
+                self._on_message(node, kind, msg)
         except Exception:  # noqa: BLE001 - a benchmark counts what it could not read
             self.counts["bad"] += 1
 

@@ -179,6 +179,74 @@ def test_a_query_through_another_lighthouse_answers_and_punches_through_the_firs
     assert list(body["endpoints"][0]) == ["198.51.100.2", 4000]
 
 
+def test_queries_about_a_node_elsewhere_are_served_from_the_cache_and_punch_requests_are_limited(open_store):
+    """Issue 18: "queries served from a watched cache, not an etcd round trip each".
+    200 queries from 20 nodes at lh-2 about host-a (at lh-1): no call to etcd on the
+    answering thread, one `peer` message encoded once, and the punch requests lh-2
+    writes to etcd for lh-1 held to the per-target punch limit (before: one per query)."""
+    if open_store.backend != "etcd":
+        pytest.skip("needs a shared store")
+    from flatnet.lighthouse import registry as registry_mod
+    s1, s2 = open_store(me="lh-1"), open_store(me="lh-2")
+    r1, r2 = Registry(s1, me="lh-1"), Registry(s2, me="lh-2")
+    r1.handle("host-a", b"cert-a", wire.encode("register", endpoints=[("192.0.2.10", 4787)]), ("198.51.100.1", 4000), 0.0)
+    askers = [f"host-{i}" for i in range(20)]
+    for i, name in enumerate(askers):
+        r2.handle(name, b"c", wire.encode("register", endpoints=[]), ("198.51.100.2", 4000 + i), 0.0)
+    assert wait_for(lambda: s2.remote("host-a") is not None, 1.0)
+    me, calls, punches = threading.get_ident(), [], []
+    real_client, real_enqueue = s2.client, s2._enqueue
+
+    class Watching:  # the calls made on the answering thread (the watch and write threads have their own)
+        def __getattr__(self, attr):
+            if threading.get_ident() == me:
+                calls.append(attr)
+            return getattr(real_client, attr)
+
+    def enqueue(op):
+        if "/punch/" in str(_put_key(op)):
+            punches.append(op)
+        real_enqueue(op)
+
+    s2.client, s2._enqueue = Watching(), enqueue
+    try:
+        answers = set()
+        for q in range(200):
+            out = r2.handle(askers[q % 20], b"c", wire.encode("query", name="host-a"), ("198.51.100.2", 4000), 1.0)
+            assert [(to, wire.decode(m)[0]) for to, m in out] == [(askers[q % 20], "peer")]
+            answers.add(out[0][1])
+    finally:
+        s2.client, s2._enqueue = real_client, real_enqueue
+    assert calls == [] and len(answers) == 1
+    assert len(punches) == registry_mod.PUNCH_BURST and r2.limited["punches"] == 200 - registry_mod.PUNCH_BURST
+    # the record gone from the cache: expire() forgets what it kept about it
+    r1.expire(1e12)
+    assert wait_for(lambda: s2.remote("host-a") is None, 2.0)
+    r2.expire(2.0)
+    assert "host-a" not in r2.remote_punch_limits and "host-a" not in r2.remote_encoded
+
+
+def test_writes_queued_twice_for_one_key_go_out_as_the_last_one(open_store):
+    """etcd refuses a whole transaction that names a key twice: two punch requests for
+    one node queued in one pass made every write of that pass fail (the benchmark with
+    two lighthouses: write_errors 115, "duplicate key given in txn request")."""
+    if open_store.backend != "etcd":
+        pytest.skip("etcd only")
+    from flatnet.lighthouse import etcd
+    s = open_store(me="lh-1")
+    key, other = f"{s.p}punch/lh-2/host-a", f"{s.p}punch/lh-2/host-b"
+    with s._lock:  # one pass of the write thread sees all three
+        s._queue += [etcd.put_op(key, b"first"), etcd.put_op(other, b"b"), etcd.put_op(key, b"last")]
+    s._wake.set()
+    assert wait_for(lambda: s.client.get(other) is not None, 2.0)
+    assert s.client.get(key) == b"last" and s.write_errors == 0
+
+
+def _put_key(op):
+    from flatnet.lighthouse import etcd
+    return etcd.unb64(op.get("request_put", {}).get("key", "")).decode()
+
+
 def test_a_store_that_cannot_write_answers_unavailable(tmp_path):
     from flatnet.lighthouse.store import StoreUnavailable
 
