@@ -187,10 +187,15 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
         finally:
             if swarm.poll() is None:
                 swarm.kill()
+            if flood is not None and swarm.returncode != 0 and flood.poll() is None:
+                flood.kill()  # bounded anyway (its seconds + 5)
         if swarm.returncode != 0:
             raise RuntimeError("swarm failed: " + swarm.stderr.read()[-2000:])
         if flood is not None:
-            r.update(json.loads(flood.communicate(timeout=seconds + 30)[0].strip().splitlines()[-1]), junk_rate=junk)
+            out = flood.communicate(timeout=seconds + 30)[0].strip().splitlines()
+            if flood.returncode != 0 or not out:
+                raise RuntimeError(f"junk flood failed (exit {flood.returncode})")
+            r.update(json.loads(out[-1]), junk_rate=junk)
         r["lighthouse_cpu_s"] = cpu
         if cpu.get("handshakes"):
             r["handshakes_per_cpu_s"] = r["handshakes"] / cpu["handshakes"]
