@@ -3,7 +3,9 @@ register, queries over UDP, tests/harness/simnode.py) against a lighthouse proce
 a namespace, with the SQLite store or (--backend etcd) on a 3-member etcd cluster;
 beside it the sans-IO registry alone on one core (each query also producing its
 punch), and the time from the first packet to a new peer until its delivery, direct
-and relayed (a lab in namespaces)."""
+and relayed (a lab in namespaces). --junk RATE: during the query phase, a flood of
+type-5 datagrams from addresses no node has (spoofed: no certificate needed) at RATE
+a second, bounded, inside the namespace."""
 from __future__ import annotations
 
 import argparse
@@ -87,7 +89,40 @@ def _py_spy(spy, phase_name: str, pid: int):  # noqa: ANN001, ANN202 - a Popen o
                              "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
+E2E_JUNK = [E2E_NODES.format(i) for i in range(251, 255)]  # sources no simulated node uses
+
+
+def junk_flood(rate: int, seconds: float) -> dict:
+    """Type-5 junk at the lighthouse at `rate` a second for `seconds` (run inside the
+    namespace): 8 sockets on addresses no node has, paced every 10 ms; bounded count."""
+    import socket
+    import struct
+    from flatnet.engine.crypto import lib
+    socks = []
+    for i in range(8):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((E2E_JUNK[i % len(E2E_JUNK)], 0))
+        socks.append(s)
+    dest = (E2E_IP, 4787)
+    packets = [struct.pack("<BBHI", 5, lib.FN_WIRE_VERSION, 0, 0x40 + i) + os.urandom(100) for i in range(64)]
+    sent = errors = 0
+    t0 = time.monotonic()
+    limit = int(rate * seconds)
+    while sent < limit and time.monotonic() - t0 < seconds + 5:
+        due = min(limit, int(rate * (time.monotonic() - t0)))
+        while sent < due:
+            try:
+                socks[sent % len(socks)].sendto(packets[sent % len(packets)], dest)
+            except OSError:
+                errors += 1
+            sent += 1
+        time.sleep(0.01)
+    for s in socks:
+        s.close()
+    return {"junk_sent": sent, "junk_errors": errors, "junk_seconds": time.monotonic() - t0}
+
+
+def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: int = 0) -> dict:
     """One lighthouse in a namespace (SQLite, or etcd with 3 members there), driven by
     a swarm process in the same namespace; the lighthouse's RSS after registration.
     With etcd a second lighthouse (lh2) holds every REMOTE_EVERY-th node: the queries,
@@ -148,7 +183,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
                                  text=True)
         cpu: dict[str, float] = {}
         cpu2: dict[str, float] = {}  # lh2's (etcd)
-        last = spy = None
+        last = spy = flood = None
         try:
             for line in swarm.stdout:
                 if line.startswith("PHASE "):
@@ -159,14 +194,25 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float) -> dict:
                         cpu2[last[0]] = now_cpu2 - last[2]
                     last = (line.split()[1], now_cpu, now_cpu2)
                     spy = _py_spy(spy, last[0], lh.pid)
+                    if junk and last[0] == "queries":
+                        flood = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks",
+                                                  "lighthouse", "--junk-client", str(junk), "--seconds", str(seconds)],
+                                                 cwd=repo, stdout=subprocess.PIPE, text=True)
                 elif line.startswith("{"):
                     r = json.loads(line)
             swarm.wait(timeout=budget + 120)
         finally:
             if swarm.poll() is None:
                 swarm.kill()
+            if flood is not None and swarm.returncode != 0 and flood.poll() is None:
+                flood.kill()  # bounded anyway (its seconds + 5)
         if swarm.returncode != 0:
             raise RuntimeError("swarm failed: " + swarm.stderr.read()[-2000:])
+        if flood is not None:
+            out = flood.communicate(timeout=seconds + 30)[0].strip().splitlines()
+            if flood.returncode != 0 or not out:
+                raise RuntimeError(f"junk flood failed (exit {flood.returncode})")
+            r.update(json.loads(out[-1]), junk_rate=junk)
         r["lighthouse_cpu_s"] = cpu
         if lh2 is not None:
             r["lighthouse2_cpu_s"] = cpu2
@@ -334,9 +380,15 @@ def main(argv: list[str]) -> int:
                    help="the store of the end-to-end run (etcd: a 3-member cluster in the namespace)")
     p.add_argument("--budget", type=float, default=120.0, help="seconds the end-to-end run may take at most")
     p.add_argument("--no-e2e", action="store_true", help="the registry alone (no namespace, no root)")
+    p.add_argument("--junk", type=int, default=0, help="type-5 junk a second from spoofed sources during the queries")
     p.add_argument("--client", help=argparse.SUPPRESS)  # the swarm, run inside the namespace
     p.add_argument("--remote-every", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--junk-client", type=int, help=argparse.SUPPRESS)  # the junk flood, inside the namespace
     a = p.parse_args(argv)
+    if a.junk_client:
+        import json
+        print(json.dumps(junk_flood(a.junk_client, a.seconds)), flush=True)
+        return 0
     if a.client:
         client(a.client, a.nodes, a.seconds, a.budget, a.remote_every)
         return 0
@@ -346,7 +398,7 @@ def main(argv: list[str]) -> int:
                   f"{r['process_rss_mb']:.0f}"]]))
     print("goal: >= 20,000 queries/s on one core, < 100 MB")
     if not a.no_e2e and os.geteuid() == 0:
-        e = end_to_end(a.nodes, a.backend, a.seconds, a.budget)
+        e = end_to_end(a.nodes, a.backend, a.seconds, a.budget, a.junk)
         r["end_to_end"] = e
         print("\n" + table(["store", "nodes registered", "handshakes/s", "leases/s", "queries/s answered",
                              "lighthouse RSS MB"],
@@ -360,6 +412,11 @@ def main(argv: list[str]) -> int:
                   f"the simulated nodes {1e6 * e['swarm_cpu_s'] / e['queries_answered']:.1f} us")
         print("goals: 10,000 registered with < 200 MB RSS; >= 20,000 queries/s; >= 1,000 handshakes/s; "
               ">= 200 leases/s (the swarm shares the machine's cores with the lighthouse)")
+        if a.junk:
+            d = e["lighthouse"]["drops"]
+            print(f"junk flood during the queries: {e['junk_sent']} type-5 datagrams in {e['junk_seconds']:.1f} s; "
+                  f"dropped in C: {d.get('relay_unknown_sender', 0)}; "
+                  f"refused in Python: {e['lighthouse']['rejected'].get('relay_refused', 0)}")
     if not a.no_lab and os.geteuid() == 0:
         fp = first_packet_bench()
         r["first_packet_s"] = fp

@@ -29,7 +29,7 @@ def _src(name: str, absolute: bool) -> str:
 
 
 SOURCES = ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c", "aead_small.c",
-           "aead_large.c", "cookie.c")
+           "aead_large.c", "cookie.c", "senders.c")
 FUZZ_DIR = os.path.join(ROOT, "build", "fuzz")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 

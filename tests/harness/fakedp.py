@@ -13,7 +13,7 @@ does for the control plane, on the clock the test passes in:
   raw (CTRL_RAW); another protocol version becomes a CTRL_VERSION note; a type 5 is
   unwrapped and its inner packet checked as if direct, remembering the relay id
   (RELAY_OFF, or RELAY_OTHERS when addressed to this node), else it goes up whole to be
-  forwarded (CTRL_FORWARD; RELAY_OTHERS: only from a peer's direct endpoint);
+  forwarded (CTRL_FORWARD; only from a peer's direct endpoint, as senders.c);
 - data: send_ip() is the TUN side: a route lookup by peer subnet, packets held (and a
   "want" reported) while a peer has no keys or a /24 has no owner, sealed as type 3 and
   wrapped in type 5 when the peer is relayed; received data is kept in `delivered`
@@ -247,9 +247,8 @@ class FakeDataPath:
                 return []
             if self.relay_mode == RELAY_OFF or (self.relay_mode == RELAY_OTHERS and self._for_us(packet[8:])):
                 return self.receive(packet[8:], src, struct.unpack_from("<I", packet, 4)[0])
-            if self.relay_mode == RELAY_OTHERS and not any(st.endpoint == src and st.relay_id is None
-                                                           for st in self.slots.values()):
-                self.drops["relay_unknown_sender"] += 1  # a node relay forwards only for its peers
+            if not any(st.endpoint == src and st.relay_id is None for st in self.slots.values()):
+                self.drops["relay_unknown_sender"] += 1  # a relay forwards only for its peers (senders.c)
                 return []
             return [ControlItem(CTRL_FORWARD, -1, packet, src)]
         if kind in (TYPE_INITIATION, TYPE_RESPONSE, TYPE_COOKIE):

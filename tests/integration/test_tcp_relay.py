@@ -52,6 +52,9 @@ def test_udp_blocked_host_goes_over_tcp_and_back_to_direct_with_a_stream_intact(
         assert out.returncode == 0, out.stdout
         row = peer_row(lab, a, b.name)
         assert row["path"] == "relayed over TCP via 192.0.2.254:443: UDP blocked", row
+        # the TCP client's frames reach the lighthouse's UDP socket from its loopback
+        # bridge address, the endpoint of its session there: the C sender check knows it
+        assert lab.lighthouse_status()["drops"]["relay_unknown_sender"] == 0
         handshakes = row["handshakes"]
 
         result = {}

@@ -76,13 +76,8 @@ fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu
     ctx->rx = calloc(rx_slots, sizeof(rx_t));
     ctx->max_peers = max_peers;
     ctx->rx_mask = rx_slots - 1;
-    ctx->senders_mask = 1;
-    while (ctx->senders_mask < (uint32_t)max_peers * 2) ctx->senders_mask <<= 1;
-    ctx->senders = malloc(ctx->senders_mask * sizeof(int32_t));
-    ctx->senders_mask -= 1;
-    ctx->senders_dirty = 1;
     ctx->forward_rl = calloc((size_t)max_peers, sizeof(rate_bucket));  /* zero: a full bucket */
-    if (!ctx->peers || !ctx->rx || !ctx->senders || !ctx->forward_rl) { fn_free(ctx); return NULL; }
+    if (!ctx->peers || !ctx->rx || !ctx->forward_rl || senders_init(ctx) != 0) { fn_free(ctx); return NULL; }
     pthread_mutex_init(&ctx->tx_lock, NULL);
     pthread_mutex_init(&ctx->rx_lock, NULL);
     pthread_mutex_init(&ctx->idle_lock, NULL);
@@ -228,9 +223,9 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
     if (p->active && p->mask != 0xffffffffu) route_fill(ctx, p->subnet, p->mask, -1);
     for (uint32_t i = 0; i <= ctx->rx_mask; i++)
         if (ctx->rx[i].index && ctx->rx[i].peer == slot) sodium_memzero(&ctx->rx[i], sizeof(rx_t));
+    senders_remove(ctx, slot);
     sodium_memzero(p, sizeof(*p));
     memset(&ctx->forward_rl[slot], 0, sizeof(rate_bucket));
-    __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ctx->rx_lock);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
@@ -239,11 +234,12 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
 int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sa, uint32_t len) {
     if (slot < 0 || slot >= ctx->max_peers || len > sizeof(struct sockaddr_storage)) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
+    pthread_mutex_lock(&ctx->rx_lock);  /* the receive side reads the endpoint and the sender table */
+    senders_remove(ctx, slot);
     memcpy(&ctx->peers[slot].endpoint, sa, len);
     ctx->peers[slot].endpoint_len = len;
-    if (slot >= __atomic_load_n(&ctx->senders_high, __ATOMIC_RELAXED))
-        __atomic_store_n(&ctx->senders_high, slot + 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
+    senders_add(ctx, slot);
+    pthread_mutex_unlock(&ctx->rx_lock);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
 }
@@ -310,9 +306,12 @@ int fn_peer_tx_clear(fn_ctx *ctx, int slot) {
 int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id) {
     if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
+    pthread_mutex_lock(&ctx->rx_lock);
+    senders_remove(ctx, slot);
     ctx->peers[slot].relay = on;
     ctx->peers[slot].relay_id = relay_id;
-    __atomic_store_n(&ctx->senders_dirty, 1, __ATOMIC_RELEASE);
+    senders_add(ctx, slot);
+    pthread_mutex_unlock(&ctx->rx_lock);
     pthread_mutex_unlock(&ctx->tx_lock);
     return 0;
 }

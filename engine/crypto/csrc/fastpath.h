@@ -50,8 +50,8 @@
 #define FN_DROP_MAC1 18             /* a handshake message without our mac1 */
 #define FN_DROP_COOKIE 19           /* under load, no valid mac2: answered with a cookie */
 #define FN_DROP_DESTINATION 20      /* decrypted, but not for this host's lease */
-#define FN_DROP_RELAY_SENDER 21     /* node relay: a type 5 to forward from no peer's direct endpoint */
-#define FN_DROP_RELAY_RATE 22       /* node relay: over one sender's forwarding budget */
+#define FN_DROP_RELAY_SENDER 21     /* relay: a type 5 to forward from no peer's direct endpoint */
+#define FN_DROP_RELAY_RATE 22       /* relay: over one sender's forwarding budget */
 #define FN_FW_MAX_RULES 64
 
 #define FN_NIO 13

@@ -275,6 +275,23 @@ static void drain_tun(fuzz_t *f) {
     }
 }
 
+/* one of a few sender addresses (12 IPv4, 2 IPv6); returns its length */
+static socklen_t pick_sender(fuzz_t *f, struct sockaddr_storage *ss) {
+    memset(ss, 0, sizeof(*ss));
+    if (below(f, 16)) {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)(4000 + below(f, 4)));
+        a->sin_addr.s_addr = htonl(0x7f000001u + below(f, 3));
+        return sizeof(*a);
+    }
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(4000);
+    a->sin6_addr.s6_addr[15] = (uint8_t)(1 + below(f, 2));
+    return sizeof(*a);
+}
+
 static void outside_input(fuzz_t *f) {
     uint8_t *b = f->buf;
     uint32_t total = 0, seg = 0;
@@ -301,21 +318,7 @@ static void outside_input(fuzz_t *f) {
     memcpy(exact, b, total);
     /* a few senders, now and then over IPv6: a peer seen from a new address roams */
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    memset(&ss, 0, sizeof(ss));
-    if (below(f, 16)) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        a->sin_family = AF_INET;
-        a->sin_port = htons((uint16_t)(4000 + below(f, 4)));
-        a->sin_addr.s_addr = htonl(0x7f000001u + below(f, 3));
-        sslen = sizeof(*a);
-    } else {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons(4000);
-        a->sin6_addr.s6_addr[15] = (uint8_t)(1 + below(f, 2));
-        sslen = sizeof(*a);
-    }
+    socklen_t sslen = pick_sender(f, &ss);
     f->ctx->batch_id++;  /* one receive buffer: one batch, as outside_pass counts them */
     uint64_t before = f->ctx->io[FN_IO_UDP_DGRAMS_IN];
     int made = outside_buffer(f->ctx, f->tun_w, exact, total, seg, &ss, sslen, fn_now_ns(), f->ctrl, NCTRL);
@@ -526,6 +529,15 @@ static void vary(fuzz_t *f) {
     uint32_t mode = below(f, 16);  /* mostly off; a lighthouse or a node relay now and then */
     ctx->relay_mode = mode == 0 ? FN_RELAY_ALL : mode == 1 ? FN_RELAY_OTHERS : FN_RELAY_OFF;
     ctx->fw_active = below(f, 2);
+    /* peers move between the senders' addresses (a relay forwards for a peer only at
+     * its direct endpoint: senders.c changes its table one entry at a time) */
+    for (int s = 1; s <= 4; s++) {
+        if (below(f, 2)) continue;
+        struct sockaddr_storage ss;
+        socklen_t len = pick_sender(f, &ss);
+        fn_peer_endpoint(ctx, s, (const uint8_t *)&ss, len);
+    }
+    if (!below(f, 8)) fn_peer_relay(ctx, 3, 1, RELAY_ID);  /* again: out of the table and back */
     fn_set_compact_cipher(below(f, 4) != 0);
     fn_set_large_cipher(below(f, 4) != 0);
     set_keys(f, 4, below(f, 2));                      /* held packets go, or wait and expire */

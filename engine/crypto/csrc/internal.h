@@ -60,7 +60,14 @@ typedef struct {
     uint64_t roam_batch;                   /* outside: last batch a roam was reported in */
     uint64_t groups;                       /* bit per certificate group (firewall) */
     int64_t last_tx_ns, last_rx_ns;
+    int in_senders;                        /* senders.c: its endpoint is in the table */
 } peer_t;
+
+/* senders.c: one entry of the table of peers by direct endpoint; slot -1: empty */
+typedef struct {
+    int32_t slot;
+    uint32_t hash;                         /* of the endpoint: where the entry belongs */
+} sender_entry;
 
 #define GRO_ITEMS 8
 #define RL_BUCKETS 1024           /* handshake rate limit: buckets by source address */
@@ -150,14 +157,12 @@ struct fn_ctx {
     int32_t route[ROUTE_ENTRIES];          /* (dst >> 8) & 0xffff -> peer slot, -1 none */
     peer_t *peers;                         /* max_peers of them (fn_new_sized) */
     int max_peers;
-    /* FN_RELAY_OTHERS: peer slots by direct endpoint (open addressing, -1 empty), so a
-     * type 5 from an address no peer sends from is dropped in C, not handed to Python.
-     * Rebuilt by the outside thread when senders_dirty (set on endpoint/relay changes). */
-    int32_t *senders;
+    /* a relay (FN_RELAY_ALL, FN_RELAY_OTHERS): peer slots by direct endpoint (senders.c),
+     * so a type 5 from an address no peer sends from is dropped in C, not handed to
+     * Python. Changed one entry at a time under tx_lock and rx_lock. */
+    sender_entry *senders;
     uint32_t senders_mask;
-    int senders_dirty;
-    int senders_high;                      /* slots below this ever had an endpoint: the rebuild scans these */
-    rate_bucket *forward_rl;               /* per peer slot: what a node relay forwards for it */
+    rate_bucket *forward_rl;               /* per peer slot: what a relay forwards for it */
     rx_t *rx;                              /* rx_mask + 1 of them, a power of two */
     uint32_t rx_mask;
     uint64_t drops_in[FN_NDROPS], drops_out[FN_NDROPS];
@@ -253,6 +258,23 @@ int aead_open(uint8_t *pkt, uint32_t len, const uint8_t nonce[12], const uint8_t
 static inline void put_type(uint8_t *p, uint8_t type) {
     p[0] = type; p[1] = FN_WIRE_VERSION; p[2] = p[3] = 0;
 }
+
+/* A datagram from `a` comes from the peer's direct endpoint (not through a relay) */
+static inline int same_addr(const struct sockaddr_storage *a, socklen_t alen, const peer_t *p) {
+    if (p->relay) return 0;
+    if (alen != p->endpoint_len) return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)&p->endpoint;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    return memcmp(a, &p->endpoint, alen) == 0;
+}
+
+/* senders.c: the table of peers by direct endpoint (a relay's sender check) */
+int senders_init(fn_ctx *ctx);
+void senders_remove(fn_ctx *ctx, int slot);
+void senders_add(fn_ctx *ctx, int slot);
+int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t fromlen);
 
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);

@@ -33,51 +33,6 @@ static int copy_ctrl(fn_ctx *ctx, fn_ctrl *c, int kind, int peer, const uint8_t 
     return 1;
 }
 
-static int same_addr(const struct sockaddr_storage *a, socklen_t alen, const peer_t *p) {
-    if (p->relay) return 0;
-    if (alen != p->endpoint_len) return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)&p->endpoint;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    return memcmp(a, &p->endpoint, alen) == 0;
-}
-
-static uint32_t addr_hash(const struct sockaddr_storage *a) {
-    uint32_t h = 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a;
-        h = x->sin_addr.s_addr ^ ((uint32_t)x->sin_port << 16);
-    } else if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a;
-        for (int i = 0; i < 16; i += 4) h = (h ^ get_le32(x->sin6_addr.s6_addr + i)) * 0x9e3779b1u;
-        h ^= x->sin6_port;
-    }
-    return (h * 0x9e3779b1u) ^ (h >> 15);
-}
-
-/* The slot of the peer whose direct endpoint is `from`, or -1 (FN_RELAY_OTHERS): only
- * then may a type 5 go up to be forwarded (Python checks the rest: keys, lease, group).
- * The table is rebuilt here, after any endpoint or relay change; a change during the
- * rebuild marks it dirty again. */
-static int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t fromlen) {
-    uint32_t m = ctx->senders_mask;
-    if (__atomic_exchange_n(&ctx->senders_dirty, 0, __ATOMIC_ACQ_REL)) {
-        for (uint32_t i = 0; i <= m; i++) ctx->senders[i] = -1;
-        int high = __atomic_load_n(&ctx->senders_high, __ATOMIC_RELAXED);
-        for (int s = 0; s < high; s++) {
-            const peer_t *p = &ctx->peers[s];
-            if (p->relay || p->endpoint_len == 0) continue;
-            uint32_t i = addr_hash(&p->endpoint) & m;
-            while (ctx->senders[i] >= 0) i = (i + 1) & m;  /* at most half full: max_peers <= (m + 1) / 2 */
-            ctx->senders[i] = s;
-        }
-    }
-    for (uint32_t i = addr_hash(from) & m; ctx->senders[i] >= 0; i = (i + 1) & m)
-        if (same_addr(from, fromlen, &ctx->peers[ctx->senders[i]])) return ctx->senders[i];
-    return -1;
-}
-
 /* A node relay (FN_RELAY_OTHERS) receives what is addressed to it and forwards the
  * rest: a data or control packet under one of our receive indexes, or a handshake
  * message with our mac1. A cookie reply goes up to be forwarded; Python keeps it when
@@ -119,14 +74,13 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
              * (data opened here, handshakes gated by inner type) */
             return receive(ctx, tun_fd, inner, len - RELAY_HEADER, from, fromlen, now, ctrl, room, get_le32(pkt + 4));
         }
-        /* for another node: a relay forwards in Python; handshakes it carries count
-         * against the sender. A node relay forwards only for peers at their direct
-         * endpoint: a flood from other (spoofed) addresses stops here, in C. */
-        if (ctx->relay_mode == FN_RELAY_OTHERS) {
-            int sender = sender_slot(ctx, from, fromlen);
-            if (sender < 0) { ctx->drops_out[FN_DROP_RELAY_SENDER]++; return 0; }
-            if (!forward_budget(ctx, sender, now)) { ctx->drops_out[FN_DROP_RELAY_RATE]++; return 0; }
-        }
+        /* for another node: a relay (a lighthouse or a node relay) forwards in Python;
+         * handshakes it carries count against the sender. It forwards only for peers
+         * at their direct endpoint (senders.c): a flood from other (spoofed) addresses
+         * stops here, in C, and one sender gets a bounded share. */
+        int sender = sender_slot(ctx, from, fromlen);
+        if (sender < 0) { ctx->drops_out[FN_DROP_RELAY_SENDER]++; return 0; }
+        if (!forward_budget(ctx, sender, now)) { ctx->drops_out[FN_DROP_RELAY_RATE]++; return 0; }
         if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
         if ((inner[0] == 1 || inner[0] == 2 || inner[0] == TYPE_COOKIE) && !forward_allowed(ctx, from, now)) {
             ctx->drops_out[FN_DROP_RATE_LIMITED]++;

@@ -253,8 +253,9 @@ def test_under_load_lasts_while_the_flood_does_and_ends_when_it_stops(dp, wire):
 
 def test_a_relay_rate_limits_the_handshakes_it_forwards_by_inner_type(dp, wire):
     """A relay (lighthouse) forwards type 5 in Python: handshakes inside count against
-    the sender's address; relayed data does not."""
+    the sender's address; relayed data only against the sender's forwarding budget."""
     dp.set_relay_mode(True)
+    dp.set_endpoint(1, wire.sender.getsockname())  # a node with a session sends from there
     other = os.urandom(32)  # for the target, not the relay: the relay cannot check mac1
     got = wire.deliver(dp, [relayed(0x40, handshake(1, i, os.urandom(150), other)) for i in range(500)])
     assert len(got) <= 30 and dp.drops()["handshake_rate_limited"] >= 470
@@ -289,6 +290,7 @@ def test_a_lighthouse_forwards_every_relayed_packet_even_under_its_own_index(dp,
     that happens to carry one of its receive indexes."""
     from flatnet.engine.datapath import CTRL_FORWARD, RELAY_ALL
     dp.set_relay_mode(RELAY_ALL)
+    dp.set_endpoint(1, wire.sender.getsockname())
     packets = [relayed(2, seal(KEY_RX, RX_INDEX, 1, GOOD)), relayed(2, handshake(1, 7, os.urandom(100), OURS))]
     assert wire.deliver(dp, packets) == [(CTRL_FORWARD, p) for p in packets]
 
@@ -325,6 +327,57 @@ def test_a_node_relay_hands_up_to_forward_only_what_comes_from_a_peers_direct_en
     assert len(wire.deliver(dp, junk[:1])) == 1
     dp.remove_peer(1)
     assert wire.deliver(dp, junk[:1]) == [] and dp.drops()["relay_unknown_sender"] == 204
+
+
+def test_a_lighthouse_hands_up_to_forward_only_what_comes_from_a_peers_direct_endpoint(dp, wire):
+    """Before, a lighthouse (RELAY_ALL) handed every type 5 up to Python, from any
+    address: a junk flood from spoofed sources (no certificate needed) cost its Python
+    side, which also serves registrations and queries. Now C drops it unless the
+    source is the direct endpoint of a node with a session (the same check as a node
+    relay's), and one sender gets a bounded forwarding budget."""
+    from flatnet.engine.datapath import CTRL_FORWARD, RELAY_ALL
+    dp.set_relay_mode(RELAY_ALL)
+    junk = [relayed(3, seal(os.urandom(32), 77, i, GOOD)) for i in range(200)]
+    assert wire.deliver(dp, junk) == [] and dp.drops()["relay_unknown_sender"] == 200
+    dp.set_endpoint(1, wire.sender.getsockname())  # a node's session, authenticated there
+    assert wire.deliver(dp, junk[:3]) == [(CTRL_FORWARD, p) for p in junk[:3]]
+    dp.set_endpoint(1, ("127.0.0.1", 9))  # the node moved: its old address is nobody's
+    assert wire.deliver(dp, junk[:3]) == [] and dp.drops()["relay_unknown_sender"] == 203
+    dp.set_endpoint(1, wire.sender.getsockname())
+    dp.remove_peer(1)
+    assert wire.deliver(dp, junk[:1]) == [] and dp.drops()["relay_unknown_sender"] == 204
+
+
+def test_the_sender_table_follows_many_endpoint_changes_one_entry_at_a_time(wire):
+    """The table of peers by endpoint (senders.c) is changed one entry at a time, with
+    deletions that shift later entries back. A small data path (8 peers: 16 entries)
+    with endpoints from a small pool collides often; after every change, a type 5
+    from the sender's address goes up exactly when some peer, not relayed, has it."""
+    import random
+    from flatnet.engine.datapath import CTRL_FORWARD, RELAY_ALL
+    d = DataPath(NET, 1420, max_peers=8)
+    d.set_relay_mode(RELAY_ALL)
+    rng = random.Random(7)
+    me = wire.sender.getsockname()
+    pool = [me] + [("127.0.0.%d" % rng.randrange(2, 250), rng.randrange(1, 65536)) for _ in range(11)]
+    model: dict[int, tuple[tuple[str, int] | None, bool]] = {}  # slot -> (endpoint, relayed)
+    packet = relayed(3, seal(os.urandom(32), 77, 1, GOOD))
+    for step in range(1500):
+        slot, what = rng.randrange(8), rng.randrange(10)
+        ep, rel = model.get(slot, (None, False))
+        if what < 6:
+            ep = rng.choice(pool)
+            d.set_endpoint(slot, ep)
+        elif what < 8:
+            rel = not rel
+            d.set_relay(slot, 5 if rel else None)
+        else:
+            d.remove_peer(slot)
+            ep, rel = None, False
+        model[slot] = (ep, rel)
+        if step % 3 == 0:
+            want = any(e == me and not r for e, r in model.values())
+            assert (wire.deliver(d, [packet]) == [(CTRL_FORWARD, packet)]) == want, step
 
 
 def test_handshakes_a_node_relay_forwards_do_not_use_up_those_addressed_to_it(dp, wire):
