@@ -134,3 +134,51 @@ def test_the_outside_path_counts_each_forgery_as_auth_failed_and_delivers_the_go
     # gives a fresh counter, so the replay window does not see it first)
     assert drops["auth_failed"] == len(packets) - len(want), drops
     assert sum(drops.values()) == drops["auth_failed"], drops
+
+
+def _copies_in_memory(first: bytes, second: bytes) -> int:
+    """how many times first + second (held apart here, so Python's own objects never
+    match) lie in this process's writable memory"""
+    hits = 0
+    with open("/proc/self/maps") as f:
+        maps = [line.split() for line in f.read().splitlines()]
+    with open("/proc/self/mem", "rb", 0) as mem:
+        for fields in maps:
+            if "rw" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except (OSError, OverflowError):
+                continue
+            at = data.find(first)
+            while at >= 0:
+                hits += data[at + 16:at + 32] == second
+                at = data.find(first, at + 1)
+            del data
+    return hits
+
+
+@pytest.mark.parametrize("large", [1, 0])
+@pytest.mark.parametrize("length", [100, 400, LARGE_MIN, 1400])
+def test_a_wiped_session_key_leaves_no_copy_in_the_cipher_contexts(large, length):
+    """Regression (aeadreview): the data path wipes a session key when it goes
+    (fn_peer_remove, fn_peer_tx_clear, a promoted next key). OpenSSL's contexts kept the
+    last key they were given, one per thread for sealing and one for opening, until
+    the thread's next long packet: an idle engine kept a removed session's key in
+    memory. Failed on main before the fix (copies found at 576 and 1400 bytes)."""
+    choose(1, large)
+    first, second = os.urandom(16), os.urandom(16)
+    key = ffi.new("uint8_t[32]")
+    ffi.memmove(key, first, 16)
+    ffi.memmove(key + 16, second, 16)
+    buf = ffi.new("uint8_t[]", 4096)
+    lens = ffi.new("uint32_t[]", [length])
+    lib.fn_seal_batch(key, 1, buf, 4096, lens, 1)
+    lens[0] = length + 16
+    assert lib.fn_open_batch(key, buf, 4096, lens, 1) == 1
+    lens[0] = length + 16
+    assert lib.fn_open_batch(key, buf, 4096, lens, 1) == 0  # and a failed open (now plaintext: a forgery)
+    ffi.memmove(key, bytes(32), 32)  # what fn_peer_remove does with the data path's copy
+    assert _copies_in_memory(first, second) == 0
