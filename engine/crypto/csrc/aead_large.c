@@ -11,6 +11,11 @@
  * them when the thread ends): the data-path threads never share one, and nothing is
  * allocated per packet. Without OpenSSL's ChaCha20-Poly1305 (a FIPS-only provider, a
  * failed allocation) every length goes to libsodium, and fn_large_cipher() says so.
+ *
+ * A context keeps the key it was last given. After each packet it gets a zero key
+ * instead, so a session key wiped elsewhere (fn_peer_remove, a rekey) does not live on
+ * in an idle thread's context, as with libsodium and the compact code (~0.04-0.07 us a
+ * packet; docs/security.md, "Keys in memory").
  */
 #include "internal.h"
 
@@ -46,6 +51,18 @@ void aead_large_init(void) { pthread_once(&once, init_once); }
 void fn_set_large_cipher(int on) { __atomic_store_n(&large_on, on != 0, __ATOMIC_RELAXED); }
 int fn_large_cipher(void) { return cipher != NULL && __atomic_load_n(&large_on, __ATOMIC_RELAXED); }
 
+/* the zero key over the packet's: 0, or -1 when OpenSSL refused, and then the thread's
+ * contexts are freed (which clears them) and made again on its next packet */
+static const uint8_t zero_key[32];
+static int forget(thread_ctx *t, int enc) {
+    if (enc ? EVP_EncryptInit_ex2(t->seal, NULL, zero_key, NULL, NULL)
+            : EVP_DecryptInit_ex2(t->open, NULL, zero_key, NULL, NULL))
+        return 0;
+    pthread_setspecific(ctx_key, NULL);
+    thread_ctx_free(t);
+    return -1;
+}
+
 static thread_ctx *get_ctx(void) {
     thread_ctx *t = pthread_getspecific(ctx_key);
     if (t) return t;
@@ -67,9 +84,11 @@ int aead_large_seal(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adle
                     const uint8_t key[32]) {
     thread_ctx *t = get_ctx();
     int n;
-    if (!t || !EVP_EncryptInit_ex2(t->seal, NULL, key, nonce, NULL) ||
-        !EVP_EncryptUpdate(t->seal, NULL, &n, ad, (int)adlen))
+    if (!t) return -1;
+    if (!EVP_EncryptInit_ex2(t->seal, NULL, key, nonce, NULL) || !EVP_EncryptUpdate(t->seal, NULL, &n, ad, (int)adlen)) {
+        forget(t, 1);
         return -1;
+    }
     OSSL_PARAM tag[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, buf + len, FN_TAG),
                          OSSL_PARAM_construct_end()};
     if (!EVP_EncryptUpdate(t->seal, buf, &n, buf, (int)len) || !EVP_EncryptFinal_ex(t->seal, buf + n, &n) ||
@@ -78,6 +97,7 @@ int aead_large_seal(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adle
          * the peer counts a datagram that fails authentication */
         sodium_memzero(buf, (size_t)len + FN_TAG);
     }
+    forget(t, 1);
     return 0;
 }
 
@@ -93,11 +113,15 @@ int aead_large_open(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adle
     int n;
     OSSL_PARAM tag[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, buf + ptlen, FN_TAG),
                          OSSL_PARAM_construct_end()};
-    if (!t || !EVP_DecryptInit_ex2(t->open, NULL, key, nonce, NULL) || !EVP_CIPHER_CTX_set_params(t->open, tag) ||
-        !EVP_DecryptUpdate(t->open, NULL, &n, ad, (int)adlen))
+    if (!t) return -2;
+    if (!EVP_DecryptInit_ex2(t->open, NULL, key, nonce, NULL) || !EVP_CIPHER_CTX_set_params(t->open, tag) ||
+        !EVP_DecryptUpdate(t->open, NULL, &n, ad, (int)adlen)) {
+        forget(t, 0);
         return -2;
-    if (EVP_DecryptUpdate(t->open, buf, &n, buf, (int)ptlen) && EVP_DecryptFinal_ex(t->open, buf + n, &n) == 1)
-        return 0;
+    }
+    int ok = EVP_DecryptUpdate(t->open, buf, &n, buf, (int)ptlen) && EVP_DecryptFinal_ex(t->open, buf + n, &n) == 1;
+    forget(t, 0);
+    if (ok) return 0;
     sodium_memzero(buf, ptlen);
     return -1;
 }
