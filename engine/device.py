@@ -151,13 +151,16 @@ class Device:
         slot = len(self.by_slot) + 1  # free unless a peer was removed: then look for the hole
         if slot in self.by_slot:
             slot = next(i for i in range(1, 1 << 30) if i not in self.by_slot)
+        # first: a data path whose table is full (max_peers) refuses the slot (OSError),
+        # and then nothing of this peer may stay behind (a half-added peer kept its
+        # refused slot, and every later handshake of that node failed, also after slots freed)
+        self.dp.set_peer(slot, subnet)
         session = PeerSession(self.me, cert.name, cert.key, lambda n=cert.name: self.indexes.allocate(n),
                               self.indexes.release, self.wall_ns)
         peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session, live=liveness.Liveness(self.dead_after))
         self.peers[peer.name] = peer
         self.revoked.pop(peer.name, None)  # re-enrolled: a new certificate the blocklist allows
         self.by_slot[slot] = peer
-        self.dp.set_peer(slot, subnet)
         self.apply_groups(peer)
         if subnet is not None:
             self._by_subnet[int(subnet.network_address)] = peer.name
@@ -483,7 +486,10 @@ class Device:
             init = handshake.consume_initiation(self.me, data, self.wall_ns() / 1e9)
             peer, new = self.peers.get(init.peer.name), False
             if peer is None and self.accept_any and init.peer.name != self.me.cert.name:
-                peer, new = self.add_peer(init.peer, None, []), True
+                try:
+                    peer, new = self.add_peer(init.peer, None, []), True
+                except OSError as exc:  # no free session slot (a lighthouse: [registry] sessions)
+                    raise RemoteProtocolError("sessions_full", f"{init.peer.name}: {exc.strerror}") from None
             if peer is None:
                 raise RemoteProtocolError("unknown_peer", init.peer.name)
             if init.peer.key != peer.cert.key:
