@@ -107,7 +107,10 @@ class Device:
         messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
         on_new_peer(peer, now) when an unknown node connected, on_path_dead(peer, now)
         when the peer's path stopped answering (engine.proto.liveness; the owner may
-        move it to a relay)."""
+        move it to a relay), on_idle(peer, now) (judge_paths False only) when a timer
+        left the peer's session with no keys and no handshake out: it is not looked at
+        again until something changes it (a lighthouse forgets such a node unless it is
+        registered)."""
         self.me = me
         self.accept_any = accept_any
         self.on_message: Callable[[Peer, bytes, tuple[str, int], float], None] | None = None
@@ -115,6 +118,7 @@ class Device:
         self.on_new_peer: Callable[[Peer, float], None] | None = None
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
         self.on_path_dead: Callable[[Peer, float], None] | None = None
+        self.on_idle: Callable[[Peer, float], None] | None = None
         self.dead_after = dead_after
         self.judge_paths = judge_paths
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
@@ -548,6 +552,7 @@ class Device:
         the last word heard, never before the 15 s keepalive deadline already taken),
         and every other change to a session passes _apply, which clears `due`. A tick
         then costs a comparison per peer, not a data-path read and a timer run each."""
+        idle = []
         for peer in self.peers.values():
             if now < peer.due:
                 continue
@@ -560,6 +565,10 @@ class Device:
             if not self.judge_paths:
                 due = peer.session.get_timer()
                 peer.due = float("inf") if due is None else due
+                if due is None:  # no keys, no handshake out: never looked at again by itself
+                    idle.append(peer)
+        for peer in idle if self.on_idle is not None else []:  # after the loop: it may remove the peer
+            self.on_idle(peer, now)
 
     def _check_path(self, peer: Peer, last_tx: float | None, now: float) -> None:
         """Liveness of the peer's path: probe it, say once when it dies (and let the
