@@ -221,10 +221,14 @@ class Device:
         """Control messages to many peers at once (a lighthouse's answers): those to a
         peer whose only address is its endpoint go sealed and sent in one data-path
         call (DataPath.send_controls, one sendmmsg); the others (relayed, several
-        candidate endpoints) as send_message does. Returns the peers that had no keys."""
+        candidate endpoints) as send_message does. Returns the peers that had no keys,
+        or were removed since the message was made (their slot may be another node's
+        now: the message must not be sealed under that node's keys)."""
         batch, slow, failed = [], [], []
         for peer, data in messages:
-            if peer.relay is None and peer.endpoint is not None and (peer.endpoints == [peer.endpoint]
+            if self.by_slot.get(peer.slot) is not peer:
+                failed.append(peer)
+            elif peer.relay is None and peer.endpoint is not None and (peer.endpoints == [peer.endpoint]
                                                                      or not peer.endpoints):
                 batch.append((peer, data))
             else:

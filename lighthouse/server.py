@@ -119,8 +119,10 @@ class Lighthouse:
             pass
 
     def _on_control(self, items) -> None:  # noqa: ANN001
-        self.device.on_control(items, time.monotonic())
-        self._flush()
+        try:
+            self.device.on_control(items, time.monotonic())
+        finally:  # what was answered before an error goes now, not after a tick removed its peer
+            self._flush()
 
     def _reply(self, replies: list[tuple[str, bytes]]) -> None:
         """Answers wait in self._out for _flush: what one batch of received messages
