@@ -107,7 +107,10 @@ class Device:
         messages, on_unknown_route(route, now) for packets to an overlay /24 nobody owns,
         on_new_peer(peer, now) when an unknown node connected, on_path_dead(peer, now)
         when the peer's path stopped answering (engine.proto.liveness; the owner may
-        move it to a relay)."""
+        move it to a relay), on_idle(peer, now) (judge_paths False only) when a timer
+        left the peer's session with no keys and no handshake out: it is not looked at
+        again until something changes it (a lighthouse forgets such a node unless it is
+        registered)."""
         self.me = me
         self.accept_any = accept_any
         self.on_message: Callable[[Peer, bytes, tuple[str, int], float], None] | None = None
@@ -115,6 +118,7 @@ class Device:
         self.on_new_peer: Callable[[Peer, float], None] | None = None
         self.on_relay: Callable[[bytes, tuple[str, int], float], None] | None = None
         self.on_path_dead: Callable[[Peer, float], None] | None = None
+        self.on_idle: Callable[[Peer, float], None] | None = None
         self.dead_after = dead_after
         self.judge_paths = judge_paths
         self.group_bits: dict[str, int] = {}  # certificate group -> firewall bit (engine.firewall)
@@ -151,13 +155,16 @@ class Device:
         slot = len(self.by_slot) + 1  # free unless a peer was removed: then look for the hole
         if slot in self.by_slot:
             slot = next(i for i in range(1, 1 << 30) if i not in self.by_slot)
+        # first: a data path whose table is full (max_peers) refuses the slot (OSError),
+        # and then nothing of this peer may stay behind (a half-added peer kept its
+        # refused slot, and every later handshake of that node failed, also after slots freed)
+        self.dp.set_peer(slot, subnet)
         session = PeerSession(self.me, cert.name, cert.key, lambda n=cert.name: self.indexes.allocate(n),
                               self.indexes.release, self.wall_ns)
         peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session, live=liveness.Liveness(self.dead_after))
         self.peers[peer.name] = peer
         self.revoked.pop(peer.name, None)  # re-enrolled: a new certificate the blocklist allows
         self.by_slot[slot] = peer
-        self.dp.set_peer(slot, subnet)
         self.apply_groups(peer)
         if subnet is not None:
             self._by_subnet[int(subnet.network_address)] = peer.name
@@ -214,10 +221,14 @@ class Device:
         """Control messages to many peers at once (a lighthouse's answers): those to a
         peer whose only address is its endpoint go sealed and sent in one data-path
         call (DataPath.send_controls, one sendmmsg); the others (relayed, several
-        candidate endpoints) as send_message does. Returns the peers that had no keys."""
+        candidate endpoints) as send_message does. Returns the peers that had no keys,
+        or were removed since the message was made (their slot may be another node's
+        now: the message must not be sealed under that node's keys)."""
         batch, slow, failed = [], [], []
         for peer, data in messages:
-            if peer.relay is None and peer.endpoint is not None and (peer.endpoints == [peer.endpoint]
+            if self.by_slot.get(peer.slot) is not peer:
+                failed.append(peer)
+            elif peer.relay is None and peer.endpoint is not None and (peer.endpoints == [peer.endpoint]
                                                                      or not peer.endpoints):
                 batch.append((peer, data))
             else:
@@ -483,7 +494,10 @@ class Device:
             init = handshake.consume_initiation(self.me, data, self.wall_ns() / 1e9)
             peer, new = self.peers.get(init.peer.name), False
             if peer is None and self.accept_any and init.peer.name != self.me.cert.name:
-                peer, new = self.add_peer(init.peer, None, []), True
+                try:
+                    peer, new = self.add_peer(init.peer, None, []), True
+                except OSError as exc:  # no free session slot (a lighthouse: [registry] sessions)
+                    raise RemoteProtocolError("sessions_full", f"{init.peer.name}: {exc.strerror}") from None
             if peer is None:
                 raise RemoteProtocolError("unknown_peer", init.peer.name)
             if init.peer.key != peer.cert.key:
@@ -542,6 +556,7 @@ class Device:
         the last word heard, never before the 15 s keepalive deadline already taken),
         and every other change to a session passes _apply, which clears `due`. A tick
         then costs a comparison per peer, not a data-path read and a timer run each."""
+        idle = []
         for peer in self.peers.values():
             if now < peer.due:
                 continue
@@ -554,6 +569,10 @@ class Device:
             if not self.judge_paths:
                 due = peer.session.get_timer()
                 peer.due = float("inf") if due is None else due
+                if due is None:  # no keys, no handshake out: never looked at again by itself
+                    idle.append(peer)
+        for peer in idle if self.on_idle is not None else []:  # after the loop: it may remove the peer
+            self.on_idle(peer, now)
 
     def _check_path(self, peer: Peer, last_tx: float | None, now: float) -> None:
         """Liveness of the peer's path: probe it, say once when it dies (and let the

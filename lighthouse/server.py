@@ -21,6 +21,7 @@ from flatnet.engine.io.tcp_relay import loopback_of
 from flatnet.engine.log import Logger
 from flatnet.engine.proto import endpoint as endpoints_policy
 from flatnet.engine.proto.errors import RemoteProtocolError
+from flatnet.engine.proto.handshake import Identity
 from flatnet.engine.proto.revocation import Revocations
 from flatnet.engine.proto import control as wire
 from flatnet.lighthouse.config import LighthouseConfig
@@ -59,10 +60,7 @@ class Lighthouse:
         self.sock = udp.open_udp(config.listen_host, config.listen_port, 4 * 1024 * 1024)
         self.dp = DataPath(config.network, 1420, self.sock.family, max_peers=config.sessions)
         self.dp.set_relay_mode(RELAY_ALL)
-        self.device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True,
-                             judge_paths=False)
-        self.device.on_message = self._on_message
-        self.device.on_relay = self._on_relay
+        self.device = self._make_device(me)
         self._poll_blocklist()  # before the first handshake: a revoked node never gets in
         self.metrics = metrics.serve(metrics.LighthouseCollector(self), config.metrics_listen)
         self.servers = await control.start(config.control_socket, self.handle_api)
@@ -97,6 +95,23 @@ class Lighthouse:
         self.lease_pool.shutdown(wait=True, cancel_futures=True)
         self.leases.close()
 
+    def _make_device(self, me: Identity) -> Device:
+        device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True, judge_paths=False)
+        device.on_message = self._on_message
+        device.on_relay = self._on_relay
+        device.on_idle = self._on_idle
+        return device
+
+    def _on_idle(self, peer: Peer, now: float) -> None:
+        """A session left with no keys (180 s without a handshake) and no handshake out.
+        A node registered here stays until registry.expire forgets it; any other (its
+        register was refused, e.g. no /24 left, or it never sent one) is forgotten now.
+        Otherwise its session slot stayed taken for good: nothing else removes a node
+        the registry never knew, and a full table refuses every new node (sessions_full)."""
+        if peer.name not in self.registry.nodes and peer.name not in self._allocating:
+            self.log.info("session_forgotten", peer=peer.name, reason="no keys and not registered")
+            self.device.remove_peer(peer.name)
+
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         try:
             self.sock.sendto(packet, udp.to_socket(self.sock, addr))
@@ -104,8 +119,10 @@ class Lighthouse:
             pass
 
     def _on_control(self, items) -> None:  # noqa: ANN001
-        self.device.on_control(items, time.monotonic())
-        self._flush()
+        try:
+            self.device.on_control(items, time.monotonic())
+        finally:  # what was answered before an error goes now, not after a tick removed its peer
+            self._flush()
 
     def _reply(self, replies: list[tuple[str, bytes]]) -> None:
         """Answers wait in self._out for _flush: what one batch of received messages

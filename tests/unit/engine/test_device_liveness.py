@@ -130,7 +130,7 @@ def test_a_device_that_does_not_judge_paths_sends_no_probe():
 def test_the_lighthouse_builds_its_device_without_path_judging():
     import inspect
     from flatnet.lighthouse import server
-    assert "judge_paths=False" in inspect.getsource(server.Lighthouse.run)
+    assert "judge_paths=False" in inspect.getsource(server.Lighthouse._make_device)
 
 
 class CountingStats:

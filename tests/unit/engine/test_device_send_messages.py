@@ -44,3 +44,20 @@ def test_send_messages_batches_direct_peers_and_falls_back_for_the_rest():
     assert any(pkt.endswith(b"sealed:d") and addr == ("203.0.113.9", 4787) for pkt, addr in wire)  # wrapped
     assert (b"sealed:e", ("192.0.2.5", 4787)) in wire  # refused by the batch: the general way
     assert dev.send_messages([]) == []
+
+
+def test_an_answer_to_a_removed_peer_never_goes_to_the_node_that_took_its_slot():
+    """Answers wait (Lighthouse._out) until the batch is flushed; when the peer they are
+    for was removed meanwhile and its slot given to another node, they must not be
+    sealed under that node's keys and sent to it (a lease or a punch meant for another)."""
+    ca = TestCA()
+    dp, wire = BatchDataPath(), []
+    dev = Device(ca.identity("lh"), dp, lambda pkt, addr: wire.append((pkt, addr)), lambda: ca.now * 10**9,
+                 Logger("t", stream=io.StringIO()))
+    gone = dev.add_peer(ca.identity("n1").cert, None, [("192.0.2.1", 4787)])
+    dev.remove_peer("n1")
+    other = dev.add_peer(ca.identity("n2").cert, None, [("192.0.2.2", 4787)])
+    assert other.slot == gone.slot
+    failed = dev.send_messages([(gone, b"lease for n1"), (other, b"x")])
+    assert dp.batches == [[(other.slot, b"x")]] and not wire
+    assert failed == [gone]
