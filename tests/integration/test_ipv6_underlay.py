@@ -41,8 +41,10 @@ def test_ipv6_only_underlay_with_a_lighthouse_by_name(lab):
 
     n, got, sent = tcp_transfer(a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 4 << 20)
     assert n == 4 << 20 and got == sent
-    row = next(p for p in lab.peers(a) if p["name"] == b.name)
-    assert row["state"] == "established" and row["endpoint"] == f"[{b.underlay_ip}]:4787"
+    # relay first: a session that started relayed moves direct at the first probe (0.5 s)
+    row = wait_for(lambda: (r := next(p for p in lab.peers(a) if p["name"] == b.name))["endpoint"]
+                   == f"[{b.underlay_ip}]:4787" and r, 3, "host-1 reaches host-2 directly over IPv6", step=0.1)
+    assert row["state"] == "established"
     lh = next(p for p in lab.peers(a) if p["name"] == "lighthouse")
     assert lh["endpoint"] == f"[{lab.lighthouse_ip}]:4787"
     with open(f"{a.dir}/hosts") as f:

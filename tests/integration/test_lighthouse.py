@@ -51,8 +51,11 @@ def test_leases_discovery_and_lighthouse_restart(lan):
     assert recv.communicate(timeout=15)[0].strip() == "first-packet"
     took = ping_until(a.containers[0]["ns"], b.containers[0]["ip"], 10)
     assert took is not None
-    row = peer_row(lan, a, b.name)
-    assert row["state"] == "established" and row["endpoint"] == f"{b.underlay_ip}:4787"
+    # relay first: if the relayed copy of the handshake won the race, the direct path
+    # is taken at the first probe, 0.5 s later (docs/lighthouse.md, Paths)
+    row = wait_for(lambda: (r := peer_row(lan, a, b.name))["endpoint"] == f"{b.underlay_ip}:4787" and r, 3,
+                   "host-1 reaches host-2 on the direct LAN path", step=0.1)
+    assert row["state"] == "established" and row["path"] == "direct-LAN", row
     leases = lan.lighthouse_status()["leases"]
     assert leases == {a.name: a.subnet, b.name: b.subnet}
 
