@@ -50,3 +50,20 @@ def handshake(kind: int, sender_index: int, body: bytes, receiver_static: bytes,
 
 def relayed(relay_id: int, inner: bytes) -> bytes:
     return struct.pack("<BBHI", 5, WIRE_VERSION, 0, relay_id) + inner
+
+
+BATCH_STRIDE = 65536 + 64  # one slot of the C batch calls: room for the largest datagram
+
+
+def c_seal_batch(key: bytes, counter0: int, payloads: list[bytes]) -> list[bytes]:
+    """The C data path's fn_seal_batch on `payloads` (counters counter0, counter0 + 1,
+    ...): the sealed packets, header included. The C module is imported here, not at
+    the top: the tests of the device without C use this module too."""
+    from flatnet.engine.crypto import ffi, lib
+
+    buf = ffi.new("uint8_t[]", BATCH_STRIDE * len(payloads))
+    for i, p in enumerate(payloads):
+        ffi.memmove(buf + i * BATCH_STRIDE + 16, p, len(p))
+    lens = ffi.new("uint32_t[]", [len(p) for p in payloads])
+    assert lib.fn_seal_batch(key, counter0, buf, BATCH_STRIDE, lens, len(payloads)) == len(payloads)
+    return [bytes(ffi.buffer(buf + i * BATCH_STRIDE, 32 + len(p))) for i, p in enumerate(payloads)]

@@ -12,11 +12,10 @@ import pytest
 
 from flatnet.engine.crypto import ffi, lib
 from flatnet.engine.datapath import DataPath
-from tests.harness.wire import ipv4_udp, seal as pynacl_seal
+from tests.harness.wire import BATCH_STRIDE as STRIDE, c_seal_batch as seal_batch, ipv4_udp, seal as pynacl_seal
 from tests.unit.engine.test_datapath import KEY_RX, LEASE, NET, RX_INDEX, outside
 
 SMALL_MAX, LARGE_MIN = lib.FN_AEAD_SMALL_MAX, lib.FN_AEAD_LARGE_MIN
-STRIDE = 65536 + 64
 # 0, the compact code's edge, libsodium's range, OpenSSL's edge, MTU sizes, the largest UDP payload
 LENGTHS = [0, 1, 15, 16, 17, SMALL_MAX - 1, SMALL_MAX, SMALL_MAX + 1, LARGE_MIN - 17, LARGE_MIN - 1, LARGE_MIN,
            LARGE_MIN + 1, LARGE_MIN + 15, LARGE_MIN + 16, 1400, 1420, 8972, 65507 - 32]
@@ -33,15 +32,6 @@ def restore():
 def choose(compact: int, large: int) -> None:
     lib.fn_set_compact_cipher(compact)
     lib.fn_set_large_cipher(large)
-
-
-def seal_batch(key: bytes, counter0: int, payloads: list[bytes]) -> list[bytes]:
-    buf = ffi.new("uint8_t[]", STRIDE * len(payloads))
-    for i, p in enumerate(payloads):
-        ffi.memmove(buf + i * STRIDE + 16, p, len(p))
-    lens = ffi.new("uint32_t[]", [len(p) for p in payloads])
-    assert lib.fn_seal_batch(key, counter0, buf, STRIDE, lens, len(payloads)) == len(payloads)
-    return [bytes(ffi.buffer(buf + i * STRIDE, 32 + len(p))) for i, p in enumerate(payloads)]
 
 
 def open_batch(key: bytes, packets: list[bytes]) -> list[bytes | None]:

@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from flatnet.engine.crypto import ffi, lib
-from tests.harness.wire import seal as pynacl_seal
+from tests.harness.wire import BATCH_STRIDE as STRIDE, c_seal_batch as batch_seal, seal as pynacl_seal
 
 LARGE_MIN = lib.FN_AEAD_LARGE_MIN
-STRIDE = 65536 + 64
 
 
 @pytest.fixture(autouse=True)
@@ -20,15 +19,6 @@ def large_on():
     lib.fn_set_large_cipher(1)
     yield
     lib.fn_set_large_cipher(1)
-
-
-def batch_seal(key: bytes, counter0: int, payloads: list[bytes]) -> list[bytes]:
-    buf = ffi.new("uint8_t[]", STRIDE * len(payloads))
-    for i, p in enumerate(payloads):
-        ffi.memmove(buf + i * STRIDE + 16, p, len(p))
-    lens = ffi.new("uint32_t[]", [len(p) for p in payloads])
-    assert lib.fn_seal_batch(key, counter0, buf, STRIDE, lens, len(payloads)) == len(payloads)
-    return [bytes(ffi.buffer(buf + i * STRIDE, 32 + len(p))) for i, p in enumerate(payloads)]
 
 
 def batch_open(key: bytes, packets: list[bytes]) -> tuple[list[int], list[bytes]]:
