@@ -20,12 +20,12 @@ def bench_c(size: int, batch: int, seconds: float) -> tuple[float, float]:
     n, counter = 0, 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        lib.fn_seal_batch(key, counter, buf, stride, lens, batch)
+        lib.fn_seal_batch(key, counter, buf, stride, lens, batch, 0)
         counter += batch
         n += batch
     seal_pps = n / (time.perf_counter() - t0)
     olens = ffi.new("uint32_t[]", [size + 16] * batch)
-    lib.fn_seal_batch(key, 0, buf, stride, lens, batch)
+    lib.fn_seal_batch(key, 0, buf, stride, lens, batch, 0)
     snapshot = ffi.buffer(buf)[:]
     n = 0
     t0 = time.perf_counter()
@@ -33,7 +33,7 @@ def bench_c(size: int, batch: int, seconds: float) -> tuple[float, float]:
         ffi.memmove(buf, snapshot, len(snapshot))
         for i in range(batch):
             olens[i] = size + 16
-        ok = lib.fn_open_batch(key, buf, stride, olens, batch)
+        ok = lib.fn_open_batch(key, buf, stride, olens, batch, 0)
         assert ok == batch
         n += batch
     return seal_pps, n / (time.perf_counter() - t0)

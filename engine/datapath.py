@@ -18,6 +18,7 @@ from flatnet.engine.crypto import ffi, lib
 from flatnet.engine.datapath_port import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW, CTRL_ROAM,  # noqa: F401
                                           CTRL_VERSION, RELAY_ALL, RELAY_OFF, RELAY_OTHERS, RX_SLOTS, ControlItem,
                                           PeerStats)
+from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA
 
 DROP_REASONS = {
     lib.FN_DROP_SHORT: "short", lib.FN_DROP_TYPE: "unknown_type", lib.FN_DROP_INDEX: "unknown_index",
@@ -46,6 +47,13 @@ if (CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION, CTRL_FORWARD, RX_SLOTS, R
     raise ImportError("engine/datapath_port.py and engine/crypto/csrc/fastpath.h disagree on "
                       "FN_CTRL_*/FN_RX_SLOTS/FN_RELAY_*")
 MAX_PEERS = lib.FN_MAX_PEERS
+CIPHERS = {AEAD_CHACHA: lib.FN_CIPHER_CHACHA, AEAD_AES: lib.FN_CIPHER_AES256GCM}  # the C numbers of the suites
+
+
+def aes_gcm_available() -> bool:
+    """AES-256-GCM can be offered: this CPU has AES-NI and PCLMULQDQ and OpenSSL has
+    the cipher (engine/crypto/csrc/aead_aes.c checks both)."""
+    return bool(lib.fn_aes_gcm_available())
 
 
 def sockaddr(addr: tuple[str, int], family: int = socket.AF_INET) -> bytes:
@@ -113,13 +121,15 @@ class DataPath:
         raw = sockaddr(addr, self.family)
         self._check(lib.fn_peer_endpoint(self.ctx, slot, raw, len(raw)), "set endpoint")
 
-    def set_tx_key(self, slot: int, key: bytes, remote_index: int) -> None:
-        self._check(lib.fn_peer_tx_key(self.ctx, slot, key, remote_index), "set tx key")
+    def set_tx_key(self, slot: int, key: bytes, remote_index: int, cipher: str = AEAD_CHACHA) -> None:
+        self._check(lib.fn_peer_tx_key(self.ctx, slot, key, remote_index, CIPHERS[cipher]), "set tx key")
 
-    def stage_tx_key(self, slot: int, key: bytes, remote_index: int, local_index: int) -> None:
+    def stage_tx_key(self, slot: int, key: bytes, remote_index: int, local_index: int,
+                     cipher: str = AEAD_CHACHA) -> None:
         """A responder's send key: used once a packet arrives on local_index (the
         initiator has the keys); the previous send key stays in use until then."""
-        self._check(lib.fn_peer_tx_key_staged(self.ctx, slot, key, remote_index, local_index), "stage tx key")
+        self._check(lib.fn_peer_tx_key_staged(self.ctx, slot, key, remote_index, local_index, CIPHERS[cipher]),
+                    "stage tx key")
 
     def clear_tx_key(self, slot: int) -> None:
         self._check(lib.fn_peer_tx_clear(self.ctx, slot), "clear tx key")
@@ -132,8 +142,8 @@ class DataPath:
     def clear_want(self, slot: int) -> None:
         lib.fn_peer_clear_want(self.ctx, slot)
 
-    def add_rx(self, local_index: int, slot: int, key: bytes) -> None:
-        self._check(lib.fn_rx_add(self.ctx, local_index, slot, key), "add rx key")
+    def add_rx(self, local_index: int, slot: int, key: bytes, cipher: str = AEAD_CHACHA) -> None:
+        self._check(lib.fn_rx_add(self.ctx, local_index, slot, key, CIPHERS[cipher]), "add rx key")
 
     def remove_rx(self, local_index: int) -> None:
         lib.fn_rx_remove(self.ctx, local_index)

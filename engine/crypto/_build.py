@@ -1,5 +1,5 @@
 """cffi (API mode) build of the data-path C module, linked to the system libsodium and
-OpenSSL's libcrypto (aead_large.c).
+OpenSSL's libcrypto (aead_large.c, aead_aes.c).
 
 Used by setup.py (cffi_modules) and runnable directly: `python engine/crypto/_build.py`
 builds engine/crypto/_fastpath*.so in place.
@@ -29,7 +29,7 @@ def _src(name: str, absolute: bool) -> str:
 
 
 SOURCES = ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c", "aead_small.c",
-           "aead_large.c", "cookie.c", "senders.c")
+           "aead_large.c", "aead_aes.c", "cookie.c", "senders.c")
 FUZZ_DIR = os.path.join(ROOT, "build", "fuzz")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 

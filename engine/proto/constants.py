@@ -9,6 +9,14 @@ TYPE_CONTROL = 4
 TYPE_RELAYED = 5
 TYPE_COOKIE = 6                 # cookie reply (engine/proto/cookie.py)
 
+# transport ciphers (AEAD suites) of types 3 and 4, negotiated in the handshake payloads
+# ("aead", docs/protocol.md 5.2 and 5.4); ChaCha20-Poly1305 when nothing is negotiated
+AEAD_CHACHA = "chacha20-poly1305"
+AEAD_AES = "aes-256-gcm"
+AEADS = (AEAD_CHACHA, AEAD_AES)  # every suite this code knows
+AEAD_OFFER_MAX = 8              # entries an initiation's "aead" list may have ...
+AEAD_NAME_MAX = 32              # ... each a string of at most this many bytes
+
 REKEY_AFTER_TIME = 120.0        # the initiator of a session starts a new handshake
 REKEY_RESPONDER_SLACK = 10.0    # the responder waits this much longer, so both do not race
 REJECT_AFTER_TIME = 180.0       # keys older than this are never used again

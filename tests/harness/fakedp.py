@@ -40,7 +40,7 @@ from flatnet.engine.datapath_port import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW
                                           RELAY_OTHERS, ControlItem, PeerStats)
 from flatnet.engine.proto import cookie as cookies
 from flatnet.engine.proto.errors import RemoteProtocolError
-from flatnet.engine.proto.constants import (TYPE_CONTROL, TYPE_COOKIE, TYPE_DATA, TYPE_INITIATION, TYPE_RELAYED,
+from flatnet.engine.proto.constants import (AEAD_CHACHA, TYPE_CONTROL, TYPE_COOKIE, TYPE_DATA, TYPE_INITIATION, TYPE_RELAYED,
                                     TYPE_RESPONSE, WIRE_VERSION)
 
 Addr = tuple[str, int]
@@ -169,13 +169,21 @@ class FakeDataPath:
         self.changed = True
         self._slot(slot).relay_id = relay_id
 
-    def set_tx_key(self, slot: int, key: bytes, remote_index: int) -> None:
+    @staticmethod
+    def _chacha_only(cipher: str) -> None:
+        if cipher != AEAD_CHACHA:  # the real data path has AES-256-GCM; the fake does not
+            raise ValueError(f"the fake data path seals {AEAD_CHACHA} only, not {cipher}")
+
+    def set_tx_key(self, slot: int, key: bytes, remote_index: int, cipher: str = AEAD_CHACHA) -> None:
+        self._chacha_only(cipher)
         self.calls.append("set_tx_key")
         self.changed = True
         st = self._slot(slot)
         st.tx, st.counter, st.want, st.staged = (key, remote_index), 0, False, None
 
-    def stage_tx_key(self, slot: int, key: bytes, remote_index: int, local_index: int) -> None:
+    def stage_tx_key(self, slot: int, key: bytes, remote_index: int, local_index: int,
+                     cipher: str = AEAD_CHACHA) -> None:
+        self._chacha_only(cipher)
         self.calls.append("stage_tx_key")
         self.changed = True
         st = self._slot(slot)
@@ -190,7 +198,8 @@ class FakeDataPath:
         self.calls.append("clear_want")
         self._slot(slot).want = False
 
-    def add_rx(self, local_index: int, slot: int, key: bytes) -> None:
+    def add_rx(self, local_index: int, slot: int, key: bytes, cipher: str = AEAD_CHACHA) -> None:
+        self._chacha_only(cipher)
         self.calls.append("add_rx")
         self.rx[local_index] = (slot, key, set())
 

@@ -65,5 +65,5 @@ def c_seal_batch(key: bytes, counter0: int, payloads: list[bytes]) -> list[bytes
     for i, p in enumerate(payloads):
         ffi.memmove(buf + i * BATCH_STRIDE + 16, p, len(p))
     lens = ffi.new("uint32_t[]", [len(p) for p in payloads])
-    assert lib.fn_seal_batch(key, counter0, buf, BATCH_STRIDE, lens, len(payloads)) == len(payloads)
+    assert lib.fn_seal_batch(key, counter0, buf, BATCH_STRIDE, lens, len(payloads), 0) == len(payloads)
     return [bytes(ffi.buffer(buf + i * BATCH_STRIDE, 32 + len(p))) for i, p in enumerate(payloads)]

@@ -106,8 +106,26 @@ fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu
     return ctx;
 }
 
+/* an rx slot or a peer's keys gone: their AES contexts freed (cleansed) first */
+static void rx_wipe(rx_t *rx) {
+    aes_free(rx->aes);
+    sodium_memzero(rx, sizeof(*rx));
+}
+
+static void tx_wipe_keys(peer_t *p) {
+    aes_free(p->tx_aes);
+    aes_free(p->next_aes);
+    p->tx_aes = p->next_aes = NULL;
+    sodium_memzero(p->tx_key, FN_KEY);
+    sodium_memzero(p->next_key, FN_KEY);
+}
+
 void fn_free(fn_ctx *ctx) {
     if (!ctx) return;
+    if (ctx->peers)
+        for (int i = 0; i < ctx->max_peers; i++) tx_wipe_keys(&ctx->peers[i]);
+    if (ctx->rx)
+        for (uint32_t i = 0; i <= ctx->rx_mask; i++) aes_free(ctx->rx[i].aes);
     if (ctx->peers) sodium_memzero(ctx->peers, (size_t)ctx->max_peers * sizeof(peer_t));
     if (ctx->rx) sodium_memzero(ctx->rx, ((size_t)ctx->rx_mask + 1) * sizeof(rx_t));
     free(ctx->peers);
@@ -222,8 +240,9 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
     peer_t *p = &ctx->peers[slot];
     if (p->active && p->mask != 0xffffffffu) route_fill(ctx, p->subnet, p->mask, -1);
     for (uint32_t i = 0; i <= ctx->rx_mask; i++)
-        if (ctx->rx[i].index && ctx->rx[i].peer == slot) sodium_memzero(&ctx->rx[i], sizeof(rx_t));
+        if (ctx->rx[i].index && ctx->rx[i].peer == slot) rx_wipe(&ctx->rx[i]);
     senders_remove(ctx, slot);
+    tx_wipe_keys(p);
     sodium_memzero(p, sizeof(*p));
     memset(&ctx->forward_rl[slot], 0, sizeof(rate_bucket));
     pthread_mutex_unlock(&ctx->rx_lock);
@@ -244,8 +263,21 @@ int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sa, uint32_t len) {
     return 0;
 }
 
-/* tx_lock held: `key` becomes the send key, with a fresh counter */
-static void tx_install(peer_t *p, const uint8_t *key, uint32_t remote_index) {
+/* a context for `key` when `cipher` wants one: 0, -ENOTSUP, -ENOMEM, -EINVAL */
+static int cipher_ctx(int cipher, const uint8_t *key, int enc, void **out) {
+    *out = NULL;
+    if (cipher == FN_CIPHER_CHACHA) return 0;
+    if (cipher != FN_CIPHER_AES256GCM) return -EINVAL;
+    if (!fn_aes_gcm_available()) return -ENOTSUP;
+    *out = aes_new(key, enc);
+    return *out ? 0 : -ENOMEM;
+}
+
+/* tx_lock held: `key` becomes the send key, with a fresh counter; the peer takes `aes` */
+static void tx_install(peer_t *p, const uint8_t *key, uint32_t remote_index, int cipher, void *aes) {
+    aes_free(p->tx_aes);
+    p->tx_aes = aes;
+    p->tx_cipher = cipher;
     memcpy(p->tx_key, key, FN_KEY);
     p->tx_remote_index = remote_index;
     p->tx_counter = 0;
@@ -253,12 +285,18 @@ static void tx_install(peer_t *p, const uint8_t *key, uint32_t remote_index) {
     p->want_handshake = 0;
 }
 
-int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index) {
+int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, int cipher) {
     if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
+    void *aes;
+    int rc = cipher_ctx(cipher, key, 1, &aes);  /* made outside the lock: the data path keeps going */
+    if (rc) return rc;
     pthread_mutex_lock(&ctx->tx_lock);
     peer_t *p = &ctx->peers[slot];
-    tx_install(p, key, remote_index);
+    tx_install(p, key, remote_index, cipher, aes);
     p->next_valid = 0;  /* an initiator's keys win over a responder key not yet confirmed */
+    aes_free(p->next_aes);
+    p->next_aes = NULL;
+    sodium_memzero(p->next_key, FN_KEY);
     int held = 0;       /* packets held for this peer (the held table is under tx_lock) */
     for (int i = 0; i < HOLD_SLOTS && !held; i++)
         held = ctx->held[i].used && ctx->route[ctx->held[i].route] == slot;
@@ -271,10 +309,17 @@ int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_in
 
 /* A responder's keys: sending waits for the initiator's first packet on local_index
  * (tx_promote); until then the previous send key, if any, stays in use. */
-int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, uint32_t local_index) {
+int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, uint32_t local_index,
+                          int cipher) {
     if (slot < 0 || slot >= ctx->max_peers || !local_index) return -EINVAL;
+    void *aes;
+    int rc = cipher_ctx(cipher, key, 1, &aes);
+    if (rc) return rc;
     pthread_mutex_lock(&ctx->tx_lock);
     peer_t *p = &ctx->peers[slot];
+    aes_free(p->next_aes);
+    p->next_aes = aes;
+    p->next_cipher = cipher;
     memcpy(p->next_key, key, FN_KEY);
     p->next_remote_index = remote_index;
     __atomic_store_n(&p->next_confirmed, 0, __ATOMIC_RELAXED);
@@ -287,7 +332,8 @@ int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t re
 /* tx_lock held: a staged key the initiator has confirmed becomes the send key */
 void tx_promote(peer_t *p) {
     if (!p->next_valid || !__atomic_load_n(&p->next_confirmed, __ATOMIC_ACQUIRE)) return;
-    tx_install(p, p->next_key, p->next_remote_index);
+    tx_install(p, p->next_key, p->next_remote_index, p->next_cipher, p->next_aes);
+    p->next_aes = NULL;
     sodium_memzero(p->next_key, FN_KEY);
     __atomic_store_n(&p->next_valid, 0, __ATOMIC_RELAXED);
 }
@@ -295,8 +341,7 @@ void tx_promote(peer_t *p) {
 int fn_peer_tx_clear(fn_ctx *ctx, int slot) {
     if (slot < 0 || slot >= ctx->max_peers) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
-    sodium_memzero(ctx->peers[slot].tx_key, FN_KEY);
-    sodium_memzero(ctx->peers[slot].next_key, FN_KEY);
+    tx_wipe_keys(&ctx->peers[slot]);
     ctx->peers[slot].tx_valid = 0;
     ctx->peers[slot].next_valid = 0;
     pthread_mutex_unlock(&ctx->tx_lock);
@@ -333,25 +378,32 @@ int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out) {
     return 0;
 }
 
-int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key) {
+int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key, int cipher) {
     if (!local_index || peer < 0 || peer >= ctx->max_peers) return -EINVAL;
+    void *aes;
+    int rc = cipher_ctx(cipher, key, 0, &aes);
+    if (rc) return rc;
     rx_t *rx = &ctx->rx[local_index & ctx->rx_mask];
     pthread_mutex_lock(&ctx->rx_lock);
     int busy = rx->index != 0 && rx->index != local_index;
     if (!busy) {
-        memset(rx, 0, sizeof(*rx));
+        rx_wipe(rx);
         rx->index = local_index;
         rx->peer = peer;
         memcpy(rx->key, key, FN_KEY);
+        rx->cipher = cipher;
+        rx->aes = aes;
+        aes = NULL;
     }
     pthread_mutex_unlock(&ctx->rx_lock);
+    aes_free(aes);
     return busy ? -EBUSY : 0;
 }
 
 int fn_rx_remove(fn_ctx *ctx, uint32_t local_index) {
     rx_t *rx = &ctx->rx[local_index & ctx->rx_mask];
     pthread_mutex_lock(&ctx->rx_lock);
-    if (rx->index == local_index) sodium_memzero(rx, sizeof(*rx));
+    if (rx->index == local_index) rx_wipe(rx);
     pthread_mutex_unlock(&ctx->rx_lock);
     return 0;
 }
@@ -369,7 +421,8 @@ void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen) {
     put_le32(pkt + 4, p->tx_remote_index);
     put_le64(pkt + 8, counter);
     make_nonce(nonce, counter);
-    aead_seal(pkt, ptlen, nonce, p->tx_key);
+    if (p->tx_cipher == FN_CIPHER_AES256GCM) aes_seal(p->tx_aes, pkt, ptlen, nonce);
+    else aead_seal(pkt, ptlen, nonce, p->tx_key);
 }
 
 int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, uint8_t *out,
@@ -394,31 +447,40 @@ int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, ui
 /* ---- batch primitives (benchmarks and tests): slots of `stride` bytes, payload at
  * offset FN_HEADER, FN_TAG bytes of tailroom after it. */
 int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t stride,
-                  const uint32_t *lens, int n) {
+                  const uint32_t *lens, int n, int cipher) {
     uint8_t nonce[12];
+    void *aes;  /* one context for the batch, as the data path keeps one per session key */
+    int rc = cipher_ctx(cipher, key, 1, &aes);
+    if (rc) return rc;
     for (int i = 0; i < n; i++) {
         uint8_t *pkt = buf + (size_t)i * stride;
         put_type(pkt, TYPE_DATA);
         put_le32(pkt + 4, 0);
         put_le64(pkt + 8, counter0 + i);
         make_nonce(nonce, counter0 + i);
-        aead_seal(pkt, lens[i], nonce, key);
+        if (aes) aes_seal(aes, pkt, lens[i], nonce);
+        else aead_seal(pkt, lens[i], nonce, key);
     }
+    aes_free(aes);
     return n;
 }
 
-int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *lens, int n) {
+int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *lens, int n, int cipher) {
     uint8_t nonce[12];
     int ok = 0;
+    void *aes;
+    int rc = cipher_ctx(cipher, key, 0, &aes);
+    if (rc) return rc;
     for (int i = 0; i < n; i++) {
         uint8_t *pkt = buf + (size_t)i * stride;
         make_nonce(nonce, get_le64(pkt + 8));
-        if (aead_open(pkt, lens[i], nonce, key) == 0) {
+        if ((aes ? aes_open(aes, pkt, lens[i], nonce) : aead_open(pkt, lens[i], nonce, key)) == 0) {
             lens[i] -= FN_TAG;
             ok++;
         } else {
             lens[i] = 0;
         }
     }
+    aes_free(aes);
     return ok;
 }

@@ -1,4 +1,5 @@
-/* Flatnet data path: batched TUN<->UDP forwarding with ChaCha20-Poly1305.
+/* Flatnet data path: batched TUN<->UDP forwarding with ChaCha20-Poly1305 or, where a
+ * session negotiated it, AES-256-GCM (aead_aes.c).
  *
  * Only the part between CDEF-BEGIN and CDEF-END is read by cffi (engine/crypto/_build.py);
  * keep it free of preprocessor logic other than integer #defines.
@@ -13,7 +14,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 19
+#define FN_VERSION 20
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
@@ -21,6 +22,8 @@
 #define FN_KEY 32
 #define FN_AEAD_SMALL_MAX 256     /* shorter payloads: the compact cipher (aead_small.c) */
 #define FN_AEAD_LARGE_MIN 576     /* longer payloads: OpenSSL's libcrypto (aead_large.c) */
+#define FN_CIPHER_CHACHA 0        /* a session key's transport cipher: ChaCha20-Poly1305 */
+#define FN_CIPHER_AES256GCM 1     /* AES-256-GCM (aead_aes.c), where fn_aes_gcm_available() */
 #define FN_MAX_PEERS 4096
 #define FN_RX_SLOTS 4096
 #define FN_MAX_PEERS_LIMIT 262144    /* fn_new_sized: a lighthouse of a large network */
@@ -138,13 +141,15 @@ int fn_tso_segment(const uint8_t *vnet_pkt, uint32_t len, uint8_t *out, uint32_t
 int fn_peer_set(fn_ctx *ctx, int slot, uint32_t subnet, uint32_t prefix);
 int fn_peer_remove(fn_ctx *ctx, int slot);
 int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sockaddr, uint32_t len);
-int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index);
+/* cipher FN_CIPHER_*: -ENOTSUP when it is not available here, -ENOMEM (nothing changed) */
+int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, int cipher);
 int fn_peer_tx_clear(fn_ctx *ctx, int slot);
-int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, uint32_t local_index);
+int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_index, uint32_t local_index,
+                          int cipher);
 int fn_peer_clear_want(fn_ctx *ctx, int slot);
 int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id);
 int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out);
-int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key);
+int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key, int cipher);
 int fn_rx_remove(fn_ctx *ctx, uint32_t local_index);
 void fn_drops(fn_ctx *ctx, uint64_t *out);
 
@@ -158,15 +163,23 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
 int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl);
 
 int fn_replay_accept(fn_replay *r, uint64_t counter);
+/* benchmarks and tests: n packets of one session key under cipher FN_CIPHER_*; -ENOTSUP */
 int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t stride,
-                  const uint32_t *lens, int n);
-int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *lens, int n);
+                  const uint32_t *lens, int n, int cipher);
+int fn_open_batch(const uint8_t *key, uint8_t *buf, uint32_t stride, uint32_t *lens, int n, int cipher);
 /* the compact ChaCha20-Poly1305 used for short packets (aead_small.c), for tests:
  * in place, tag after the ciphertext; return the output length, -1 on a bad tag */
 int fn_aead_small_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
                        uint32_t len);
 int fn_aead_small_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
                        uint32_t len);
+/* AES-256-GCM (aead_aes.c): 1 when this CPU has AES-NI and PCLMULQDQ and OpenSSL has it */
+int fn_aes_gcm_available(void);
+/* for tests, like fn_aead_small_*: the output length, -1 on a bad tag or when unavailable */
+int fn_aes_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
+                uint32_t len);
+int fn_aes_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
+                uint32_t len);
 /* CDEF-END */
 
 #endif

@@ -453,7 +453,7 @@ static void set_keys(fuzz_t *f, int slot, int on) {
     uint8_t key[FN_KEY];
     if (on) {
         randombytes_buf(key, sizeof(key));
-        fn_peer_tx_key(f->ctx, slot, key, 0x1000u + (uint32_t)slot);
+        fn_peer_tx_key(f->ctx, slot, key, 0x1000u + (uint32_t)slot, FN_CIPHER_CHACHA);
     } else {
         fn_peer_tx_clear(f->ctx, slot);
     }
@@ -488,11 +488,11 @@ static int setup(fuzz_t *f, uint64_t seed) {
         f->rx[k].index = 0x00ABC001u + (uint32_t)k * 0x10001u;
         f->rx[k].slot = slots[k];
         randombytes_buf(f->rx[k].key, FN_KEY);
-        fn_rx_add(ctx, f->rx[k].index, slots[k], f->rx[k].key);
+        fn_rx_add(ctx, f->rx[k].index, slots[k], f->rx[k].key, FN_CIPHER_CHACHA);
     }
     uint8_t staged[FN_KEY];
     randombytes_buf(staged, sizeof(staged));
-    fn_peer_tx_key_staged(ctx, 1, staged, 0x2001u, f->rx[1].index);
+    fn_peer_tx_key_staged(ctx, 1, staged, 0x2001u, f->rx[1].index, FN_CIPHER_CHACHA);
     /* the firewall: deny by default, some rules (switched on and off below) */
     uint8_t protos[3] = {6, 17, 1};
     uint16_t lo[3] = {80, 1000, 0}, hi[3] = {80, 2000, 65535};

@@ -45,12 +45,16 @@ typedef struct {
     uint8_t tx_key[FN_KEY];
     uint32_t tx_remote_index;
     uint64_t tx_counter;
+    int tx_cipher;                         /* FN_CIPHER_* of tx_key */
+    void *tx_aes;                          /* AES-256-GCM: its keyed context (aead_aes.c) */
     /* A responder's new send key waits here until the initiator shows it has the keys
      * (a packet arrives on next_rx_index): sent at once, data could reach the initiator
      * before it has processed the response, and be dropped there (unknown index). */
     int next_valid;                        /* tx_lock */
     uint8_t next_key[FN_KEY];
     uint32_t next_remote_index, next_rx_index;
+    int next_cipher;
+    void *next_aes;                        /* keyed when staged: promotion allocates nothing */
     int next_confirmed;                    /* set by the outside thread (atomic) */
     int want_handshake;
     int relay;                             /* 1: send through `endpoint` (a relay) as type 5 */
@@ -139,6 +143,8 @@ typedef struct {
     uint32_t index;                        /* full local index; 0 = free slot */
     int peer;
     uint8_t key[FN_KEY];
+    int cipher;                            /* FN_CIPHER_* */
+    void *aes;                             /* AES-256-GCM: its keyed context (aead_aes.c) */
     fn_replay replay;
 } rx_t;
 
@@ -248,6 +254,12 @@ int aead_large_seal(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adle
                     const uint8_t key[32]);
 int aead_large_open(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adlen, const uint8_t nonce[12],
                     const uint8_t key[32]);
+/* aead_aes.c: AES-256-GCM with a context per session key, keyed once (NULL: no
+ * memory, or not available); aes_free cleanses it. seal/open: same layout as below. */
+void *aes_new(const uint8_t key[32], int enc);
+void aes_free(void *x);
+int aes_seal(void *x, uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12]);
+int aes_open(void *x, uint8_t *pkt, uint32_t len, const uint8_t nonce[12]);
 /* seal the `ptlen` bytes after the FN_HEADER-byte header at `pkt` in place, the tag
  * after them; the header is the associated data */
 void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);

@@ -109,7 +109,9 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     }
     make_nonce(nonce, counter);
     uint32_t ptlen = len - FN_HEADER - FN_TAG;
-    if (aead_open(pkt, len - FN_HEADER, nonce, rx->key) != 0) {
+    int bad = rx->cipher == FN_CIPHER_AES256GCM ? aes_open(rx->aes, pkt, len - FN_HEADER, nonce)
+                                                : aead_open(pkt, len - FN_HEADER, nonce, rx->key);
+    if (bad) {
         ctx->drops_out[FN_DROP_AUTH]++;
         p->rx_dropped++;
         return 0;

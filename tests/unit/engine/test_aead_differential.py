@@ -42,12 +42,12 @@ def open_batch(key: bytes, packets: list[bytes]) -> list[bytes | None]:
     for i, p in enumerate(packets):
         ffi.memmove(buf + i * STRIDE, p, len(p))
     lens = ffi.new("uint32_t[]", [len(p) - 16 for p in packets])
-    ok = lib.fn_open_batch(key, buf, STRIDE, lens, len(packets))
+    ok = lib.fn_open_batch(key, buf, STRIDE, lens, len(packets), 0)
     verdicts = []
     for p in packets:
         one = ffi.new("uint8_t[]", STRIDE)
         ffi.memmove(one, p, len(p))
-        verdicts.append(lib.fn_open_batch(key, one, STRIDE, ffi.new("uint32_t[]", [len(p) - 16]), 1) == 1)
+        verdicts.append(lib.fn_open_batch(key, one, STRIDE, ffi.new("uint32_t[]", [len(p) - 16]), 1, 0) == 1)
     assert ok == sum(verdicts)
     return [bytes(ffi.buffer(buf + i * STRIDE + 16, len(p) - 32)) if verdicts[i] else None
             for i, p in enumerate(packets)]
@@ -165,10 +165,10 @@ def test_a_wiped_session_key_leaves_no_copy_in_the_cipher_contexts(large, length
     ffi.memmove(key + 16, second, 16)
     buf = ffi.new("uint8_t[]", 4096)
     lens = ffi.new("uint32_t[]", [length])
-    lib.fn_seal_batch(key, 1, buf, 4096, lens, 1)
+    lib.fn_seal_batch(key, 1, buf, 4096, lens, 1, 0)
     lens[0] = length + 16
-    assert lib.fn_open_batch(key, buf, 4096, lens, 1) == 1
+    assert lib.fn_open_batch(key, buf, 4096, lens, 1, 0) == 1
     lens[0] = length + 16
-    assert lib.fn_open_batch(key, buf, 4096, lens, 1) == 0  # and a failed open (now plaintext: a forgery)
+    assert lib.fn_open_batch(key, buf, 4096, lens, 1, 0) == 0  # and a failed open (now plaintext: a forgery)
     ffi.memmove(key, bytes(32), 32)  # what fn_peer_remove does with the data path's copy
     assert _copies_in_memory(first, second) == 0

@@ -27,7 +27,7 @@ def batch_open(key: bytes, packets: list[bytes]) -> tuple[list[int], list[bytes]
     for i, p in enumerate(packets):
         ffi.memmove(buf + i * STRIDE, p, len(p))
     lens = ffi.new("uint32_t[]", [len(p) - 16 for p in packets])
-    lib.fn_open_batch(key, buf, STRIDE, lens, len(packets))
+    lib.fn_open_batch(key, buf, STRIDE, lens, len(packets), 0)
     return list(lens), [bytes(ffi.buffer(buf + i * STRIDE, len(p))) for i, p in enumerate(packets)]
 
 

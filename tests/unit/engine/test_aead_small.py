@@ -82,11 +82,11 @@ def test_the_data_path_seals_and_opens_both_sides_of_the_switch_to_libsodium():
     for i, p in enumerate(payloads):
         ffi.memmove(buf + i * stride + 16, p, len(p))
     clens = ffi.new("uint32_t[]", lens)
-    assert lib.fn_seal_batch(key, 7, buf, stride, clens, len(lens)) == len(lens)
+    assert lib.fn_seal_batch(key, 7, buf, stride, clens, len(lens), 0) == len(lens)
     for i, p in enumerate(payloads):
         sealed = bytes(ffi.buffer(buf + i * stride, 16 + len(p) + 16))
         assert sealed[16:] == pynacl_seal(key, 0, 7 + i, p)[16:], lens[i]
     olens = ffi.new("uint32_t[]", [n + 16 for n in lens])
-    assert lib.fn_open_batch(key, buf, stride, olens, len(lens)) == len(lens)
+    assert lib.fn_open_batch(key, buf, stride, olens, len(lens), 0) == len(lens)
     for i, p in enumerate(payloads):
         assert olens[i] == len(p) and bytes(ffi.buffer(buf + i * stride + 16, len(p))) == p

@@ -20,12 +20,12 @@ def test_transport_vector():
     # the C data path: same header gives the same bytes (fn_seal_batch writes index 0)
     buf = ffi.new("uint8_t[]", 64)
     ffi.memmove(buf + 16, b"ping", 4)
-    lib.fn_seal_batch(KEY, 1, buf, 64, ffi.new("uint32_t[]", [4]), 1)
+    lib.fn_seal_batch(KEY, 1, buf, 64, ffi.new("uint32_t[]", [4]), 1, 0)
     assert bytes(ffi.buffer(buf, 36)) == seal(KEY, 0, 1, b"ping")
     # and opens the vector
     ffi.memmove(buf, TRANSPORT, len(TRANSPORT))
     lens = ffi.new("uint32_t[]", [len(TRANSPORT) - 16])
-    assert lib.fn_open_batch(KEY, buf, 64, lens, 1) == 1 and bytes(ffi.buffer(buf + 16, 4)) == b"ping"
+    assert lib.fn_open_batch(KEY, buf, 64, lens, 1, 0) == 1 and bytes(ffi.buffer(buf + 16, 4)) == b"ping"
 
 
 def test_mac_vectors():
