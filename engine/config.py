@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from flatnet.engine.proto import endpoint
+from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA
 from flatnet.engine.proto.confparse import type_problem
 
 
@@ -64,6 +65,7 @@ class Config:
     spin: bool = True
     moderation_us: int = 100
     compact_cipher: bool = True
+    cipher: str = "auto"     # [tun] cipher: the transport cipher offered to peers (transport_ciphers)
     log_level: str = "info"
     log_format: str = "text"
     peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
@@ -98,12 +100,33 @@ class Config:
         return os.path.join(self.state_dir, "lease.json")
 
 
+CIPHER_SETTINGS = ("auto", AEAD_CHACHA, AEAD_AES)
+
+
+def transport_ciphers(setting: str, aes_available: bool) -> tuple[tuple[str, ...], str | None]:
+    """[tun] cipher -> the ciphers this node offers and accepts, preferred first
+    (handshake.Identity.aead), and why AES-256-GCM is left out (None: it is not, or it
+    was not wanted). auto: AES-256-GCM first where this CPU has it, ChaCha20-Poly1305
+    always; a cipher named: that one only, so a peer without it is refused
+    (cipher_mismatch), never silently served the other."""
+    if setting == AEAD_CHACHA:
+        return (AEAD_CHACHA,), None
+    if setting == AEAD_AES:
+        if not aes_available:
+            raise ConfigError(f"[tun] cipher = {AEAD_AES!r}, but this host cannot offer it (the CPU lacks "
+                              "AES-NI or PCLMULQDQ, or OpenSSL lacks AES-256-GCM); use \"auto\"")
+        return (AEAD_AES,), None
+    if aes_available:
+        return (AEAD_AES, AEAD_CHACHA), None
+    return (AEAD_CHACHA,), "no AES-NI/PCLMULQDQ on this CPU or no AES-256-GCM in OpenSSL"
+
+
 _KNOWN = {
     "pki": {"ca", "cert", "key", "blocklist"},
     "network": {"cidr", "subnet", "masquerade"},
     "dns": {"enabled", "domain", "upstream", "ttl"},
     "listen": {"host", "port", "socket_buffer"},
-    "tun": {"name", "mtu", "offloads", "spin", "moderation_us", "compact_cipher"},
+    "tun": {"name", "mtu", "offloads", "spin", "moderation_us", "compact_cipher", "cipher"},
     "bridge": {"name"},
     "paths": {"run_dir", "state_dir"},
     "log": {"level", "format"},
@@ -350,6 +373,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     log_format = get("log", "format", str, "text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"{where('log.format')}: {log_format!r}; expected text or json")
+    cipher = get("tun", "cipher", str, "auto")
+    if cipher not in CIPHER_SETTINGS:
+        raise ConfigError(f"{where('tun.cipher')}: {cipher!r}; expected {', '.join(CIPHER_SETTINGS)}")
 
     peers = _peers(d, network, subnet)
     fw_default, rules = _firewall(d)
@@ -370,6 +396,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         tun_name=_ifname(get("tun", "name", str, "flatnet0"), where("tun.name")), mtu=mtu,
         offloads=get("tun", "offloads", bool, True), spin=get("tun", "spin", bool, True),
         moderation_us=moderation, compact_cipher=get("tun", "compact_cipher", bool, True),
+        cipher=cipher,
         bridge=_ifname(get("bridge", "name", str, "flatnet-br0"), where("bridge.name")),
         run_dir=get("paths", "run_dir", str, "/run/flatnet"),
         state_dir=get("paths", "state_dir", str, "/var/lib/flatnet"),

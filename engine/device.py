@@ -617,7 +617,7 @@ class Device:
                 self._take_session_cert(peer, event.peer_cert)
                 # the receive key goes in before the response leaves: the initiator sends
                 # its held packets the moment the response arrives
-                self.dp.add_rx(event.keys.local_index, peer.slot, event.keys.receive)
+                self.dp.add_rx(event.keys.local_index, peer.slot, event.keys.receive, event.keys.cipher)
         for packet, addr in s.datagrams_to_send():
             if addr is not None:
                 self.send(packet, addr)
@@ -629,16 +629,16 @@ class Device:
                 if k.initiator:
                     # the responder waits for a packet under these keys before it sends
                     # with them (DataPath.stage_tx_key): give it one now
-                    self.dp.set_tx_key(peer.slot, k.send, k.remote_index)
+                    self.dp.set_tx_key(peer.slot, k.send, k.remote_index, k.cipher)
                     packet = self.dp.seal_control(peer.slot, b"")
                     if packet:
                         self._send_to(peer, packet, direct_only)
                 else:
-                    self.dp.stage_tx_key(peer.slot, k.send, k.remote_index, k.local_index)
+                    self.dp.stage_tx_key(peer.slot, k.send, k.remote_index, k.local_index, k.cipher)
                 if event.retired_index is not None:
                     self.dp.remove_rx(event.retired_index)
                 peer.handshake_failures = 0
-                self.log.info("handshake_done", peer=peer.name, role="initiator" if k.initiator else "responder",
+                self.log.info("handshake_done", peer=peer.name, role="initiator" if k.initiator else "responder", cipher=k.cipher,
                               endpoint=endpoints_policy.text(peer.endpoint) if peer.endpoint else "-")
             elif isinstance(event, KeysExpired):
                 for index in event.local_indexes:
@@ -709,6 +709,7 @@ class Device:
                 "path_reason": peer.path_reason or None,
                 "handshake_age": round(now - s.last_handshake, 1) if s.last_handshake is not None else None,
                 "handshakes": s.handshakes, "rekeys": s.rekeys,
+                "cipher": s.current.cipher if s.current is not None else None,  # the session's transport cipher
                 "tx_bytes": st.tx_bytes, "rx_bytes": st.rx_bytes,
                 "tx_packets": st.tx_packets, "rx_packets": st.rx_packets, "rx_dropped": st.rx_dropped,
                 "last_error": peer.last_error or None,

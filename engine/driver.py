@@ -18,8 +18,8 @@ import socket
 import time
 
 from flatnet.engine import container_names, metrics, pki, podman_labels, resolve
-from flatnet.engine.config import Config
-from flatnet.engine.datapath import RELAY_OTHERS, DataPath
+from flatnet.engine.config import Config, transport_ciphers
+from flatnet.engine.datapath import RELAY_OTHERS, DataPath, aes_gcm_available
 from flatnet.engine.device import Device
 from flatnet.engine.io import control, dnsserver, egress, netlink, tun, udp
 from flatnet.engine.lighthouse_client import LighthouseClient
@@ -216,7 +216,11 @@ class Engine:
         # the blocklist: what a lighthouse sent before (kept in state_dir) and the
         # operator's file, polled by the timer
         self.revocations = Revocations(self.me.ca)
-        self.me = dataclasses.replace(self.me, revocations=self.revocations)
+        # the transport ciphers offered and accepted (docs/protocol.md 5.2); a change needs a restart
+        aead, left_out = transport_ciphers(config.cipher, aes_gcm_available())
+        if left_out:
+            self.log.warning("cipher_fallback", setting=config.cipher, using=aead[0], reason=left_out)
+        self.me = dataclasses.replace(self.me, revocations=self.revocations, aead=aead)
         self._blocklist_copy = os.path.join(config.state_dir, "blocklist.bin")
         self._blocklist_files = [pki.BlocklistFile(p) for p in (self._blocklist_copy, config.blocklist) if p]
         self._next_blocklist_poll = 0.0
@@ -234,6 +238,7 @@ class Engine:
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": config.spin,
                          "moderation_us": config.moderation_us,
                          "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium",
+                         "transport_ciphers": ",".join(self.me.aead),
                          "cipher_long": "openssl" if self.dp.large_cipher() else "libsodium"}
         self.log.info("offloads", requested=config.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),
@@ -323,7 +328,7 @@ class Engine:
                 self.config = old
                 self.log.error("reload_failed", error="the private key changed", fix="restart the engine")
                 return
-            me = dataclasses.replace(me, revocations=self.revocations)
+            me = dataclasses.replace(me, revocations=self.revocations, aead=self.me.aead)
             self.me = self.device.me = me
             for peer in self.device.peers.values():
                 peer.session.me = me
@@ -348,7 +353,7 @@ class Engine:
                 self.device.set_endpoints(peer, list(p.endpoints))
         restart = [k for k in ("network", "subnet", "listen_host", "listen_port", "socket_buffer", "tun_name",
                                "bridge", "mtu", "offloads", "spin", "run_dir", "state_dir", "masquerade", "dns",
-                               "dns_domain", "dns_upstream", "dns_ttl", "relay")
+                               "dns_domain", "dns_upstream", "dns_ttl", "relay", "cipher")
                    if getattr(new, k) != getattr(old, k)]
         if restart:
             self.log.warning("reload_needs_restart", changed=",".join(restart))

@@ -243,10 +243,11 @@ def cmd_peers(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    header = ["PEER", "CERT", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "TX", "RX", "DROPS", "WHY"]
+    header = ["PEER", "CERT", "SUBNET", "STATE", "PATH", "ENDPOINT", "HANDSHAKE", "CIPHER", "TX", "RX", "DROPS", "WHY"]
     table = [[r["name"], r.get("fingerprint", "")[:12] or "-", r["subnet"] or "-", r["state"], r["path"],
               r["endpoint"] or "-",
               f"{r['handshake_age']:.0f}s ago" if r["handshake_age"] is not None else "never",
+              r.get("cipher") or "-",
               _bytes(r["tx_bytes"]), _bytes(r["rx_bytes"]), r["rx_dropped"],
               r.get("unreachable_reason") or r["last_error"] or (r["path_reason"] if r["path"].startswith("relayed") else "") or ""] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)] if table else [len(h) for h in header]

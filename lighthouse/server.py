@@ -14,12 +14,13 @@ import signal
 import time
 
 from flatnet.engine import metrics, pki
-from flatnet.engine.datapath import RELAY_ALL, DataPath
+from flatnet.engine.datapath import RELAY_ALL, DataPath, aes_gcm_available
 from flatnet.engine.device import Device, Peer
 from flatnet.engine.io import control, udp
 from flatnet.engine.io.tcp_relay import loopback_of
 from flatnet.engine.log import Logger
 from flatnet.engine.proto import endpoint as endpoints_policy
+from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA
 from flatnet.engine.proto.errors import RemoteProtocolError
 from flatnet.engine.proto.handshake import Identity
 from flatnet.engine.proto.revocation import Revocations
@@ -47,7 +48,10 @@ class Lighthouse:
         self.loop = asyncio.get_running_loop()
         me = pki.load_identity(config.ca, config.cert, config.key, time.time())
         self.revocations = Revocations(me.ca)
-        me = dataclasses.replace(me, revocations=self.revocations)
+        # nodes choose the transport cipher (the responder follows the offer's order):
+        # AES-256-GCM is accepted where this host has it (docs/protocol.md 5.2)
+        aead = (AEAD_CHACHA, AEAD_AES) if aes_gcm_available() else (AEAD_CHACHA,)
+        me = dataclasses.replace(me, revocations=self.revocations, aead=aead)
         self.blocklist_file = pki.BlocklistFile(config.blocklist)
         os.makedirs(config.state_dir, exist_ok=True)
         # etcd: blocks until a member answers (a lighthouse without its store serves nobody)

@@ -1,10 +1,18 @@
 """Handshake messages (types 1 and 2): Noise IK plus certificates and TAI64N.
 
     initiation: type 1 · version · reserved(2) · sender index u32 LE · IK message 1 · mac1 · mac2
-                payload = msgpack {"cert": initiator certificate, "ts": TAI64N}
+                payload = msgpack {"cert": initiator certificate, "ts": TAI64N,
+                                   optional "aead": [transport ciphers offered, preferred first]}
     response:   type 2 · version · reserved(2) · sender index u32 LE · receiver index u32 LE ·
                 IK message 2 · mac1 · mac2
-                payload = msgpack {"cert": responder certificate}
+                payload = msgpack {"cert": responder certificate,
+                                   "aead": the cipher chosen from the offer (only when one was made)}
+
+The transport cipher (docs/protocol.md 5.2, 5.4): without "aead" it is
+ChaCha20-Poly1305, as before the key existed, so a peer that ignores unknown keys
+interoperates. Noise encrypts and authenticates both payloads: nobody in the middle can
+change the offer or the choice. The responder takes the first offered cipher it
+supports; the initiator refuses a choice it did not offer.
 
 create_* return the message without its macs (the session adds them: it holds the
 cookie, engine/proto/cookie.py); consume_* take it with them and check mac1.
@@ -21,7 +29,8 @@ from dataclasses import dataclass
 import msgpack
 
 from flatnet.engine.proto import cert as certs, cookie, tai64n
-from flatnet.engine.proto.constants import PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE, WIRE_VERSION
+from flatnet.engine.proto.constants import (AEAD_CHACHA, AEAD_NAME_MAX, AEAD_OFFER_MAX, PROLOGUE, TYPE_INITIATION,
+                                            TYPE_RESPONSE, WIRE_VERSION)
 from flatnet.engine.proto.errors import RemoteProtocolError
 from flatnet.engine.proto.noise import HandshakeIK
 from flatnet.engine.proto.revocation import Revocations
@@ -41,12 +50,15 @@ def _check_header(kind: int, version: int, reserved: int) -> None:
 
 @dataclass(frozen=True)
 class Identity:
-    """This node: its Noise static private key, its certificate, the network CA, and
-    the network's blocklist (shared, updated in place when a newer one arrives)."""
+    """This node: its Noise static private key, its certificate, the network CA, the
+    network's blocklist (shared, updated in place when a newer one arrives), and the
+    transport ciphers it accepts, preferred first (engine.proto.constants AEAD_*; the
+    default, ChaCha20-Poly1305 alone, sends no "aead" offer at all)."""
     static_private: bytes
     cert: certs.Certificate
     ca: certs.Certificate
     revocations: Revocations | None = None
+    aead: tuple[str, ...] = (AEAD_CHACHA,)
 
     def verify_peer(self, raw: bytes, now: float) -> certs.Certificate:
         """Another node's certificate: signed by our CA, valid at `now`, not revoked."""
@@ -62,12 +74,17 @@ class Initiation:
     sender_index: int
     timestamp: int
     hs: HandshakeIK
+    aead: str = AEAD_CHACHA   # the transport cipher the responder chose
+    offered: bool = False     # the initiation had an "aead" offer: the response names the choice
 
 
 def create_initiation(me: Identity, peer_static: bytes, sender_index: int, unix_ns: int,
                       ephemeral: tuple[bytes, bytes] | None = None) -> tuple[HandshakeIK, bytes]:
     hs = HandshakeIK(True, me.static_private, PROLOGUE, remote_static=peer_static, ephemeral=ephemeral)
-    payload = msgpack.packb({"cert": me.cert.raw, "ts": tai64n.encode(unix_ns)}, use_bin_type=True)
+    body: dict = {"cert": me.cert.raw, "ts": tai64n.encode(unix_ns)}
+    if me.aead != (AEAD_CHACHA,):
+        body["aead"] = list(me.aead)
+    payload = msgpack.packb(body, use_bin_type=True)
     return hs, _INIT_HDR.pack(TYPE_INITIATION, WIRE_VERSION, 0, sender_index) + hs.write_message_1(payload)
 
 
@@ -94,14 +111,33 @@ def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
         raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")
     if len(body["ts"]) != 12:
         raise RemoteProtocolError("bad_handshake", "bad timestamp")
-    return Initiation(peer, sender, tai64n.decode(body["ts"]), hs)
+    offered = "aead" in body
+    offer = _offer(body["aead"]) if offered else [AEAD_CHACHA]
+    # the initiator's order decides; names this code does not know are skipped
+    choice = next((name for name in offer if name in me.aead), None)
+    if choice is None:
+        raise RemoteProtocolError("cipher_mismatch", f"{peer.name!r} offers {', '.join(offer)}; "
+                                                     f"this node accepts {', '.join(me.aead)}")
+    return Initiation(peer, sender, tai64n.decode(body["ts"]), hs, choice, offered)
+
+
+def _offer(raw: object) -> list[str]:
+    """An initiation's "aead": a list of 1 to AEAD_OFFER_MAX strings of at most
+    AEAD_NAME_MAX bytes (unknown names allowed: a newer peer may offer more)."""
+    if (not isinstance(raw, list) or not 1 <= len(raw) <= AEAD_OFFER_MAX
+            or any(not isinstance(n, str) or len(n.encode()) > AEAD_NAME_MAX for n in raw)):
+        raise RemoteProtocolError("bad_handshake", "malformed aead offer")
+    return raw
 
 
 def create_response(me: Identity, init: Initiation, sender_index: int,
                     ephemeral: tuple[bytes, bytes] | None = None) -> bytes:
     if ephemeral is not None:
         init.hs.e = ephemeral
-    payload = msgpack.packb({"cert": me.cert.raw}, use_bin_type=True)
+    body: dict = {"cert": me.cert.raw}
+    if init.offered:
+        body["aead"] = init.aead
+    payload = msgpack.packb(body, use_bin_type=True)
     return (_RESP_HDR.pack(TYPE_RESPONSE, WIRE_VERSION, 0, sender_index, init.sender_index)
             + init.hs.write_message_2(payload))
 
@@ -116,7 +152,8 @@ def response_indexes(packet: bytes) -> tuple[int, int]:
 
 
 def consume_response(me: Identity, hs: HandshakeIK, packet: bytes, expected_name: str,
-                     now: float) -> certs.Certificate:
+                     now: float) -> tuple[certs.Certificate, str]:
+    """The responder's certificate and the transport cipher of the session."""
     message = cookie.strip_macs(packet, me.cert.key)
     body = _payload(hs.read_message_2(message[_RESP_HDR.size:]), ("cert",))
     peer = me.verify_peer(body["cert"], now)
@@ -124,4 +161,13 @@ def consume_response(me: Identity, hs: HandshakeIK, packet: bytes, expected_name
         raise RemoteProtocolError("bad_cert", f"certificate of {peer.name!r} is for another key")
     if peer.name != expected_name:
         raise RemoteProtocolError("bad_cert", f"expected {expected_name!r}, got {peer.name!r}")
-    return peer
+    # what create_initiation offered: me.aead, or ChaCha20-Poly1305 alone when no offer went
+    if "aead" not in body:  # a peer without the extension (or one answering no offer)
+        if AEAD_CHACHA not in me.aead:
+            raise RemoteProtocolError("cipher_mismatch", f"{peer.name!r} chose {AEAD_CHACHA} (no aead key); "
+                                                         f"this node accepts {', '.join(me.aead)}")
+        return peer, AEAD_CHACHA
+    choice = body["aead"]
+    if not isinstance(choice, str) or choice not in me.aead:
+        raise RemoteProtocolError("bad_handshake", f"{peer.name!r} chose a cipher not offered: {choice!r:.40}")
+    return peer, choice

@@ -23,7 +23,7 @@ from typing import Callable
 from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import cookie as cookies
 from flatnet.engine.proto import handshake
-from flatnet.engine.proto.constants import (COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
+from flatnet.engine.proto.constants import (AEAD_CHACHA, COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
                                     HANDSHAKE_RETRY_MAX, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME,
                                     REKEY_AFTER_TIME, REKEY_RESPONDER_SLACK)
 from flatnet.engine.proto.errors import LocalProtocolError, RemoteProtocolError
@@ -64,6 +64,7 @@ class Keys:
     remote_index: int
     created: float
     initiator: bool
+    cipher: str = AEAD_CHACHA  # the transport cipher the handshake negotiated
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ class PeerSession:
         packet = self._with_macs(handshake.create_response(self.me, init, local), now)
         send, receive = init.hs.split()
         self._datagrams.append((packet, addr))
-        self._install(Keys(send, receive, local, init.sender_index, now, initiator=False), init.peer, now)
+        self._install(Keys(send, receive, local, init.sender_index, now, initiator=False, cipher=init.aead),
+                      init.peer, now)
 
     def receive_response(self, packet: bytes, now: float) -> None:
         pending = self.pending
@@ -191,10 +193,10 @@ class PeerSession:
         # certificate) leaves the pending handshake able to take the real one.
         # Certificate validity is wall-clock time, not the monotonic `now`.
         hs = copy.copy(pending.hs)
-        cert = handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        cert, cipher = handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
         send, receive = hs.split()
         self.pending = None
-        self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True), cert, now)
+        self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True, cipher=cipher), cert, now)
 
     def receive_cookie_reply(self, packet: bytes, now: float) -> None:
         """The peer is under load and wants mac2 keyed by this cookie from now on."""

@@ -101,7 +101,7 @@ def handshake(a: Node, b: Node) -> dict[str, bytes]:
     init = hsm.consume_initiation(b.identity, initiation, now)
     assert init.peer.name == a.name and init.timestamp == HANDSHAKE_UNIX_NS and init.sender_index == A_SENDER_INDEX
     response = with_macs(hsm.create_response(b.identity, init, B_SENDER_INDEX, ephemeral=eb), a_pub)
-    assert hsm.consume_response(a.identity, hs_a, response, b.name, now).name == b.name
+    assert hsm.consume_response(a.identity, hs_a, response, b.name, now)[0].name == b.name
     a_send, a_receive = hs_a.split()
     b_send, b_receive = init.hs.split()
     assert (a_send, a_receive) == (b_receive, b_send)

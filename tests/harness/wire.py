@@ -26,6 +26,22 @@ def seal(key: bytes, receiver_index: int, counter: int, plaintext: bytes, kind: 
     return header + sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, header, nonce, key)
 
 
+def seal_aes(key: bytes, receiver_index: int, counter: int, plaintext: bytes, kind: int = 3) -> bytes:
+    """A transport packet of an AES-256-GCM session, sealed by the `cryptography`
+    package (independent of the engine's OpenSSL calls): same header, nonce and AD."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    nonce = b"\0" * 4 + counter.to_bytes(8, "little")
+    header = struct.pack("<BBHIQ", kind, WIRE_VERSION, 0, receiver_index, counter)
+    return header + AESGCM(key).encrypt(nonce, plaintext, header)
+
+
+def open_aes(key: bytes, packet: bytes) -> bytes:
+    """The plaintext of an AES-256-GCM transport packet (raises on a bad tag)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    counter = struct.unpack_from("<Q", packet, 8)[0]
+    return AESGCM(key).decrypt(b"\0" * 4 + counter.to_bytes(8, "little"), packet[16:], packet[:16])
+
+
 def open_packet(key: bytes, packet: bytes) -> tuple[int, int, int, bytes]:
     kind, version, reserved, index, counter = struct.unpack_from("<BBHIQ", packet)
     assert version == WIRE_VERSION and reserved == 0, packet[:4].hex()

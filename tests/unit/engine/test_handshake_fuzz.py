@@ -78,7 +78,7 @@ def test_a_response_with_any_payload_is_taken_or_refused(payload):
     packet = _macs(b"\x02\x02\x00\x00" + (9).to_bytes(4, "little") + (7).to_bytes(4, "little")
                    + init.hs.write_message_2(payload), I_KEY)
     try:
-        peer = hsm.consume_response(INITIATOR, hs, packet, "host-b", NOW)
+        peer, _ = hsm.consume_response(INITIATOR, hs, packet, "host-b", NOW)
     except RemoteProtocolError:
         return
     assert peer.name == "host-b"
