@@ -226,7 +226,7 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
         with open(f"{d}/{n}.toml", "w") as f:
             f.write(f'[pki]\nca = "{d}/pki/ca.crt"\ncert = "{d}/pki/{n}.crt"\nkey = "{d}/pki/{n}.key"\n'
                     f'[network]\nsubnet = "{subnet}"\n[paths]\nrun_dir = "{d}/run-{n}"\nstate_dir = "{d}/state-{n}"\n'
-                    f'[listen]\nsocket_buffer = {FLATNET_BUF}\n[tun]\nmtu = {TUN_MTU}\n'
+                    f'[listen]\nsocket_buffer = {FLATNET_BUF}\n[tun]\nmtu = {TUN_MTU}\ncipher = "{opts.flatnet_cipher}"\n'
                     f'[gateway]\npodman_labels = false\n'
                     f'[firewall]\ndefault = "deny"\n[[firewall.inbound]]\nproto = "any"\nport = "any"\n'
                     f'[[peers]]\nname = "{o}"\ncert = "{d}/pki/{o}.crt"\nendpoints = ["{hosts[o][1]}:4787"]\n'
@@ -553,6 +553,8 @@ def main(argv: list[str]) -> int:
                    help=f"comma list from {', '.join(SETUP)} (default {DEFAULT_SYSTEMS}, "
                         "plus wireguard-go-upstream with --wg-bin)")
     p.add_argument("--wg-bin", help="an upstream wireguard-go binary (shared/bench/build_wggo.sh) as its own row")
+    p.add_argument("--flatnet-cipher", default="auto", choices=("auto", "chacha20-poly1305", "aes-256-gcm"),
+                   help="Flatnet's [tun] cipher (default auto, Flatnet's default: AES-256-GCM where both have AES-NI)")
     p.add_argument("-r", "--reps", type=int, default=5)
     p.add_argument("-t", "--time", type=int, default=10, help="iperf3 TCP seconds")
     p.add_argument("--udp-time", type=int, default=5)

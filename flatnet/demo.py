@@ -76,6 +76,7 @@ class Lab:
                  nat: dict[int, str] | None = None, gateways: bool = False,
                  groups: dict[int, list[str]] | None = None, extra_config: dict[int, str] | None = None,
                  lighthouses: int = 1, compact_cipher: dict[int, bool] | None = None,
+                 cipher: dict[int, str] | None = None,
                  ipv6: bool = False, lighthouse_by_name: bool = False, lighthouse_relay: bool = True,
                  lighthouse_config: str = "") -> None:
         """lighthouse: hosts find each other and take their /24 through a lighthouse
@@ -97,6 +98,7 @@ class Lab:
         self.groups = groups or {}              # host index -> certificate groups
         self.extra_config = extra_config or {}  # host index -> TOML appended to its config
         self.compact_cipher = compact_cipher or {}  # host index -> [tun] compact_cipher
+        self.cipher = cipher or {}  # host index -> [tun] cipher (default auto)
         self.lighthouse = lighthouse
         self.nat = nat or {}
         self.n_lighthouses = lighthouses if lighthouse else 0
@@ -329,6 +331,7 @@ class Lab:
             f"offloads = {'true' if self.offloads else 'false'}", f"spin = {'true' if self.spin else 'false'}",
             f"moderation_us = {self.moderation_us}",
             f"compact_cipher = {'true' if self.compact_cipher.get(h.index, True) else 'false'}",
+            f'cipher = "{self.cipher.get(h.index, "auto")}"',
             "[paths]", f'run_dir = "{h.dir}/run"', f'state_dir = "{h.dir}/state"',
         ]
         # lab hosts share the machine's Podman: they must not publish its containers

@@ -10,7 +10,7 @@ from flatnet.engine.config import ConfigError, transport_ciphers
 from flatnet.engine.proto import cookie, handshake as hsm, tai64n
 from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA, PROLOGUE
 from flatnet.engine.proto.errors import RemoteProtocolError
-from flatnet.engine.proto.noise import HandshakeIK, public_key
+from flatnet.engine.proto.noise import HandshakeIK
 from flatnet.engine.proto.session import KeysInstalled, PeerSession, State
 from tests.harness.pki import TestCA
 
