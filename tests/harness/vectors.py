@@ -14,9 +14,11 @@ when the wire format changes, adapt those, run --write, and review the diff.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import socket
+import struct
 import sys
 from dataclasses import dataclass
 
@@ -26,7 +28,7 @@ from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import cookie
 from flatnet.engine.proto import handshake as hsm
 from flatnet.engine.proto import revocation, tai64n
-from flatnet.engine.proto.constants import PROLOGUE, WIRE_VERSION
+from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA, PROLOGUE, WIRE_VERSION
 from flatnet.engine.proto.noise import HandshakeIK, public_key
 from flatnet.engine.proto import control as wire
 
@@ -124,11 +126,12 @@ def handshake(a: Node, b: Node) -> dict[str, bytes]:
     return out
 
 
-def transport(send_key: bytes, remote_index: int) -> dict[str, bytes]:
+def transport(send_key: bytes, remote_index: int, cipher: str = AEAD_CHACHA) -> dict[str, bytes]:
     """What host-a's C data path sends to host-b under the new keys, in this order: the
     keepalive that confirms the keys (counter 0), a register control message (1), one
     data packet read from the TUN (2), and the same data packet through a relay (3).
-    The TUN is a socketpair and host-b a loopback socket: nothing leaves the machine."""
+    The TUN is a socketpair and host-b a loopback socket: nothing leaves the machine.
+    cipher: the session's transport cipher (AES-256-GCM: where the data path has it)."""
     from flatnet.engine.crypto import ffi, lib
     from flatnet.engine.datapath import DataPath
     dp = DataPath(NETWORK, 1420)
@@ -141,7 +144,7 @@ def transport(send_key: bytes, remote_index: int) -> dict[str, bytes]:
         tun.setblocking(False)
         dp.set_peer(1, B_SUBNET)
         dp.set_endpoint(1, peer.getsockname())
-        dp.set_tx_key(1, send_key, remote_index)
+        dp.set_tx_key(1, send_key, remote_index, cipher)
         out = {"keepalive": dp.seal_control(1, b""),
                "control": dp.seal_control(1, wire.encode("register", **REGISTER))}
         events = ffi.new("int32_t[]", 8)
@@ -154,6 +157,21 @@ def transport(send_key: bytes, remote_index: int) -> dict[str, bytes]:
     finally:
         for s in (tun, tun_in, udp, peer):
             s.close()
+
+
+def sealed_aes(send_key: bytes, remote_index: int) -> dict[str, bytes]:
+    """transport()'s first three packets by the documented rule (protocol.md 6.1) for an
+    AES-256-GCM session, sealed by the `cryptography` package: what a host whose data
+    path cannot offer AES-256-GCM writes into the block (the same bytes), and what the
+    unit test compares the data path's packets with."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    out = {}
+    for counter, (name, kind, plain) in enumerate((("keepalive", 3, b""),
+                                                   ("control", 4, wire.encode("register", **REGISTER)),
+                                                   ("data", 3, DATA))):
+        header = struct.pack("<BBHIQ", kind, WIRE_VERSION, 0, remote_index, counter)
+        out[name] = header + AESGCM(send_key).encrypt(b"\0" * 4 + counter.to_bytes(8, "little"), plain, header)
+    return out
 
 
 def _block(subnet: ipaddress.IPv4Network) -> int:
@@ -179,6 +197,15 @@ def compute() -> list[tuple[str, str]]:
     assert revocation.load(blocklist, ca).reason(c.identity.cert) is not None
     hs = handshake(a, b)
     tr = transport(hs["initiator_send_key"], B_SENDER_INDEX)
+    # the same two hosts with [tun] cipher = auto on AES-NI CPUs: the "aead" offer and choice
+    # (5.2, 5.4) and AES-256-GCM transport (6.1); Split() gives the same keys (ck has no payload)
+    both = (AEAD_AES, AEAD_CHACHA)
+    hs_aes = handshake(dataclasses.replace(a, identity=dataclasses.replace(a.identity, aead=both)),
+                       dataclasses.replace(b, identity=dataclasses.replace(b.identity, aead=both)))
+    assert hs_aes["initiator_send_key"] == hs["initiator_send_key"]
+    from flatnet.engine.datapath import aes_gcm_available
+    tr_aes = (transport(hs_aes["initiator_send_key"], B_SENDER_INDEX, AEAD_AES) if aes_gcm_available()
+              else sealed_aes(hs_aes["initiator_send_key"], B_SENDER_INDEX))
     # the relay rewrites the id to the sender's block before forwarding (lighthouse/registry.py)
     forwarded = tr["relayed_data"][:4] + _block(A_SUBNET).to_bytes(4, "little") + tr["relayed_data"][8:]
     return [
@@ -225,6 +252,13 @@ def compute() -> list[tuple[str, str]]:
         ("transport_data", tr["data"].hex()),
         ("relayed_data_to_relay", tr["relayed_data"].hex()),
         ("relayed_data_from_relay", forwarded.hex()),
+        ("aead_initiation_payload", hs_aes["initiation_payload"].hex()),
+        ("aead_initiation", hs_aes["initiation"].hex()),
+        ("aead_response_payload", hs_aes["response_payload"].hex()),
+        ("aead_response", hs_aes["response"].hex()),
+        ("aes_transport_keepalive", tr_aes["keepalive"].hex()),
+        ("aes_transport_control", tr_aes["control"].hex()),
+        ("aes_transport_data", tr_aes["data"].hex()),
     ]
 
 

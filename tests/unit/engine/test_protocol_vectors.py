@@ -19,6 +19,7 @@ from flatnet.engine.proto import cert as certs
 from flatnet.engine.proto import revocation
 from flatnet.engine.proto.constants import WIRE_VERSION
 from tests.harness import vectors as vec
+from tests.harness.wire import seal
 from tests.unit.engine.test_datapath import outside
 
 
@@ -157,3 +158,51 @@ def test_fingerprints_and_blocklist_follow_the_documented_rule(doc):
     blocklist = revocation.load(doc["blocklist"], ca)
     assert blocklist.reason(certs.decode(doc["c_crt"])[0]) is not None
     assert blocklist.reason(certs.decode(doc["a_crt"])[0]) is None
+
+
+def test_aead_offer_and_choice_vectors(doc):
+    """5.2 / 5.4: the offer lists the initiator's ciphers, the choice is one of them;
+    the rest of each payload is the plain handshake's."""
+    offer = msgpack.unpackb(doc["aead_initiation_payload"], raw=False)
+    plain = msgpack.unpackb(doc["initiation_payload"], raw=False)
+    assert offer.pop("aead") == ["aes-256-gcm", "chacha20-poly1305"] and offer == plain
+    choice = msgpack.unpackb(doc["aead_response_payload"], raw=False)
+    assert choice.pop("aead") == "aes-256-gcm" and choice == msgpack.unpackb(doc["response_payload"], raw=False)
+
+
+def test_aes_transport_vectors_follow_the_documented_rule(doc):
+    """6.1 with AES-256-GCM, checked by the `cryptography` package (not the engine's
+    OpenSSL calls): same key, nonce and associated data as ChaCha20-Poly1305."""
+    aesgcm = pytest.importorskip("cryptography.hazmat.primitives.ciphers.aead").AESGCM(doc["initiator_send_key"])
+    for name, plaintext in (("aes_transport_keepalive", b""),
+                            ("aes_transport_control", doc["transport_control_plaintext"]),
+                            ("aes_transport_data", doc["transport_data_plaintext"])):
+        packet = doc[name]
+        header, counter = packet[:16], int.from_bytes(packet[8:16], "little")
+        assert header[:8] == _prefix(packet[0]) + doc["b_sender_index"].to_bytes(4, "little")
+        assert aesgcm.decrypt(b"\0" * 4 + counter.to_bytes(8, "little"), packet[16:], header) == plaintext, name
+        assert packet != doc[name[4:]]  # another cipher: other bytes
+
+
+def test_a_receiver_accepts_the_aes_transport_vectors(doc):
+    from flatnet.engine.datapath import aes_gcm_available
+    if not aes_gcm_available():
+        pytest.skip("no AES-NI/PCLMULQDQ or no OpenSSL AES-256-GCM")
+    dp = DataPath(vec.NETWORK, 1420)
+    dp.set_peer(1, ipaddress.IPv4Network(vec.A_SUBNET))
+    dp.set_local(vec.B_SUBNET)
+    dp.add_rx(doc["b_sender_index"], 1, doc["initiator_send_key"], "aes-256-gcm")
+    delivered, controls = outside(dp, [doc["aes_transport_keepalive"], doc["aes_transport_control"],
+                                       doc["aes_transport_data"],
+                                       seal(doc["initiator_send_key"], doc["b_sender_index"], 7,
+                                            doc["transport_data_plaintext"])])
+    assert delivered == [doc["transport_data_plaintext"]]
+    assert [data for kind, data in controls if kind == 1] == [doc["transport_control_plaintext"]]
+    assert dp.drops()["auth_failed"] == 1  # a ChaCha20-Poly1305 packet under the AES key
+
+
+def test_the_fallback_sealer_gives_the_data_path_bytes(doc):
+    pytest.importorskip("cryptography")
+    sealed = vec.sealed_aes(doc["initiator_send_key"], doc["b_sender_index"])
+    assert [sealed[k] for k in ("keepalive", "control", "data")] == [
+        doc["aes_transport_keepalive"], doc["aes_transport_control"], doc["aes_transport_data"]]
