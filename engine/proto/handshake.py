@@ -116,7 +116,7 @@ def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
     # the initiator's order decides; names this code does not know are skipped
     choice = next((name for name in offer if name in me.aead), None)
     if choice is None:
-        raise RemoteProtocolError("cipher_mismatch", f"{peer.name!r} offers {', '.join(offer)}; "
+        raise RemoteProtocolError("cipher_mismatch", f"{peer.name!r} offers {offer!r:.300}; "  # bounded by _offer
                                                      f"this node accepts {', '.join(me.aead)}")
     return Initiation(peer, sender, tai64n.decode(body["ts"]), hs, choice, offered)
 

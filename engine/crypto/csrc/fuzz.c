@@ -13,7 +13,8 @@
  * Most inputs are valid packets, mutated before sealing (so they authenticate and
  * reach the IP, GRO and firewall code) or after (the header and AEAD checks), sealed
  * by the data path's own seal_locked() with keys the harness installed; the rest are
- * junk. Each input gets a buffer of exactly its size, so ASan sees a read past the end.
+ * junk. Where this CPU can offer AES-256-GCM, half the receive keys (which half: by
+ * seed) and a random half of the send keys are AES-256-GCM sessions (aead_aes.c). Each input gets a buffer of exactly its size, so ASan sees a read past the end.
  * The generator is seeded: the same seed gives the same inputs.
  */
 #include "internal.h"
@@ -45,6 +46,8 @@ typedef struct {
     int slot;
     uint8_t key[FN_KEY];
     uint64_t counter;
+    int cipher;                 /* FN_CIPHER_* of the receive key */
+    void *aes;                  /* AES-256-GCM: a sealing context for the key */
 } fuzz_rx;
 
 typedef struct {
@@ -189,6 +192,8 @@ static void seal_as(fuzz_t *f, int k, uint8_t type, uint8_t *pkt, uint32_t ptlen
     peer_t p;
     memset(&p, 0, sizeof(p));
     memcpy(p.tx_key, f->rx[k].key, FN_KEY);
+    p.tx_cipher = f->rx[k].cipher;
+    p.tx_aes = f->rx[k].aes;
     p.tx_remote_index = f->rx[k].index;
     uint64_t *c = &f->rx[k].counter;
     switch (below(f, 24)) {
@@ -453,7 +458,8 @@ static void set_keys(fuzz_t *f, int slot, int on) {
     uint8_t key[FN_KEY];
     if (on) {
         randombytes_buf(key, sizeof(key));
-        fn_peer_tx_key(f->ctx, slot, key, 0x1000u + (uint32_t)slot, FN_CIPHER_CHACHA);
+        int aes = fn_aes_gcm_available() && below(f, 2);
+        fn_peer_tx_key(f->ctx, slot, key, 0x1000u + (uint32_t)slot, aes ? FN_CIPHER_AES256GCM : FN_CIPHER_CHACHA);
     } else {
         fn_peer_tx_clear(f->ctx, slot);
     }
@@ -488,11 +494,13 @@ static int setup(fuzz_t *f, uint64_t seed) {
         f->rx[k].index = 0x00ABC001u + (uint32_t)k * 0x10001u;
         f->rx[k].slot = slots[k];
         randombytes_buf(f->rx[k].key, FN_KEY);
-        fn_rx_add(ctx, f->rx[k].index, slots[k], f->rx[k].key, FN_CIPHER_CHACHA);
+        f->rx[k].cipher = fn_aes_gcm_available() && ((k + (seed >> 1)) & 1) ? FN_CIPHER_AES256GCM : FN_CIPHER_CHACHA;
+        if (f->rx[k].cipher == FN_CIPHER_AES256GCM && !(f->rx[k].aes = aes_new(f->rx[k].key, 1))) return -1;
+        fn_rx_add(ctx, f->rx[k].index, slots[k], f->rx[k].key, f->rx[k].cipher);
     }
     uint8_t staged[FN_KEY];
     randombytes_buf(staged, sizeof(staged));
-    fn_peer_tx_key_staged(ctx, 1, staged, 0x2001u, f->rx[1].index, FN_CIPHER_CHACHA);
+    fn_peer_tx_key_staged(ctx, 1, staged, 0x2001u, f->rx[1].index, f->rx[1].cipher);
     /* the firewall: deny by default, some rules (switched on and off below) */
     uint8_t protos[3] = {6, 17, 1};
     uint16_t lo[3] = {80, 1000, 0}, hi[3] = {80, 2000, 65535};
@@ -510,6 +518,7 @@ static void teardown(fuzz_t *f) {
         for (int i = 0; i < FN_NDROPS && i < FN_FUZZ_DROPS; i++) f->st->drops[i] += d[i];
         fn_free(f->ctx);
     }
+    for (int k = 0; k < NRX; k++) aes_free(f->rx[k].aes);
     int fds[] = {f->tun_w, f->tun_r, f->in_w, f->in_r, f->devnull};
     for (unsigned i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (fds[i] >= 0) close(fds[i]);

@@ -5,6 +5,7 @@ import itertools
 
 import msgpack
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from flatnet.engine.config import ConfigError, transport_ciphers
 from flatnet.engine.proto import cookie, handshake as hsm, tai64n
@@ -175,3 +176,34 @@ def test_config_setting_to_offer():
     assert transport_ciphers(AEAD_AES, True) == ((AEAD_AES,), None)
     with pytest.raises(ConfigError, match="cannot offer it"):
         transport_ciphers(AEAD_AES, False)
+
+
+_NAMES = st.one_of(st.sampled_from([AEAD_AES, AEAD_CHACHA, "", "x" * 32, "x" * 33]), st.text(max_size=40))
+_AEAD = st.one_of(st.lists(_NAMES, max_size=10), _NAMES, st.none(), st.integers(-2**63, 2**63 - 1), st.binary(max_size=40),
+                  st.dictionaries(st.text(max_size=4), st.integers(-2**63, 2**63 - 1), max_size=3),
+                  st.lists(st.one_of(st.integers(-2**63, 2**63 - 1), st.binary(max_size=8), st.lists(st.text(max_size=4))),
+                           max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_AEAD, st.sampled_from([AUTO, CHACHA_ONLY, AES_ONLY]))
+def test_an_initiation_with_any_aead_is_answered_with_an_offered_cipher_or_refused(offer, accepts):
+    try:
+        init = hsm.consume_initiation(ident(B, accepts), _initiation_with({"aead": offer}), NOW)
+    except RemoteProtocolError as exc:
+        assert exc.reason in ("bad_handshake", "cipher_mismatch")
+        return
+    assert isinstance(offer, list) and init.aead in offer and init.aead in accepts and init.offered
+
+
+@settings(max_examples=200, deadline=None)
+@given(_AEAD, st.sampled_from([AUTO, CHACHA_ONLY, AES_ONLY]))
+def test_a_response_with_any_aead_gives_an_offered_cipher_or_is_refused(choice, offers):
+    a = ident(A, offers)
+    hs, response = _response_with({"aead": choice}, a, B)
+    try:
+        _, cipher = hsm.consume_response(a, hs, response, "host-b", NOW)
+    except RemoteProtocolError as exc:
+        assert exc.reason == "bad_handshake"
+        return
+    assert cipher == choice and cipher in offers
