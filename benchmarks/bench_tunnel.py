@@ -246,7 +246,12 @@ def setup_flatnet(t: Topology, opts: argparse.Namespace) -> tuple[str, dict]:
     if subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "engine", "flatnet"], capture_output=True,
                       text=True, timeout=10).stdout.strip():
         commit += "+changes"
-    return target, {"label": f"flatnet {commit}", "version": commit, "cipher": "ChaCha20-Poly1305",
+    # the transport cipher the two engines negotiated ([tun] cipher, docs/protocol.md 5.10)
+    from flatnet.engine.io import control
+    rows = json.loads(control.get(f"{d}/run-a/engine.sock", "/peers")[1])
+    negotiated = next((r.get("cipher") for r in rows if r["name"] == "b"), None) or "?"
+    return target, {"label": f"flatnet {commit}", "version": commit,
+                    "cipher": f"{negotiated} (negotiated; [tun] cipher = {opts.flatnet_cipher})",
                     "firewall": "default deny + inbound any/any; outbound flows tracked",
                     "config": open(f"{d}/a.toml").read(), "engine_log": logged, "link": link_knobs(t.a, "flatnet0"),
                     "devs": {"a": "flatnet0", "b": "flatnet0"}}

@@ -98,7 +98,7 @@ class Lab:
         self.groups = groups or {}              # host index -> certificate groups
         self.extra_config = extra_config or {}  # host index -> TOML appended to its config
         self.compact_cipher = compact_cipher or {}  # host index -> [tun] compact_cipher
-        self.cipher = cipher or {}  # host index -> [tun] cipher (default auto)
+        self.cipher = cipher or {}  # host index (host-N: N) -> [tun] cipher (default auto)
         self.lighthouse = lighthouse
         self.nat = nat or {}
         self.n_lighthouses = lighthouses if lighthouse else 0

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(f"{RUN_PREFIX}g", str(tmp_path_factory.mktemp("lab")), hosts=3, cipher={2: "chacha20-poly1305"})
+    lab = Lab(f"{RUN_PREFIX}g", str(tmp_path_factory.mktemp("lab")), hosts=3, cipher={3: "chacha20-poly1305"})  # host-3
     try:
         lab.up(containers_per_host=1)
         yield lab

@@ -48,15 +48,15 @@ void *aes_new(const uint8_t key[32], int enc) {
 void aes_free(void *x) { EVP_CIPHER_CTX_free(x); }  /* NULL is fine; it cleanses the key */
 
 /* Seal the `ptlen` bytes after the header at `pkt` in place, the tag after them; the
- * header is the associated data. 0, or -1 when OpenSSL failed (nothing half-sealed
- * is left: the bytes are wiped). */
+ * header is the associated data. 0, or -1 when OpenSSL failed or there is no context
+ * (nothing half-sealed is left: the bytes are wiped, and the peer counts auth_failed). */
 int aes_seal(void *ctx, uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12]) {
     EVP_CIPHER_CTX *x = ctx;
     uint8_t *buf = pkt + FN_HEADER;
     int n;
     OSSL_PARAM tag[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, buf + ptlen, FN_TAG),
                          OSSL_PARAM_construct_end()};
-    if (EVP_EncryptInit_ex2(x, NULL, NULL, nonce, NULL) && EVP_EncryptUpdate(x, NULL, &n, pkt, FN_HEADER) &&
+    if (x && EVP_EncryptInit_ex2(x, NULL, NULL, nonce, NULL) && EVP_EncryptUpdate(x, NULL, &n, pkt, FN_HEADER) &&
         EVP_EncryptUpdate(x, buf, &n, buf, (int)ptlen) && EVP_EncryptFinal_ex(x, buf + n, &n) &&
         EVP_CIPHER_CTX_get_params(x, tag))
         return 0;
@@ -75,7 +75,7 @@ int aes_open(void *ctx, uint8_t *pkt, uint32_t len, const uint8_t nonce[12]) {
     uint32_t ptlen = len - FN_TAG;
     OSSL_PARAM tag[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, buf + ptlen, FN_TAG),
                          OSSL_PARAM_construct_end()};
-    int ok = EVP_DecryptInit_ex2(x, NULL, NULL, nonce, NULL) && EVP_CIPHER_CTX_set_params(x, tag) &&
+    int ok = x && EVP_DecryptInit_ex2(x, NULL, NULL, nonce, NULL) && EVP_CIPHER_CTX_set_params(x, tag) &&
              EVP_DecryptUpdate(x, NULL, &n, pkt, FN_HEADER) && EVP_DecryptUpdate(x, buf, &n, buf, (int)ptlen) &&
              EVP_DecryptFinal_ex(x, buf + n, &n) == 1;
     if (ok) return 0;

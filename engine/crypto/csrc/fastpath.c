@@ -116,6 +116,7 @@ static void tx_wipe_keys(peer_t *p) {
     aes_free(p->tx_aes);
     aes_free(p->next_aes);
     p->tx_aes = p->next_aes = NULL;
+    p->tx_cipher = p->next_cipher = FN_CIPHER_CHACHA;
     sodium_memzero(p->tx_key, FN_KEY);
     sodium_memzero(p->next_key, FN_KEY);
 }
