@@ -138,3 +138,26 @@ def test_many_rekeys_free_their_contexts(dp):
         dp.stage_tx_key(1, k, i, RX_INDEX, AEAD_AES)
     assert open_aes(k, dp.seal_control(1, b"last")) == b"last"
     dp.remove_peer(1)
+
+
+def test_a_wiped_aes_key_leaves_no_copy_in_memory(dp):
+    """docs/security.md "Keys in memory" 8: an AES session key lives in the data path
+    (raw, and expanded in its OpenSSL context) only until it is removed; the context
+    is freed with EVP_CIPHER_CTX_free, which cleanses it. The key is handed over from
+    a C buffer in two halves held apart, so Python's objects never hold it."""
+    from tests.unit.engine.test_aead_differential import _copies_in_memory
+    first, second = os.urandom(16), os.urandom(16)
+    key = ffi.new("uint8_t[32]")
+    ffi.memmove(key, first, 16)
+    ffi.memmove(key + 16, second, 16)
+    assert lib.fn_rx_add(dp.ctx, RX_INDEX, 1, key, AES) == 0
+    assert lib.fn_peer_tx_key(dp.ctx, 1, key, 0x55, AES) == 0
+    assert lib.fn_peer_tx_key_staged(dp.ctx, 1, key, 0x56, RX_INDEX, AES) == 0
+    out = ffi.new("uint8_t[]", 64)
+    assert lib.fn_seal_control(dp.ctx, 1, b"x", 1, out, 64) == 33
+    ffi.memmove(key, bytes(32), 32)  # the caller's copy, as engine/datapath.py's bytes go away
+    # (no scan while the key is installed: the scan's own copies of memory would stay
+    # behind in freed heap and be found by the next scan)
+    lib.fn_rx_remove(dp.ctx, RX_INDEX)
+    lib.fn_peer_tx_clear(dp.ctx, 1)
+    assert _copies_in_memory(first, second) == 0
