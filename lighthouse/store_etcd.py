@@ -9,8 +9,24 @@ Keys, under `prefix` (default "/flatnet/"):
     lease/block/<block:08d>       "<name>"    } requires both absent: never two names on one /24
     node/<name>/<lighthouse>      a node's registration as that lighthouse saw it (JSON),
                                   attached to an etcd lease: a dead node's endpoints expire
-    punch/<lighthouse>/<target>   "please punch <target> towards this asker" (JSON), short-lived
+    punches/<to>/<from>           the punch requests lighthouse <from> has for lighthouse <to>
+                                  (JSON, below): written again each pass that has some, on
+                                  <from>'s own etcd lease (gone when <from> is)
     lighthouse/<name>             a lighthouse that is up (its own etcd lease)
+
+Punch requests (a query at one lighthouse about a node registered at another) are
+batched: the write thread writes, once per pass, one value per target lighthouse
+holding every (target node, asker) pair queued since the last pass:
+
+    {"v": 1, "at": <unix time>, "askers": [<record>, ...], "punches": [[<target>, <asker index>], ...]}
+
+at most PUNCH_BATCH pairs and PUNCH_BATCH_BYTES of JSON (etcd takes 1.5 MiB a request);
+what does not fit waits for the next pass. The target lighthouse acts on each PUT its
+watch delivers (never on what a full read finds: those are old). It checks the value
+like anything else an etcd member says: a malformed batch or entry is counted
+(punches_malformed) and skipped. Before (one release): one key per request,
+`punch/<lighthouse>/<target>`, one write and one delete each; still read and deleted
+here, so a lighthouse of the old layout can still ask this one to punch (decisions.md).
 
 Reads come from a cache: one thread reads the prefix once, then follows a watch (a
 change made through one lighthouse reaches the others' caches in milliseconds), and
@@ -36,31 +52,101 @@ from flatnet.engine.proto import control as wire
 from flatnet.lighthouse import etcd
 from flatnet.lighthouse.store import LeaseExhausted, NodeRecord, Store, StoreUnavailable
 
-PUNCH_TTL = 10           # seconds a punch request may wait for its lighthouse
+PUNCH_BATCH = 1024       # (target, asker) pairs in one batch, written and read
+PUNCH_BATCH_BYTES = 256 * 1024   # a batch's JSON at most (etcd's request limit: 1.5 MiB)
+PUNCH_PENDING = 8192     # pairs queued for the write thread at most; more are dropped and counted
+PUNCH_READ_BYTES = 1 << 20       # a batch read back that is larger is refused whole
+MAX_NAME = 255           # a target name read back
 WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader
 
 
-def _record_json(r: NodeRecord, now: float) -> bytes:
+def _record_text(r: NodeRecord, now: float) -> str:
     return json.dumps({"name": r.name, "cert": etcd.b64(r.cert), "subnet": r.subnet,
                        "endpoints": [list(e) for e in r.endpoints], "local": [list(e) for e in r.local],
                        "lighthouse": r.lighthouse, "services": r.services,
                        "gateway": list(r.gateway) if r.gateway else None, "relay": r.relay, "at": round(now, 3)},
-                      separators=(",", ":")).encode()
+                      separators=(",", ":"))
+
+
+def _record_json(r: NodeRecord, now: float) -> bytes:
+    return _record_text(r, now).encode()
 
 
 def _record(value: bytes) -> NodeRecord | None:
     """A record from etcd (written by a lighthouse of this network: still checked, as
     a broken one must not take the others down)."""
     try:
-        d = json.loads(value)
+        return _record_of(json.loads(value))
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than the parser goes
+        return None
+
+
+def _record_of(d: object) -> NodeRecord | None:
+    """A record from its decoded JSON; None when anything in it is wrong."""
+    try:
         return NodeRecord(name=str(d["name"]), cert=etcd.unb64(d["cert"]), subnet=str(d["subnet"]),
                           endpoints=[(str(h), int(p)) for h, p in d["endpoints"]][:8],
                           local=[(str(h), int(p)) for h, p in d["local"]][:8], lighthouse=str(d["lighthouse"]),
                           services=wire._services(d.get("services", [])),  # the register's own rules
                           gateway=(str(d["gateway"][0]), int(d["gateway"][1])) if d.get("gateway") else None,
                           relay=d.get("relay") is True)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RemoteProtocolError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RemoteProtocolError, RecursionError):
         return None
+
+
+def _punch_batch(pairs: list[tuple[str, NodeRecord]], texts: dict[str, tuple[NodeRecord, str]],
+                 now: float) -> tuple[bytes, int]:
+    """(the batch's JSON, how many of `pairs` it holds: the first ones, up to PUNCH_BATCH
+    and PUNCH_BATCH_BYTES). Each asker's record is in it once; `texts` caches its JSON
+    per record object (the registry makes a new one per registration)."""
+    askers: dict[str, int] = {}
+    parts: list[str] = []
+    punches: list[str] = []
+    size, used = 64, 0
+    for target, asker in pairs[:PUNCH_BATCH]:
+        index = askers.get(asker.name)
+        text = ""
+        if index is None:
+            held = texts.get(asker.name)
+            if held is None or held[0] is not asker:
+                held = texts[asker.name] = (asker, _record_text(asker, 0.0))
+            text = held[1]
+        punch = json.dumps([target, len(parts) if index is None else index], separators=(",", ":"))
+        add = len(punch) + 1 + (len(text) + 1 if text else 0)  # json.dumps writes ASCII: characters are bytes
+        if size + add > PUNCH_BATCH_BYTES and used:
+            break
+        if index is None:
+            askers[asker.name] = len(parts)
+            parts.append(text)
+        punches.append(punch)
+        size, used = size + add, used + 1
+    body = (f'{{"v":1,"at":{round(now, 3)},"askers":[' + ",".join(parts) + '],"punches":['
+            + ",".join(punches) + "]}")
+    return body.encode(), used
+
+
+def _punch_pairs(value: bytes) -> tuple[list[tuple[str, NodeRecord]], int]:
+    """A batch read back: ([(target, asker)], how many entries were malformed and
+    skipped). Bounded: PUNCH_READ_BYTES of JSON, PUNCH_BATCH askers and punches."""
+    if len(value) > PUNCH_READ_BYTES:
+        return [], 1
+    try:
+        d = json.loads(value)
+    except (ValueError, RecursionError):
+        return [], 1
+    if not isinstance(d, dict) or not isinstance(d.get("askers"), list) or not isinstance(d.get("punches"), list):
+        return [], 1
+    askers = [_record_of(a) for a in d["askers"][:PUNCH_BATCH]]
+    bad = sum(a is None for a in askers) + max(0, len(d["askers"]) - PUNCH_BATCH)
+    bad += max(0, len(d["punches"]) - PUNCH_BATCH)
+    out = []
+    for p in d["punches"][:PUNCH_BATCH]:
+        if (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and 0 < len(p[0]) <= MAX_NAME
+                and type(p[1]) is int and 0 <= p[1] < len(askers) and askers[p[1]] is not None):
+            out.append((p[0], askers[p[1]]))
+        else:
+            bad += 1
+    return out, bad
 
 
 def _last_per_key(ops: list[dict]) -> list[dict]:
@@ -104,8 +190,14 @@ class EtcdStore(Store):
         self.write_errors = 0
         self.last_error = ""
         # writes
-        self._published: dict[str, tuple[bytes, int]] = {}  # name -> (record without "at", epoch lease)
+        self._published: dict[str, tuple[NodeRecord, int]] = {}  # name -> (record written, epoch lease)
         self._queue: list[dict] = []
+        # punch requests for the next pass: lighthouse -> {(target, asker name): asker}
+        self._punches: dict[str, dict[tuple[str, str], NodeRecord]] = {}
+        self._punches_queued = 0
+        self._asker_texts: dict[str, tuple[NodeRecord, str]] = {}  # the write thread's (_punch_batch)
+        self.punches_sent = self.punch_batches = self.punches_received = 0
+        self.punches_dropped = self.punches_malformed = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -137,12 +229,15 @@ class EtcdStore(Store):
         kvs, rev = self.client.range(self.p, prefix=True)
         names, owners, nodes, lhs = {}, {}, {}, {}
         for kv in kvs:
-            self._apply(kv, "PUT", names, owners, nodes, lhs)
+            self._apply(kv, "PUT", names, owners, nodes, lhs, live=False)
         self.names, self.owners, self.nodes, self.lighthouses = names, owners, nodes, lhs
         self.revision = rev
         self.synced.set()
 
-    def _apply(self, kv: dict, kind: str, names: dict, owners: dict, nodes: dict, lhs: dict) -> None:
+    def _apply(self, kv: dict, kind: str, names: dict, owners: dict, nodes: dict, lhs: dict,
+               live: bool = True) -> None:
+        """One key into the cache. live: a watch event (punch requests are acted on only
+        then; a full read finds old ones)."""
         parts = kv["key"][len(self.p):].split("/")
         if parts[0] == "lease" and len(parts) == 3 and kind == "PUT":  # leases are never deleted
             try:
@@ -164,10 +259,20 @@ class EtcdStore(Store):
                     nodes[parts[1]] = rest
                 else:
                     nodes.pop(parts[1], None)
+        elif parts[0] == "punches" and len(parts) == 3 and parts[1] == self.me and kind == "PUT" and live:
+            pairs, bad = _punch_pairs(kv["value"])
+            self.punches_malformed += bad
+            self.punches_received += len(pairs)
+            if pairs and self.on_punches is not None:
+                self.on_punches(pairs)
         elif parts[0] == "punch" and len(parts) == 3 and parts[1] == self.me and kind == "PUT":
-            asker = _record(kv["value"])
-            if asker is not None and self.on_punch is not None:
-                self.on_punch(parts[2], asker)
+            # the layout before batches (decisions.md): one key per request, deleted once read
+            asker = _record(kv["value"]) if live else None
+            if asker is not None and self.on_punches is not None:
+                self.punches_received += 1
+                self.on_punches([(parts[2], asker)])
+            elif live:
+                self.punches_malformed += 1
             self._enqueue(etcd.delete_op(kv["key"]))
         elif parts[0] == "lighthouse" and len(parts) == 2:
             if kind == "PUT":
@@ -226,6 +331,7 @@ class EtcdStore(Store):
             self._wake.clear()
             with self._lock:
                 ops, self._queue = self._queue, []
+            self._write_punches()
             ops = _last_per_key(ops)
             for i in range(0, len(ops), etcd.MAX_TXN_OPS):
                 try:
@@ -245,6 +351,38 @@ class EtcdStore(Store):
             if now - last_check >= 2.0:
                 last_check = now
                 self._check_members()
+
+    def _write_punches(self) -> None:
+        """One put per target lighthouse holding the pairs queued since the last pass
+        (each put its own request: a batch may be up to PUNCH_BATCH_BYTES). What did
+        not fit stays queued and wakes the next pass; a failed write is dropped and
+        counted (the asker's engine asks again)."""
+        with self._lock:
+            todo = {lh: list(held.items()) for lh, held in self._punches.items()}
+        if not todo:
+            return
+        now = time.time()
+        for lh, items in todo.items():
+            value, used = _punch_batch([(target, asker) for (target, _), asker in items], self._asker_texts, now)
+            with self._lock:
+                held = self._punches[lh]
+                for key, _ in items[:used]:
+                    del held[key]
+                if not held:
+                    del self._punches[lh]
+                self._punches_queued -= used
+                if held:
+                    self._wake.set()
+            try:
+                self.client.put(f"{self.p}punches/{lh}/{self.me}", value, self.alive)
+                self.punches_sent += used
+                self.punch_batches += 1
+            except etcd.EtcdError as exc:
+                self.write_errors += 1
+                self.punches_dropped += used
+                self.last_error = str(exc)
+        if len(self._asker_texts) > 4 * PUNCH_BATCH:  # askers of earlier passes: bounded
+            self._asker_texts = {}
 
     def _keepalive(self, now: float) -> None:
         try:
@@ -328,10 +466,10 @@ class EtcdStore(Store):
         raise StoreUnavailable("lease blocks kept being taken under us; try again")
 
     def publish(self, record: NodeRecord) -> None:
-        body = _record_json(record, 0.0)
-        if self._published.get(record.name) == (body, self.epoch):
-            return  # unchanged and on the newest epoch lease: nothing to write
-        self._published[record.name] = (body, self.epoch)
+        held = self._published.get(record.name)
+        if held is not None and held[1] == self.epoch and (held[0] is record or held[0] == record):
+            return  # unchanged and on the newest epoch lease: nothing to write (no JSON made to know it)
+        self._published[record.name] = (record, self.epoch)
         self._enqueue(etcd.put_op(f"{self.p}node/{record.name}/{self.me}", _record_json(record, time.time()),
                                   self.epoch))
 
@@ -356,8 +494,20 @@ class EtcdStore(Store):
         return out
 
     def request_punch(self, lighthouse: str, target: str, asker: NodeRecord) -> None:
-        self._enqueue(etcd.put_op(f"{self.p}punch/{lighthouse}/{target}", _record_json(asker, time.time()),
-                                  self.epoch))
+        """Queued for the write thread's next pass (one batch per target lighthouse):
+        every asker is kept, the same (target, asker) twice in a pass is one request."""
+        with self._lock:
+            held = self._punches.get(lighthouse)
+            if held is None:
+                held = self._punches[lighthouse] = {}
+            key = (target, asker.name)
+            if key not in held:
+                if self._punches_queued >= PUNCH_PENDING:
+                    self.punches_dropped += 1
+                    return
+                self._punches_queued += 1
+            held[key] = asker
+        self._wake.set()
 
     def health(self) -> dict:
         """From the last member check (the write thread, every 2 s): never waits."""
@@ -366,7 +516,10 @@ class EtcdStore(Store):
         return {"backend": "etcd", "healthy": quorum, "members": members, "prefix": self.p,
                 "leases": len(self.names), "nodes": len(self.nodes), "lighthouses": sorted(self.lighthouses),
                 "revision": self.revision, "watch_restarts": self.watch_restarts, "allocations": self.allocations,
-                "cas_conflicts": self.cas_conflicts, "write_errors": self.write_errors, "last_error": self.last_error}
+                "cas_conflicts": self.cas_conflicts, "write_errors": self.write_errors, "last_error": self.last_error,
+                "punches": {"sent": self.punches_sent, "batches": self.punch_batches,
+                            "received": self.punches_received, "dropped": self.punches_dropped,
+                            "malformed": self.punches_malformed}}
 
     def _check_members(self) -> None:
         members = []
