@@ -179,6 +179,13 @@ class Lighthouse:
         if self.device.peers.get(peer.name) is peer:  # still the same session
             self._on_message(peer, data, addr, now, allocated=True)
             self._flush()
+        # The allocation may have outlasted the session's keys (180 s: etcd slow, or many
+        # first leases queued for the workers) and failed: _on_idle skipped this name
+        # while it was allocating, and a session without keys is not looked at again by
+        # itself, so its slot would stay taken for good. Judge it now.
+        current = self.device.peers.get(peer.name)
+        if current is not None and current.session.get_timer() is None:
+            self._on_idle(current, time.monotonic())
 
     def _punch(self, pairs: list[tuple[str, NodeRecord]]) -> None:
         """Other lighthouses ask us (through the store, a batch at a time) to punch nodes
