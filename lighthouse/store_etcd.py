@@ -268,11 +268,11 @@ class EtcdStore(Store):
         elif parts[0] == "punch" and len(parts) == 3 and parts[1] == self.me and kind == "PUT":
             # the layout before batches (decisions.md): one key per request, deleted once read
             asker = _record(kv["value"]) if live else None
-            if asker is not None and self.on_punches is not None:
+            if live and asker is None:
+                self.punches_malformed += 1
+            elif asker is not None and self.on_punches is not None:
                 self.punches_received += 1
                 self.on_punches([(parts[2], asker)])
-            elif live:
-                self.punches_malformed += 1
             self._enqueue(etcd.delete_op(kv["key"]))
         elif parts[0] == "lighthouse" and len(parts) == 2:
             if kind == "PUT":
