@@ -57,6 +57,7 @@ PUNCH_BATCH_BYTES = 256 * 1024   # a batch's JSON at most (etcd's request limit:
 PUNCH_PENDING = 8192     # pairs queued for the write thread at most; more are dropped and counted
 PUNCH_READ_BYTES = 1 << 20       # a batch read back that is larger is refused whole
 MAX_NAME = 255           # a target name read back
+ASKER_TEXTS = 8192       # askers whose JSON the write thread keeps for their next request
 WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader
 
 
@@ -98,7 +99,7 @@ def _punch_batch(pairs: list[tuple[str, NodeRecord]], texts: dict[str, tuple[Nod
                  now: float) -> tuple[bytes, int]:
     """(the batch's JSON, how many of `pairs` it holds: the first ones, up to PUNCH_BATCH
     and PUNCH_BATCH_BYTES). Each asker's record is in it once; `texts` caches its JSON
-    per record object (the registry makes a new one per registration)."""
+    per asker (kept while its record is equal: a node registers again every 10 s)."""
     askers: dict[str, int] = {}
     parts: list[str] = []
     punches: list[str] = []
@@ -108,7 +109,7 @@ def _punch_batch(pairs: list[tuple[str, NodeRecord]], texts: dict[str, tuple[Nod
         text = ""
         if index is None:
             held = texts.get(asker.name)
-            if held is None or held[0] is not asker:
+            if held is None or (held[0] is not asker and held[0] != asker):  # equal: registered again, unchanged
                 held = texts[asker.name] = (asker, _record_text(asker, 0.0))
             text = held[1]
         punch = json.dumps([target, len(parts) if index is None else index], separators=(",", ":"))
@@ -198,6 +199,7 @@ class EtcdStore(Store):
         self._asker_texts: dict[str, tuple[NodeRecord, str]] = {}  # the write thread's (_punch_batch)
         self.punches_sent = self.punch_batches = self.punches_received = 0
         self.punches_dropped = self.punches_malformed = 0
+        self.writes = self.watch_events = 0  # puts and deletes sent in transactions; events the watch brought
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -288,6 +290,7 @@ class EtcdStore(Store):
             checker.start()
             try:
                 for rev, events in self.client.watch(self.p, self.revision + 1, abort, index):
+                    self.watch_events += len(events)
                     for e in events:
                         self._apply(e, e["type"], self.names, self.owners, self.nodes, self.lighthouses)
                     self.revision = max(self.revision, rev)
@@ -336,6 +339,7 @@ class EtcdStore(Store):
             for i in range(0, len(ops), etcd.MAX_TXN_OPS):
                 try:
                     self.client.txn([], ops[i:i + etcd.MAX_TXN_OPS])
+                    self.writes += len(ops[i:i + etcd.MAX_TXN_OPS])
                 except etcd.EtcdError as exc:
                     self.write_errors += 1
                     self.last_error = str(exc)
@@ -381,7 +385,7 @@ class EtcdStore(Store):
                 self.write_errors += 1
                 self.punches_dropped += used
                 self.last_error = str(exc)
-        if len(self._asker_texts) > 4 * PUNCH_BATCH:  # askers of earlier passes: bounded
+        if len(self._asker_texts) > ASKER_TEXTS:  # askers of earlier passes: bounded
             self._asker_texts = {}
 
     def _keepalive(self, now: float) -> None:
@@ -517,6 +521,7 @@ class EtcdStore(Store):
                 "leases": len(self.names), "nodes": len(self.nodes), "lighthouses": sorted(self.lighthouses),
                 "revision": self.revision, "watch_restarts": self.watch_restarts, "allocations": self.allocations,
                 "cas_conflicts": self.cas_conflicts, "write_errors": self.write_errors, "last_error": self.last_error,
+                "writes": self.writes, "watch_events": self.watch_events,
                 "punches": {"sent": self.punches_sent, "batches": self.punch_batches,
                             "received": self.punches_received, "dropped": self.punches_dropped,
                             "malformed": self.punches_malformed}}

@@ -24,6 +24,19 @@ def test_a_batch_reads_back_as_written_with_each_asker_once():
     assert got[0][1] == a
 
 
+def test_an_askers_json_is_made_once_while_its_record_is_unchanged(monkeypatch):
+    made = []
+    real = store_etcd._record_text
+    monkeypatch.setattr(store_etcd, "_record_text", lambda r, now: made.append(r.name) or real(r, now))
+    texts = {}
+    store_etcd._punch_batch([("t1", rec("a"))], texts, 1.0)
+    store_etcd._punch_batch([("t2", rec("a"))], texts, 2.0)  # registered again: a new, equal record
+    assert made == ["a"]
+    moved = NodeRecord("a", b"c" * 200, "10.87.1.0/24", [("192.0.2.9", 4787)], [], "lh-2")
+    value, _ = store_etcd._punch_batch([("t3", moved)], texts, 3.0)
+    assert made == ["a", "a"] and store_etcd._punch_pairs(value)[0][0][1].endpoints == [("192.0.2.9", 4787)]
+
+
 def test_a_batch_is_bounded_in_count_and_bytes():
     many = [(f"t{i}", rec(f"a{i}", 10)) for i in range(3 * store_etcd.PUNCH_BATCH)]
     value, used = store_etcd._punch_batch(many, {}, 1.0)
