@@ -16,15 +16,18 @@ Keys, under `prefix` (default "/flatnet/"):
 
 Punch requests (a query at one lighthouse about a node registered at another) are
 batched: the write thread writes, once per pass, one value per target lighthouse
-holding every (target node, asker) pair queued since the last pass:
+holding every (target node, asker) pair queued since the last pass, by name:
 
-    {"v": 1, "at": <unix time>, "askers": [<record>, ...], "punches": [[<target>, <asker index>], ...]}
+    {"v": 1, "at": <unix time>, "punches": [[<target>, <asker>], ...]}
 
 at most PUNCH_BATCH pairs and PUNCH_BATCH_BYTES of JSON (etcd takes 1.5 MiB a request);
-what does not fit waits for the next pass. The target lighthouse acts on each PUT its
-watch delivers (never on what a full read finds: those are old). It checks the value
-like anything else an etcd member says: a malformed batch or entry is counted
-(punches_malformed) and skipped. Before (one release): one key per request,
+what does not fit waits for the next pass. The asker's endpoints are not in it: the
+target lighthouse has them in its cache, from `node/<asker>/<from>` (the pass writes
+registrations before punches, so the watch brings the record first). It acts on each
+PUT its watch delivers (never on what a full read finds: those are old), and checks
+the value like anything else an etcd member says: a malformed batch or entry is
+counted (punches_malformed) and skipped, an asker it has no record of from <from> is
+counted (punches_unknown). Before (one release): one key per request,
 `punch/<lighthouse>/<target>`, one write and one delete each; still read and deleted
 here, so a lighthouse of the old layout can still ask this one to punch (decisions.md).
 
@@ -56,35 +59,23 @@ PUNCH_BATCH = 1024       # (target, asker) pairs in one batch, written and read
 PUNCH_BATCH_BYTES = 256 * 1024   # a batch's JSON at most (etcd's request limit: 1.5 MiB)
 PUNCH_PENDING = 8192     # pairs queued for the write thread at most; more are dropped and counted
 PUNCH_READ_BYTES = 1 << 20       # a batch read back that is larger is refused whole
-MAX_NAME = 255           # a target name read back
-ASKER_TEXTS = 8192       # askers whose JSON the write thread keeps for their next request
+MAX_NAME = 255           # a node name in a batch read back
 WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader
 
 
-def _record_text(r: NodeRecord, now: float) -> str:
+def _record_json(r: NodeRecord, now: float) -> bytes:
     return json.dumps({"name": r.name, "cert": etcd.b64(r.cert), "subnet": r.subnet,
                        "endpoints": [list(e) for e in r.endpoints], "local": [list(e) for e in r.local],
                        "lighthouse": r.lighthouse, "services": r.services,
                        "gateway": list(r.gateway) if r.gateway else None, "relay": r.relay, "at": round(now, 3)},
-                      separators=(",", ":"))
-
-
-def _record_json(r: NodeRecord, now: float) -> bytes:
-    return _record_text(r, now).encode()
+                      separators=(",", ":")).encode()
 
 
 def _record(value: bytes) -> NodeRecord | None:
     """A record from etcd (written by a lighthouse of this network: still checked, as
     a broken one must not take the others down)."""
     try:
-        return _record_of(json.loads(value))
-    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than the parser goes
-        return None
-
-
-def _record_of(d: object) -> NodeRecord | None:
-    """A record from its decoded JSON; None when anything in it is wrong."""
-    try:
+        d = json.loads(value)  # RecursionError below: "[[[[..." nested deeper than the parser goes
         return NodeRecord(name=str(d["name"]), cert=etcd.unb64(d["cert"]), subnet=str(d["subnet"]),
                           endpoints=[(str(h), int(p)) for h, p in d["endpoints"]][:8],
                           local=[(str(h), int(p)) for h, p in d["local"]][:8], lighthouse=str(d["lighthouse"]),
@@ -95,56 +86,37 @@ def _record_of(d: object) -> NodeRecord | None:
         return None
 
 
-def _punch_batch(pairs: list[tuple[str, NodeRecord]], texts: dict[str, tuple[NodeRecord, str]],
-                 now: float) -> tuple[bytes, int]:
-    """(the batch's JSON, how many of `pairs` it holds: the first ones, up to PUNCH_BATCH
-    and PUNCH_BATCH_BYTES). Each asker's record is in it once; `texts` caches its JSON
-    per asker (kept while its record is equal: a node registers again every 10 s)."""
-    askers: dict[str, int] = {}
-    parts: list[str] = []
+def _punch_batch(pairs: list[tuple[str, str]], now: float) -> tuple[bytes, int]:
+    """(the batch's JSON, how many of the (target, asker) `pairs` it holds: the first
+    ones, up to PUNCH_BATCH and PUNCH_BATCH_BYTES)."""
     punches: list[str] = []
     size, used = 64, 0
-    for target, asker in pairs[:PUNCH_BATCH]:
-        index = askers.get(asker.name)
-        text = ""
-        if index is None:
-            held = texts.get(asker.name)
-            if held is None or (held[0] is not asker and held[0] != asker):  # equal: registered again, unchanged
-                held = texts[asker.name] = (asker, _record_text(asker, 0.0))
-            text = held[1]
-        punch = json.dumps([target, len(parts) if index is None else index], separators=(",", ":"))
-        add = len(punch) + 1 + (len(text) + 1 if text else 0)  # json.dumps writes ASCII: characters are bytes
-        if size + add > PUNCH_BATCH_BYTES and used:
+    for pair in pairs[:PUNCH_BATCH]:
+        punch = json.dumps(pair, separators=(",", ":"))  # ASCII: its characters are its bytes
+        if size + len(punch) + 1 > PUNCH_BATCH_BYTES and used:
             break
-        if index is None:
-            askers[asker.name] = len(parts)
-            parts.append(text)
         punches.append(punch)
-        size, used = size + add, used + 1
-    body = (f'{{"v":1,"at":{round(now, 3)},"askers":[' + ",".join(parts) + '],"punches":['
-            + ",".join(punches) + "]}")
-    return body.encode(), used
+        size, used = size + len(punch) + 1, used + 1
+    return f'{{"v":1,"at":{round(now, 3)},"punches":[{",".join(punches)}]}}'.encode(), used
 
 
-def _punch_pairs(value: bytes) -> tuple[list[tuple[str, NodeRecord]], int]:
+def _punch_pairs(value: bytes) -> tuple[list[tuple[str, str]], int]:
     """A batch read back: ([(target, asker)], how many entries were malformed and
-    skipped). Bounded: PUNCH_READ_BYTES of JSON, PUNCH_BATCH askers and punches."""
+    skipped). Bounded: PUNCH_READ_BYTES of JSON, PUNCH_BATCH pairs, names of 1 to
+    MAX_NAME characters."""
     if len(value) > PUNCH_READ_BYTES:
         return [], 1
     try:
         d = json.loads(value)
     except (ValueError, RecursionError):
         return [], 1
-    if not isinstance(d, dict) or not isinstance(d.get("askers"), list) or not isinstance(d.get("punches"), list):
+    if not isinstance(d, dict) or not isinstance(d.get("punches"), list):
         return [], 1
-    askers = [_record_of(a) for a in d["askers"][:PUNCH_BATCH]]
-    bad = sum(a is None for a in askers) + max(0, len(d["askers"]) - PUNCH_BATCH)
-    bad += max(0, len(d["punches"]) - PUNCH_BATCH)
+    bad = max(0, len(d["punches"]) - PUNCH_BATCH)
     out = []
     for p in d["punches"][:PUNCH_BATCH]:
-        if (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and 0 < len(p[0]) <= MAX_NAME
-                and type(p[1]) is int and 0 <= p[1] < len(askers) and askers[p[1]] is not None):
-            out.append((p[0], askers[p[1]]))
+        if (isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) and 0 < len(n) <= MAX_NAME for n in p)):
+            out.append((p[0], p[1]))
         else:
             bad += 1
     return out, bad
@@ -193,12 +165,11 @@ class EtcdStore(Store):
         # writes
         self._published: dict[str, tuple[NodeRecord, int]] = {}  # name -> (record written, epoch lease)
         self._queue: list[dict] = []
-        # punch requests for the next pass: lighthouse -> {(target, asker name): asker}
-        self._punches: dict[str, dict[tuple[str, str], NodeRecord]] = {}
+        # punch requests for the next pass: lighthouse -> {(target, asker): None} (an ordered set)
+        self._punches: dict[str, dict[tuple[str, str], None]] = {}
         self._punches_queued = 0
-        self._asker_texts: dict[str, tuple[NodeRecord, str]] = {}  # the write thread's (_punch_batch)
         self.punches_sent = self.punch_batches = self.punches_received = 0
-        self.punches_dropped = self.punches_malformed = 0
+        self.punches_dropped = self.punches_malformed = self.punches_unknown = 0
         self.writes = self.watch_events = 0  # puts and deletes sent in transactions; events the watch brought
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -264,9 +235,16 @@ class EtcdStore(Store):
         elif parts[0] == "punches" and len(parts) == 3 and parts[1] == self.me and kind == "PUT" and live:
             pairs, bad = _punch_pairs(kv["value"])
             self.punches_malformed += bad
-            self.punches_received += len(pairs)
-            if pairs and self.on_punches is not None:
-                self.on_punches(pairs)
+            found = []
+            for target, asker in pairs:  # the asker as the lighthouse that asks published it
+                record = nodes.get(asker, {}).get(parts[2])
+                if record is None:
+                    self.punches_unknown += 1
+                else:
+                    found.append((target, record))
+            self.punches_received += len(found)
+            if found and self.on_punches is not None:
+                self.on_punches(found)
         elif parts[0] == "punch" and len(parts) == 3 and parts[1] == self.me and kind == "PUT":
             # the layout before batches (decisions.md): one key per request, deleted once read
             asker = _record(kv["value"]) if live else None
@@ -332,9 +310,9 @@ class EtcdStore(Store):
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
-            with self._lock:
+            with self._lock:  # both at once: a record queued before a punch naming its node is written first
                 ops, self._queue = self._queue, []
-            self._write_punches()
+                punches = {lh: list(held) for lh, held in self._punches.items()}
             ops = _last_per_key(ops)
             for i in range(0, len(ops), etcd.MAX_TXN_OPS):
                 try:
@@ -348,6 +326,7 @@ class EtcdStore(Store):
                         key = etcd.unb64(op.get("request_put", {}).get("key", "")).decode()
                         if key.startswith(f"{self.p}node/"):
                             self._published.pop(key.split("/")[-2], None)
+            self._write_punches(punches)  # after the registrations: their records reach the watch first
             now = time.monotonic()
             if now - last_keepalive >= min(self.ttl / 3, 5.0):
                 last_keepalive = now
@@ -356,21 +335,17 @@ class EtcdStore(Store):
                 last_check = now
                 self._check_members()
 
-    def _write_punches(self) -> None:
-        """One put per target lighthouse holding the pairs queued since the last pass
+    def _write_punches(self, todo: dict[str, list[tuple[str, str]]]) -> None:
+        """One put per target lighthouse holding the pairs `todo` took from the queue
         (each put its own request: a batch may be up to PUNCH_BATCH_BYTES). What did
         not fit stays queued and wakes the next pass; a failed write is dropped and
         counted (the asker's engine asks again)."""
-        with self._lock:
-            todo = {lh: list(held.items()) for lh, held in self._punches.items()}
-        if not todo:
-            return
         now = time.time()
         for lh, items in todo.items():
-            value, used = _punch_batch([(target, asker) for (target, _), asker in items], self._asker_texts, now)
+            value, used = _punch_batch(items, now)
             with self._lock:
                 held = self._punches[lh]
-                for key, _ in items[:used]:
+                for key in items[:used]:
                     del held[key]
                 if not held:
                     del self._punches[lh]
@@ -385,8 +360,6 @@ class EtcdStore(Store):
                 self.write_errors += 1
                 self.punches_dropped += used
                 self.last_error = str(exc)
-        if len(self._asker_texts) > ASKER_TEXTS:  # askers of earlier passes: bounded
-            self._asker_texts = {}
 
     def _keepalive(self, now: float) -> None:
         try:
@@ -499,18 +472,20 @@ class EtcdStore(Store):
 
     def request_punch(self, lighthouse: str, target: str, asker: NodeRecord) -> None:
         """Queued for the write thread's next pass (one batch per target lighthouse):
-        every asker is kept, the same (target, asker) twice in a pass is one request."""
+        every asker is kept, the same (target, asker) twice in a pass is one request.
+        `asker` is registered here: the other lighthouse reads its record from etcd."""
         with self._lock:
             held = self._punches.get(lighthouse)
             if held is None:
                 held = self._punches[lighthouse] = {}
             key = (target, asker.name)
-            if key not in held:
-                if self._punches_queued >= PUNCH_PENDING:
-                    self.punches_dropped += 1
-                    return
-                self._punches_queued += 1
-            held[key] = asker
+            if key in held:
+                return
+            if self._punches_queued >= PUNCH_PENDING:
+                self.punches_dropped += 1
+                return
+            self._punches_queued += 1
+            held[key] = None
         self._wake.set()
 
     def health(self) -> dict:
@@ -524,7 +499,7 @@ class EtcdStore(Store):
                 "writes": self.writes, "watch_events": self.watch_events,
                 "punches": {"sent": self.punches_sent, "batches": self.punch_batches,
                             "received": self.punches_received, "dropped": self.punches_dropped,
-                            "malformed": self.punches_malformed}}
+                            "malformed": self.punches_malformed, "unknown": self.punches_unknown}}
 
     def _check_members(self) -> None:
         members = []

@@ -330,13 +330,15 @@ def test_two_askers_of_one_remote_node_in_one_pass_both_get_their_punch(open_sto
     punched = []
     s1.on_punches = lambda pairs: punched.extend(r1.punch(target, asker, 1.0) for target, asker in pairs)
     r1.handle("host-a", b"cert-a", wire.encode("register", endpoints=[]), ("198.51.100.1", 4000), 0.0)
-    for i, name in enumerate(["host-b", "host-c"]):
-        r2.handle(name, b"c-" + name.encode(), wire.encode("register", endpoints=[]), ("198.51.100.2", 4000 + i), 0.0)
-    assert wait_for(lambda: s2.remote("host-a") is not None, 2.0)
+    r2.handle("host-b", b"c-host-b", wire.encode("register", endpoints=[]), ("198.51.100.2", 4000), 0.0)
+    assert wait_for(lambda: s2.remote("host-a") is not None and "host-b" in s1.nodes, 2.0)
     gated = s2.client = _GatedClient(s2.client)
     try:
         s2._enqueue(etcd.put_op(f"{s2.p}test/hold", b"x"))  # the write thread now waits in this pass
         assert gated.waiting.wait(2.0)
+        # host-c registers in the same pass as its query: lh-1 reads its record (endpoints)
+        # from etcd, so the pass writes it before the punch batch that names it
+        r2.handle("host-c", b"c-host-c", wire.encode("register", endpoints=[]), ("198.51.100.2", 4001), 0.0)
         for name in ["host-b", "host-c"]:
             out = r2.handle(name, b"c-" + name.encode(), wire.encode("query", name="host-a"),
                             ("198.51.100.2", 4000), 1.0)
@@ -344,31 +346,35 @@ def test_two_askers_of_one_remote_node_in_one_pass_both_get_their_punch(open_sto
     finally:
         gated.gate.set()
     assert wait_for(lambda: len(punched) >= 2, 3.0), punched
-    askers = sorted(wire.decode(msg)[1]["name"] for (target, msg), in punched)
-    assert askers == ["host-b", "host-c"] and all(target == "host-a" for (target, _), in punched)
+    askers = sorted((wire.decode(msg)[1]["name"], tuple(wire.decode(msg)[1]["endpoints"][0])) for (_, msg), in punched)
+    assert askers == [("host-b", ("198.51.100.2", 4000)), ("host-c", ("198.51.100.2", 4001))]
+    assert all(target == "host-a" for (target, _), in punched) and s1.punches_unknown == 0
 
 
 def test_a_malformed_punch_batch_is_counted_and_the_watch_goes_on(open_store):
     """An etcd member is trusted less than local state: a broken batch (or entry) under
     punches/<me>/ is counted and skipped, never a traceback in the watch thread (which
-    would stop the cache). Valid pairs of a batch with broken ones are still punched."""
+    would stop the cache); so is an asker the writing lighthouse never published.
+    Valid pairs of a batch with broken ones are still punched."""
     if open_store.backend != "etcd":
         pytest.skip("etcd only")
-    from flatnet.lighthouse.store_etcd import _record_text
     s1 = open_store(me="lh-1")
     got = []
     s1.on_punches = got.extend
-    good = _record_text(record("host-b", lh="lh-2"), 0.0)
-    key = f"{s1.p}punches/lh-1/evil"
-    for value in (b"\xff", b"[" * 100_000, b"{}", b'{"askers":{},"punches":[]}',
-                  ('{"askers":[' + good + ',{"name":1}],"punches":[["host-a",0],["host-a",1],["host-a",7],'
-                   '["",0],[1,0],"x",["host-a",0,0],["host-a",true]]}').encode()):
+    s1.client.put(f"{s1.p}node/host-b/lh-2", _record_json_of(record("host-b", lh="lh-2")))
+    assert wait_for(lambda: "host-b" in s1.nodes, 2.0)
+    key = f"{s1.p}punches/lh-1/lh-2"
+    for value in (b"\xff", b"[" * 100_000, b"{}", b'{"punches":{}}',
+                  b'{"punches":[["host-a","host-b"],["host-a","host-x"],["host-a"],[1,"host-b"],"x"]}'):
         s1.client.put(key, value)
     assert wait_for(lambda: got, 2.0)
-    assert [(t, a.name) for t, a in got] == [("host-a", "host-b")]
-    assert wait_for(lambda: s1.punches_malformed == 4 + 1 + 7, 2.0), s1.punches_malformed
-    s1.client.put(f"{s1.p}node/host-z/lh-2", _record_text(record("host-z", lh="lh-2"), 0.0).encode())
+    assert [(t, a.name, a.endpoints) for t, a in got] == [("host-a", "host-b", [("192.0.2.1", 4787)])]
+    assert wait_for(lambda: s1.punches_malformed == 4 + 3 and s1.punches_unknown == 1, 2.0)
+    s1.client.put(f"{s1.p}punches/lh-1/lh-3", b'[["host-a","host-b"]]')  # host-b is not published by lh-3
+    s1.client.put(f"{s1.p}punches/lh-1/lh-3", b'{"punches":[["host-a","host-b"]]}')
+    s1.client.put(f"{s1.p}node/host-z/lh-2", _record_json_of(record("host-z", lh="lh-2")))
     assert wait_for(lambda: s1.remote("host-z") is not None, 2.0)  # the watch thread is alive
+    assert s1.punches_unknown == 2 and s1.punches_malformed == 8 and len(got) == 1
 
 
 def test_a_punch_request_in_the_old_layout_is_still_read(open_store):
