@@ -124,8 +124,8 @@ def _punch_pairs(value: bytes) -> tuple[list[tuple[str, str]], int]:
 
 def _last_per_key(ops: list[dict]) -> list[dict]:
     """One write per key, the last one queued: etcd refuses a whole transaction that
-    names a key twice ("duplicate key given in txn request"), and two punch requests
-    for one node, or a record published twice, are queued within one pass."""
+    names a key twice ("duplicate key given in txn request"), and a record published
+    twice (or an old-layout punch key deleted twice) may be queued within one pass."""
     last: dict[str, dict] = {}
     for op in ops:
         body = op.get("request_put") or op.get("request_delete_range") or {}
