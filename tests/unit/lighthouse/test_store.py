@@ -272,7 +272,7 @@ def test_a_broken_record_from_another_lighthouse_is_ignored():
                                                       "port": 80}]), 0.0)
     assert _record(good).services[0]["name"] == "web"
     import json as _json
-    for broken in (b"\xff", b"[]", b"{}", good.replace(b'"port":80', b'"port":"x"'),
+    for broken in (b"\xff", b"[]", b"{}", b"[" * 100_000, good.replace(b'"port":80', b'"port":"x"'),
                    good.replace(b'"services":[', b'"services":[1,'), good.replace(b'"endpoints":[[', b'"endpoints":[[[')):
         assert _record(broken) is None, broken
     assert _json.loads(good)["name"] == "host-a"
