@@ -183,16 +183,20 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                                  text=True)
         cpu: dict[str, float] = {}
         cpu2: dict[str, float] = {}  # lh2's (etcd)
+        cpu_etcd: dict[str, float] = {}  # the 3 members' together
+        members = [m.proc.pid for m in cluster.members] if cluster is not None else []
         last = spy = flood = None
         try:
             for line in swarm.stdout:
                 if line.startswith("PHASE "):
                     now_cpu = _cpu_s(lh.pid)
                     now_cpu2 = _cpu_s(lh2.pid) if lh2 is not None else 0.0
+                    now_etcd = sum(_cpu_s(p) for p in members)
                     if last is not None:
                         cpu[last[0]] = now_cpu - last[1]
                         cpu2[last[0]] = now_cpu2 - last[2]
-                    last = (line.split()[1], now_cpu, now_cpu2)
+                        cpu_etcd[last[0]] = now_etcd - last[3]
+                    last = (line.split()[1], now_cpu, now_cpu2, now_etcd)
                     spy = _py_spy(spy, last[0], lh.pid)
                     if junk and last[0] == "queries":
                         flood = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks",
@@ -216,6 +220,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
         r["lighthouse_cpu_s"] = cpu
         if lh2 is not None:
             r["lighthouse2_cpu_s"] = cpu2
+            r["etcd_cpu_s"] = cpu_etcd
         if cpu.get("handshakes"):
             r["handshakes_per_cpu_s"] = r["handshakes"] / cpu["handshakes"]
         if cpu.get("registers"):

@@ -111,6 +111,8 @@ class Node:
     # "peer" and "punch" about this node, encoded once per registration: every query for
     # it (and every punch of it as the asker) sends the same bytes until it registers again
     encoded: dict[str, bytes] = field(default_factory=dict)
+    # what the store is told about it (publish, punch requests): also made once per registration
+    record: NodeRecord | None = None
 
     def endpoints(self) -> list[Endpoint]:
         """Where others may try this node: the observed address (unless it is one
@@ -186,6 +188,7 @@ class Registry:
         self.limited["endpoints_refused"] += len(bad_endpoints)
         node.observed, node.local, node.last_seen, node.subnet = src, local[:wire.MAX_LOCAL], now, subnet
         node.encoded.clear()  # what a peer or punch message says about it may have changed
+        node.record = None
         node.observed_ok = endpoints_policy.refused(src) is None
         node.services, refused = self._claim(name, subnet, msg["services"], now)
         gateway = msg["gateway"]  # other hosts' gateways proxy HTTP to it: the same rule as endpoints
@@ -338,8 +341,13 @@ class Registry:
         return {claim: r.name for r in self.leases.remote_nodes() for s in r.services for claim in _claims(s)}
 
     def _record(self, node: Node) -> NodeRecord:
-        return NodeRecord(node.name, node.cert, str(node.subnet), node.endpoints(), node.local, self.me,
-                          node.services, node.gateway, node.relay)
+        """The node as the store publishes it; one object per registration (made at its
+        register, after every field was set), so each remote query does not make one."""
+        rec = node.record
+        if rec is None:
+            rec = node.record = NodeRecord(node.name, node.cert, str(node.subnet), node.endpoints(), node.local,
+                                           self.me, node.services, node.gateway, node.relay)
+        return rec
 
     def _release(self, name: str) -> None:
         for claim in self.claimed_by.pop(name, ()):

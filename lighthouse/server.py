@@ -56,7 +56,7 @@ class Lighthouse:
         os.makedirs(config.state_dir, exist_ok=True)
         # etcd: blocks until a member answers (a lighthouse without its store serves nobody)
         self.leases = open_store(config, me.cert.name)
-        self.leases.on_punch = lambda target, asker: self.loop.call_soon_threadsafe(self._punch, target, asker)
+        self.leases.on_punches = lambda pairs: self.loop.call_soon_threadsafe(self._punch, pairs)
         self.registry = Registry(self.leases, config.ttl, self.revocations, relay=config.relay, me=me.cert.name)
         self.lease_pool = concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="lease")
         self._allocating: set[str] = set()
@@ -183,10 +183,20 @@ class Lighthouse:
         if self.device.peers.get(peer.name) is peer:  # still the same session
             self._on_message(peer, data, addr, now, allocated=True)
             self._flush()
+        # The allocation may have outlasted the session's keys (180 s: etcd slow, or many
+        # first leases queued for the workers) and failed: _on_idle skipped this name
+        # while it was allocating, and a session without keys is not looked at again by
+        # itself, so its slot would stay taken for good. Judge it now.
+        current = self.device.peers.get(peer.name)
+        if current is not None and current.session.get_timer() is None:
+            self._on_idle(current, time.monotonic())
 
-    def _punch(self, target: str, asker: NodeRecord) -> None:
-        """Another lighthouse asks us (through the store) to punch a node registered here."""
-        self._reply(self.registry.punch(target, asker, time.time()))
+    def _punch(self, pairs: list[tuple[str, NodeRecord]]) -> None:
+        """Other lighthouses ask us (through the store, a batch at a time) to punch nodes
+        registered here: [(target, asker)], all sent in one flush."""
+        now = time.time()
+        for target, asker in pairs:
+            self._reply(self.registry.punch(target, asker, now))
         self._flush()
 
     def _on_relay(self, data: bytes, addr: tuple[str, int], now: float) -> None:

@@ -15,6 +15,7 @@ What the registry (sans-IO) needs from a store:
     remote(name) -> NodeRecord | None        a node registered through another lighthouse
     remote_nodes()                           all of those (the catalog, claims)
     request_punch(lighthouse, target, asker) ask the lighthouse holding `target` to punch it
+                                             (etcd: batched, see on_punches for the other end)
     health() -> dict                         for `flatnet lighthouse status`
 
 Reads never wait for the network: the etcd store answers them from a cache kept by a
@@ -58,7 +59,9 @@ class Store:
     network: ipaddress.IPv4Network
     blocks: int  # the /24s of the network
     backend = "none"
-    on_punch: Callable[[str, NodeRecord], None] | None = None  # (target, asker), from any thread
+    # punch requests from other lighthouses for nodes registered here: [(target, asker)],
+    # called from the store's own thread
+    on_punches: Callable[[list[tuple[str, NodeRecord]]], None] | None = None
 
     def subnet(self, block: int) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network((int(self.network.network_address) + (block << 8), 24))

@@ -9,8 +9,27 @@ Keys, under `prefix` (default "/flatnet/"):
     lease/block/<block:08d>       "<name>"    } requires both absent: never two names on one /24
     node/<name>/<lighthouse>      a node's registration as that lighthouse saw it (JSON),
                                   attached to an etcd lease: a dead node's endpoints expire
-    punch/<lighthouse>/<target>   "please punch <target> towards this asker" (JSON), short-lived
+    punches/<to>/<from>           the punch requests lighthouse <from> has for lighthouse <to>
+                                  (JSON, below): written again each pass that has some, on
+                                  <from>'s own etcd lease (gone when <from> is)
     lighthouse/<name>             a lighthouse that is up (its own etcd lease)
+
+Punch requests (a query at one lighthouse about a node registered at another) are
+batched: the write thread writes, once per pass, one value per target lighthouse
+holding every (target node, asker) pair queued since the last pass, by name:
+
+    {"v": 1, "at": <unix time>, "punches": [[<target>, <asker>], ...]}
+
+at most PUNCH_BATCH pairs and PUNCH_BATCH_BYTES of JSON (etcd takes 1.5 MiB a request);
+what does not fit waits for the next pass. The asker's endpoints are not in it: the
+target lighthouse has them in its cache, from `node/<asker>/<from>` (the pass writes
+registrations before punches, so the watch brings the record first). It acts on each
+PUT its watch delivers (never on what a full read finds: those are old), and checks
+the value like anything else an etcd member says: a malformed batch or entry is
+counted (punches_malformed) and skipped, an asker it has no record of from <from> is
+counted (punches_unknown). Before (one release): one key per request,
+`punch/<lighthouse>/<target>`, one write and one delete each; still read and deleted
+here, so a lighthouse of the old layout can still ask this one to punch (decisions.md).
 
 Reads come from a cache: one thread reads the prefix once, then follows a watch (a
 change made through one lighthouse reaches the others' caches in milliseconds), and
@@ -36,7 +55,11 @@ from flatnet.engine.proto import control as wire
 from flatnet.lighthouse import etcd
 from flatnet.lighthouse.store import LeaseExhausted, NodeRecord, Store, StoreUnavailable
 
-PUNCH_TTL = 10           # seconds a punch request may wait for its lighthouse
+PUNCH_BATCH = 1024       # (target, asker) pairs in one batch, written and read
+PUNCH_BATCH_BYTES = 256 * 1024   # a batch's JSON at most (etcd's request limit: 1.5 MiB)
+PUNCH_PENDING = 8192     # pairs queued for the write thread at most; more are dropped and counted
+PUNCH_READ_BYTES = 1 << 20       # a batch read back that is larger is refused whole
+MAX_NAME = 255           # a node name in a batch read back
 WATCH_CHECK = 1.0        # how often the watched member is asked whether it still has a leader
 
 
@@ -52,21 +75,57 @@ def _record(value: bytes) -> NodeRecord | None:
     """A record from etcd (written by a lighthouse of this network: still checked, as
     a broken one must not take the others down)."""
     try:
-        d = json.loads(value)
+        d = json.loads(value)  # RecursionError below: "[[[[..." nested deeper than the parser goes
         return NodeRecord(name=str(d["name"]), cert=etcd.unb64(d["cert"]), subnet=str(d["subnet"]),
                           endpoints=[(str(h), int(p)) for h, p in d["endpoints"]][:8],
                           local=[(str(h), int(p)) for h, p in d["local"]][:8], lighthouse=str(d["lighthouse"]),
                           services=wire._services(d.get("services", [])),  # the register's own rules
                           gateway=(str(d["gateway"][0]), int(d["gateway"][1])) if d.get("gateway") else None,
                           relay=d.get("relay") is True)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RemoteProtocolError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RemoteProtocolError, RecursionError):
         return None
+
+
+def _punch_batch(pairs: list[tuple[str, str]], now: float) -> tuple[bytes, int]:
+    """(the batch's JSON, how many of the (target, asker) `pairs` it holds: the first
+    ones, up to PUNCH_BATCH and PUNCH_BATCH_BYTES)."""
+    punches: list[str] = []
+    size, used = 64, 0
+    for pair in pairs[:PUNCH_BATCH]:
+        punch = json.dumps(pair, separators=(",", ":"))  # ASCII: its characters are its bytes
+        if size + len(punch) + 1 > PUNCH_BATCH_BYTES and used:
+            break
+        punches.append(punch)
+        size, used = size + len(punch) + 1, used + 1
+    return f'{{"v":1,"at":{round(now, 3)},"punches":[{",".join(punches)}]}}'.encode(), used
+
+
+def _punch_pairs(value: bytes) -> tuple[list[tuple[str, str]], int]:
+    """A batch read back: ([(target, asker)], how many entries were malformed and
+    skipped). Bounded: PUNCH_READ_BYTES of JSON, PUNCH_BATCH pairs, names of 1 to
+    MAX_NAME characters."""
+    if len(value) > PUNCH_READ_BYTES:
+        return [], 1
+    try:
+        d = json.loads(value)
+    except (ValueError, RecursionError):
+        return [], 1
+    if not isinstance(d, dict) or not isinstance(d.get("punches"), list):
+        return [], 1
+    bad = max(0, len(d["punches"]) - PUNCH_BATCH)
+    out = []
+    for p in d["punches"][:PUNCH_BATCH]:
+        if (isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) and 0 < len(n) <= MAX_NAME for n in p)):
+            out.append((p[0], p[1]))
+        else:
+            bad += 1
+    return out, bad
 
 
 def _last_per_key(ops: list[dict]) -> list[dict]:
     """One write per key, the last one queued: etcd refuses a whole transaction that
-    names a key twice ("duplicate key given in txn request"), and two punch requests
-    for one node, or a record published twice, are queued within one pass."""
+    names a key twice ("duplicate key given in txn request"), and a record published
+    twice (or an old-layout punch key deleted twice) may be queued within one pass."""
     last: dict[str, dict] = {}
     for op in ops:
         body = op.get("request_put") or op.get("request_delete_range") or {}
@@ -104,8 +163,14 @@ class EtcdStore(Store):
         self.write_errors = 0
         self.last_error = ""
         # writes
-        self._published: dict[str, tuple[bytes, int]] = {}  # name -> (record without "at", epoch lease)
+        self._published: dict[str, tuple[NodeRecord, int]] = {}  # name -> (record written, epoch lease)
         self._queue: list[dict] = []
+        # punch requests for the next pass: lighthouse -> {(target, asker): None} (an ordered set)
+        self._punches: dict[str, dict[tuple[str, str], None]] = {}
+        self._punches_queued = 0
+        self.punches_sent = self.punch_batches = self.punches_received = 0
+        self.punches_dropped = self.punches_malformed = self.punches_unknown = 0
+        self.writes = self.watch_events = 0  # puts and deletes sent in transactions; events the watch brought
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -137,12 +202,15 @@ class EtcdStore(Store):
         kvs, rev = self.client.range(self.p, prefix=True)
         names, owners, nodes, lhs = {}, {}, {}, {}
         for kv in kvs:
-            self._apply(kv, "PUT", names, owners, nodes, lhs)
+            self._apply(kv, "PUT", names, owners, nodes, lhs, live=False)
         self.names, self.owners, self.nodes, self.lighthouses = names, owners, nodes, lhs
         self.revision = rev
         self.synced.set()
 
-    def _apply(self, kv: dict, kind: str, names: dict, owners: dict, nodes: dict, lhs: dict) -> None:
+    def _apply(self, kv: dict, kind: str, names: dict, owners: dict, nodes: dict, lhs: dict,
+               live: bool = True) -> None:
+        """One key into the cache. live: a watch event (punch requests are acted on only
+        then; a full read finds old ones)."""
         parts = kv["key"][len(self.p):].split("/")
         if parts[0] == "lease" and len(parts) == 3 and kind == "PUT":  # leases are never deleted
             try:
@@ -164,10 +232,27 @@ class EtcdStore(Store):
                     nodes[parts[1]] = rest
                 else:
                     nodes.pop(parts[1], None)
+        elif parts[0] == "punches" and len(parts) == 3 and parts[1] == self.me and kind == "PUT" and live:
+            pairs, bad = _punch_pairs(kv["value"])
+            self.punches_malformed += bad
+            found = []
+            for target, asker in pairs:  # the asker as the lighthouse that asks published it
+                record = nodes.get(asker, {}).get(parts[2])
+                if record is None:
+                    self.punches_unknown += 1
+                else:
+                    found.append((target, record))
+            self.punches_received += len(found)
+            if found and self.on_punches is not None:
+                self.on_punches(found)
         elif parts[0] == "punch" and len(parts) == 3 and parts[1] == self.me and kind == "PUT":
-            asker = _record(kv["value"])
-            if asker is not None and self.on_punch is not None:
-                self.on_punch(parts[2], asker)
+            # the layout before batches (decisions.md): one key per request, deleted once read
+            asker = _record(kv["value"]) if live else None
+            if live and asker is None:
+                self.punches_malformed += 1
+            elif asker is not None and self.on_punches is not None:
+                self.punches_received += 1
+                self.on_punches([(parts[2], asker)])
             self._enqueue(etcd.delete_op(kv["key"]))
         elif parts[0] == "lighthouse" and len(parts) == 2:
             if kind == "PUT":
@@ -183,6 +268,7 @@ class EtcdStore(Store):
             checker.start()
             try:
                 for rev, events in self.client.watch(self.p, self.revision + 1, abort, index):
+                    self.watch_events += len(events)
                     for e in events:
                         self._apply(e, e["type"], self.names, self.owners, self.nodes, self.lighthouses)
                     self.revision = max(self.revision, rev)
@@ -224,12 +310,14 @@ class EtcdStore(Store):
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
-            with self._lock:
+            with self._lock:  # both at once: a record queued before a punch naming its node is written first
                 ops, self._queue = self._queue, []
+                punches = {lh: list(held) for lh, held in self._punches.items()}
             ops = _last_per_key(ops)
             for i in range(0, len(ops), etcd.MAX_TXN_OPS):
                 try:
                     self.client.txn([], ops[i:i + etcd.MAX_TXN_OPS])
+                    self.writes += len(ops[i:i + etcd.MAX_TXN_OPS])
                 except etcd.EtcdError as exc:
                     self.write_errors += 1
                     self.last_error = str(exc)
@@ -238,6 +326,7 @@ class EtcdStore(Store):
                         key = etcd.unb64(op.get("request_put", {}).get("key", "")).decode()
                         if key.startswith(f"{self.p}node/"):
                             self._published.pop(key.split("/")[-2], None)
+            self._write_punches(punches)  # after the registrations: their records reach the watch first
             now = time.monotonic()
             if now - last_keepalive >= min(self.ttl / 3, 5.0):
                 last_keepalive = now
@@ -245,6 +334,32 @@ class EtcdStore(Store):
             if now - last_check >= 2.0:
                 last_check = now
                 self._check_members()
+
+    def _write_punches(self, todo: dict[str, list[tuple[str, str]]]) -> None:
+        """One put per target lighthouse holding the pairs `todo` took from the queue
+        (each put its own request: a batch may be up to PUNCH_BATCH_BYTES). What did
+        not fit stays queued and wakes the next pass; a failed write is dropped and
+        counted (the asker's engine asks again)."""
+        now = time.time()
+        for lh, items in todo.items():
+            value, used = _punch_batch(items, now)
+            with self._lock:
+                held = self._punches[lh]
+                for key in items[:used]:
+                    del held[key]
+                if not held:
+                    del self._punches[lh]
+                self._punches_queued -= used
+                if held:
+                    self._wake.set()
+            try:
+                self.client.put(f"{self.p}punches/{lh}/{self.me}", value, self.alive)
+                self.punches_sent += used
+                self.punch_batches += 1
+            except etcd.EtcdError as exc:
+                self.write_errors += 1
+                self.punches_dropped += used
+                self.last_error = str(exc)
 
     def _keepalive(self, now: float) -> None:
         try:
@@ -328,10 +443,10 @@ class EtcdStore(Store):
         raise StoreUnavailable("lease blocks kept being taken under us; try again")
 
     def publish(self, record: NodeRecord) -> None:
-        body = _record_json(record, 0.0)
-        if self._published.get(record.name) == (body, self.epoch):
-            return  # unchanged and on the newest epoch lease: nothing to write
-        self._published[record.name] = (body, self.epoch)
+        held = self._published.get(record.name)
+        if held is not None and held[1] == self.epoch and (held[0] is record or held[0] == record):
+            return  # unchanged and on the newest epoch lease: nothing to write (no JSON made to know it)
+        self._published[record.name] = (record, self.epoch)
         self._enqueue(etcd.put_op(f"{self.p}node/{record.name}/{self.me}", _record_json(record, time.time()),
                                   self.epoch))
 
@@ -356,8 +471,22 @@ class EtcdStore(Store):
         return out
 
     def request_punch(self, lighthouse: str, target: str, asker: NodeRecord) -> None:
-        self._enqueue(etcd.put_op(f"{self.p}punch/{lighthouse}/{target}", _record_json(asker, time.time()),
-                                  self.epoch))
+        """Queued for the write thread's next pass (one batch per target lighthouse):
+        every asker is kept, the same (target, asker) twice in a pass is one request.
+        `asker` is registered here: the other lighthouse reads its record from etcd."""
+        with self._lock:
+            held = self._punches.get(lighthouse)
+            if held is None:
+                held = self._punches[lighthouse] = {}
+            key = (target, asker.name)
+            if key in held:
+                return
+            if self._punches_queued >= PUNCH_PENDING:
+                self.punches_dropped += 1
+                return
+            self._punches_queued += 1
+            held[key] = None
+        self._wake.set()
 
     def health(self) -> dict:
         """From the last member check (the write thread, every 2 s): never waits."""
@@ -366,7 +495,11 @@ class EtcdStore(Store):
         return {"backend": "etcd", "healthy": quorum, "members": members, "prefix": self.p,
                 "leases": len(self.names), "nodes": len(self.nodes), "lighthouses": sorted(self.lighthouses),
                 "revision": self.revision, "watch_restarts": self.watch_restarts, "allocations": self.allocations,
-                "cas_conflicts": self.cas_conflicts, "write_errors": self.write_errors, "last_error": self.last_error}
+                "cas_conflicts": self.cas_conflicts, "write_errors": self.write_errors, "last_error": self.last_error,
+                "writes": self.writes, "watch_events": self.watch_events,
+                "punches": {"sent": self.punches_sent, "batches": self.punch_batches,
+                            "received": self.punches_received, "dropped": self.punches_dropped,
+                            "malformed": self.punches_malformed, "unknown": self.punches_unknown}}
 
     def _check_members(self) -> None:
         members = []

@@ -88,3 +88,39 @@ def test_an_unregistered_nodes_session_is_forgotten_when_its_keys_expire(monkeyp
     assert "node-2" not in lh.device.peers and len(lh.device.by_slot) == 1  # its slot is free again
     assert "node-1" in lh.device.peers  # registered: the registry decides (3 x ttl)
     connect(ca, lh, "node-2", 2, 240.0)  # it may come back
+
+
+def test_a_session_whose_first_lease_failed_after_its_keys_expired_is_forgotten(monkeypatch):
+    """A first lease with etcd waits in a worker (server._allocating). When it takes
+    longer than the session's keys live (about 3.5 minutes: etcd slow, or many
+    allocations queued for the 8 workers) and then fails, the idle check had skipped
+    the node (it was allocating) and never looks at a session without keys again: its
+    slot stayed taken for good. Fails before the fix (node-2 kept its slot)."""
+    from flatnet.lighthouse.store import StoreUnavailable
+
+    class SlowEtcd(LeaseStore):
+        def lease_needs_io(self, name):
+            return True
+
+        def lease_for(self, name, now):
+            raise StoreUnavailable("no new lease now: etcd /v3/kv/txn: no member answered")
+
+    ca = TestCA()
+    clock = Clock(ca.now)
+    monkeypatch.setattr(server, "time", clock)
+    lh = lighthouse(ca)
+    lh.registry = Registry(SlowEtcd(":memory:", NET), ttl=600)
+    lh.leases, lh._out, lh.rejected = lh.registry.leases, [], {}
+    lh._flush = lh._out.clear  # no socket here (the error answer has no key to be sealed with anyway)
+    connect(ca, lh, "node-2", 2, 1.0)
+    peer = lh.device.peers["node-2"]
+    register = wire.encode("register", endpoints=[])
+    lh._allocating.add("node-2")  # its register went to a worker (what _on_message does)
+    for t in range(2, 240):  # the allocation outlasts the keys
+        clock.t = float(t)
+        lh._tick()
+    assert "node-2" in lh.device.peers  # skipped while it allocates
+    lh._allocate("node-2")  # the worker: etcd failed
+    lh._allocated(peer, register, ("192.0.2.2", 4787), 1.0)
+    assert "node-2" not in lh.device.peers and len(lh.device.by_slot) == 0  # its slot is free again
+    connect(ca, lh, "node-2", 2, 240.0)  # it may come back
