@@ -88,6 +88,7 @@ def test_a_peer_without_the_extension_gives_chacha():
 
 @pytest.mark.parametrize("a_aead, choice", [
     (CHACHA_ONLY, AEAD_AES),      # no offer made, yet AES chosen
+    (CHACHA_ONLY, AEAD_CHACHA),   # no offer made: the response must not name a cipher (5.4, 5.10)
     (AUTO, "rot13"),              # never offered
     (AES_ONLY, AEAD_CHACHA),      # ChaCha is not implied when it was not offered
     (AUTO, [AEAD_AES]),           # not a string
@@ -206,4 +207,4 @@ def test_a_response_with_any_aead_gives_an_offered_cipher_or_is_refused(choice, 
     except RemoteProtocolError as exc:
         assert exc.reason == "bad_handshake"
         return
-    assert cipher == choice and cipher in offers
+    assert cipher == choice and cipher in offers and offers != CHACHA_ONLY  # no offer, no "aead" (5.4)
