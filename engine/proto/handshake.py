@@ -82,7 +82,7 @@ def create_initiation(me: Identity, peer_static: bytes, sender_index: int, unix_
                       ephemeral: tuple[bytes, bytes] | None = None) -> tuple[HandshakeIK, bytes]:
     hs = HandshakeIK(True, me.static_private, PROLOGUE, remote_static=peer_static, ephemeral=ephemeral)
     body: dict = {"cert": me.cert.raw, "ts": tai64n.encode(unix_ns)}
-    if me.aead != (AEAD_CHACHA,):
+    if _offers(me):
         body["aead"] = list(me.aead)
     payload = msgpack.packb(body, use_bin_type=True)
     return hs, _INIT_HDR.pack(TYPE_INITIATION, WIRE_VERSION, 0, sender_index) + hs.write_message_1(payload)
@@ -119,6 +119,12 @@ def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
         raise RemoteProtocolError("cipher_mismatch", f"{peer.name!r} offers {offer!r:.300}; "  # bounded by _offer
                                                      f"this node accepts {', '.join(me.aead)}")
     return Initiation(peer, sender, tai64n.decode(body["ts"]), hs, choice, offered)
+
+
+def _offers(me: Identity) -> bool:
+    """Whether this node's initiations carry an "aead" offer: not when it accepts
+    ChaCha20-Poly1305 only (then the payload is the one from before the extension)."""
+    return me.aead != (AEAD_CHACHA,)
 
 
 def _offer(raw: object) -> list[str]:
@@ -168,6 +174,7 @@ def consume_response(me: Identity, hs: HandshakeIK, packet: bytes, expected_name
                                                          f"this node accepts {', '.join(me.aead)}")
         return peer, AEAD_CHACHA
     choice = body["aead"]
-    if not isinstance(choice, str) or choice not in me.aead:
+    # no offer went: the response must not name a cipher at all (5.4), even ChaCha20-Poly1305
+    if not _offers(me) or not isinstance(choice, str) or choice not in me.aead:
         raise RemoteProtocolError("bad_handshake", f"{peer.name!r} chose a cipher not offered: {choice!r:.40}")
     return peer, choice

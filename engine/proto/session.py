@@ -124,6 +124,9 @@ class PeerSession:
         self._events: list[object] = []
         self.last_mac1: bytes | None = None      # of the last handshake message sent
         self.cookie: tuple[bytes, float] | None = None  # (cookie, when received)
+        # why the peer's last authenticated answer to the pending handshake was refused
+        # (no cipher both accept): the give-up names it instead of "no answer"
+        self.refused: str | None = None
 
     # ---- table
     def _move(self, what: Input) -> None:
@@ -193,7 +196,12 @@ class PeerSession:
         # certificate) leaves the pending handshake able to take the real one.
         # Certificate validity is wall-clock time, not the monotonic `now`.
         hs = copy.copy(pending.hs)
-        cert, cipher = handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        try:
+            cert, cipher = handshake.consume_response(self.me, hs, packet, self.peer_name, self._wall_ns() / 1e9)
+        except RemoteProtocolError as exc:
+            if exc.reason == "cipher_mismatch":  # raised only after Noise opened the payload: the peer said it
+                self.refused = str(exc)
+            raise
         send, receive = hs.split()
         self.pending = None
         self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True, cipher=cipher), cert, now)
@@ -215,7 +223,12 @@ class PeerSession:
                 self._release(p.local_index)
                 self.pending = None
                 self._move(Input.GIVE_UP)
-                self._events.append(HandshakeFailed(f"no answer from {self.peer_name} in {HANDSHAKE_GIVE_UP:.0f} s"))
+                if self.refused:  # it answered, but with no cipher this node accepts
+                    reason = f"no usable answer from {self.peer_name} in {HANDSHAKE_GIVE_UP:.0f} s: {self.refused}"
+                else:
+                    reason = f"no answer from {self.peer_name} in {HANDSHAKE_GIVE_UP:.0f} s"
+                self._events.append(HandshakeFailed(reason))
+                self.refused = None
             else:
                 self._send_initiation(now, started=p.started, delay=min(p.delay * 2, HANDSHAKE_RETRY_MAX))
         for keys in (self.previous, self.current):
@@ -300,6 +313,7 @@ class PeerSession:
         if retired is not None:
             self._release(retired)
         self.previous, self.current = self.current, keys
+        self.refused = None
         self.last_handshake = now
         self.handshakes += 1
         self._move(Input.KEYS)

@@ -88,6 +88,7 @@ def test_a_peer_without_the_extension_gives_chacha():
 
 @pytest.mark.parametrize("a_aead, choice", [
     (CHACHA_ONLY, AEAD_AES),      # no offer made, yet AES chosen
+    (CHACHA_ONLY, AEAD_CHACHA),   # no offer made: the response must not name a cipher (5.4, 5.10)
     (AUTO, "rot13"),              # never offered
     (AES_ONLY, AEAD_CHACHA),      # ChaCha is not implied when it was not offered
     (AUTO, [AEAD_AES]),           # not a string
@@ -206,4 +207,33 @@ def test_a_response_with_any_aead_gives_an_offered_cipher_or_is_refused(choice, 
     except RemoteProtocolError as exc:
         assert exc.reason == "bad_handshake"
         return
-    assert cipher == choice and cipher in offers
+    assert cipher == choice and cipher in offers and offers != CHACHA_ONLY  # no offer, no "aead" (5.4)
+
+
+def test_a_handshake_given_up_after_a_cipher_refusal_says_so():
+    """A node with [tun] cipher = "aes-256-gcm" and a peer that answers without "aead"
+    (ChaCha20-Poly1305 only, or an older engine): the answer comes, authenticated, and
+    is refused. The give-up must name that, not "no answer" (which sends the operator
+    to the firewall, docs/troubleshooting.md)."""
+    from flatnet.engine.proto.constants import HANDSHAKE_GIVE_UP
+    from flatnet.engine.proto.session import HandshakeFailed
+    a = ident(A, AES_ONLY)
+    counter = itertools.count(1)
+    session = PeerSession(a, "host-b", B.cert.key, lambda: next(counter), lambda i: None, lambda: NOW * 10**9)
+    session.want_keys(0.0)
+    (packet, _), = session.datagrams_to_send()
+    init = hsm.consume_initiation(ident(B, AUTO), packet, NOW)
+    body = msgpack.packb({"cert": B.cert.raw}, use_bin_type=True)  # as a peer without the extension answers
+    message = (b"\x02\x02\x00\x00" + (99).to_bytes(4, "little") + init.sender_index.to_bytes(4, "little")
+               + init.hs.write_message_2(body))
+    with pytest.raises(RemoteProtocolError) as err:
+        session.receive_response(_macs(message, a), 0.1)
+    assert err.value.reason == "cipher_mismatch"
+    t = 0.1
+    while session.pending is not None and t < HANDSHAKE_GIVE_UP + 60:  # the retries, then the give-up
+        t = max(t, session.get_timer() or t)
+        session.handle_timer(t)
+    failed = [e for e in iter(session.next_event, None) if isinstance(e, HandshakeFailed)]
+    assert len(failed) == 1 and session.current is None
+    assert "cipher_mismatch" in failed[0].reason and AEAD_CHACHA in failed[0].reason, failed[0].reason
+    assert failed[0].reason.startswith("no usable answer from host-b")

@@ -60,21 +60,29 @@ def _noise(prologue: bytes, initiator: bool, static: bytes, ephemeral: bytes, re
     return conn
 
 
-def test_handshake_vectors_are_plain_noise_ik(doc):
-    """An independent Noise implementation, given the same keys, writes the same bytes."""
-    init_noise, resp_noise = doc["initiation"][vec.INITIATION_NOISE], doc["response"][vec.RESPONSE_NOISE]
+@pytest.mark.parametrize("kind", ["", "aead_"])
+def test_handshake_vectors_are_plain_noise_ik(doc, kind):
+    """An independent Noise implementation, given the same keys, writes the same bytes;
+    with the "aead" offer and choice too (kind "aead_", 5.10), whose Split() keys are
+    the plain handshake's, as 14 says (the AES transport vectors use them)."""
+    init, resp = doc[kind + "initiation"], doc[kind + "response"]
+    init_noise, resp_noise = init[vec.INITIATION_NOISE], resp[vec.RESPONSE_NOISE]
     a = _noise(doc["noise_prologue"], True, doc["a_static_private"], doc["a_ephemeral_private"],
                doc["b_static_public"])
     b = _noise(doc["noise_prologue"], False, doc["b_static_private"], doc["b_ephemeral_private"], None)
-    assert bytes(a.write_message(doc["initiation_payload"])) == init_noise
-    assert bytes(b.read_message(init_noise)) == doc["initiation_payload"]
-    assert bytes(b.write_message(doc["response_payload"])) == resp_noise
-    assert bytes(a.read_message(resp_noise)) == doc["response_payload"]
-    assert a.get_handshake_hash() == b.get_handshake_hash() == doc["handshake_hash"]
+    assert bytes(a.write_message(doc[kind + "initiation_payload"])) == init_noise
+    assert bytes(b.read_message(init_noise)) == doc[kind + "initiation_payload"]
+    assert bytes(b.write_message(doc[kind + "response_payload"])) == resp_noise
+    assert bytes(a.read_message(resp_noise)) == doc[kind + "response_payload"]
+    if not kind:  # the payloads enter h: the aead handshake has another hash
+        assert a.get_handshake_hash() == b.get_handshake_hash() == doc["handshake_hash"]
+    # Split(): the first key is the initiator's send key (5.1)
+    assert a.noise_protocol.cipher_state_encrypt.k == doc["initiator_send_key"]
+    assert a.noise_protocol.cipher_state_decrypt.k == doc["initiator_receive_key"]
     # the packet headers: type, version, two zero bytes, the sender's (and receiver's) index
-    assert doc["initiation"][:8] == _prefix(1) + doc["a_sender_index"].to_bytes(4, "little")
-    assert doc["response"][:12] == (_prefix(2) + doc["b_sender_index"].to_bytes(4, "little")
-                                    + doc["a_sender_index"].to_bytes(4, "little"))
+    assert init[:8] == _prefix(1) + doc["a_sender_index"].to_bytes(4, "little")
+    assert resp[:12] == (_prefix(2) + doc["b_sender_index"].to_bytes(4, "little")
+                         + doc["a_sender_index"].to_bytes(4, "little"))
 
 
 def _prefix(kind: int) -> bytes:
