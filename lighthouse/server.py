@@ -48,10 +48,12 @@ class Lighthouse:
         self.loop = asyncio.get_running_loop()
         me = pki.load_identity(config.ca, config.cert, config.key, time.time())
         self.revocations = Revocations(me.ca)
-        # nodes choose the transport cipher (the responder follows the offer's order):
-        # AES-256-GCM is accepted where this host has it (docs/protocol.md 5.2)
+        # ChaCha20-Poly1305 whenever the node offers it: a lighthouse carries only small
+        # control messages, and an AES-256-GCM key costs an OpenSSL context (~1.7 KB) per
+        # key; AES-256-GCM is accepted where this host has it, for nodes that offer only
+        # that (docs/protocol.md 5.10, docs/lighthouse.md)
         aead = (AEAD_CHACHA, AEAD_AES) if aes_gcm_available() else (AEAD_CHACHA,)
-        me = dataclasses.replace(me, revocations=self.revocations, aead=aead)
+        me = dataclasses.replace(me, revocations=self.revocations, aead=aead, responder_prefers_own=True)
         self.blocklist_file = pki.BlocklistFile(config.blocklist)
         os.makedirs(config.state_dir, exist_ok=True)
         # etcd: blocks until a member answers (a lighthouse without its store serves nobody)

@@ -59,6 +59,9 @@ class Identity:
     ca: certs.Certificate
     revocations: Revocations | None = None
     aead: tuple[str, ...] = (AEAD_CHACHA,)
+    # as a responder, pick by our own order in `aead` (not the offer's): a lighthouse
+    # prefers ChaCha20-Poly1305, which needs no OpenSSL context per key (protocol.md 5.10)
+    responder_prefers_own: bool = False
 
     def verify_peer(self, raw: bytes, now: float) -> certs.Certificate:
         """Another node's certificate: signed by our CA, valid at `now`, not revoked."""
@@ -113,8 +116,12 @@ def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
         raise RemoteProtocolError("bad_handshake", "bad timestamp")
     offered = "aead" in body
     offer = _offer(body["aead"]) if offered else [AEAD_CHACHA]
-    # the initiator's order decides; names this code does not know are skipped
-    choice = next((name for name in offer if name in me.aead), None)
+    # the initiator's order decides, unless this node prefers its own; names this code
+    # does not know are skipped
+    if me.responder_prefers_own:
+        choice = next((name for name in me.aead if name in offer), None)
+    else:
+        choice = next((name for name in offer if name in me.aead), None)
     if choice is None:
         raise RemoteProtocolError("cipher_mismatch", f"{peer.name!r} offers {offer!r:.300}; "  # bounded by _offer
                                                      f"this node accepts {', '.join(me.aead)}")

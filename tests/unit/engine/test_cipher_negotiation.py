@@ -237,3 +237,19 @@ def test_a_handshake_given_up_after_a_cipher_refusal_says_so():
     assert len(failed) == 1 and session.current is None
     assert "cipher_mismatch" in failed[0].reason and AEAD_CHACHA in failed[0].reason, failed[0].reason
     assert failed[0].reason.startswith("no usable answer from host-b")
+
+
+@pytest.mark.parametrize("a_aead, expected", [
+    (AUTO, AEAD_CHACHA),          # an engine's default offer: the lighthouse takes ChaCha20-Poly1305
+    (AES_ONLY, AEAD_AES),         # a node forced to AES-256-GCM is still served
+    (CHACHA_ONLY, AEAD_CHACHA),
+])
+def test_a_lighthouse_prefers_its_own_order(a_aead, expected):
+    """A lighthouse (responder_prefers_own) picks ChaCha20-Poly1305 whenever offered: no
+    OpenSSL context per key for control traffic (docs/protocol.md 5.10, docs/lighthouse.md)."""
+    a = ident(A, a_aead)
+    b = dataclasses.replace(B, aead=(AEAD_CHACHA, AEAD_AES), responder_prefers_own=True)
+    hs, packet = hsm.create_initiation(a, b.cert.key, 7, NOW * 10**9)
+    init = hsm.consume_initiation(b, _macs(packet, b), NOW)
+    cert, cipher = hsm.consume_response(a, hs, _macs(hsm.create_response(b, init, 9), a), "host-b", NOW)
+    assert cipher == init.aead == expected
