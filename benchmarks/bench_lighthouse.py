@@ -69,24 +69,27 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
-def _py_spy(spy, phase_name: str, pid: int):  # noqa: ANN001, ANN202 - a Popen or None
-    """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during the query phase
-    only (collapsed stacks, one line each, to FILE; `py-spy` on PATH)."""
+def _py_spy(spies: list, phase_name: str, pids: dict[str, int]) -> list:
+    """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during one phase
+    (FLATNET_BENCH_PYSPY_PHASE, default "queries"; or "handshakes", "registers"),
+    collapsed stacks, one line each, to FILE; the swarm (the load generator) too,
+    to FILE.swarm (`py-spy` on PATH). Called at each phase line: stops what runs,
+    starts the samplers when their phase begins."""
     import shutil
     import signal
     import subprocess
-    out = os.environ.get("FLATNET_BENCH_PYSPY")
-    if spy is not None:
+    for spy in spies:
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         spy.wait(30)
-        return None
-    if not out or phase_name != "queries":
-        return None
+    out = os.environ.get("FLATNET_BENCH_PYSPY")
+    if not out or phase_name != os.environ.get("FLATNET_BENCH_PYSPY_PHASE", "queries"):
+        return []
     exe = shutil.which("py-spy")
     if exe is None:
         raise RuntimeError("FLATNET_BENCH_PYSPY is set but py-spy is not on PATH (pip install py-spy)")
-    return subprocess.Popen([exe, "record", "--nonblocking", "--rate", "250", "--format", "raw", "--output", out,
-                             "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [subprocess.Popen([exe, "record", "--nonblocking", "--rate", "250", "--format", "raw",
+                              "--output", out + ("" if who == "lighthouse" else "." + who), "--pid", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for who, pid in pids.items()]
 
 
 E2E_JUNK = [E2E_NODES.format(i) for i in range(251, 255)]  # sources no simulated node uses
@@ -183,7 +186,8 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                                  text=True)
         cpu: dict[str, float] = {}
         cpu2: dict[str, float] = {}  # lh2's (etcd)
-        last = spy = flood = None
+        last = flood = None
+        spies: list = []
         try:
             for line in swarm.stdout:
                 if line.startswith("PHASE "):
@@ -193,7 +197,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                         cpu[last[0]] = now_cpu - last[1]
                         cpu2[last[0]] = now_cpu2 - last[2]
                     last = (line.split()[1], now_cpu, now_cpu2)
-                    spy = _py_spy(spy, last[0], lh.pid)
+                    spies = _py_spy(spies, last[0], {"lighthouse": lh.pid, "swarm": swarm.pid})
                     if junk and last[0] == "queries":
                         flood = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks",
                                                   "lighthouse", "--junk-client", str(junk), "--seconds", str(seconds)],
