@@ -282,13 +282,13 @@ def _own_cpu_s() -> float:
 
 
 def handshake_phase(swarm, nodes: list, home: dict, rate: float, counter: str,  # noqa: ANN001 - a simnode.Swarm
-                    deadline: float, window: int = 400) -> tuple[int, float, int]:
-    """Each node in `nodes` handshakes with its lighthouse: at most `window` initiations
-    unanswered at a time (the lighthouse's pace decides, its queue stays short) and
-    `rate` a second (the lighthouse wants cookies above its global limit, 2,000 a
-    second by default, which these nodes do not answer; each source address stays
-    under its 20 a second). One unanswered after 2 s is sent again, a new one (as an
-    engine retries). (answered, seconds, retries)."""
+                    deadline: float, window: int = 1000, burst: int = 16) -> tuple[int, float, int]:
+    """Each node in `nodes` handshakes with its lighthouse: at most `rate` initiations
+    a second (the lighthouse wants cookies above its global limit, 2,000 a second by
+    default, which these nodes do not answer; each source address stays under its 20
+    a second), sent `burst` at a time, at most `window` unanswered. One unanswered
+    after 2 s is sent again, a new one (as an engine retries). (answered, seconds,
+    retries)."""
     t0 = time.monotonic()
     base = swarm.counts.get(counter, 0)
     todo = list(reversed(nodes))
@@ -310,6 +310,8 @@ def handshake_phase(swarm, nodes: list, home: dict, rate: float, counter: str,  
                     del out[k]
                     retries += 1
         due = min(int(rate * (now - t0)) - sent, window - (sent - answered - retries))
+        if due < min(burst, len(todo)):
+            due = 0  # in bursts: the lighthouse reads them in one batch, not one wakeup each
         while due > 0 and todo:
             n = todo.pop()
             swarm.handshake(n, home[id(n)])
