@@ -148,7 +148,7 @@ class Swarm:
         hs, msg = hsm.create_initiation(node.ident, target.static, index, time.time_ns())
         packet, _ = cookie.add_macs(msg, target.static, None)
         old = node.sessions.get(lh)
-        if old is not None and old.send:  # a rekey: the old keys stay in use until the answer
+        if old is not None and old.slot >= 0:  # attached: a rekey; C keeps the keys it holds
             old.hs, old.pending_index = hs, index
         else:
             node.sessions[lh] = Session(hs=hs, index=index, pending_index=index)
