@@ -5,7 +5,19 @@ beside it the sans-IO registry alone on one core (each query also producing its
 punch), and the time from the first packet to a new peer until its delivery, direct
 and relayed (a lab in namespaces). --junk RATE: during the query phase, a flood of
 type-5 datagrams from addresses no node has (spoofed: no certificate needed) at RATE
-a second, bounded, inside the namespace."""
+a second, bounded, inside the namespace. --rekeys: after the queries, every node
+starts a new handshake with its lighthouse (what a rekey is on the wire).
+
+What the load generator does ahead of a timed phase, and why that is fair: it builds
+each node's initiation before the handshake (and rekey) phase starts (Swarm.prepare):
+its fresh ephemeral key, the X25519 and ChaCha20 work, the TAI64N (when built: newer
+than the node's last, all a lighthouse checks) and mac1. The lighthouse receives the
+same bytes a node would send, and does all its own work when they arrive. The
+nodes share one cache of verified certificates (the lighthouse's is checked once, not
+10,000 times) and, as an engine does, keep the static-static DH of a lighthouse
+they finished a handshake with. Handshakes and rekeys are paced (--handshake-rate,
+1,800 a second: under the lighthouse's global limit of 2,000, above which it wants
+cookies these nodes do not answer); an initiation unanswered after 1 s is sent again."""
 from __future__ import annotations
 
 import argparse
@@ -69,24 +81,27 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
-def _py_spy(spy, phase_name: str, pid: int):  # noqa: ANN001, ANN202 - a Popen or None
-    """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during the query phase
-    only (collapsed stacks, one line each, to FILE; `py-spy` on PATH)."""
+def _py_spy(spies: list, phase_name: str, pids: dict[str, int]) -> list:
+    """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during one phase
+    (FLATNET_BENCH_PYSPY_PHASE, default "queries"; or "handshakes", "registers"),
+    collapsed stacks, one line each, to FILE; the swarm (the load generator) too,
+    to FILE.swarm (`py-spy` on PATH). Called at each phase line: stops what runs,
+    starts the samplers when their phase begins."""
     import shutil
     import signal
     import subprocess
-    out = os.environ.get("FLATNET_BENCH_PYSPY")
-    if spy is not None:
+    for spy in spies:
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         spy.wait(30)
-        return None
-    if not out or phase_name != "queries":
-        return None
+    out = os.environ.get("FLATNET_BENCH_PYSPY")
+    if not out or phase_name != os.environ.get("FLATNET_BENCH_PYSPY_PHASE", "queries"):
+        return []
     exe = shutil.which("py-spy")
     if exe is None:
         raise RuntimeError("FLATNET_BENCH_PYSPY is set but py-spy is not on PATH (pip install py-spy)")
-    return subprocess.Popen([exe, "record", "--nonblocking", "--rate", "250", "--format", "raw", "--output", out,
-                             "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [subprocess.Popen([exe, "record", "--nonblocking", "--rate", "250", "--format", "raw",
+                              "--output", out + ("" if who == "lighthouse" else "." + who), "--pid", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for who, pid in pids.items()]
 
 
 E2E_JUNK = [E2E_NODES.format(i) for i in range(251, 255)]  # sources no simulated node uses
@@ -122,7 +137,8 @@ def junk_flood(rate: int, seconds: float) -> dict:
     return {"junk_sent": sent, "junk_errors": errors, "junk_seconds": time.monotonic() - t0}
 
 
-def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: int = 0) -> dict:
+def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: int = 0, rate: float = 1800.0,
+               rekeys: bool = False) -> dict:
     """One lighthouse in a namespace (SQLite, or etcd with 3 members there), driven by
     a swarm process in the same namespace; the lighthouse's RSS after registration.
     With etcd a second lighthouse (lh2) holds every REMOTE_EVERY-th node: the queries,
@@ -178,14 +194,18 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
         # CPU time between them is what it spent on that phase (the swarm shares the cores)
         swarm = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks", "lighthouse",
                                   "--client", f"{tmp}/pki", "--nodes", str(nodes), "--seconds", str(seconds),
-                                  "--budget", str(budget)] + (["--remote-every", str(REMOTE_EVERY)] if lh2 else []),
+                                  "--budget", str(budget), "--handshake-rate", str(rate)]
+                                 + (["--rekeys"] if rekeys else [])
+                                 + (["--remote-every", str(REMOTE_EVERY)] if lh2 else []),
                                  cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
         cpu: dict[str, float] = {}
         cpu2: dict[str, float] = {}  # lh2's (etcd)
         cpu_etcd: dict[str, float] = {}  # the 3 members' together
         members = [m.proc.pid for m in cluster.members] if cluster is not None else []
-        last = spy = flood = None
+        rss_after: dict[str, float] = {}  # the lighthouse's RSS at the end of each phase
+        last = flood = None
+        spies: list = []
         try:
             for line in swarm.stdout:
                 if line.startswith("PHASE "):
@@ -196,8 +216,9 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                         cpu[last[0]] = now_cpu - last[1]
                         cpu2[last[0]] = now_cpu2 - last[2]
                         cpu_etcd[last[0]] = now_etcd - last[3]
+                        rss_after[last[0]] = _rss_mb(lh.pid)
                     last = (line.split()[1], now_cpu, now_cpu2, now_etcd)
-                    spy = _py_spy(spy, last[0], lh.pid)
+                    spies = _py_spy(spies, last[0], {"lighthouse": lh.pid, "swarm": swarm.pid})
                     if junk and last[0] == "queries":
                         flood = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks",
                                                   "lighthouse", "--junk-client", str(junk), "--seconds", str(seconds)],
@@ -227,7 +248,10 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
             r["leases_per_cpu_s"] = r["registered"] / cpu["registers"]
         if cpu.get("queries"):
             r["queries_per_cpu_s"] = r["queries_answered"] / cpu["queries"]
-        r.update(backend=backend, lighthouse_rss_mb=_rss_mb(lh.pid), lighthouse_rss_idle_mb=rss_idle)
+        if cpu.get("rekeys"):
+            r["rekeys_per_cpu_s"] = r["rekeys"] / cpu["rekeys"]
+        r.update(backend=backend, lighthouse_rss_mb=_rss_mb(lh.pid), lighthouse_rss_idle_mb=rss_idle,
+                 lighthouse_rss_after_mb=rss_after)
         from flatnet.engine.io import control
         _, body = control.get(f"{tmp}/run-lh1/lighthouse.sock", "/status", timeout=30)  # 10,000 nodes listed
         st = json.loads(body)
@@ -262,7 +286,53 @@ def _own_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: int = 0) -> dict:
+def handshake_phase(swarm, nodes: list, home: dict, rate: float, counter: str,  # noqa: ANN001 - a simnode.Swarm
+                    deadline: float, window: int = 1000, burst: int = 16) -> tuple[int, float, int]:
+    """Each node in `nodes` handshakes with its lighthouse: at most `rate` initiations
+    a second (the lighthouse wants cookies above its global limit, 2,000 a second by
+    default, which these nodes do not answer; each source address stays under its 20
+    a second), sent `burst` at a time, at most `window` unanswered. One unanswered
+    after 2 s is sent again, a new one (as an engine retries). (answered, seconds,
+    retries)."""
+    t0 = time.monotonic()
+    base = swarm.counts.get(counter, 0)
+    todo = list(reversed(nodes))
+    sent = retries = 0
+    out: dict[int, tuple] = {}  # id(node) -> (node, when sent)
+    checked = kept = t0
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        answered = swarm.counts.get(counter, 0) - base
+        if answered >= len(nodes):
+            break
+        if now - checked >= 0.25:  # not each pass: the generator must not spin on its list
+            checked = now
+            for k, (n, when) in list(out.items()):
+                if n.sessions[home[id(n)]].hs is None:
+                    del out[k]
+                elif now - when >= 2.0:
+                    todo.append(n)  # again, a new initiation, next in turn
+                    del out[k]
+                    retries += 1
+        due = min(int(rate * (now - t0)) - sent, window - (sent - answered - retries))
+        if due < min(burst, len(todo)):
+            due = 0  # in bursts: the lighthouse reads them in one batch, not one wakeup each
+        while due > 0 and todo:
+            n = todo.pop()
+            swarm.handshake(n, home[id(n)])
+            out[id(n)] = (n, now)
+            sent += 1
+            due -= 1
+        swarm.pump(0.005)
+        if swarm.dp is not None and now - kept >= 0.02:  # as in the query phase: registers go on
+            kept = now
+            for name in swarm.lighthouses:
+                swarm.keep_registered(name)
+    return swarm.counts.get(counter, 0) - base, time.monotonic() - t0, retries
+
+
+def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: int = 0, rate: float = 1800.0,
+           rekeys: bool = False) -> dict:
     """The swarm (inside the namespace): handshakes paced under the lighthouse's
     global handshake limit (2,000/s, above it wants cookies), registers, then queries
     with a window of answers outstanding, each from another node. After the
@@ -281,19 +351,14 @@ def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: in
     home = {id(n): "lh2" if remote_every and i % remote_every == remote_every - 1 else "lh1"
             for i, n in enumerate(swarm.nodes)}
     try:
-        # handshakes: at most 15 per 10 ms (1,500/s), each source address under its 20/s
+        # handshakes: paced (see handshake_phase), the initiations built before the phase
+        for name in swarm.lighthouses:
+            swarm.prepare([n for n in swarm.nodes if home[id(n)] == name], name)
         phase("handshakes")
-        t0 = time.monotonic()
-        todo = list(swarm.nodes)
-        while (todo or swarm.counts["handshakes"] < nodes) and time.monotonic() < deadline:
-            for n in todo[:15]:
-                swarm.handshake(n, home[id(n)])
-            todo = todo[15:]
-            swarm.pump(0.01)
-            if not todo and time.monotonic() - t0 > budget / 3:
-                break
-        r["handshakes"] = swarm.counts["handshakes"]
-        r["handshakes_per_s"] = swarm.counts["handshakes"] / (time.monotonic() - t0)
+        n_done, took, r["handshake_retries"] = handshake_phase(swarm, swarm.nodes, home, rate, "handshakes",
+                                                               min(deadline, time.monotonic() + budget / 3))
+        r["handshakes"] = n_done
+        r["handshakes_per_s"] = n_done / took
         # registers: every node with keys; new leases are what the store writes
         phase("registers")
         t0 = time.monotonic()
@@ -342,7 +407,6 @@ def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: in
             if idle >= 40:  # 200 ms without a datagram: what is outstanding was lost
                 lost, idle = sent - (answered() - base), 0
         answered = answered() - base
-        phase("end")
         r["swarm_cpu_s"] = _own_cpu_s() - cpu0
         r["queries_sent"], r["queries_answered"], r["queries_lost"] = sent, answered, lost
         r["queries_per_s"] = answered / (time.monotonic() - t0)
@@ -350,6 +414,20 @@ def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: in
         r["bad"] = swarm.counts["bad"]
         r["checked"] = swarm.counts.get("checked", 0)          # answers decoded in full
         r["send_failed"] = swarm.counts.get("send_failed", 0)
+        if rekeys:
+            # rekeys: every node with a session starts a new handshake with its lighthouse
+            # (as at 120 s of a session): a fresh ephemeral key, its TAI64N newer than
+            # the last; the lighthouse knows the node, its certificate and key already
+            phase("prepare-rekeys")
+            keyed = [n for n in swarm.nodes if n.sessions.get(home[id(n)]) and n.sessions[home[id(n)]].send]
+            for name in swarm.lighthouses:
+                swarm.prepare([n for n in keyed if home[id(n)] == name], name)
+            swarm.handshakes_in_python = True  # the answers go to their node (C knows one identity)
+            phase("rekeys")
+            n_done, took, r["rekey_retries"] = handshake_phase(swarm, keyed, home, rate, "rekeys",
+                                                               min(deadline, time.monotonic() + budget / 3))
+            r["rekeys"], r["rekeys_per_s"] = n_done, n_done / took
+        phase("end")
     finally:
         swarm.close()
     print(json.dumps(r), flush=True)
@@ -386,6 +464,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--budget", type=float, default=120.0, help="seconds the end-to-end run may take at most")
     p.add_argument("--no-e2e", action="store_true", help="the registry alone (no namespace, no root)")
     p.add_argument("--junk", type=int, default=0, help="type-5 junk a second from spoofed sources during the queries")
+    p.add_argument("--handshake-rate", type=float, default=1800.0,
+                   help="initiations a second at most (the lighthouse's global limit is 2,000 a second)")
+    p.add_argument("--rekeys", action="store_true",
+                   help="after the queries, every node rekeys its session (a new handshake with the lighthouse)")
     p.add_argument("--client", help=argparse.SUPPRESS)  # the swarm, run inside the namespace
     p.add_argument("--remote-every", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--junk-client", type=int, help=argparse.SUPPRESS)  # the junk flood, inside the namespace
@@ -395,7 +477,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(junk_flood(a.junk_client, a.seconds)), flush=True)
         return 0
     if a.client:
-        client(a.client, a.nodes, a.seconds, a.budget, a.remote_every)
+        client(a.client, a.nodes, a.seconds, a.budget, a.remote_every, a.handshake_rate, a.rekeys)
         return 0
     r = registry_bench(a.nodes, a.seconds)
     print(table(["nodes", "registers/s", "queries/s (one core)", "registry memory MB", "process RSS MB"],
@@ -403,7 +485,7 @@ def main(argv: list[str]) -> int:
                   f"{r['process_rss_mb']:.0f}"]]))
     print("goal: >= 20,000 queries/s on one core, < 100 MB")
     if not a.no_e2e and os.geteuid() == 0:
-        e = end_to_end(a.nodes, a.backend, a.seconds, a.budget, a.junk)
+        e = end_to_end(a.nodes, a.backend, a.seconds, a.budget, a.junk, a.handshake_rate, a.rekeys)
         r["end_to_end"] = e
         print("\n" + table(["store", "nodes registered", "handshakes/s", "leases/s", "queries/s answered",
                              "lighthouse RSS MB"],
@@ -412,6 +494,9 @@ def main(argv: list[str]) -> int:
                               f"{e['lighthouse_rss_mb']:.0f}"],
                              ["per lighthouse CPU-second", "", f"{e.get('handshakes_per_cpu_s', 0):.0f}",
                               f"{e.get('leases_per_cpu_s', 0):.0f}", f"{e.get('queries_per_cpu_s', 0):.0f}", ""]]))
+        if e.get("rekeys") is not None:
+            print(f"rekeys: {e['rekeys']}/{e['registered']} in their phase, {e['rekeys_per_s']:.0f}/s, "
+                  f"{e.get('rekeys_per_cpu_s', 0):.0f} per lighthouse CPU-s (retries {e['rekey_retries']})")
         if e.get("swarm_cpu_s") and e["queries_answered"]:
             print(f"CPU per query answered: lighthouse {1e6 * e['lighthouse_cpu_s'].get('queries', 0) / e['queries_answered']:.1f} us, "
                   f"the simulated nodes {1e6 * e['swarm_cpu_s'] / e['queries_answered']:.1f} us")

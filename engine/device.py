@@ -300,6 +300,7 @@ class Device:
         peer.session.close()
         self._apply(peer)
         self.dp.remove_peer(peer.slot)
+        self.me.forget_peer(peer.cert)  # its verified certificate and ss value
 
     def apply_revocations(self, now: float) -> list[str]:
         """After a newer blocklist: end every session whose certificate it revokes. The

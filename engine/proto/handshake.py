@@ -24,7 +24,8 @@ wireguard-go; nothing here keeps state between messages except the HandshakeIK.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import msgpack
 
@@ -32,7 +33,7 @@ from flatnet.engine.proto import cert as certs, cookie, tai64n
 from flatnet.engine.proto.constants import (AEAD_CHACHA, AEAD_NAME_MAX, AEAD_OFFER_MAX, PROLOGUE, TYPE_INITIATION,
                                             TYPE_RESPONSE, WIRE_VERSION)
 from flatnet.engine.proto.errors import RemoteProtocolError
-from flatnet.engine.proto.noise import HandshakeIK
+from flatnet.engine.proto.noise import HandshakeIK, StaticDH, public_key
 from flatnet.engine.proto.revocation import Revocations
 
 _INIT_HDR = struct.Struct("<BBHI")
@@ -48,12 +49,53 @@ def _check_header(kind: int, version: int, reserved: int) -> None:
         raise RemoteProtocolError("reserved_not_zero", f"type {kind}")
 
 
+class VerifiedCerts:
+    """Certificates whose CA signature we checked already, by (CA key, the exact
+    certificate bytes): a peer's next handshake (a rekey every 2 minutes) skips the
+    decode and the Ed25519 verification. What can change with time is checked on
+    every use, never cached: the validity window against `now` and the blocklist
+    (Identity.verify_peer). Keyed by the whole bytes, not a digest of them: a hit
+    is the same bytes that were verified, byte for byte.
+
+    Bounded (least recently used out first). An entry is added only after the
+    handshake that carried the certificate was authenticated, found fresh and
+    accepted (PeerSession); it is a pure function of its key, like the signature check
+    it saves. Shared between an Identity and its replacements (same CA key or not:
+    the key has the CA in it)."""
+
+    def __init__(self, limit: int = 16384) -> None:
+        self.limit = limit
+        self._certs: OrderedDict[tuple[bytes, bytes], certs.Certificate] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._certs)
+
+    def get(self, ca: certs.Certificate, raw: bytes) -> certs.Certificate | None:
+        key = (ca.key, raw)
+        cert = self._certs.get(key)
+        if cert is not None:
+            self._certs.move_to_end(key)
+        return cert
+
+    def remember(self, ca: certs.Certificate, cert: certs.Certificate) -> None:
+        key = (ca.key, cert.raw)
+        self._certs[key] = cert
+        self._certs.move_to_end(key)
+        while len(self._certs) > self.limit:
+            self._certs.popitem(last=False)
+
+    def forget(self, ca: certs.Certificate, cert: certs.Certificate) -> None:
+        self._certs.pop((ca.key, cert.raw), None)
+
+
 @dataclass(frozen=True)
 class Identity:
     """This node: its Noise static private key, its certificate, the network CA, the
     network's blocklist (shared, updated in place when a newer one arrives), and the
     transport ciphers it accepts, preferred first (engine.proto.constants AEAD_*; the
-    default, ChaCha20-Poly1305 alone, sends no "aead" offer at all)."""
+    default, ChaCha20-Poly1305 alone, sends no "aead" offer at all).
+    Two bounded caches for peers that finished a handshake with us (see
+    remember_peer): their verified certificates and the static-static DH."""
     static_private: bytes
     cert: certs.Certificate
     ca: certs.Certificate
@@ -62,13 +104,44 @@ class Identity:
     # as a responder, pick by our own order in `aead` (not the offer's): a lighthouse
     # prefers ChaCha20-Poly1305, which needs no OpenSSL context per key (protocol.md 5.10)
     responder_prefers_own: bool = False
+    verified: VerifiedCerts | None = field(default=None, repr=False, compare=False)
+    static_public: bytes = field(init=False, repr=False, compare=False)
+    static_dh: StaticDH = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # computed once, not per handshake; a replaced Identity (dataclasses.replace)
+        # gets its own: the ss values belong to this private key
+        object.__setattr__(self, "static_public", public_key(self.static_private))
+        object.__setattr__(self, "static_dh", StaticDH(self.static_private))
+        if self.verified is None:
+            object.__setattr__(self, "verified", VerifiedCerts())
 
     def verify_peer(self, raw: bytes, now: float) -> certs.Certificate:
-        """Another node's certificate: signed by our CA, valid at `now`, not revoked."""
-        peer = certs.verify_node(raw, self.ca, now)
+        """Another node's certificate: signed by our CA, valid at `now`, not revoked.
+        The signature check is skipped for bytes verified before (VerifiedCerts); the
+        time and the blocklist are checked every time."""
+        peer = self.verified.get(self.ca, raw) if self.verified is not None else None
+        if peer is None:
+            peer = certs.verify_node(raw, self.ca, now)
+        else:
+            peer.check_time(now)
         if self.revocations is not None:
             self.revocations.check(peer)
         return peer
+
+    def remember_peer(self, peer: certs.Certificate, hs: HandshakeIK) -> None:
+        """A handshake with `peer` finished: authenticated, fresh, accepted. Its
+        certificate (verified in it) and the ss value it used go to the caches."""
+        if self.verified is not None:
+            self.verified.remember(self.ca, peer)
+        if hs.ss_value is not None and hs.rs == peer.key:
+            self.static_dh.remember(peer.key, hs.ss_value)
+
+    def forget_peer(self, peer: certs.Certificate) -> None:
+        """The peer was removed (or revoked): out of both caches."""
+        if self.verified is not None:
+            self.verified.forget(self.ca, peer)
+        self.static_dh.forget(peer.key)
 
 
 @dataclass
@@ -83,7 +156,8 @@ class Initiation:
 
 def create_initiation(me: Identity, peer_static: bytes, sender_index: int, unix_ns: int,
                       ephemeral: tuple[bytes, bytes] | None = None) -> tuple[HandshakeIK, bytes]:
-    hs = HandshakeIK(True, me.static_private, PROLOGUE, remote_static=peer_static, ephemeral=ephemeral)
+    hs = HandshakeIK(True, me.static_private, PROLOGUE, remote_static=peer_static, ephemeral=ephemeral,
+                     static_public=me.static_public, static_dh=me.static_dh)
     body: dict = {"cert": me.cert.raw, "ts": tai64n.encode(unix_ns)}
     if _offers(me):
         body["aead"] = list(me.aead)
@@ -107,7 +181,7 @@ def consume_initiation(me: Identity, packet: bytes, now: float) -> Initiation:
     kind, version, reserved, sender = _INIT_HDR.unpack_from(packet)
     _check_header(kind, version, reserved)
     message = cookie.strip_macs(packet, me.cert.key)
-    hs = HandshakeIK(False, me.static_private, PROLOGUE)
+    hs = HandshakeIK(False, me.static_private, PROLOGUE, static_public=me.static_public, static_dh=me.static_dh)
     body = _payload(hs.read_message_1(message[_INIT_HDR.size:]), ("cert", "ts"))
     peer = me.verify_peer(body["cert"], now)
     if peer.key != hs.rs:

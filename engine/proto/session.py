@@ -184,6 +184,7 @@ class PeerSession:
         self._datagrams.append((packet, addr))
         self._install(Keys(send, receive, local, init.sender_index, now, initiator=False, cipher=init.aead),
                       init.peer, now)
+        self.me.remember_peer(init.peer, init.hs)  # authenticated, fresh, accepted: the caches may keep it
 
     def receive_response(self, packet: bytes, now: float) -> None:
         pending = self.pending
@@ -205,6 +206,7 @@ class PeerSession:
         send, receive = hs.split()
         self.pending = None
         self._install(Keys(send, receive, pending.local_index, sender, now, initiator=True, cipher=cipher), cert, now)
+        self.me.remember_peer(cert, hs)
 
     def receive_cookie_reply(self, packet: bytes, now: float) -> None:
         """The peer is under load and wants mac2 keyed by this cookie from now on."""
