@@ -375,6 +375,10 @@ def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: in
         # askers grouped by socket, so consecutive queries share a sendmmsg
         leased = sorted((n for n in ready if n.lease), key=lambda n: n.sock.fileno())
         r["registered"] = len(leased)
+        if not leased:
+            errors = sorted({str(n.error)[:200] for n in ready if n.error})[:5]
+            raise RuntimeError(f"no node got a lease: {len(ready)} ready, {r['attached']} attached, "
+                               f"counts {swarm.counts}, errors {errors}")
         r["leases_per_s"] = len(leased) / (time.monotonic() - t0)
         # queries: by address, a random other node's /24; `window` outstanding
         rng = random.Random(1)

@@ -310,7 +310,7 @@ class Swarm:
                 s = node.sessions[lh]
                 if s.hs is None or s.pending_index != receiver:
                     raise ValueError("no handshake waits for this response")
-                peer = hsm.consume_response(node.ident, s.hs, data, lh, time.time())
+                peer, _cipher = hsm.consume_response(node.ident, s.hs, data, lh, time.time())  # no offer: ChaCha
                 node.ident.remember_peer(peer, s.hs)  # as PeerSession does: accepted
                 if s.slot >= 0:  # attached: a rekey; the C data path keeps the first keys
                     s.hs = None
