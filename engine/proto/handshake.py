@@ -57,11 +57,13 @@ class VerifiedCerts:
     (Identity.verify_peer). Keyed by the whole bytes, not a digest of them: a hit
     is the same bytes that were verified, byte for byte.
 
-    Bounded (least recently used out first). An entry is added only after the
-    handshake that carried the certificate was authenticated, found fresh and
-    accepted (PeerSession); it is a pure function of its key, like the signature check
-    it saves. Shared between an Identity and its replacements (same CA key or not:
-    the key has the CA in it)."""
+    Bounded (least recently used out first). An entry is added, and made the most
+    recently used, only after the handshake that carried the certificate was
+    authenticated, found fresh and accepted (PeerSession). get() is a look-up only: it
+    runs before the freshness check, so a replayed initiation must not change the
+    order. An entry is a pure function of its key, like the signature check it saves.
+    Shared between an Identity and its replacements (same CA key or not: the key has
+    the CA in it). Not thread-safe: the handshakes run on the event loop's thread."""
 
     def __init__(self, limit: int = 16384) -> None:
         self.limit = limit
@@ -71,11 +73,7 @@ class VerifiedCerts:
         return len(self._certs)
 
     def get(self, ca: certs.Certificate, raw: bytes) -> certs.Certificate | None:
-        key = (ca.key, raw)
-        cert = self._certs.get(key)
-        if cert is not None:
-            self._certs.move_to_end(key)
-        return cert
+        return self._certs.get((ca.key, raw))
 
     def remember(self, ca: certs.Certificate, cert: certs.Certificate) -> None:
         key = (ca.key, cert.raw)

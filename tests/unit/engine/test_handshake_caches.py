@@ -141,7 +141,7 @@ def test_the_caches_are_bounded_least_recently_used_out_first():
         sd.remember(i.cert.key, b"v" * 32)
     assert len(vc) == 2 and vc.get(ca.cert, ids[0].cert.raw) is None
     assert len(sd) == 2 and sd.get(ids[0].cert.key) is None
-    assert vc.get(ca.cert, ids[1].cert.raw) is not None  # used: now the newest
+    vc.remember(ca.cert, ids[1].cert)  # a handshake of n1 accepted again: now the newest
     vc.remember(ca.cert, ids[0].cert)
     assert vc.get(ca.cert, ids[1].cert.raw) is not None and vc.get(ca.cert, ids[2].cert.raw) is None
 
@@ -160,3 +160,47 @@ def test_a_static_dh_cache_of_another_key_is_refused():
     mine, other = ca.identity("a"), ca.identity("b")
     with pytest.raises(LocalProtocolError, match="another static key"):
         noise.HandshakeIK(False, mine.static_private, b"p", static_dh=other.static_dh)
+
+
+def forged_initiation(responder: hsm.Identity, claimed: hsm.Identity, wall_ns: int) -> bytes:
+    """An initiation that names `claimed`'s static key without its private key: it
+    passes mac1 (anyone who knows the responder's public key computes it) and reaches
+    the ss look-up, then fails authentication."""
+    attacker = dataclasses.replace(claimed, static_private=noise.generate_keypair()[0])
+    object.__setattr__(attacker, "static_public", claimed.cert.key)  # the key it claims
+    _, message = hsm.create_initiation(attacker, responder.cert.key, 1, wall_ns)
+    return hsm.cookie.add_macs(message, responder.cert.key, None)[0]
+
+
+def test_an_unauthenticated_initiation_does_not_reorder_the_static_dh_cache():
+    """Attack: the responder looks up the ss value of the key an initiation names
+    before the initiation is authenticated. Before the fix the look-up made the entry
+    the most recently used, so anyone (no certificate needed) could choose which
+    peers' entries survive and which go first: a state change before authentication."""
+    p = Pair()
+    victim, other, newcomer = (p.ca.identity(n) for n in ("host-v", "host-o", "host-n"))
+    p.b_id.static_dh.limit = 2
+    for peer in (victim, other):  # victim: the least recently used
+        p.b_id.static_dh.remember(peer.cert.key, noise.dh(p.b_id.static_private, peer.cert.key))
+    with pytest.raises(RemoteProtocolError):
+        hsm.consume_initiation(p.b_id, forged_initiation(p.b_id, victim, p.wall()), p.wall() / 1e9)
+    p.b_id.static_dh.remember(newcomer.cert.key, noise.dh(p.b_id.static_private, newcomer.cert.key))
+    assert p.b_id.static_dh.get(victim.cert.key) is None  # still the least recently used: out
+    assert p.b_id.static_dh.get(other.cert.key) is not None
+
+
+def test_a_replayed_initiation_does_not_reorder_the_certificate_cache():
+    """A replay authenticates (Noise) and its certificate is looked up before the
+    TAI64N check refuses it: the look-up must leave the order as it was."""
+    p = Pair()
+    p.a.want_keys(p.now)
+    [(packet, _)] = p.a.datagrams_to_send()
+    p.b.receive_initiation(hsm.consume_initiation(p.b_id, packet, p.wall() / 1e9), ("192.0.2.1", 1), p.now)
+    other, newcomer = p.ca.identity("host-o"), p.ca.identity("host-n")
+    p.b_id.verified.limit = 2
+    p.b_id.verified.remember(p.ca.cert, other.cert)  # host-a's entry: now the least recently used
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        p.b.receive_initiation(hsm.consume_initiation(p.b_id, packet, p.wall() / 1e9), ("192.0.2.1", 1), p.now)
+    p.b_id.verified.remember(p.ca.cert, newcomer.cert)
+    assert p.b_id.verified.get(p.ca.cert, p.a_id.cert.raw) is None
+    assert p.b_id.verified.get(p.ca.cert, other.cert.raw) is not None
