@@ -4,6 +4,7 @@ still refuses a revoked or expired certificate; bounded; dropped with the peer; 
 cached value gives the same keys as the computation it replaces."""
 import dataclasses
 
+import msgpack
 import pytest
 
 from flatnet.engine.datapath_port import CTRL_RAW, ControlItem
@@ -204,3 +205,55 @@ def test_a_replayed_initiation_does_not_reorder_the_certificate_cache():
     p.b_id.verified.remember(p.ca.cert, newcomer.cert)
     assert p.b_id.verified.get(p.ca.cert, p.a_id.cert.raw) is None
     assert p.b_id.verified.get(p.ca.cert, other.cert.raw) is not None
+
+
+def reencoded(cert: certs.Certificate, pad: int) -> certs.Certificate:
+    """The same signed certificate as other bytes: the outer map is not signed, so an
+    extra key (or another msgpack form) still verifies (engine.proto.cert)."""
+    _, details, signature = certs.decode(cert.raw)
+    return certs.decode(msgpack.packb({"d": details, "s": signature, "pad": pad}, use_bin_type=True))[0]
+
+
+def test_one_certificate_sent_as_many_encodings_cannot_push_other_nodes_out():
+    """Attack: a node with one valid certificate rekeys with b again and again, each
+    time sending its certificate as other bytes. Each is accepted (it is signed), and
+    before the fix each added an entry, so 16,384 rekeys emptied the cache of every
+    other node's certificate (and filled it with up to 1 KB entries). Now the cache
+    keeps one certificate per node key: the newest."""
+    p = Pair()
+    victim = p.ca.identity("host-v")
+    p.b_id.verified.limit = 3
+    p.b_id.verified.remember(p.ca.cert, victim.cert)
+    p.a.want_keys(p.now)
+    p.exchange()
+    events(p.a), events(p.b)
+    for pad in range(4):
+        p.a.me = dataclasses.replace(p.a_id, cert=reencoded(p.a_id.cert, pad))
+        ea, eb = rekey(p)
+        assert isinstance(eb, KeysInstalled) and eb.peer_cert.raw == p.a.me.cert.raw  # accepted
+    assert p.b_id.verified.get(p.ca.cert, victim.cert.raw) == victim.cert
+    assert len(p.b_id.verified) == 2
+    assert p.b_id.verified.get(p.ca.cert, p.a.me.cert.raw) is not None  # the last one sent
+    # forgetting the peer drops whatever bytes of its key are cached, not only the ones named
+    p.b_id.forget_peer(p.a_id.cert)
+    assert len(p.b_id.verified) == 1
+
+
+def test_a_renewed_certificate_replaces_the_older_one_and_its_groups_apply():
+    """The groups a handshake gives are those of the certificate presented in it, never
+    those of another cached certificate of the same key; the renewal takes the older
+    one's place in the cache, and the older one (still valid) is checked afresh."""
+    p = Pair()
+    p.a.want_keys(p.now)
+    p.exchange()
+    events(p.a), events(p.b)
+    old = p.a_id.cert
+    raw = certs.sign_node(p.ca.key, p.ca.cert, "host-a", old.key, ["web"], p.ca.now - 10, p.ca.now + DAY)
+    renewed = dataclasses.replace(p.a_id, cert=certs.decode(raw)[0])
+    p.a.me = renewed
+    ea, eb = rekey(p)
+    assert eb.peer_cert.groups == ("web",) and len(p.b_id.verified) == 1
+    assert p.b_id.verified.get(p.ca.cert, old.raw) is None
+    p.a.me = p.a_id  # back to the older certificate: its own groups, not the cached renewal's
+    ea, eb = rekey(p)
+    assert eb.peer_cert.groups == () and eb.peer_cert.raw == old.raw
