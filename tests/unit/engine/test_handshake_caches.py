@@ -257,3 +257,16 @@ def test_a_renewed_certificate_replaces_the_older_one_and_its_groups_apply():
     p.a.me = p.a_id  # back to the older certificate: its own groups, not the cached renewal's
     ea, eb = rekey(p)
     assert eb.peer_cert.groups == () and eb.peer_cert.raw == old.raw
+
+
+def test_a_revoked_pinned_peer_leaves_both_caches():
+    """A pinned peer (a lighthouse the engine holds) is not removed when revoked, only
+    its keys go: its cache entries go too, as for any revoked peer."""
+    ca = TestCA()
+    a, b, wire, clock = pair(ca)
+    a.pinned = {"host-b"}
+    key = b.me.cert.key
+    assert a.me.static_dh.get(key) is not None and a.me.verified.get(ca.cert, b.me.cert.raw) is not None
+    assert a.me.revocations.offer(blocklist(ca, 2, {"host-b": NOW - 60}))
+    assert a.apply_revocations(1.0) == ["host-b"]
+    assert a.me.static_dh.get(key) is None and a.me.verified.get(ca.cert, b.me.cert.raw) is None
