@@ -322,6 +322,7 @@ class Device:
             if peer.name in self.pinned:
                 peer.session.close()
                 self._apply(peer)
+                self.me.forget_peer(peer.cert)  # as remove_peer: a revoked peer leaves the caches
                 peer.last_error = "certificate revoked"
             else:
                 self.remove_peer(peer.name)

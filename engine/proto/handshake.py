@@ -57,35 +57,44 @@ class VerifiedCerts:
     (Identity.verify_peer). Keyed by the whole bytes, not a digest of them: a hit
     is the same bytes that were verified, byte for byte.
 
-    Bounded (least recently used out first). An entry is added only after the
-    handshake that carried the certificate was authenticated, found fresh and
-    accepted (PeerSession); it is a pure function of its key, like the signature check
-    it saves. Shared between an Identity and its replacements (same CA key or not:
-    the key has the CA in it)."""
+    Bounded (least recently used out first), and at most one certificate per node key
+    and CA: the outer map of a certificate is not signed (engine.proto.cert), so one
+    valid certificate can be sent as any number of different bytes; without this
+    limit one node could push every other node out of the cache. A newer certificate
+    of the same key (a renewal) replaces the older one.
+
+    An entry is added, and made the most recently used, only after the handshake that
+    carried the certificate was authenticated, found fresh and accepted (PeerSession).
+    get() is a look-up only: it runs before the freshness check, so a replayed
+    initiation must not change the order. An entry is a pure function of its key, like
+    the signature check it saves. Shared between an Identity and its replacements
+    (same CA key or not: the key has the CA in it). Not thread-safe: the handshakes
+    run on the event loop's thread."""
 
     def __init__(self, limit: int = 16384) -> None:
         self.limit = limit
-        self._certs: OrderedDict[tuple[bytes, bytes], certs.Certificate] = OrderedDict()
+        self._certs: OrderedDict[tuple[bytes, bytes], certs.Certificate] = OrderedDict()  # (CA key, bytes)
+        self._bytes_of: dict[tuple[bytes, bytes], bytes] = {}  # (CA key, node key) -> its bytes in _certs
 
     def __len__(self) -> int:
         return len(self._certs)
 
     def get(self, ca: certs.Certificate, raw: bytes) -> certs.Certificate | None:
-        key = (ca.key, raw)
-        cert = self._certs.get(key)
-        if cert is not None:
-            self._certs.move_to_end(key)
-        return cert
+        return self._certs.get((ca.key, raw))
 
     def remember(self, ca: certs.Certificate, cert: certs.Certificate) -> None:
-        key = (ca.key, cert.raw)
-        self._certs[key] = cert
-        self._certs.move_to_end(key)
+        self.forget(ca, cert)  # the key's older certificate (or other bytes of this one)
+        self._certs[(ca.key, cert.raw)] = cert
+        self._bytes_of[(ca.key, cert.key)] = cert.raw
         while len(self._certs) > self.limit:
-            self._certs.popitem(last=False)
+            (ca_key, _), old = self._certs.popitem(last=False)
+            del self._bytes_of[(ca_key, old.key)]
 
     def forget(self, ca: certs.Certificate, cert: certs.Certificate) -> None:
-        self._certs.pop((ca.key, cert.raw), None)
+        """Whatever certificate of cert's node key is cached (not only these bytes)."""
+        raw = self._bytes_of.pop((ca.key, cert.key), None)
+        if raw is not None:
+            del self._certs[(ca.key, raw)]
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,8 @@ class Identity:
             self.static_dh.remember(peer.key, hs.ss_value)
 
     def forget_peer(self, peer: certs.Certificate) -> None:
-        """The peer was removed (or revoked): out of both caches."""
+        """The peer was removed (or revoked): out of both caches, whatever certificate
+        of its key is cached (it may have sent other bytes than `peer.raw`)."""
         if self.verified is not None:
             self.verified.forget(self.ca, peer)
         self.static_dh.forget(peer.key)

@@ -66,11 +66,15 @@ class StaticDH:
     handshake with us (as wireguard-go precomputes it per configured peer): their next
     handshake, a rekey every 2 minutes, costs one X25519 less on each side.
 
-    Bounded (least recently used out first). Entries are added only by the caller,
-    after the handshake that used the value was authenticated and found fresh
-    (PeerSession), and dropped with the peer (Device.remove_peer). A value is a pure
-    function of the two keys: a cached one is exactly what dh() would return.
-    Bound to one private key: a new key (Identity) gets a new cache."""
+    Bounded (least recently used out first). Entries are added, and made the most
+    recently used, only by the caller, after the handshake that used the value was
+    authenticated and found fresh (PeerSession), and dropped with the peer
+    (Device.remove_peer). get() is a look-up only: a responder calls it before the
+    initiation is authenticated (anyone who knows our public key can name any key
+    there), so it must not change the order. A value is a pure function of the two
+    keys: a cached one is exactly what dh() would return. Bound to one private key: a
+    new key (Identity) gets a new cache. Not thread-safe: the handshakes run on the
+    event loop's thread."""
 
     def __init__(self, private: bytes, limit: int = 16384) -> None:
         self.private = private
@@ -81,10 +85,7 @@ class StaticDH:
         return len(self._values)
 
     def get(self, remote_static: bytes) -> bytes | None:
-        value = self._values.get(remote_static)
-        if value is not None:
-            self._values.move_to_end(remote_static)
-        return value
+        return self._values.get(remote_static)
 
     def remember(self, remote_static: bytes, value: bytes) -> None:
         self._values[remote_static] = value

@@ -253,3 +253,18 @@ def test_a_lighthouse_prefers_its_own_order(a_aead, expected):
     init = hsm.consume_initiation(b, _macs(packet, b), NOW)
     cert, cipher = hsm.consume_response(a, hs, _macs(hsm.create_response(b, init, 9), a), "host-b", NOW)
     assert cipher == init.aead == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(_AEAD, st.sampled_from([AUTO, CHACHA_ONLY, AES_ONLY, (AEAD_CHACHA, AEAD_AES)]))
+def test_a_responder_preferring_its_own_order_answers_any_aead_with_an_offered_cipher_or_refuses(offer, accepts):
+    """The lighthouse's branch (responder_prefers_own) on any "aead" an initiator can
+    send: an offered name it accepts (its own first choice), or a counted refusal."""
+    me = dataclasses.replace(B, aead=accepts, responder_prefers_own=True)
+    try:
+        init = hsm.consume_initiation(me, _initiation_with({"aead": offer}), NOW)
+    except RemoteProtocolError as exc:
+        assert exc.reason in ("bad_handshake", "cipher_mismatch")
+        return
+    assert init.offered and init.aead in offer
+    assert init.aead == next(name for name in accepts if name in offer)

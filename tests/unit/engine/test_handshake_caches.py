@@ -4,6 +4,7 @@ still refuses a revoked or expired certificate; bounded; dropped with the peer; 
 cached value gives the same keys as the computation it replaces."""
 import dataclasses
 
+import msgpack
 import pytest
 
 from flatnet.engine.datapath_port import CTRL_RAW, ControlItem
@@ -141,7 +142,7 @@ def test_the_caches_are_bounded_least_recently_used_out_first():
         sd.remember(i.cert.key, b"v" * 32)
     assert len(vc) == 2 and vc.get(ca.cert, ids[0].cert.raw) is None
     assert len(sd) == 2 and sd.get(ids[0].cert.key) is None
-    assert vc.get(ca.cert, ids[1].cert.raw) is not None  # used: now the newest
+    vc.remember(ca.cert, ids[1].cert)  # a handshake of n1 accepted again: now the newest
     vc.remember(ca.cert, ids[0].cert)
     assert vc.get(ca.cert, ids[1].cert.raw) is not None and vc.get(ca.cert, ids[2].cert.raw) is None
 
@@ -160,3 +161,112 @@ def test_a_static_dh_cache_of_another_key_is_refused():
     mine, other = ca.identity("a"), ca.identity("b")
     with pytest.raises(LocalProtocolError, match="another static key"):
         noise.HandshakeIK(False, mine.static_private, b"p", static_dh=other.static_dh)
+
+
+def forged_initiation(responder: hsm.Identity, claimed: hsm.Identity, wall_ns: int) -> bytes:
+    """An initiation that names `claimed`'s static key without its private key: it
+    passes mac1 (anyone who knows the responder's public key computes it) and reaches
+    the ss look-up, then fails authentication."""
+    attacker = dataclasses.replace(claimed, static_private=noise.generate_keypair()[0])
+    object.__setattr__(attacker, "static_public", claimed.cert.key)  # the key it claims
+    _, message = hsm.create_initiation(attacker, responder.cert.key, 1, wall_ns)
+    return hsm.cookie.add_macs(message, responder.cert.key, None)[0]
+
+
+def test_an_unauthenticated_initiation_does_not_reorder_the_static_dh_cache():
+    """Attack: the responder looks up the ss value of the key an initiation names
+    before the initiation is authenticated. Before the fix the look-up made the entry
+    the most recently used, so anyone (no certificate needed) could choose which
+    peers' entries survive and which go first: a state change before authentication."""
+    p = Pair()
+    victim, other, newcomer = (p.ca.identity(n) for n in ("host-v", "host-o", "host-n"))
+    p.b_id.static_dh.limit = 2
+    for peer in (victim, other):  # victim: the least recently used
+        p.b_id.static_dh.remember(peer.cert.key, noise.dh(p.b_id.static_private, peer.cert.key))
+    with pytest.raises(RemoteProtocolError):
+        hsm.consume_initiation(p.b_id, forged_initiation(p.b_id, victim, p.wall()), p.wall() / 1e9)
+    p.b_id.static_dh.remember(newcomer.cert.key, noise.dh(p.b_id.static_private, newcomer.cert.key))
+    assert p.b_id.static_dh.get(victim.cert.key) is None  # still the least recently used: out
+    assert p.b_id.static_dh.get(other.cert.key) is not None
+
+
+def test_a_replayed_initiation_does_not_reorder_the_certificate_cache():
+    """A replay authenticates (Noise) and its certificate is looked up before the
+    TAI64N check refuses it: the look-up must leave the order as it was."""
+    p = Pair()
+    p.a.want_keys(p.now)
+    [(packet, _)] = p.a.datagrams_to_send()
+    p.b.receive_initiation(hsm.consume_initiation(p.b_id, packet, p.wall() / 1e9), ("192.0.2.1", 1), p.now)
+    other, newcomer = p.ca.identity("host-o"), p.ca.identity("host-n")
+    p.b_id.verified.limit = 2
+    p.b_id.verified.remember(p.ca.cert, other.cert)  # host-a's entry: now the least recently used
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        p.b.receive_initiation(hsm.consume_initiation(p.b_id, packet, p.wall() / 1e9), ("192.0.2.1", 1), p.now)
+    p.b_id.verified.remember(p.ca.cert, newcomer.cert)
+    assert p.b_id.verified.get(p.ca.cert, p.a_id.cert.raw) is None
+    assert p.b_id.verified.get(p.ca.cert, other.cert.raw) is not None
+
+
+def reencoded(cert: certs.Certificate, pad: int) -> certs.Certificate:
+    """The same signed certificate as other bytes: the outer map is not signed, so an
+    extra key (or another msgpack form) still verifies (engine.proto.cert)."""
+    _, details, signature = certs.decode(cert.raw)
+    return certs.decode(msgpack.packb({"d": details, "s": signature, "pad": pad}, use_bin_type=True))[0]
+
+
+def test_one_certificate_sent_as_many_encodings_cannot_push_other_nodes_out():
+    """Attack: a node with one valid certificate rekeys with b again and again, each
+    time sending its certificate as other bytes. Each is accepted (it is signed), and
+    before the fix each added an entry, so 16,384 rekeys emptied the cache of every
+    other node's certificate (and filled it with up to 1 KB entries). Now the cache
+    keeps one certificate per node key: the newest."""
+    p = Pair()
+    victim = p.ca.identity("host-v")
+    p.b_id.verified.limit = 3
+    p.b_id.verified.remember(p.ca.cert, victim.cert)
+    p.a.want_keys(p.now)
+    p.exchange()
+    events(p.a), events(p.b)
+    for pad in range(4):
+        p.a.me = dataclasses.replace(p.a_id, cert=reencoded(p.a_id.cert, pad))
+        ea, eb = rekey(p)
+        assert isinstance(eb, KeysInstalled) and eb.peer_cert.raw == p.a.me.cert.raw  # accepted
+    assert p.b_id.verified.get(p.ca.cert, victim.cert.raw) == victim.cert
+    assert len(p.b_id.verified) == 2
+    assert p.b_id.verified.get(p.ca.cert, p.a.me.cert.raw) is not None  # the last one sent
+    # forgetting the peer drops whatever bytes of its key are cached, not only the ones named
+    p.b_id.forget_peer(p.a_id.cert)
+    assert len(p.b_id.verified) == 1
+
+
+def test_a_renewed_certificate_replaces_the_older_one_and_its_groups_apply():
+    """The groups a handshake gives are those of the certificate presented in it, never
+    those of another cached certificate of the same key; the renewal takes the older
+    one's place in the cache, and the older one (still valid) is checked afresh."""
+    p = Pair()
+    p.a.want_keys(p.now)
+    p.exchange()
+    events(p.a), events(p.b)
+    old = p.a_id.cert
+    raw = certs.sign_node(p.ca.key, p.ca.cert, "host-a", old.key, ["web"], p.ca.now - 10, p.ca.now + DAY)
+    renewed = dataclasses.replace(p.a_id, cert=certs.decode(raw)[0])
+    p.a.me = renewed
+    ea, eb = rekey(p)
+    assert eb.peer_cert.groups == ("web",) and len(p.b_id.verified) == 1
+    assert p.b_id.verified.get(p.ca.cert, old.raw) is None
+    p.a.me = p.a_id  # back to the older certificate: its own groups, not the cached renewal's
+    ea, eb = rekey(p)
+    assert eb.peer_cert.groups == () and eb.peer_cert.raw == old.raw
+
+
+def test_a_revoked_pinned_peer_leaves_both_caches():
+    """A pinned peer (a lighthouse the engine holds) is not removed when revoked, only
+    its keys go: its cache entries go too, as for any revoked peer."""
+    ca = TestCA()
+    a, b, wire, clock = pair(ca)
+    a.pinned = {"host-b"}
+    key = b.me.cert.key
+    assert a.me.static_dh.get(key) is not None and a.me.verified.get(ca.cert, b.me.cert.raw) is not None
+    assert a.me.revocations.offer(blocklist(ca, 2, {"host-b": NOW - 60}))
+    assert a.apply_revocations(1.0) == ["host-b"]
+    assert a.me.static_dh.get(key) is None and a.me.verified.get(ca.cert, b.me.cert.raw) is None
