@@ -186,8 +186,12 @@ class Registry:
             del self.by_endpoint[node.observed]
         local, bad_endpoints = endpoints_policy.usable(msg["endpoints"])
         self.limited["endpoints_refused"] += len(bad_endpoints)
-        node.observed, node.local, node.last_seen, node.subnet = src, local[:wire.MAX_LOCAL], now, subnet
-        node.encoded.clear()  # what a peer or punch message says about it may have changed
+        local = local[:wire.MAX_LOCAL]
+        if (node.observed, node.local, node.subnet) != (src, local, subnet):
+            # what a peer or punch message says about it changed (a node re-registers every
+            # 10 s, mostly unchanged: its encoded answers stay, as the cert is the same)
+            node.encoded.clear()
+        node.observed, node.local, node.last_seen, node.subnet = src, local, now, subnet
         node.record = None
         node.observed_ok = endpoints_policy.refused(src) is None
         node.services, refused = self._claim(name, subnet, msg["services"], now)

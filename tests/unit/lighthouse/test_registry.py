@@ -43,6 +43,23 @@ def test_query_answers_and_punches_the_target(reg):
     assert msg["endpoints"][0] == ("203.0.113.5", 40000)
 
 
+def test_answers_follow_a_re_registration_that_moves_and_are_kept_when_nothing_moved(reg):
+    """A node re-registers every 10 s: unchanged, the answers about it are the bytes
+    already encoded; a new observed address, own endpoint or lease is in the next one."""
+    register(reg, "a", ("203.0.113.5", 40000))
+    def ask(now):
+        out = reg.handle("a", b"cert-a", wire.encode("query", name="b"), ("203.0.113.5", 40000), now)
+        return out[0][1]
+    register(reg, "b", ("198.51.100.7", 50000), endpoints=[("172.16.2.2", 4787)])
+    first = ask(1.0)
+    register(reg, "b", ("198.51.100.7", 50000), now=2.0, endpoints=[("172.16.2.2", 4787)])
+    assert ask(3.0) is first  # nothing moved: not encoded again
+    for now, src, own in ((4.0, ("198.51.100.7", 50001), [("172.16.2.2", 4787)]),   # its NAT moved it
+                          (6.0, ("198.51.100.7", 50001), [("172.16.9.9", 4787)])):  # its own address changed
+        register(reg, "b", src, now=now, endpoints=own)
+        assert wire.decode(ask(now + 1))[1]["endpoints"] == [src, *own]
+
+
 def test_query_for_nobody(reg):
     register(reg, "a", ("203.0.113.5", 1))
     [(to, data)] = reg.handle("a", b"cert-a", wire.encode("query", addr="10.87.9.1"), ("203.0.113.5", 1), 1.0)
