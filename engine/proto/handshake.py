@@ -113,7 +113,8 @@ class Identity:
     # as a responder, pick by our own order in `aead` (not the offer's): a lighthouse
     # prefers ChaCha20-Poly1305, which needs no OpenSSL context per key (protocol.md 5.10)
     responder_prefers_own: bool = False
-    verified: VerifiedCerts | None = field(default=None, repr=False, compare=False)
+    # shared with replacements made by dataclasses.replace (it is keyed by CA)
+    verified: VerifiedCerts = field(default_factory=VerifiedCerts, repr=False, compare=False)
     static_public: bytes = field(init=False, repr=False, compare=False)
     static_dh: StaticDH = field(init=False, repr=False, compare=False)
 
@@ -122,14 +123,12 @@ class Identity:
         # gets its own: the ss values belong to this private key
         object.__setattr__(self, "static_public", public_key(self.static_private))
         object.__setattr__(self, "static_dh", StaticDH(self.static_private))
-        if self.verified is None:
-            object.__setattr__(self, "verified", VerifiedCerts())
 
     def verify_peer(self, raw: bytes, now: float) -> certs.Certificate:
         """Another node's certificate: signed by our CA, valid at `now`, not revoked.
         The signature check is skipped for bytes verified before (VerifiedCerts); the
         time and the blocklist are checked every time."""
-        peer = self.verified.get(self.ca, raw) if self.verified is not None else None
+        peer = self.verified.get(self.ca, raw)
         if peer is None:
             peer = certs.verify_node(raw, self.ca, now)
         else:
@@ -141,16 +140,14 @@ class Identity:
     def remember_peer(self, peer: certs.Certificate, hs: HandshakeIK) -> None:
         """A handshake with `peer` finished: authenticated, fresh, accepted. Its
         certificate (verified in it) and the ss value it used go to the caches."""
-        if self.verified is not None:
-            self.verified.remember(self.ca, peer)
+        self.verified.remember(self.ca, peer)
         if hs.ss_value is not None and hs.rs == peer.key:
             self.static_dh.remember(peer.key, hs.ss_value)
 
     def forget_peer(self, peer: certs.Certificate) -> None:
         """The peer was removed (or revoked): out of both caches, whatever certificate
         of its key is cached (it may have sent other bytes than `peer.raw`)."""
-        if self.verified is not None:
-            self.verified.forget(self.ca, peer)
+        self.verified.forget(self.ca, peer)
         self.static_dh.forget(peer.key)
 
 

@@ -86,7 +86,7 @@ def make_identity(ca_key: SigningKey, ca: certs.Certificate, name: str,
     private, public = generate_keypair()
     now = int(time.time())
     raw = certs.sign_node(ca_key, ca, name, public, [], now - DAY, now + 30 * DAY)
-    return Identity(private, certs.decode(raw)[0], ca, verified=verified)
+    return Identity(private, certs.decode(raw)[0], ca, verified=verified if verified is not None else VerifiedCerts())
 
 
 class Swarm:

@@ -158,13 +158,20 @@ def test_a_dead_lighthouses_registrations_expire(open_store):
     assert wait_for(lambda: two.remote("host-a") is None, 8.0), "a dead node's endpoints stayed"
 
 
+def _two_lighthouses(open_store):
+    """lh-1 and lh-2 on one shared store; what lh-1 punches when lh-2 asks it to
+    collects in the returned list."""
+    s1, s2 = open_store(me="lh-1"), open_store(me="lh-2")
+    r1, r2 = Registry(s1, me="lh-1"), Registry(s2, me="lh-2")
+    punched: list = []
+    s1.on_punches = lambda pairs: punched.extend(r1.punch(target, asker, 1.0) for target, asker in pairs)
+    return s1, s2, r1, r2, punched
+
+
 def test_a_query_through_another_lighthouse_answers_and_punches_through_the_first(open_store):
     if open_store.backend != "etcd":
         pytest.skip("needs a shared store")
-    s1, s2 = open_store(me="lh-1"), open_store(me="lh-2")
-    r1, r2 = Registry(s1, me="lh-1"), Registry(s2, me="lh-2")
-    punched = []
-    s1.on_punches = lambda pairs: punched.extend(r1.punch(target, asker, 1.0) for target, asker in pairs)
+    s1, s2, r1, r2, punched = _two_lighthouses(open_store)
     r1.handle("host-a", b"cert-a", wire.encode("register", endpoints=[("192.0.2.10", 4787)]), ("198.51.100.1", 4000), 0.0)
     r2.handle("host-b", b"cert-b", wire.encode("register", endpoints=[("192.0.2.11", 4787)]), ("198.51.100.2", 4000), 0.0)
     assert wait_for(lambda: s2.remote("host-a") is not None, 1.0)
@@ -325,10 +332,7 @@ def test_two_askers_of_one_remote_node_in_one_pass_both_get_their_punch(open_sto
     if open_store.backend != "etcd":
         pytest.skip("needs a shared store")
     from flatnet.lighthouse import etcd
-    s1, s2 = open_store(me="lh-1"), open_store(me="lh-2")
-    r1, r2 = Registry(s1, me="lh-1"), Registry(s2, me="lh-2")
-    punched = []
-    s1.on_punches = lambda pairs: punched.extend(r1.punch(target, asker, 1.0) for target, asker in pairs)
+    s1, s2, r1, r2, punched = _two_lighthouses(open_store)
     r1.handle("host-a", b"cert-a", wire.encode("register", endpoints=[]), ("198.51.100.1", 4000), 0.0)
     r2.handle("host-b", b"c-host-b", wire.encode("register", endpoints=[]), ("198.51.100.2", 4000), 0.0)
     assert wait_for(lambda: s2.remote("host-a") is not None and "host-b" in s1.nodes, 2.0)
