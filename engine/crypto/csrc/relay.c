@@ -122,6 +122,19 @@ static int gso_run(fn_ctx *ctx, int first, uint32_t *bytes) {
     return n;
 }
 
+/* the datagrams of one refused GSO message (`bytes` from `data`, queued from entry
+ * `first` on), sent one by one to the same address */
+static void send_each(fn_ctx *ctx, uint8_t *data, uint32_t bytes, int first, const struct msghdr *to) {
+    for (uint32_t off = 0; off < bytes; first++) {
+        uint32_t len = ctx->fwd[first].len;
+        ssize_t r = sendto(ctx->fwd_fd, data + off, len, 0, to->msg_name, to->msg_namelen);
+        ctx->io[FN_IO_UDP_SENDS]++;
+        if (r < 0) ctx->drops_out[FN_DROP_SEND]++;
+        else ctx->io[FN_IO_UDP_DGRAMS_OUT]++;
+        off += len;
+    }
+}
+
 /* everything queued leaves: sendmmsg of up to MAX_MSGS messages at a time */
 void relay_flush(fn_ctx *ctx) {
     int i = 0;
@@ -129,7 +142,7 @@ void relay_flush(fn_ctx *ctx) {
         struct mmsghdr mm[MAX_MSGS];
         struct iovec iov[MAX_MSGS];
         union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } cbuf[MAX_MSGS];
-        int count[MAX_MSGS], m = 0;
+        int count[MAX_MSGS], first[MAX_MSGS], m = 0;
         while (i < ctx->nfwd && m < MAX_MSGS) {
             uint32_t bytes;
             int n = gso_run(ctx, i, &bytes);
@@ -151,6 +164,7 @@ void relay_flush(fn_ctx *ctx) {
                 uint16_t seg = (uint16_t)ctx->fwd[i].len;
                 memcpy(CMSG_DATA(c), &seg, sizeof(seg));
             }
+            first[m] = i;
             count[m++] = n;
             i += n;
         }
@@ -164,7 +178,14 @@ void relay_flush(fn_ctx *ctx) {
                     struct pollfd w = {.fd = ctx->fwd_fd, .events = POLLOUT};
                     if (poll(&w, 1, 10) > 0) continue;
                 }
-                ctx->drops_out[FN_DROP_SEND] += count[sent];  /* skip what the kernel refused */
+                if (count[sent] > 1) {
+                    /* a GSO send the kernel refused (e.g. the segment size does not fit
+                     * the path to the target without fragments): one at a time instead */
+                    send_each(ctx, (uint8_t *)iov[sent].iov_base, (uint32_t)iov[sent].iov_len,
+                              first[sent], &mm[sent].msg_hdr);
+                } else {
+                    ctx->drops_out[FN_DROP_SEND]++;  /* skip what the kernel refused */
+                }
                 sent++;
                 continue;
             }
