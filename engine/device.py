@@ -138,7 +138,8 @@ class Device:
         self.wall_ns = wall_ns
         self.log = log
         slots = getattr(datapath, "rx_slots", RX_SLOTS)  # a lighthouse's data path has more (DataPath)
-        self.indexes = IndexTable(rng or random.SystemRandom(), slots if isinstance(slots, int) else RX_SLOTS)
+        self.rng = rng or random.SystemRandom()  # receiver indexes, the sessions' rekey jitter
+        self.indexes = IndexTable(self.rng, slots if isinstance(slots, int) else RX_SLOTS)
         self.peers: dict[str, Peer] = {}
         self.by_slot: dict[int, Peer] = {}
         self.errors: collections.Counter[str] = collections.Counter()
@@ -164,7 +165,7 @@ class Device:
         # refused slot, and every later handshake of that node failed, also after slots freed)
         self.dp.set_peer(slot, subnet)
         session = PeerSession(self.me, cert.name, cert.key, lambda n=cert.name: self.indexes.allocate(n),
-                              self.indexes.release, self.wall_ns)
+                              self.indexes.release, self.wall_ns, rng=self.rng)
         peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session, live=liveness.Liveness(self.dead_after))
         self.peers[peer.name] = peer
         self.revoked.pop(peer.name, None)  # re-enrolled: a new certificate the blocklist allows

@@ -135,7 +135,7 @@ class EngineSwarm(simnode.Swarm):
         if ps is None:
             cls = _Passive if node.ident.cert.name in self.passive else PeerSession
             ps = cls(node.ident, lh, self.lighthouses[lh].static, lambda: self._new_index(node, lh),
-                     self._release, time.time_ns)
+                     self._release, time.time_ns, rng=self.rng)  # as engine/device.py makes it
             self.ps[key] = ps
         return ps
 
