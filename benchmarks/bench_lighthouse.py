@@ -271,6 +271,11 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                            "store": {k: v for k, v in st["store"].items() if k != "members"}}
         r["lighthouse"]["sessions"] = st.get("sessions")
         r["registered_at_end"] = len(st["nodes"])
+        if lh2 is not None and rekey_period:
+            _, body = control.get(f"{tmp}/run-lh2/lighthouse.sock", "/status", timeout=30)
+            st2 = json.loads(body)
+            r["lighthouse2"] = {"sessions": st2.get("sessions"), "registered_at_end": len(st2["nodes"]),
+                                "control_errors": st2["control_errors"], "rejected": st2["rejected"]}
         if rekey_period:
             r["period_lighthouse"] = _period_figures(samples, "rekey-period")
         r["lighthouse_log_tail"] = open(f"{tmp}/lh.log").read()[-1500:]
