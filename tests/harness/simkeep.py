@@ -28,6 +28,7 @@ import math
 import time
 from typing import Hashable
 
+from flatnet.engine.proto import control as wire
 from flatnet.engine.proto import cookie as cookies
 from flatnet.engine.proto import handshake as hsm
 from flatnet.engine.proto.session import HandshakeFailed, KeysExpired, KeysInstalled, PeerSession, SendKeepalive
@@ -218,7 +219,6 @@ class EngineSwarm(simnode.Swarm):
             del self.staged[(id(node), lh)]
             self._set_tx(node, lh, k)
         if data[0] == 4:
-            from flatnet.engine.proto import control as wire
             kind, msg = wire.decode(plain)
             self._on_message(node, kind, msg)
 
