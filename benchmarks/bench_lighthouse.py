@@ -86,7 +86,7 @@ def _rss_mb(pid: int) -> float:
 
 def _py_spy(spies: list, phase_name: str, pids: dict[str, int]) -> list:
     """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during one phase
-    (FLATNET_BENCH_PYSPY_PHASE, default "queries"; or "handshakes", "registers"),
+    (FLATNET_BENCH_PYSPY_PHASE, default "queries"; or "handshakes", "registers", "rekey-period"),
     collapsed stacks, one line each, to FILE; the swarm (the load generator) too,
     to FILE.swarm (`py-spy` on PATH). Called at each phase line: stops what runs,
     starts the samplers when their phase begins."""
