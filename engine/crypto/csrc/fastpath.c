@@ -422,7 +422,7 @@ void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen) {
     put_le32(pkt + 4, p->tx_remote_index);
     put_le64(pkt + 8, counter);
     make_nonce(nonce, counter);
-    if (p->tx_cipher == FN_CIPHER_AES256GCM) aes_seal(p->tx_aes, pkt, ptlen, nonce);
+    if (p->tx_cipher == FN_CIPHER_AES256GCM) aes_seal(p->tx_aes, pkt, pkt + FN_HEADER, ptlen, nonce);
     else aead_seal(pkt, ptlen, nonce, p->tx_key);
 }
 
@@ -459,7 +459,7 @@ int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t 
         put_le32(pkt + 4, 0);
         put_le64(pkt + 8, counter0 + i);
         make_nonce(nonce, counter0 + i);
-        if (aes) aes_seal(aes, pkt, lens[i], nonce);
+        if (aes) aes_seal(aes, pkt, pkt + FN_HEADER, lens[i], nonce);
         else aead_seal(pkt, lens[i], nonce, key);
     }
     aes_free(aes);

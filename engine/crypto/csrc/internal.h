@@ -255,10 +255,11 @@ int aead_large_seal(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adle
 int aead_large_open(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adlen, const uint8_t nonce[12],
                     const uint8_t key[32]);
 /* aead_aes.c: AES-256-GCM with a context per session key, keyed once (NULL: no
- * memory, or not available); aes_free cleanses it. seal/open: same layout as below. */
+ * memory, or not available); aes_free cleanses it. seal/open: same layout as below,
+ * but seal takes its plaintext from `src`: pkt + FN_HEADER, or a buffer apart. */
 void *aes_new(const uint8_t key[32], int enc);
 void aes_free(void *x);
-int aes_seal(void *x, uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12]);
+int aes_seal(void *x, uint8_t *pkt, const uint8_t *src, uint32_t ptlen, const uint8_t nonce[12]);
 int aes_open(void *x, uint8_t *pkt, uint32_t len, const uint8_t nonce[12]);
 /* seal the `ptlen` bytes after the FN_HEADER-byte header at `pkt` in place, the tag
  * after them; the header is the associated data */
