@@ -13,14 +13,25 @@ void vnet_parse(const uint8_t *raw, vnet_hdr_t *h) {
 }
 
 /* one's complement sum of native-order words; byte order cancels out (RFC 1071 2.B).
- * 8 bytes at a time into a 128-bit sum (an add and an add-with-carry each), folded to
+ * 8 bytes at a time into 128-bit sums (an add and an add-with-carry each), folded to
  * 64 bits with the end-around carry: the same value modulo 0xffff as 16-bit words, and
  * never 0 for a non-zero sum, so fold() gives what a 16-bit loop gives. It runs over
  * every byte of every TSO segment the inside thread cuts (4 bytes a step took 3% of
- * the engines' CPU in one TCP stream). */
+ * the engines' CPU in one TCP stream). Two sums, one for each half of 16 bytes: each
+ * add-with-carry waits for the one before it, so one sum is a chain of dependent
+ * instructions; two chains run side by side (1400 bytes: 97 -> 50 ns). */
 static uint64_t sum_words(const uint8_t *p, uint32_t len, uint64_t acc) {
-    unsigned __int128 wide = acc;
-    while (len >= 8) { uint64_t w; memcpy(&w, p, 8); wide += w; p += 8; len -= 8; }
+    unsigned __int128 wide = acc, other = 0;
+    while (len >= 16) {
+        uint64_t w[2];
+        memcpy(w, p, 16);
+        wide += w[0];
+        other += w[1];
+        p += 16;
+        len -= 16;
+    }
+    wide += other;  /* each under 2^77 even for 64 KiB: no overflow */
+    if (len >= 8) { uint64_t w; memcpy(&w, p, 8); wide += w; p += 8; len -= 8; }
     if (len >= 4) { uint32_t w; memcpy(&w, p, 4); wide += w; p += 4; len -= 4; }
     if (len >= 2) { uint16_t w; memcpy(&w, p, 2); wide += w; p += 2; len -= 2; }
     if (len) { uint16_t w = 0; memcpy(&w, p, 1); wide += w; }
