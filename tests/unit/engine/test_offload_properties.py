@@ -165,7 +165,7 @@ CIPHERS = ["chacha", "aes"] if aes_gcm_available() else ["chacha"]
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(shape=super_packets())
 def test_super_packets_of_any_shape_are_sent_as_the_reference_cuts_them(cipher, shape):
     vnet, pkt, mss, udp = shape
@@ -196,3 +196,26 @@ def test_two_super_packets_in_one_read_round_do_not_mix(cipher):
     want = ref_segments(a, 1000, False) + ref_segments(b, 1000, False)
     got, drops = run_inside(cipher, [vnet + a, vnet + b], len(want))
     assert got == want and sum(drops.values()) == 0
+
+
+def _tcp4(payload: bytes, ihl: int = 5, thl: int = 5, proto: int = 6) -> bytes:
+    src, dst = socket.inet_aton("10.87.1.2"), socket.inet_aton("10.87.2.2")
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 0, 1, 0, 64, proto, 0, src, dst) + bytes(max(0, ihl - 5) * 4)
+    return ip + struct.pack("!HHIIBBHHH", 1, 2, 3, 4, thl << 4, 0x18, 5, 0, 0) + payload
+
+
+@pytest.mark.parametrize("vnet_type,mss,pkt", [
+    (1, 0, _tcp4(b"x" * 3000)),                       # gso_size 0
+    (4, 1000, _tcp4(b"x" * 3000)),                    # TCPv6 GSO: the overlay is IPv4
+    (1, 1000, _tcp4(b"x" * 3000, proto=17)),          # TCPv4 GSO over a UDP header
+    (5, 1000, _tcp4(b"x" * 3000)),                    # UDP GSO over a TCP header
+    (1, 1000, _tcp4(b"", thl=4)),                     # TCP data offset below 20 bytes
+    (1, 1000, _tcp4(b"", thl=15)[:70]),               # TCP options past the end
+    (1, 1000, _tcp4(b"", ihl=15)[:60]),               # IPv4 options, nothing after them
+    (1, 1000, b"\x60" + bytes(39) + b"x" * 3000),     # an IPv6 packet
+    (1, 1000, _tcp4(b"")[:27]),                       # shorter than any header
+])
+def test_super_packets_with_lying_headers_are_dropped(vnet_type, mss, pkt):
+    vnet = struct.pack("<BBHHHH", 1, vnet_type, 40, mss, 20, 16)
+    got, drops = run_inside("chacha", [vnet + pkt], 0)
+    assert got == [] and drops["not_ipv4"] == 1 and sum(drops.values()) == 1
