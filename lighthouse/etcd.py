@@ -177,6 +177,7 @@ class Client:
         start revision is gone (the caller reads everything again)."""
         host, port = self.endpoints[self.current if index is None else index]
         conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        closer = None
         body = {"create_request": {"key": b64(prefix), "range_end": prefix_end(prefix),
                                    "start_revision": str(start_revision), "progress_notify": True}}
         try:
@@ -184,13 +185,15 @@ class Client:
             resp = conn.getresponse()
             if resp.status != 200:
                 return
-            conn.sock.settimeout(0.5)  # so `stop` is looked at twice a second
+            # No read timeout: events may be minutes apart. (It was 0.5 s, so `stop` was
+            # looked at twice a second, but after one timeout the socket's file refuses
+            # every read: an idle watch reconnected every 0.6 s, 10 times in 6 s.)
+            # `stop` shuts the socket down instead, which ends the blocked read.
+            conn.sock.settimeout(None)
+            closer = _Closer(conn.sock, stop)
             buf = b""
             while not stop.is_set():
-                try:
-                    chunk = resp.read1(65536)
-                except socket.timeout:
-                    continue
+                chunk = resp.read1(65536)
                 if not chunk:
                     return
                 buf += chunk
@@ -208,7 +211,36 @@ class Client:
         except (OSError, http.client.HTTPException, ValueError):
             return
         finally:
+            if closer is not None:
+                closer.done()
             conn.close()
+
+
+class _Closer:
+    """Shuts `sock` down when `stop` is set, which ends a read blocked on it in another
+    thread; done() ends its thread (looked at twice a second) and, once it returned,
+    no shutdown follows (the socket's number may belong to another one by then)."""
+
+    def __init__(self, sock: socket.socket, stop: threading.Event) -> None:
+        self._sock, self._stop = sock, stop
+        self._lock = threading.Lock()
+        self._finished = False
+        threading.Thread(target=self._run, name="etcd-watch-closer", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            if self._finished:
+                return
+        with self._lock:
+            if not self._finished:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def done(self) -> None:
+        with self._lock:
+            self._finished = True
 
 
 def _kv(kv: dict) -> dict:

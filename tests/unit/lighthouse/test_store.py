@@ -426,3 +426,19 @@ def test_punch_requests_under_load_go_out_in_few_passes(open_store):
     assert sorted(a.name for _, a in punched) == sorted(askers)
     assert s2.punch_batches - batches <= took / store_etcd.PASS_EVERY + 2, (s2.punch_batches - batches, took)
 
+
+def test_an_idle_watch_keeps_its_stream_and_close_ends_it(open_store):
+    """The watch read with a 0.5 s timeout; after the first one the socket's file
+    refused every read, so an idle lighthouse reconnected its watch every 0.6 s (a new
+    connection, watch and member check each time: 10 in 6 s). Fails before: restarts
+    2-4 here. close() still ends the watch at once (its read has no timeout now)."""
+    if open_store.backend != "etcd":
+        pytest.skip("etcd only")
+    one, two = open_store(me="lh-1"), open_store(me="lh-2")
+    time.sleep(2.0)
+    assert one.watch_restarts == 0
+    one.publish(record("host-a"))  # the stream still delivers after the quiet time
+    assert wait_for(lambda: two.remote("host-a") is not None, 1.0)
+    t0 = time.monotonic()
+    two.close()
+    assert not any(t.is_alive() for t in two._threads) and time.monotonic() - t0 < 1.5
