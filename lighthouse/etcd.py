@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 TIMEOUT = 2.0          # per request: a member that does not answer by then is skipped
 MAX_TXN_OPS = 128      # etcd's default --max-txn-ops
+WATCH_KEEPIDLE = 30    # seconds of silence on a watch stream before TCP keepalive probes it
 
 
 class EtcdError(OSError):
@@ -190,6 +191,7 @@ class Client:
             # every read: an idle watch reconnected every 0.6 s, 10 times in 6 s.)
             # `stop` shuts the socket down instead, which ends the blocked read.
             conn.sock.settimeout(None)
+            _keepalive(conn.sock)
             closer = _Closer(conn.sock, stop)
             buf = b""
             while not stop.is_set():
@@ -214,6 +216,17 @@ class Client:
             if closer is not None:
                 closer.done()
             conn.close()
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive on a watch stream, which may be quiet for minutes: a probe after
+    WATCH_KEEPIDLE s of silence keeps a firewall's or NAT's state for it, and a peer
+    gone without a word (no FIN: a black hole) fails the read after about a minute,
+    so the watch moves to another member instead of waiting forever."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", WATCH_KEEPIDLE), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class _Closer:

@@ -442,3 +442,25 @@ def test_an_idle_watch_keeps_its_stream_and_close_ends_it(open_store):
     t0 = time.monotonic()
     two.close()
     assert not any(t.is_alive() for t in two._threads) and time.monotonic() - t0 < 1.5
+
+
+
+def test_a_watch_stream_has_tcp_keepalive(open_store, monkeypatch):
+    """The watch has no read timeout (above): TCP keepalive keeps a quiet stream's
+    state in firewalls and NATs, and ends a stream whose member vanished without a
+    FIN (then the watch moves to another member)."""
+    if open_store.backend != "etcd":
+        pytest.skip("etcd only")
+    import socket
+
+    from flatnet.lighthouse import etcd
+    seen, real = [], etcd._keepalive
+
+    def keepalive(sock):
+        real(sock)
+        seen.append((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))
+
+    monkeypatch.setattr(etcd, "_keepalive", keepalive)
+    open_store(me="lh-1")
+    assert wait_for(lambda: seen, 2.0) and seen[0] == (1, etcd.WATCH_KEEPIDLE)
