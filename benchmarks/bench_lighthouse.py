@@ -72,7 +72,7 @@ E2E_ETCD = ["10.251.0.11", "10.251.0.12", "10.251.0.13"]
 E2E_NODES = "10.251.1.{}"      # 250 source addresses for the simulated nodes
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int | str) -> float:
     """User + system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -84,10 +84,35 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
+def _threads_cpu(pid: int) -> dict[int, float]:
+    """Each thread's user + system CPU seconds so far (FLATNET_BENCH_THREADS)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = _cpu_s(f"{pid}/task/{tid}")
+        except OSError:
+            pass
+    return out
+
+
+def _thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name, from `py-spy dump` if py-spy is on PATH
+    (FLATNET_BENCH_THREADS; Python does not give its threads' names to the kernel)."""
+    import re
+    import shutil
+    import subprocess
+    if shutil.which("py-spy") is None:
+        return {}
+    out = subprocess.run(["py-spy", "dump", "--nonblocking", "--pid", str(pid)], capture_output=True, text=True,
+                         timeout=30).stdout
+    return {int(m.group(1), 0): m.group(2) for m in re.finditer(r'Thread (\S+) \([^)]*\): "([^"]*)"', out)}
+
+
 def _py_spy(spies: list, phase_name: str, pids: dict[str, int]) -> list:
     """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during one phase
     (FLATNET_BENCH_PYSPY_PHASE, default "queries"; or "handshakes", "registers", "rekey-period"),
-    collapsed stacks, one line each, to FILE; the swarm (the load generator) too,
+    collapsed stacks, one line each, to FILE (more py-spy options, e.g. "--gil":
+    FLATNET_BENCH_PYSPY_ARGS); the swarm (the load generator) too,
     to FILE.swarm (`py-spy` on PATH). Called at each phase line: stops what runs,
     starts the samplers when their phase begins."""
     import shutil
@@ -103,7 +128,8 @@ def _py_spy(spies: list, phase_name: str, pids: dict[str, int]) -> list:
     if exe is None:
         raise RuntimeError("FLATNET_BENCH_PYSPY is set but py-spy is not on PATH (pip install py-spy)")
     return [subprocess.Popen([exe, "record", "--nonblocking", "--rate", "250", "--format", "raw",
-                              "--output", out + ("" if who == "lighthouse" else "." + who), "--pid", str(pid)],
+                              "--output", out + ("" if who == "lighthouse" else "." + who), "--pid", str(pid)]
+                            + os.environ.get("FLATNET_BENCH_PYSPY_ARGS", "").split(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for who, pid in pids.items()]
 
 
@@ -208,6 +234,12 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
         cpu_etcd: dict[str, float] = {}  # the 3 members' together
         members = [m.proc.pid for m in cluster.members] if cluster is not None else []
         rss_after: dict[str, float] = {}  # the lighthouse's RSS at the end of each phase
+        # FLATNET_BENCH_THREADS=1: lh1's CPU per thread in the query phase (which thread
+        # costs what: the event loop, the C receive thread, the etcd store's threads)
+        per_thread = bool(os.environ.get("FLATNET_BENCH_THREADS"))
+        threads0: dict[int, float] = {}
+        threads_q: dict[int, float] = {}
+        names: dict[int, str] = {}
         last = flood = None
         spies: list = []
         samples: list = []  # --rekey-period: the lighthouse's (time, CPU-s, RSS MB, phase) each second
@@ -225,6 +257,13 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                         cpu2[last[0]] = now_cpu2 - last[2]
                         cpu_etcd[last[0]] = now_etcd - last[3]
                         rss_after[last[0]] = _rss_mb(lh.pid)
+                    if per_thread:
+                        now_threads = _threads_cpu(lh.pid)
+                        if last is not None and last[0] == "queries":
+                            threads_q = {t: round(c - threads0.get(t, 0.0), 3) for t, c in now_threads.items()}
+                        threads0 = now_threads
+                        if line.split()[1] == "queries":
+                            names = _thread_names(lh.pid)
                     last = (line.split()[1], now_cpu, now_cpu2, now_etcd)
                     spies = _py_spy(spies, last[0], {"lighthouse": lh.pid, "swarm": swarm.pid})
                     if junk and last[0] == "queries":
@@ -249,6 +288,9 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                 raise RuntimeError(f"junk flood failed (exit {flood.returncode})")
             r.update(json.loads(out[-1]), junk_rate=junk)
         r["lighthouse_cpu_s"] = cpu
+        if per_thread:
+            r["lighthouse_threads_cpu_s"] = {f"{t} {names.get(t, '?')}": c for t, c in
+                                             sorted(threads_q.items(), key=lambda x: -x[1]) if c}
         if lh2 is not None:
             r["lighthouse2_cpu_s"] = cpu2
             r["etcd_cpu_s"] = cpu_etcd
