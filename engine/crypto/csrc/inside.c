@@ -206,7 +206,7 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
             put_type(dgram, TYPE_RELAYED);
             put_le32(dgram + 4, p->relay_id);
         }
-        seal_locked(p, TYPE_DATA, inner, src, seglen);
+        if (seal_locked(p, TYPE_DATA, inner, src, seglen)) { ctx->drops_in[FN_DROP_SEND]++; continue; }
         append(ctx, b, slot, p, wrap + FN_HEADER + seglen + FN_TAG);
         p->tx_packets++;
         p->tx_bytes += seglen;
@@ -323,7 +323,11 @@ int fn_send_control(fn_ctx *ctx, int udp_fd, const int32_t *slots, const uint8_t
         reserve(ctx, udp_fd, &b, dlen);
         uint8_t *pkt = ctx->out_arena + b.pos;
         memcpy(pkt + FN_HEADER, pt, ptlen);
-        seal_locked(p, ptlen ? TYPE_CONTROL : TYPE_DATA, pkt, pkt + FN_HEADER, ptlen);
+        if (seal_locked(p, ptlen ? TYPE_CONTROL : TYPE_DATA, pkt, pkt + FN_HEADER, ptlen)) {
+            ctx->drops_in[FN_DROP_SEND]++;
+            results[i] = -EIO;
+            continue;
+        }
         p->last_tx_ns = now;
         append(ctx, &b, slot, p, dlen);
         results[i] = 0;

@@ -292,7 +292,7 @@ int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t from
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);
 /* seal `ptlen` bytes from `src` (pkt + FN_HEADER, or a buffer apart) into pkt */
-void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, const uint8_t *src, uint32_t ptlen);
+int seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, const uint8_t *src, uint32_t ptlen);
 void tx_promote(peer_t *p);
 int replay_check(const fn_replay *r, uint64_t c);
 void replay_update(fn_replay *r, uint64_t c);
