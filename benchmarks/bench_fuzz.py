@@ -119,7 +119,7 @@ names = {names!r}
 print(json.dumps({{"result": {{
     "inputs": st.outside_inputs + st.inside_inputs, "outside_buffers": st.outside_inputs,
     "outside_datagrams": st.outside_datagrams, "inside_packets": st.inside_inputs,
-    "delivered": st.delivered, "sealed": st.sealed, "handed_up": st.handed_up,
+    "delivered": st.delivered, "sealed": st.sealed, "handed_up": st.handed_up, "forwarded": st.forwarded,
     "aead_cases": st.aead_cases, "aead_mismatches": st.aead_mismatches,
     "invariant_failures": st.invariant_failures, "aead_seconds": t_aead,
     "packet_seconds": time.monotonic() - t0 - t_aead,
@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
               f"{r['outside_datagrams']:,} datagrams; {r['inside_packets']:,} TUN packets) in "
               f"{r['packet_seconds']:.1f} s")
         print(f"reached            {r['delivered']:,} TUN writes, {r['sealed']:,} datagrams sealed, "
-              f"{r['handed_up']:,} control items")
+              f"{r['handed_up']:,} control items, {r['forwarded']:,} relayed in C")
         print(f"drops              {', '.join(f'{k}={v:,}' for k, v in r['drops'].items() if v) or 'none'}")
         print(f"cipher cases       {r['aead_cases']:,} against libsodium in {r['aead_seconds']:.1f} s, "
               f"{r['aead_mismatches']} mismatches")

@@ -40,6 +40,7 @@ IO_COUNTERS = {
     lib.FN_IO_UDP_DGRAMS_IN: "udp_datagrams_in", lib.FN_IO_TUN_WRITES: "tun_writes",
     lib.FN_IO_WAKEUPS_IN: "wakeups_inside", lib.FN_IO_WAKEUPS_OUT: "wakeups_outside", lib.FN_IO_SPINS: "spins",
     lib.FN_IO_SPIN_HITS: "spin_hits", lib.FN_IO_HELD: "held", lib.FN_IO_MODERATED: "moderation_pauses",
+    lib.FN_IO_RELAYED: "relayed", lib.FN_IO_RELAYED_BYTES: "relayed_bytes",
 }
 # the control plane's copy of the C header's numbers (engine/device.py imports no C)
 if (CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION, CTRL_FORWARD, RX_SLOTS, RELAY_OFF, RELAY_ALL, RELAY_OTHERS) != (
@@ -48,6 +49,7 @@ if (CTRL_RAW, CTRL_DECRYPTED, CTRL_ROAM, CTRL_VERSION, CTRL_FORWARD, RX_SLOTS, R
     raise ImportError("engine/datapath_port.py and engine/crypto/csrc/fastpath.h disagree on "
                       "FN_CTRL_*/FN_RX_SLOTS/FN_RELAY_*")
 MAX_PEERS = lib.FN_MAX_PEERS
+RELAY_BLOCKS = 1 << 16  # relay ids relay.c forwards for: /24 blocks of an overlay of /8 or longer
 CIPHERS = {AEAD_CHACHA: lib.FN_CIPHER_CHACHA, AEAD_AES: lib.FN_CIPHER_AES256GCM}  # the C numbers of the suites
 
 
@@ -182,6 +184,23 @@ class DataPath:
         """relay_id: send this peer's data wrapped in type 5 to its endpoint (a relay)
         under this id; None: send directly."""
         self._check(lib.fn_peer_relay(self.ctx, slot, int(relay_id is not None), relay_id or 0), "set relay")
+
+    def set_relay_member(self, slot: int, block: int | None, addr: tuple[str, int] | None = None) -> bool:
+        """A lighthouse: the session in `slot` is a node registered from `addr` with
+        relay id `block` (its lease block), so the data path forwards its type-5
+        packets to other members in C (engine/crypto/csrc/relay.c); None: no longer.
+        False when the session is not at `addr` (then Python forwards for it)."""
+        if block is None:
+            self._check(lib.fn_relay_member(self.ctx, slot, -1, ffi.NULL, 0), "clear relay member")
+            return True
+        if addr is None or not 0 <= block < RELAY_BLOCKS:
+            raise ValueError(f"relay member: block {block} at {addr}")
+        raw = sockaddr(addr, self.family)
+        rc = lib.fn_relay_member(self.ctx, slot, block, raw, len(raw))
+        if rc == -errno.EADDRNOTAVAIL:
+            return False
+        self._check(rc, "set relay member")
+        return True
 
     def clear_want(self, slot: int) -> None:
         lib.fn_peer_clear_want(self.ctx, slot)

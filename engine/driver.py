@@ -567,6 +567,8 @@ class Engine:
                 "log_level": self.config.log_level,
                 "egress": self.egress,
                 "relay": self.node_relay.status() if self.node_relay is not None else None,
+                "tcp_relay": {name: {"frames_in": b.frames_in, "frames_out": b.frames_out, "dropped": b.dropped}
+                              for name, b in getattr(self, "tcp_bridges", {}).items()},
                 "dns": {"listening": self.dns is not None, "domain": self.config.dns_domain,
                         "names": len(self.responder.table), "local_names": len(self.names.entries),
                         "skipped_names": self.names.skipped, **self.responder.counters,

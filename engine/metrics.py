@@ -135,7 +135,7 @@ class LighthouseCollector(Collector):
         c.add_metric([], lh.registry.queries)
         yield c
         c = CounterMetricFamily("flatnet_lighthouse_relayed_packets", "Packets relayed")
-        c.add_metric([], lh.registry.relayed)
+        c.add_metric([], lh.relayed())
         yield c
         c = CounterMetricFamily("flatnet_lighthouse_rejected", "Control messages and relay packets refused",
                                 labels=["reason"])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Callable
 
 from flatnet.engine.proto import cert as certs, names, revocation
 from flatnet.engine.proto import endpoint as endpoints_policy
@@ -154,6 +155,10 @@ class Registry:
         self._online: set[str] = set()  # nodes whose names were in the last version
         self.relay_nodes: set[str] = set()  # nodes registered here that relay for others
         self._relays: tuple[float, list[str]] = (float("-inf"), [])  # (gathered when, names)
+        # on_member(name, block, observed): the relay's sender and target tables changed
+        # for one node (block None: it is gone); the lighthouse copies them into its C
+        # data path, which then forwards between registered nodes without Python
+        self.on_member: Callable[[str, int | None, Endpoint | None], None] | None = None
 
     def handle(self, name: str, cert: bytes, data: bytes, src: Endpoint, now: float) -> list[tuple[str, bytes]]:
         kind, msg = wire.decode(data)
@@ -202,6 +207,8 @@ class Registry:
         node.gateway = gateway
         node.relay = self._offers_relay(node, msg["relay"])
         self.by_endpoint[src] = node
+        if self.on_member is not None and self.relay_enabled:
+            self.on_member(name, self.leases.block_of(subnet), src)
         self.leases.publish(self._record(node))
         lease = wire.encode("lease", subnet=str(subnet), network=str(self.leases.network), observed=src,
                             ttl=int(self.ttl), relay=self.relay_enabled, relays=self.relays_for(name, now))
@@ -390,6 +397,8 @@ class Registry:
         self.names_limits.pop(name, None)
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
+        if self.on_member is not None:
+            self.on_member(name, None, None)
 
     def _query(self, asker: str, msg: dict, now: float) -> list[tuple[str, bytes]]:
         me = self.nodes.get(asker)

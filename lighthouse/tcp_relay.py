@@ -51,7 +51,7 @@ class TcpRelayServer:
         self.per_ip: collections.Counter[str] = collections.Counter()
         self.refused: collections.Counter[str] = collections.Counter()
         self.accepted = 0
-        self.closed_frames = [0, 0]  # frames in, out of connections already closed
+        self.closed_frames = [0, 0, 0]  # frames in, out, dropped of connections already closed
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -81,7 +81,8 @@ class TcpRelayServer:
         return {"listen": f"{self.listen[0]}:{self.listen[1]}", "connections": len(self.conns),
                 "accepted": self.accepted, "refused": dict(self.refused),
                 "frames_in": self.closed_frames[0] + sum(b.frames_in for b in self.conns),
-                "frames_out": self.closed_frames[1] + sum(b.frames_out for b in self.conns)}
+                "frames_out": self.closed_frames[1] + sum(b.frames_out for b in self.conns),
+                "dropped": self.closed_frames[2] + sum(b.dropped for b in self.conns)}
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -109,6 +110,7 @@ class TcpRelayServer:
         self.shim_addrs.discard(bridge.addr)
         self.closed_frames[0] += bridge.frames_in
         self.closed_frames[1] += bridge.frames_out
+        self.closed_frames[2] += bridge.dropped
         if why.startswith("tcp_"):
             self.refused[why] += 1
         self.log.info("tcp_relay_closed", client=ip, reason=why, frames_in=bridge.frames_in,

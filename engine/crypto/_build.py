@@ -29,7 +29,7 @@ def _src(name: str, absolute: bool) -> str:
 
 
 SOURCES = ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c", "aead_small.c",
-           "aead_large.c", "aead_aes.c", "cookie.c", "senders.c")
+           "aead_large.c", "aead_aes.c", "cookie.c", "senders.c", "relay.c")
 FUZZ_DIR = os.path.join(ROOT, "build", "fuzz")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 

@@ -59,14 +59,20 @@ class Decoder:
                 raise FrameError("tcp_bad_preamble", "not a Flatnet TCP relay client (or another version)")
             del self._buf[:len(PREAMBLE)]
             self._need_preamble = False
-        while len(self._buf) >= 2:
-            (n,) = struct.unpack_from(">H", self._buf)
-            if not 0 < n <= MAX_FRAME:
-                raise FrameError("tcp_bad_frame", f"frame length {n} (allowed 1..{MAX_FRAME})")
-            if len(self._buf) < 2 + n:
-                break
-            out.append(bytes(self._buf[2:2 + n]))
-            del self._buf[:2 + n]
+        # one pass with an offset and one deletion at the end: deleting each frame from
+        # the front moved the rest of a 64 KiB read ~45 times
+        buf, at, end = self._buf, 0, len(self._buf)
+        try:
+            while end - at >= 2:
+                n = buf[at] << 8 | buf[at + 1]
+                if not 0 < n <= MAX_FRAME:
+                    raise FrameError("tcp_bad_frame", f"frame length {n} (allowed 1..{MAX_FRAME})")
+                if end - at < 2 + n:
+                    break
+                out.append(bytes(buf[at + 2:at + 2 + n]))
+                at += 2 + n
+        finally:
+            del buf[:at]
         return out
 
     @property

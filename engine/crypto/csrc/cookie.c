@@ -95,11 +95,15 @@ int forward_allowed(fn_ctx *ctx, const struct sockaddr_storage *from, int64_t no
     return key_allowed(ctx, source_key(ctx, from) ^ 0x5bd1e995u, now);
 }
 
-/* one packet from the forwarding budget of the peer in `slot` (a node relay) */
-int forward_budget(fn_ctx *ctx, int slot, int64_t now) {
+/* one packet from the forwarding budget of the peer in `slot` (a relay): 1000
+ * milli-tokens when Python forwards it, RELAY_C_COST when relay.c does */
+int forward_budget(fn_ctx *ctx, int slot, int64_t now, int64_t cost_milli) {
     rate_bucket *b = &ctx->forward_rl[slot];
     bucket_start(b, now, RELAY_BURST);  /* zeroed (a new peer): full */
-    return take_token(b, now, RELAY_PER_SENDER, RELAY_BURST);
+    refill(b, now, RELAY_PER_SENDER, RELAY_BURST);
+    if (b->milli_tokens < cost_milli) return 0;
+    b->milli_tokens -= cost_milli;
+    return 1;
 }
 
 /* A handshake's sender: its address, and behind a relay also its relay id. Every

@@ -70,6 +70,7 @@ fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu
     fn_ctx *ctx = calloc(1, sizeof(*ctx));
     if (!ctx) return NULL;
     ctx->efd[0] = ctx->efd[1] = -1;
+    ctx->fwd_fd = -1;
     /* calloc: pages are touched only when a slot is used, so a large table costs
      * address space, not resident memory, until sessions fill it */
     ctx->peers = calloc((size_t)max_peers, sizeof(peer_t));
@@ -133,6 +134,7 @@ void fn_free(fn_ctx *ctx) {
     free(ctx->rx);
     free(ctx->senders);
     free(ctx->forward_rl);
+    free(ctx->member_slot);
     sodium_memzero(ctx->cookie_secret, sizeof(ctx->cookie_secret));
     free(ctx->stage);
     free(ctx->out_arena);
@@ -243,6 +245,7 @@ int fn_peer_remove(fn_ctx *ctx, int slot) {
     for (uint32_t i = 0; i <= ctx->rx_mask; i++)
         if (ctx->rx[i].index && ctx->rx[i].peer == slot) rx_wipe(&ctx->rx[i]);
     senders_remove(ctx, slot);
+    relay_member_clear(ctx, slot);
     tx_wipe_keys(p);
     sodium_memzero(p, sizeof(*p));
     memset(&ctx->forward_rl[slot], 0, sizeof(rate_bucket));
@@ -255,6 +258,11 @@ int fn_peer_endpoint(fn_ctx *ctx, int slot, const uint8_t *sa, uint32_t len) {
     if (slot < 0 || slot >= ctx->max_peers || len > sizeof(struct sockaddr_storage)) return -EINVAL;
     pthread_mutex_lock(&ctx->tx_lock);
     pthread_mutex_lock(&ctx->rx_lock);  /* the receive side reads the endpoint and the sender table */
+    struct sockaddr_storage to;
+    memset(&to, 0, sizeof(to));
+    memcpy(&to, sa, len);
+    /* a relay member (relay.c) only at the address it registered from */
+    if (!same_addr(&to, (socklen_t)len, &ctx->peers[slot])) relay_member_clear(ctx, slot);
     senders_remove(ctx, slot);
     memcpy(&ctx->peers[slot].endpoint, sa, len);
     ctx->peers[slot].endpoint_len = len;
@@ -354,6 +362,7 @@ int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id) {
     pthread_mutex_lock(&ctx->tx_lock);
     pthread_mutex_lock(&ctx->rx_lock);
     senders_remove(ctx, slot);
+    if (on) relay_member_clear(ctx, slot);
     ctx->peers[slot].relay = on;
     ctx->peers[slot].relay_id = relay_id;
     senders_add(ctx, slot);

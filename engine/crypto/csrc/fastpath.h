@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 20
+#define FN_VERSION 22
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
@@ -57,7 +57,7 @@
 #define FN_DROP_RELAY_RATE 22       /* relay: over one sender's forwarding budget */
 #define FN_FW_MAX_RULES 64
 
-#define FN_NIO 13
+#define FN_NIO 15
 #define FN_IO_TUN_READS 0
 #define FN_IO_TSO_SUPER 1
 #define FN_IO_UDP_SENDS 2
@@ -71,6 +71,8 @@
 #define FN_IO_SPIN_HITS 10
 #define FN_IO_HELD 11
 #define FN_IO_MODERATED 12
+#define FN_IO_RELAYED 13            /* type-5 packets a lighthouse forwarded in C (relay.c) */
+#define FN_IO_RELAYED_BYTES 14
 
 #define FN_CTRL_RAW 0
 #define FN_CTRL_DECRYPTED 1
@@ -148,6 +150,10 @@ int fn_peer_tx_key_staged(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t re
                           int cipher);
 int fn_peer_clear_want(fn_ctx *ctx, int slot);
 int fn_peer_relay(fn_ctx *ctx, int slot, int on, uint32_t relay_id);
+/* a lighthouse (relay.c): the session in `slot` is a node registered from sockaddr as relay id
+ * `block` (0-65535), whose type-5 packets C forwards; block -1: no longer. -EADDRNOTAVAIL:
+ * the session is not at that address (Python forwards for it) */
+int fn_relay_member(fn_ctx *ctx, int slot, int32_t block, const uint8_t *sockaddr, uint32_t len);
 int fn_peer_stats_get(fn_ctx *ctx, int slot, fn_peer_stats *out);
 int fn_rx_add(fn_ctx *ctx, uint32_t local_index, int peer, const uint8_t *key, int cipher);
 int fn_rx_remove(fn_ctx *ctx, uint32_t local_index);

@@ -213,7 +213,8 @@ static uint32_t sender_net(int k, uint32_t *mask) {
 /* one datagram at `d`, at most `room` bytes (room >= 64) */
 static uint32_t one_datagram(fuzz_t *f, uint8_t *d, uint32_t room) {
     int k = (int)below(f, NRX);
-    uint32_t wrap = (k == 3 || below(f, 8) == 0) ? RELAY_HEADER : 0;
+    /* a relay (a lighthouse, a node relay) gets type 5 often: half of what it receives */
+    uint32_t wrap = (k == 3 || below(f, f->ctx->relay_mode == FN_RELAY_OFF ? 8 : 2) == 0) ? RELAY_HEADER : 0;
     uint8_t *pkt = d + wrap;
     uint32_t max_pt = room - wrap - FN_HEADER - FN_TAG, ptlen;
     uint8_t type = below(f, 10) ? TYPE_DATA : TYPE_CONTROL;
@@ -234,8 +235,11 @@ static uint32_t one_datagram(fuzz_t *f, uint8_t *d, uint32_t room) {
     if (below(f, 12) == 0) len = mutate(f, pkt, len);  /* after sealing: header, index, tag */
     if (wrap) {
         d[0] = TYPE_RELAYED;
-        d[1] = d[2] = d[3] = 0;
-        put_le32(d + 4, below(f, 4) ? RELAY_ID : (uint32_t)rnd(f));
+        d[1] = below(f, 16) ? FN_WIRE_VERSION : 0;  /* now and then another version */
+        d[2] = d[3] = 0;
+        /* mostly a relay id the data path knows: peer 3's, or a relay member's block (relay.c) */
+        uint32_t pick = below(f, 8);
+        put_le32(d + 4, pick < 4 ? RELAY_ID : pick < 7 ? 1 + below(f, 4) : (uint32_t)rnd(f));
     }
     return wrap + len;
 }
@@ -297,6 +301,25 @@ static socklen_t pick_sender(fuzz_t *f, struct sockaddr_storage *ss) {
     return sizeof(*a);
 }
 
+/* what relay.c queued to forward: whole type-5 datagrams inside the input, each for a
+ * relay member at another slot, its id rewritten to a member's block */
+static void check_forwarded(fuzz_t *f, const uint8_t *in, uint32_t total) {
+    fn_ctx *ctx = f->ctx;
+    for (int i = 0; i < ctx->nfwd; i++) {
+        const relay_fwd *w = &ctx->fwd[i];
+        f->st->forwarded++;
+        if (w->data < in || w->len <= RELAY_HEADER || w->data + w->len > in + total)
+            fail(f, "forwarded bytes outside the datagram", w->len, total);
+        else if (w->data[0] != TYPE_RELAYED) fail(f, "forwarded a datagram that is not type 5", w->data[0], 0);
+        if (w->target < 1 || w->target > 4 || !ctx->peers[w->target].member)
+            fail(f, "forwarded to no relay member", (uint32_t)w->target, 0);
+        uint32_t id = get_le32(w->data + 4);
+        int from_member = 0;
+        for (int s = 1; s <= 4; s++) from_member |= ctx->peers[s].member == id + 1 && s != w->target;
+        if (!from_member) fail(f, "forwarded under an id that is no other member's", id, (uint32_t)w->target);
+    }
+}
+
 static void outside_input(fuzz_t *f) {
     uint8_t *b = f->buf;
     uint32_t total = 0, seg = 0;
@@ -324,9 +347,17 @@ static void outside_input(fuzz_t *f) {
     /* a few senders, now and then over IPv6: a peer seen from a new address roams */
     struct sockaddr_storage ss;
     socklen_t sslen = pick_sender(f, &ss);
+    int at = (int)below(f, 8);  /* half the time a peer's endpoint: relay senders and roams meet */
+    if (at >= 1 && at <= 4 && f->ctx->peers[at].endpoint_len) {
+        ss = f->ctx->peers[at].endpoint;
+        sslen = f->ctx->peers[at].endpoint_len;
+    }
     f->ctx->batch_id++;  /* one receive buffer: one batch, as outside_pass counts them */
     uint64_t before = f->ctx->io[FN_IO_UDP_DGRAMS_IN];
+    f->ctx->fwd_fd = f->devnull;  /* what relay.c forwards: the send fails, counted (FN_DROP_SEND) */
     int made = outside_buffer(f->ctx, f->tun_w, exact, total, seg, &ss, sslen, fn_now_ns(), f->ctrl, NCTRL);
+    check_forwarded(f, exact, total);
+    relay_flush(f->ctx);  /* as outside_pass does, before the buffer goes */
     free(exact);
     f->st->outside_datagrams += f->ctx->io[FN_IO_UDP_DGRAMS_IN] - before;
     f->st->handed_up += (uint64_t)made;
@@ -535,8 +566,8 @@ static void vary(fuzz_t *f) {
     ctx->vnet = below(f, 4) != 0;
     ctx->tun_uso = below(f, 2);
     ctx->udp_gso = below(f, 2);
-    uint32_t mode = below(f, 16);  /* mostly off; a lighthouse or a node relay now and then */
-    ctx->relay_mode = mode == 0 ? FN_RELAY_ALL : mode == 1 ? FN_RELAY_OTHERS : FN_RELAY_OFF;
+    uint32_t mode = below(f, 8);  /* mostly off; a lighthouse or a node relay now and then */
+    ctx->relay_mode = mode <= 1 ? FN_RELAY_ALL : mode == 2 ? FN_RELAY_OTHERS : FN_RELAY_OFF;
     ctx->fw_active = below(f, 2);
     /* peers move between the senders' addresses (a relay forwards for a peer only at
      * its direct endpoint: senders.c changes its table one entry at a time) */
@@ -547,6 +578,17 @@ static void vary(fuzz_t *f) {
         fn_peer_endpoint(ctx, s, (const uint8_t *)&ss, len);
     }
     if (!below(f, 8)) fn_peer_relay(ctx, 3, 1, RELAY_ID);  /* again: out of the table and back */
+    /* a lighthouse's registry makes peers relay members (relay.c), at their address or
+     * (refused) at another; blocks 1-4 so that senders and targets meet */
+    for (int s = 1; s <= 4; s++) {
+        uint32_t what = below(f, 8);
+        if (what < 3) continue;
+        if (what == 3) { fn_relay_member(ctx, s, -1, NULL, 0); continue; }
+        struct sockaddr_storage ss = ctx->peers[s].endpoint;
+        socklen_t len = ctx->peers[s].endpoint_len;
+        if (what == 7) len = pick_sender(f, &ss);
+        fn_relay_member(ctx, s, (int32_t)(1 + below(f, 4)), (const uint8_t *)&ss, len);
+    }
     fn_set_compact_cipher(below(f, 4) != 0);
     fn_set_large_cipher(below(f, 4) != 0);
     set_keys(f, 4, below(f, 2));                      /* held packets go, or wait and expire */

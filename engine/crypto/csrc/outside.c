@@ -74,16 +74,25 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
              * (data opened here, handshakes gated by inner type) */
             return receive(ctx, tun_fd, inner, len - RELAY_HEADER, from, fromlen, now, ctrl, room, get_le32(pkt + 4));
         }
-        /* for another node: a relay (a lighthouse or a node relay) forwards in Python;
+        /* for another node: a lighthouse forwards it here between registered nodes
+         * (relay.c), else a relay (a lighthouse or a node relay) forwards in Python;
          * handshakes it carries count against the sender. It forwards only for peers
          * at their direct endpoint (senders.c): a flood from other (spoofed) addresses
          * stops here, in C, and one sender gets a bounded share. */
         int sender = sender_slot(ctx, from, fromlen);
         if (sender < 0) { ctx->drops_out[FN_DROP_RELAY_SENDER]++; return 0; }
-        if (!forward_budget(ctx, sender, now)) { ctx->drops_out[FN_DROP_RELAY_RATE]++; return 0; }
-        if (room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
+        int target = relay_target(ctx, sender, pkt, from, fromlen);
+        if (!forward_budget(ctx, sender, now, target >= 0 ? RELAY_C_COST : 1000)) {
+            ctx->drops_out[FN_DROP_RELAY_RATE]++;
+            return 0;
+        }
+        if (target < 0 && room < 1) { ctx->drops_out[FN_DROP_CTRL_FULL]++; return 0; }
         if ((inner[0] == 1 || inner[0] == 2 || inner[0] == TYPE_COOKIE) && !forward_allowed(ctx, from, now)) {
             ctx->drops_out[FN_DROP_RATE_LIMITED]++;
+            return 0;
+        }
+        if (target >= 0) {
+            relay_queue(ctx, pkt, len, sender, target);
             return 0;
         }
         return copy_ctrl(ctx, ctrl, FN_CTRL_FORWARD, -1, pkt, len, from, fromlen);
@@ -203,6 +212,7 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
         msgs[i].msg_hdr.msg_controllen = sizeof(cbuf[i].buf);
     }
     int n = recvmmsg(udp_fd, msgs, want, MSG_DONTWAIT, NULL);
+    ctx->fwd_fd = udp_fd;  /* what relay.c forwards leaves by this socket */
     if (n <= 0) return n < 0 && errno != EAGAIN && errno != EINTR ? -errno : 0;
     ctx->io[FN_IO_UDP_RECVS]++;
     int64_t now = fn_now_ns();
@@ -222,6 +232,7 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
                                  now, ctrl + *nctrl, max_ctrl - *nctrl);
     }
     gro_flush(ctx, tun_fd);  /* nothing waits past the end of a receive batch */
+    relay_flush(ctx);        /* before the buffers are received into again */
     cookie_flush(ctx, udp_fd);
     return n;
 }

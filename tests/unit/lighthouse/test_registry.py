@@ -383,3 +383,24 @@ def test_relay_fields_out_of_their_limits_are_refused(fields):
     assert info.value.reason == "bad_control"
     with pytest.raises(RemoteProtocolError):
         wire.decode(msgpack.packb({"t": "register", "v": 1, "relay": "yes"}, use_bin_type=True))
+
+
+def test_the_relay_tables_go_to_the_data_path_one_node_at_a_time(tmp_path):
+    """on_member: what the C data path forwards for (relay.c) is exactly what the
+    forwarder would: a registered node at the address it registered from."""
+    reg = Registry(LeaseStore(str(tmp_path / "l.db"), NET), ttl=60)
+    seen = []
+    reg.on_member = lambda *a: seen.append(a)
+    register(reg, "a", ("203.0.113.5", 1), now=0)
+    register(reg, "a", ("203.0.113.5", 2), now=1)  # moved: the new address
+    assert seen == [("a", 1, ("203.0.113.5", 1)), ("a", 1, ("203.0.113.5", 2))]
+    assert reg.forwarder.sender(("203.0.113.5", 2), 1) == 1 and reg.forwarder.sender(("203.0.113.5", 1), 1) is None
+    assert reg.expire(1000) == ["a"] and seen[-1] == ("a", None, None)
+
+
+def test_a_lighthouse_that_does_not_relay_gives_the_data_path_no_members(tmp_path):
+    reg = Registry(LeaseStore(str(tmp_path / "l.db"), NET), ttl=60, relay=False)
+    seen = []
+    reg.on_member = lambda *a: seen.append(a)
+    register(reg, "a", ("203.0.113.5", 1), now=0)
+    assert seen == []
