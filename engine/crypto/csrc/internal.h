@@ -304,6 +304,8 @@ int senders_init(fn_ctx *ctx);
 void senders_remove(fn_ctx *ctx, int slot);
 void senders_add(fn_ctx *ctx, int slot);
 int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t fromlen);
+void senders_each_at(fn_ctx *ctx, const struct sockaddr_storage *at, socklen_t atlen, int keep,
+                     void (*fn)(fn_ctx *, int));
 
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);

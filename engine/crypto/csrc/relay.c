@@ -70,6 +70,11 @@ int fn_relay_member(fn_ctx *ctx, int slot, int32_t block, const uint8_t *sa, uin
     if ((rc = members_init(ctx)) != 0) goto out;
     int old = ctx->member_slot[block];
     if (old >= 0) relay_member_clear(ctx, old);  /* one node per block: the newest register wins */
+    /* and one per address: another session there (a NAT gave a departed node's address
+     * to this one) is no longer the registry's sender there. sender_slot finds the
+     * first session at an address, maybe the older one: its packets must not leave
+     * under the older node's id (now they go up to Python, which knows the newest) */
+    senders_each_at(ctx, &at, (socklen_t)len, slot, relay_member_clear);
     ctx->member_slot[block] = slot;
     p->member = (uint32_t)block + 1;
 out:
