@@ -363,6 +363,7 @@ void relay_member_clear(fn_ctx *ctx, int slot);
 int relay_target(fn_ctx *ctx, int sender, const uint8_t *pkt, const struct sockaddr_storage *from,
                  socklen_t fromlen);
 void relay_queue(fn_ctx *ctx, uint8_t *pkt, uint32_t len, int sender, int target);
+int relay_gso_run(fn_ctx *ctx, int first, uint32_t *bytes);
 void relay_flush(fn_ctx *ctx);
 
 /* firewall.c */

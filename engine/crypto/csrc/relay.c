@@ -110,7 +110,7 @@ void relay_queue(fn_ctx *ctx, uint8_t *pkt, uint32_t len, int sender, int target
 
 /* A run of queued datagrams that can leave as one GSO send from `first`: one target,
  * back to back in memory, one size (the last may be shorter). Returns its length. */
-static int gso_run(fn_ctx *ctx, int first, uint32_t *bytes) {
+int relay_gso_run(fn_ctx *ctx, int first, uint32_t *bytes) {
     const relay_fwd *f = ctx->fwd;
     uint32_t seg = f[first].len, total = seg;
     int n = 1;
@@ -150,7 +150,7 @@ void relay_flush(fn_ctx *ctx) {
         int count[MAX_MSGS], first[MAX_MSGS], m = 0;
         while (i < ctx->nfwd && m < MAX_MSGS) {
             uint32_t bytes;
-            int n = gso_run(ctx, i, &bytes);
+            int n = relay_gso_run(ctx, i, &bytes);
             const peer_t *t = &ctx->peers[ctx->fwd[i].target];
             iov[m].iov_base = ctx->fwd[i].data;
             iov[m].iov_len = bytes;
