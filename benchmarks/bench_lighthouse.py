@@ -7,6 +7,8 @@ and relayed (a lab in namespaces). --junk RATE: during the query phase, a flood 
 type-5 datagrams from addresses no node has (spoofed: no certificate needed) at RATE
 a second, bounded, inside the namespace. --rekeys: after the queries, every node
 starts a new handshake with its lighthouse (what a rekey is on the wire).
+--rekey-period: after the queries, the nodes keep their sessions in real time for a
+full key lifetime, rekeying as engines do (benchmarks/lighthouse_period.py).
 
 What the load generator does ahead of a timed phase, and why that is fair: it builds
 each node's initiation before the handshake (and rekey) phase starts (Swarm.prepare):
@@ -28,6 +30,7 @@ import tempfile
 import time
 import tracemalloc
 
+from benchmarks.lighthouse_period import MAX_SECONDS as PERIOD_MAX
 from benchmarks.report import table, write_json
 from flatnet.engine.proto import control as wire
 from flatnet.lighthouse.leases import LeaseStore
@@ -69,7 +72,7 @@ E2E_ETCD = ["10.251.0.11", "10.251.0.12", "10.251.0.13"]
 E2E_NODES = "10.251.1.{}"      # 250 source addresses for the simulated nodes
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int | str) -> float:
     """User + system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -81,10 +84,35 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
+def _threads_cpu(pid: int) -> dict[int, float]:
+    """Each thread's user + system CPU seconds so far (FLATNET_BENCH_THREADS)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = _cpu_s(f"{pid}/task/{tid}")
+        except OSError:
+            pass
+    return out
+
+
+def _thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name, from `py-spy dump` if py-spy is on PATH
+    (FLATNET_BENCH_THREADS; Python does not give its threads' names to the kernel)."""
+    import re
+    import shutil
+    import subprocess
+    if shutil.which("py-spy") is None:
+        return {}
+    out = subprocess.run(["py-spy", "dump", "--nonblocking", "--pid", str(pid)], capture_output=True, text=True,
+                         timeout=30).stdout
+    return {int(m.group(1), 0): m.group(2) for m in re.finditer(r'Thread (\S+) \([^)]*\): "([^"]*)"', out)}
+
+
 def _py_spy(spies: list, phase_name: str, pids: dict[str, int]) -> list:
     """FLATNET_BENCH_PYSPY=FILE: py-spy samples the lighthouse during one phase
-    (FLATNET_BENCH_PYSPY_PHASE, default "queries"; or "handshakes", "registers"),
-    collapsed stacks, one line each, to FILE; the swarm (the load generator) too,
+    (FLATNET_BENCH_PYSPY_PHASE, default "queries"; or "handshakes", "registers", "rekey-period"),
+    collapsed stacks, one line each, to FILE (more py-spy options, e.g. "--gil":
+    FLATNET_BENCH_PYSPY_ARGS); the swarm (the load generator) too,
     to FILE.swarm (`py-spy` on PATH). Called at each phase line: stops what runs,
     starts the samplers when their phase begins."""
     import shutil
@@ -100,7 +128,8 @@ def _py_spy(spies: list, phase_name: str, pids: dict[str, int]) -> list:
     if exe is None:
         raise RuntimeError("FLATNET_BENCH_PYSPY is set but py-spy is not on PATH (pip install py-spy)")
     return [subprocess.Popen([exe, "record", "--nonblocking", "--rate", "250", "--format", "raw",
-                              "--output", out + ("" if who == "lighthouse" else "." + who), "--pid", str(pid)],
+                              "--output", out + ("" if who == "lighthouse" else "." + who), "--pid", str(pid)]
+                            + os.environ.get("FLATNET_BENCH_PYSPY_ARGS", "").split(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for who, pid in pids.items()]
 
 
@@ -138,7 +167,7 @@ def junk_flood(rate: int, seconds: float) -> dict:
 
 
 def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: int = 0, rate: float = 1800.0,
-               rekeys: bool = False) -> dict:
+               rekeys: bool = False, rekey_period: float = 0.0) -> dict:
     """One lighthouse in a namespace (SQLite, or etcd with 3 members there), driven by
     a swarm process in the same namespace; the lighthouse's RSS after registration.
     With etcd a second lighthouse (lh2) holds every REMOTE_EVERY-th node: the queries,
@@ -196,6 +225,7 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                                   "--client", f"{tmp}/pki", "--nodes", str(nodes), "--seconds", str(seconds),
                                   "--budget", str(budget), "--handshake-rate", str(rate)]
                                  + (["--rekeys"] if rekeys else [])
+                                 + (["--rekey-period", str(rekey_period)] if rekey_period else [])
                                  + (["--remote-every", str(REMOTE_EVERY)] if lh2 else []),
                                  cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
@@ -204,10 +234,20 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
         cpu_etcd: dict[str, float] = {}  # the 3 members' together
         members = [m.proc.pid for m in cluster.members] if cluster is not None else []
         rss_after: dict[str, float] = {}  # the lighthouse's RSS at the end of each phase
+        # FLATNET_BENCH_THREADS=1: lh1's CPU per thread in the query phase (which thread
+        # costs what: the event loop, the C receive thread, the etcd store's threads)
+        per_thread = bool(os.environ.get("FLATNET_BENCH_THREADS"))
+        threads0: dict[int, float] = {}
+        threads_q: dict[int, float] = {}
+        names: dict[int, str] = {}
         last = flood = None
         spies: list = []
+        samples: list = []  # --rekey-period: the lighthouse's (time, CPU-s, RSS MB, phase) each second
+        sampler = _Sampler(lh.pid, samples) if rekey_period else None
         try:
             for line in swarm.stdout:
+                if line.startswith("PHASE ") and sampler is not None:
+                    sampler.phase = line.split()[1]
                 if line.startswith("PHASE "):
                     now_cpu = _cpu_s(lh.pid)
                     now_cpu2 = _cpu_s(lh2.pid) if lh2 is not None else 0.0
@@ -217,6 +257,13 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                         cpu2[last[0]] = now_cpu2 - last[2]
                         cpu_etcd[last[0]] = now_etcd - last[3]
                         rss_after[last[0]] = _rss_mb(lh.pid)
+                    if per_thread:
+                        now_threads = _threads_cpu(lh.pid)
+                        if last is not None and last[0] == "queries":
+                            threads_q = {t: round(c - threads0.get(t, 0.0), 3) for t, c in now_threads.items()}
+                        threads0 = now_threads
+                        if line.split()[1] == "queries":
+                            names = _thread_names(lh.pid)
                     last = (line.split()[1], now_cpu, now_cpu2, now_etcd)
                     spies = _py_spy(spies, last[0], {"lighthouse": lh.pid, "swarm": swarm.pid})
                     if junk and last[0] == "queries":
@@ -227,6 +274,8 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                     r = json.loads(line)
             swarm.wait(timeout=budget + 120)
         finally:
+            if sampler is not None:
+                sampler.stop()
             if swarm.poll() is None:
                 swarm.kill()
             if flood is not None and swarm.returncode != 0 and flood.poll() is None:
@@ -239,6 +288,9 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                 raise RuntimeError(f"junk flood failed (exit {flood.returncode})")
             r.update(json.loads(out[-1]), junk_rate=junk)
         r["lighthouse_cpu_s"] = cpu
+        if per_thread:
+            r["lighthouse_threads_cpu_s"] = {f"{t} {names.get(t, '?')}": c for t, c in
+                                             sorted(threads_q.items(), key=lambda x: -x[1]) if c}
         if lh2 is not None:
             r["lighthouse2_cpu_s"] = cpu2
             r["etcd_cpu_s"] = cpu_etcd
@@ -259,6 +311,15 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
                            "drops": {k: v for k, v in st["drops"].items() if v}, "queries": st["queries"],
                            "io": {k: v for k, v in st["io"].items() if v},
                            "store": {k: v for k, v in st["store"].items() if k != "members"}}
+        r["lighthouse"]["sessions"] = st.get("sessions")
+        r["registered_at_end"] = len(st["nodes"])
+        if lh2 is not None and rekey_period:
+            _, body = control.get(f"{tmp}/run-lh2/lighthouse.sock", "/status", timeout=30)
+            st2 = json.loads(body)
+            r["lighthouse2"] = {"sessions": st2.get("sessions"), "registered_at_end": len(st2["nodes"]),
+                                "control_errors": st2["control_errors"], "rejected": st2["rejected"]}
+        if rekey_period:
+            r["period_lighthouse"] = _period_figures(samples, "rekey-period")
         r["lighthouse_log_tail"] = open(f"{tmp}/lh.log").read()[-1500:]
         return r
     finally:
@@ -275,6 +336,38 @@ def end_to_end(nodes: int, backend: str, seconds: float, budget: float, junk: in
         ns.delete()
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Sampler:
+    """A thread: the lighthouse's CPU-s and RSS once a second, with the phase then."""
+
+    def __init__(self, pid: int, out: list) -> None:
+        import threading
+        self.pid, self.out, self.phase = pid, out, ""
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.out.append((time.monotonic(), _cpu_s(self.pid), _rss_mb(self.pid), self.phase))
+            except (OSError, StopIteration):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+
+
+def _period_figures(samples: list, name: str) -> dict:
+    """The lighthouse's CPU-s over the phase `name`, its busiest second, its RSS."""
+    s = [x for x in samples if x[3] == name]
+    if len(s) < 2:
+        return {"cpu_s": 0.0, "cpu_max_per_s": 0.0, "rss_mb_min": 0.0, "rss_mb_max": 0.0, "cpu_per_s": []}
+    per_s = [round((b[1] - a[1]) / (b[0] - a[0]), 3) for a, b in zip(s, s[1:])]
+    return {"cpu_s": s[-1][1] - s[0][1], "cpu_max_per_s": max(per_s), "cpu_per_s": per_s,
+            "rss_mb_min": min(x[2] for x in s), "rss_mb_max": max(x[2] for x in s), "rss_mb_end": s[-1][2]}
 
 
 def phase(name: str) -> None:
@@ -332,7 +425,7 @@ def handshake_phase(swarm, nodes: list, home: dict, rate: float, counter: str,  
 
 
 def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: int = 0, rate: float = 1800.0,
-           rekeys: bool = False) -> dict:
+           rekeys: bool = False, rekey_period: float = 0.0) -> dict:
     """The swarm (inside the namespace): handshakes paced under the lighthouse's
     global handshake limit (2,000/s, above it wants cookies), registers, then queries
     with a window of answers outstanding, each from another node. After the
@@ -345,8 +438,14 @@ def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: in
     from tests.harness import simnode
     deadline = time.monotonic() + budget
     ca_key, ca, lhs = simnode.load(pki, [f"lh1@{E2E_IP}:4787"] + ([f"lh2@{E2E_IP2}:4787"] if remote_every else []))
-    swarm = simnode.Swarm(ca_key, ca, lhs, [f"n{i}" for i in range(nodes)],
-                          [E2E_NODES.format(i) for i in range(1, 251)])
+    names = [f"n{i}" for i in range(nodes)]
+    binds = [E2E_NODES.format(i) for i in range(1, 251)]
+    if rekey_period:  # engine sessions (tests/harness/simkeep.py); 1% leave the rekey to the lighthouse
+        from benchmarks import lighthouse_period
+        from tests.harness import simkeep
+        swarm = simkeep.EngineSwarm(ca_key, ca, lhs, names, binds, passive=lighthouse_period.passive_names(names))
+    else:
+        swarm = simnode.Swarm(ca_key, ca, lhs, names, binds)
     r: dict = {"nodes": nodes}
     home = {id(n): "lh2" if remote_every and i % remote_every == remote_every - 1 else "lh1"
             for i, n in enumerate(swarm.nodes)}
@@ -431,6 +530,9 @@ def client(pki: str, nodes: int, seconds: float, budget: float, remote_every: in
             n_done, took, r["rekey_retries"] = handshake_phase(swarm, keyed, home, rate, "rekeys",
                                                                min(deadline, time.monotonic() + budget / 3))
             r["rekeys"], r["rekeys_per_s"] = n_done, n_done / took
+        if rekey_period:
+            phase("rekey-period")
+            r["rekey_period"] = lighthouse_period.run(swarm, rekey_period, deadline)
         phase("end")
     finally:
         swarm.close()
@@ -472,6 +574,9 @@ def main(argv: list[str]) -> int:
                    help="initiations a second at most (the lighthouse's global limit is 2,000 a second)")
     p.add_argument("--rekeys", action="store_true",
                    help="after the queries, every node rekeys its session (a new handshake with the lighthouse)")
+    p.add_argument("--rekey-period", type=float, nargs="?", const=PERIOD_MAX, default=0.0, metavar="MAX_SECONDS",
+                   help="after the queries, the nodes keep their sessions in real time for a full key lifetime "
+                        f"(about 3 minutes; at most MAX_SECONDS, {PERIOD_MAX:.0f} by default), rekeying as engines do")
     p.add_argument("--client", help=argparse.SUPPRESS)  # the swarm, run inside the namespace
     p.add_argument("--remote-every", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--junk-client", type=int, help=argparse.SUPPRESS)  # the junk flood, inside the namespace
@@ -481,7 +586,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(junk_flood(a.junk_client, a.seconds)), flush=True)
         return 0
     if a.client:
-        client(a.client, a.nodes, a.seconds, a.budget, a.remote_every, a.handshake_rate, a.rekeys)
+        client(a.client, a.nodes, a.seconds, a.budget, a.remote_every, a.handshake_rate, a.rekeys, a.rekey_period)
         return 0
     r = registry_bench(a.nodes, a.seconds)
     print(table(["nodes", "registers/s", "queries/s (one core)", "registry memory MB", "process RSS MB"],
@@ -489,7 +594,10 @@ def main(argv: list[str]) -> int:
                   f"{r['process_rss_mb']:.0f}"]]))
     print("goal: >= 20,000 queries/s on one core, < 100 MB")
     if not a.no_e2e and os.geteuid() == 0:
-        e = end_to_end(a.nodes, a.backend, a.seconds, a.budget, a.junk, a.handshake_rate, a.rekeys)
+        if a.rekeys and a.rekey_period:
+            p.error("--rekeys and --rekey-period are separate runs")
+        e = end_to_end(a.nodes, a.backend, a.seconds, a.budget + a.rekey_period, a.junk, a.handshake_rate, a.rekeys,
+                       a.rekey_period)
         r["end_to_end"] = e
         print("\n" + table(["store", "nodes registered", "handshakes/s", "leases/s", "queries/s answered",
                              "lighthouse RSS MB"],
@@ -501,6 +609,9 @@ def main(argv: list[str]) -> int:
         if e.get("rekeys") is not None:
             print(f"rekeys: {e['rekeys']}/{e['registered']} in their phase, {e['rekeys_per_s']:.0f}/s, "
                   f"{e.get('rekeys_per_cpu_s', 0):.0f} per lighthouse CPU-s (retries {e['rekey_retries']})")
+        if e.get("rekey_period") is not None:
+            from benchmarks import lighthouse_period
+            lighthouse_period.print_report(e)
         if e.get("swarm_cpu_s") and e["queries_answered"]:
             print(f"CPU per query answered: lighthouse {1e6 * e['lighthouse_cpu_s'].get('queries', 0) / e['queries_answered']:.1f} us, "
                   f"the simulated nodes {1e6 * e['swarm_cpu_s'] / e['queries_answered']:.1f} us")

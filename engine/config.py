@@ -114,11 +114,13 @@ def transport_ciphers(setting: str, aes_available: bool) -> tuple[tuple[str, ...
     if setting == AEAD_AES:
         if not aes_available:
             raise ConfigError(f"[tun] cipher = {AEAD_AES!r}, but this host cannot offer it (the CPU lacks "
-                              "AES-NI or PCLMULQDQ, or OpenSSL lacks AES-256-GCM or failed its self-test); use \"auto\"")
+                              "AES-NI or PCLMULQDQ, OPENSSL_ia32cap hides them, or OpenSSL lacks AES-256-GCM or failed its "
+                              "self-test); use \"auto\"")
         return (AEAD_AES,), None
     if aes_available:
         return (AEAD_AES, AEAD_CHACHA), None
-    return (AEAD_CHACHA,), "no AES-NI/PCLMULQDQ on this CPU, or OpenSSL lacks AES-256-GCM or failed its self-test"
+    return (AEAD_CHACHA,), ("no AES-NI/PCLMULQDQ on this CPU (or OPENSSL_ia32cap hides them), or OpenSSL lacks AES-256-GCM "
+                           "or failed its self-test")
 
 
 _KNOWN = {

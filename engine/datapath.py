@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 import threading
@@ -54,8 +55,51 @@ CIPHERS = {AEAD_CHACHA: lib.FN_CIPHER_CHACHA, AEAD_AES: lib.FN_CIPHER_AES256GCM}
 
 def aes_gcm_available() -> bool:
     """AES-256-GCM can be offered: this CPU has AES-NI and PCLMULQDQ and OpenSSL has
-    the cipher (engine/crypto/csrc/aead_aes.c checks both)."""
-    return bool(lib.fn_aes_gcm_available())
+    the cipher (engine/crypto/csrc/aead_aes.c checks both), and the operator did not
+    hide AES-NI or PCLMULQDQ from OpenSSL with OPENSSL_ia32cap."""
+    return bool(lib.fn_aes_gcm_available()) and openssl_ia32cap_keeps_aes(os.environ.get("OPENSSL_ia32cap"))
+
+
+# OpenSSL's capability bits (OPENSSL_ia32cap(3)): AES-NI, PCLMULQDQ, and FXSR, whose
+# mask also masks both of them
+_AESNI = 1 << 57
+_PCLMULQDQ = 1 << 33
+_FXSR = 1 << 24
+
+
+def _openssl_strtouint64(text: str) -> int:
+    """A number as OpenSSL 3.0 reads it here (crypto/cpuid.c): "0x" hex, a leading 0
+    octal, else decimal; digits up to the first character that is none; nothing read
+    is 0; wraps at 64 bits."""
+    base, i = 10, 0
+    if text[:1] == "0":
+        base, i = 8, 1
+        if text[i:i + 1].lower() == "x":
+            base, i = 16, i + 1
+    value = 0
+    for c in text[i:]:
+        digit = int(c, 16) if c in "0123456789abcdefABCDEF" else 16
+        if digit >= base:
+            break
+        value = (value * base + digit) & (1 << 64) - 1
+    return value
+
+
+def openssl_ia32cap_keeps_aes(env: str | None) -> bool:
+    """False when OPENSSL_ia32cap (read as OpenSSL 3.0 reads it at start-up) leaves
+    OpenSSL without AES-NI or PCLMULQDQ: its AES-256-GCM would then be the table code,
+    slower and not constant-time, so it is not offered. "~MASK" clears bits of what
+    the CPU has (clearing FXSR clears both); ":..." keeps the CPU's first word; any
+    other value replaces it, so bits it does not set are hidden (even text that is no
+    number: OpenSSL reads it as 0)."""
+    if env is None:
+        return True
+    need = _AESNI | _PCLMULQDQ
+    if env.startswith("~"):
+        return not _openssl_strtouint64(env[1:]) & (need | _FXSR)
+    if env.startswith(":"):
+        return True
+    return _openssl_strtouint64(env) & need == need
 
 
 def sockaddr(addr: tuple[str, int], family: int = socket.AF_INET) -> bytes:

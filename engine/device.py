@@ -138,10 +138,15 @@ class Device:
         self.wall_ns = wall_ns
         self.log = log
         slots = getattr(datapath, "rx_slots", RX_SLOTS)  # a lighthouse's data path has more (DataPath)
-        self.indexes = IndexTable(rng or random.SystemRandom(), slots if isinstance(slots, int) else RX_SLOTS)
+        self.rng = rng or random.SystemRandom()  # receiver indexes, the sessions' rekey jitter
+        self.indexes = IndexTable(self.rng, slots if isinstance(slots, int) else RX_SLOTS)
         self.peers: dict[str, Peer] = {}
         self.by_slot: dict[int, Peer] = {}
         self.errors: collections.Counter[str] = collections.Counter()
+        # what happened to sessions, all peers together (a lighthouse's status): handshakes
+        # finished (as initiator / responder), sessions left without keys (their keys
+        # expired and no handshake replaced them), handshakes given up, peers removed
+        self.session_counts: collections.Counter[str] = collections.Counter()
         self.pinned: set[str] = set()      # peers never removed (the lighthouses the owner holds)
         self.revoked: dict[str, dict] = {}  # name -> what apply_revocations tore down (for status)
         self.version_noted: collections.OrderedDict[tuple[str, int], int] = collections.OrderedDict()
@@ -160,7 +165,7 @@ class Device:
         # refused slot, and every later handshake of that node failed, also after slots freed)
         self.dp.set_peer(slot, subnet)
         session = PeerSession(self.me, cert.name, cert.key, lambda n=cert.name: self.indexes.allocate(n),
-                              self.indexes.release, self.wall_ns)
+                              self.indexes.release, self.wall_ns, rng=self.rng)
         peer = Peer(cert.name, slot, subnet, cert, list(endpoints), session, live=liveness.Liveness(self.dead_after))
         self.peers[peer.name] = peer
         self.revoked.pop(peer.name, None)  # re-enrolled: a new certificate the blocklist allows
@@ -292,6 +297,7 @@ class Device:
     def remove_peer(self, name: str) -> None:
         peer = self.peers.pop(name)
         del self.by_slot[peer.slot]
+        self.session_counts["peers_removed"] += 1
         self._relay_certified.discard(name)
         if peer.endpoint is not None and self._at.get(peer.endpoint) == name:
             del self._at[peer.endpoint]
@@ -640,6 +646,7 @@ class Device:
                 if event.retired_index is not None:
                     self.dp.remove_rx(event.retired_index)
                 peer.handshake_failures = 0
+                self.session_counts["handshakes_initiator" if k.initiator else "handshakes_responder"] += 1
                 self.log.info("handshake_done", peer=peer.name, role="initiator" if k.initiator else "responder", cipher=k.cipher,
                               endpoint=endpoints_policy.text(peer.endpoint) if peer.endpoint else "-")
             elif isinstance(event, KeysExpired):
@@ -647,6 +654,7 @@ class Device:
                     self.dp.remove_rx(index)
                 if s.current is None:
                     self.dp.clear_tx_key(peer.slot)
+                    self.session_counts["sessions_expired"] += 1
                 self.log.info("keys_expired", peer=peer.name)
             elif isinstance(event, SendKeepalive):
                 packet = self.dp.seal_control(peer.slot, b"")
@@ -654,6 +662,7 @@ class Device:
                     self._send_to(peer, packet)
             elif isinstance(event, HandshakeFailed):
                 peer.handshake_failures += 1
+                self.session_counts["handshakes_failed"] += 1
                 peer.last_error = event.reason
                 self.log.warning("handshake_failed", peer=peer.name, reason=event.reason)
 

@@ -421,6 +421,10 @@ def cmd_lighthouse_status(a: argparse.Namespace) -> int:
           + (f", {store['nodes']} in the store" if "nodes" in store else "") + f", {len(st['leases'])} leases\n"
           f"queries    {st['queries']}  relayed {st['relayed']}  rejected {st['rejected']}\n"
           f"drops      {', '.join(f'{k}={v}' for k, v in drops.items()) or 'none'}")
+    ses = st.get("sessions")  # an older lighthouse has none
+    if ses:
+        print(f"sessions   {ses['held']} held, {ses['with_keys']} with keys; since the start: "
+              f"expired {ses['sessions_expired']}, handshakes given up {ses['handshakes_failed']}")
     if store.get("lighthouses"):
         print(f"lighthouses up  {', '.join(store['lighthouses'])}")
     for m in store.get("members", []):

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 TIMEOUT = 2.0          # per request: a member that does not answer by then is skipped
 MAX_TXN_OPS = 128      # etcd's default --max-txn-ops
+WATCH_KEEPIDLE = 30    # seconds of silence on a watch stream before TCP keepalive probes it
 
 
 class EtcdError(OSError):
@@ -177,6 +178,7 @@ class Client:
         start revision is gone (the caller reads everything again)."""
         host, port = self.endpoints[self.current if index is None else index]
         conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        closer = None
         body = {"create_request": {"key": b64(prefix), "range_end": prefix_end(prefix),
                                    "start_revision": str(start_revision), "progress_notify": True}}
         try:
@@ -184,13 +186,16 @@ class Client:
             resp = conn.getresponse()
             if resp.status != 200:
                 return
-            conn.sock.settimeout(0.5)  # so `stop` is looked at twice a second
+            # No read timeout: events may be minutes apart. (It was 0.5 s, so `stop` was
+            # looked at twice a second, but after one timeout the socket's file refuses
+            # every read: an idle watch reconnected every 0.6 s, 10 times in 6 s.)
+            # `stop` shuts the socket down instead, which ends the blocked read.
+            conn.sock.settimeout(None)
+            _keepalive(conn.sock)
+            closer = _Closer(conn.sock, stop)
             buf = b""
             while not stop.is_set():
-                try:
-                    chunk = resp.read1(65536)
-                except socket.timeout:
-                    continue
+                chunk = resp.read1(65536)
                 if not chunk:
                     return
                 buf += chunk
@@ -208,7 +213,47 @@ class Client:
         except (OSError, http.client.HTTPException, ValueError):
             return
         finally:
+            if closer is not None:
+                closer.done()
             conn.close()
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive on a watch stream, which may be quiet for minutes: a probe after
+    WATCH_KEEPIDLE s of silence keeps a firewall's or NAT's state for it, and a peer
+    gone without a word (no FIN: a black hole) fails the read after about a minute,
+    so the watch moves to another member instead of waiting forever."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", WATCH_KEEPIDLE), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+class _Closer:
+    """Shuts `sock` down when `stop` is set, which ends a read blocked on it in another
+    thread; done() ends its thread (looked at twice a second) and, once it returned,
+    no shutdown follows (the socket's number may belong to another one by then)."""
+
+    def __init__(self, sock: socket.socket, stop: threading.Event) -> None:
+        self._sock, self._stop = sock, stop
+        self._lock = threading.Lock()
+        self._finished = False
+        threading.Thread(target=self._run, name="etcd-watch-closer", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            if self._finished:
+                return
+        with self._lock:
+            if not self._finished:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def done(self) -> None:
+        with self._lock:
+            self._finished = True
 
 
 def _kv(kv: dict) -> dict:

@@ -269,7 +269,19 @@ class Lighthouse:
                 "relay_nodes": sorted(self.registry.relay_nodes),
                 "limited": dict(self.registry.limited), "store": self.leases.health(),
                 "tcp_relay": self.tcp.status() if self.tcp is not None else None,
-                "drops": self.dp.drops(), "io": self.dp.io_stats(), "control_errors": dict(self.device.errors)}
+                "drops": self.dp.drops(), "io": self.dp.io_stats(), "control_errors": dict(self.device.errors),
+                "sessions": self.session_status()}
+
+    def session_status(self) -> dict:
+        """The nodes' sessions: held, with keys now, rekeys this lighthouse started (of
+        the sessions held), and since the start: handshakes by role, sessions whose keys
+        expired with none to replace them, handshakes given up, sessions removed."""
+        peers = self.device.peers.values()
+        return {"held": len(self.device.peers), "with_keys": sum(p.session.current is not None for p in peers),
+                "rekeys_started": sum(p.session.rekeys for p in peers),
+                **{k: self.device.session_counts.get(k, 0) for k in (
+                    "handshakes_initiator", "handshakes_responder", "sessions_expired", "handshakes_failed",
+                    "peers_removed")}}
 
     def handle_api(self, method: str, url: str, body: bytes) -> tuple[int, str, bytes]:
         if url.split("?")[0] == "/status":

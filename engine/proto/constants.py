@@ -19,6 +19,9 @@ AEAD_NAME_MAX = 32              # ... each a string of at most this many bytes
 
 REKEY_AFTER_TIME = 120.0        # the initiator of a session starts a new handshake
 REKEY_RESPONDER_SLACK = 10.0    # the responder waits this much longer, so both do not race
+# the initiator starts up to this much earlier, uniformly at random, drawn for each key:
+# sessions made together (every node after a lighthouse restart) do not rekey together
+REKEY_JITTER = 30.0
 REJECT_AFTER_TIME = 180.0       # keys older than this are never used again
 REKEY_AFTER_MESSAGES = 2 ** 60
 KEEPALIVE_TIMEOUT = 15.0        # send an empty packet after this long without sending

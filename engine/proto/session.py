@@ -9,6 +9,10 @@ Rules:
   and failures; get_timer() says when handle_timer() wants to run next.
 - Keys: `current` sends and receives; `previous` only receives, until the next
   install, so packets in flight during a rekey are not lost.
+- Rekey: the initiator of the current keys starts REKEY_AFTER_TIME after they were
+  made, less a jitter drawn for each key from the injected `rng` (up to REKEY_JITTER;
+  none without an rng), so sessions made together do not rekey together; the
+  responder REKEY_RESPONDER_SLACK after REKEY_AFTER_TIME.
 - Cookies: every handshake message leaves with mac1 and mac2 (engine/proto/cookie.py);
   a cookie reply from the peer (under load) is kept COOKIE_LIFETIME and keys mac2 of
   the next messages, the retries included. It does not trigger a send by itself.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,7 +30,7 @@ from flatnet.engine.proto import cookie as cookies
 from flatnet.engine.proto import handshake
 from flatnet.engine.proto.constants import (AEAD_CHACHA, COOKIE_LIFETIME, DEAD_PEER_TIMEOUT, HANDSHAKE_GIVE_UP, HANDSHAKE_RETRY_FIRST,
                                     HANDSHAKE_RETRY_MAX, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME,
-                                    REKEY_AFTER_TIME, REKEY_RESPONDER_SLACK)
+                                    REKEY_AFTER_TIME, REKEY_JITTER, REKEY_RESPONDER_SLACK)
 from flatnet.engine.proto.errors import LocalProtocolError, RemoteProtocolError
 from flatnet.engine.proto.noise import HandshakeIK
 
@@ -103,13 +108,17 @@ class _Pending:
 class PeerSession:
     def __init__(self, me: handshake.Identity, peer_name: str, peer_static: bytes,
                  allocate_index: Callable[[], int], release_index: Callable[[int], None],
-                 wall_ns: Callable[[], int]) -> None:
+                 wall_ns: Callable[[], int], rng: random.Random | None = None) -> None:
+        """rng: draws each initiator key's rekey jitter (engine/device.py passes the
+        Device's); None rekeys at exactly REKEY_AFTER_TIME (tests of exact times)."""
         self.me = me
         self.peer_name = peer_name
         self.peer_static = peer_static
         self._allocate = allocate_index
         self._release = release_index
         self._wall_ns = wall_ns
+        self._rng = rng
+        self._rekey_early = 0.0  # the current keys' jitter: their initiator rekeys this much early
         self.state = State.IDLE
         self.current: Keys | None = None
         self.previous: Keys | None = None
@@ -265,9 +274,8 @@ class PeerSession:
             deadlines.append(self._keepalive_at(cur))
         return min(deadlines) if deadlines else None
 
-    @staticmethod
-    def _rekey_at(cur: Keys) -> float:
-        return cur.created + REKEY_AFTER_TIME + (0 if cur.initiator else REKEY_RESPONDER_SLACK)
+    def _rekey_at(self, cur: Keys) -> float:
+        return cur.created + REKEY_AFTER_TIME + (-self._rekey_early if cur.initiator else REKEY_RESPONDER_SLACK)
 
     def _keepalive_at(self, cur: Keys) -> float:
         return (self.last_tx or cur.created) + KEEPALIVE_TIMEOUT
@@ -315,6 +323,9 @@ class PeerSession:
         if retired is not None:
             self._release(retired)
         self.previous, self.current = self.current, keys
+        # drawn for each key, not once per peer: a bunch of sessions spreads further with
+        # every rekey; always early, so the responder's rekey stays the later one
+        self._rekey_early = self._rng.uniform(0.0, REKEY_JITTER) if keys.initiator and self._rng is not None else 0.0
         self.refused = None
         self.last_handshake = now
         self.handshakes += 1

@@ -239,11 +239,11 @@ class Swarm:
                 continue
             for _ in range(256):
                 try:
-                    data, _addr = key.fileobj.recvfrom(2048)
+                    data, addr = key.fileobj.recvfrom(2048)
                 except BlockingIOError:
                     break
                 handled += 1
-                self._on_datagram(data)
+                self._on_datagram(data, key.fileobj, addr)
         return handled
 
     def _pump_c(self, fd: int) -> int:
@@ -302,7 +302,8 @@ class Swarm:
             if self.keep_answers:
                 node.answers.append((kind, msg))
 
-    def _on_datagram(self, data: bytes) -> None:
+    def _on_datagram(self, data: bytes, sock: socket.socket | None = None, addr: tuple | None = None) -> None:
+        """sock, addr: where it came in, and from (used by tests/harness/simkeep.py)."""
         try:
             if data[0] == 2:
                 sender, receiver = hsm.response_indexes(data)

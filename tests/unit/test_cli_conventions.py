@@ -143,6 +143,26 @@ def test_lighthouse_status_json_and_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "lighthouse lh1" in out and "host-a" in out and "10.87.1.0/24" in out
     assert "tcp relay  off" in out  # STATUS has no tcp_relay (an older lighthouse, or [relay] tcp_port = 0)
+    assert "sessions " not in out  # nor sessions (an older lighthouse)
+    STATUS["sessions"] = {
+        "held": 1,
+        "with_keys": 1,
+        "rekeys_started": 0,
+        "handshakes_initiator": 0,
+        "handshakes_responder": 3,
+        "sessions_expired": 2,
+        "handshakes_failed": 1,
+        "peers_removed": 0,
+    }
+    try:
+        t = fake_lighthouse(sock + "3")
+        assert main(["lighthouse", "status", "--socket", sock + "3"]) == 0
+        t.join(10)
+    finally:
+        del STATUS["sessions"]
+    assert (
+        "sessions   1 held, 1 with keys; since the start: expired 2, handshakes given up 1" in capsys.readouterr().out
+    )
 
 
 def test_lighthouse_status_without_a_lighthouse_says_so(tmp_path):

@@ -423,16 +423,23 @@ void fn_drops(fn_ctx *ctx, uint64_t *out) {
 }
 
 /* ---- sealing: header (type, version, reserved, receiver index, counter), the
- * associated data, then ciphertext+tag */
-void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen) {
+ * associated data, then ciphertext+tag. 0, or -1: OpenSSL refused to seal (only an
+ * OpenSSL fault after its start-up self-test does this); the bytes are wiped and the
+ * caller must not send them (it counts send_failed), the counter stays used. */
+int seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, const uint8_t *src, uint32_t ptlen) {
     uint8_t nonce[12];
     uint64_t counter = p->tx_counter++;
     put_type(pkt, type);
     put_le32(pkt + 4, p->tx_remote_index);
     put_le64(pkt + 8, counter);
     make_nonce(nonce, counter);
-    if (p->tx_cipher == FN_CIPHER_AES256GCM) aes_seal(p->tx_aes, pkt, ptlen, nonce);
-    else aead_seal(pkt, ptlen, nonce, p->tx_key);
+    if (p->tx_cipher == FN_CIPHER_AES256GCM) {
+        return aes_seal(p->tx_aes, pkt, src, ptlen, nonce);  /* out of place: no copy first */
+    }
+    /* ChaCha20-Poly1305 seals in place (the compact code can do nothing else) */
+    if (src != pkt + FN_HEADER) memcpy(pkt + FN_HEADER, src, ptlen);
+    aead_seal(pkt, ptlen, nonce, p->tx_key);
+    return 0;
 }
 
 int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, uint8_t *out,
@@ -446,9 +453,12 @@ int fn_seal_control(fn_ctx *ctx, int slot, const uint8_t *pt, uint32_t ptlen, ui
     else if (p->tx_counter >= REJECT_AFTER_MESSAGES) rc = -EKEYEXPIRED;
     else {
         memmove(out + FN_HEADER, pt, ptlen);
-        seal_locked(p, ptlen ? TYPE_CONTROL : TYPE_DATA, out, ptlen);
-        p->last_tx_ns = fn_now_ns();
-        rc = (int)(ptlen + FN_HEADER + FN_TAG);
+        if (seal_locked(p, ptlen ? TYPE_CONTROL : TYPE_DATA, out, out + FN_HEADER, ptlen)) {
+            rc = -EIO;
+        } else {
+            p->last_tx_ns = fn_now_ns();
+            rc = (int)(ptlen + FN_HEADER + FN_TAG);
+        }
     }
     pthread_mutex_unlock(&ctx->tx_lock);
     return rc;
@@ -468,7 +478,7 @@ int fn_seal_batch(const uint8_t *key, uint64_t counter0, uint8_t *buf, uint32_t 
         put_le32(pkt + 4, 0);
         put_le64(pkt + 8, counter0 + i);
         make_nonce(nonce, counter0 + i);
-        if (aes) aes_seal(aes, pkt, lens[i], nonce);
+        if (aes) aes_seal(aes, pkt, pkt + FN_HEADER, lens[i], nonce);
         else aead_seal(pkt, lens[i], nonce, key);
     }
     aes_free(aes);

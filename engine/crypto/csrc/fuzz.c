@@ -206,7 +206,7 @@ static void seal_as(fuzz_t *f, int k, uint8_t type, uint8_t *pkt, uint32_t ptlen
     case 2: p.tx_counter = REJECT_AFTER_MESSAGES + below(f, 3); break;
     default: p.tx_counter = (*c)++;
     }
-    seal_locked(&p, type, pkt, ptlen);
+    (void)seal_locked(&p, type, pkt, pkt + FN_HEADER, ptlen);
 }
 
 static uint32_t sender_net(int k, uint32_t *mask) {

@@ -2,8 +2,10 @@
  *
  *   poll(TUN) -> read a packet (with TSO on: a virtio_net_hdr and up to 64 KiB)
  *   -> IPv4 destination -> peer (route table by /24)
- *   -> per segment (TSO super-packets are cut at gso_size, checksums completed):
- *      written into the out arena at offset FN_HEADER, header added, sealed in place
+ *   -> per segment (TSO super-packets are cut at gso_size, checksums completed, each
+ *      segment's headers written in the read buffer just before its payload):
+ *      header added in the out arena, sealed from the read buffer into the arena
+ *      (AES-256-GCM; ChaCha20-Poly1305 copies the segment there and seals in place)
  *   -> datagrams of one peer and one size are grouped into UDP GSO messages
  *   -> one sendmmsg for everything read in this round.
  */
@@ -176,9 +178,11 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
         return 0;
     }
     uint32_t count = 1;
-    if (h && h->gso_type != VNET_GSO_NONE) {
-        count = tso_count(pkt, len, h);
-        if (count == 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
+    gso_t g;
+    int gso = h && h->gso_type != VNET_GSO_NONE;
+    if (gso) {
+        if (gso_begin(pkt, len, h, &g) < 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
+        count = g.count;
         ctx->io[FN_IO_TSO_SUPER]++;
     }
     fw_track_outbound(ctx, pkt, len, now);        /* replies to this flow may come in */
@@ -186,21 +190,23 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
     for (uint32_t i = 0; i < count; i++) {
         reserve(ctx, udp_fd, b, wrap + FN_HEADER + ctx->mtu + FN_TAG);
         uint8_t *dgram = ctx->out_arena + b->pos, *inner = dgram + wrap;
+        const uint8_t *src = pkt;  /* sealed from the read buffer into the arena */
         uint32_t seglen;
-        if (count > 1 || (h && h->gso_type != VNET_GSO_NONE)) {
-            seglen = tso_segment(pkt, len, h, i, inner + FN_HEADER, ctx->mtu);  /* the room reserved */
+        if (gso) {
+            uint32_t n = gso_payload(&g, i);
+            if (g.hl + n > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; continue; }
+            src = pkt + i * g.mss;  /* its headers go just before its payload */
+            seglen = gso_segment(&g, i, pkt + i * g.mss);
         } else {
             if (len > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; return 0; }
-            memcpy(inner + FN_HEADER, pkt, len);
+            if (h && csum_complete(pkt, len, h) < 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
             seglen = len;
-            if (h && csum_complete(inner + FN_HEADER, seglen, h) < 0) { ctx->drops_in[FN_DROP_NOTIPV4]++; return 0; }
         }
-        if (seglen == 0 || seglen > ctx->mtu) { ctx->drops_in[FN_DROP_TOO_BIG]++; continue; }
         if (wrap) {
             put_type(dgram, TYPE_RELAYED);
             put_le32(dgram + 4, p->relay_id);
         }
-        seal_locked(p, TYPE_DATA, inner, seglen);
+        if (seal_locked(p, TYPE_DATA, inner, src, seglen)) { ctx->drops_in[FN_DROP_SEND]++; continue; }
         append(ctx, b, slot, p, wrap + FN_HEADER + seglen + FN_TAG);
         p->tx_packets++;
         p->tx_bytes += seglen;
@@ -317,7 +323,11 @@ int fn_send_control(fn_ctx *ctx, int udp_fd, const int32_t *slots, const uint8_t
         reserve(ctx, udp_fd, &b, dlen);
         uint8_t *pkt = ctx->out_arena + b.pos;
         memcpy(pkt + FN_HEADER, pt, ptlen);
-        seal_locked(p, ptlen ? TYPE_CONTROL : TYPE_DATA, pkt, ptlen);
+        if (seal_locked(p, ptlen ? TYPE_CONTROL : TYPE_DATA, pkt, pkt + FN_HEADER, ptlen)) {
+            ctx->drops_in[FN_DROP_SEND]++;
+            results[i] = -EIO;
+            continue;
+        }
         p->last_tx_ns = now;
         append(ctx, &b, slot, p, dlen);
         results[i] = 0;

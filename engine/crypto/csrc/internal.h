@@ -272,10 +272,11 @@ int aead_large_seal(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adle
 int aead_large_open(uint8_t *buf, uint32_t len, const uint8_t *ad, uint32_t adlen, const uint8_t nonce[12],
                     const uint8_t key[32]);
 /* aead_aes.c: AES-256-GCM with a context per session key, keyed once (NULL: no
- * memory, or not available); aes_free cleanses it. seal/open: same layout as below. */
+ * memory, or not available); aes_free cleanses it. seal/open: same layout as below,
+ * but seal takes its plaintext from `src`: pkt + FN_HEADER, or a buffer apart. */
 void *aes_new(const uint8_t key[32], int enc);
 void aes_free(void *x);
-int aes_seal(void *x, uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12]);
+int aes_seal(void *x, uint8_t *pkt, const uint8_t *src, uint32_t ptlen, const uint8_t nonce[12]);
 int aes_open(void *x, uint8_t *pkt, uint32_t len, const uint8_t nonce[12]);
 /* seal the `ptlen` bytes after the FN_HEADER-byte header at `pkt` in place, the tag
  * after them; the header is the associated data */
@@ -309,7 +310,8 @@ void senders_each_at(fn_ctx *ctx, const struct sockaddr_storage *at, socklen_t a
 
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);
-void seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, uint32_t ptlen);
+/* seal `ptlen` bytes from `src` (pkt + FN_HEADER, or a buffer apart) into pkt */
+int seal_locked(peer_t *p, uint8_t type, uint8_t *pkt, const uint8_t *src, uint32_t ptlen);
 void tx_promote(peer_t *p);
 int replay_check(const fn_replay *r, uint64_t c);
 void replay_update(fn_replay *r, uint64_t c);
@@ -320,9 +322,23 @@ typedef struct {
     uint16_t hdr_len, gso_size, csum_start, csum_offset;
 } vnet_hdr_t;
 void vnet_parse(const uint8_t *raw, vnet_hdr_t *h);
-uint32_t tso_count(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
-/* 0 when the segment is malformed or longer than `room` (nothing written then) */
-uint32_t tso_segment(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, uint32_t i, uint8_t *out, uint32_t room);
+/* A GSO super-packet (TCPv4 or UDPv4) being cut into segments: its layout, and its
+ * headers kept apart as the template of every segment's. The inside thread builds each
+ * segment where its payload already lies, in the TUN read buffer: the headers go just
+ * before the payload, over bytes of the segments before it (sealed by then) and seals
+ * from there, so no segment is copied before it is sealed. Segments in order 0, 1, ... */
+typedef struct {
+    int proto;                             /* IPPROTO_TCP or IPPROTO_UDP */
+    uint32_t ihl, hl, mss, payload, count; /* hl: IP + TCP/UDP header bytes */
+    uint8_t hdr[120];                      /* hl bytes: at most 60 + 60 */
+} gso_t;
+/* 0, or -1 when the headers are malformed (not TCPv4/UDPv4 GSO, gso_size 0, short) */
+int gso_begin(const uint8_t *pkt, uint32_t len, const vnet_hdr_t *h, gso_t *g);
+/* payload bytes of segment i (< g->count) */
+uint32_t gso_payload(const gso_t *g, uint32_t i);
+/* segment i with its headers at `seg` and its payload at seg + g->hl: checksums done,
+ * returns its length */
+uint32_t gso_segment(const gso_t *g, uint32_t i, uint8_t *seg);
 int csum_complete(uint8_t *pkt, uint32_t len, const vnet_hdr_t *h);
 
 /* inside.c */

@@ -7,6 +7,7 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 pytest.importorskip("cryptography")
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
@@ -161,3 +162,22 @@ def test_a_wiped_aes_key_leaves_no_copy_in_memory(dp):
     lib.fn_rx_remove(dp.ctx, RX_INDEX)
     lib.fn_peer_tx_clear(dp.ctx, 1)
     assert _copies_in_memory(first, second) == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(length=st.one_of(st.integers(0, 2048), st.integers(0, MAX)), counter=st.integers(0, 2**60 - 1),
+       flip=st.integers(0, 2**20), seed=st.binary(min_size=32, max_size=32))
+def test_random_lengths_agree_with_cryptography_and_forgeries_leave_nothing(length, counter, flip, seed):
+    """The provider's functions called directly (aead_aes.c), keyed once per context:
+    the same bytes as `cryptography` for any length up to the largest datagram, opened
+    back, and a packet with any one bit flipped (header, ciphertext or tag) refused
+    with its payload bytes zeroed."""
+    key = seed
+    plaintext = os.urandom(length)
+    packet = c_seal(key, counter, plaintext)
+    assert packet[16:] == AESGCM(key).encrypt(b"\0" * 4 + counter.to_bytes(8, "little"), plaintext, packet[:16])
+    assert c_open(key, packet) == (True, plaintext)
+    bad = bytearray(packet)
+    bit = flip % (len(bad) * 8)
+    bad[bit // 8] ^= 1 << (bit % 8)
+    assert c_open(key, bytes(bad)) == (False, bytes(length))

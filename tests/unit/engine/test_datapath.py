@@ -284,6 +284,25 @@ def test_tso_super_packet_is_cut_into_valid_segments():
     assert got == payload
 
 
+def test_checksums_of_every_length_near_the_word_steps():
+    """The checksum sums 16 bytes a step in two carry chains, then 8, 4, 2, 1: every
+    remainder, against Python's RFC 1071 sum."""
+    import struct as st
+    out = ffi.new("uint8_t[]", 1500)
+    lens = ffi.new("uint32_t[]", 1)
+    for n in [*range(0, 70), *range(1360, 1381), 1392]:
+        payload = os.urandom(n)
+        src, dst = socket.inet_aton("10.87.1.2"), socket.inet_aton("10.87.2.2")
+        pseudo_sum = _checksum(src + dst + st.pack("!BBH", 0, 17, 8 + n))
+        udp = st.pack("!HHHH", 5000, 53, 8 + n, pseudo_sum)  # the kernel leaves the pseudo-header sum
+        ip = st.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + n, 9, 0, 64, 17, 0, src, dst)
+        vnet = st.pack("<BBHHHH", 1, 0, 0, 0, 20, 6)  # NEEDS_CSUM at 20 + 6
+        assert lib.fn_tso_segment(vnet + ip + udp + payload, 38 + n, out, 1500, lens, 1) == 1
+        seg = ffi.buffer(out, lens[0])[:]
+        pseudo = seg[12:20] + st.pack("!BBH", 0, 17, 8 + n)
+        assert _checksum(pseudo + seg[20:]) == 0xFFFF, n
+
+
 def test_tso_rejects_garbage():
     import struct as st
     out = ffi.new("uint8_t[]", 1500 * 4)
@@ -313,6 +332,58 @@ def test_uso_super_packet_is_cut_into_valid_datagrams():
         assert _checksum(pseudo + seg[20:]) == 0xFFFF
         got += seg[28:]
     assert got == payload
+
+
+def _open_any(key: bytes, cipher: str, raw: bytes) -> bytes:
+    from tests.harness.wire import open_aes
+    return open_aes(key, raw) if cipher == "aes" else open_packet(key, raw)[3]
+
+
+@pytest.mark.parametrize("cipher", ["chacha", "aes"])
+def test_the_inside_thread_sends_the_segments_fn_tso_segment_cuts(dp, io, cipher):
+    """The inside thread builds each segment in the TUN read buffer (headers written
+    just before the segment's payload, over the segments already sent) and seals from
+    there: what the peer opens is, byte for byte, what fn_tso_segment cuts into
+    separate slots (checked above), for TCP with options and FIN/PSH/CWR, for UDP, and
+    for a lone packet whose checksum the kernel left to us."""
+    import struct as st
+    from flatnet.engine.datapath import aes_gcm_available
+    from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA
+    if cipher == "aes" and not aes_gcm_available():
+        pytest.skip("no AES-256-GCM here")
+    tun_fd, tun_in, udp, peer = io
+    tun_in.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    dp.set_offloads(True, False, False)
+    dp.set_endpoint(1, peer.getsockname())
+    dp.set_tx_key(1, KEY_TX, 0x5555, AEAD_AES if cipher == "aes" else AEAD_CHACHA)
+    src, dst = socket.inet_aton("10.87.1.2"), socket.inet_aton("10.87.2.2")
+    opts = bytes([1, 1, 8, 10]) + os.urandom(8)  # NOP NOP timestamps
+    tcp = st.pack("!HHIIBBHHH", 40000, 80, 0xFFFFF000, 7, 8 << 4, 0x80 | 0x19, 65535, 0, 0) + opts
+    tcp_payload = os.urandom(30_001)
+    tcp_ip = st.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(tcp_payload), 0xFFFE, 0x4000, 64, 6, 0, src, dst)
+    udp_payload = os.urandom(5000)
+    udp_hdr = st.pack("!HHHH", 5000, 53, 8 + len(udp_payload), 0)
+    udp_ip = st.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(udp_payload), 9, 0, 64, 17, 0, src, dst)
+    lone = ipv4_udp("10.87.1.2", "10.87.2.2", os.urandom(900))
+    inputs = [st.pack("<BBHHHH", 1, 1, 52, 1360, 20, 16) + tcp_ip + tcp + tcp_payload,
+              st.pack("<BBHHHH", 1, 5, 28, 1000, 20, 6) + udp_ip + udp_hdr + udp_payload,
+              st.pack("<BBHHHH", 1, 0, 0, 0, 20, 6) + lone]
+    want = []
+    for v in inputs:
+        out = ffi.new("uint8_t[]", 64 * 1500)
+        lens = ffi.new("uint32_t[]", 64)
+        n = lib.fn_tso_segment(v, len(v), out, 1500, lens, 64)
+        assert n > 0
+        want += [ffi.buffer(out + i * 1500, lens[i])[:] for i in range(n)]
+    events = ffi.new("int32_t[]", 8)
+    for v in inputs:
+        tun_in.send(v)
+    lib.fn_inside(dp.ctx, tun_fd.fileno(), udp.fileno(), 0, events, 8)
+    got = [_open_any(KEY_TX, cipher, peer.recv(2048)) for _ in want]
+    assert len(want) == 23 + 5 + 1
+    assert got == want
+    assert sum(dp.drops().values()) == 0
 
 
 def test_a_flood_of_initiations_is_rate_limited(dp):

@@ -1,12 +1,14 @@
 """The engine's lighthouse client on a virtual clock, with a fake device."""
 import collections
+import random
 import ipaddress
 from types import SimpleNamespace
 
 import msgpack
 from hypothesis import given, settings, strategies as st
 
-from flatnet.engine.lighthouse_client import DIRECT_RETRY, PROBE_DELAYS, REGISTER_EVERY, RELAY_AFTER, LighthouseClient
+from flatnet.engine.lighthouse_client import (DIRECT_RETRY, PROBE_DELAYS, REGISTER_EVERY, REGISTER_JITTER, RELAY_AFTER,
+                                              LighthouseClient)
 from flatnet.engine.log import Logger
 from flatnet.engine.proto import control as wire
 from tests.harness.pki import TestCA
@@ -32,6 +34,7 @@ class FakeDevice:
         self.relay_names = set()
         self.errors = collections.Counter()
         self.dp = SimpleNamespace(route_unpend=lambda r: None)
+        self.rng = None  # no register jitter: exact times (test_registers_spread_out sets one)
 
     def wall_ns(self):
         return int(TestCA().now * 1e9)
@@ -89,6 +92,26 @@ def test_registers_until_leased_then_every_10s():
     assert leases == [ipaddress.IPv4Network("10.87.3.0/24")]
     client.handle_timer(1.0)  # leased and every lighthouse answered: from now on every 10 s
     assert client.next_register == 1.0 + REGISTER_EVERY
+
+
+def test_registers_spread_out_after_a_common_start():
+    """Engines that registered in the same second (a lighthouse restart re-registers
+    everyone within 2 s) must not keep registering in the same second for good."""
+    starts = []
+    for seed in range(20):
+        ca, dev, lh, client, leases = setup()
+        dev.rng = random.Random(seed)
+        client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET),
+                                          observed=("198.51.100.1", 1), ttl=60), ("192.0.2.254", 4787), 0.0)
+        t = 1.0
+        for _ in range(5):  # five rounds, each answered at once
+            client.handle_timer(t)
+            client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET),
+                                              observed=("198.51.100.1", 1), ttl=60), ("192.0.2.254", 4787), t)
+            assert t + REGISTER_EVERY - REGISTER_JITTER <= client.next_register <= t + REGISTER_EVERY
+            t = client.next_register
+        starts.append(t)
+    assert max(starts) - min(starts) > 2 * REGISTER_JITTER  # no longer one second for all 20
 
 
 def test_a_new_peer_goes_through_the_relay_at_once_and_is_probed_directly():

@@ -187,9 +187,14 @@ def test_the_per_sender_budget_still_holds_in_c():
         while sent < 100_000:
             r.nodes[A].sendmsg([packet * 64], cmsg, 0, r.addr)
             sent += 64
+        start = time.monotonic()
         r.pump(within=5.0, expect=sent)
+        took = time.monotonic() - start
         drops, relayed = r.dp.drops()["relay_rate_limited"], r.dp.io_stats()["relayed"]
-        assert relayed + drops == sent and relayed >= 40_000 and drops > 20_000
+        # never more than the burst and what the rate gave while the passes ran (bounds
+        # that hold however loaded the machine is); at least the burst
+        assert relayed + drops == sent and 40_000 <= relayed <= 40_000 + 400_000 * took + 64
+        assert drops > 0 or took > 0.15
     finally:
         r.close()
 

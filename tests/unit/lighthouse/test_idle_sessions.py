@@ -87,6 +87,10 @@ def test_an_unregistered_nodes_session_is_forgotten_when_its_keys_expire(monkeyp
         lh._tick()
     assert "node-2" not in lh.device.peers and len(lh.device.by_slot) == 1  # its slot is free again
     assert "node-1" in lh.device.peers  # registered: the registry decides (3 x ttl)
+    # what the status says of it (benchmarks/lighthouse_period.py reads these)
+    assert lh.session_status() == {"held": 1, "with_keys": 0, "rekeys_started": 1, "handshakes_initiator": 0,
+                                   "handshakes_responder": 2, "sessions_expired": 2, "handshakes_failed": 2,
+                                   "peers_removed": 1}
     connect(ca, lh, "node-2", 2, 240.0)  # it may come back
 
 

@@ -13,6 +13,7 @@ def test_a_batch_reads_back_as_written():
     pairs = [("t1", "host-a"), ("t2", "host-a"), ("t1", "host-b")]
     value, used = store_etcd._punch_batch(pairs, 1.0)
     assert used == 3 and json.loads(value)["v"] == 1
+    assert value == b'{"v":1,"at":1.0,"punches":[["t1","host-a"],["t2","host-a"],["t1","host-b"]]}'
     assert store_etcd._punch_pairs(value) == (pairs, 0)
 
 

@@ -398,3 +398,69 @@ def test_a_punch_request_in_the_old_layout_is_still_read(open_store):
 def _record_json_of(r):
     from flatnet.lighthouse.store_etcd import _record_json
     return _record_json(r, 0.0)
+
+
+def test_punch_requests_under_load_go_out_in_few_passes(open_store):
+    """Issue 18: the write thread ran a pass (one put per target lighthouse) as soon as
+    the last one ended, so under load every few queries cost a put, a watch event on
+    every lighthouse and a raft round (the benchmark: 130 puts a second, lh1's write
+    thread 8-9 CPU-us per query). Now at most one pass per PASS_EVERY; no pair is lost.
+    Fails before: 200 requests over 0.23 s went out in 186 batches."""
+    if open_store.backend != "etcd":
+        pytest.skip("needs a shared store")
+    from flatnet.lighthouse import store_etcd
+    s1, s2, r1, r2, punched = _two_lighthouses(open_store)
+    r1.handle("host-a", b"cert-a", wire.encode("register", endpoints=[]), ("198.51.100.1", 4000), 0.0)
+    askers = [f"host-{i}" for i in range(200)]
+    for i, name in enumerate(askers):
+        r2.handle(name, b"c", wire.encode("register", endpoints=[]), ("198.51.100.2", 4000 + i), 0.0)
+    assert wait_for(lambda: s2.remote("host-a") is not None and all(a in s1.nodes for a in askers), 5.0)
+    s1.on_punches = lambda pairs: punched.extend(pairs)
+    batches = s2.punch_batches
+    t0 = time.monotonic()
+    for name in askers:  # one request a millisecond, as queries about nodes elsewhere come
+        s2.request_punch("lh-1", "host-a", r2._record(r2.nodes[name]))
+        time.sleep(0.001)
+    took = time.monotonic() - t0
+    assert wait_for(lambda: len(punched) == 200, 5.0), len(punched)
+    assert sorted(a.name for _, a in punched) == sorted(askers)
+    assert s2.punch_batches - batches <= took / store_etcd.PASS_EVERY + 2, (s2.punch_batches - batches, took)
+
+
+def test_an_idle_watch_keeps_its_stream_and_close_ends_it(open_store):
+    """The watch read with a 0.5 s timeout; after the first one the socket's file
+    refused every read, so an idle lighthouse reconnected its watch every 0.6 s (a new
+    connection, watch and member check each time: 10 in 6 s). Fails before: restarts
+    2-4 here. close() still ends the watch at once (its read has no timeout now)."""
+    if open_store.backend != "etcd":
+        pytest.skip("etcd only")
+    one, two = open_store(me="lh-1"), open_store(me="lh-2")
+    time.sleep(2.0)
+    assert one.watch_restarts == 0
+    one.publish(record("host-a"))  # the stream still delivers after the quiet time
+    assert wait_for(lambda: two.remote("host-a") is not None, 1.0)
+    t0 = time.monotonic()
+    two.close()
+    assert not any(t.is_alive() for t in two._threads) and time.monotonic() - t0 < 1.5
+
+
+
+def test_a_watch_stream_has_tcp_keepalive(open_store, monkeypatch):
+    """The watch has no read timeout (above): TCP keepalive keeps a quiet stream's
+    state in firewalls and NATs, and ends a stream whose member vanished without a
+    FIN (then the watch moves to another member)."""
+    if open_store.backend != "etcd":
+        pytest.skip("etcd only")
+    import socket
+
+    from flatnet.lighthouse import etcd
+    seen, real = [], etcd._keepalive
+
+    def keepalive(sock):
+        real(sock)
+        seen.append((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))
+
+    monkeypatch.setattr(etcd, "_keepalive", keepalive)
+    open_store(me="lh-1")
+    assert wait_for(lambda: seen, 2.0) and seen[0] == (1, etcd.WATCH_KEEPIDLE)
