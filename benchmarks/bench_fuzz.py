@@ -120,6 +120,7 @@ print(json.dumps({{"result": {{
     "inputs": st.outside_inputs + st.inside_inputs, "outside_buffers": st.outside_inputs,
     "outside_datagrams": st.outside_datagrams, "inside_packets": st.inside_inputs,
     "delivered": st.delivered, "sealed": st.sealed, "handed_up": st.handed_up, "forwarded": st.forwarded,
+    "gso_runs": st.gso_runs,
     "aead_cases": st.aead_cases, "aead_mismatches": st.aead_mismatches,
     "invariant_failures": st.invariant_failures, "aead_seconds": t_aead,
     "packet_seconds": time.monotonic() - t0 - t_aead,
@@ -166,7 +167,8 @@ def main(argv: list[str]) -> int:
               f"{r['outside_datagrams']:,} datagrams; {r['inside_packets']:,} TUN packets) in "
               f"{r['packet_seconds']:.1f} s")
         print(f"reached            {r['delivered']:,} TUN writes, {r['sealed']:,} datagrams sealed, "
-              f"{r['handed_up']:,} control items, {r['forwarded']:,} relayed in C")
+              f"{r['handed_up']:,} control items, {r['forwarded']:,} relayed in C "
+              f"({r['gso_runs']:,} UDP GSO sends)")
         print(f"drops              {', '.join(f'{k}={v:,}' for k, v in r['drops'].items() if v) or 'none'}")
         print(f"cipher cases       {r['aead_cases']:,} against libsodium in {r['aead_seconds']:.1f} s, "
               f"{r['aead_mismatches']} mismatches")

@@ -494,9 +494,23 @@ class Registry:
         return self.leases.block_of(sender.subnet)
 
     def _relay_target(self, block: int) -> Endpoint | None:
+        """The address of the node holding `block`, while it is the node registered
+        there: not after another node registered from that address (a NAT gave it
+        away), or after the address went (address_gone: a TCP relay connection closed)."""
         name = self.leases.name_of_block(block)
         target = self.nodes.get(name) if name else None
-        return target.observed if target is not None else None
+        if target is None or self.by_endpoint.get(target.observed) is not target:
+            return None
+        return target.observed
+
+    def address_gone(self, addr: Endpoint) -> None:
+        """`addr` no longer exists: the loopback shim of a TCP relay connection that
+        closed. Its port is free, and the kernel may give it to the next connection,
+        anyone's; nothing may be relayed from or to it for the node registered there
+        (which stays registered: it registers again from its next connection)."""
+        node = self.by_endpoint.pop(addr, None)
+        if node is not None and self.on_member is not None:
+            self.on_member(node.name, None, None)
 
     def expire(self, now: float) -> list[str]:
         gone = [n for n, node in self.nodes.items() if now - node.last_seen > 3 * self.ttl]

@@ -79,7 +79,8 @@ class Lighthouse:
             from flatnet.lighthouse.tcp_relay import TcpRelayServer
             self.tcp = TcpRelayServer((config.listen_host, config.tcp_port),
                                       loopback_of(config.listen_host, config.listen_port),
-                                      self.device.shim_addrs, lambda a: a in self.registry.by_endpoint, self.log)
+                                      self.device.shim_addrs, lambda a: a in self.registry.by_endpoint, self.log,
+                                      on_gone=self.registry.address_gone)
             try:
                 await self.tcp.start()
             except OSError as exc:  # UDP relaying and everything else still work

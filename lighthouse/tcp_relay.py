@@ -14,7 +14,9 @@ because anyone can open a connection:
   address (a handshake and a register take 3; cookie retries a few more): each frame
   costs the lighthouse's Python loop, unlike a UDP datagram, which its C data path
   drops cheaply;
-- frames bounded by tcpframe.MAX_FRAME; a framing error closes the connection.
+- frames bounded by tcpframe.MAX_FRAME; a framing error closes the connection;
+- a closed connection's shim address is gone (on_gone): the node registered there
+  is no longer relayed from or to it, so whoever gets the port next is a stranger.
 Every refusal is counted (status: tcp_relay.refused).
 """
 from __future__ import annotations
@@ -38,14 +40,17 @@ CHECK_EVERY = 1.0
 
 class TcpRelayServer:
     def __init__(self, listen: tuple[str, int], lighthouse_udp: tuple[str, int], shim_addrs: set,
-                 registered_at: Callable[[tuple[str, int]], bool], log: Logger) -> None:
+                 registered_at: Callable[[tuple[str, int]], bool], log: Logger,
+                 on_gone: Callable[[tuple[str, int]], None]) -> None:
         """shim_addrs: the Device's set of loopback addresses it may learn as endpoints
         (each connection's shim while it is open); registered_at(addr): a node is
-        registered at that address."""
+        registered at that address; on_gone(addr): a connection closed, its shim address
+        is free for the next connection (registry.address_gone)."""
         self.listen = listen
         self.target = lighthouse_udp
         self.shim_addrs = shim_addrs
         self.registered_at = registered_at
+        self.on_gone = on_gone
         self.log = log
         self.conns: dict[tcp_relay.Bridge, tuple[str, float]] = {}  # bridge -> (client ip, opened at)
         self.per_ip: collections.Counter[str] = collections.Counter()
@@ -108,6 +113,9 @@ class TcpRelayServer:
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
         self.shim_addrs.discard(bridge.addr)
+        # the shim's port is free now: the next connection, anyone's, may get it, and
+        # must not be taken for the node registered here (its sender and target)
+        self.on_gone(bridge.addr)
         self.closed_frames[0] += bridge.frames_in
         self.closed_frames[1] += bridge.frames_out
         self.closed_frames[2] += bridge.dropped

@@ -6,6 +6,10 @@
  *        IPv4 header, source and destination checks, firewall, GRO/USO coalescing
  *     -> the fake TUN (a socketpair), where every packet that arrived is checked:
  *        destination inside the lease, source inside a sender's subnet
+ *     (at a lighthouse, half the GRO trains are type-5 trains for relay.c: every
+ *     datagram it queues must come from the member at the source address, go to
+ *     another member at another address, and its UDP GSO sends must be one target,
+ *     back to back, one size but a shorter last; never two members at one address)
  *   inside: packets (a virtio_net_hdr first, or not) written to a socketpair that
  *     stands for the TUN -> help_inside(): vnet header, TSO/USO segmentation,
  *     checksums, routing, holding, sealing -> sendmmsg on /dev/null (send_failed)
@@ -269,6 +273,38 @@ static uint32_t gro_train(fuzz_t *f, uint8_t *d, uint32_t room, uint32_t *seg) {
     return total;
 }
 
+/* a UDP GRO train of type-5 datagrams for a lighthouse's relay (relay.c): one size
+ * (`seg`, 9 bytes to 9,000), the last maybe shorter, mostly for one member's block,
+ * now and then one that relay.c must not forward (another block, version, type,
+ * reserved bits, a handshake inside) so that runs of GSO sends break anywhere */
+static uint32_t relay_train(fuzz_t *f, uint8_t *d, uint32_t room, uint32_t *seg, int sender) {
+    uint32_t size = RELAY_HEADER + 1 + (below(f, 4) ? below(f, 1500) : below(f, 9000));
+    uint32_t n = 2 + below(f, below(f, 4) ? 64 : 200), total = 0, block = 1 + below(f, 4);
+    /* mostly another member's block: a target (the sender's own, now and then) */
+    for (int s = 1 + (int)below(f, 4), k = 0; k < 4 && below(f, 8); k++, s = s % 4 + 1)
+        if (f->ctx->peers[s].member && s != sender) {
+            block = f->ctx->peers[s].member - 1;
+            break;
+        }
+    *seg = size;
+    for (uint32_t i = 0; i < n && total + size <= room; i++) {
+        uint32_t len = i + 1 == n && below(f, 2) ? 1 + below(f, size) : size;
+        uint8_t *p = d + total;
+        fill(f, p, len);
+        if (len >= RELAY_HEADER) {
+            p[0] = TYPE_RELAYED;
+            p[1] = FN_WIRE_VERSION;
+            p[2] = p[3] = 0;
+            put_le32(p + 4, block);
+            if (len > RELAY_HEADER) p[RELAY_HEADER] = below(f, 16) ? TYPE_CONTROL : (uint8_t)(1 + below(f, 3));
+            if (below(f, 16) == 0) p[below(f, RELAY_HEADER)] ^= (uint8_t)(1 + below(f, 255));
+        }
+        total += len;
+        if (len < size) break;
+    }
+    return total;
+}
+
 /* every packet the outside path wrote to the fake TUN: inside the lease, from a sender */
 static void drain_tun(fuzz_t *f) {
     uint32_t pre = f->ctx->vnet ? VNET_HDR_LEN : 0;
@@ -302,21 +338,52 @@ static socklen_t pick_sender(fuzz_t *f, struct sockaddr_storage *ss) {
 }
 
 /* what relay.c queued to forward: whole type-5 datagrams inside the input, each for a
- * relay member at another slot, its id rewritten to a member's block */
-static void check_forwarded(fuzz_t *f, const uint8_t *in, uint32_t total) {
+ * relay member at another address, its id rewritten to the block of the member at the
+ * input's source address (the one sender_slot finds: the registry's sender there);
+ * at most one member per address; and the UDP GSO messages relay_flush will build:
+ * one target, back to back, one size but a shorter last, within the kernel's limits */
+static void check_forwarded(fuzz_t *f, const uint8_t *in, uint32_t total, const struct sockaddr_storage *from,
+                            socklen_t fromlen) {
     fn_ctx *ctx = f->ctx;
+    for (int s = 1; s <= 4; s++)
+        for (int t = s + 1; t <= 4; t++)
+            if (ctx->peers[s].member && ctx->peers[t].member && ctx->peers[t].endpoint_len &&
+                same_addr(&ctx->peers[t].endpoint, ctx->peers[t].endpoint_len, &ctx->peers[s]))
+                fail(f, "two relay members at one address", (uint32_t)s, (uint32_t)t);
+    int sender = ctx->nfwd ? sender_slot(ctx, from, fromlen) : -1;
     for (int i = 0; i < ctx->nfwd; i++) {
         const relay_fwd *w = &ctx->fwd[i];
         f->st->forwarded++;
-        if (w->data < in || w->len <= RELAY_HEADER || w->data + w->len > in + total)
+        if (w->data < in || w->len <= RELAY_HEADER || w->data + w->len > in + total) {
             fail(f, "forwarded bytes outside the datagram", w->len, total);
-        else if (w->data[0] != TYPE_RELAYED) fail(f, "forwarded a datagram that is not type 5", w->data[0], 0);
+            continue;
+        }
+        if (w->data[0] != TYPE_RELAYED) fail(f, "forwarded a datagram that is not type 5", w->data[0], 0);
         if (w->target < 1 || w->target > 4 || !ctx->peers[w->target].member)
             fail(f, "forwarded to no relay member", (uint32_t)w->target, 0);
+        else if (same_addr(from, fromlen, &ctx->peers[w->target]))
+            fail(f, "forwarded back to where it came from", (uint32_t)w->target, 0);
         uint32_t id = get_le32(w->data + 4);
-        int from_member = 0;
-        for (int s = 1; s <= 4; s++) from_member |= ctx->peers[s].member == id + 1 && s != w->target;
-        if (!from_member) fail(f, "forwarded under an id that is no other member's", id, (uint32_t)w->target);
+        if (sender < 0 || sender == w->target || ctx->peers[sender].member != id + 1)
+            fail(f, "forwarded under an id that is not the sender's block", id, (uint32_t)sender);
+    }
+    for (int i = 0; i < ctx->nfwd;) {
+        uint32_t bytes = 0, sum = 0;
+        int n = relay_gso_run(ctx, i, &bytes);
+        const relay_fwd *w = &ctx->fwd[i];
+        if (n < 1 || i + n > ctx->nfwd || n > GSO_MAX_SEGS || (n > 1 && (!ctx->udp_gso || bytes > GSO_MAX_BYTES))) {
+            fail(f, "a GSO send out of bounds", (uint32_t)n, bytes);
+            break;
+        }
+        for (int k = 0; k < n; k++) {
+            if (w[k].target != w[0].target || w[k].data != w[0].data + sum ||
+                (k < n - 1 ? w[k].len != w[0].len : w[k].len > w[0].len))
+                fail(f, "a GSO send of datagrams that cannot be one", (uint32_t)k, w[k].len);
+            sum += w[k].len;
+        }
+        if (sum != bytes) fail(f, "a GSO send of another length", sum, bytes);
+        f->st->gso_runs += n > 1;
+        i += n;
     }
 }
 
@@ -324,6 +391,12 @@ static void outside_input(fuzz_t *f) {
     uint8_t *b = f->buf;
     uint32_t total = 0, seg = 0;
     uint32_t shape = below(f, 16);
+    /* a lighthouse receives many relayed trains: half its trains are, mostly from a
+     * peer's address (a member's, when one is) */
+    int relay = shape >= 12 && shape <= 14 && f->ctx->relay_mode == FN_RELAY_ALL && below(f, 2);
+    int at = relay && below(f, 8) ? (int)(1 + below(f, 4)) : (int)below(f, 8);
+    for (int s = 1; relay && s <= 4 && !f->ctx->peers[at].member; s++)  /* at is 1-4 here */
+        if (f->ctx->peers[s].member && below(f, 2)) at = s;
     if (shape == 0) {                                  /* junk */
         total = below(f, 300);
         fill(f, b, total);
@@ -336,7 +409,7 @@ static void outside_input(fuzz_t *f) {
         uint32_t room = below(f, 64) ? 1600 : below(f, 8) ? 9100 : 65536;
         total = one_datagram(f, b, room);
     } else if (shape <= 14) {
-        total = gro_train(f, b, 65536, &seg);
+        total = relay ? relay_train(f, b, 65536, &seg, at) : gro_train(f, b, 65536, &seg);
     } else {                                           /* several, cut at any size */
         while (total < 4000) total += one_datagram(f, b + total, 1600);
         seg = 1 + below(f, total);
@@ -347,7 +420,7 @@ static void outside_input(fuzz_t *f) {
     /* a few senders, now and then over IPv6: a peer seen from a new address roams */
     struct sockaddr_storage ss;
     socklen_t sslen = pick_sender(f, &ss);
-    int at = (int)below(f, 8);  /* half the time a peer's endpoint: relay senders and roams meet */
+    /* half the time a peer's endpoint (`at`): relay senders and roams meet */
     if (at >= 1 && at <= 4 && f->ctx->peers[at].endpoint_len) {
         ss = f->ctx->peers[at].endpoint;
         sslen = f->ctx->peers[at].endpoint_len;
@@ -356,7 +429,7 @@ static void outside_input(fuzz_t *f) {
     uint64_t before = f->ctx->io[FN_IO_UDP_DGRAMS_IN];
     f->ctx->fwd_fd = f->devnull;  /* what relay.c forwards: the send fails, counted (FN_DROP_SEND) */
     int made = outside_buffer(f->ctx, f->tun_w, exact, total, seg, &ss, sslen, fn_now_ns(), f->ctrl, NCTRL);
-    check_forwarded(f, exact, total);
+    check_forwarded(f, exact, total, &ss, sslen);
     relay_flush(f->ctx);  /* as outside_pass does, before the buffer goes */
     free(exact);
     f->st->outside_datagrams += f->ctx->io[FN_IO_UDP_DGRAMS_IN] - before;
@@ -582,8 +655,8 @@ static void vary(fuzz_t *f) {
      * (refused) at another; blocks 1-4 so that senders and targets meet */
     for (int s = 1; s <= 4; s++) {
         uint32_t what = below(f, 8);
-        if (what < 3) continue;
-        if (what == 3) { fn_relay_member(ctx, s, -1, NULL, 0); continue; }
+        if (what < 2) continue;
+        if (what == 2) { fn_relay_member(ctx, s, -1, NULL, 0); continue; }
         struct sockaddr_storage ss = ctx->peers[s].endpoint;
         socklen_t len = ctx->peers[s].endpoint_len;
         if (what == 7) len = pick_sender(f, &ss);

@@ -16,6 +16,7 @@ typedef struct fn_fuzz_stats {
     uint64_t sealed;              /* datagrams the inside path sealed */
     uint64_t handed_up;           /* control items for Python */
     uint64_t forwarded;           /* type-5 datagrams relay.c forwarded (a lighthouse) */
+    uint64_t gso_runs;            /* of them, UDP GSO sends of 2 and more (relay_gso_run) */
     uint64_t aead_cases;          /* differential cases, compact cipher against libsodium */
     uint64_t aead_mismatches;
     uint64_t invariant_failures;  /* a delivered packet outside the lease or from a wrong source */

@@ -305,6 +305,8 @@ int senders_init(fn_ctx *ctx);
 void senders_remove(fn_ctx *ctx, int slot);
 void senders_add(fn_ctx *ctx, int slot);
 int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t fromlen);
+void senders_each_at(fn_ctx *ctx, const struct sockaddr_storage *at, socklen_t atlen, int keep,
+                     void (*fn)(fn_ctx *, int));
 
 /* fastpath.c */
 int route_index(fn_ctx *ctx, uint32_t ip);
@@ -377,6 +379,7 @@ void relay_member_clear(fn_ctx *ctx, int slot);
 int relay_target(fn_ctx *ctx, int sender, const uint8_t *pkt, const struct sockaddr_storage *from,
                  socklen_t fromlen);
 void relay_queue(fn_ctx *ctx, uint8_t *pkt, uint32_t len, int sender, int target);
+int relay_gso_run(fn_ctx *ctx, int first, uint32_t *bytes);
 void relay_flush(fn_ctx *ctx);
 
 /* firewall.c */

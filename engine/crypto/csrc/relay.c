@@ -70,6 +70,11 @@ int fn_relay_member(fn_ctx *ctx, int slot, int32_t block, const uint8_t *sa, uin
     if ((rc = members_init(ctx)) != 0) goto out;
     int old = ctx->member_slot[block];
     if (old >= 0) relay_member_clear(ctx, old);  /* one node per block: the newest register wins */
+    /* and one per address: another session there (a NAT gave a departed node's address
+     * to this one) is no longer the registry's sender there. sender_slot finds the
+     * first session at an address, maybe the older one: its packets must not leave
+     * under the older node's id (now they go up to Python, which knows the newest) */
+    senders_each_at(ctx, &at, (socklen_t)len, slot, relay_member_clear);
     ctx->member_slot[block] = slot;
     p->member = (uint32_t)block + 1;
 out:
@@ -105,7 +110,7 @@ void relay_queue(fn_ctx *ctx, uint8_t *pkt, uint32_t len, int sender, int target
 
 /* A run of queued datagrams that can leave as one GSO send from `first`: one target,
  * back to back in memory, one size (the last may be shorter). Returns its length. */
-static int gso_run(fn_ctx *ctx, int first, uint32_t *bytes) {
+int relay_gso_run(fn_ctx *ctx, int first, uint32_t *bytes) {
     const relay_fwd *f = ctx->fwd;
     uint32_t seg = f[first].len, total = seg;
     int n = 1;
@@ -145,7 +150,7 @@ void relay_flush(fn_ctx *ctx) {
         int count[MAX_MSGS], first[MAX_MSGS], m = 0;
         while (i < ctx->nfwd && m < MAX_MSGS) {
             uint32_t bytes;
-            int n = gso_run(ctx, i, &bytes);
+            int n = relay_gso_run(ctx, i, &bytes);
             const peer_t *t = &ctx->peers[ctx->fwd[i].target];
             iov[m].iov_base = ctx->fwd[i].data;
             iov[m].iov_len = bytes;

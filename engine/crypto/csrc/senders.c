@@ -88,3 +88,14 @@ int sender_slot(fn_ctx *ctx, const struct sockaddr_storage *from, socklen_t from
         if (t[i].hash == h && same_addr(from, fromlen, &ctx->peers[t[i].slot])) return t[i].slot;
     return -1;
 }
+
+/* fn(ctx, slot) for every peer but `keep` whose direct endpoint is `at` (relay.c: the
+ * node that registered last from an address is its only member, as in the registry).
+ * fn must not change the table. Under tx_lock and rx_lock. */
+void senders_each_at(fn_ctx *ctx, const struct sockaddr_storage *at, socklen_t atlen, int keep,
+                     void (*fn)(fn_ctx *, int)) {
+    const sender_entry *t = ctx->senders;
+    uint32_t m = ctx->senders_mask, h = addr_hash(at);
+    for (uint32_t i = h & m; t[i].slot >= 0; i = (i + 1) & m)
+        if (t[i].slot != keep && t[i].hash == h && same_addr(at, atlen, &ctx->peers[t[i].slot])) fn(ctx, t[i].slot);
+}

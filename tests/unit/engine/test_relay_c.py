@@ -213,3 +213,24 @@ def test_a_gro_burst_leaves_as_one_gso_send_and_arrives_whole():
         assert r.dp.io_stats()["relayed"] == len(burst) and sends <= 2  # not one send per datagram
     finally:
         r.close()
+
+
+def test_a_newer_member_at_the_same_address_ends_the_older_ones_membership(relay):
+    """Two sessions at one address (a NAT gave a departed node's public address and
+    port to another node): the registry's sender there is the node that registered
+    last. C looked up the first session at the address (the older one) and forwarded
+    the newer node's packets under the older node's relay id, which Python never does."""
+    x = relay.nodes[A].getsockname()
+    assert relay.member(A, BLOCK_A) and relay.member(B, BLOCK_B)
+    relay.dp.set_endpoint(C, x)  # C's authenticated packets now come from A's old address
+    assert relay.member(C, 9, x)  # and C registers there: the registry's sender at x is C
+    packet = type5(BLOCK_B, b"from whoever is at x now")
+    relay.nodes[A].sendto(packet, relay.addr)
+    items = relay.pump()
+    got = relay.got(B)
+    assert type5(BLOCK_A, packet[8:]) not in got  # never under the older node's id
+    assert items == [(CTRL_FORWARD, packet)] or got == [type5(9, packet[8:])]
+    # and nothing goes to A's block in C any more: the registry decides (A is not at x)
+    packet = type5(BLOCK_A, b"to the older node")
+    relay.nodes[B].sendto(packet, relay.addr)
+    assert relay.pump() == [(CTRL_FORWARD, packet)]

@@ -404,3 +404,43 @@ def test_a_lighthouse_that_does_not_relay_gives_the_data_path_no_members(tmp_pat
     reg.on_member = lambda *a: seen.append(a)
     register(reg, "a", ("203.0.113.5", 1), now=0)
     assert seen == []
+
+
+def test_a_gone_address_ends_relaying_from_and_to_the_node_registered_there(tmp_path):
+    """A TCP relay connection closed: its loopback shim address is free for the next
+    connection, a stranger's. Nothing is relayed from it or to it any more until the
+    node registers again (from its next connection)."""
+    from flatnet.engine.proto.relay import wrap
+    reg = Registry(LeaseStore(str(tmp_path / "l.db"), NET), ttl=60)
+    seen = []
+    reg.on_member = lambda *a: seen.append(a)
+    shim = ("127.0.0.1", 40001)
+    register(reg, "a", shim)
+    register(reg, "b", ("203.0.113.7", 1))
+    block_a, block_b = reg.forwarder.sender(shim, 0), reg.forwarder.sender(("203.0.113.7", 1), 0)
+    assert reg.forwarder.forward(wrap(block_a, b"\x04x"), ("203.0.113.7", 1), 0)[1] == shim
+    reg.address_gone(shim)
+    assert seen[-1] == ("a", None, None) and reg.forwarder.sender(shim, 0) is None
+    for packet, src, why in [(wrap(block_b, b"\x04x"), shim, "relay_refused"),
+                             (wrap(block_a, b"\x04x"), ("203.0.113.7", 1), "relay_unknown_target")]:
+        with pytest.raises(RemoteProtocolError) as info:
+            reg.relay(packet, src, 0)
+        assert info.value.reason == why
+    reg.address_gone(("127.0.0.1", 9))  # nobody there: nothing happens
+    register(reg, "a", ("127.0.0.1", 40002), now=1)  # its next connection
+    assert reg.forwarder.forward(wrap(block_a, b"\x04x"), ("203.0.113.7", 1), 1)[1] == ("127.0.0.1", 40002)
+
+
+def test_a_node_is_no_relay_target_at_an_address_another_node_registered_from_since(tmp_path):
+    """A NAT gave a's old address to c, which registered from it: what is relayed to
+    a's block must not go to c."""
+    from flatnet.engine.proto.relay import wrap
+    reg = Registry(LeaseStore(str(tmp_path / "l.db"), NET), ttl=60)
+    x = ("203.0.113.5", 1)
+    register(reg, "a", x)
+    register(reg, "b", ("203.0.113.7", 1))
+    block_a = reg.forwarder.sender(x, 0)
+    register(reg, "c", x, now=1)
+    with pytest.raises(RemoteProtocolError) as info:
+        reg.relay(wrap(block_a, b"\x04x"), ("203.0.113.7", 1), 1)
+    assert info.value.reason == "relay_unknown_target"

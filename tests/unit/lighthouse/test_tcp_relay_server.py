@@ -17,13 +17,13 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
-async def server(registered=lambda a: False):
+async def server(registered=lambda a: False, on_gone=lambda a: None):
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.setblocking(False)
     shims = set()
     srv = tcp_relay.TcpRelayServer(("127.0.0.1", 0), udp.getsockname(), shims, registered,
-                                   Logger("t", stream=open("/dev/null", "w")))
+                                   Logger("t", stream=open("/dev/null", "w")), on_gone=on_gone)
     await srv.start()
     port = srv.server.sockets[0].getsockname()[1]
     return srv, udp, shims, port
@@ -128,5 +128,26 @@ def test_an_unregistered_connection_may_send_only_a_few_frames():
             except asyncio.TimeoutError:
                 break
         assert got == tcp_relay.PREAUTH_FRAMES  # and not one more
+        srv.close()
+    run(go())
+
+
+def test_a_closed_connections_shim_address_is_reported_gone():
+    """The shim's port is free again once its connection closes, and the kernel may
+    give it to the next connection, anyone's. The lighthouse must hear that the address
+    is gone (registry.address_gone), or the node registered there stays its sender and
+    target: the stranger who got the port would relay under that node's id, and get
+    what is relayed to it, without a handshake."""
+    async def go():
+        gone = []
+        srv, udp, shims, port = await server(on_gone=gone.append)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREAMBLE + encode(b"\x01x"))
+        _, shim = await recv_udp(udp)
+        assert gone == []
+        writer.close()
+        assert await closed(reader)
+        await asyncio.sleep(0.1)
+        assert gone == [shim] and shim not in shims
         srv.close()
     run(go())
