@@ -9,6 +9,17 @@ import struct
 from nacl import bindings as sodium
 
 
+def ones_sum(data: bytes) -> int:
+    """RFC 1071 one's complement sum of big-endian 16-bit words, folded (an odd byte is
+    padded with zero): 0xFFFF over a header or segment whose checksum is right."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
 def ipv4_udp(src: str, dst: str, payload: bytes, sport: int = 1000, dport: int = 2000) -> bytes:
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,

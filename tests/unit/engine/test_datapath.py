@@ -11,7 +11,7 @@ import pytest
 
 from flatnet.engine.crypto import ffi, lib
 from flatnet.engine.datapath import CTRL_RAW, DataPath
-from tests.harness.wire import handshake, ipv4_udp, open_packet, seal
+from tests.harness.wire import handshake, ipv4_udp, ones_sum, open_packet, seal
 
 NET = ipaddress.IPv4Network("10.87.0.0/16")
 KEY_RX, KEY_TX = os.urandom(32), os.urandom(32)
@@ -242,13 +242,6 @@ def test_100k_malformed_inputs_are_dropped_and_counted_and_forwarding_goes_on(dp
 
 
 # ---- TSO segmentation (offload.c)
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def _tcp_super(payload: bytes, flags: int = 0x18) -> bytes:
@@ -272,10 +265,10 @@ def test_tso_super_packet_is_cut_into_valid_segments():
     got = b""
     for i in range(n):
         seg = ffi.buffer(out + i * 1500, lens[i])[:]
-        assert _checksum(seg[:20]) == 0xFFFF                       # IPv4 header checksum
+        assert ones_sum(seg[:20]) == 0xFFFF                       # IPv4 header checksum
         assert st.unpack("!H", seg[2:4])[0] == len(seg)
         pseudo = seg[12:20] + st.pack("!BBH", 0, 6, len(seg) - 20)
-        assert _checksum(pseudo + seg[20:]) == 0xFFFF             # TCP checksum
+        assert ones_sum(pseudo + seg[20:]) == 0xFFFF             # TCP checksum
         seq = st.unpack("!I", seg[24:28])[0]
         assert seq == 1000 + i * 1380
         flags = seg[33]
@@ -293,14 +286,14 @@ def test_checksums_of_every_length_near_the_word_steps():
     for n in [*range(0, 70), *range(1360, 1381), 1392]:
         payload = os.urandom(n)
         src, dst = socket.inet_aton("10.87.1.2"), socket.inet_aton("10.87.2.2")
-        pseudo_sum = _checksum(src + dst + st.pack("!BBH", 0, 17, 8 + n))
+        pseudo_sum = ones_sum(src + dst + st.pack("!BBH", 0, 17, 8 + n))
         udp = st.pack("!HHHH", 5000, 53, 8 + n, pseudo_sum)  # the kernel leaves the pseudo-header sum
         ip = st.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + n, 9, 0, 64, 17, 0, src, dst)
         vnet = st.pack("<BBHHHH", 1, 0, 0, 0, 20, 6)  # NEEDS_CSUM at 20 + 6
         assert lib.fn_tso_segment(vnet + ip + udp + payload, 38 + n, out, 1500, lens, 1) == 1
         seg = ffi.buffer(out, lens[0])[:]
         pseudo = seg[12:20] + st.pack("!BBH", 0, 17, 8 + n)
-        assert _checksum(pseudo + seg[20:]) == 0xFFFF, n
+        assert ones_sum(pseudo + seg[20:]) == 0xFFFF, n
 
 
 def test_tso_rejects_garbage():
@@ -326,10 +319,10 @@ def test_uso_super_packet_is_cut_into_valid_datagrams():
     got = b""
     for i in range(n):
         seg = ffi.buffer(out + i * 1500, lens[i])[:]
-        assert _checksum(seg[:20]) == 0xFFFF
+        assert ones_sum(seg[:20]) == 0xFFFF
         assert st.unpack("!H", seg[24:26])[0] == len(seg) - 20
         pseudo = seg[12:20] + st.pack("!BBH", 0, 17, len(seg) - 20)
-        assert _checksum(pseudo + seg[20:]) == 0xFFFF
+        assert ones_sum(pseudo + seg[20:]) == 0xFFFF
         got += seg[28:]
     assert got == payload
 

@@ -14,25 +14,17 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from flatnet.engine.crypto import ffi, lib
 from flatnet.engine.datapath import DataPath, aes_gcm_available
 from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA
-from tests.harness.wire import open_packet
+from tests.harness.wire import ones_sum, open_packet
 from tests.unit.engine.test_datapath import LEASE, NET
 
 MTU = 1420
 KEY = os.urandom(32)
 
 
-def ref_sum(data: bytes) -> int:
-    """RFC 1071 one's complement sum of big-endian 16-bit words, folded."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def ref_csum(data: bytes) -> bytes:
-    return ((~ref_sum(data)) & 0xFFFF).to_bytes(2, "big")
+    return ((~ones_sum(data)) & 0xFFFF).to_bytes(2, "big")
 
 
 # ---- checksum: csum_complete over any start (odd ones: unaligned) and any length
