@@ -16,10 +16,6 @@
 #include <poll.h>
 #include <unistd.h>
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-
 typedef struct {
     int peer;
     uint8_t *base;
@@ -38,26 +34,11 @@ typedef struct {
 static void flush(fn_ctx *ctx, int udp_fd, out_batch *b) {
     struct mmsghdr mm[MAX_MSGS];
     struct iovec iov[MAX_MSGS];
-    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } cbuf[MAX_MSGS];
+    gso_cmsg cbuf[MAX_MSGS];
     for (int i = 0; i < b->n; i++) {
         out_msg *m = &b->msg[i];
-        iov[i].iov_base = m->base;
-        iov[i].iov_len = m->len;
-        memset(&mm[i].msg_hdr, 0, sizeof(mm[i].msg_hdr));
-        mm[i].msg_hdr.msg_iov = &iov[i];
-        mm[i].msg_hdr.msg_iovlen = 1;
-        mm[i].msg_hdr.msg_name = &m->addr;
-        mm[i].msg_hdr.msg_namelen = m->addrlen;
-        if (m->count > 1) {
-            mm[i].msg_hdr.msg_control = cbuf[i].buf;
-            mm[i].msg_hdr.msg_controllen = sizeof(cbuf[i].buf);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&mm[i].msg_hdr);
-            c->cmsg_level = SOL_UDP;
-            c->cmsg_type = UDP_SEGMENT;
-            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t seg = (uint16_t)m->seg;
-            memcpy(CMSG_DATA(c), &seg, sizeof(seg));
-        }
+        udp_msg(&mm[i], &iov[i], &cbuf[i], m->base, m->len, &m->addr, m->addrlen,
+                m->count > 1 ? (uint16_t)m->seg : 0);
     }
     int sent = 0;
     while (sent < b->n) {

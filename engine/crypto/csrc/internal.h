@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/udp.h>
 
 #define REJECT_AFTER_MESSAGES ((uint64_t)1 << 60)
 #define REPLAY_BITS (FN_REPLAY_WORDS * 64)
@@ -389,4 +391,32 @@ int fw_allow_inbound(fn_ctx *ctx, const peer_t *p, const uint8_t *ip, uint32_t l
 /* gro.c */
 void gro_receive(fn_ctx *ctx, int tun_fd, uint8_t *ip, uint32_t len);
 void gro_flush(fn_ctx *ctx, int tun_fd);
+/* ---- one message of a sendmmsg batch: a datagram, or (seg > 0) a UDP GSO train of
+ * `seg`-byte segments, the last one possibly shorter (inside.c, relay.c) */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+typedef union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } gso_cmsg;
+
+static inline void udp_msg(struct mmsghdr *mm, struct iovec *iov, gso_cmsg *cb, void *base, size_t len,
+                           const void *addr, socklen_t addrlen, uint16_t seg) {
+    iov->iov_base = base;
+    iov->iov_len = len;
+    memset(&mm->msg_hdr, 0, sizeof(mm->msg_hdr));
+    mm->msg_hdr.msg_iov = iov;
+    mm->msg_hdr.msg_iovlen = 1;
+    mm->msg_hdr.msg_name = (void *)addr;
+    mm->msg_hdr.msg_namelen = addrlen;
+    if (seg) {
+        mm->msg_hdr.msg_control = cb->buf;
+        mm->msg_hdr.msg_controllen = sizeof(cb->buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mm->msg_hdr);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+    }
+}
+
 #endif

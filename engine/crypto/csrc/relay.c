@@ -30,10 +30,6 @@
 #include <poll.h>
 #include <stdlib.h>
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-
 /* the member slot of each block: allocated at the first member (an engine never has one) */
 static int members_init(fn_ctx *ctx) {
     if (ctx->member_slot) return 0;
@@ -146,29 +142,14 @@ void relay_flush(fn_ctx *ctx) {
     while (i < ctx->nfwd) {
         struct mmsghdr mm[MAX_MSGS];
         struct iovec iov[MAX_MSGS];
-        union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } cbuf[MAX_MSGS];
+        gso_cmsg cbuf[MAX_MSGS];
         int count[MAX_MSGS], first[MAX_MSGS], m = 0;
         while (i < ctx->nfwd && m < MAX_MSGS) {
             uint32_t bytes;
             int n = relay_gso_run(ctx, i, &bytes);
             const peer_t *t = &ctx->peers[ctx->fwd[i].target];
-            iov[m].iov_base = ctx->fwd[i].data;
-            iov[m].iov_len = bytes;
-            memset(&mm[m].msg_hdr, 0, sizeof(mm[m].msg_hdr));
-            mm[m].msg_hdr.msg_iov = &iov[m];
-            mm[m].msg_hdr.msg_iovlen = 1;
-            mm[m].msg_hdr.msg_name = (void *)&t->endpoint;
-            mm[m].msg_hdr.msg_namelen = t->endpoint_len;
-            if (n > 1) {
-                mm[m].msg_hdr.msg_control = cbuf[m].buf;
-                mm[m].msg_hdr.msg_controllen = sizeof(cbuf[m].buf);
-                struct cmsghdr *c = CMSG_FIRSTHDR(&mm[m].msg_hdr);
-                c->cmsg_level = SOL_UDP;
-                c->cmsg_type = UDP_SEGMENT;
-                c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-                uint16_t seg = (uint16_t)ctx->fwd[i].len;
-                memcpy(CMSG_DATA(c), &seg, sizeof(seg));
-            }
+            udp_msg(&mm[m], &iov[m], &cbuf[m], ctx->fwd[i].data, bytes, &t->endpoint, t->endpoint_len,
+                    n > 1 ? (uint16_t)ctx->fwd[i].len : 0);
             first[m] = i;
             count[m++] = n;
             i += n;
