@@ -28,9 +28,19 @@
 #define MACS (2 * FN_MAC)
 #define HS_MIN (8 + MACS)          /* header and both macs; the Noise part is checked in Python */
 
+int64_t fn_rate_refill(int64_t milli_tokens, int64_t last_ns, int64_t now, int64_t rate, int64_t burst) {
+    int64_t full = burst * 1000, quiet = now - last_ns;
+    if (quiet <= 0 || rate <= 0) return milli_tokens > full ? full : milli_tokens;
+    /* Quiet long enough to fill: full, decided before the multiply below, which would
+     * overflow after INT64_MAX / rate ns (5.3 days at a relay's 20,000 a second) and
+     * leave a long-quiet sender with an empty or negative bucket. */
+    if (quiet / 1000000 >= full / rate + 1) return full;
+    int64_t gained = quiet * rate / 1000000;  /* milli-tokens since last time */
+    return milli_tokens + gained > full ? full : milli_tokens + gained;
+}
+
 static void refill(rate_bucket *b, int64_t now, int64_t rate, int64_t burst) {
-    int64_t gained = (now - b->last_ns) * rate / 1000000;  /* milli-tokens since last time */
-    b->milli_tokens = b->milli_tokens + gained > burst * 1000 ? burst * 1000 : b->milli_tokens + gained;
+    b->milli_tokens = fn_rate_refill(b->milli_tokens, b->last_ns, now, rate, burst);
     b->last_ns = now;
 }
 

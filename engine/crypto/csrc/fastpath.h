@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 22
+#define FN_VERSION 23
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16
@@ -186,6 +186,9 @@ int fn_aes_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uin
                 uint32_t len);
 int fn_aes_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
                 uint32_t len);
+/* a token bucket's milli-tokens after `now - last_ns` ns at `rate` tokens a second,
+ * capped at `burst` tokens (cookie.c; for tests) */
+int64_t fn_rate_refill(int64_t milli_tokens, int64_t last_ns, int64_t now, int64_t rate, int64_t burst);
 /* CDEF-END */
 
 #endif

@@ -40,16 +40,13 @@ static void flush(fn_ctx *ctx, int udp_fd, out_batch *b) {
         udp_msg(&mm[i], &iov[i], &cbuf[i], m->base, m->len, &m->addr, m->addrlen,
                 m->count > 1 ? (uint16_t)m->seg : 0);
     }
-    int sent = 0;
+    int sent = 0, waits = 0;
     while (sent < b->n) {
         int r = sendmmsg(udp_fd, mm + sent, b->n - sent, 0);
         ctx->io[FN_IO_UDP_SENDS]++;
         if (r < 0) {
             if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == ENOBUFS) {
-                struct pollfd w = {.fd = udp_fd, .events = POLLOUT};
-                if (poll(&w, 1, 10) > 0) continue;
-            }
+            if (wait_for_room(udp_fd, errno, &waits)) continue;
             ctx->drops_in[FN_DROP_SEND] += b->msg[sent].count;  /* skip what the kernel refused */
             sent++;
             continue;

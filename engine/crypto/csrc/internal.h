@@ -4,7 +4,9 @@
 #define _GNU_SOURCE
 #include "fastpath.h"
 
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -417,6 +419,20 @@ static inline void udp_msg(struct mmsghdr *mm, struct iovec *iov, gso_cmsg *cb, 
         c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
         memcpy(CMSG_DATA(c), &seg, sizeof(seg));
     }
+}
+
+/* After a sendmmsg failed with `err`: 1 to try the same message again, once the socket
+ * has room (up to 10 ms), 0 to drop it. EAGAIN means the send buffer is full and poll()
+ * tells when it has room. ENOBUFS (no memory for the packet) is not something poll()
+ * waits for: it reports the socket writable at once, so an unbounded retry would spin
+ * for as long as the memory shortage lasts. `*waits` counts the waits of one flush;
+ * after SEND_WAITS the message is dropped. */
+#define SEND_WAITS 4
+static inline int wait_for_room(int fd, int err, int *waits) {
+    if ((err != EAGAIN && err != ENOBUFS) || *waits >= SEND_WAITS) return 0;
+    ++*waits;
+    struct pollfd w = {.fd = fd, .events = POLLOUT};
+    return poll(&w, 1, 10) > 0;
 }
 
 #endif

@@ -154,16 +154,13 @@ void relay_flush(fn_ctx *ctx) {
             count[m++] = n;
             i += n;
         }
-        int sent = 0;
+        int sent = 0, waits = 0;
         while (sent < m) {
             int r = sendmmsg(ctx->fwd_fd, mm + sent, m - sent, 0);
             ctx->io[FN_IO_UDP_SENDS]++;
             if (r < 0) {
                 if (errno == EINTR) continue;
-                if (errno == EAGAIN || errno == ENOBUFS) {  /* as inside.c: wait a little for room */
-                    struct pollfd w = {.fd = ctx->fwd_fd, .events = POLLOUT};
-                    if (poll(&w, 1, 10) > 0) continue;
-                }
+                if (wait_for_room(ctx->fwd_fd, errno, &waits)) continue;
                 if (count[sent] > 1) {
                     /* a GSO send the kernel refused (e.g. the segment size does not fit
                      * the path to the target without fragments): one at a time instead */
