@@ -56,7 +56,8 @@ int vgcm_cpu_ok(void) {
 
 struct vgcm {
     __m256i rk[15];          /* AES-256 round keys, each in both 128-bit lanes */
-    __m128i pw[CHUNK + 1];   /* pw[j] = x phi(H^(16-j)) for j < 16: H^16 .. H^1; pw[16] zero */
+    __m128i pw[CHUNK + 1];   /* pw[j] = x phi(H^(16-j)) for j < 16: H^16 .. H^1; pw[16] zero (it
+                              * meets only the zero half of an odd last pair) */
     __m128i kw[CHUNK + 1];   /* kw[j]: both halves of pw[j] XORed, in both halves (Karatsuba) */
 };
 
@@ -253,7 +254,8 @@ static __m128i finish(const struct vgcm *c, __m128i y, __m128i j0, size_t adlen,
     return _mm_xor_si128(bswap128(y), aes_block(c, bswap128(j0)));
 }
 
-/* One pass over the data: CTR, and GHASH over the ciphertext. in == out, or apart.
+/* One pass over the data: CTR, and GHASH over the ciphertext. in == out, or apart
+ * (not overlapping otherwise). len < 2^32, so the 32-bit counter cannot wrap.
  * Sealing hashes the chunk of 16 blocks it sealed in the round before, beside this
  * round's AES, so neither waits for the other's latency; opening hashes the chunk it
  * is about to decrypt (read before it is overwritten in place). Always inlined into
