@@ -11,7 +11,7 @@
  * Constant time: AES rounds are instructions (no tables), GHASH is carry-less
  * multiplication (no tables), no branch or address depends on the key, the data or
  * the tag; only on lengths, which are public. The tag check XORs the two tags and
- * tests the whole result at once.
+ * tests the whole result at once; the only branch after it is on the verdict.
  *
  * GHASH. GCM's field GF(2^128) mod G = x^128 + x^7 + x^2 + x + 1 keeps the
  * coefficient of x^0 in the top bit of byte 0 ("reflected"). We reverse the bytes of
@@ -27,9 +27,13 @@
  * OpenSSL's ghash-x86_64 (the constant 0xc2000000000000000000000000000001).
  *
  * Aggregation: n blocks X1..Xn hashed into Y as (Y+X1)H^n + X2 H^(n-1) + ... + Xn H;
- * the unreduced 256-bit products are summed and reduced once per 8 blocks. Each
- * product is Karatsuba (three multiplications of 64 bits: lo, hi, and
- * (a0+a1)(b0+b1), whose b0+b1 is made per key).
+ * the unreduced 256-bit products are summed and reduced once per 16 blocks (the
+ * powers H^1..H^16 are made per key). Each product is Karatsuba (three
+ * multiplications of 64 bits: lo, hi, and (a0+a1)(b0+b1), whose b0+b1 is made per
+ * key). CTR runs on the same 16 blocks, in 8 registers: eight independent AES chains
+ * keep both AES units busy (4 cycles of latency, 2 instructions a cycle on Zen 4);
+ * with 8 blocks a round GHASH and CTR each waited on their latency (docs/performance.md,
+ * step 14).
  *
  * Everything between the pragmas is compiled for AVX2+VAES+VPCLMULQDQ, so the module
  * still loads on CPUs without them; only vgcm_cpu_ok (outside, plain code) may be

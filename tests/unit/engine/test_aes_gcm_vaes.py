@@ -27,7 +27,8 @@ def _cpu_has_vaes() -> bool:
 
 VAES = _cpu_has_vaes() and os.environ.get("FLATNET_AES_IMPL", "").lower() != "openssl"
 pytestmark = pytest.mark.skipif(not (aes_gcm_available() and VAES),
-                                reason="no AVX2+VAES+VPCLMULQDQ (OpenSSL's path runs; test_aes_gcm.py covers it)")
+                                reason="no AVX2+VAES+VPCLMULQDQ, or FLATNET_AES_IMPL=openssl (OpenSSL's path "
+                                       "runs; test_aes_gcm.py covers it)")
 
 
 def test_the_vaes_code_is_the_one_in_use():
@@ -135,13 +136,12 @@ def test_tampered_tag_ciphertext_or_ad_is_refused_and_the_output_zeroed(length):
 
 
 _PROBE = """
-from flatnet.engine.crypto import lib
+from flatnet.engine.crypto import ffi, lib
 from flatnet.engine.datapath import aes_gcm_impl
 buf = bytearray(b"probe" * 300)
-import sys
 out = bytearray(len(buf) + 16)
-from flatnet.engine.crypto import ffi
-n = lib.fn_aes_crypt(1, bytes(range(32)), bytes(12), b"ad", 2, ffi.from_buffer(buf), ffi.from_buffer(out), len(buf))
+n = lib.fn_aes_crypt(1, bytes(range(32)), bytes(12), b"ad", 2, ffi.from_buffer(buf), ffi.from_buffer(out),
+                     len(buf))
 print(aes_gcm_impl(), bytes(out[:n]).hex())
 """
 
@@ -160,6 +160,6 @@ def test_openssl_ia32cap_hiding_aes_ni_still_offers_no_aes():
     """As before this code: AES is offered only where OpenSSL has AES-NI and PCLMULQDQ
     too (engine/datapath.openssl_ia32cap_keeps_aes), whichever code would run it."""
     env = dict(os.environ, OPENSSL_ia32cap="~0x200000000000000")
-    got = subprocess.run([sys.executable, "-c", "from flatnet.engine.datapath import aes_gcm_impl; print(aes_gcm_impl())"],
-                         env=env, capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    probe = "from flatnet.engine.datapath import aes_gcm_impl; print(aes_gcm_impl())"
+    got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, timeout=60).stdout.split()
     assert got == ["none"]
