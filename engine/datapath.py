@@ -60,6 +60,15 @@ def aes_gcm_available() -> bool:
     return bool(lib.fn_aes_gcm_available()) and openssl_ia32cap_keeps_aes(os.environ.get("OPENSSL_ia32cap"))
 
 
+def aes_gcm_impl() -> str:
+    """Which code seals and opens AES-256-GCM in this process: "vaes" (our own, where
+    the CPU has VAES and VPCLMULQDQ; aes_gcm_vaes.c), "openssl" (OpenSSL's functions;
+    also with FLATNET_AES_IMPL=openssl in the environment), or "none" (not offered)."""
+    if not aes_gcm_available():
+        return "none"
+    return {lib.FN_AES_IMPL_VAES: "vaes", lib.FN_AES_IMPL_OPENSSL: "openssl"}.get(lib.fn_aes_gcm_impl(), "none")
+
+
 # OpenSSL's capability bits (OPENSSL_ia32cap(3)): AES-NI, PCLMULQDQ, and FXSR, whose
 # mask also masks both of them
 _AESNI = 1 << 57

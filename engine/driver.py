@@ -19,7 +19,7 @@ import time
 
 from flatnet.engine import container_names, metrics, pki, podman_labels, resolve
 from flatnet.engine.config import Config, transport_ciphers
-from flatnet.engine.datapath import RELAY_OTHERS, DataPath, aes_gcm_available
+from flatnet.engine.datapath import RELAY_OTHERS, DataPath, aes_gcm_available, aes_gcm_impl
 from flatnet.engine.device import Device
 from flatnet.engine.io import control, dnsserver, egress, netlink, tun, udp
 from flatnet.engine.lighthouse_client import LighthouseClient
@@ -238,7 +238,7 @@ class Engine:
         self.offloads = {"tun_tso": vnet, "tun_uso": uso, "udp_gso": gso, "udp_gro": gro, "spin": config.spin,
                          "moderation_us": config.moderation_us,
                          "cipher": "compact+libsodium" if self.dp.compact_cipher() else "libsodium",
-                         "transport_ciphers": ",".join(self.me.aead),
+                         "transport_ciphers": ",".join(self.me.aead), "aes_impl": aes_gcm_impl(),
                          "cipher_long": "openssl" if self.dp.large_cipher() else "libsodium"}
         self.log.info("offloads", requested=config.offloads, **self.offloads)
         self.device = Device(self.me, self.dp, self._send, time.time_ns, self.log, accept_any=bool(lighthouses),

@@ -1,5 +1,6 @@
 """cffi (API mode) build of the data-path C module, linked to the system libsodium and
-OpenSSL's libcrypto (aead_large.c, aead_aes.c).
+OpenSSL's libcrypto (aead_large.c, aead_aes.c). aes_gcm_vaes.c compiles its AVX2/VAES code
+with a target pragma of its own, not global -m flags: the module still loads on older CPUs.
 
 Used by setup.py (cffi_modules) and runnable directly: `python engine/crypto/_build.py`
 builds engine/crypto/_fastpath*.so in place.
@@ -29,7 +30,7 @@ def _src(name: str, absolute: bool) -> str:
 
 
 SOURCES = ("fastpath.c", "inside.c", "outside.c", "offload.c", "gro.c", "firewall.c", "idle.c", "aead_small.c",
-           "aead_large.c", "aead_aes.c", "cookie.c", "senders.c", "relay.c")
+           "aead_large.c", "aead_aes.c", "aes_gcm_vaes.c", "cookie.c", "senders.c", "relay.c")
 FUZZ_DIR = os.path.join(ROOT, "build", "fuzz")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 

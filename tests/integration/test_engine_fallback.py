@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flatnet.engine.datapath import aes_gcm_available
+from flatnet.engine.datapath import aes_gcm_available, aes_gcm_impl
 from flatnet.engine.io import control
 from flatnet.demo import Lab, sh
 from tests.harness.netns import RUN_PREFIX
@@ -23,7 +23,8 @@ def test_without_offloads(tmp_path):
         st = json.loads(control.get(a.socket, "/status")[1])
         assert st["offloads"] == {"tun_tso": False, "tun_uso": False, "udp_gso": False, "udp_gro": False, "spin": True,
                                   "moderation_us": 100, "cipher": "compact+libsodium",
-                                  "cipher_long": "openssl", "transport_ciphers": CIPHERS}
+                                  "cipher_long": "openssl", "transport_ciphers": CIPHERS,
+                                  "aes_impl": aes_gcm_impl()}
         assert sh("ping", "-c", "2", "-W", "2", b.containers[0]["ip"], ns=a.containers[0]["ns"], check=False).returncode == 0
         n, got, sent = tcp_transfer(a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 5 << 20)
         assert n == 5 << 20 and got == sent

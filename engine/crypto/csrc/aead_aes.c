@@ -22,6 +22,14 @@
  * loadable providers. A seal: 64 B 192 -> 127 ns, 1400 B 505 -> 439 ns
  * (benchmarks/aead_compare.c, column "(e)"). The self test below goes through the
  * very functions the data path calls.
+ *
+ * Where the CPU also has AVX2, VAES and VPCLMULQDQ (Zen 3+, Ice Lake+), our own
+ * implementation (aes_gcm_vaes.c: two blocks per instruction; OpenSSL 3.0 has no such
+ * code) replaces OpenSSL's functions: 1400 B 441 -> 235 ns. Same bytes. It is chosen
+ * once, at the first use, and only after OpenSSL's path passed its self test (so AES
+ * is offered exactly where it was before) and the VAES path passed the same test.
+ * FLATNET_AES_IMPL=openssl in the environment keeps OpenSSL's (to compare, or should
+ * the VAES code ever be in doubt); fn_aes_gcm_impl says which one runs.
  */
 #include "internal.h"
 
@@ -32,10 +40,13 @@
 #include <openssl/params.h>
 #include <openssl/provider.h>
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static EVP_CIPHER *gcm;                    /* NULL: AES-256-GCM not offered; held: keeps its provider loaded */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int impl = FN_AES_IMPL_NONE;        /* FN_AES_IMPL_*, set once by init_once */
 
 /* the provider's AES-256-GCM functions (all set, or gcm is NULL) */
 static struct {
@@ -113,14 +124,28 @@ static int self_test(void) {
     return ok;
 }
 
+/* The operator may keep OpenSSL's code: FLATNET_AES_IMPL=openssl (any case). Any
+ * other value, or none, lets the VAES code run where the CPU has it. */
+static int vaes_allowed(void) {
+    const char *v = getenv("FLATNET_AES_IMPL");
+    return !(v && strcasecmp(v, "openssl") == 0);
+}
+
 static void init_once(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("aes") || !__builtin_cpu_supports("pclmul")) return;
     gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
-    if (gcm && !(find_functions(gcm) && self_test())) {
-        EVP_CIPHER_free(gcm);
+    if (gcm && find_functions(gcm)) {
+        impl = FN_AES_IMPL_OPENSSL;
+        if (!self_test()) impl = FN_AES_IMPL_NONE;
+    }
+    if (impl == FN_AES_IMPL_NONE) {
+        if (gcm) EVP_CIPHER_free(gcm);
         gcm = NULL;
         memset(&fn, 0, sizeof(fn));
+    } else if (vaes_allowed() && vgcm_cpu_ok()) {
+        impl = FN_AES_IMPL_VAES;
+        if (!self_test()) impl = FN_AES_IMPL_OPENSSL;  /* never seen; OpenSSL's still works */
     }
     ERR_clear_error();  /* a failed fetch or test leaves nothing in this thread's error queue */
 }
@@ -130,12 +155,18 @@ int fn_aes_gcm_available(void) {
     return gcm != NULL;
 }
 
+int fn_aes_gcm_impl(void) {
+    pthread_once(&once, init_once);
+    return impl;
+}
+
 void *aes_new(const uint8_t key[32], int enc) {
     if (!fn_aes_gcm_available()) return NULL;
     return ctx_new(key, enc);
 }
 
 static void *ctx_new(const uint8_t key[32], int enc) {
+    if (impl == FN_AES_IMPL_VAES) return vgcm_new(key);
     void *x = fn.newctx(fn.provctx);
     if (!x) return NULL;
     if (!(enc ? fn.einit(x, key, 32, NULL, 0, NULL) : fn.dinit(x, key, 32, NULL, 0, NULL))) {
@@ -145,9 +176,12 @@ static void *ctx_new(const uint8_t key[32], int enc) {
     return x;
 }
 
-/* NULL is fine (then there may be no provider either); freectx cleanses the key */
+/* NULL is fine (then there may be no provider either); both free functions cleanse
+ * the key material */
 void aes_free(void *x) {
-    if (x) fn.freectx(x);
+    if (!x) return;
+    if (impl == FN_AES_IMPL_VAES) vgcm_free(x);
+    else fn.freectx(x);
 }
 
 /* One message: a new nonce on the keyed context, `ad` authenticated, `len` bytes from
@@ -161,6 +195,11 @@ static int gcm_run(void *x, int enc, const uint8_t nonce[12], const uint8_t *ad,
     OSSL_PARAM t[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, FN_TAG),
                        OSSL_PARAM_construct_end()};
     if (!x) return 0;
+    if (impl == FN_AES_IMPL_VAES) {
+        if (!enc) return vgcm_open(x, nonce, ad, adlen, in, out, len, tag);
+        vgcm_seal(x, nonce, ad, adlen, in, out, len, tag);
+        return 1;
+    }
     if (enc)
         return fn.einit(x, NULL, 0, nonce, 12, NULL) && fn.update(x, NULL, &n, adlen, ad, adlen) &&
                fn.update(x, out, &n, len, in, len) && fn.final(x, out + len, &n, 0) && fn.get_params(x, t);
@@ -215,4 +254,19 @@ int fn_aes_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uin
 int fn_aes_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
                 uint32_t len) {
     return aes_once(0, key, nonce, ad, adlen, buf, len);
+}
+
+/* for tests: as fn_aes_seal / fn_aes_open, but from `in` to `out` (apart, or the same
+ * place), so tests can place both anywhere (unaligned, overlapping exactly) */
+int fn_aes_crypt(int enc, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen,
+                 const uint8_t *in, uint8_t *out, uint32_t len) {
+    if (!enc && len < FN_TAG) return -1;
+    void *x = aes_new(key, enc);
+    uint32_t ptlen = enc ? len : len - FN_TAG;
+    /* the tag: after the ciphertext written (seal) or read (open) */
+    int ok = gcm_run(x, enc, nonce, ad, adlen, in, out, ptlen, enc ? out + ptlen : (uint8_t *)in + ptlen);
+    aes_free(x);
+    if (ok) return (int)(enc ? len + FN_TAG : ptlen);
+    sodium_memzero(out, ptlen);
+    return -1;
 }

@@ -181,6 +181,13 @@ int fn_aead_small_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *
                        uint32_t len);
 /* AES-256-GCM (aead_aes.c): 1 when this CPU has AES-NI and PCLMULQDQ and OpenSSL has it */
 int fn_aes_gcm_available(void);
+/* which code runs it: FN_AES_IMPL_NONE (not available), _OPENSSL (its provider
+ * functions), _VAES (aes_gcm_vaes.c, where the CPU has VAES and VPCLMULQDQ, unless
+ * FLATNET_AES_IMPL=openssl) */
+#define FN_AES_IMPL_NONE 0
+#define FN_AES_IMPL_OPENSSL 1
+#define FN_AES_IMPL_VAES 2
+int fn_aes_gcm_impl(void);
 /* for tests, like fn_aead_small_*: the output length, -1 on a bad tag or when unavailable */
 int fn_aes_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
                 uint32_t len);
@@ -189,6 +196,9 @@ int fn_aes_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uin
 /* a token bucket's milli-tokens after `now - last_ns` ns at `rate` tokens a second,
  * capped at `burst` tokens (cookie.c; for tests) */
 int64_t fn_rate_refill(int64_t milli_tokens, int64_t last_ns, int64_t now, int64_t rate, int64_t burst);
+/* the same from `in` to `out` (enc: `len` bytes in, len + 16 out; open: len in, len - 16 out) */
+int fn_aes_crypt(int enc, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen,
+                 const uint8_t *in, uint8_t *out, uint32_t len);
 /* CDEF-END */
 
 #endif

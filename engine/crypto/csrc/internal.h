@@ -282,6 +282,15 @@ void *aes_new(const uint8_t key[32], int enc);
 void aes_free(void *x);
 int aes_seal(void *x, uint8_t *pkt, const uint8_t *src, uint32_t ptlen, const uint8_t nonce[12]);
 int aes_open(void *x, uint8_t *pkt, uint32_t len, const uint8_t nonce[12]);
+/* aes_gcm_vaes.c: AES-256-GCM with VAES and VPCLMULQDQ (96-bit nonces); vgcm_new and
+ * the rest only where vgcm_cpu_ok(). open: 1, or 0 on a bad tag (`out` zeroed). */
+int vgcm_cpu_ok(void);
+void *vgcm_new(const uint8_t key[32]);
+void vgcm_free(void *x);
+void vgcm_seal(const void *x, const uint8_t nonce[12], const uint8_t *ad, size_t adlen, const uint8_t *in,
+               uint8_t *out, size_t len, uint8_t tag[16]);
+int vgcm_open(const void *x, const uint8_t nonce[12], const uint8_t *ad, size_t adlen, const uint8_t *in,
+              uint8_t *out, size_t len, const uint8_t tag[16]);
 /* seal the `ptlen` bytes after the FN_HEADER-byte header at `pkt` in place, the tag
  * after them; the header is the associated data */
 void aead_seal(uint8_t *pkt, uint32_t ptlen, const uint8_t nonce[12], const uint8_t key[32]);
