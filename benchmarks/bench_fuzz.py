@@ -1,5 +1,7 @@
 """Fuzz the C data path under ASan and UBSan: generated packets through every parser of
-both pipelines (engine/crypto/csrc/fuzz.c), and the compact cipher against libsodium.
+both pipelines (engine/crypto/csrc/fuzz.c), the compact cipher against libsodium, and
+AES-256-GCM as the data path runs it (the VAES code where the CPU has it) against OpenSSL's
+EVP interface.
 
     python3 -m benchmarks fuzz --n 1000000
 
@@ -121,7 +123,8 @@ print(json.dumps({{"result": {{
     "outside_datagrams": st.outside_datagrams, "inside_packets": st.inside_inputs,
     "delivered": st.delivered, "sealed": st.sealed, "handed_up": st.handed_up, "forwarded": st.forwarded,
     "gso_runs": st.gso_runs,
-    "aead_cases": st.aead_cases, "aead_mismatches": st.aead_mismatches,
+    "aead_cases": st.aead_cases, "aead_mismatches": st.aead_mismatches, "aes_cases": st.aes_cases,
+    "aes_impl": lib.fn_aes_gcm_impl(),
     "invariant_failures": st.invariant_failures, "aead_seconds": t_aead,
     "packet_seconds": time.monotonic() - t0 - t_aead,
     "drops": {{name: st.drops[i] for i, name in names.items()}}}}}}), flush=True)
@@ -170,7 +173,9 @@ def main(argv: list[str]) -> int:
               f"{r['handed_up']:,} control items, {r['forwarded']:,} relayed in C "
               f"({r['gso_runs']:,} UDP GSO sends)")
         print(f"drops              {', '.join(f'{k}={v:,}' for k, v in r['drops'].items() if v) or 'none'}")
-        print(f"cipher cases       {r['aead_cases']:,} against libsodium in {r['aead_seconds']:.1f} s, "
+        impl = {0: "none", 1: "openssl", 2: "vaes"}.get(r["aes_impl"], "?")
+        print(f"cipher cases       {r['aead_cases']:,} against libsodium, {r['aes_cases']:,} of them also "
+              f"AES-256-GCM ({impl}) against OpenSSL EVP, in {r['aead_seconds']:.1f} s, "
               f"{r['aead_mismatches']} mismatches")
         print(f"invariant failures {r['invariant_failures']}")
     print(f"sanitizer reports  {len(outcome.reports)}{': ' + outcome.reports[0] if outcome.reports else ''}")

@@ -69,6 +69,14 @@ struct vgcm {
 /* the loops over registers and rounds unrolled, so their arrays stay in registers */
 #define UNROLL _Pragma("GCC unroll 16")
 
+/* Key material stays in the context, not on the stack: in a loop whose stores can not
+ * alias the context (a stack buffer, or nothing), the compiler hoists the loads of the
+ * round keys or the hash key powers out of the loop, has more of them than the 16 ymm
+ * registers, and spills some to the stack, where they outlive the call (GCC 12 -O2
+ * left round key 13 of every AES session there: review vaesreview). This barrier at
+ * the top of such a loop makes it load them again each time, as memory operands. */
+#define NO_SPILL() __asm__ volatile("" ::: "memory")
+
 /* reverse the 16 bytes of each lane: GCM's byte order <-> the integer order above */
 INLINE __m256i bswap256(__m256i v) {
     return _mm256_shuffle_epi8(v, _mm256_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3,
@@ -138,7 +146,10 @@ INLINE __m128i ghash_n(const struct vgcm *c, __m128i y, const uint8_t *p, unsign
 /* Hash `len` bytes at p, the last partial block padded with zeros (GCM's padding of
  * the associated data). */
 static __m128i ghash_bytes(const struct vgcm *c, __m128i y, const uint8_t *p, size_t len) {
-    for (; len >= 16 * CHUNK; p += 16 * CHUNK, len -= 16 * CHUNK) y = ghash_n(c, y, p, CHUNK);
+    for (; len >= 16 * CHUNK; p += 16 * CHUNK, len -= 16 * CHUNK) {
+        NO_SPILL();
+        y = ghash_n(c, y, p, CHUNK);
+    }
     if (len >= 16) y = ghash_n(c, y, p, (unsigned)len / 16);
     if (len % 16) {
         uint8_t last[16] = {0};
@@ -231,6 +242,7 @@ void vgcm_free(void *x) {
 static void ctr16_tail(const struct vgcm *c, __m256i ctr, __m256i *buf, unsigned pairs) {
     const __m256i two = _mm256_set_epi32(0, 0, 0, 2, 0, 0, 0, 2);
     for (unsigned k = 0; k < pairs; k++) {
+        NO_SPILL();
         __m256i b = _mm256_xor_si256(bswap256(ctr), c->rk[0]);
         UNROLL for (int r = 1; r < 14; r++) b = _mm256_aesenc_epi128(b, c->rk[r]);
         buf[k] = _mm256_xor_si256(buf[k], _mm256_aesenclast_epi128(b, c->rk[14]));

@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #ifdef __SANITIZE_ADDRESS__
 #include <sanitizer/common_interface_defs.h>
 #endif
@@ -720,6 +721,75 @@ static int large_case(fuzz_t *f, uint8_t *a, uint8_t *b) {
     return 0;
 }
 
+/* AES-256-GCM as the data path runs it (aead_aes.c: aes_gcm_vaes.c where the CPU has
+ * VAES, else OpenSSL's provider functions) against OpenSSL's EVP interface: a random
+ * length (most to 600 bytes, some to 9100, a few to 65535), associated data of 16 bytes
+ * (the header) or 0..300, in place or apart. Every buffer is a heap block of exactly its
+ * size (input, output, associated data), so ASan sees a byte read or written past one.
+ * Then one bit flipped in the ciphertext, the tag or the associated data: refused, the
+ * output zeroed. Returns 1 on a mismatch. */
+static int evp_gcm(int enc, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen,
+                   const uint8_t *in, uint8_t *out, uint32_t len, uint8_t *tag) {
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int n, ok = x && EVP_CipherInit_ex(x, EVP_aes_256_gcm(), NULL, key, nonce, enc) &&
+                (!adlen || EVP_CipherUpdate(x, NULL, &n, ad, (int)adlen)) &&
+                (!len || EVP_CipherUpdate(x, out, &n, in, (int)len)) &&
+                (enc || EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, FN_TAG, tag)) &&
+                EVP_CipherFinal_ex(x, out + len, &n) &&
+                (!enc || EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, FN_TAG, tag));
+    EVP_CIPHER_CTX_free(x);
+    return ok;
+}
+
+static int aes_case(fuzz_t *f) {
+    uint8_t key[32], nonce[12];
+    uint32_t kind = below(f, 20);
+    uint32_t len = kind == 0 ? below(f, 65536) : kind < 6 ? below(f, 9101) : below(f, 601);
+    uint32_t adlen = below(f, 2) ? FN_HEADER : below(f, 301);
+    int in_place = (int)below(f, 2), bad = 0;
+    fill(f, key, sizeof(key));
+    fill(f, nonce, sizeof(nonce));
+    /* apart: the input exactly len bytes (nothing after it to read), the output len + 16,
+     * the opened plaintext exactly len; in place: one buffer of len + 16 for all */
+    size_t sealed = (size_t)len + FN_TAG;
+    uint8_t *ad = malloc(adlen ? adlen : 1), *pt = malloc(len ? len : 1), *ref = malloc(sealed),
+            *in = malloc(in_place ? sealed : (len ? len : 1)), *out = in_place ? in : malloc(sealed),
+            *back = in_place ? in : malloc(len ? len : 1);
+    if (!ad || !pt || !ref || !in || !out || !back) { bad = 1; goto done; }
+    fill(f, ad, adlen);
+    fill(f, pt, len);
+    if (!evp_gcm(1, key, nonce, ad, adlen, pt, ref, len, ref + len)) { bad = 1; goto done; }
+    memcpy(in, pt, len);
+    if (fn_aes_crypt(1, key, nonce, ad, adlen, in, out, len) != (int)sealed || memcmp(out, ref, sealed)) {
+        bad = 1;
+        goto done;
+    }
+    if (fn_aes_crypt(0, key, nonce, ad, adlen, out, back, (uint32_t)sealed) != (int)len || memcmp(back, pt, len)) {
+        bad = 1;
+        goto done;
+    }
+    /* a forgery: one bit of the sealed bytes or of the associated data */
+    memcpy(out, ref, sealed);
+    uint32_t where = below(f, (uint32_t)sealed + adlen);
+    uint8_t bit = (uint8_t)(1u << below(f, 8));
+    if (where < sealed) out[where] ^= bit; else ad[where - sealed] ^= bit;
+    if (fn_aes_crypt(0, key, nonce, ad, adlen, out, back, (uint32_t)sealed) != -1) bad = 1;
+    for (uint32_t i = 0; i < len && !bad; i++) bad = back[i] != 0;
+done:
+    free(ad);
+    free(pt);
+    free(ref);
+    if (!in_place) {
+        free(out);
+        free(back);
+    }
+    free(in);
+    if (bad && f->reported++ < 5)
+        fprintf(stderr, "fuzz: AEAD MISMATCH AES-256-GCM (impl %d) len %u ad %u %s\n", fn_aes_gcm_impl(), len, adlen,
+                in_place ? "in place" : "apart");
+    return bad;
+}
+
 /* ---- the compact cipher (and OpenSSL's, large_case) against libsodium */
 int fn_fuzz_aead(uint64_t seed, uint64_t n, fn_fuzz_stats *st) {
     fuzz_t f;
@@ -757,6 +827,11 @@ int fn_fuzz_aead(uint64_t seed, uint64_t n, fn_fuzz_stats *st) {
         }
         /* and OpenSSL's code for long payloads (aead_large.c), a second case each round */
         if (!bad && fn_large_cipher()) bad = large_case(&f, big_a, big_b);
+        /* and AES-256-GCM where this CPU offers it, a third case each round */
+        if (!bad && fn_aes_gcm_available()) {
+            bad = aes_case(&f);
+            st->aes_cases++;
+        }
         st->aead_cases++;
         if (bad) {
             st->aead_mismatches++;
