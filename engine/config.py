@@ -123,6 +123,19 @@ def transport_ciphers(setting: str, aes_available: bool) -> tuple[tuple[str, ...
                            "or failed its self-test")
 
 
+AES_IMPL_CHOICES = ("auto", "openssl")
+
+
+def check_aes_impl(value: str | None) -> None:
+    """FLATNET_AES_IMPL, which the C data path reads once (aead_aes.c): unset, empty or
+    "auto" (Flatnet's VAES code where the CPU has it), or "openssl". The C side keeps
+    OpenSSL's code for any other value; the engine refuses to start with one, so a typo
+    is seen, not silently taken for a choice."""
+    if value and value.lower() not in AES_IMPL_CHOICES:
+        raise ConfigError(f"FLATNET_AES_IMPL={value!r} in the environment: expected \"auto\" (the default) or "
+                          "\"openssl\"")
+
+
 _KNOWN = {
     "pki": {"ca", "cert", "key", "blocklist"},
     "network": {"cidr", "subnet", "masquerade"},

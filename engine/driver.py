@@ -18,7 +18,7 @@ import socket
 import time
 
 from flatnet.engine import container_names, metrics, pki, podman_labels, resolve
-from flatnet.engine.config import Config, transport_ciphers
+from flatnet.engine.config import Config, check_aes_impl, transport_ciphers
 from flatnet.engine.datapath import RELAY_OTHERS, DataPath, aes_gcm_available, aes_gcm_impl
 from flatnet.engine.device import Device
 from flatnet.engine.io import control, dnsserver, egress, netlink, tun, udp
@@ -217,6 +217,7 @@ class Engine:
         # operator's file, polled by the timer
         self.revocations = Revocations(self.me.ca)
         # the transport ciphers offered and accepted (docs/protocol.md 5.2); a change needs a restart
+        check_aes_impl(os.environ.get("FLATNET_AES_IMPL"))
         aead, left_out = transport_ciphers(config.cipher, aes_gcm_available())
         if left_out:
             self.log.warning("cipher_fallback", setting=config.cipher, using=aead[0], reason=left_out)

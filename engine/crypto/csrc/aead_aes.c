@@ -124,11 +124,42 @@ static int self_test(void) {
     return ok;
 }
 
-/* The operator may keep OpenSSL's code: FLATNET_AES_IMPL=openssl (any case). Any
- * other value, or none, lets the VAES code run where the CPU has it. */
+/* The operator may keep OpenSSL's code: FLATNET_AES_IMPL=openssl (any case). Unset,
+ * empty or "auto" lets the VAES code run where the CPU has it. Any other value (a
+ * typo) keeps OpenSSL's too: an operator who set the variable wanted a change, and the
+ * engine's start-up check (engine/datapath.py) refuses such a value with a message. */
 static int vaes_allowed(void) {
     const char *v = getenv("FLATNET_AES_IMPL");
-    return !(v && strcasecmp(v, "openssl") == 0);
+    return !v || !*v || strcasecmp(v, "auto") == 0;
+}
+
+/* Before the VAES code is chosen: the same messages through it and through OpenSSL's,
+ * at lengths that reach each of its paths (empty, partial blocks, the 16-block loop and
+ * its tail, a 64 KiB GSO train). The bytes and tags must agree, and it must open what
+ * OpenSSL sealed. The one known answer of self_test() never reaches the loop. */
+static int vaes_agrees_with_openssl(void) {
+    static const uint32_t lens[] = {0, 1, 15, 16, 17, 255, 256, 257, 1400, 4099, 65519};
+    const uint32_t most = 65519 + FN_TAG;
+    uint8_t key[32], nonce[12] = {0, 0, 0, 0, 9}, ad[FN_HEADER] = {3, 2};
+    uint8_t *src = malloc(most), *a = malloc(most), *b = malloc(most);
+    for (int i = 0; i < 32; i++) key[i] = (uint8_t)(0xa5 ^ i);
+    void *ossl = ctx_new(key, 1), *v = vgcm_new(key);
+    int ok = src && a && b && ossl && v;
+    for (uint32_t i = 0; ok && i < most; i++) src[i] = (uint8_t)(i * 131 + (i >> 8));
+    for (size_t k = 0; ok && k < sizeof(lens) / sizeof(lens[0]); k++) {
+        uint32_t n = lens[k];
+        nonce[11] = (uint8_t)k;
+        ok = gcm_run(ossl, 1, nonce, ad, sizeof(ad), src, a, n, a + n);
+        vgcm_seal(v, nonce, ad, sizeof(ad), src, b, n, b + n);
+        ok = ok && memcmp(a, b, (size_t)n + FN_TAG) == 0 && vgcm_open(v, nonce, ad, sizeof(ad), a, a, n, a + n) &&
+             memcmp(a, src, n) == 0;
+    }
+    aes_free(ossl);
+    if (v) vgcm_free(v);
+    free(src);
+    free(a);
+    free(b);
+    return ok;
 }
 
 static void init_once(void) {
@@ -143,7 +174,7 @@ static void init_once(void) {
         if (gcm) EVP_CIPHER_free(gcm);
         gcm = NULL;
         memset(&fn, 0, sizeof(fn));
-    } else if (vaes_allowed() && vgcm_cpu_ok()) {
+    } else if (vaes_allowed() && vgcm_cpu_ok() && vaes_agrees_with_openssl()) {
         impl = FN_AES_IMPL_VAES;
         if (!self_test()) impl = FN_AES_IMPL_OPENSSL;  /* never seen; OpenSSL's still works */
     }

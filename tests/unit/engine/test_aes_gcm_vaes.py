@@ -147,7 +147,7 @@ print(aes_gcm_impl(), bytes(out[:n]).hex())
 
 
 @pytest.mark.parametrize("value,impl", [("openssl", "openssl"), ("OpenSSL", "openssl"), ("auto", "vaes"),
-                                        ("", "vaes")])
+                                        ("", "vaes"), ("opnessl", "openssl")])
 def test_flatnet_aes_impl_openssl_keeps_openssls_code_with_the_same_bytes(value, impl):
     env = dict(os.environ, FLATNET_AES_IMPL=value)
     got = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True,
@@ -163,3 +163,4 @@ def test_openssl_ia32cap_hiding_aes_ni_still_offers_no_aes():
     probe = "from flatnet.engine.datapath import aes_gcm_impl; print(aes_gcm_impl())"
     got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, timeout=60).stdout.split()
     assert got == ["none"]
+

@@ -7,7 +7,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from flatnet.engine.config import ConfigError, transport_ciphers
+from flatnet.engine.config import ConfigError, check_aes_impl, transport_ciphers
 from flatnet.engine.proto import cookie, handshake as hsm, tai64n
 from flatnet.engine.proto.constants import AEAD_AES, AEAD_CHACHA, PROLOGUE
 from flatnet.engine.proto.errors import RemoteProtocolError
@@ -268,3 +268,16 @@ def test_a_responder_preferring_its_own_order_answers_any_aead_with_an_offered_c
         return
     assert init.offered and init.aead in offer
     assert init.aead == next(name for name in accepts if name in offer)
+
+
+@pytest.mark.parametrize("value", ["opnessl", "vaes", "off", "0"])
+def test_an_unknown_flatnet_aes_impl_stops_the_engine_with_a_message(value):
+    """A typo is not taken for a choice: the C side keeps OpenSSL's code (above), and the
+    engine refuses to start and says what it expected."""
+    with pytest.raises(ConfigError, match=r"FLATNET_AES_IMPL=.* expected \"auto\" \(the default\) or \"openssl\""):
+        check_aes_impl(value)
+
+
+@pytest.mark.parametrize("value", [None, "", "auto", "AUTO", "openssl", "OpenSSL"])
+def test_the_flatnet_aes_impl_choices_pass(value):
+    check_aes_impl(value)
