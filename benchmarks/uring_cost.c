@@ -6,15 +6,17 @@
  * One thread, in a network namespace of its own (unshare: nothing leaves it, and it
  * goes away with the process), with a TUN device 10.99.0.1/24 and UDP sockets on it.
  * Process CPU time per packet (io_uring's worker threads would count too; none is
- * started here), best of 5 runs, for:
+ * started here), the median of 9 runs and of the differences paired per run, for:
  *   - a system call (getppid) and an io_uring NOP, 64 an io_uring_enter;
  *   - writing a packet to the TUN (the kernel delivers it to a local UDP socket inside
  *     the write, as it answers a ping or takes a TCP segment inside the engine's write)
  *     with write(), and as WRITE SQEs, 64 an io_uring_enter;
  *   - the kernel queueing 64 packets on the TUN (one sendmmsg) and reading them: read()
- *     until EAGAIN (as inside.c), 64 READ SQEs an enter, and one multishot READ with a
- *     provided buffer ring (kernel 6.7+; on a ring with DEFER_TASKRUN, so the reads run
- *     in io_uring_enter and are counted there).
+ *     until EAGAIN (as inside.c); 64 READ SQEs an enter after the packets are queued
+ *     (the best case: every read finds its packet); 64 READ SQEs submitted before the
+ *     packets come (as a data path would keep them: each waits on the TUN and is
+ *     completed when a packet comes); one multishot READ with a provided buffer ring
+ *     (kernel 6.7+; on a ring with DEFER_TASKRUN, so the reads run in io_uring_enter).
  * Raw system calls and <linux/io_uring.h> (Debian 12's headers), no liburing.
  */
 #define _GNU_SOURCE
@@ -45,6 +47,7 @@
 #endif
 
 #define BATCH 64
+#define REPS 9      /* runs; each measures every variant once */
 #define ROUNDS 3000 /* batches a run */
 #define N (BATCH * ROUNDS)
 #define NBUF 256
@@ -255,7 +258,20 @@ static void fill_tun(void) {
         if ((r = sendmmsg(src_fd, mm + sent, BATCH - sent, 0)) <= 0) break;
 }
 
-enum { T_SYSCALL, T_NOP, T_WRITE, T_WRITE_URING, T_READ, T_READ_URING, T_READ_MSHOT, T_FILL, T_N };
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+enum { T_SYSCALL, T_NOP, T_WRITE, T_WRITE_URING, T_READ, T_READ_URING, T_READ_ARMED, T_READ_MSHOT, T_FILL, T_N };
+
+/* median over the runs of variant k, or of k minus variant base in the same run */
+static double med(double (*runs)[T_N], int k, int base) {
+    double v[REPS];
+    for (int i = 0; i < REPS; i++) v[i] = runs[i][k] - (base >= 0 ? runs[i][base] : 0);
+    qsort(v, REPS, sizeof(v[0]), cmp_double);
+    return v[REPS / 2];
+}
 
 int main(int argc, char **argv) {
     if (argc > 1) pkt_len = atoi(argv[1]);
@@ -271,12 +287,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     make_packet(pkt, pkt_len);
-    double best[T_N];
-    for (int k = 0; k < T_N; k++) best[k] = 1e18;
+    static double runs[REPS][T_N];
     int errs = 0, mshot = 1;
     const char *mshot_why = "";
-#define TAKE(k, t) do { double v_ = (t); if (v_ < best[k]) best[k] = v_; } while (0)
-    for (int rep = 0; rep < 5; rep++) {
+#define TAKE(k, t) (runs[rep][k] = (t))
+    for (int rep = 0; rep < REPS; rep++) {
         double t0 = cpu_ns();
         for (int i = 0; i < N; i++) syscall(SYS_getppid);
         TAKE(T_SYSCALL, (cpu_ns() - t0) / N);
@@ -341,6 +356,26 @@ int main(int argc, char **argv) {
         TAKE(T_READ_URING, (cpu_ns() - t0) / N);
         while (read(tun_fd, bufs[0], BUF) > 0) {}
 
+        t0 = cpu_ns();
+        for (int i = 0; i < ROUNDS; i++) {
+            for (int j = 0; j < BATCH; j++) {
+                struct io_uring_sqe *s = sqe_get(&r);
+                s->opcode = IORING_OP_READ;
+                s->fd = tun_fd;
+                s->addr = (uintptr_t)bufs[j];
+                s->len = BUF;
+                s->off = (uint64_t)-1;
+            }
+            ring_enter(&r, 0);  /* armed: nothing is queued yet */
+            fill_tun();
+            for (int have = ring_reap(&r, &errs); have < BATCH;) {
+                ring_enter(&r, 1);
+                have += ring_reap(&r, &errs);
+            }
+        }
+        TAKE(T_READ_ARMED, (cpu_ns() - t0) / N);
+        while (read(tun_fd, bufs[0], BUF) > 0) {}
+
         if (mshot) {  /* a ring of its own, closed after: the multishot read ends with it */
             ring_t m;
             if (ring_init(&m, 256, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN) < 0) {
@@ -368,19 +403,21 @@ int main(int argc, char **argv) {
             }
         }
     }
-    printf("process CPU ns per packet of %d bytes, %d packets a run, best of 5 runs%s\n", pkt_len, N,
-           errs ? " (some calls failed)" : "");
-    printf("  system call (getppid)                  %6.0f\n", best[T_SYSCALL]);
-    printf("  io_uring NOP, 64 an enter              %6.0f\n", best[T_NOP]);
-    printf("  TUN write (+ delivery, drain): write() %6.0f\n", best[T_WRITE]);
-    printf("  the same, 64 WRITE SQEs an enter       %6.0f  (%+.0f)\n", best[T_WRITE_URING],
-           best[T_WRITE_URING] - best[T_WRITE]);
-    printf("  queued on the TUN and read: read()     %6.0f  (queueing alone %.0f)\n", best[T_READ], best[T_FILL]);
-    printf("  the same, 64 READ SQEs an enter        %6.0f  (%+.0f)\n", best[T_READ_URING],
-           best[T_READ_URING] - best[T_READ]);
-    if (best[T_READ_MSHOT] < 1e17)
-        printf("  the same, one multishot READ           %6.0f  (%+.0f)\n", best[T_READ_MSHOT],
-               best[T_READ_MSHOT] - best[T_READ]);
+    printf("process CPU ns per packet of %d bytes, %d packets a run; median of %d runs and, in brackets,\n"
+           "the median of the differences paired per run%s\n", pkt_len, N, REPS, errs ? " (some calls failed)" : "");
+    printf("  system call (getppid)                  %6.0f\n", med(runs, T_SYSCALL, -1));
+    printf("  io_uring NOP, 64 an enter              %6.0f\n", med(runs, T_NOP, -1));
+    printf("  TUN write (+ delivery, drain): write() %6.0f\n", med(runs, T_WRITE, -1));
+    printf("  the same, 64 WRITE SQEs an enter       %6.0f  (%+.0f)\n", med(runs, T_WRITE_URING, -1),
+           med(runs, T_WRITE_URING, T_WRITE));
+    printf("  queued on the TUN and read: read()     %6.0f  (queueing alone %.0f)\n", med(runs, T_READ, -1), med(runs, T_FILL, -1));
+    printf("  the same, 64 READ SQEs an enter        %6.0f  (%+.0f)\n", med(runs, T_READ_URING, -1),
+           med(runs, T_READ_URING, T_READ));
+    printf("  the same, 64 READ SQEs armed before    %6.0f  (%+.0f)\n", med(runs, T_READ_ARMED, -1),
+           med(runs, T_READ_ARMED, T_READ));
+    if (mshot)
+        printf("  the same, one multishot READ           %6.0f  (%+.0f)\n", med(runs, T_READ_MSHOT, -1),
+               med(runs, T_READ_MSHOT, T_READ));
     else
         printf("  multishot READ: %s\n", mshot_why);
     return 0;
