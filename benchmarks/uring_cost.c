@@ -105,10 +105,21 @@ static struct io_uring_sqe *sqe_get(ring_t *r) {
     return s;
 }
 
+/* submits what is pending; waits for `wait` completions, 2 s at most (a packet that
+ * never comes ends the program, and with it the namespace) */
 static int ring_enter(ring_t *r, unsigned wait) {
     unsigned n = r->pending;
     r->pending = 0;
-    return (int)syscall(__NR_io_uring_enter, r->fd, n, wait, wait ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
+    if (!wait) return (int)syscall(__NR_io_uring_enter, r->fd, n, 0, 0, NULL, 0);
+    struct __kernel_timespec ts = {.tv_sec = 2};
+    struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
+    int rc = (int)syscall(__NR_io_uring_enter, r->fd, n, wait, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
+                          sizeof(arg));
+    if (rc < 0 && errno == ETIME) {
+        fprintf(stderr, "no completion within 2 s\n");
+        exit(1);
+    }
+    return rc;
 }
 
 /* take every completion; counts results < 0 in *errs */
@@ -279,6 +290,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [bytes, 64-1500]\n", argv[0]);
         return 2;
     }
+    alarm(600);  /* the whole run: a few minutes at most */
     setup();
     ring_t r;
     int e = ring_init(&r, 256, 0);
@@ -369,7 +381,7 @@ int main(int argc, char **argv) {
             ring_enter(&r, 0);  /* armed: nothing is queued yet */
             fill_tun();
             for (int have = ring_reap(&r, &errs); have < BATCH;) {
-                ring_enter(&r, 1);
+                ring_enter(&r, 1);  /* bounded: 2 s at most */
                 have += ring_reap(&r, &errs);
             }
         }
