@@ -82,6 +82,7 @@ fn_ctx *fn_new_sized(uint32_t overlay_net, uint32_t overlay_prefix, uint32_t mtu
     pthread_mutex_init(&ctx->tx_lock, NULL);
     pthread_mutex_init(&ctx->rx_lock, NULL);
     pthread_mutex_init(&ctx->idle_lock, NULL);
+    ctx->st[ROLE_IN] = ctx->st[ROLE_OUT] = ST_AWAY;  /* no thread in C yet (idle.c) */
     ctx->efd[0] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     ctx->efd[1] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (ctx->efd[0] < 0 || ctx->efd[1] < 0) { fn_free(ctx); return NULL; }

@@ -12,14 +12,25 @@
  * has items for the owner to take up to Python.
  *
  *   other thread is ...   a thread going idle becomes ...
- *   ACTIVE                POLL_OWN (it is the only one covering its fd)
+ *   ACTIVE                PARKED: the active one tries our fd after each of its passes
+ *   AWAY (in Python)      POLL_OWN (it is the only one covering its fd)
  *   POLL_OWN              PARKED, and turns the other into POLL_BOTH (one ring, at
  *                         the end of a burst)
  *   POLL_BOTH / PARKED    PARKED / POLL_BOTH
  *
  * Every fd is always covered: a PARKED thread's fd is polled by a POLL_BOTH thread or
- * tried after every pass by an ACTIVE one. `[tun] spin = false` turns this off: each
- * thread then polls its own fd.
+ * tried after every pass by an ACTIVE one; a thread leaving C for Python (AWAY) rings
+ * a PARKED other first, which then polls its own fd. `[tun] spin = false` turns this
+ * off: each thread then polls its own fd.
+ *
+ * Parking beside an ACTIVE thread (issue 19, round three): under one TCP stream the
+ * receiving host's outside thread writes each super-packet to the TUN, the TCP stack
+ * queues its ACK inside that write, and the outside thread reads the ACK right after
+ * (help_inside). An inside thread asleep on the TUN was woken for every ACK anyway
+ * (~7,800 wake-ups per GB, each a cross-CPU wake-up the writer pays inside its write)
+ * and mostly raced the outside thread for the same packet. Parked, it is rung only on
+ * load (idle_kick); the same holds for the sending host's inside thread, woken by the
+ * data the stack sends inside the outside thread's write of an ACK.
  */
 #include "internal.h"
 
@@ -55,11 +66,31 @@ int idle_parked(fn_ctx *ctx, int role) {
     return __atomic_load_n(&ctx->st[role], __ATOMIC_RELAXED) == ST_PARKED;
 }
 
+/* A thread enters C (fn_inside / fn_outside): it tries the other's fd after each pass
+ * while the other is PARKED. */
+void idle_enter(fn_ctx *ctx, int role) {
+    pthread_mutex_lock(&ctx->idle_lock);
+    __atomic_store_n(&ctx->st[role], ST_ACTIVE, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&ctx->idle_lock);
+}
+
+/* ... and leaves it for Python, where it covers no fd: a PARKED other is rung, and on
+ * its way back to sleep polls its own fd (AWAY -> POLL_OWN). Returns `ret`. */
+int idle_leave(fn_ctx *ctx, int role, int ret) {
+    pthread_mutex_lock(&ctx->idle_lock);
+    __atomic_store_n(&ctx->st[role], ST_AWAY, __ATOMIC_RELAXED);
+    int ring = ctx->st[1 - role] == ST_PARKED;
+    pthread_mutex_unlock(&ctx->idle_lock);
+    if (ring) idle_ring(ctx, 1 - role);
+    return ret;
+}
+
 int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms) {
     int other = 1 - role, st;
     pthread_mutex_lock(&ctx->idle_lock);
     int o = ctx->st[other];
-    if (!ctx->spin || other_fd < 0 || o == ST_ACTIVE) st = ST_POLL_OWN;
+    if (!ctx->spin || other_fd < 0 || o == ST_AWAY) st = ST_POLL_OWN;
+    else if (o == ST_ACTIVE) st = ST_PARKED;
     else if (o == ST_PARKED) st = ST_POLL_BOTH;
     else st = ST_PARKED;
     if (st == ST_PARKED && o == ST_POLL_OWN) {

@@ -241,6 +241,7 @@ int help_inside(fn_ctx *ctx, int tun_fd, int udp_fd) {
 
 int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *events, int max_events) {
     int nevents = 0;
+    idle_enter(ctx, ROLE_IN);
     while (!ctx->stop && nevents == 0) {
         pthread_mutex_lock(&ctx->tx_lock);
         /* what another thread found for the control plane goes up first */
@@ -259,14 +260,14 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
         if (reads > 0 || helped > 0 || nevents > 0) continue;
         ctx->io[FN_IO_WAKEUPS_IN]++;
         int w = idle_wait(ctx, ROLE_IN, tun_fd, udp_fd, timeout_ms);
-        if (w < 0) return w;
-        if (w == 0) return nevents;  /* timeout: back to Python */
+        if (w < 0) return idle_leave(ctx, ROLE_IN, w);
+        if (w == 0) return idle_leave(ctx, ROLE_IN, nevents);  /* timeout: back to Python */
         if (w & IDLE_OTHER) {
             int got = help_outside(ctx, udp_fd, tun_fd);
             if (got > 0 && got <= SPIN_MAX_READS) idle_yield(ctx);
         }
     }
-    return nevents;
+    return idle_leave(ctx, ROLE_IN, nevents);
 }
 
 /* Control messages from Python (a lighthouse's answers), sealed under each peer's

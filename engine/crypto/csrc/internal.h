@@ -368,7 +368,7 @@ void idle_moderate(fn_ctx *ctx, int packets);
 
 #define ROLE_IN 0
 #define ROLE_OUT 1
-enum { ST_ACTIVE, ST_POLL_OWN, ST_POLL_BOTH, ST_PARKED };
+enum { ST_ACTIVE, ST_POLL_OWN, ST_POLL_BOTH, ST_PARKED, ST_AWAY };
 #define IDLE_RING 1                        /* idle_wait: woken by the eventfd (or EINTR) */
 #define IDLE_OWN 2                         /* its own fd is readable */
 #define IDLE_OTHER 4                       /* the other thread's fd is readable */
@@ -376,6 +376,8 @@ void idle_ring(fn_ctx *ctx, int role);
 void idle_kick(fn_ctx *ctx, int role);
 void idle_yield(fn_ctx *ctx);
 int idle_parked(fn_ctx *ctx, int role);
+void idle_enter(fn_ctx *ctx, int role);
+int idle_leave(fn_ctx *ctx, int role, int ret);
 int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms);
 
 /* cookie.c */

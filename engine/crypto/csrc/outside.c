@@ -282,6 +282,7 @@ void spin_for_answer(fn_ctx *ctx, int role, int udp_fd, int tun_fd) {
 
 int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctrl, int max_ctrl) {
     int nctrl = 0;
+    idle_enter(ctx, ROLE_OUT);
     while (!ctx->stop && nctrl == 0) {
         pthread_mutex_lock(&ctx->rx_lock);
         /* what another thread received for Python goes up first */
@@ -290,21 +291,22 @@ int fn_outside(fn_ctx *ctx, int udp_fd, int tun_fd, int timeout_ms, fn_ctrl *ctr
         int n = outside_pass(ctx, udp_fd, tun_fd, ctrl, &nctrl, max_ctrl);
         int dgrams = (int)(ctx->io[FN_IO_UDP_DGRAMS_IN] - dgrams_before);
         pthread_mutex_unlock(&ctx->rx_lock);
-        if (n < 0) return n;
-        idle_moderate(ctx, dgrams);
-        /* replies the write produced, or the TUN of a parked inside thread */
+        if (n < 0) return idle_leave(ctx, ROLE_OUT, n);
+        /* replies the write produced, or the TUN of a parked inside thread; before the
+         * moderation pause, as the inside thread would take them at once */
         int helped = ctx->io[FN_IO_TUN_WRITES] != writes_before || idle_parked(ctx, ROLE_IN)
                          ? help_inside(ctx, tun_fd, udp_fd) : 0;
+        idle_moderate(ctx, dgrams);
         if ((n > 0 && n <= SPIN_MAX_READS) || (helped > 0 && helped <= SPIN_MAX_READS)) idle_yield(ctx);
         if (n > 0 || nctrl > 0 || helped > 0) continue;
         ctx->io[FN_IO_WAKEUPS_OUT]++;
         int w = idle_wait(ctx, ROLE_OUT, udp_fd, tun_fd, timeout_ms);
-        if (w < 0) return w;
-        if (w == 0) return nctrl;  /* timeout: back to Python */
+        if (w < 0) return idle_leave(ctx, ROLE_OUT, w);
+        if (w == 0) return idle_leave(ctx, ROLE_OUT, nctrl);  /* timeout: back to Python */
         if (w & IDLE_OTHER) {  /* a local request: wait for its answer as the inside thread would */
             int reads = help_inside(ctx, tun_fd, udp_fd);
             if (reads > 0 && reads <= SPIN_MAX_READS) spin_for_answer(ctx, ROLE_OUT, udp_fd, tun_fd);
         }
     }
-    return nctrl;
+    return idle_leave(ctx, ROLE_OUT, nctrl);
 }
