@@ -41,7 +41,10 @@ static void gro_write_item(fn_ctx *ctx, int tun_fd, gro_item *it) {
     uint32_t total = it->len;
     memset(v, 0, VNET_HDR_LEN);
     if (it->count == 1) {
-        v[0] = VNET_F_DATA_VALID;  /* a segment as it came: its checksums are intact */
+        /* a segment as it came: its checksums are intact. The TUN ignores DATA_VALID
+         * (virtio_net_hdr_to_skb reads only NEEDS_CSUM), so the kernel checks them again
+         * (CHECKSUM_NONE; docs/performance.md, "The kernel's share") */
+        v[0] = VNET_F_DATA_VALID;
     } else if (it->udp) {
         put_be16(ip + 2, (uint16_t)total);
         ip[10] = ip[11] = 0;
