@@ -269,6 +269,18 @@ static void fill_tun(void) {
         if ((r = sendmmsg(src_fd, mm + sent, BATCH - sent, 0)) <= 0) break;
 }
 
+/* BATCH reads of the TUN into bufs, queued (not yet submitted) */
+static void queue_reads(ring_t *r) {
+    for (int j = 0; j < BATCH; j++) {
+        struct io_uring_sqe *s = sqe_get(r);
+        s->opcode = IORING_OP_READ;
+        s->fd = tun_fd;
+        s->addr = (uintptr_t)bufs[j];
+        s->len = BUF;
+        s->off = (uint64_t)-1;
+    }
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -354,14 +366,7 @@ int main(int argc, char **argv) {
         t0 = cpu_ns();
         for (int i = 0; i < ROUNDS; i++) {
             fill_tun();
-            for (int j = 0; j < BATCH; j++) {
-                struct io_uring_sqe *s = sqe_get(&r);
-                s->opcode = IORING_OP_READ;
-                s->fd = tun_fd;
-                s->addr = (uintptr_t)bufs[j];
-                s->len = BUF;
-                s->off = (uint64_t)-1;
-            }
+            queue_reads(&r);
             ring_enter(&r, BATCH);
             ring_reap(&r, &errs);
         }
@@ -370,14 +375,7 @@ int main(int argc, char **argv) {
 
         t0 = cpu_ns();
         for (int i = 0; i < ROUNDS; i++) {
-            for (int j = 0; j < BATCH; j++) {
-                struct io_uring_sqe *s = sqe_get(&r);
-                s->opcode = IORING_OP_READ;
-                s->fd = tun_fd;
-                s->addr = (uintptr_t)bufs[j];
-                s->len = BUF;
-                s->off = (uint64_t)-1;
-            }
+            queue_reads(&r);
             ring_enter(&r, 0);  /* armed: nothing is queued yet */
             fill_tun();
             for (int have = ring_reap(&r, &errs); have < BATCH;) {

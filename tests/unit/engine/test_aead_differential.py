@@ -13,6 +13,7 @@ import pytest
 from flatnet.engine.crypto import ffi, lib
 from flatnet.engine.datapath import DataPath
 from tests.harness.wire import BATCH_STRIDE as STRIDE, c_seal_batch as seal_batch, ipv4_udp, seal as pynacl_seal
+from tests.harness.memscan import pairs_in_memory
 from tests.unit.engine.test_datapath import KEY_RX, LEASE, NET, RX_INDEX, outside
 
 SMALL_MAX, LARGE_MIN = lib.FN_AEAD_SMALL_MAX, lib.FN_AEAD_LARGE_MIN
@@ -126,30 +127,6 @@ def test_the_outside_path_counts_each_forgery_as_auth_failed_and_delivers_the_go
     assert sum(drops.values()) == drops["auth_failed"], drops
 
 
-def _copies_in_memory(first: bytes, second: bytes) -> int:
-    """how many times first + second (held apart here, so Python's own objects never
-    match) lie in this process's writable memory"""
-    hits = 0
-    with open("/proc/self/maps") as f:
-        maps = [line.split() for line in f.read().splitlines()]
-    with open("/proc/self/mem", "rb", 0) as mem:
-        for fields in maps:
-            if "rw" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
-                continue
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            try:
-                mem.seek(lo)
-                data = mem.read(hi - lo)
-            except (OSError, OverflowError):
-                continue
-            at = data.find(first)
-            while at >= 0:
-                hits += data[at + 16:at + 32] == second
-                at = data.find(first, at + 1)
-            del data
-    return hits
-
-
 @pytest.mark.parametrize("large", [1, 0])
 @pytest.mark.parametrize("length", [100, 400, LARGE_MIN, 1400])
 def test_a_wiped_session_key_leaves_no_copy_in_the_cipher_contexts(large, length):
@@ -171,4 +148,4 @@ def test_a_wiped_session_key_leaves_no_copy_in_the_cipher_contexts(large, length
     lens[0] = length + 16
     assert lib.fn_open_batch(key, buf, 4096, lens, 1, 0) == 0  # and a failed open (now plaintext: a forgery)
     ffi.memmove(key, bytes(32), 32)  # what fn_peer_remove does with the data path's copy
-    assert _copies_in_memory(first, second) == 0
+    assert pairs_in_memory([(first, second)]) == 0

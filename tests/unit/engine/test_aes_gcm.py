@@ -146,7 +146,7 @@ def test_a_wiped_aes_key_leaves_no_copy_in_memory(dp):
     (raw, and expanded in its OpenSSL context) only until it is removed; the context
     is freed with EVP_CIPHER_CTX_free, which cleanses it. The key is handed over from
     a C buffer in two halves held apart, so Python's objects never hold it."""
-    from tests.unit.engine.test_aead_differential import _copies_in_memory
+    from tests.harness.memscan import pairs_in_memory
     first, second = os.urandom(16), os.urandom(16)
     key = ffi.new("uint8_t[32]")
     ffi.memmove(key, first, 16)
@@ -161,7 +161,7 @@ def test_a_wiped_aes_key_leaves_no_copy_in_memory(dp):
     # behind in freed heap and be found by the next scan)
     lib.fn_rx_remove(dp.ctx, RX_INDEX)
     lib.fn_peer_tx_clear(dp.ctx, 1)
-    assert _copies_in_memory(first, second) == 0
+    assert pairs_in_memory([(first, second)]) == 0
 
 
 @settings(max_examples=150, deadline=None)

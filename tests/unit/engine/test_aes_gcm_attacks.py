@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from flatnet.engine.crypto import ffi, lib  # noqa: E402
 from flatnet.engine.datapath import aes_gcm_available  # noqa: E402
+from tests.harness.memscan import pairs_in_memory  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 pytestmark = pytest.mark.skipif(not aes_gcm_available(), reason="AES-256-GCM is not offered on this CPU")
@@ -197,32 +198,6 @@ def _aes256_round_keys(key: bytes) -> list[bytes]:
     return [bytes(sum(w[4 * r:4 * r + 4], [])) for r in range(15)]
 
 
-def _ymm_copies_in_memory(needles: list[bytes]) -> int:
-    """how many times one of the 16-byte needles lies in this process's writable memory
-    twice in a row (a ymm register of round keys, as aes_gcm_vaes.c holds them: Python's
-    own objects never hold a needle twice in a row)"""
-    hits = 0
-    with open("/proc/self/maps") as f:
-        maps = [line.split() for line in f.read().splitlines()]
-    with open("/proc/self/mem", "rb", 0) as mem:
-        for fields in maps:
-            if "rw" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
-                continue
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            try:
-                mem.seek(lo)
-                data = mem.read(hi - lo)
-            except (OSError, OverflowError):
-                continue
-            for needle in needles:
-                at = data.find(needle)
-                while at >= 0:
-                    hits += data[at + 16:at + 32] == needle
-                    at = data.find(needle, at + 1)
-            del data
-    return hits
-
-
 def test_the_round_key_helper_is_fips_197():
     key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
     assert _aes256_round_keys(key)[14] == bytes.fromhex("fe4890d1e6188d0b046df344706c631e")  # FIPS 197 A.3
@@ -260,7 +235,7 @@ def test_no_round_key_is_left_on_the_stack_after_a_packet(op, length):
     t = threading.Thread(target={"seal": seal, "open": lambda: open_(1), "forgery": lambda: open_(0)}[op])
     t.start()
     t.join()
-    assert _ymm_copies_in_memory(_aes256_round_keys(key)) == 0
+    assert pairs_in_memory([(k, k) for k in _aes256_round_keys(key)]) == 0
 
 
 def test_no_key_material_or_keystream_is_left_on_the_stack_at_any_length():
