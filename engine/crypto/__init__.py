@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flatnet.engine.crypto._fastpath import ffi, lib
 
-EXPECTED_VERSION = 24
+EXPECTED_VERSION = 25
 
 if lib.fn_version() != EXPECTED_VERSION:  # a stale build would silently misbehave
     raise ImportError(f"flatnet.engine.crypto._fastpath is version {lib.fn_version()}, expected "

@@ -1,7 +1,7 @@
 """Little traffic, few wake-ups: with `[tun] spin` on (the default) one engine thread
 serves both directions while the other stays parked, so a ping wakes one thread per
 host; with it off each thread waits on its own fd (two wake-ups) and traffic is the
-same. Counted from the threads' voluntary context switches in /proc."""
+same. Counted from each thread's voluntary context switches in /proc."""
 import os
 
 import pytest
@@ -14,32 +14,45 @@ pytestmark = pytest.mark.integration
 PINGS = 100
 
 
-def switches(pid: int) -> int:
-    total = 0
+def switches(pid: int) -> dict[int, int]:
+    """Voluntary context switches (sleeps, so wake-ups) of each thread of `pid`."""
+    out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            total += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
-    return total
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                out[int(tid)] = sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+        except FileNotFoundError:  # a thread that ended
+            pass
+    return out
 
 
-def wakeups_per_ping(lab: Lab) -> list[float]:
+def wakeups_per_ping(lab: Lab) -> list[list[float]]:
+    """Per host, each thread's wake-ups per ping, the most woken first."""
     a, b = lab.hosts
     sh("ping", "-c", "5", "-i", "0.05", b.containers[0]["ip"], ns=a.containers[0]["ns"])  # sessions up
     before = [switches(h.pid) for h in lab.hosts]
     sh("ping", "-c", str(PINGS), "-i", "0.02", "-W", "2", b.containers[0]["ip"], ns=a.containers[0]["ns"])
-    return [(switches(h.pid) - n) / PINGS for h, n in zip(lab.hosts, before)]
+    return [sorted(((n - was.get(tid, 0)) / PINGS for tid, n in switches(h.pid).items()), reverse=True)
+            for h, was in zip(lab.hosts, before)]
 
 
 @pytest.mark.parametrize("spin", [True, False], ids=["spin", "no-spin"])
 def test_a_ping_wakes_one_thread_per_host(tmp_path, spin):
+    """Which threads a ping wakes, not the process's total: the total also counts the
+    control plane's timers and the parked thread's 200 ms timeouts (~0.3 per ping at
+    one ping per 20 ms), and on a loaded host the pinging side's spin misses more
+    replies (each one more wake-up of the same thread). Measured with spin: the thread
+    at work 1.0-1.2 per ping (1.5 with two CPU hogs), the next one 0.12-0.15 at any
+    load; without spin the two data-path threads 1.0 each."""
     lab = Lab(f"{RUN_PREFIX}i", str(tmp_path / "lab"), hosts=2, spin=spin)
     try:
         lab.up(containers_per_host=1)
         per_ping = wakeups_per_ping(lab)
+        assert all(t[0] >= 0.8 for t in per_ping), per_ping      # the pings went through a thread
         if spin:
-            assert all(w < 1.5 for w in per_ping), per_ping   # measured 1.1
+            assert all(t[1] < 0.5 for t in per_ping), per_ping   # and only one was woken for them
         else:
-            assert all(w > 1.8 for w in per_ping), per_ping   # measured 2.1: the count can tell
+            assert all(t[1] > 0.8 for t in per_ping), per_ping   # each thread on its own fd: two
         a, b = lab.hosts
         n, got, sent = tcp_transfer(a.containers[0]["ns"], b.containers[0]["ns"], b.containers[0]["ip"], 5 << 20)
         assert n == 5 << 20 and got == sent

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define FN_VERSION 24
+#define FN_VERSION 25
 #define FN_WIRE_VERSION 2         /* byte 1 of every datagram (docs/protocol-wire.md) */
 #define FN_NO_SUBNET 255
 #define FN_HEADER 16

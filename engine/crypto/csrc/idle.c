@@ -20,8 +20,10 @@
  *
  * Every fd is always covered: a PARKED thread's fd is polled by a POLL_BOTH thread or
  * tried after every pass by an ACTIVE one; a thread leaving C for Python (AWAY) rings
- * a PARKED other first, which then polls its own fd. `[tun] spin = false` turns this
- * off: each thread then polls its own fd.
+ * a PARKED other first, which then polls its own fd. So does the inside thread while it
+ * waits for room in a full UDP send buffer (inside.c flush: up to 4 x 10 ms in which
+ * it tries no fd). `[tun] spin = false` turns this off: each thread then polls its own
+ * fd.
  *
  * Parking beside an ACTIVE thread (issue 19, round three): under one TCP stream the
  * receiving host's outside thread writes each super-packet to the TUN, the TCP stack
@@ -74,8 +76,9 @@ void idle_enter(fn_ctx *ctx, int role) {
     pthread_mutex_unlock(&ctx->idle_lock);
 }
 
-/* ... and leaves it for Python, where it covers no fd: a PARKED other is rung, and on
- * its way back to sleep polls its own fd (AWAY -> POLL_OWN). Returns `ret`. */
+/* ... and leaves it for Python, or waits for something else than its fds (inside.c
+ * flush: room in the send buffer), and covers no fd meanwhile: a PARKED other is rung,
+ * and on its way back to sleep polls its own fd (AWAY -> POLL_OWN). Returns `ret`. */
 int idle_leave(fn_ctx *ctx, int role, int ret) {
     pthread_mutex_lock(&ctx->idle_lock);
     __atomic_store_n(&ctx->st[role], ST_AWAY, __ATOMIC_RELAXED);

@@ -29,6 +29,7 @@ typedef struct {
     out_msg msg[MAX_MSGS];
     int n;
     uint32_t pos;
+    int role;    /* ROLE_IN: the inside thread's own pass (fn_inside); -1: a helper's, or Python's */
 } out_batch;
 
 static void flush(fn_ctx *ctx, int udp_fd, out_batch *b) {
@@ -40,13 +41,23 @@ static void flush(fn_ctx *ctx, int udp_fd, out_batch *b) {
         udp_msg(&mm[i], &iov[i], &cbuf[i], m->base, m->len, &m->addr, m->addrlen,
                 m->count > 1 ? (uint16_t)m->seg : 0);
     }
-    int sent = 0, waits = 0;
+    int sent = 0, waits = 0, away = 0;
     while (sent < b->n) {
         int r = sendmmsg(udp_fd, mm + sent, b->n - sent, 0);
         ctx->io[FN_IO_UDP_SENDS]++;
         if (r < 0) {
-            if (errno == EINTR) continue;
-            if (wait_for_room(udp_fd, errno, &waits)) continue;
+            int err = errno;
+            if (err == EINTR) continue;
+            /* The socket is full: we may wait for room (up to SEND_WAITS x 10 ms), and a
+             * waiting thread tries no fd. The outside thread, parked while we were at
+             * work, would leave the socket unread all that time (what arrived waited 8 ms
+             * in the median, test_engine_stall.py): we go AWAY, which rings it, and it
+             * polls its own fd until we are back (0.2 ms). */
+            if (b->role >= 0 && !away && (err == EAGAIN || err == ENOBUFS) && waits < SEND_WAITS) {
+                idle_leave(ctx, b->role, 0);
+                away = 1;
+            }
+            if (wait_for_room(udp_fd, err, &waits)) continue;
             ctx->drops_in[FN_DROP_SEND] += b->msg[sent].count;  /* skip what the kernel refused */
             sent++;
             continue;
@@ -54,6 +65,7 @@ static void flush(fn_ctx *ctx, int udp_fd, out_batch *b) {
         for (int i = sent; i < sent + r; i++) ctx->io[FN_IO_UDP_DGRAMS_OUT] += b->msg[i].count;
         sent += r;
     }
+    if (away) idle_enter(ctx, b->role);
     b->n = 0;
     b->pos = 0;
 }
@@ -193,9 +205,12 @@ static int forward(fn_ctx *ctx, int udp_fd, out_batch *b, uint8_t *pkt, uint32_t
     return 0;
 }
 
-/* read and forward whatever the TUN holds (up to FN_BATCH packets); tx_lock held */
-static int inside_pass(fn_ctx *ctx, int tun_fd, int udp_fd, int32_t *events, int *nevents, int max_events) {
-    out_batch b = {.n = 0, .pos = 0};
+/* read and forward whatever the TUN holds (up to FN_BATCH packets); tx_lock held.
+ * role: ROLE_IN when the inside thread runs it (fn_inside), -1 when the outside thread
+ * helps (help_inside; the inside thread, were it rung, would only wait for tx_lock) */
+static int inside_pass(fn_ctx *ctx, int tun_fd, int udp_fd, int32_t *events, int *nevents, int max_events,
+                       int role) {
+    out_batch b = {.n = 0, .pos = 0, .role = role};
     uint32_t readlen = ctx->vnet ? VNET_HDR_LEN + MAX_SUPER : ctx->mtu;
     int64_t now = fn_now_ns();
     int reads = 0;
@@ -231,7 +246,7 @@ static int inside_pass(fn_ctx *ctx, int tun_fd, int udp_fd, int32_t *events, int
 int help_inside(fn_ctx *ctx, int tun_fd, int udp_fd) {
     if (tun_fd < 0 || pthread_mutex_trylock(&ctx->tx_lock) != 0) return 0;  /* the inside thread is at work */
     int before = ctx->nev_pending;
-    int reads = inside_pass(ctx, tun_fd, udp_fd, ctx->ev_pending, &ctx->nev_pending, FN_PENDING);
+    int reads = inside_pass(ctx, tun_fd, udp_fd, ctx->ev_pending, &ctx->nev_pending, FN_PENDING, -1);
     int events = ctx->nev_pending != before;
     pthread_mutex_unlock(&ctx->tx_lock);
     if (events) idle_ring(ctx, ROLE_IN);
@@ -247,7 +262,7 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
         /* what another thread found for the control plane goes up first */
         nevents = take_queued(events, ctx->ev_pending, &ctx->nev_pending, max_events, sizeof(int32_t));
         uint64_t sent = ctx->io[FN_IO_UDP_DGRAMS_OUT];
-        int reads = inside_pass(ctx, tun_fd, udp_fd, events, &nevents, max_events);
+        int reads = inside_pass(ctx, tun_fd, udp_fd, events, &nevents, max_events, ROLE_IN);
         sent = ctx->io[FN_IO_UDP_DGRAMS_OUT] - sent;
         pthread_mutex_unlock(&ctx->tx_lock);
         /* a small batch waits awake for its answer; a few TSO super-packets are not a
@@ -280,7 +295,7 @@ int fn_inside(fn_ctx *ctx, int tun_fd, int udp_fd, int timeout_ms, int32_t *even
 int fn_send_control(fn_ctx *ctx, int udp_fd, const int32_t *slots, const uint8_t *payloads, const uint32_t *lens,
                     int n, int32_t *results) {
     if (n < 0 || udp_fd < 0) return -EINVAL;
-    out_batch b = {.n = 0, .pos = 0};
+    out_batch b = {.n = 0, .pos = 0, .role = -1};  /* Python's thread: it covers no fd */
     int sent = 0;
     size_t off = 0;
     pthread_mutex_lock(&ctx->tx_lock);
