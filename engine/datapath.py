@@ -7,6 +7,7 @@ peer arrived. Per-packet work never runs in Python.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -16,6 +17,7 @@ import threading
 from typing import Callable
 
 from flatnet.engine.crypto import ffi, lib
+from flatnet.engine.log import Logger
 from flatnet.engine.datapath_port import (CTRL_DECRYPTED, CTRL_FORWARD, CTRL_RAW, CTRL_ROAM,  # noqa: F401
                                           CTRL_VERSION, RELAY_ALL, RELAY_OFF, RELAY_OTHERS, RX_SLOTS, ControlItem,
                                           PeerStats)
@@ -67,6 +69,19 @@ def aes_gcm_impl() -> str:
     if not aes_gcm_available():
         return "none"
     return {lib.FN_AES_IMPL_VAES: "vaes", lib.FN_AES_IMPL_OPENSSL: "openssl"}.get(lib.fn_aes_gcm_impl(), "none")
+
+
+def exit_on_failure(loop: asyncio.AbstractEventLoop, log: Logger, stop: asyncio.Event,
+                    failures: list[OSError]) -> Callable[[str, int], None]:
+    """DataPath.start's on_fatal for a daemon: a pipeline thread that ended on an error
+    (its socket or TUN failed) would leave the daemon up but deaf or mute, so the
+    daemon logs `data_path_failed`, stops, and its run() raises the error (exit 1;
+    systemd restarts it)."""
+    def failed(thread: str, err: int) -> None:
+        failures.append(OSError(err, f"data path: the {thread} thread stopped: {os.strerror(err)}"))
+        log.error("data_path_failed", thread=thread, error=os.strerror(err), errno=err, action="exiting")
+        stop.set()
+    return lambda thread, err: loop.call_soon_threadsafe(failed, thread, err)
 
 
 # OpenSSL's capability bits (OPENSSL_ia32cap(3)): AES-NI, PCLMULQDQ, and FXSR, whose
@@ -149,6 +164,7 @@ class DataPath:
         self.mtu = mtu
         self.family = family
         self._threads: list[threading.Thread] = []
+        self._on_fatal: Callable[[str, int], None] | None = None
         self._udp_fd: int | None = None  # start(): the socket send_controls uses
         self._stopping = False
 
@@ -337,9 +353,13 @@ class DataPath:
 
     # ---- the two pipeline threads
     def start(self, tun_fd: int | None, udp_fd: int, on_want: Callable[[list[int]], None],
-              on_control: Callable[[list[ControlItem]], None]) -> None:
-        """tun_fd None: receive side only (a lighthouse has no TUN)."""
+              on_control: Callable[[list[ControlItem]], None],
+              on_fatal: Callable[[str, int], None] | None = None) -> None:
+        """tun_fd None: receive side only (a lighthouse has no TUN). on_fatal(thread,
+        errno): a pipeline thread met an error it cannot go on from (its socket or TUN
+        failed) and ended; called from that thread, not at stop()."""
         self._udp_fd = udp_fd
+        self._on_fatal = on_fatal
         self._threads = [threading.Thread(target=self._outside, args=(udp_fd, -1 if tun_fd is None else tun_fd,
                                                                        on_control), name="outside", daemon=True)]
         if tun_fd is not None:
@@ -354,11 +374,18 @@ class DataPath:
         for t in self._threads:
             t.join(timeout=2)
 
+    def _ended(self, thread: str, err: int) -> None:
+        # A thread that ends on an error while the daemon runs would leave it up but
+        # deaf (or mute): the owner is told, so it can say so and exit.
+        if not self._stopping and self._on_fatal is not None:
+            self._on_fatal(thread, err)
+
     def _inside(self, tun_fd: int, udp_fd: int, on_want: Callable[[list[int]], None]) -> None:
         events = ffi.new("int32_t[]", 64)
         while True:
             n = lib.fn_inside(self.ctx, tun_fd, udp_fd, 200, events, 64)
             if n < 0:
+                self._ended("inside", -n)
                 return
             if n > 0:
                 on_want([events[i] for i in range(n)])
@@ -370,6 +397,7 @@ class DataPath:
         while True:
             n = lib.fn_outside(self.ctx, udp_fd, tun_fd, 200, ctrl, 64)
             if n < 0:
+                self._ended("outside", -n)
                 return
             if n > 0:
                 on_control([ControlItem(c.kind, c.peer, ffi.buffer(c.data, c.len)[:],

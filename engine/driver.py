@@ -19,7 +19,7 @@ import time
 
 from flatnet.engine import container_names, metrics, pki, podman_labels, resolve
 from flatnet.engine.config import Config, check_aes_impl, transport_ciphers
-from flatnet.engine.datapath import RELAY_OTHERS, DataPath, aes_gcm_available, aes_gcm_impl
+from flatnet.engine.datapath import RELAY_OTHERS, DataPath, aes_gcm_available, aes_gcm_impl, exit_on_failure
 from flatnet.engine.device import Device
 from flatnet.engine.io import control, dnsserver, egress, netlink, tun, udp
 from flatnet.engine.lighthouse_client import LighthouseClient
@@ -43,6 +43,7 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
+        self._failures: list[OSError] = []  # a data-path thread that ended on an error
         self.subnet: ipaddress.IPv4Network | None = None
         self._lease_waiter: asyncio.Future | None = None
         self.lighthouse: LighthouseClient | None = None
@@ -279,7 +280,8 @@ class Engine:
         self.servers = await control.start(config.control_socket, self.handle_api)
         self.dp.start(self.tun_fd, self.sock.fileno(),
                       lambda slots: self.loop.call_soon_threadsafe(self._on_want, slots),
-                      lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
+                      lambda items: self.loop.call_soon_threadsafe(self._on_control, items),
+                      exit_on_failure(self.loop, self.log, self._stop, self._failures))
         self.device.start_all(time.monotonic())
         self._arm()
         if any(resolve.has_names(lh.endpoints) for lh, _ in lighthouses):
@@ -299,6 +301,8 @@ class Engine:
             self.loop.create_task(self._watch_names())
         await self._stop.wait()
         await self.shutdown()
+        if self._failures:
+            raise self._failures[0]
 
     async def reload(self) -> None:
         """SIGHUP: read the config again and apply what can change without dropping a

@@ -14,7 +14,7 @@ import signal
 import time
 
 from flatnet.engine import metrics, pki
-from flatnet.engine.datapath import RELAY_ALL, DataPath, aes_gcm_available
+from flatnet.engine.datapath import RELAY_ALL, DataPath, aes_gcm_available, exit_on_failure
 from flatnet.engine.device import Device, Peer
 from flatnet.engine.io import control, udp
 from flatnet.engine.io.tcp_relay import loopback_of
@@ -41,6 +41,7 @@ class Lighthouse:
         self.log = log
         self.started = time.monotonic()
         self._stop = asyncio.Event()
+        self._failures: list[OSError] = []  # a data-path thread that ended on an error
         self.rejected: dict[str, int] = {}
 
     async def run(self) -> None:
@@ -88,7 +89,8 @@ class Lighthouse:
                                fix="free the port, allow CAP_NET_BIND_SERVICE, or set [relay] tcp_port")
                 self.tcp = None
         self.dp.start(None, self.sock.fileno(), lambda slots: None,
-                      lambda items: self.loop.call_soon_threadsafe(self._on_control, items))
+                      lambda items: self.loop.call_soon_threadsafe(self._on_control, items),
+                      exit_on_failure(self.loop, self.log, self._stop, self._failures))
         self.log.info("lighthouse_started", node=me.cert.name, network=str(config.network),
                       listen=endpoints_policy.text(self.sock.getsockname()[:2]), store=config.store_backend,
                       leases=len(self.leases.all()))
@@ -105,6 +107,8 @@ class Lighthouse:
         self.sock.close()
         self.lease_pool.shutdown(wait=True, cancel_futures=True)
         self.leases.close()
+        if self._failures:
+            raise self._failures[0]
 
     def _make_device(self, me: Identity) -> Device:
         device = Device(me, self.dp, self._send, time.time_ns, self.log, accept_any=True, judge_paths=False)
