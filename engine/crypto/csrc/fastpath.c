@@ -311,9 +311,11 @@ int fn_peer_tx_key(fn_ctx *ctx, int slot, const uint8_t *key, uint32_t remote_in
     for (int i = 0; i < HOLD_SLOTS && !held; i++)
         held = ctx->held[i].used && ctx->route[ctx->held[i].route] == slot;
     pthread_mutex_unlock(&ctx->tx_lock);
-    /* they may go now: without the kick a parked inside thread sent them on its next
-     * pass, up to 200 ms later (seen as a 214 ms first reply); no kick otherwise */
-    if (held) idle_kick(ctx, ROLE_IN);
+    /* they may go now: without the ring a parked inside thread sent them on its next
+     * pass, up to 200 ms later (seen as a 214 ms first reply); no ring otherwise. A
+     * ring, not a kick: a thread still marked ACTIVE may be past its last look at the
+     * held table and about to sleep (idlereview); once per handshake costs nothing. */
+    if (held) idle_ring(ctx, ROLE_IN);
     return 0;
 }
 

@@ -130,9 +130,10 @@ static int receive(fn_ctx *ctx, int tun_fd, uint8_t *pkt, uint32_t len, const st
     if (__atomic_load_n(&p->next_valid, __ATOMIC_ACQUIRE) && __atomic_load_n(&p->next_rx_index, __ATOMIC_RELAXED) == index &&
         !__atomic_load_n(&p->next_confirmed, __ATOMIC_RELAXED)) {
         /* the initiator has our keys: the staged send key may go into use; packets
-         * held for this peer wait for the inside thread's next pass */
+         * held for this peer wait for the inside thread's next pass (a ring, not a
+         * kick, as after fn_peer_tx_key: once per handshake) */
         __atomic_store_n(&p->next_confirmed, 1, __ATOMIC_RELEASE);
-        idle_kick(ctx, ROLE_IN);
+        idle_ring(ctx, ROLE_IN);
     }
     int moved = relayed_from == NOT_RELAYED ? !same_addr(from, fromlen, p) : (!p->relay || p->relay_id != relayed_from);
     if (moved && p->roam_batch != ctx->batch_id && room > made) {
