@@ -25,6 +25,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Callable
 
 LOST_AFTER = 1.0        # s: an echo later than this counts as lost
 MAX_SECONDS = 60.0
@@ -82,6 +83,22 @@ def sink(port: int, seconds: float, expect: int) -> dict:
     return {"got": len(seen), "lat_ms": lat, "flood": flood}
 
 
+def receive_until_done(s: socket.socket, want: set[int], item: Callable[[bytes], int | None]) -> None:
+    """Read answers until every number in `want` came back (item(data) names the one a
+    datagram answers, or None) or LOST_AFTER passed; what is left in `want` is lost."""
+    deadline = time.monotonic() + LOST_AFTER
+    while want:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        s.settimeout(left)
+        try:
+            data = s.recv(65535)
+        except socket.timeout:
+            continue
+        want.discard(item(data))
+
+
 def pingpong(to: tuple[str, int], rounds: int, gaps: tuple[float, float], seconds: float) -> dict:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect(to)
@@ -91,20 +108,12 @@ def pingpong(to: tuple[str, int], rounds: int, gaps: tuple[float, float], second
             break
         t0 = now_ns()
         s.send(struct.pack("!cI", b"Q", seq) + bytes(50))
-        deadline = time.monotonic() + LOST_AFTER
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                lost += 1
-                break
-            s.settimeout(left)
-            try:
-                data = s.recv(65535)
-            except socket.timeout:
-                continue
-            if data[:5] == struct.pack("!cI", b"Q", seq):
-                rtt.append((now_ns() - t0) / 1e6)
-                break
+        want, tag = {seq}, struct.pack("!cI", b"Q", seq)
+        receive_until_done(s, want, lambda data, seq=seq, tag=tag: seq if data[:5] == tag else None)
+        if want:
+            lost += 1
+        else:
+            rtt.append((now_ns() - t0) / 1e6)
         time.sleep(random.uniform(*gaps))
     return {"rtt_ms": rtt, "lost": lost}
 
@@ -122,20 +131,14 @@ def bursts(to: tuple[str, int], rounds: int, seconds: float) -> dict:
         t0 = now_ns()
         for i in range(k):
             s.send(struct.pack("!cII", b"B", r, i) + bytes(random.choice((20, 200, 1200))))
-        want, deadline = set(range(k)), time.monotonic() + LOST_AFTER
-        while want:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            s.settimeout(left)
-            try:
-                data = s.recv(65535)
-            except socket.timeout:
-                continue
+        want = set(range(k))
+
+        def burst_item(data: bytes, r: int = r) -> int | None:
             if data[:1] == b"B" and len(data) >= 9:
                 rr, i = struct.unpack_from("!II", data, 1)
-                if rr == r:
-                    want.discard(i)
+                return i if rr == r else None
+            return None
+        receive_until_done(s, want, burst_item)
         lost += len(want)
         if not want:
             took.append((now_ns() - t0) / 1e6)

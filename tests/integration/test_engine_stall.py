@@ -85,46 +85,36 @@ def containers(lab: Lab) -> tuple[dict, dict]:
     return a.containers[0], b.containers[0]
 
 
-def test_ping_pong_with_random_gaps_both_ways(lab, probes):
-    """Each host sends and answers at once, 0-5 ms apart: the threads park, help and
-    ring each other all the time."""
+def echo_both_ways(lab, probes, key: str, rounds: int, mode: str, *args: str) -> None:
+    """Each container runs an echo server and a `mode` client to the other at once, for
+    `rounds` rounds within 15 s: nothing lost, no answer later than STALL_MS."""
     ca, cb = containers(lab)
     for c in (ca, cb):
         probes.server(c["ns"], "echo", ECHO, 20)
-    clients = [probes.start(src["ns"], "pingpong", "--to", f"{dst['ip']}:{ECHO}", "--rounds", "300",
-                            "--gaps", "0,5", "--seconds", "15") for src, dst in ((ca, cb), (cb, ca))]
+    clients = [probes.start(src["ns"], mode, "--to", f"{dst['ip']}:{ECHO}", "--rounds", str(rounds), *args,
+                            "--seconds", "15") for src, dst in ((ca, cb), (cb, ca))]
     for p in clients:
         r = probes.result(p)
-        assert r["lost"] == 0 and len(r["rtt_ms"]) == 300, r["lost"]
-        assert max(r["rtt_ms"]) < STALL_MS, sorted(r["rtt_ms"])[-5:]
+        assert r["lost"] == 0 and len(r[key]) == rounds, r["lost"]
+        assert max(r[key]) < STALL_MS, sorted(r[key])[-5:]
+
+
+def test_ping_pong_with_random_gaps_both_ways(lab, probes):
+    """Each host sends and answers at once, 0-5 ms apart: the threads park, help and
+    ring each other all the time."""
+    echo_both_ways(lab, probes, "rtt_ms", 300, "pingpong", "--gaps", "0,5")
 
 
 def test_bursts_and_silences_both_ways(lab, probes):
     """Bursts of 1-32 datagrams (some above the few a helping thread takes without
     ringing the owner), then 0-60 ms of silence, both ways at once."""
-    ca, cb = containers(lab)
-    for c in (ca, cb):
-        probes.server(c["ns"], "echo", ECHO, 20)
-    clients = [probes.start(src["ns"], "bursts", "--to", f"{dst['ip']}:{ECHO}", "--rounds", "80",
-                            "--seconds", "15") for src, dst in ((ca, cb), (cb, ca))]
-    for p in clients:
-        r = probes.result(p)
-        assert r["lost"] == 0 and len(r["burst_ms"]) == 80, r["lost"]
-        assert max(r["burst_ms"]) < STALL_MS, sorted(r["burst_ms"])[-5:]
+    echo_both_ways(lab, probes, "burst_ms", 80, "bursts")
 
 
 def test_gaps_across_the_threads_timeout(lab, probes):
     """Silences of 150-260 ms: the threads' 200 ms timeout takes them up to Python (AWAY)
     and back in every state, while packets come."""
-    ca, cb = containers(lab)
-    for c in (ca, cb):
-        probes.server(c["ns"], "echo", ECHO, 20)
-    clients = [probes.start(src["ns"], "pingpong", "--to", f"{dst['ip']}:{ECHO}", "--rounds", "14",
-                            "--gaps", "150,260", "--seconds", "15") for src, dst in ((ca, cb), (cb, ca))]
-    for p in clients:
-        r = probes.result(p)
-        assert r["lost"] == 0 and len(r["rtt_ms"]) == 14, r["lost"]
-        assert max(r["rtt_ms"]) < STALL_MS, r["rtt_ms"]
+    echo_both_ways(lab, probes, "rtt_ms", 14, "pingpong", "--gaps", "150,260")
 
 
 @pytest.mark.parametrize("flooded", ["a", "b"])
