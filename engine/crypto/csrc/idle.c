@@ -114,7 +114,7 @@ int idle_wait(fn_ctx *ctx, int role, int own_fd, int other_fd, int timeout_ms) {
     pthread_mutex_lock(&ctx->idle_lock);
     __atomic_store_n(&ctx->st[role], ST_ACTIVE, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&ctx->idle_lock);
-    if (r < 0) return err == EINTR ? IDLE_RING : -err;
+    if (r < 0) return fd_unusable(err) ? -err : IDLE_RING;
     if (r == 0) return 0;
     int got = 0;
     if (p[0].revents) {

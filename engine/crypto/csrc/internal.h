@@ -432,6 +432,15 @@ static inline void udp_msg(struct mmsghdr *mm, struct iovec *iov, gso_cmsg *cb, 
     }
 }
 
+/* An error after which a socket or TUN call can never succeed (the descriptor is gone
+ * or is not what the data path was given): the thread returns it to Python, and the
+ * daemon stops (datapath.exit_on_failure). Anything else (EAGAIN, EINTR, a queued ICMP
+ * error, a short memory shortage) ends the pass and the next one tries again: a
+ * transient error must not end a daemon, and one an attacker can cause even less. */
+static inline int fd_unusable(int err) {
+    return err == EBADF || err == ENOTSOCK || err == EINVAL || err == EFAULT || err == EOPNOTSUPP;
+}
+
 /* After a sendmmsg failed with `err`: 1 to try the same message again, once the socket
  * has room (up to 10 ms), 0 to drop it. EAGAIN means the send buffer is full and poll()
  * tells when it has room. ENOBUFS (no memory for the packet) is not something poll()

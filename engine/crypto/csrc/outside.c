@@ -214,7 +214,7 @@ static int outside_pass(fn_ctx *ctx, int udp_fd, int tun_fd, fn_ctrl *ctrl, int 
     }
     int n = recvmmsg(udp_fd, msgs, want, MSG_DONTWAIT, NULL);
     ctx->fwd_fd = udp_fd;  /* what relay.c forwards leaves by this socket */
-    if (n <= 0) return n < 0 && errno != EAGAIN && errno != EINTR ? -errno : 0;
+    if (n <= 0) return n < 0 && fd_unusable(errno) ? -errno : 0;
     ctx->io[FN_IO_UDP_RECVS]++;
     int64_t now = fn_now_ns();
     ctx->batch_id++;

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import socket
+import time
 
 from flatnet.engine.datapath import DataPath, exit_on_failure
 from flatnet.engine.log import Logger
@@ -57,3 +58,38 @@ def test_stop_is_not_a_failure():
     d.stop()
     sock.close()
     assert failures == []
+
+
+def test_a_queued_icmp_error_does_not_stop_the_daemon():
+    """An error a socket reports once ends the receive pass, not the thread (nor the
+    daemon): the next datagram is read as usual. Here ECONNREFUSED, from an ICMP port
+    unreachable on a connected socket: the engine's own socket is not connected and
+    does not ask for ICMP errors, so this is only the easiest one to make."""
+    failures: list[OSError] = []
+    d = DataPath(ipaddress.IPv4Network("10.87.0.0/16"), 1420)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    sock.connect(("127.0.0.1", port))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    d.start(None, sock.fileno(), lambda slots: None, lambda items: None,
+            lambda thread, err: failures.append(OSError(err, thread)))
+    try:
+        sock.send(b"to nobody")   # the kernel answers with ICMP port unreachable
+        time.sleep(0.3)
+        sock.connect(peer.getsockname())
+        before = d.io_stats()["udp_receives"]
+        peer.sendto(b"\x03junk", sock.getsockname())
+        deadline = time.monotonic() + 3
+        while d.io_stats()["udp_receives"] == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.io_stats()["udp_receives"] > before
+        assert failures == []
+    finally:
+        d.stop()
+        for s in (sock, peer):
+            s.close()
