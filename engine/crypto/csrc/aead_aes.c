@@ -27,7 +27,8 @@
  * implementation (aes_gcm_vaes.c: two blocks per instruction; OpenSSL 3.0 has no such
  * code) replaces OpenSSL's functions: 1400 B 441 -> 235 ns. Same bytes. It is chosen
  * once, at the first use, and only after OpenSSL's path passed its self test (so AES
- * is offered exactly where it was before) and the VAES path passed the same test.
+ * is offered exactly where it was before), the VAES path gave OpenSSL's bytes at
+ * lengths that reach each of its paths, and it passed the same self test.
  * FLATNET_AES_IMPL=openssl in the environment keeps OpenSSL's (to compare, or should
  * the VAES code ever be in doubt); fn_aes_gcm_impl says which one runs.
  */
@@ -127,7 +128,7 @@ static int self_test(void) {
 /* The operator may keep OpenSSL's code: FLATNET_AES_IMPL=openssl (any case). Unset,
  * empty or "auto" lets the VAES code run where the CPU has it. Any other value (a
  * typo) keeps OpenSSL's too: an operator who set the variable wanted a change, and the
- * engine's start-up check (engine/datapath.py) refuses such a value with a message. */
+ * engine's start-up check (engine/config.py check_aes_impl) refuses such a value. */
 static int vaes_allowed(void) {
     const char *v = getenv("FLATNET_AES_IMPL");
     return !v || !*v || strcasecmp(v, "auto") == 0;
@@ -262,33 +263,21 @@ int aes_open(void *ctx, uint8_t *pkt, uint32_t len, const uint8_t nonce[12]) {
     return -1;
 }
 
-/* for tests: any associated data, the tag after the ciphertext; a context made and
- * freed per call, the same functions as the data path's. Output length, or -1 (bad
- * tag, or AES-256-GCM not available). */
-static int aes_once(int enc, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen,
-                    uint8_t *buf, uint32_t len) {
-    if (!enc && len < FN_TAG) return -1;
-    void *x = aes_new(key, enc);
-    uint32_t ptlen = enc ? len : len - FN_TAG;
-    int ok = gcm_run(x, enc, nonce, ad, adlen, buf, buf, ptlen, buf + ptlen);
-    aes_free(x);
-    if (ok) return (int)(enc ? len + FN_TAG : ptlen);
-    sodium_memzero(buf, ptlen);
-    return -1;
-}
-
 int fn_aes_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
                 uint32_t len) {
-    return aes_once(1, key, nonce, ad, adlen, buf, len);
+    return fn_aes_crypt(1, key, nonce, ad, adlen, buf, buf, len);
 }
 
 int fn_aes_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen, uint8_t *buf,
                 uint32_t len) {
-    return aes_once(0, key, nonce, ad, adlen, buf, len);
+    return fn_aes_crypt(0, key, nonce, ad, adlen, buf, buf, len);
 }
 
-/* for tests: as fn_aes_seal / fn_aes_open, but from `in` to `out` (apart, or the same
- * place), so tests can place both anywhere (unaligned, overlapping exactly) */
+/* for tests: any associated data, the tag after the ciphertext; a context made and
+ * freed per call, the same functions as the data path's. From `in` to `out` (apart, or
+ * the same place: fn_aes_seal / fn_aes_open), so tests can place both anywhere
+ * (unaligned, overlapping exactly). Output length, or -1 (bad tag, or AES-256-GCM not
+ * available). */
 int fn_aes_crypt(int enc, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, uint32_t adlen,
                  const uint8_t *in, uint8_t *out, uint32_t len) {
     if (!enc && len < FN_TAG) return -1;

@@ -53,7 +53,7 @@ static void flush(fn_ctx *ctx, int udp_fd, out_batch *b) {
              * work, would leave the socket unread all that time (what arrived waited 8 ms
              * in the median, test_engine_stall.py): we go AWAY, which rings it, and it
              * polls its own fd until we are back (0.2 ms). */
-            if (b->role >= 0 && !away && (err == EAGAIN || err == ENOBUFS) && waits < SEND_WAITS) {
+            if (b->role >= 0 && !away && send_may_wait(err, waits)) {
                 idle_leave(ctx, b->role, 0);
                 away = 1;
             }

@@ -448,8 +448,11 @@ static inline int fd_unusable(int err) {
  * for as long as the memory shortage lasts. `*waits` counts the waits of one flush;
  * after SEND_WAITS the message is dropped. */
 #define SEND_WAITS 4
+static inline int send_may_wait(int err, int waits) {
+    return (err == EAGAIN || err == ENOBUFS) && waits < SEND_WAITS;
+}
 static inline int wait_for_room(int fd, int err, int *waits) {
-    if ((err != EAGAIN && err != ENOBUFS) || *waits >= SEND_WAITS) return 0;
+    if (!send_may_wait(err, *waits)) return 0;
     ++*waits;
     struct pollfd w = {.fd = fd, .events = POLLOUT};
     return poll(&w, 1, 10) > 0;
