@@ -1,6 +1,10 @@
 """End to end through two hosts in namespaces (the topology of shared/bench/anchors.sh:
-underlay bridge, MTU 1500, no default route): plain underlay, Flatnet, Nebula (AES and
-chachapoly), Debian's wireguard-go and, with --wg-bin, an upstream wireguard-go build.
+underlay bridge, MTU 1500, no default route): plain underlay, the floor (a tunnel with
+nothing in it, benchmarks/rtt_floor.c: the least a user-space tunnel that sleeps between
+packets adds), Flatnet, Nebula (AES and chachapoly), Debian's wireguard-go and, with
+--wg-bin, an upstream wireguard-go build. floor-threads and floor-spin are other waits of
+the floor, never in the default set (floor-spin keeps both CPUs busy for the whole run,
+so run it alone with the underlay).
 
 Every peer is set up as its own docs advise for throughput (docs/performance.md,
 "Fairness"): tunnel MTU 1420, UDP socket buffers of 7-10 MiB, Nebula's default cipher,
@@ -360,10 +364,39 @@ def setup_wireguard_upstream(t: Topology, opts: argparse.Namespace) -> tuple[str
     return target, knobs
 
 
+FLOOR_MODES = {"floor-poll": ("poll", 7), "floor-threads": ("threads", 8), "floor-spin": ("spin", 9)}
+
+
+def setup_floor(t: Topology, system: str) -> tuple[str, dict]:
+    """benchmarks/rtt_floor.c: a tunnel with nothing in it (no cipher, no header, one
+    packet per system call), the least a user-space TUN <-> UDP tunnel adds here."""
+    mode, k = FLOOR_MODES[system]
+    d = os.path.join(t.work, system)
+    os.makedirs(d)
+    binary = f"{d}/rtt_floor"
+    subprocess.run(["gcc", "-O2", "-pthread", os.path.join(REPO, "benchmarks", "rtt_floor.c"), "-o", binary],
+                   check=True, capture_output=True, timeout=120)
+    net, port, dev = f"198.18.{k}", 47900 + k, f"fl{mode[0]}{t.tag}"
+    for n, ns, o_ul in (("1", t.a, UL_B), ("2", t.b, UL_A)):
+        p = t.start(system, ns, [binary, mode, dev, o_ul, str(port)], f"{d}/{n}.log")
+        for _ in range(50):
+            if "ready" in open(f"{d}/{n}.log").read() or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        sh("ip", "addr", "add", f"{net}.{n}/24", "dev", dev, ns=ns)
+        sh("ip", "link", "set", dev, "mtu", str(TUN_MTU), "txqueuelen", str(TUN_TXQLEN), "up", ns=ns)
+    target = f"{net}.2"
+    t.wait_ping(target)
+    return target, {"label": f"floor: bare TUN-UDP relay, {mode} (no cipher)", "version": mode,
+                    "link": link_knobs(t.a, dev), "devs": {"a": dev, "b": dev}, "cipher": "none",
+                    "firewall": "none"}
+
+
 SETUP = {"underlay": setup_underlay, "flatnet": setup_flatnet, "nebula": setup_nebula,
          "nebula-chachapoly": setup_nebula_chachapoly, "wireguard-go": setup_wireguard,
-         "wireguard-go-upstream": setup_wireguard_upstream}
-DEFAULT_SYSTEMS = "underlay,flatnet,nebula,nebula-chachapoly,wireguard-go"
+         "wireguard-go-upstream": setup_wireguard_upstream,
+         **{m: (lambda t, opts, m=m: setup_floor(t, m)) for m in FLOOR_MODES}}
+DEFAULT_SYSTEMS = "underlay,floor-poll,flatnet,nebula,nebula-chachapoly,wireguard-go"
 
 
 # ---- measuring
