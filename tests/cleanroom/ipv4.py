@@ -55,3 +55,18 @@ def echo_fields(p: Parsed) -> tuple[int, int, int, bytes] | None:
         return None
     t, _c, _s, ident, seq = struct.unpack_from("!BBHHH", p.payload)
     return t, ident, seq, p.payload[8:]
+
+
+def udp(src: str, sport: int, dst: str, dport: int, data: bytes) -> bytes:
+    # checksum 0: "no checksum", allowed for UDP over IPv4 (RFC 768)
+    return packet(src, dst, UDP, struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
+
+
+def udp_fields(p: Parsed) -> tuple[int, int, bytes] | None:
+    """(source port, destination port, data) of a UDP packet."""
+    if p.proto != UDP or len(p.payload) < 8:
+        return None
+    sport, dport, length, _c = struct.unpack_from("!HHHH", p.payload)
+    if not 8 <= length <= len(p.payload):
+        return None
+    return sport, dport, p.payload[8:length]

@@ -50,6 +50,7 @@ class Event:
     remote: str = ""
     data: bytes = b""
     info: dict[str, object] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)
 
 
 class Peer:
@@ -71,6 +72,7 @@ class Peer:
         self.sessions: dict[int, tuple[Remote, Session]] = {}
         self.drops: Counter[str] = Counter()
         self.last_ts_sent = 0
+        self.backlog: list[Event] = []  # events poll() has not handed out yet
         self.under_load = False  # answer handshakes without our cookie in mac2 with a type 6
         self._cookie_secret = secrets.token_bytes(32)
         self._cookie_nonce = 0
@@ -262,6 +264,10 @@ class Peer:
 
     def poll(self, until: Callable[[Event], bool], timeout: float, max_packets: int = 1000) -> Event | None:
         """Handle datagrams until `until(event)` is true; bounded in time and count."""
+        while self.backlog:  # events that came with an earlier match
+            ev = self.backlog.pop(0)
+            if until(ev):
+                return ev
         deadline = time.monotonic() + timeout
         for _ in range(max_packets):
             left = deadline - time.monotonic()
@@ -273,8 +279,10 @@ class Peer:
             except (TimeoutError, socket.timeout):
                 self.timers()
                 continue
-            for ev in self.handle(pkt, addr[:2]):
+            evs = self.handle(pkt, addr[:2])
+            for i, ev in enumerate(evs):
                 if until(ev):
+                    self.backlog.extend(evs[i + 1:])
                     return ev
             self.timers()
         return None

@@ -29,12 +29,17 @@ pytestmark = [pytest.mark.integration,
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENGINE_UL, CLEAN_UL = "172.31.77.1", "172.31.77.2"
 ENGINE_IP = "10.87.1.1"  # the engine host's own address in its /24
-CLEAN = {"clean-i": ("10.87.2.0/24", 4801), "clean-r": ("10.87.3.0/24", 4802), "clean-k": ("10.87.4.0/24", 4803)}
+CLEAN = {"clean-i": ("10.87.2.0/24", 4801), "clean-r": ("10.87.3.0/24", 4802), "clean-k": ("10.87.4.0/24", 4803),
+         "clean-n": ("10.87.5.0/24", 4804)}
 CLONE_NEWNET = 0x40000000
 
 
 def _socket_in(ns: Netns, port: int) -> socket.socket:
-    """A UDP socket bound inside `ns`: a short-lived thread enters the namespace (setns acts
+    return _sockets_in(ns, [(CLEAN_UL, port)])[0]
+
+
+def _sockets_in(ns: Netns, binds: list[tuple[str, int]]) -> list[socket.socket]:
+    """UDP sockets bound inside `ns`: a short-lived thread enters the namespace (setns acts
     on the calling thread only), so this process stays where it is."""
     out: list[object] = []
 
@@ -47,18 +52,22 @@ def _socket_in(ns: Netns, port: int) -> socket.socket:
                     raise OSError(ctypes.get_errno(), "setns")
             finally:
                 os.close(fd)
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((CLEAN_UL, port))
-            out.append(s)
+            for addr in binds:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                out.append(s)
+                s.bind(addr)
         except Exception as e:  # handed to the caller
             out.append(e)
 
     t = threading.Thread(target=run)
     t.start()
     t.join(10)
-    if not out or isinstance(out[0], Exception):
-        raise RuntimeError(f"no socket in {ns.name}: {out}")
-    return out[0]  # type: ignore[return-value]
+    if len(out) != len(binds) or any(isinstance(x, Exception) for x in out):
+        for x in out:
+            if isinstance(x, socket.socket):
+                x.close()
+        raise RuntimeError(f"no sockets in {ns.name}: {out[-1:]}")
+    return out  # type: ignore[return-value]
 
 
 def _control(sock_path: str, path: str) -> object:
@@ -196,61 +205,74 @@ def test_cleanroom_initiates_and_pings_the_engine(world: World, offer: list[str]
         p.sock.close()
 
 
-def _ping(world: World, addr: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["ip", "netns", "exec", world.eng.name, "ping", "-n", "-c", "1", "-W", "8", addr],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _engine_side_udp(world: World, p: Peer, me: str, timeout: float) -> tuple[list[Event], bytes]:
+    """A UDP socket inside the engine's namespace sends to `me` (behind the clean-room
+    node) until the clean-room node gets one; it answers through the tunnel, and the
+    answer must come out of the engine's TUN to that socket. Returns the clean-room
+    events and the answer. The engine retries its handshake on its own schedule
+    (1 s doubling), so the probes repeat rather than rely on its 3 s hold."""
+    s = _sockets_in(world.eng, [("0.0.0.0", 0)])[0]
+    seen: list[Event] = []
+    try:
+        port = s.getsockname()[1]
+        deadline = time.monotonic() + timeout
+        got = None
+        for n in range(200):
+            if time.monotonic() > deadline:
+                break
+            s.sendto(b"probe %d" % n, (me, 7000))
 
-
-def _answer_one_ping(p: Peer, me: str, timeout: float) -> Event | None:
-    ev = p.poll(_is_echo(8, 1, ENGINE_IP, me), timeout)
-    if ev is not None:
-        f = ipv4.echo_fields(ipv4.parse(ev.data))  # type: ignore[arg-type]
-        assert f is not None
-        p.send("eng", ipv4.icmp_echo(me, ENGINE_IP, f[1], f[2], f[3], reply=True))
-    return ev
+            def match(ev: Event) -> bool:
+                seen.append(ev)
+                q = ipv4.parse(ev.data) if ev.kind == "data" else None
+                f = ipv4.udp_fields(q) if q else None
+                return bool(q and f and q.src == ENGINE_IP and q.dst == me and f[:2] == (port, 7000))
+            got = p.poll(match, 0.3)
+            if got is not None:
+                break
+        assert got is not None, f"nothing reached the clean-room node: {seen[-5:]}; drops {dict(p.drops)}"
+        data = ipv4.udp_fields(ipv4.parse(got.data))[2]  # type: ignore[arg-type,index]
+        assert data.startswith(b"probe ")
+        p.send("eng", ipv4.udp(me, 7000, ENGINE_IP, port, b"answer to " + data))
+        s.settimeout(3)
+        answer, src = s.recvfrom(2048)
+        assert src == (me, 7000)
+        return seen, answer
+    finally:
+        s.close()
 
 
 def test_engine_initiates_cleanroom_responds(world: World) -> None:
     p = world.peer("clean-r")
-    ping = _ping(world, "10.87.3.1")
     try:
-        events: list[Event] = []
-        ev = p.poll(lambda e: events.append(e) is None and e.kind == "established", 8)  # type: ignore[func-returns-value]
-        assert ev is not None, f"no handshake; events {events}; drops {dict(p.drops)}\n{world.logtail()}"
-        assert ev.info["role"] == "responder"
-        responded = next(e for e in events if e.kind == "responded")
+        seen, answer = _engine_side_udp(world, p, "10.87.3.1", 12)
+        assert answer.startswith(b"answer to probe ")
+        done = [e for e in seen if e.kind == "established"]
+        assert done and done[0].info["role"] == "responder", seen
+        responded = next(e for e in seen if e.kind == "responded")
         # the engine offers the ciphers of [tun] cipher = auto; we take its first we know
-        assert ev.info["cipher"] == noise.choose_cipher(responded.info["offer"])  # type: ignore[arg-type]
-        assert _answer_one_ping(p, "10.87.3.1", 6) is not None, f"no echo request\n{world.logtail()}"
-        out = ping.communicate(timeout=10)[0].decode()
-        assert ping.returncode == 0, out
+        assert done[0].info["cipher"] == noise.choose_cipher(responded.info["offer"])  # type: ignore[arg-type]
         assert not p.drops, dict(p.drops)
     finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait(5)
         p.sock.close()
 
 
 def test_engine_takes_a_cookie_reply_and_sends_mac2(world: World) -> None:
-    """5.5: the clean-room node answers the engine's first initiation with a type 6 (as a
-    node under load does); the engine's next initiation must carry mac2 keyed by it."""
+    """5.5: the clean-room node answers the engine's initiations without a valid mac2
+    with a type 6, as a node under load does; the engine's next initiation must carry
+    mac2 keyed by that cookie, and only then is it answered."""
     p = world.peer("clean-k")
     p.under_load = True
-    ping = _ping(world, "10.87.4.1")
     try:
-        first = p.poll(lambda e: e.kind == "cookie_sent", 6)
-        assert first is not None and first.info["mac2"] == bytes(16), f"{first}\n{world.logtail()}"
-        p.under_load = True  # still under load: only a valid mac2 gets through
-        ev = p.poll(_established, 8)
-        assert ev is not None, f"the retry had no valid mac2; drops {dict(p.drops)}\n{world.logtail()}"
-        assert p.drops["under_load_cookie_sent"] == 1  # the retry passed the cookie check
-        assert _answer_one_ping(p, "10.87.4.1", 6) is not None
-        assert ping.communicate(timeout=12)[0] is not None and ping.returncode == 0
+        seen, answer = _engine_side_udp(world, p, "10.87.4.1", 16)
+        assert answer.startswith(b"answer to probe ")
+        kinds = [e.kind for e in seen if e.kind in ("cookie_sent", "responded")]
+        assert kinds[0] == "cookie_sent" and "responded" in kinds, kinds
+        cookie_sent = [e for e in seen if e.kind == "cookie_sent"]
+        assert cookie_sent[0].info["mac2"] == bytes(16)  # before the cookie: zero mac2
+        # every initiation after the first cookie passed the cookie check
+        assert p.drops["under_load_cookie_sent"] == 1, dict(p.drops)
     finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait(5)
         p.sock.close()
 
 
@@ -258,13 +280,17 @@ def test_replayed_and_tampered_packets_are_refused(world: World) -> None:
     """6.1, 6.3, 6.4: a replayed data packet is delivered once; a packet whose header was
     changed fails authentication (the header is associated data) and does not move the
     replay window, so the genuine packet with that counter still passes."""
-    p = world.peer("clean-i")
-    me = "10.87.2.1"
+    p = world.peer("clean-n")
+    me = "10.87.5.1"
     try:
         p.initiate("eng", None)
         assert p.poll(_established, 8) is not None, world.logtail()
         first = p.send("eng", ipv4.icmp_echo(me, ENGINE_IP, 7, 100, b"once"))
-        assert p.poll(_is_echo(0, 100, ENGINE_IP, me), 5) is not None
+        seen: list[Event] = []
+        ok = p.poll(lambda e: seen.append(e) is None and _is_echo(0, 100, ENGINE_IP, me)(e), 5)  # type: ignore[func-returns-value]
+        if ok is None:
+            open("/tmp/cr_debug.txt", "w").write(repr((seen, dict(p.drops), world.drops())) + "\n" + open(world.log).read())
+        assert ok is not None
         before = world.drops()
         p._send(first, (ENGINE_UL, 4787))  # the same datagram again
         assert p.poll(_is_echo(0, 100, ENGINE_IP, me), 1.0) is None, "a replayed packet was delivered twice"
@@ -280,4 +306,60 @@ def test_replayed_and_tampered_packets_are_refused(world: World) -> None:
         p._send(genuine, (ENGINE_UL, 4787))
         assert p.poll(_is_echo(0, 101, ENGINE_IP, me), 5) is not None, "the genuine packet after a forgery"
     finally:
+        p.sock.close()
+
+
+FLOOD_SOURCES = 130  # x 20 tokens each (5.5) is more than the global burst of 2000
+
+
+def _junk_initiation(engine_static: bytes) -> bytes:
+    """A type 1 with a valid mac1 and random Noise bytes: it passes the data-path gate."""
+    body = noise.header(noise.T_INIT) + os.urandom(4 + 200)
+    return noise.add_macs(body, engine_static, None)
+
+
+def test_engine_under_load_sends_a_cookie_reply(world: World) -> None:
+    """5.5: a flood of initiations from many sources puts the engine under load; then our
+    initiation without mac2 gets a type-6 reply that opens with our mac1, and the retry
+    with mac2 keyed by that cookie is answered while the flood goes on."""
+    # many source addresses, in one `ip -batch`
+    batch = "".join(f"addr add 172.31.77.{100 + i}/24 dev vc\n" for i in range(FLOOD_SOURCES))
+    subprocess.run(["ip", "-n", world.clean.name, "-batch", "-"], input=batch.encode(), check=True,
+                   capture_output=True, timeout=20)
+    flood = _sockets_in(world.clean, [(f"172.31.77.{100 + i}", 0) for i in range(FLOOD_SOURCES)])
+    p = world.peer("clean-i")
+    stop = threading.Event()
+    engine_static = certs.parse(world.engine_cert).key
+    junk = [_junk_initiation(engine_static) for _ in range(64)]
+
+    def keep_flooding() -> None:
+        # under load every message without mac2 takes a global token (2000/s): send more
+        end = time.monotonic() + 6
+        n = 0
+        while not stop.is_set() and time.monotonic() < end:
+            flood[n % 8].sendto(junk[n % 64], (ENGINE_UL, 4787))
+            n += 1
+            if n % 100 == 0:
+                time.sleep(0.03)  # about 3000 a second
+
+    t = threading.Thread(target=keep_flooding)
+    try:
+        before = world.drops()
+        for s in flood:  # 20 from each source: every source bucket and the global one run dry
+            for j in range(20):
+                s.sendto(junk[j], (ENGINE_UL, 4787))
+        t.start()
+        p.initiate("eng", None)
+        ev = p.poll(lambda e: e.kind in ("cookie", "established"), 3)
+        assert ev is not None and ev.kind == "cookie", f"{ev} drops {dict(p.drops)}\n{world.logtail()}"
+        ev = p.poll(_established, 5)  # the retry, 1 s later, carries mac2
+        assert ev is not None, f"the retry with mac2 was not answered; drops {dict(p.drops)}"
+        after = world.drops()
+        assert after.get("under_load_cookie_sent", 0) > before.get("under_load_cookie_sent", 0)
+    finally:
+        stop.set()
+        if t.is_alive() or t.ident:
+            t.join(10)
+        for s in flood:
+            s.close()
         p.sock.close()
