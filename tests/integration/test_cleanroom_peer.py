@@ -10,6 +10,7 @@ import ctypes
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -285,36 +286,63 @@ def test_engine_takes_a_cookie_reply_and_sends_mac2(world: World) -> None:
 def test_replayed_and_tampered_packets_are_refused(world: World) -> None:
     """6.1, 6.3, 6.4: a replayed data packet is delivered once; a packet whose header was
     changed fails authentication (the header is associated data) and does not move the
-    replay window, so the genuine packet with that counter still passes."""
+    replay window, so the genuine packet with that counter still passes; the window's
+    edges are where the page puts them."""
     p = world.peer("clean-n")
     me = "10.87.5.1"
+    to = (ENGINE_UL, 4787)
     try:
         p.initiate("eng", None)
         assert p.poll(_established, 8) is not None, world.logtail()
         # An echo until one is answered: the engine sometimes holds its first answers on a
-        # session it responded to (see the report on this branch), so do not rely on one.
-        first, seq = b"", 0
+        # session it responded to (tests/integration/repro_cleanroom_held_answer.py).
         for seq in range(100, 116):
-            first = p.send("eng", ipv4.icmp_echo(me, ENGINE_IP, 7, seq, b"once"))
+            p.send("eng", ipv4.icmp_echo(me, ENGINE_IP, 7, seq, b"warm"))
             if p.poll(_is_echo(0, seq, ENGINE_IP, me), 0.5) is not None:
                 break
         else:
             pytest.fail(f"no echo answered; drops {dict(p.drops)}\n{world.logtail()}")
-        p.poll(lambda e: False, 0.3)  # late answers to earlier echoes, if any, arrive now
-        before = world.drops()
-        p._send(first, (ENGINE_UL, 4787))  # the same datagram again
-        assert p.poll(_is_echo(0, seq, ENGINE_IP, me), 1.0) is None, "a replayed packet was delivered twice"
+        p.poll(lambda e: False, 0.2)  # late answers to earlier echoes, if any, arrive now
+        # Every packet below goes under this one session, with the counter we choose. If the
+        # engine handshakes again meanwhile (it probes after 1.5 s without hearing us), this
+        # key stays its previous receive key (6.5), and its answers come under the new one.
         r = p.remotes["eng"].session
         assert r is not None
-        genuine = r.seal(noise.T_DATA, ipv4.icmp_echo(me, ENGINE_IP, 7, 200, b"twice"))
-        tampered = bytes([noise.T_CTRL]) + genuine[1:]  # only byte 0 of the header changes
-        p._send(tampered, (ENGINE_UL, 4787))
-        assert p.poll(_is_echo(0, 200, ENGINE_IP, me), 1.0) is None
+
+        def echo(seq: int, ctr: int | None = None, tamper: bool = False) -> bytes:
+            plain = ipv4.icmp_echo(me, ENGINE_IP, 7, seq, b"x")
+            if ctr is not None and ctr >= 2**60:  # our Session refuses to send it (6.1): by hand
+                hdr = noise.header(noise.T_DATA) + struct.pack("<IQ", r.remote_index, ctr)
+                pkt = hdr + prims.aead_seal(r.cipher, r.send_key, ctr, hdr, plain)
+            else:
+                if ctr is not None:
+                    r.send_counter = ctr
+                pkt = r.seal(noise.T_DATA, plain)
+            p._send(bytes([noise.T_CTRL]) + pkt[1:] if tamper else pkt, to)
+            return pkt
+
+        def answered(seq: int, wait: float) -> bool:
+            return p.poll(_is_echo(0, seq, ENGINE_IP, me), wait) is not None
+
+        before = world.drops()
+        first = echo(200)
+        assert answered(200, 3)
+        p._send(first, to)  # the same datagram again
+        assert not answered(200, 0.4), "a replayed packet was delivered twice"
+        genuine = echo(201, tamper=True)  # only byte 0 of the header changes: type 3 -> 4
+        assert not answered(201, 0.4)
+        p._send(genuine, to)
+        assert answered(201, 3), "the genuine packet after a forgery of its header"
+        # 6.4: with top = 5000, counter 968 (top - 4032) is new and 967 too old; 2^60 - 1
+        # is the last counter a receiver takes, 2^60 is refused.
+        edges = {}
+        for seq, ctr in ((300, 5000), (301, 968), (302, 967), (303, 2**60), (304, 2**60 - 1)):
+            echo(seq, ctr)
+            edges[ctr] = answered(seq, 0.4 if ctr in (967, 2**60) else 3)
+        assert edges == {5000: True, 968: True, 967: False, 2**60: False, 2**60 - 1: True}, edges
         after = world.drops()
-        assert after.get("replay", 0) == before.get("replay", 0) + 1, (before, after)
-        assert after.get("auth_failed", 0) == before.get("auth_failed", 0) + 1, (before, after)
-        p._send(genuine, (ENGINE_UL, 4787))
-        assert p.poll(_is_echo(0, 200, ENGINE_IP, me), 5) is not None, "the genuine packet after a forgery"
+        assert after.get("replay", 0) - before.get("replay", 0) == 3, (before, after)
+        assert after.get("auth_failed", 0) - before.get("auth_failed", 0) == 1, (before, after)
     finally:
         p.sock.close()
 
