@@ -32,12 +32,12 @@ ENGINE_UL, CLEAN_UL = "172.31.77.1", "172.31.77.2"
 ENGINE_IP = "10.87.1.1"  # the engine host's own address in its /24
 CLEAN = {"clean-i": ("10.87.2.0/24", 4801), "clean-r": ("10.87.3.0/24", 4802), "clean-k": ("10.87.4.0/24", 4803),
          "clean-n": ("10.87.5.0/24", 4804), "clean-f": ("10.87.6.0/24", 4805),
-         "clean-a": ("10.87.7.0/24", 4806)}
+         "clean-a": ("10.87.7.0/24", 4806), "clean-x": ("10.87.8.0/24", 4807)}
 # The engine initiates to every configured peer at start and retries (1 s doubling).
 # Nodes that only initiate are configured with a port nobody listens on, so no engine
 # initiation crosses their tests: the engine must take their real address from their
 # authenticated initiation (5.7 step 13).
-ELSEWHERE = {"clean-i": 4891, "clean-n": 4894, "clean-f": 4895}
+ELSEWHERE = {"clean-i": 4891, "clean-n": 4894, "clean-f": 4895, "clean-x": 4897}
 CLONE_NEWNET = 0x40000000
 
 
@@ -397,6 +397,64 @@ def test_replayed_and_tampered_packets_are_refused(world: World) -> None:
         after = world.drops()
         assert after.get("replay", 0) - before.get("replay", 0) == 3, (before, after)
         assert after.get("auth_failed", 0) - before.get("auth_failed", 0) == 1, (before, after)
+    finally:
+        world.idle(p)
+
+
+def test_engine_counts_each_refusal_as_the_page_names_it(world: World) -> None:
+    """Sections 4, 5.5, 5.7 step 11, 6.2 and 6.3 name a counter for each refusal: send one
+    bad datagram at a time and see exactly that counter move."""
+    p = world.peer("clean-x")
+    me = "10.87.8.1"
+    to = (ENGINE_UL, 4787)
+    engine_static = certs.parse(world.engine_cert).key
+    try:
+        sent: list[bytes] = []
+        send = p._send
+        p._send = lambda pkt, addr: (sent.append(pkt), send(pkt, addr))[1]  # type: ignore[method-assign]
+        p.initiate("eng", None)
+        assert p.poll(_established, 8) is not None, world.logtail()
+        initiation = next(x for x in sent if x[0] == noise.T_INIT)
+        r = p.remotes["eng"].session
+        assert r is not None
+
+        def data(plain: bytes) -> bytes:
+            return r.seal(noise.T_DATA, plain)
+
+        good = data(ipv4.icmp_echo(me, ENGINE_IP, 9, 1, b"ok"))
+        bad_mac1 = bytearray(noise.add_macs(initiation[:-32], engine_static, None))
+        bad_mac1[-20] ^= 1
+        cases: list[tuple[str, str, bytes]] = [
+            ("drops", "short", b"\x03\x02\x00"),
+            ("drops", "wrong_version", bytes([3, 1, 0, 0]) + good[4:]),
+            ("drops", "reserved_not_zero", bytes([3, 2, 0, 1]) + good[4:]),
+            ("drops", "unknown_type", bytes([7, 2, 0, 0]) + good[4:]),
+            ("drops", "short", good[:31]),
+            ("drops", "unknown_index", good[:4] + struct.pack("<I", r.remote_index ^ 0x5A5A0000) + good[8:]),
+            ("drops", "bad_mac1", bytes(bad_mac1)),
+            ("control_errors", "replayed_initiation", initiation),
+            ("drops", "source_not_allowed", data(ipv4.icmp_echo("10.87.9.9", ENGINE_IP, 9, 2, b"x"))),
+            ("drops", "destination_not_allowed", data(ipv4.icmp_echo(me, "10.87.3.7", 9, 3, b"x"))),
+            ("drops", "not_ipv4", data(b"\x60" + bytes(39))),
+        ]
+        for key, reason, pkt in cases:
+            before = world.drops(key)
+            send(pkt, to)
+            after = before
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and after.get(reason, 0) == before.get(reason, 0):
+                time.sleep(0.02)
+                after = world.drops(key)
+            moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            assert moved == {reason: 1}, (reason, moved)
+        send(good, to)  # the session still works
+        assert p.poll(_is_echo(0, 1, ENGINE_IP, me), 3) is not None
+        assert "event=peer_wrong_version" not in open(world.log).read()  # only for handshakes
+        send(bytes([1, 0, 0, 0]) + initiation[4:], to)  # a "version 1" handshake
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and "event=peer_wrong_version" not in open(world.log).read():
+            time.sleep(0.05)
+        assert "event=peer_wrong_version" in open(world.log).read()
     finally:
         world.idle(p)
 
