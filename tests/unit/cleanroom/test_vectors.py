@@ -225,3 +225,35 @@ def test_replay_window() -> None:
     w.mark(5000)
     assert not w.fresh(5000 - 4033) and w.fresh(5000 - 4032) and w.fresh(4999)
     assert not w.fresh(2**60)
+
+
+WIRE = os.path.join(os.path.dirname(DOC), "protocol-wire.md")
+
+
+def _wire_text() -> str:
+    return re.sub(r"\s+", "", open(WIRE, encoding="utf-8").read().split("## 10. Test vectors")[1])
+
+
+def test_wire_page_transport_vector() -> None:
+    # docs/protocol-wire.md 10: key 42 x 32, type 3, index 0x01020304, counter 1, "ping"
+    s = Session(0, 0x01020304, bytes([0x42]) * 32, b"", prims.CHACHA, send_counter=1)
+    pkt = s.seal(noise.T_DATA, b"ping")
+    assert pkt.hex() in _wire_text()
+    assert pkt.hex().startswith("0302000004030201" + "0100000000000000")
+
+
+def test_wire_page_mac_and_cookie_vectors() -> None:
+    text = _wire_text()
+    key = bytes(range(32))
+    m = bytes.fromhex("010200000d0c0b0a") + b"flatnet test vector"
+    cookie = bytes([0x11]) * 16
+    assert f"mac1_key={noise.mac1_key(key).hex()}" in text
+    with_macs = noise.add_macs(m, key, cookie)
+    assert f"mac1={with_macs[-32:-16].hex()}" in text
+    assert f"mac2={with_macs[-16:].hex()}" in text
+    assert f"cookie_key={noise.cookie_key(key).hex()}" in text
+    mac1 = noise.add_macs(m, key, None)[-32:-16]
+    reply = noise.cookie_reply(0x0A0B0C0D, bytes([0x22]) * 24, key, mac1, cookie)
+    assert reply[:8].hex() == "060200000d0c0b0a"
+    assert reply[8:32] == bytes([0x22]) * 24
+    assert f"reply=060200000d0c0b0a2222...22(24bytes){reply[32:].hex()}" in text  # the page shortens the nonce
