@@ -402,8 +402,8 @@ def test_replayed_and_tampered_packets_are_refused(world: World) -> None:
 
 
 def test_engine_counts_each_refusal_as_the_page_names_it(world: World) -> None:
-    """Sections 4, 5.5, 5.7 step 11, 6.2 and 6.3 name a counter for each refusal: send one
-    bad datagram at a time and see exactly that counter move."""
+    """Sections 4, 5.5, 5.7 step 11, 6.2, 6.3 and 7 name a counter for each refusal: send
+    one bad datagram at a time and see exactly that counter move."""
     p = world.peer("clean-x")
     me = "10.87.8.1"
     to = (ENGINE_UL, 4787)
@@ -449,6 +449,19 @@ def test_engine_counts_each_refusal_as_the_page_names_it(world: World) -> None:
             assert moved == {reason: 1}, (reason, moved)
         send(good, to)  # the session still works
         assert p.poll(_is_echo(0, 1, ENGINE_IP, me), 3) is not None
+        # Section 7: a type 5 from an address that may not relay (not a lighthouse, no group
+        # "relay"): a handshake inside is refused before any cryptography; an authenticated
+        # data packet inside is delivered (its keys prove it) but moves no path.
+        def relayed(inner: bytes) -> bytes:
+            return noise.header(noise.T_RELAY) + struct.pack("<I", 8) + inner  # id = our /24 block
+
+        for inner, answered in ((initiation, False), (data(ipv4.icmp_echo(me, ENGINE_IP, 9, 4, b"r")), True)):
+            before = world.drops("control_errors")
+            send(relayed(inner), to)
+            got = p.poll(_is_echo(0, 4, ENGINE_IP, me), 1.0 if answered else 0.3)
+            after = world.drops("control_errors")
+            moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            assert moved == {"relay_refused": 1} and (got is not None) == answered, (inner[0], moved, got)
         assert "event=peer_wrong_version" not in open(world.log).read()  # only for handshakes
         send(bytes([1, 0, 0, 0]) + initiation[4:], to)  # a "version 1" handshake
         deadline = time.monotonic() + 2
