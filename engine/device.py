@@ -626,6 +626,12 @@ class Device:
                 # the receive key goes in before the response leaves: the initiator sends
                 # its held packets the moment the response arrives
                 self.dp.add_rx(event.keys.local_index, peer.slot, event.keys.receive, event.keys.cipher)
+                if not event.keys.initiator:
+                    # so does the staged send key: the initiator's first packets confirm it
+                    # (docs/protocol.md 5.9), and one that came before it was staged would
+                    # confirm nothing; our answers then waited for another handshake
+                    k = event.keys
+                    self.dp.stage_tx_key(peer.slot, k.send, k.remote_index, k.local_index, k.cipher)
         for packet, addr in s.datagrams_to_send():
             if addr is not None:
                 self.send(packet, addr)
@@ -641,8 +647,6 @@ class Device:
                     packet = self.dp.seal_control(peer.slot, b"")
                     if packet:
                         self._send_to(peer, packet, direct_only)
-                else:
-                    self.dp.stage_tx_key(peer.slot, k.send, k.remote_index, k.local_index, k.cipher)
                 if event.retired_index is not None:
                     self.dp.remove_rx(event.retired_index)
                 peer.handshake_failures = 0
