@@ -486,6 +486,7 @@ class LighthouseClient:
         try:
             kind, msg = wire.decode(data)
             if kind == "lease":
+                self._check_lease(msg)  # before anything of it is used
                 if self.services is not None:
                     self.services.clear_refusals(peer.name)  # the lighthouse re-sends them after the lease
                 self._lease(peer, msg, now)
@@ -509,7 +510,7 @@ class LighthouseClient:
         except RemoteProtocolError as exc:
             self.errors += 1
             self.device.errors[exc.reason] += 1
-            self.log.warning("bad_lighthouse_message", lighthouse=peer.name, reason=exc.reason)
+            self.log.warning("bad_lighthouse_message", lighthouse=peer.name, reason=exc.reason, detail=str(exc)[:200])
 
     def _refused(self, peer: Peer, msg: dict) -> None:
         """One of our services is not routed by the network (name or host taken, or it
@@ -589,6 +590,14 @@ class LighthouseClient:
         if peer.name not in self.next_probe:
             self.next_probe[peer.name] = now + PROBE_DELAYS[0]
             self.probes_done[peer.name] = 0
+
+    def _check_lease(self, msg: dict) -> None:
+        """A lease names one /24 of our network. A lighthouse that says otherwise (a
+        bug, another network's lighthouse with our CA, an old version) must not make
+        us give the TUN an address outside the overlay and route it there."""
+        subnet = ipaddress.IPv4Network(msg["subnet"])
+        if subnet.prefixlen != 24 or not subnet.subnet_of(self.network):
+            raise RemoteProtocolError("bad_control", f"lease {subnet} is not a /24 inside {self.network}")
 
     def _lease(self, lh: Peer, msg: dict, now: float) -> None:
         subnet = ipaddress.IPv4Network(msg["subnet"])

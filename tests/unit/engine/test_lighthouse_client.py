@@ -165,6 +165,26 @@ def test_a_peer_message_for_ourselves_or_a_foreign_subnet_is_refused():
     assert not dev.peers and client.errors == 2
 
 
+def test_a_lease_outside_the_network_or_not_a_24_is_refused_and_changes_nothing():
+    """A lighthouse (a bug, or one of another network signed by the same CA) leases a
+    subnet outside our network, or not a /24: the engine must not give its TUN that
+    address and route it (docs/protocol.md 10, `bad_control`); nothing of the lease is
+    used, and a good lease afterwards is taken."""
+    ca, dev, lh, client, leases = setup()
+    client.handle_timer(0.0)
+    for bad in ("10.99.3.0/24", "10.87.0.0/16", "10.87.3.0/25", "0.0.0.0/0"):
+        client.on_message(lh, wire.encode("lease", subnet=bad, network=str(NET), observed=("198.51.100.1", 1),
+                                          ttl=60, relays=["host-z"]), ("192.0.2.254", 4787), 0.5)
+    assert leases == [] and client.subnet is None and client.errors == 4
+    assert dev.errors["bad_control"] == 4
+    assert not client.registered and client.observed is None and client.node_relays == []
+    client.handle_timer(1.0)
+    assert dev.sent[-1][1][0] == "register"  # still unleased: it keeps asking
+    client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
+                                      ttl=60), ("192.0.2.254", 4787), 1.5)
+    assert leases == [ipaddress.IPv4Network("10.87.3.0/24")]
+
+
 def test_a_direct_path_that_died_falls_back_to_the_relay_at_once():
     ca, dev, lh, client, leases = setup()
     client.on_message(lh, wire.encode("lease", subnet="10.87.3.0/24", network=str(NET), observed=("198.51.100.1", 1),
