@@ -12,8 +12,8 @@ breaking the signature). Revocation (engine.proto.revocation) names certificates
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import msgpack
 from nacl.exceptions import BadSignatureError
@@ -44,9 +44,10 @@ class Certificate:
 
 
 def _utc(t: int) -> str:
-    """A Unix second as UTC text for an error message (the number itself if out of range)."""
+    """A Unix second as UTC text for an error message (the number itself if out of range).
+    datetime, not time: this module reads no clock (sans-IO, tests/unit/test_layering.py)."""
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, OSError, ValueError):
         return str(t)
 
