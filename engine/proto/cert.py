@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import msgpack
 from nacl.exceptions import BadSignatureError
@@ -40,6 +41,37 @@ class Certificate:
             raise RemoteProtocolError("bad_cert", f"certificate of {self.name!r} is not valid yet")
         if now > self.not_after:
             raise RemoteProtocolError("bad_cert", f"certificate of {self.name!r} expired")
+
+
+def _utc(t: int) -> str:
+    """A Unix second as UTC text for an error message (the number itself if out of range).
+    datetime, not time: this module reads no clock (sans-IO, tests/unit/test_layering.py)."""
+    try:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return str(t)
+
+
+def check_ca_time(ca: Certificate, now: float) -> None:
+    """The CA certificate's own window: outside it, no certificate it signed is valid.
+    Checked before the node's window so the error names the real cause (a node's
+    not_after is capped at the CA's, so an expired CA mostly means expired nodes too)."""
+    if now < ca.not_before:
+        raise RemoteProtocolError("bad_cert", f"the CA certificate {ca.name!r} is not valid before {_utc(ca.not_before)}")
+    if now > ca.not_after:
+        raise RemoteProtocolError("bad_cert", f"the CA certificate {ca.name!r} expired at {_utc(ca.not_after)}")
+
+
+def check_issued_by(cert: Certificate, ca: Certificate, now: float) -> None:
+    """What 3.4 checks after the signature (protocol.md): "issuer" is the CA's name, and
+    the CA certificate, then the node's, are valid at `now`. Also run for a certificate
+    whose signature was checked before (a cache hit), which may meet another CA
+    certificate with the same key, or another time."""
+    if cert.issuer != ca.name:
+        raise RemoteProtocolError("bad_cert", f"certificate of {cert.name!r}: issuer {cert.issuer!r} is not this CA "
+                                              f"({ca.name!r})")
+    check_ca_time(ca, now)
+    cert.check_time(now)
 
 
 def _details(name: str, key: bytes, groups: list[str], not_before: int, not_after: int,
@@ -102,7 +134,8 @@ def load_ca(raw: bytes) -> Certificate:
 
 
 def verify_node(raw: bytes, ca: Certificate, now: float) -> Certificate:
-    """The node certificate in raw, if the CA signed it and it is valid at `now`."""
+    """The node certificate in raw, if the CA signed it, names it as issuer, and both
+    are valid at `now` (protocol.md 3.4)."""
     cert, details, signature = decode(raw)
     if cert.is_ca:
         raise RemoteProtocolError("bad_cert", "a CA certificate cannot identify a node")
@@ -110,5 +143,6 @@ def verify_node(raw: bytes, ca: Certificate, now: float) -> Certificate:
         VerifyKey(ca.key).verify(details, signature)
     except BadSignatureError:
         raise RemoteProtocolError("bad_cert", f"certificate of {cert.name!r} is not signed by CA {ca.name!r}") from None
-    cert.check_time(now)
+    # the issuer after the signature: the message for a forged certificate stays "not signed"
+    check_issued_by(cert, ca, now)
     return cert

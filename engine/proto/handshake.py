@@ -125,14 +125,14 @@ class Identity:
         object.__setattr__(self, "static_dh", StaticDH(self.static_private))
 
     def verify_peer(self, raw: bytes, now: float) -> certs.Certificate:
-        """Another node's certificate: signed by our CA, valid at `now`, not revoked.
-        The signature check is skipped for bytes verified before (VerifiedCerts); the
-        time and the blocklist are checked every time."""
+        """Another node's certificate: signed by our CA, valid at `now` (and the CA
+        too), not revoked. Only the signature check is skipped for bytes verified before
+        (VerifiedCerts); issuer, both time windows and the blocklist are checked every time."""
         peer = self.verified.get(self.ca, raw)
         if peer is None:
             peer = certs.verify_node(raw, self.ca, now)
         else:
-            peer.check_time(now)
+            certs.check_issued_by(peer, self.ca, now)
         if self.revocations is not None:
             self.revocations.check(peer)
         return peer

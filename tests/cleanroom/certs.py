@@ -93,6 +93,10 @@ def verify_node(raw: bytes, ca: Cert, now: float) -> Cert:
         raise CertError("a CA certificate cannot identify a node")
     if not prims.ed25519_verify(ca.key, c.details, c.sig):
         raise CertError("signature does not verify with the CA key")
+    if c.issuer != ca.name:
+        raise CertError(f"issuer {c.issuer!r} is not this CA ({ca.name!r})")
+    if not ca.not_before <= int(now) <= ca.not_after:
+        raise CertError("the CA certificate is not valid now")
     if not c.not_before <= int(now) <= c.not_after:
         raise CertError("not valid now")
     return c

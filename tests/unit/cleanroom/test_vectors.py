@@ -84,6 +84,21 @@ def test_certificates_reencoded_and_signed() -> None:
         certs.verify_node(b("ca_crt"), ca, 1780000000)  # a CA cannot identify a node
 
 
+def test_issuer_and_ca_window() -> None:
+    """3.4 steps 5 and 6: "issuer" is the CA's name; the CA certificate is valid too."""
+    seed = b("ca_ed25519_seed")
+    ca = certs.load_ca(b("ca_crt"))
+    other = {**_details("host-a", b("a_static_public"), [], 1767225600, 1798761600, False), "issuer": "other-ca"}
+    with pytest.raises(certs.CertError, match="issuer 'other-ca' is not this CA"):
+        certs.verify_node(certs.encode(other, seed), ca, 1780000000)
+    # the same CA key, a CA certificate that ends before the node's own window
+    short = certs.load_ca(certs.encode(_details("vector-ca", b("ca_ed25519_public"), [], 1767225600, 1770000000,
+                                                True), seed))
+    certs.verify_node(b("a_crt"), short, 1770000000)
+    with pytest.raises(certs.CertError, match="the CA certificate is not valid now"):
+        certs.verify_node(b("a_crt"), short, 1770000001)
+
+
 def test_blocklist() -> None:
     ca = certs.load_ca(b("ca_crt"))
     bl = certs.verify_blocklist(b("blocklist"), ca)
