@@ -62,19 +62,26 @@ def load_ca(path: str) -> certs.Certificate:
         raise PkiError(f"{path}: {exc}") from None
 
 
-def load_identity(ca_path: str, cert_path: str, key_path: str, now: float) -> Identity:
-    """This node at daemon start: refused (PkiError, the daemon does not start) if the
-    CA certificate or this node's is not valid at `now` (docs/decisions.md, CA window)."""
-    from flatnet.engine.proto.noise import public_key
+def load_valid_ca(ca_path: str, now: float) -> certs.Certificate:
+    """The CA certificate, refused (PkiError) if it is not valid at `now`: no
+    certificate it signed is valid then (docs/decisions.md, CA window). Used at daemon
+    start and before signing, with the CA's path and what to do: else the first error
+    would name some node's certificate."""
     ca = load_ca(ca_path)
     try:
-        # at start, with the CA's path and what to do: else the first error would name
-        # this node's own certificate, and a daemon that refuses every peer is no use
         certs.check_ca_time(ca, now)
     except RemoteProtocolError as exc:
         hint = ("check this host's clock" if now < ca.not_before else
                 "make a new CA and sign every node again (flatnet ca init, flatnet cert sign)")
         raise PkiError(f"{ca_path}: {exc}; no certificate it signed is valid: {hint}") from None
+    return ca
+
+
+def load_identity(ca_path: str, cert_path: str, key_path: str, now: float) -> Identity:
+    """This node at daemon start: refused (PkiError, the daemon does not start) if the
+    CA certificate or this node's is not valid at `now` (docs/decisions.md, CA window)."""
+    from flatnet.engine.proto.noise import public_key
+    ca = load_valid_ca(ca_path, now)
     private = read_secret(key_path)
     try:
         cert = certs.verify_node(read_file(cert_path, "certificate"), ca, now)

@@ -86,7 +86,7 @@ def cmd_cert_sign(a: argparse.Namespace) -> int:
     from flatnet.engine import pki
     from flatnet.engine.proto import cert as certs
     from flatnet.engine.proto.noise import generate_keypair
-    ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
+    ca = pki.load_valid_ca(os.path.join(a.ca_dir, "ca.crt"), time.time())  # no certificate born expired
     ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
     out = a.out_dir or a.ca_dir
     key_path, crt_path = os.path.join(out, f"{a.name}.key"), os.path.join(out, f"{a.name}.crt")
@@ -114,7 +114,7 @@ def cmd_cert_renew(a: argparse.Namespace) -> int:
     from nacl.signing import SigningKey
     from flatnet.engine import pki
     from flatnet.engine.proto import cert as certs
-    ca = pki.load_ca(os.path.join(a.ca_dir, "ca.crt"))
+    ca = pki.load_valid_ca(os.path.join(a.ca_dir, "ca.crt"), time.time())
     ca_key = SigningKey(pki.read_secret(os.path.join(a.ca_dir, "ca.key")))
     crt_path = os.path.join(a.cert_dir or a.ca_dir, f"{a.name}.crt")
     old, _, _ = certs.decode(pki.read_file(crt_path, "certificate"))

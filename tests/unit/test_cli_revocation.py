@@ -86,3 +86,28 @@ def test_renew_keeps_or_changes_the_groups(tmp_path, capsys):
     assert (renewed.groups, renewed.key, renewed.name) == (("web",), first.key, "host-4")
     assert main(["cert", "renew", "--ca-dir", d, "--name", "host-4", "--groups", ""]) == 0
     assert load(d, "host-4").groups == ()
+
+
+def test_sign_and_renew_refuse_while_the_ca_certificate_is_not_valid(tmp_path, capsys):
+    """A CA certificate that expired (or is not valid yet) signs nothing: a certificate
+    it signs is refused everywhere at once (docs/protocol.md 3.4), so `cert sign` and
+    `cert renew` say so, with what to do, and write no file."""
+    from nacl.signing import SigningKey
+    d = str(tmp_path / "pki")
+    assert main(["ca", "init", "--dir", d]) == 0
+    assert main(["cert", "sign", "--ca-dir", d, "--name", "host-5"]) == 0
+    key = SigningKey(pki.read_secret(os.path.join(d, "ca.key")))
+    now = int(time.time())
+    for (nb, na), words in (((now - 400 * 86400, now - 86400), "make a new CA"),
+                            ((now + 86400, now + 400 * 86400), "check this host's clock")):
+        os.unlink(os.path.join(d, "ca.crt"))
+        pki.write_public(os.path.join(d, "ca.crt"), certs.create_ca(key, "net", nb, na))
+        capsys.readouterr()
+        assert main(["cert", "sign", "--ca-dir", d, "--name", "host-6"]) == 1
+        err = capsys.readouterr().err
+        assert "ca.crt" in err and words in err, err
+        assert not os.path.exists(os.path.join(d, "host-6.key")) and not os.path.exists(os.path.join(d, "host-6.crt"))
+        before = pki.read_file(os.path.join(d, "host-5.crt"), "certificate")
+        assert main(["cert", "renew", "--ca-dir", d, "--name", "host-5"]) == 1
+        assert words in capsys.readouterr().err
+        assert pki.read_file(os.path.join(d, "host-5.crt"), "certificate") == before
