@@ -1,0 +1,227 @@
+"""Clean-room nodes (tests/cleanroom, written from docs/protocol.md alone) against a
+real lighthouse, in two network namespaces this test makes.
+
+The lighthouse is a black box: the CLI makes the keys, its config file starts it and
+its control socket (GET /status) gives the counters. Every wait is bounded; the
+namespaces and the lighthouse go away even when a test fails."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import pytest
+
+from tests.cleanroom import certs
+from tests.cleanroom.lighthouse import Error, Lease, LighthouseNode, PeerInfo, decode, encode
+from tests.harness.netns import Netns
+from tests.integration.test_cleanroom_peer import _control, _sockets_in
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LH_UL, CLEAN_UL = "172.31.78.1", "172.31.78.2"
+NETWORK = "10.87.0.0/16"
+NODES = {"clr-a": 4801, "clr-b": 4802, "clr-c": 4803, "clr-d": 4804}
+
+
+@dataclass
+class World:
+    lh: Netns
+    clean: Netns
+    pki: str
+    ca: certs.Cert
+    lh_cert: bytes
+    sock_path: str
+    log: str
+    nodes: dict[str, LighthouseNode] = field(default_factory=dict)
+
+    def node(self, name: str) -> LighthouseNode:
+        if name not in self.nodes:
+            s = _sockets_in(self.clean, [(CLEAN_UL, NODES[name])])[0]
+            n = LighthouseNode(s, certs.read_key_file(f"{self.pki}/{name}.key"),
+                               open(f"{self.pki}/{name}.crt", "rb").read(), self.ca, self.lh_cert,
+                               (LH_UL, 4787))
+            self.nodes[name] = n
+            n.connect()
+        return self.nodes[name]
+
+    def status(self) -> dict[str, Any]:
+        st = _control(self.sock_path, "/status")
+        assert isinstance(st, dict)
+        return st
+
+    def logtail(self) -> str:
+        return open(self.log, errors="replace").read()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    d = str(tmp_path_factory.mktemp("cleanroom_lh"))
+    made: list[Netns] = []
+    proc: subprocess.Popen[bytes] | None = None
+    w: World | None = None
+    try:
+        lh, clean = Netns("crlh"), Netns("crln")
+        made += [lh, clean]
+        lh.run("ip", "link", "add", "vl", "type", "veth", "peer", "name", "vn", "netns", clean.name)
+        lh.run("ip", "addr", "add", f"{LH_UL}/24", "dev", "vl")
+        lh.run("ip", "link", "set", "vl", "up")
+        clean.run("ip", "addr", "add", f"{CLEAN_UL}/24", "dev", "vn")
+        clean.run("ip", "link", "set", "vn", "up")
+        pki = f"{d}/pki"
+        cli = [sys.executable, "-m", "flatnet"]
+        subprocess.run(cli + ["ca", "init", "--dir", pki], cwd=REPO, check=True, capture_output=True, timeout=60)
+        for n in ["lighthouse", *NODES]:
+            subprocess.run(cli + ["cert", "sign", "--ca-dir", pki, "--name", n], cwd=REPO, check=True,
+                           capture_output=True, timeout=60)
+        conf = f"{d}/lighthouse.toml"
+        with open(conf, "w") as f:
+            f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
+                    f'[network]\ncidr = "{NETWORK}"\n[listen]\nhost = "0.0.0.0"\nport = 4787\n'
+                    f'[paths]\nstate_dir = "{d}/state"\nrun_dir = "{d}/run"\n'
+                    f'[relay]\ntcp_port = 0\n[log]\nlevel = "debug"\n')
+        log = f"{d}/lighthouse.log"
+        w = World(lh, clean, pki, certs.load_ca(open(f"{pki}/ca.crt", "rb").read()),
+                  open(f"{pki}/lighthouse.crt", "rb").read(), f"{d}/run/lighthouse.sock", log)
+        with open(log, "wb") as lf:
+            proc = subprocess.Popen(["ip", "netns", "exec", lh.name, sys.executable, "-m", "flatnet.lighthouse",
+                                     "--config", conf], cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                w.status()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"lighthouse did not come up:\n{w.logtail()}") from None
+                time.sleep(0.1)
+        yield w
+    finally:
+        for n in (w.nodes.values() if w is not None else ()):
+            n.peer.sock.close()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for ns in made:
+            ns.delete()
+
+
+def _lease(n: LighthouseNode) -> Lease:
+    got = n.receive(lambda x: isinstance(x, Lease), 5)
+    assert isinstance(got, Lease), f"no lease; refused: {n.errors}"
+    return got
+
+
+def test_register_then_query_by_addr_and_name(world: World) -> None:
+    a, b = world.node("clr-a"), world.node("clr-b")
+    a.register([("192.0.2.10", 4801)])
+    la = _lease(a)
+    b.register([("198.51.100.7", 4802), ("127.0.0.1", 9)])  # loopback: refused by the endpoint rule (10.4)
+    lb = _lease(b)
+    net = ipaddress.IPv4Network(NETWORK)
+    for le, port in ((la, 4801), (lb, 4802)):
+        assert le.network == net and le.subnet.prefixlen == 24 and le.subnet.subnet_of(net)
+        assert le.subnet.network_address != net.network_address  # block 0 is never leased (10.3)
+        assert le.observed == (CLEAN_UL, port)
+        assert le.ttl == 60 and le.relay is True and le.relays == []
+    assert la.subnet != lb.subnet
+
+    a.query(addr=str(lb.subnet.network_address + 5))
+    got = a.receive(lambda x: isinstance(x, PeerInfo), 5)
+    assert isinstance(got, PeerInfo), f"no peer answer; refused: {a.errors}"
+    assert got.kind == "peer" and got.name == "clr-b" and got.subnet == lb.subnet
+    assert got.cert.key == certs.verify_node(open(f"{world.pki}/clr-b.crt", "rb").read(), world.ca,
+                                             time.time()).key
+    # the observed address first, then the node's own, those the rule allows (10.3)
+    assert got.endpoints == [(CLEAN_UL, 4802), ("198.51.100.7", 4802)], got.endpoints
+    assert got.local == [("198.51.100.7", 4802)], got.local
+    assert got.refused == 0
+    # ... and the target gets a punch describing the asker
+    punch = b.receive(lambda x: isinstance(x, PeerInfo), 5)
+    assert isinstance(punch, PeerInfo) and punch.kind == "punch" and punch.name == "clr-a"
+    assert punch.subnet == la.subnet and punch.endpoints == [(CLEAN_UL, 4801), ("192.0.2.10", 4801)]
+    assert world.status()["limited"].get("endpoints_refused", 0) >= 1
+
+    b.query(name="clr-a")
+    got = b.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "peer", 5)
+    assert isinstance(got, PeerInfo) and got.name == "clr-a" and got.subnet == la.subnet
+    assert a.errors == [] and b.errors == []
+
+
+def test_query_errors(world: World) -> None:
+    a, c = world.node("clr-a"), world.node("clr-c")
+    c.query(name="clr-a")  # c never registered
+    e = c.receive(lambda x: isinstance(x, Error), 5)
+    assert isinstance(e, Error) and e.code == "unregistered", e
+    a.register([])
+    _lease(a)
+    for q in ({"name": "nobody"}, {"addr": "10.87.250.1"}, {"name": "clr-a"}):  # the asker itself is unknown too
+        a.query(**q)
+        e = a.receive(lambda x: isinstance(x, Error), 5)
+        assert isinstance(e, Error) and e.code == "unknown", (q, e)
+
+
+def _rejected(world: World) -> dict[str, int]:
+    return dict(world.status().get("rejected") or {})
+
+
+def _wait_counter(world: World, key: str, before: int) -> int:
+    for _ in range(50):
+        now = _rejected(world).get(key, 0)
+        if now > before:
+            return now
+        time.sleep(0.1)
+    return _rejected(world).get(key, 0)
+
+
+@pytest.mark.parametrize("msg,reason", [
+    ({"t": "register", "v": 1, "endpoints": [["192.0.2.1", "4787"]]}, "bad_control"),  # port as str
+    ({"t": "register", "v": 1, "endpoints": [["192.0.2.1", True]]}, "bad_control"),  # bool is not int
+    ({"t": "query", "v": 1, "name": b"clr-a"}, "bad_control"),  # bin where str is asked
+    ({"t": "register", "v": 2}, "bad_control"),
+    ({"t": "hello", "v": 1}, "bad_control"),
+    ({"t": "lease", "v": 1}, "unexpected_control"),  # a lighthouse accepts no lease
+    ({"t": "register", "v": 1, "endpoints": [["192.0.2.1", p] for p in range(1, 10)]}, "bad_control"),  # > 8
+])
+def test_lighthouse_refuses_under_the_pages_name(world: World, msg: dict[str, Any], reason: str) -> None:
+    d = world.node("clr-d")
+    before = _rejected(world).get(reason, 0)
+    d.send_raw(msgpack.packb(msg, use_bin_type=True))
+    assert _wait_counter(world, reason, before) == before + 1, world.logtail()
+
+
+def test_oversized_control_is_refused(world: World) -> None:
+    d = world.node("clr-d")
+    before = _rejected(world).get("oversized_control", 0)
+    d.send_raw(msgpack.packb({"t": "register", "v": 1, "pad": "x" * 1000, "pad2": "y" * 500}, use_bin_type=True))
+    assert _wait_counter(world, "oversized_control", before) == before + 1, world.logtail()
+
+
+def test_codec_refuses_what_the_page_refuses() -> None:
+    from tests.cleanroom.lighthouse import ControlError
+    with pytest.raises(ControlError, match="oversized_control"):
+        encode({"t": "register", "v": 1, "pad": "x" * 1400})
+    for raw in (b"\xc1", msgpack.packb([1]), msgpack.packb({"t": "lease", "v": True}),
+                msgpack.packb({"t": "lease", "v": 1.0})):
+        with pytest.raises(ControlError, match="bad_control"):
+            decode(raw)
+    assert decode(msgpack.packb({"t": "lease", "v": 1, "zz": 3}))["t"] == "lease"  # unknown keys ignored
+
+
+def test_a_closed_socket_is_fine(world: World) -> None:
+    """Sanity for the fixture: the clean-room sockets live inside the namespace."""
+    assert world.node("clr-a").peer.sock.getsockname() == (CLEAN_UL, NODES["clr-a"])
+    assert world.node("clr-a").peer.sock.family == socket.AF_INET
