@@ -144,7 +144,7 @@ def decode(raw: bytes) -> dict[str, Any]:
         raise _bad("not a map")
     if m.get("t") not in TYPES or not isinstance(m.get("t"), str):
         raise _bad(f"unknown t {m.get('t')!r}")
-    if isinstance(m.get("v"), bool) or m.get("v") != 1:
+    if type(m.get("v")) is not int or m.get("v") != 1:  # not a bool, not a float
         raise _bad(f"v {m.get('v')!r}")
     return m
 
