@@ -30,7 +30,9 @@ pytestmark = [pytest.mark.integration,
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LH_UL, CLEAN_UL = "172.31.78.1", "172.31.78.2"
 NETWORK = "10.87.0.0/16"
-NODES = {"clr-a": 4801, "clr-b": 4802, "clr-c": 4803, "clr-d": 4804}
+NODES = {"clr-a": 4801, "clr-b": 4802, "clr-c": 4803, "clr-d": 4804, "clr-e": 4805, "clr-f": 4806,
+         "clr-g": 4807}
+ENGINE, ENGINE_PORT = "clr-eng", 4790  # a real engine, in the clean-room namespace
 
 
 @dataclass
@@ -42,6 +44,8 @@ class World:
     lh_cert: bytes
     sock_path: str
     log: str
+    engine_sock: str
+    engine_log: str
     nodes: dict[str, LighthouseNode] = field(default_factory=dict)
 
     def node(self, name: str) -> LighthouseNode:
@@ -68,6 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     d = str(tmp_path_factory.mktemp("cleanroom_lh"))
     made: list[Netns] = []
     proc: subprocess.Popen[bytes] | None = None
+    eproc: subprocess.Popen[bytes] | None = None
     w: World | None = None
     try:
         lh, clean = Netns("crlh"), Netns("crln")
@@ -80,7 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         pki = f"{d}/pki"
         cli = [sys.executable, "-m", "flatnet"]
         subprocess.run(cli + ["ca", "init", "--dir", pki], cwd=REPO, check=True, capture_output=True, timeout=60)
-        for n in ["lighthouse", *NODES]:
+        for n in ["lighthouse", ENGINE, *NODES]:
             subprocess.run(cli + ["cert", "sign", "--ca-dir", pki, "--name", n], cwd=REPO, check=True,
                            capture_output=True, timeout=60)
         conf = f"{d}/lighthouse.toml"
@@ -91,10 +96,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     f'[relay]\ntcp_port = 0\n[log]\nlevel = "debug"\n')
         log = f"{d}/lighthouse.log"
         w = World(lh, clean, pki, certs.load_ca(open(f"{pki}/ca.crt", "rb").read()),
-                  open(f"{pki}/lighthouse.crt", "rb").read(), f"{d}/run/lighthouse.sock", log)
+                  open(f"{pki}/lighthouse.crt", "rb").read(), f"{d}/run/lighthouse.sock", log,
+                  f"{d}/erun/engine.sock", f"{d}/engine.log")
         with open(log, "wb") as lf:
             proc = subprocess.Popen(["ip", "netns", "exec", lh.name, sys.executable, "-m", "flatnet.lighthouse",
                                      "--config", conf], cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
+        econf = f"{d}/engine.toml"
+        with open(econf, "w") as f:
+            f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/{ENGINE}.crt"\nkey = "{pki}/{ENGINE}.key"\n'
+                    f'[network]\ncidr = "{NETWORK}"\nmasquerade = false\n'
+                    f'[paths]\nrun_dir = "{d}/erun"\nstate_dir = "{d}/estate"\n'
+                    f'[listen]\nhost = "0.0.0.0"\nport = {ENGINE_PORT}\n[dns]\nenabled = false\n'
+                    f'[gateway]\npodman_labels = false\n[log]\nlevel = "debug"\n'
+                    f'[[lighthouses]]\nname = "lighthouse"\ncert = "{pki}/lighthouse.crt"\n'
+                    f'endpoints = ["{LH_UL}:4787"]\ntcp_port = 0\n')
+        with open(w.engine_log, "wb") as lf:
+            eproc = subprocess.Popen(["ip", "netns", "exec", clean.name, sys.executable, "-m", "flatnet.engine",
+                                      "--config", econf], cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -108,13 +126,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     finally:
         for n in (w.nodes.values() if w is not None else ()):
             n.peer.sock.close()
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        for pr in (eproc, proc):
+            if pr is not None:
+                pr.terminate()
+                try:
+                    pr.wait(5)
+                except subprocess.TimeoutExpired:
+                    pr.kill()
+                    pr.wait(5)
         for ns in made:
             ns.delete()
 
@@ -242,3 +261,30 @@ def test_a_closed_socket_is_fine(world: World) -> None:
     """Sanity for the fixture: the clean-room sockets live inside the namespace."""
     assert world.node("clr-a").peer.sock.getsockname() == (CLEAN_UL, NODES["clr-a"])
     assert world.node("clr-a").peer.sock.family == socket.AF_INET
+
+
+def test_a_real_engine_registers_and_a_cleanroom_node_finds_it(world: World) -> None:
+    g = world.node("clr-g")
+    g.register([])
+    lg = _lease(g)
+    got = None
+    for _ in range(40):  # the engine registers at start, then every 1 s until answered (8)
+        g.query(name=ENGINE)
+        got = g.receive(lambda x: isinstance(x, PeerInfo | Error), 2)
+        if isinstance(got, PeerInfo):
+            break
+        time.sleep(0.25)
+    assert isinstance(got, PeerInfo), f"engine never found: {got}\n{open(world.engine_log).read()[-2000:]}"
+    assert got.kind == "peer" and got.name == ENGINE and got.subnet.subnet_of(ipaddress.IPv4Network(NETWORK))
+    assert got.endpoints[0] == (CLEAN_UL, ENGINE_PORT), got.endpoints
+    # the peer answer is enough to reach the engine: its certificate and endpoint (10.3)
+    g.peer.add_remote(got.cert.raw, got.endpoints[0])
+    g.peer.initiate(ENGINE)
+    ev = g.peer.poll(lambda e: e.kind in ("established", "responded") and e.remote == ENGINE, 10)
+    assert ev is not None, f"{dict(g.peer.drops)}\n{open(world.engine_log).read()[-2000:]}"
+    # the engine took the lighthouse's punch (describing g) without a refusal
+    st = _control(world.engine_sock, "/status")
+    assert isinstance(st, dict)
+    errs = {k: v for k, v in (st.get("control_errors") or {}).items() if v}
+    assert not {"bad_control", "bad_cert", "unexpected_control"} & set(errs), errs
+    assert lg.subnet != got.subnet
