@@ -221,6 +221,60 @@ def parse_error(m: dict[str, Any]) -> Error:
     return Error(code, msg, service or None)
 
 
+@dataclass
+class Service:
+    name: str
+    addr: str
+    port: int
+    host: str
+    prefix: str
+    node: str = ""  # catalog services only
+    gateway: Addr | None = None
+
+
+def _ipv4(v: object, what: str) -> str:
+    if not isinstance(v, str) or len(v) > 15:
+        raise _bad(f"{what}: not an IPv4 address")
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except ValueError as e:
+        raise _bad(f"{what}: not an IPv4 address") from e
+
+
+def parse_service(m: object, catalog: bool) -> Service:
+    """A service (10.2); with `catalog`, also `node` and `gateway`."""
+    if not isinstance(m, dict):
+        raise _bad("service: not a map")
+    name = (_string(m, "name", 63) or "").lower()
+    host = m.get("host", "")
+    if not isinstance(host, str) or len(host) > 253:
+        raise _bad("service host")
+    prefix = m.get("prefix", "/")
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise _bad("service prefix")
+    svc = Service(name, _ipv4(m.get("addr"), "service addr"), _int(m, "port", 1, 65535), host, prefix[:200])
+    if catalog:
+        svc.node = _string(m, "node", 64) or ""
+        gw = m.get("gateway")
+        svc.gateway = None if gw is None else endpoint(gw, "gateway")
+        if svc.gateway is not None and not endpoint_allowed(svc.gateway[0]):
+            svc.gateway = None  # the engine drops it (10.3, endpoint_refused)
+    return svc
+
+
+@dataclass
+class Catalog:
+    services: list[Service]
+    next: int
+
+
+def parse_catalog(m: dict[str, Any]) -> Catalog:
+    v = m.get("services", [])
+    if not isinstance(v, list) or len(v) > 32:
+        raise _bad("services: not an array of at most 32")
+    return Catalog([parse_service(x, True) for x in v], _int(m, "next", 0, 2**20, 0))
+
+
 # --- the node ---
 
 class LighthouseNode:
@@ -278,7 +332,9 @@ class LighthouseNode:
                               self.peer.clock())
         if t == "error":
             return parse_error(m)
-        return m  # catalog, names_page, blocklist: kept as decoded maps
+        if t == "catalog":
+            return parse_catalog(m)
+        return m  # names_page, blocklist: kept as decoded maps
 
     def receive(self, want: Callable[[Any], bool], timeout: float) -> Any:
         """The first parsed message `want` accepts; others wait in `inbox`. Bounded."""

@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from tests.cleanroom import certs
-from tests.cleanroom.lighthouse import Error, Lease, LighthouseNode, PeerInfo, decode, encode
+from tests.cleanroom.lighthouse import Catalog, Error, Lease, LighthouseNode, PeerInfo, decode, encode
 from tests.harness.netns import Netns
 from tests.integration.test_cleanroom_peer import _control, _sockets_in
 
@@ -288,3 +288,81 @@ def test_a_real_engine_registers_and_a_cleanroom_node_finds_it(world: World) -> 
     errs = {k: v for k, v in (st.get("control_errors") or {}).items() if v}
     assert not {"bad_control", "bad_cert", "unexpected_control"} & set(errs), errs
     assert lg.subnet != got.subnet
+
+
+def test_query_with_addr_and_name_takes_addr_and_leases_are_sticky(world: World) -> None:
+    a, b = world.node("clr-a"), world.node("clr-b")
+    a.register([])
+    _lease(a)
+    b.register([])
+    lb = _lease(b)
+    b.register([])
+    assert _lease(b).subnet == lb.subnet  # sticky per certificate name (10.3)
+    a.query(addr=str(lb.subnet.network_address + 9), name="nobody")
+    got = a.receive(lambda x: isinstance(x, PeerInfo | Error), 5)
+    assert isinstance(got, PeerInfo) and got.name == "clr-b", got
+
+
+def test_error_has_a_msg(world: World) -> None:
+    a = world.node("clr-a")
+    a.register([])
+    _lease(a)
+    a.query(name="nobody")
+    e = a.receive(lambda x: isinstance(x, Error), 5)
+    assert isinstance(e, Error) and e.code == "unknown" and isinstance(e.msg, str) and e.service is None
+
+
+def test_services_catalog_and_service_refused(world: World) -> None:
+    a, b = world.node("clr-a"), world.node("clr-b")
+    b.register([])
+    lb = _lease(b)
+    inside = str(lb.subnet.network_address + 2)
+    b.register([], services=[{"name": "Web-CR", "addr": inside, "port": 80},
+                             {"name": "far-cr", "addr": "10.87.250.2", "port": 80}],
+               gateway=[CLEAN_UL, 8080])
+    assert _lease(b).subnet == lb.subnet
+    e = b.receive(lambda x: isinstance(x, Error), 5)  # after the lease, one per refused service
+    assert isinstance(e, Error) and e.code == "service_refused" and e.service == "far-cr", e
+    a.register([])
+    _lease(a)
+    found = []
+    offset = 0
+    for _ in range(10):  # pages
+        a.send({"t": "catalog_query", "offset": offset})
+        cat = a.receive(lambda x: isinstance(x, Catalog), 5)
+        assert isinstance(cat, Catalog), a.errors
+        found += cat.services
+        if cat.next == 0:
+            break
+        offset = cat.next
+    web = [s for s in found if s.name == "web-cr"]
+    assert len(web) == 1 and web[0].node == "clr-b" and web[0].addr == inside and web[0].port == 80
+    assert web[0].gateway == (CLEAN_UL, 8080) and web[0].prefix == "/"
+    assert not [s for s in found if s.name == "far-cr"]
+
+
+def test_query_rate_limit_and_punch_limit(world: World) -> None:
+    e, f = world.node("clr-e"), world.node("clr-f")
+    for n in (e, f):
+        n.register([])
+        _lease(n)
+    st = world.status()
+    rl0 = (st.get("rejected") or {}).get("query_rate_limited", 0)
+    pl0 = (st.get("limited") or {}).get("punches", 0)
+    for _ in range(40):
+        e.query(name="clr-f")
+    answers = 0
+    for _ in range(40):
+        if e.receive(lambda x: isinstance(x, PeerInfo), 1.0) is None:
+            break
+        answers += 1
+    st = world.status()
+    # 32 at once, then 4 a second (10.3): the 40 left within a few ms
+    assert 32 <= answers <= 34, answers
+    assert (st.get("rejected") or {}).get("query_rate_limited", 0) - rl0 == 40 - answers
+    punches = 0
+    for _ in range(40):
+        if f.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "punch", 0.3) is None:
+            break
+        punches += 1
+    assert punches + (st.get("limited") or {}).get("punches", 0) - pl0 == answers
