@@ -275,6 +275,45 @@ def parse_catalog(m: dict[str, Any]) -> Catalog:
     return Catalog([parse_service(x, True) for x in v], _int(m, "next", 0, 2**20, 0))
 
 
+# --- relay through the lighthouse (section 7) ---
+
+T_RELAY = 5
+
+
+def relay_id(subnet: ipaddress.IPv4Network, network: ipaddress.IPv4Network) -> int:
+    """Relay id = lease block: (subnet address - network address) >> 8 (7)."""
+    return (int(subnet.network_address) - int(network.network_address)) >> 8
+
+
+class RelayingPeer(Peer):
+    """A Peer whose remotes may sit behind the lighthouse: their address is
+    ("relay", id), and datagrams to it go to the lighthouse wrapped in a type 5."""
+
+    lh_addr: Addr = ("", 0)
+
+    def _send(self, pkt: bytes, addr: Addr) -> None:
+        if addr[0] == "relay":
+            pkt = noise.header(T_RELAY) + addr[1].to_bytes(4, "little") + pkt
+            addr = self.lh_addr
+        super()._send(pkt, addr)
+
+    def handle(self, pkt: bytes, addr: Addr) -> list[Event]:
+        if len(pkt) >= 4 and pkt[0] == T_RELAY:
+            try:
+                noise.check_header(pkt)
+                if len(pkt) <= 8:
+                    raise noise.HandshakeError("short")
+                if addr != self.lh_addr:  # only our lighthouse may relay to us (7)
+                    raise noise.HandshakeError("relay_refused")
+                if pkt[8] == T_RELAY:  # not unwrapped twice
+                    raise noise.HandshakeError("unknown_type")
+            except noise.HandshakeError as e:
+                self.drops[e.reason] += 1
+                return [Event("drop", info={"reason": e.reason})]
+            return super().handle(pkt[8:], ("relay", int.from_bytes(pkt[4:8], "little")))  # type: ignore[arg-type]
+        return super().handle(pkt, addr)
+
+
 # --- the node ---
 
 class LighthouseNode:
@@ -282,7 +321,8 @@ class LighthouseNode:
 
     def __init__(self, sock: socket.socket, key: bytes, cert: bytes, ca: certs.Cert, lh_cert: bytes,
                  lh_addr: Addr, clock: Callable[[], float] = time.time) -> None:
-        self.peer = Peer(sock, key, cert, ca, clock)
+        self.peer = RelayingPeer(sock, key, cert, ca, clock)
+        self.peer.lh_addr = lh_addr
         self.ca = ca
         self.lh = self.peer.add_remote(lh_cert, lh_addr).name
         self.lease: Lease | None = None
@@ -310,6 +350,12 @@ class LighthouseNode:
         if len(eps) > 7:
             raise ValueError("a node registers at most 7 own endpoints (9)")
         self.send({"t": "register", "endpoints": [[a, p] for a, p in eps], **extra})
+
+    def relay_to(self, info: PeerInfo) -> None:
+        """Reach a node from a `peer` answer through the lighthouse (needs the lease)."""
+        assert self.lease is not None and self.lease.relay
+        r = self.peer.add_remote(info.cert.raw, None)
+        r.addr = ("relay", relay_id(info.subnet, self.lease.network))  # type: ignore[assignment]
 
     def query(self, addr: str | None = None, name: str | None = None) -> None:
         m: dict[str, Any] = {"t": "query"}

@@ -366,3 +366,63 @@ def test_query_rate_limit_and_punch_limit(world: World) -> None:
             break
         punches += 1
     assert punches + (st.get("limited") or {}).get("punches", 0) - pl0 == answers
+
+
+def test_two_cleanroom_nodes_talk_through_the_lighthouse_relay(world: World) -> None:
+    """Section 7: type 5 with the target's block; the lighthouse rewrites it to the sender's."""
+    from tests.cleanroom.lighthouse import relay_id
+    a, b = world.node("clr-a"), world.node("clr-b")
+    a.register([])
+    la = _lease(a)
+    b.register([])
+    lb = _lease(b)
+    a.query(name="clr-b")
+    pb = a.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "peer", 5)
+    b.query(name="clr-a")
+    pa = b.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "peer", 5)
+    assert isinstance(pb, PeerInfo) and isinstance(pa, PeerInfo)
+    a.relay_to(pb)
+    b.relay_to(pa)
+    before = world.status().get("relayed")
+    a.peer.initiate("clr-b")
+    ev = b.peer.poll(lambda e: e.kind == "responded" and e.remote == "clr-a", 5)
+    assert ev is not None, dict(b.peer.drops)
+    assert b.peer.remotes["clr-a"].addr == ("relay", relay_id(la.subnet, la.network))
+    ev = a.peer.poll(lambda e: e.kind == "established" and e.remote == "clr-b", 5)
+    assert ev is not None, dict(a.peer.drops)
+    assert a.peer.remotes["clr-b"].addr == ("relay", relay_id(lb.subnet, lb.network))
+    a.peer.send("clr-b", b"")  # a second keepalive (the first confirmed the keys, 5.9)
+    ev = b.peer.poll(lambda e: e.kind == "keepalive" and e.remote == "clr-a", 5)
+    assert ev is not None, dict(b.peer.drops)
+    assert world.status().get("relayed") == before + 4  # initiation, response, two keepalives
+
+
+@pytest.mark.parametrize("who,block,size,key,reason", [
+    # a session but never registered: the lighthouse refuses it
+    ("clr-c", 1, 40, "rejected", "relay_refused"),
+    # no session from this address: the data path drops it before the lighthouse
+    ("stranger", 1, 40, "drops", "relay_unknown_sender"),
+    ("clr-a", 250, 40, "rejected", "relay_unknown_target"),  # nobody holds block 250
+    ("clr-a", 1, 8, "drops", "short"),  # 8 bytes or less: the data path again
+])
+def test_lighthouse_relay_refusals(world: World, who: str, block: int, size: int, key: str, reason: str) -> None:
+    a = world.node("clr-a")
+    a.register([])
+    _lease(a)
+    pkt = (bytes((5, 2, 0, 0)) + block.to_bytes(4, "little") + bytes((1, 2, 0, 0)) + bytes(64))[:size]
+    before = dict(world.status().get(key) or {}).get(reason, 0)
+    if who == "stranger":
+        s = _sockets_in(world.clean, [(CLEAN_UL, 4899)])[0]
+        try:
+            s.sendto(pkt, (LH_UL, 4787))
+        finally:
+            s.close()
+    else:
+        world.node(who).peer.sock.sendto(pkt, (LH_UL, 4787))
+    for _ in range(50):
+        now = dict(world.status().get(key) or {}).get(reason, 0)
+        if now > before:
+            break
+        time.sleep(0.1)
+    st = world.status()
+    assert now == before + 1, (st.get("rejected"), {k: v for k, v in st["drops"].items() if v}, st.get("limited"))
