@@ -275,6 +275,29 @@ def parse_catalog(m: dict[str, Any]) -> Catalog:
     return Catalog([parse_service(x, True) for x in v], _int(m, "next", 0, 2**20, 0))
 
 
+@dataclass
+class NamesPage:
+    version: int
+    next: int
+    names: list[tuple[str, str, str]]  # (name, addr, node)
+
+
+def parse_names_page(m: dict[str, Any]) -> NamesPage:
+    v = m.get("names", [])
+    if not isinstance(v, list) or len(v) > 16:
+        raise _bad("names: not an array of at most 16")
+    out = []
+    for e in v:
+        if not isinstance(e, list) or len(e) != 3:
+            raise _bad("names: not [name, addr, node]")
+        name = _string({"n": e[0]}, "n", 63) or ""
+        addr = _ipv4(e[1], "names addr")
+        if len(e[1]) < 7:
+            raise _bad("names addr")
+        out.append((name.lower(), addr, _string({"n": e[2]}, "n", 64) or ""))
+    return NamesPage(_int(m, "version", 0, INT63), _int(m, "next", 0, 2**20), out)
+
+
 # --- relay through the lighthouse (section 7) ---
 
 T_RELAY = 5
@@ -380,7 +403,9 @@ class LighthouseNode:
             return parse_error(m)
         if t == "catalog":
             return parse_catalog(m)
-        return m  # names_page, blocklist: kept as decoded maps
+        if t == "names_page":
+            return parse_names_page(m)
+        return m  # blocklist: kept as decoded maps
 
     def receive(self, want: Callable[[Any], bool], timeout: float) -> Any:
         """The first parsed message `want` accepts; others wait in `inbox`. Bounded."""

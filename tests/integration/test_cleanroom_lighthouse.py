@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from tests.cleanroom import certs
-from tests.cleanroom.lighthouse import Catalog, Error, Lease, LighthouseNode, PeerInfo, decode, encode
+from tests.cleanroom.lighthouse import Catalog, Error, NamesPage, Lease, LighthouseNode, PeerInfo, decode, encode
 from tests.harness.netns import Netns
 from tests.integration.test_cleanroom_peer import _control, _sockets_in
 
@@ -426,3 +426,29 @@ def test_lighthouse_relay_refusals(world: World, who: str, block: int, size: int
         time.sleep(0.1)
     st = world.status()
     assert now == before + 1, (st.get("rejected"), {k: v for k, v in st["drops"].items() if v}, st.get("limited"))
+
+
+def test_names_pages_and_relay_offer(world: World) -> None:
+    a, b = world.node("clr-a"), world.node("clr-b")
+    a.register([])
+    la = _lease(a)
+    limited0 = dict(world.status().get("limited") or {})
+    b.register([], relay=True)  # no group `relay` in clr-b's certificate: ignored, counted (10.3)
+    _lease(b)
+    ok, far = str(la.subnet.network_address + 7), "10.87.251.7"
+    a.send({"t": "names", "gen": 1, "total": 2, "offset": 0, "names": [["Db-Cr", ok], ["far-cr", far]]})
+    got: list[tuple[str, str, str]] = []
+    for _ in range(20):  # the lighthouse takes the list at once; bounded polls
+        b.send({"t": "names_query", "version": 0, "offset": 0})
+        page = b.receive(lambda x: isinstance(x, NamesPage), 3)
+        assert isinstance(page, NamesPage), b.errors
+        got = page.names
+        if ("db-cr", ok, "clr-a") in got:
+            break
+        time.sleep(0.1)
+    assert ("db-cr", ok, "clr-a") in got and not [n for n in got if n[0] == "far-cr"], got
+    lim = dict(world.status().get("limited") or {})
+    assert lim.get("names_refused", 0) - limited0.get("names_refused", 0) == 1, lim
+    assert lim.get("relay_offers_refused", 0) - limited0.get("relay_offers_refused", 0) == 1, lim
+    a.register([])
+    assert _lease(a).relays == []
