@@ -349,6 +349,7 @@ def test_query_rate_limit_and_punch_limit(world: World) -> None:
     st = world.status()
     rl0 = (st.get("rejected") or {}).get("query_rate_limited", 0)
     pl0 = (st.get("limited") or {}).get("punches", 0)
+    q0 = st["limited"]["queries"]
     for _ in range(40):
         e.query(name="clr-f")
     answers = 0
@@ -360,6 +361,7 @@ def test_query_rate_limit_and_punch_limit(world: World) -> None:
     # 32 at once, then 4 a second (10.3): the 40 left within a few ms
     assert 32 <= answers <= 34, answers
     assert (st.get("rejected") or {}).get("query_rate_limited", 0) - rl0 == 40 - answers
+    assert st["limited"]["queries"] - q0 == 40 - answers  # counted in both (12)
     punches = 0
     for _ in range(40):
         if f.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "punch", 0.3) is None:
