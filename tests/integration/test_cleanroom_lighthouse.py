@@ -454,3 +454,32 @@ def test_names_pages_and_relay_offer(world: World) -> None:
     assert lim.get("relay_offers_refused", 0) - limited0.get("relay_offers_refused", 0) == 1, lim
     a.register([])
     assert _lease(a).relays == []
+
+
+def test_endpoints_canonical_spelling_and_the_seven_own(world: World) -> None:
+    a, b = world.node("clr-a"), world.node("clr-b")
+    a.register([])
+    _lease(a)
+    own = [("2001:DB8:0:0::1", 4787), ("::ffff:192.0.2.5", 4787)] + [(f"192.0.2.{i}", 4787) for i in range(20, 26)]
+    b.send({"t": "register", "endpoints": [[h, p] for h, p in own]})  # 8: one more than a node sends (9)
+    _lease(b)
+    a.query(name="clr-b")
+    got = a.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "peer", 5)
+    assert isinstance(got, PeerInfo), a.errors
+    # 10.1: the canonical spelling; 10.3: at most 7 own kept, the rest counted
+    assert got.local == [("2001:db8::1", 4787), ("192.0.2.5", 4787)] + [(f"192.0.2.{i}", 4787) for i in range(20, 25)]
+    assert got.endpoints == [(CLEAN_UL, 4802), *got.local]
+    for bad in (["fe80::1%eth0", 4787], ["192.0.2.1", 0], ["192.0.2.1", 65536], ["192.0.2.1"], ["x" * 46, 1]):
+        r0 = _rejected(world).get("bad_control", 0)
+        b.send({"t": "register", "endpoints": [bad]})
+        assert _wait_counter(world, "bad_control", r0) == r0 + 1, bad
+
+
+@pytest.mark.xfail(strict=True, reason="docs/protocol.md 10.3 says own endpoints past 7 are counted in "
+                   "limited.endpoints_refused; the lighthouse drops the 8th without counting it")
+def test_the_eighth_own_endpoint_is_counted(world: World) -> None:
+    b = world.node("clr-b")
+    before = dict(world.status().get("limited") or {}).get("endpoints_refused", 0)
+    b.send({"t": "register", "endpoints": [[f"192.0.2.{i}", 4787] for i in range(30, 38)]})  # 8, all allowed
+    _lease(b)
+    assert dict(world.status().get("limited") or {}).get("endpoints_refused", 0) - before == 1
