@@ -298,6 +298,54 @@ def parse_names_page(m: dict[str, Any]) -> NamesPage:
     return NamesPage(_int(m, "version", 0, INT63), _int(m, "next", 0, 2**20), out)
 
 
+@dataclass
+class BlocklistPiece:
+    serial: int
+    total: int
+    offset: int
+    data: bytes
+
+
+def parse_blocklist_piece(m: dict[str, Any]) -> BlocklistPiece:
+    serial, total = _int(m, "serial", 0, INT63), _int(m, "total", 1, 65536)
+    offset = _int(m, "offset", 0, 65535)
+    data = m.get("data")
+    if offset % 1024 or offset >= total:
+        raise ControlError("bad_blocklist", "offset")
+    if not isinstance(data, bytes):
+        raise _bad("data: not bin")
+    if len(data) != min(1024, total - offset):
+        raise ControlError("bad_blocklist", "piece of the wrong length")
+    return BlocklistPiece(serial, total, offset, data)
+
+
+class BlocklistAssembly:
+    """Pieces of one serial larger than the one enforced (10.3); the whole file is
+    checked (3.6) before any of it is used."""
+
+    def __init__(self, ca: certs.Cert, enforced: int = 0) -> None:
+        self.ca, self.enforced = ca, enforced
+        self.serial, self.total, self.pieces = 0, 0, {}  # type: ignore[var-annotated]
+
+    def add(self, p: BlocklistPiece) -> certs.Blocklist | None:
+        if p.serial <= self.enforced or p.serial < self.serial:
+            return None
+        if p.serial > self.serial or p.total != self.total:  # a larger serial starts over
+            self.serial, self.total, self.pieces = p.serial, p.total, {}
+        self.pieces[p.offset] = p.data
+        raw = b"".join(self.pieces[o] for o in sorted(self.pieces))
+        if len(raw) < self.total:
+            return None
+        try:
+            bl = certs.verify_blocklist(raw, self.ca)
+        except certs.CertError as e:
+            raise ControlError("bad_blocklist", str(e)) from e
+        if bl.serial != p.serial:
+            raise ControlError("bad_blocklist", "serial of the pieces is not the file's")
+        self.enforced = bl.serial
+        return bl
+
+
 # --- relay through the lighthouse (section 7) ---
 
 T_RELAY = 5
@@ -405,7 +453,7 @@ class LighthouseNode:
             return parse_catalog(m)
         if t == "names_page":
             return parse_names_page(m)
-        return m  # blocklist: kept as decoded maps
+        return parse_blocklist_piece(m)
 
     def receive(self, want: Callable[[Any], bool], timeout: float) -> Any:
         """The first parsed message `want` accepts; others wait in `inbox`. Bounded."""

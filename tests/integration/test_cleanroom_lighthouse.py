@@ -88,6 +88,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for n in ["lighthouse", ENGINE, *NODES]:
             subprocess.run(cli + ["cert", "sign", "--ca-dir", pki, "--name", n], cwd=REPO, check=True,
                            capture_output=True, timeout=60)
+        # a blocklist beside ca.crt, where the lighthouse looks by default (docs/lighthouse.md)
+        subprocess.run(cli + ["cert", "revoke", "--ca-dir", pki, "clr-revoked"], cwd=REPO, check=True,
+                       capture_output=True, timeout=60)
         conf = f"{d}/lighthouse.toml"
         with open(conf, "w") as f:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
@@ -472,3 +475,24 @@ def test_the_eighth_own_endpoint_is_counted(world: World) -> None:
     b.send({"t": "register", "endpoints": [[f"192.0.2.{i}", 4787] for i in range(30, 38)]})  # 8, all allowed
     _lease(b)
     assert dict(world.status().get("limited") or {}).get("endpoints_refused", 0) - before == 1
+
+
+def test_blocklist_pieces_after_the_lease(world: World) -> None:
+    from tests.cleanroom.lighthouse import BlocklistAssembly, BlocklistPiece
+    a = world.node("clr-a")
+    a.inbox.clear()
+    a.register([])  # no `blocklist`: serial 0, none enforced
+    _lease(a)
+    asm = BlocklistAssembly(world.ca)
+    bl = None
+    for _ in range(70):  # at most 64 pieces of 1024 bytes
+        p = a.receive(lambda x: isinstance(x, BlocklistPiece), 3)
+        assert isinstance(p, BlocklistPiece), a.errors
+        bl = asm.add(p)
+        if bl is not None:
+            break
+    assert bl is not None and "clr-revoked" in bl.names and bl.serial >= 1
+    a.register([], blocklist=bl.serial)  # now up to date: no pieces after the lease
+    _lease(a)
+    assert a.receive(lambda x: isinstance(x, BlocklistPiece), 1) is None
+    assert a.errors == []
