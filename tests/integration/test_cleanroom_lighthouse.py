@@ -32,6 +32,7 @@ LH_UL, CLEAN_UL = "172.31.78.1", "172.31.78.2"
 NETWORK = "10.87.0.0/16"
 NODES = {"clr-a": 4801, "clr-b": 4802, "clr-c": 4803, "clr-d": 4804, "clr-e": 4805, "clr-f": 4806,
          "clr-g": 4807}
+SMALL_NET, SMALL_PORT = "10.88.0.0/23", 4788
 ENGINE, ENGINE_PORT = "clr-eng", 4790  # a real engine, in the clean-room namespace
 
 
@@ -48,15 +49,16 @@ class World:
     engine_log: str
     nodes: dict[str, LighthouseNode] = field(default_factory=dict)
 
-    def node(self, name: str) -> LighthouseNode:
-        if name not in self.nodes:
-            s = _sockets_in(self.clean, [(CLEAN_UL, NODES[name])])[0]
+    def node(self, name: str, port: int = 0, lh_port: int = 4787) -> LighthouseNode:
+        key = f"{name}@{lh_port}"
+        if key not in self.nodes:
+            s = _sockets_in(self.clean, [(CLEAN_UL, port or NODES[name])])[0]
             n = LighthouseNode(s, certs.read_key_file(f"{self.pki}/{name}.key"),
                                open(f"{self.pki}/{name}.crt", "rb").read(), self.ca, self.lh_cert,
-                               (LH_UL, 4787))
-            self.nodes[name] = n
+                               (LH_UL, lh_port))
+            self.nodes[key] = n
             n.connect()
-        return self.nodes[name]
+        return self.nodes[key]
 
     def status(self) -> dict[str, Any]:
         st = _control(self.sock_path, "/status")
@@ -73,6 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     made: list[Netns] = []
     proc: subprocess.Popen[bytes] | None = None
     eproc: subprocess.Popen[bytes] | None = None
+    sproc: subprocess.Popen[bytes] | None = None
     w: World | None = None
     try:
         lh, clean = Netns("crlh"), Netns("crln")
@@ -91,6 +94,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         # a blocklist beside ca.crt, where the lighthouse looks by default (docs/lighthouse.md)
         subprocess.run(cli + ["cert", "revoke", "--ca-dir", pki, "clr-revoked"], cwd=REPO, check=True,
                        capture_output=True, timeout=60)
+        # a second lighthouse: a /23 (one /24 to lease, block 0 never is), ttl 5 (its least)
+        with open(f"{d}/small.toml", "w") as f:
+            f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
+                    f'[network]\ncidr = "{SMALL_NET}"\n[listen]\nhost = "0.0.0.0"\nport = {SMALL_PORT}\n'
+                    f'[paths]\nstate_dir = "{d}/sstate"\nrun_dir = "{d}/srun"\n[registry]\nttl = 5\n'
+                    f'[relay]\ntcp_port = 0\n[metrics]\nlisten = "127.0.0.1:9589"\n[log]\nlevel = "debug"\n')
         conf = f"{d}/lighthouse.toml"
         with open(conf, "w") as f:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
@@ -104,6 +113,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with open(log, "wb") as lf:
             proc = subprocess.Popen(["ip", "netns", "exec", lh.name, sys.executable, "-m", "flatnet.lighthouse",
                                      "--config", conf], cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
+        with open(f"{d}/small.log", "wb") as lf:
+            sproc = subprocess.Popen(["ip", "netns", "exec", lh.name, sys.executable, "-m", "flatnet.lighthouse",
+                                      "--config", f"{d}/small.toml"], cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
         econf = f"{d}/engine.toml"
         with open(econf, "w") as f:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/{ENGINE}.crt"\nkey = "{pki}/{ENGINE}.key"\n'
@@ -117,19 +129,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             eproc = subprocess.Popen(["ip", "netns", "exec", clean.name, sys.executable, "-m", "flatnet.engine",
                                       "--config", econf], cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
-        while True:
-            try:
-                w.status()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"lighthouse did not come up:\n{w.logtail()}") from None
-                time.sleep(0.1)
+        for pr, sock, lg in ((proc, w.sock_path, log), (sproc, f"{d}/srun/lighthouse.sock", f"{d}/small.log")):
+            while True:
+                try:
+                    _control(sock, "/status")
+                    break
+                except OSError:
+                    if pr.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"lighthouse did not come up:\n{open(lg).read()[-3000:]}") from None
+                    time.sleep(0.1)
         yield w
     finally:
         for n in (w.nodes.values() if w is not None else ()):
             n.peer.sock.close()
-        for pr in (eproc, proc):
+        for pr in (eproc, sproc, proc):
             if pr is not None:
                 pr.terminate()
                 try:
@@ -496,3 +509,24 @@ def test_blocklist_pieces_after_the_lease(world: World) -> None:
     _lease(a)
     assert a.receive(lambda x: isinstance(x, BlocklistPiece), 1) is None
     assert a.errors == []
+
+
+def test_exhausted_and_the_lease_ttl(world: World) -> None:
+    a = world.node("clr-a", 4811, SMALL_PORT)
+    b = world.node("clr-b", 4812, SMALL_PORT)
+    a.register([])
+    la = _lease(a)
+    assert str(la.subnet) == "10.88.1.0/24" and la.ttl == 5  # block 0 is never leased
+    b.register([])
+    e = b.receive(lambda x: isinstance(x, Error | Lease), 5)
+    assert isinstance(e, Error) and e.code == "exhausted", e
+    a.query(addr="10.88.1.1")  # the asker itself: unknown
+    e = a.receive(lambda x: isinstance(x, Error | PeerInfo), 5)
+    assert isinstance(e, Error) and e.code == "unknown", e
+    c = world.node("clr-c", 4813, SMALL_PORT)
+    # c cannot register (exhausted) so it stays unregistered for queries
+    c.register([])
+    assert isinstance(c.receive(lambda x: isinstance(x, Error), 5), Error)
+    c.query(addr="10.88.1.1")
+    e = c.receive(lambda x: isinstance(x, Error | PeerInfo), 5)
+    assert isinstance(e, Error) and e.code == "unregistered", e
