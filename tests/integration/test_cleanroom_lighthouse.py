@@ -530,3 +530,34 @@ def test_exhausted_and_the_lease_ttl(world: World) -> None:
     c.query(addr="10.88.1.1")
     e = c.receive(lambda x: isinstance(x, Error | PeerInfo), 5)
     assert isinstance(e, Error) and e.code == "unregistered", e
+
+
+def test_endpoints_hold_each_address_once(world: World) -> None:
+    a, b = world.node("clr-a"), world.node("clr-b")
+    a.register([])
+    _lease(a)
+    b.register([(CLEAN_UL, 4802), ("192.0.2.9", 1), (CLEAN_UL, 4802)])  # the observed one, and twice
+    _lease(b)
+    a.query(name="clr-b")
+    got = a.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "peer", 5)
+    assert isinstance(got, PeerInfo), a.errors
+    assert got.endpoints == [(CLEAN_UL, 4802), ("192.0.2.9", 1)]  # 10.3: each address once
+    assert got.local == [(CLEAN_UL, 4802), ("192.0.2.9", 1), (CLEAN_UL, 4802)]  # as registered
+
+
+@pytest.mark.parametrize("q", [{"addr": "not-an-ip"}, {"addr": "10.87.3.5/24"}, {"addr": ""}, {"name": "x" * 65},
+                               {}, {"addr": 5}, {"name": ""}, {"addr": 5, "name": "clr-b"}])
+def test_query_field_rules(world: World, q: dict[str, Any]) -> None:
+    d = world.node("clr-d")
+    r0 = _rejected(world).get("bad_control", 0)
+    d.send({"t": "query", **q})
+    assert _wait_counter(world, "bad_control", r0) == r0 + 1
+
+
+@pytest.mark.xfail(strict=True, reason="docs/protocol.md 10.1: a field that breaks its rule makes the message "
+                   "bad_control; the lighthouse does not check `name` of a query that has `addr`")
+def test_query_with_addr_and_a_bad_name_is_refused(world: World) -> None:
+    d = world.node("clr-d")
+    r0 = _rejected(world).get("bad_control", 0)
+    d.send({"t": "query", "addr": "10.87.3.5", "name": 5})
+    assert _wait_counter(world, "bad_control", r0) == r0 + 1
