@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LH_UL, CLEAN_UL = "172.31.78.1", "172.31.78.2"
 NETWORK = "10.87.0.0/16"
 NODES = {"clr-a": 4801, "clr-b": 4802, "clr-c": 4803, "clr-d": 4804, "clr-e": 4805, "clr-f": 4806,
-         "clr-g": 4807}
+         "clr-g": 4807, "clr-r": 4808}
 SMALL_NET, SMALL_PORT = "10.88.0.0/23", 4788
 ENGINE, ENGINE_PORT = "clr-eng", 4790  # a real engine, in the clean-room namespace
 
@@ -89,7 +89,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cli = [sys.executable, "-m", "flatnet"]
         subprocess.run(cli + ["ca", "init", "--dir", pki], cwd=REPO, check=True, capture_output=True, timeout=60)
         for n in ["lighthouse", ENGINE, *NODES]:
-            subprocess.run(cli + ["cert", "sign", "--ca-dir", pki, "--name", n], cwd=REPO, check=True,
+            groups = ["--groups", "relay"] if n == "clr-r" else []  # clr-r may offer to relay (10.3)
+            subprocess.run(cli + ["cert", "sign", "--ca-dir", pki, "--name", n, *groups], cwd=REPO, check=True,
                            capture_output=True, timeout=60)
         # a blocklist beside ca.crt, where the lighthouse looks by default (docs/lighthouse.md)
         subprocess.run(cli + ["cert", "revoke", "--ca-dir", pki, "clr-revoked"], cwd=REPO, check=True,
@@ -561,3 +562,11 @@ def test_query_with_addr_and_a_bad_name_is_refused(world: World) -> None:
     r0 = _rejected(world).get("bad_control", 0)
     d.send({"t": "query", "addr": "10.87.3.5", "name": 5})
     assert _wait_counter(world, "bad_control", r0) == r0 + 1
+
+
+def test_a_node_relay_is_listed_in_every_other_lease(world: World) -> None:
+    r, a = world.node("clr-r"), world.node("clr-a")
+    r.register([], relay=True)  # its certificate has the group `relay`
+    assert _lease(r).relays == []  # the asker left out
+    a.register([])
+    assert _lease(a).relays == ["clr-r"]
