@@ -228,6 +228,11 @@ def _wait_counter(world: World, key: str, before: int) -> int:
     ({"t": "register", "v": 1, "endpoints": [["192.0.2.1", True]]}, "bad_control"),  # bool is not int
     ({"t": "query", "v": 1, "name": b"clr-a"}, "bad_control"),  # bin where str is asked
     ({"t": "register", "v": 2}, "bad_control"),
+    ({"t": b"register", "v": 1}, "bad_control"),  # t is a str, not bin (1)
+    ({"t": "register", "v": "1"}, "bad_control"),
+    ({"t": "register", "v": 1, "endpoints": [[b"192.0.2.1", 4787]]}, "bad_control"),
+    ({"t": "register", "v": 1, "relay": 1}, "bad_control"),  # a bool, not an int
+    ({"t": "catalog_query", "v": 1, "offset": 2**20 + 1}, "bad_control"),
     ({"t": "hello", "v": 1}, "bad_control"),
     ({"t": "lease", "v": 1}, "bad_control"),  # fields are checked before the direction (10.1)
     ({"t": "lease", "v": 1, "subnet": "10.87.9.0/24", "network": NETWORK, "observed": ["192.0.2.1", 1]},
@@ -559,14 +564,26 @@ def test_query_field_rules(world: World, q: dict[str, Any]) -> None:
                    "bad_control; the lighthouse does not check `name` of a query that has `addr`")
 def test_query_with_addr_and_a_bad_name_is_refused(world: World) -> None:
     d = world.node("clr-d")
-    r0 = _rejected(world).get("bad_control", 0)
-    d.send({"t": "query", "addr": "10.87.3.5", "name": 5})
-    assert _wait_counter(world, "bad_control", r0) == r0 + 1
+    d.register([])
+    _lease(d)
+    assert _refused(world, d, msgpack.packb({"t": "query", "v": 1, "addr": "10.87.3.5", "name": 5}))
 
 
-def test_a_node_relay_is_listed_in_every_other_lease(world: World) -> None:
-    r, a = world.node("clr-r"), world.node("clr-a")
-    r.register([], relay=True)  # its certificate has the group `relay`
-    assert _lease(r).relays == []  # the asker left out
-    a.register([])
-    assert _lease(a).relays == ["clr-r"]
+def _refused(world: World, n: LighthouseNode, raw: bytes, reason: str = "bad_control") -> bool:
+    """True when the lighthouse counts `raw` as `reason`, False as soon as it answers it."""
+    r0 = _rejected(world).get(reason, 0)
+    n.inbox.clear()
+    n.send_raw(raw)
+    for _ in range(50):
+        if _rejected(world).get(reason, 0) > r0:
+            return True
+        if n.receive(lambda x: True, 0.1) is not None:
+            return False
+    return False
+
+
+@pytest.mark.xfail(strict=True, reason="docs/protocol.md 10.1: v is an int (not a float, not a boolean) "
+                   "equal to 1; the lighthouse takes v = 1.0 or true as 1 and answers the register")
+@pytest.mark.parametrize("v", [1.0, True])
+def test_v_of_another_type_is_refused(world: World, v: object) -> None:
+    assert _refused(world, world.node("clr-d"), msgpack.packb({"t": "register", "v": v}, use_bin_type=True))
