@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +126,7 @@ def endpoint_allowed(addr: str) -> bool:
 # --- decoding (10.1) and the messages a node receives (10.2) ---
 
 def encode(msg: dict[str, Any]) -> bytes:
-    raw = msgpack.packb(msg, use_bin_type=True)
+    raw: bytes = msgpack.packb(msg, use_bin_type=True)
     if len(raw) > MAX_CONTROL:  # the sender refuses to encode it (9)
         raise ControlError("oversized_control", f"{len(raw)} bytes")
     return raw
@@ -381,7 +381,7 @@ class RelayingPeer(Peer):
             except noise.HandshakeError as e:
                 self.drops[e.reason] += 1
                 return [Event("drop", info={"reason": e.reason})]
-            return super().handle(pkt[8:], ("relay", int.from_bytes(pkt[4:8], "little")))  # type: ignore[arg-type]
+            return super().handle(pkt[8:], ("relay", int.from_bytes(pkt[4:8], "little")))
         return super().handle(pkt, addr)
 
 
@@ -417,7 +417,7 @@ class LighthouseNode:
     def send(self, msg: dict[str, Any]) -> bytes:
         return self.send_raw(encode({"v": 1, **msg}))
 
-    def register(self, eps: list[Addr] = (), **extra: Any) -> None:  # type: ignore[assignment]
+    def register(self, eps: Sequence[Addr] = (), **extra: Any) -> None:
         if len(eps) > 7:
             raise ValueError("a node registers at most 7 own endpoints (9)")
         self.send({"t": "register", "endpoints": [[a, p] for a, p in eps], **extra})
@@ -426,7 +426,7 @@ class LighthouseNode:
         """Reach a node from a `peer` answer through the lighthouse (needs the lease)."""
         assert self.lease is not None and self.lease.relay
         r = self.peer.add_remote(info.cert.raw, None)
-        r.addr = ("relay", relay_id(info.subnet, self.lease.network))  # type: ignore[assignment]
+        r.addr = ("relay", relay_id(info.subnet, self.lease.network))
 
     def query(self, addr: str | None = None, name: str | None = None) -> None:
         m: dict[str, Any] = {"t": "query"}
