@@ -385,6 +385,49 @@ class RelayingPeer(Peer):
         return super().handle(pkt, addr)
 
 
+# --- the TCP relay stream (7.1) ---
+
+TCP_PREAMBLE = b"FNT\x01"  # "FNT" and TCP framing version 1
+
+
+class FramedTcp:
+    """A connected TCP socket that looks like the UDP socket Peer uses: the preamble
+    once, then frames of u16 big-endian length (1 to 2048) and one datagram."""
+
+    def __init__(self, sock: socket.socket, peer_addr: Addr) -> None:
+        self.sock, self.peer_addr = sock, peer_addr
+        self.buf = b""
+        sock.sendall(TCP_PREAMBLE)
+
+    def sendto(self, pkt: bytes, _addr: Addr) -> int:
+        if not 1 <= len(pkt) <= 2048:
+            raise ValueError("a frame holds 1 to 2048 bytes")
+        self.sock.sendall(len(pkt).to_bytes(2, "big") + pkt)
+        return len(pkt)
+
+    def recvfrom(self, _n: int) -> tuple[bytes, Addr]:
+        for _ in range(4096):  # bounded: one frame is at most 2050 bytes
+            if len(self.buf) >= 2:
+                size = int.from_bytes(self.buf[:2], "big")
+                if len(self.buf) >= 2 + size:
+                    pkt, self.buf = self.buf[2:2 + size], self.buf[2 + size:]
+                    return pkt, self.peer_addr
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("the lighthouse closed the stream")
+            self.buf += chunk
+        raise ConnectionError("no whole frame")
+
+    def settimeout(self, t: float | None) -> None:
+        self.sock.settimeout(t)
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 # --- the node ---
 
 class LighthouseNode:

@@ -32,6 +32,7 @@ LH_UL, CLEAN_UL = "172.31.78.1", "172.31.78.2"
 NETWORK = "10.87.0.0/16"
 NODES = {"clr-a": 4801, "clr-b": 4802, "clr-c": 4803, "clr-d": 4804, "clr-e": 4805, "clr-f": 4806,
          "clr-g": 4807, "clr-r": 4808}
+TCP_PORT = 4443  # the main lighthouse's TCP relay (7.1)
 SMALL_NET, SMALL_PORT = "10.88.0.0/23", 4788
 ENGINE, ENGINE_PORT = "clr-eng", 4790  # a real engine, in the clean-room namespace
 
@@ -106,7 +107,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f.write(f'[pki]\nca = "{pki}/ca.crt"\ncert = "{pki}/lighthouse.crt"\nkey = "{pki}/lighthouse.key"\n'
                     f'[network]\ncidr = "{NETWORK}"\n[listen]\nhost = "0.0.0.0"\nport = 4787\n'
                     f'[paths]\nstate_dir = "{d}/state"\nrun_dir = "{d}/run"\n'
-                    f'[relay]\ntcp_port = 0\n[log]\nlevel = "debug"\n')
+                    f'[relay]\ntcp_port = {TCP_PORT}\n[log]\nlevel = "debug"\n')
         log = f"{d}/lighthouse.log"
         w = World(lh, clean, pki, certs.load_ca(open(f"{pki}/ca.crt", "rb").read()),
                   open(f"{pki}/lighthouse.crt", "rb").read(), f"{d}/run/lighthouse.sock", log,
@@ -587,3 +588,54 @@ def _refused(world: World, n: LighthouseNode, raw: bytes, reason: str = "bad_con
 @pytest.mark.parametrize("v", [1.0, True])
 def test_v_of_another_type_is_refused(world: World, v: object) -> None:
     assert _refused(world, world.node("clr-d"), msgpack.packb({"t": "register", "v": v}, use_bin_type=True))
+
+
+def _tcp_in(ns: Netns, addr: tuple[str, int]) -> socket.socket:
+    """A TCP socket connected from inside `ns` (setns in a short-lived thread, as _sockets_in)."""
+    import ctypes
+    import threading
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(ns.path, os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            s = socket.create_connection(addr, timeout=5)
+            out.append(s)
+        except Exception as e:
+            out.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    if not out or not isinstance(out[0], socket.socket):
+        raise RuntimeError(f"no TCP connection: {out}")
+    return out[0]
+
+
+def test_register_and_query_over_the_tcp_relay_stream(world: World) -> None:
+    from tests.cleanroom.lighthouse import FramedTcp
+    b = world.node("clr-b")
+    b.register([])
+    lb = _lease(b)
+    tcp = FramedTcp(_tcp_in(world.clean, (LH_UL, TCP_PORT)), (LH_UL, 4787))
+    try:
+        n = LighthouseNode(tcp, certs.read_key_file(f"{world.pki}/clr-c.key"),  # type: ignore[arg-type]
+                           open(f"{world.pki}/clr-c.crt", "rb").read(), world.ca, world.lh_cert, (LH_UL, 4787))
+        n.connect()
+        n.register([])
+        lc = _lease(n)
+        # observed: the connection's address inside the lighthouse, a loopback one (7.1)
+        assert ipaddress.ip_address(lc.observed[0]).is_loopback, lc.observed
+        n.query(name="clr-b")
+        got = n.receive(lambda x: isinstance(x, PeerInfo), 5)
+        assert isinstance(got, PeerInfo) and got.name == "clr-b" and got.subnet == lb.subnet, n.errors
+        # the target's punch describes clr-c without that address: the endpoint rule (10.4)
+        punch = b.receive(lambda x: isinstance(x, PeerInfo) and x.kind == "punch" and x.name == "clr-c", 5)
+        assert isinstance(punch, PeerInfo) and punch.endpoints == [] and punch.refused == 0, punch
+    finally:
+        tcp.close()
