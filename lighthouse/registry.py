@@ -190,7 +190,8 @@ class Registry:
         if self.by_endpoint.get(node.observed) is node:
             del self.by_endpoint[node.observed]
         local, bad_endpoints = endpoints_policy.usable(msg["endpoints"])
-        self.limited["endpoints_refused"] += len(bad_endpoints)
+        # past MAX_LOCAL a usable address is refused too, and counted (docs/protocol.md 10.3)
+        self.limited["endpoints_refused"] += len(bad_endpoints) + max(0, len(local) - wire.MAX_LOCAL)
         local = local[:wire.MAX_LOCAL]
         if (node.observed, node.local, node.subnet) != (src, local, subnet):
             # what a peer or punch message says about it changed (a node re-registers every

@@ -219,8 +219,7 @@ SCHEMA = {
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
                         "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL),
                         "relay": _bool(m, "relay", True), "relays": _names_list(m, "relays", MAX_RELAYS)},
-    "query": lambda m: ({"addr": _ipv4(m, "addr")} if "addr" in m
-                        else {"name": _str(m, "name", 64)}),
+    "query": lambda m: _query(m),
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
                        "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "punch": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
@@ -325,6 +324,13 @@ def names_page(version: int, entries: list[tuple[str, str, str]], offset: int) -
     raise ValueError("one names entry does not fit in a message")  # bounded by _name_entries: cannot happen
 
 
+def _query(m: dict) -> dict:
+    """By address, else by name. A name beside an address is checked too (every field
+    keeps its rule, docs/protocol.md 10.1), though the address wins."""
+    name = _str(m, "name", 64) if "name" in m or "addr" not in m else ""
+    return {"addr": _ipv4(m, "addr")} if "addr" in m else {"name": name}
+
+
 def decode(data: bytes) -> tuple[str, dict]:
     if len(data) > MAX_MESSAGE:
         raise RemoteProtocolError("oversized_control", f"{len(data)} bytes")
@@ -333,7 +339,9 @@ def decode(data: bytes) -> tuple[str, dict]:
                               max_map_len=32)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError):
         raise RemoteProtocolError("bad_control", "not msgpack") from None
-    if not isinstance(msg, dict) or msg.get("v") != VERSION or not isinstance(msg.get("t"), str) \
+    # `type(...) is int`: 1.0 and True equal 1 in Python, and are not the integer 1 (10.1)
+    if not isinstance(msg, dict) or type(msg.get("v")) is not int or msg["v"] != VERSION \
+            or not isinstance(msg.get("t"), str) \
             or msg["t"] not in SCHEMA:
         raise RemoteProtocolError("bad_control", "unknown message")
     try:

@@ -444,3 +444,29 @@ def test_a_node_is_no_relay_target_at_an_address_another_node_registered_from_si
     with pytest.raises(RemoteProtocolError) as info:
         reg.relay(wrap(block_a, b"\x04x"), ("203.0.113.7", 1), 1)
     assert info.value.reason == "relay_unknown_target"
+
+
+# ---- found by the clean-room lighthouse client (tests/cleanroom/lighthouse.py)
+
+def test_own_endpoints_past_seven_are_counted_as_refused(reg):
+    """docs/protocol.md 10.3: at most MAX_LOCAL own endpoints are kept; the rest are
+    refused and counted (they were dropped without a count)."""
+    register(reg, "a", ("203.0.113.5", 40000), endpoints=[(f"192.0.2.{i}", 4787) for i in range(30, 38)])
+    assert reg.limited["endpoints_refused"] == 1
+
+
+@pytest.mark.parametrize("v", [1.0, True])
+def test_v_must_be_the_integer_1(v):
+    """10.1: `v` is an int; 1.0 and true equal 1 in Python and were taken."""
+    with pytest.raises(RemoteProtocolError) as e:
+        wire.decode(msgpack.packb({"t": "register", "v": v}))
+    assert e.value.reason == "bad_control"
+
+
+def test_a_query_checks_its_name_even_when_the_address_wins():
+    """10.1: every field keeps its rule; `name` beside `addr` was not looked at."""
+    assert wire.decode(msgpack.packb({"t": "query", "v": 1, "addr": "10.87.3.5", "name": "b"}))[1] == {
+        "addr": "10.87.3.5"}
+    for bad in (5, "", "x" * 65):
+        with pytest.raises(RemoteProtocolError):
+            wire.decode(msgpack.packb({"t": "query", "v": 1, "addr": "10.87.3.5", "name": bad}))
