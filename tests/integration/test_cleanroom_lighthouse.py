@@ -573,7 +573,10 @@ def _refused(world: World, n: LighthouseNode, raw: bytes, reason: str = "bad_con
     r0 = _rejected(world).get(reason, 0)
     n.inbox.clear()
     n.send_raw(raw)
-    answer = (lambda x: isinstance(x, Lease | Error) or (isinstance(x, PeerInfo) and x.kind == "peer"))
+
+    def answer(x: object) -> bool:
+        return isinstance(x, Lease | Error) or (isinstance(x, PeerInfo) and x.kind == "peer")
+
     for _ in range(50):
         if _rejected(world).get(reason, 0) > r0:
             return True
