@@ -81,11 +81,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         lh, clean = Netns("crlh"), Netns("crln")
         made += [lh, clean]
-        lh.run("ip", "link", "add", "vl", "type", "veth", "peer", "name", "vn", "netns", clean.name)
-        lh.run("ip", "addr", "add", f"{LH_UL}/24", "dev", "vl")
-        lh.run("ip", "link", "set", "vl", "up")
-        clean.run("ip", "addr", "add", f"{CLEAN_UL}/24", "dev", "vn")
-        clean.run("ip", "link", "set", "vn", "up")
+        lh.link(clean, ("vl", LH_UL), ("vn", CLEAN_UL))
         pki = f"{d}/pki"
         cli = [sys.executable, "-m", "flatnet"]
         subprocess.run(cli + ["ca", "init", "--dir", pki], cwd=REPO, check=True, capture_output=True, timeout=60)
@@ -591,30 +587,8 @@ def test_v_of_another_type_is_refused(world: World, v: object) -> None:
 
 
 def _tcp_in(ns: Netns, addr: tuple[str, int]) -> socket.socket:
-    """A TCP socket connected from inside `ns` (setns in a short-lived thread, as _sockets_in)."""
-    import ctypes
-    import threading
-    out: list[object] = []
-
-    def run() -> None:
-        try:
-            fd = os.open(ns.path, os.O_RDONLY)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            s = socket.create_connection(addr, timeout=5)
-            out.append(s)
-        except Exception as e:
-            out.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(10)
-    if not out or not isinstance(out[0], socket.socket):
-        raise RuntimeError(f"no TCP connection: {out}")
-    return out[0]
+    """A TCP socket connected from inside `ns` (Netns.inside)."""
+    return ns.inside(lambda: socket.create_connection(addr, timeout=5))
 
 
 def test_register_and_query_over_the_tcp_relay_stream(world: World) -> None:

@@ -6,7 +6,6 @@ nodes as static peers, and its control socket gives the drop counters. Every wai
 bounded; the namespaces and the engine go away even when a test fails."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import socket
@@ -41,7 +40,6 @@ CLEAN = {"clean-i": ("10.87.2.0/24", 4801), "clean-r": ("10.87.3.0/24", 4802), "
 # authenticated initiation (5.7 step 13).
 ELSEWHERE = {"clean-i": 4891, "clean-n": 4894, "clean-f": 4895, "clean-x": 4897,
              "clean-h1": 4898, "clean-h2": 4899, "clean-h3": 4900}
-CLONE_NEWNET = 0x40000000
 
 
 def _socket_in(ns: Netns, port: int) -> socket.socket:
@@ -49,35 +47,19 @@ def _socket_in(ns: Netns, port: int) -> socket.socket:
 
 
 def _sockets_in(ns: Netns, binds: list[tuple[str, int]]) -> list[socket.socket]:
-    """UDP sockets bound inside `ns`: a short-lived thread enters the namespace (setns acts
-    on the calling thread only), so this process stays where it is."""
-    out: list[object] = []
-
-    def run() -> None:
+    """UDP sockets bound inside `ns` (Netns.inside); none is left open on failure."""
+    def make() -> list[socket.socket]:
+        made: list[socket.socket] = []
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(ns.path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
             for addr in binds:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                out.append(s)
-                s.bind(addr)
-        except Exception as e:  # handed to the caller
-            out.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(10)
-    if len(out) != len(binds) or any(isinstance(x, Exception) for x in out):
-        for x in out:
-            if isinstance(x, socket.socket):
+                made.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                made[-1].bind(addr)
+        except OSError:
+            for x in made:
                 x.close()
-        raise RuntimeError(f"no sockets in {ns.name}: {out[-1:]}")
-    return out  # type: ignore[return-value]
+            raise
+        return made
+    return ns.inside(make)
 
 
 def _control(sock_path: str, path: str) -> object:
@@ -150,11 +132,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         eng, clean = Netns("cre"), Netns("crc")
         made += [eng, clean]
-        eng.run("ip", "link", "add", "ve", "type", "veth", "peer", "name", "vc", "netns", clean.name)
-        eng.run("ip", "addr", "add", f"{ENGINE_UL}/24", "dev", "ve")
-        eng.run("ip", "link", "set", "ve", "up")
-        clean.run("ip", "addr", "add", f"{CLEAN_UL}/24", "dev", "vc")
-        clean.run("ip", "link", "set", "vc", "up")
+        eng.link(clean, ("ve", ENGINE_UL), ("vc", CLEAN_UL))
         pki = f"{d}/pki"
         cli = [sys.executable, "-m", "flatnet"]
         subprocess.run(cli + ["ca", "init", "--dir", pki], cwd=REPO, check=True, capture_output=True, timeout=60)
@@ -223,20 +201,7 @@ def _established(ev: Event) -> bool:
 def _raw_udp_in(ns: Netns) -> socket.socket:
     """A raw socket that sees the UDP datagrams reaching `ns`; the kernel still answers
     "port unreachable" for ports nobody listens on."""
-    out: list[socket.socket] = []
-
-    def run() -> None:
-        fd = os.open(ns.path, os.O_RDONLY)
-        try:
-            ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET)
-        finally:
-            os.close(fd)
-        out.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP))
-
-    th = threading.Thread(target=run)
-    th.start()
-    th.join(10)
-    return out[0]
+    return ns.inside(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP))
 
 
 def test_engine_answers_at_once_on_a_session_it_responded_to(world: World) -> None:
