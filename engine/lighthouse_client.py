@@ -486,9 +486,6 @@ class LighthouseClient:
         try:
             kind, msg = wire.decode(data)
             if kind == "lease":
-                self._check_lease(msg)  # before anything of it is used
-                if self.services is not None:
-                    self.services.clear_refusals(peer.name)  # the lighthouse re-sends them after the lease
                 self._lease(peer, msg, now)
             elif kind in ("peer", "punch"):
                 self._peer(msg, kind, now)
@@ -591,16 +588,15 @@ class LighthouseClient:
             self.next_probe[peer.name] = now + PROBE_DELAYS[0]
             self.probes_done[peer.name] = 0
 
-    def _check_lease(self, msg: dict) -> None:
-        """A lease names one /24 of our network. A lighthouse that says otherwise (a
-        bug, another network's lighthouse with our CA, an old version) must not make
-        us give the TUN an address outside the overlay and route it there."""
-        subnet = ipaddress.IPv4Network(msg["subnet"])
-        if subnet.prefixlen != 24 or not subnet.subnet_of(self.network):
-            raise RemoteProtocolError("bad_control", f"lease {subnet} is not a /24 inside {self.network}")
-
     def _lease(self, lh: Peer, msg: dict, now: float) -> None:
         subnet = ipaddress.IPv4Network(msg["subnet"])
+        # checked before anything of the lease is used: a lighthouse that says otherwise
+        # (a bug, another network's lighthouse with our CA, an old version) must not make
+        # us give the TUN an address outside the overlay and route it there
+        if subnet.prefixlen != 24 or not subnet.subnet_of(self.network):
+            raise RemoteProtocolError("bad_control", f"lease {subnet} is not a /24 inside {self.network}")
+        if self.services is not None:
+            self.services.clear_refusals(lh.name)  # the lighthouse re-sends them after the lease
         self.registered[lh.name] = now
         self.offers_relay[lh.name] = msg["relay"]
         self._set_node_relays(msg["relays"], now)

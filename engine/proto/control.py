@@ -207,6 +207,13 @@ def _services(raw: object, with_node: bool = False) -> list[dict]:
     return [_service(item, with_node) for item in raw]
 
 
+def _query(m: dict) -> dict:
+    """By address, else by name. A name beside an address is checked too (every field
+    keeps its rule, docs/protocol.md 10.1), though the address wins."""
+    name = _str(m, "name", 64) if "name" in m or "addr" not in m else ""
+    return {"addr": _ipv4(m, "addr")} if "addr" in m else {"name": name}
+
+
 SCHEMA = {
     "register": lambda m: {"endpoints": _endpoints(m.get("endpoints", [])),
                            "services": _services(m.get("services", [])),
@@ -219,7 +226,7 @@ SCHEMA = {
     "lease": lambda m: {"subnet": _net(m, "subnet"), "network": _net(m, "network"),
                         "observed": _endpoints([m.get("observed")])[0], "ttl": _int(m, "ttl", 60, 1, MAX_TTL),
                         "relay": _bool(m, "relay", True), "relays": _names_list(m, "relays", MAX_RELAYS)},
-    "query": lambda m: _query(m),
+    "query": _query,
     "peer": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
                        "endpoints": _endpoints(m.get("endpoints", [])), "local": _endpoints(m.get("local", []))},
     "punch": lambda m: {"name": _str(m, "name", 64), "cert": _bytes(m, "cert"), "subnet": _net(m, "subnet"),
@@ -322,13 +329,6 @@ def names_page(version: int, entries: list[tuple[str, str, str]], offset: int) -
         except ValueError:
             continue
     raise ValueError("one names entry does not fit in a message")  # bounded by _name_entries: cannot happen
-
-
-def _query(m: dict) -> dict:
-    """By address, else by name. A name beside an address is checked too (every field
-    keeps its rule, docs/protocol.md 10.1), though the address wins."""
-    name = _str(m, "name", 64) if "name" in m or "addr" not in m else ""
-    return {"addr": _ipv4(m, "addr")} if "addr" in m else {"name": name}
 
 
 def decode(data: bytes) -> tuple[str, dict]:
